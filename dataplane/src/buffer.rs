@@ -1,0 +1,289 @@
+//! The buffer pool: every payload the runtime receives or produces lives in a [`PoolBuf`].
+//!
+//! Buffers come in power-of-two size classes from 4 KiB up. A dropped buffer goes back to its
+//! class's free list, so a steady stream of invocations allocates nothing and the same memory is
+//! reused: a transport that must register memory with the kernel or a NIC (io_uring fixed buffers,
+//! RDMA memory regions) registers a buffer once, keyed by [`PoolBuf::region`], and finds it
+//! registered again when the buffer comes back.
+//!
+//! The pool has a byte budget: [`BufferPool::get`] refuses (returns `None`) when the bytes handed
+//! out would exceed it, and the transports answer that with back-pressure (they stop reading) rather
+//! than by failing or growing without bound.
+
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam::queue::SegQueue;
+
+/// Smallest buffer handed out: 4 KiB.
+pub const MIN_BUF: usize = 4 << 10;
+/// Number of size classes: 4 KiB .. 4 GiB.
+const CLASSES: usize = 21;
+/// Free buffers kept per class before dropped ones are given back to the allocator.
+const KEEP_PER_CLASS: usize = 256;
+/// Bytes of free buffers kept per class: large classes keep fewer buffers.
+const KEEP_BYTES_PER_CLASS: usize = 256 << 20;
+/// Default budget of bytes handed out at once.
+pub const DEFAULT_BUDGET: usize = 4 << 30;
+
+struct Inner {
+    free: [SegQueue<Box<[u8]>>; CLASSES],
+    outstanding: AtomicUsize,
+    budget: usize,
+}
+
+/// A pool of reusable, registrable byte buffers; cheap to clone (shared).
+#[derive(Clone)]
+pub struct BufferPool {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("outstanding", &self.inner.outstanding.load(Ordering::Relaxed))
+            .field("budget", &self.inner.budget)
+            .finish()
+    }
+}
+
+impl Default for BufferPool {
+    fn default() -> Self {
+        Self::new(DEFAULT_BUDGET)
+    }
+}
+
+fn class_of(size: usize) -> usize {
+    let size = size.max(MIN_BUF);
+    (size.next_power_of_two().trailing_zeros() - MIN_BUF.trailing_zeros()) as usize
+}
+
+fn class_size(class: usize) -> usize {
+    MIN_BUF << class
+}
+
+impl BufferPool {
+    /// A pool that hands out at most `budget` bytes at once.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                free: std::array::from_fn(|_| SegQueue::new()),
+                outstanding: AtomicUsize::new(0),
+                budget,
+            }),
+        }
+    }
+
+    /// A buffer with room for at least `capacity` bytes and length 0, or `None` when handing it
+    /// out would exceed the budget (the caller applies back-pressure and retries later).
+    pub fn get(&self, capacity: usize) -> Option<PoolBuf> {
+        let class = class_of(capacity);
+        if class >= CLASSES {
+            return None;
+        }
+        let size = class_size(class);
+        let mut current = self.inner.outstanding.load(Ordering::Relaxed);
+        loop {
+            if current + size > self.inner.budget {
+                return None;
+            }
+            match self.inner.outstanding.compare_exchange_weak(
+                current,
+                current + size,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => current = now,
+            }
+        }
+        let memory = self.inner.free[class].pop().unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
+        Some(PoolBuf { memory, len: 0, pool: Arc::clone(&self.inner) })
+    }
+
+    /// Bytes currently handed out.
+    pub fn outstanding(&self) -> usize {
+        self.inner.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// The budget this pool was made with.
+    pub fn budget(&self) -> usize {
+        self.inner.budget
+    }
+}
+
+/// A buffer from a [`BufferPool`]: `capacity()` bytes of memory of which the first `len()` hold
+/// data. Returns to the pool when dropped.
+pub struct PoolBuf {
+    memory: Box<[u8]>,
+    len: usize,
+    pool: Arc<Inner>,
+}
+
+impl fmt::Debug for PoolBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuf").field("len", &self.len).field("capacity", &self.memory.len()).finish()
+    }
+}
+
+impl PoolBuf {
+    /// Bytes of data.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer holds no data.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of memory.
+    pub fn capacity(&self) -> usize {
+        self.memory.len()
+    }
+
+    /// Sets the length of the data; panics if beyond the capacity (a runtime bug).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.memory.len(), "PoolBuf::set_len({len}) beyond capacity {}", self.memory.len());
+        self.len = len;
+    }
+
+    /// All of the memory, for filling (the data is the first `len()` bytes).
+    pub fn memory_mut(&mut self) -> &mut [u8] {
+        &mut self.memory
+    }
+
+    /// The memory after the data, for appending; follow with [`PoolBuf::set_len`].
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        &mut self.memory[self.len..]
+    }
+
+    /// Appends `bytes`; returns false (and appends nothing) if they do not fit.
+    pub fn try_extend(&mut self, bytes: &[u8]) -> bool {
+        let Some(dest) = self.memory.get_mut(self.len..self.len + bytes.len()) else {
+            return false;
+        };
+        dest.copy_from_slice(bytes);
+        self.len += bytes.len();
+        true
+    }
+
+    /// The data, mutably.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.memory[..self.len]
+    }
+
+    /// Start address and length of the buffer's memory: the key under which a transport
+    /// registers it (stable for the buffer's whole life, across trips through the pool).
+    pub fn region(&self) -> (usize, usize) {
+        (self.memory.as_ptr() as usize, self.memory.len())
+    }
+}
+
+impl Deref for PoolBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.memory[..self.len]
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        let size = self.memory.len();
+        self.pool.outstanding.fetch_sub(size, Ordering::AcqRel);
+        let class = class_of(size);
+        let queue = &self.pool.free[class];
+        if queue.len() < KEEP_PER_CLASS && queue.len() * size < KEEP_BYTES_PER_CLASS {
+            queue.push(std::mem::take(&mut self.memory));
+        }
+    }
+}
+
+/// Bytes of a shared [`PoolBuf`]: how a frame received into a transport's read buffer reaches a
+/// function on another thread without being copied. Cheap to clone.
+#[derive(Clone)]
+pub struct Payload {
+    buf: Arc<PoolBuf>,
+    range: Range<usize>,
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload").field("len", &self.range.len()).finish()
+    }
+}
+
+impl Payload {
+    /// The bytes `range` of `buf` (within its data).
+    pub fn new(buf: Arc<PoolBuf>, range: Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= buf.len(), "payload range outside the buffer's data");
+        Self { buf, range }
+    }
+
+    /// All the data of `buf`.
+    pub fn whole(buf: PoolBuf) -> Self {
+        let range = 0..buf.len();
+        Self { buf: Arc::new(buf), range }
+    }
+
+    /// A sub-range of this payload.
+    pub fn slice(&self, range: Range<usize>) -> Self {
+        assert!(range.start <= range.end && range.end <= self.range.len(), "slice outside the payload");
+        Self { buf: Arc::clone(&self.buf), range: self.range.start + range.start..self.range.start + range.end }
+    }
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_accounted() {
+        let pool = BufferPool::new(64 << 10);
+        let mut a = pool.get(100).unwrap();
+        assert_eq!(a.capacity(), MIN_BUF);
+        assert!(a.try_extend(b"hello"));
+        let region = a.region();
+        assert_eq!(pool.outstanding(), MIN_BUF);
+        drop(a);
+        assert_eq!(pool.outstanding(), 0);
+        let b = pool.get(MIN_BUF).unwrap();
+        assert_eq!(b.region(), region, "a freed buffer is handed out again");
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn budget_gives_back_pressure() {
+        let pool = BufferPool::new(3 * MIN_BUF);
+        let a = pool.get(MIN_BUF + 1).unwrap();
+        assert_eq!(a.capacity(), 2 * MIN_BUF);
+        let b = pool.get(1).unwrap();
+        assert!(pool.get(1).is_none(), "over budget");
+        drop(b);
+        assert!(pool.get(1).is_some());
+        drop(a);
+        assert!(pool.get(usize::MAX).is_none(), "beyond the largest class");
+    }
+
+    #[test]
+    fn payload_slices_share_the_buffer() {
+        let pool = BufferPool::new(1 << 20);
+        let mut buf = pool.get(16).unwrap();
+        assert!(buf.try_extend(b"0123456789"));
+        assert!(!buf.try_extend(&vec![0; MIN_BUF]));
+        let payload = Payload::new(Arc::new(buf), 2..8);
+        assert_eq!(&*payload, b"234567");
+        assert_eq!(&*payload.slice(1..3), b"34");
+        drop(payload);
+        assert_eq!(pool.outstanding(), 0);
+    }
+}

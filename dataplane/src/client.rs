@@ -1,0 +1,318 @@
+//! The client SDK: invoke functions of a cloud process over a persistent connection.
+//!
+//! [`Client::invoke`] is the blocking call. For many invocations in flight on one connection,
+//! [`Client::submit`] sends a request and returns its id at once, and [`Client::recv`] returns the
+//! next response in the order the process finished them (which may differ from the order sent);
+//! [`Client::wait`] waits for one id and keeps the others for later.
+//!
+//! Every wait is bounded: a response that does not come within the client's timeout is
+//! [`ClientError::Timeout`], and the connection stays usable (a late response is still read later).
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+
+/// Settings of a client connection.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// How long to wait for a response (and for the connection to open).
+    pub timeout: Duration,
+    /// Deadline the process applies to each invocation, in milliseconds (0: the process's default).
+    pub invocation_timeout_ms: u32,
+    /// Largest frame sent or accepted.
+    pub max_frame: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(60), invocation_timeout_ms: 0, max_frame: crate::protocol::DEFAULT_MAX_FRAME }
+    }
+}
+
+/// Why an invocation did not return output.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The connection failed.
+    #[error("connection error: {0}")]
+    Io(#[from] io::Error),
+    /// No response within the timeout.
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+    /// The process closed the connection.
+    #[error("the process closed the connection")]
+    Closed,
+    /// The process sent bytes that are not the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+    /// The request is larger than the frame limit; nothing was sent.
+    #[error("request of {size} bytes exceeds the frame limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes of function name plus input.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The process answered with an error.
+    #[error("{status}: {message}")]
+    Remote {
+        /// What went wrong.
+        status: Status,
+        /// The process's explanation.
+        message: String,
+    },
+}
+
+impl ClientError {
+    /// The remote status, if the process answered with an error.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Self::Remote { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One finished invocation: its id and its output or error.
+#[derive(Debug)]
+pub struct Completion {
+    /// The id [`Client::submit`] returned.
+    pub id: u64,
+    /// The output, or the process's error.
+    pub result: Result<Vec<u8>, ClientError>,
+}
+
+/// A connection to a cloud process.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    options: ClientOptions,
+    next_id: u64,
+    /// Received bytes not yet decoded: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Responses received while waiting for another id.
+    early: HashMap<u64, Result<Vec<u8>, ClientError>>,
+}
+
+const READ_CHUNK: usize = 64 << 10;
+
+impl Client {
+    /// Connects with default options.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
+        Self::connect_with(addr, ClientOptions::default())
+    }
+
+    /// Connects with `options`.
+    pub fn connect_with(addr: impl ToSocketAddrs, options: ClientOptions) -> Result<Self, ClientError> {
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        for addr in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, options.timeout) {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(Self {
+                        stream,
+                        options,
+                        next_id: 1,
+                        buf: vec![0; READ_CHUNK],
+                        start: 0,
+                        end: 0,
+                        early: HashMap::new(),
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(ClientError::Io(last))
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Changes how long to wait for responses.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.options.timeout = timeout;
+    }
+
+    /// Invokes `function` with `input` and waits for its output.
+    pub fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let id = self.submit(function, input)?;
+        self.wait(id)
+    }
+
+    /// Sends an invocation without waiting; returns its id.
+    pub fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.submit_with_id(id, function, input)?;
+        Ok(id)
+    }
+
+    /// Sends an invocation with an id of the caller's choosing.
+    pub fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
+        let size = function.len() + input.len();
+        let (Ok(name_len), Ok(input_len)) = (u16::try_from(function.len()), u32::try_from(input.len())) else {
+            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        };
+        if size > self.options.max_frame {
+            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        }
+        let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode();
+        self.stream.set_write_timeout(Some(self.options.timeout))?;
+        write_all_vectored(&mut self.stream, &mut [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)])
+            .map_err(|e| self.read_error(e))?;
+        Ok(())
+    }
+
+    /// Sends bytes as they are: for tests of how a process treats a broken peer.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes).map_err(|e| self.read_error(e))
+    }
+
+    /// Waits for the response to `id`, keeping responses to other ids for later.
+    pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
+        if let Some(result) = self.early.remove(&id) {
+            return result;
+        }
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            let completion = self.recv_until(deadline)?;
+            if completion.id == id {
+                return completion.result;
+            }
+            self.early.insert(completion.id, completion.result);
+        }
+    }
+
+    /// Waits for the next response, whatever its id.
+    pub fn recv(&mut self) -> Result<Completion, ClientError> {
+        if let Some(&id) = self.early.keys().next() {
+            let result = self.early.remove(&id).expect("key just seen");
+            return Ok(Completion { id, result });
+        }
+        self.recv_until(Instant::now() + self.options.timeout)
+    }
+
+    fn recv_until(&mut self, deadline: Instant) -> Result<Completion, ClientError> {
+        let limits = FrameLimits { max_frame: self.options.max_frame };
+        loop {
+            match decode_frame(&self.buf[self.start..self.end], limits)? {
+                Decoded::Frame(frame, used) => {
+                    let completion = completion(frame.header, frame.meta, frame.payload);
+                    self.start += used;
+                    if let Some(completion) = completion {
+                        return Ok(completion);
+                    }
+                }
+                Decoded::Incomplete(missing) => {
+                    let have = self.end - self.start;
+                    if have + missing > self.buf.len() {
+                        // A large response: read the rest straight into its own buffer.
+                        return self.recv_large(deadline, limits);
+                    }
+                    self.fill(deadline)?;
+                }
+            }
+        }
+    }
+
+    fn recv_large(&mut self, deadline: Instant, limits: FrameLimits) -> Result<Completion, ClientError> {
+        let head = *self.buf[self.start..self.end].first_chunk::<HEADER_LEN>().expect("a large frame's header is here");
+        let header = Header::decode(&head, limits)?;
+        // Everything buffered belongs to this (incomplete) frame.
+        let prefix = &self.buf[self.start + HEADER_LEN..self.end];
+        let mut body = vec![0u8; header.body_len()];
+        body[..prefix.len()].copy_from_slice(prefix);
+        let mut filled = prefix.len();
+        self.start = 0;
+        self.end = 0;
+        while filled < body.len() {
+            self.arm(deadline)?;
+            match self.stream.read(&mut body[filled..]) {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(n) => filled += n,
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        if header.kind == MessageKind::Response && header.status == Status::Ok.code() && header.meta_len == 0 {
+            return Ok(Completion { id: header.id, result: Ok(body) });
+        }
+        let (meta, payload) = body.split_at(header.meta_len as usize);
+        match completion(header, meta, payload) {
+            Some(completion) => Ok(completion),
+            None => self.recv_until(deadline),
+        }
+    }
+
+    /// Reads more bytes into the buffer, compacting it first.
+    fn fill(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        self.arm(deadline)?;
+        match self.stream.read(&mut self.buf[self.end..]) {
+            Ok(0) => Err(ClientError::Closed),
+            Ok(n) => {
+                self.end += n;
+                Ok(())
+            }
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+
+    fn arm(&self, deadline: Instant) -> Result<(), ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout(self.options.timeout));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        Ok(())
+    }
+
+    fn read_error(&self, e: io::Error) -> ClientError {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout(self.options.timeout),
+            _ => ClientError::Io(e),
+        }
+    }
+
+}
+
+/// Turns a response frame into a completion; `None` for frames a client ignores (pongs).
+fn completion(header: Header, meta: &[u8], payload: &[u8]) -> Option<Completion> {
+    match header.kind {
+        MessageKind::Response => {
+            let status = Status::from_code(header.status);
+            let result = if status == Status::Ok {
+                Ok(payload.to_vec())
+            } else {
+                Err(ClientError::Remote { status, message: String::from_utf8_lossy(meta).into_owned() })
+            };
+            Some(Completion { id: header.id, result })
+        }
+        _ => None,
+    }
+}
+
+/// Writes every byte of `bufs` with vectored writes.
+fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match stream.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

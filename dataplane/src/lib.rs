@@ -1,0 +1,25 @@
+//! The praas cloud process runtime.
+//!
+//! A [`Process`](process::Process) loads functions from shared libraries
+//! ([`function`]), keeps per-process state ([`state`]) and serves invocations that arrive through a
+//! [`Transport`](transport::Transport) speaking the wire [`protocol`]. Payloads live in buffers of
+//! the process's [`buffer`] pool from the socket to the function and back. [`client`] is the SDK.
+//!
+//! `docs/architecture.md` follows one invocation through these modules end to end.
+
+pub mod buffer;
+pub mod client;
+pub mod function;
+pub mod invocation;
+pub mod process;
+pub mod protocol;
+pub mod state;
+pub mod transport;
+
+pub use client::{Client, ClientError, ClientOptions, Completion};
+pub use function::{FunctionRegistry, Manifest};
+pub use process::{Process, ProcessConfig};
+pub use protocol::Status;
+pub use state::StateStore;
+pub use transport::tcp::{TcpOptions, TcpTransport};
+pub use transport::{ServerHandle, Transport};

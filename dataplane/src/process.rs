@@ -1,0 +1,351 @@
+//! The cloud process: its functions, its state, its buffer pool, its worker pool, and the one
+//! entry point every transport calls, [`Process::dispatch`].
+//!
+//! An invocation of an `inline` function runs to completion on the transport's I/O thread and its
+//! response is returned at once: no thread hand-off. An invocation of a `worker` function is
+//! queued to the worker pool (one hand-off) and its worker hands the response straight to the
+//! connection's [`ResponseSink`], which writes it to the socket from the worker thread: no hand-off
+//! back. A watchdog answers invocations that run past their deadline with [`Status::Timeout`]; a
+//! function cannot be stopped, so its late result is dropped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+
+use crate::buffer::{BufferPool, Payload, DEFAULT_BUDGET};
+use crate::function::{ExecutionMode, Function, FunctionRegistry};
+use crate::invocation::{execute, unknown_function_message, Outcome};
+use crate::protocol::{Status, DEFAULT_MAX_FRAME};
+use crate::state::{now_ns, StateStore};
+
+/// How a process runs.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The process id, as functions and the control plane see it.
+    pub id: String,
+    /// Threads of the worker pool (at least 1).
+    pub workers: usize,
+    /// Deadline of invocations whose request and function set none; `None`: no deadline.
+    pub default_timeout: Option<Duration>,
+    /// Largest frame (metadata plus payload) accepted or produced, in bytes.
+    pub max_frame: usize,
+    /// Bytes of buffers the process may hand out at once.
+    pub buffer_budget: usize,
+    /// Invocations that may wait for a worker before new ones get `Overloaded`.
+    pub queue_capacity: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            id: "process".into(),
+            workers: 4,
+            default_timeout: Some(Duration::from_secs(60)),
+            max_frame: DEFAULT_MAX_FRAME,
+            buffer_budget: DEFAULT_BUDGET,
+            queue_capacity: 1 << 16,
+        }
+    }
+}
+
+/// The answer to one invocation, ready for a transport to send.
+#[derive(Debug)]
+pub struct Response {
+    /// The invocation id from the request.
+    pub id: u64,
+    /// Status, error text and output.
+    pub outcome: Outcome,
+}
+
+/// Where a transport's connection takes responses produced off its I/O thread. Implementations
+/// must not block for long: they queue what the socket does not take at once.
+pub trait ResponseSink: Send + Sync {
+    /// Sends (or queues) one response.
+    fn send(&self, response: Response);
+}
+
+/// What [`Process::dispatch`] did with a request.
+#[derive(Debug)]
+pub enum Dispatched {
+    /// The response, produced on the calling thread.
+    Done(Response),
+    /// Queued to a worker; the response will reach the sink.
+    Queued,
+}
+
+/// Counters the control plane reads.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    invocations: AtomicU64,
+    local_invocations: AtomicU64,
+    compute_ns: AtomicU64,
+    last_invocation_ns: AtomicU64,
+}
+
+impl Metrics {
+    fn record(&self, started: Instant) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.compute_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.last_invocation_ns.store(now_ns(), Ordering::Relaxed);
+    }
+
+    /// Counts one local invocation.
+    pub fn record_local(&self) {
+        self.local_invocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Invocations from clients completed so far.
+    pub fn invocations(&self) -> u64 {
+        self.invocations.load(Ordering::Relaxed)
+    }
+
+    /// Local invocations (function to function) completed so far.
+    pub fn local_invocations(&self) -> u64 {
+        self.local_invocations.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds spent running functions for clients.
+    pub fn compute_ns(&self) -> u64 {
+        self.compute_ns.load(Ordering::Relaxed)
+    }
+
+    /// When the last client invocation finished (ns since the Unix epoch; 0: never).
+    pub fn last_invocation_ns(&self) -> u64 {
+        self.last_invocation_ns.load(Ordering::Relaxed)
+    }
+}
+
+/// An invocation handed to a worker; answered exactly once, by the worker or the watchdog.
+struct Pending {
+    id: u64,
+    sink: Arc<dyn ResponseSink>,
+    answered: AtomicBool,
+    deadline: Option<Instant>,
+}
+
+impl Pending {
+    fn answer(&self, outcome: Outcome) {
+        if !self.answered.swap(true, Ordering::AcqRel) {
+            self.sink.send(Response { id: self.id, outcome });
+        }
+    }
+}
+
+struct Job {
+    function: Function,
+    input: Payload,
+    pending: Arc<Pending>,
+}
+
+/// What each worker is running, for the watchdog.
+type RunningSlot = Mutex<Option<Arc<Pending>>>;
+
+/// A cloud process.
+pub struct Process {
+    config: ProcessConfig,
+    functions: FunctionRegistry,
+    state: StateStore,
+    pool: BufferPool,
+    metrics: Metrics,
+    jobs: Sender<Job>,
+    running: Arc<[RunningSlot]>,
+    watchdog: Thread,
+    /// When the watchdog will next look, in ns after `epoch` (u64::MAX: not before a wake-up).
+    watchdog_next: Arc<AtomicU64>,
+    epoch: Instant,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process").field("id", &self.config.id).field("functions", &self.functions.names()).finish()
+    }
+}
+
+impl Process {
+    /// Starts a process with `functions`: its worker threads and watchdog run until the last
+    /// `Arc<Process>` is dropped.
+    pub fn start(config: ProcessConfig, functions: FunctionRegistry) -> std::io::Result<Arc<Self>> {
+        let workers = config.workers.max(1);
+        let (jobs, queue) = channel::bounded(config.queue_capacity.max(1));
+        let running: Arc<[RunningSlot]> = (0..workers).map(|_| Mutex::new(None)).collect();
+        let watchdog_next = Arc::new(AtomicU64::new(u64::MAX));
+        let epoch = Instant::now();
+        let watchdog = {
+            let running = Arc::clone(&running);
+            let next = Arc::clone(&watchdog_next);
+            thread::Builder::new()
+                .name(format!("praas-watchdog-{}", config.id))
+                .spawn(move || watchdog_loop(&running, &next, epoch))?
+        };
+        let process = Arc::new(Self {
+            pool: BufferPool::new(config.buffer_budget),
+            config,
+            functions,
+            state: StateStore::default(),
+            metrics: Metrics::default(),
+            jobs,
+            running,
+            watchdog: watchdog.thread().clone(),
+            watchdog_next,
+            epoch,
+            threads: Mutex::new(vec![watchdog]),
+        });
+        for index in 0..workers {
+            let weak = Arc::downgrade(&process);
+            let queue = queue.clone();
+            let handle = thread::Builder::new()
+                .name(format!("praas-worker-{index}"))
+                .spawn(move || worker_loop(index, &weak, &queue))?;
+            process.threads.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+        }
+        Ok(process)
+    }
+
+    /// The process id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ProcessConfig {
+        &self.config
+    }
+
+    /// Its functions.
+    pub fn functions(&self) -> &FunctionRegistry {
+        &self.functions
+    }
+
+    /// Its state.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// Its buffer pool, shared with its transports.
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn deadline(&self, function: &Function, timeout_ms: u32, arrival: Instant) -> Option<Instant> {
+        let timeout = match timeout_ms {
+            0 => function.timeout.or(self.config.default_timeout),
+            ms => Some(Duration::from_millis(ms.into())),
+        };
+        timeout.map(|t| arrival + t)
+    }
+
+    /// Runs or queues the invocation `id` of `function` with `input`. Inline functions run here
+    /// and their response is returned; worker functions are queued and answered through `sink`.
+    pub fn dispatch(
+        &self,
+        id: u64,
+        function: &[u8],
+        input: Payload,
+        timeout_ms: u32,
+        sink: &Arc<dyn ResponseSink>,
+    ) -> Dispatched {
+        let arrival = Instant::now();
+        let Some(function) = self.functions.get(function) else {
+            let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(self, function));
+            return Dispatched::Done(Response { id, outcome });
+        };
+        let deadline = self.deadline(function, timeout_ms, arrival);
+        match function.mode {
+            ExecutionMode::Inline => Dispatched::Done(Response { id, outcome: self.run(function, &input, deadline) }),
+            ExecutionMode::Worker => {
+                let pending = Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
+                let job = Job { function: function.clone(), input, pending };
+                match self.jobs.try_send(job) {
+                    Ok(()) => Dispatched::Queued,
+                    Err(TrySendError::Full(_)) => Dispatched::Done(Response {
+                        id,
+                        outcome: Outcome::error(
+                            Status::Overloaded,
+                            format!("{} invocations already wait for a worker", self.config.queue_capacity),
+                        ),
+                    }),
+                    Err(TrySendError::Disconnected(_)) => Dispatched::Done(Response {
+                        id,
+                        outcome: Outcome::error(Status::Internal, "the worker pool has stopped"),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Runs `function` on this thread, accounting it and applying its deadline.
+    fn run(&self, function: &Function, input: &[u8], deadline: Option<Instant>) -> Outcome {
+        let started = Instant::now();
+        let outcome = execute(self, function, input, deadline);
+        self.metrics.record(started);
+        match deadline {
+            Some(deadline) if Instant::now() > deadline => Outcome::error(
+                Status::Timeout,
+                format!("function {:?} ran {:?}, past its deadline", function.name, started.elapsed()),
+            ),
+            _ => outcome,
+        }
+    }
+
+    fn watch(&self, slot: usize, pending: Option<Arc<Pending>>) {
+        let deadline = pending.as_ref().and_then(|p| p.deadline);
+        *self.running[slot].lock().unwrap_or_else(|p| p.into_inner()) = pending;
+        if let Some(deadline) = deadline {
+            let at = deadline.saturating_duration_since(self.epoch).as_nanos() as u64;
+            if at < self.watchdog_next.load(Ordering::Acquire) {
+                self.watchdog.unpark();
+            }
+        }
+    }
+}
+
+fn worker_loop(slot: usize, process: &Weak<Process>, queue: &Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        let Some(process) = process.upgrade() else { break };
+        let pending = job.pending;
+        if pending.deadline.is_some_and(|d| Instant::now() >= d) {
+            pending.answer(Outcome::error(
+                Status::Timeout,
+                format!("invocation of {:?} waited past its deadline for a worker", job.function.name),
+            ));
+            continue;
+        }
+        process.watch(slot, Some(Arc::clone(&pending)));
+        let outcome = process.run(&job.function, &job.input, pending.deadline);
+        drop(job.input);
+        process.watch(slot, None);
+        pending.answer(outcome);
+    }
+}
+
+fn watchdog_loop(running: &Arc<[RunningSlot]>, next: &AtomicU64, epoch: Instant) {
+    // The process holds the only other reference to `running`: when it is gone, stop.
+    while Arc::strong_count(running) > 1 {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        for slot in running.iter() {
+            let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(pending) = guard.as_ref() else { continue };
+            let Some(deadline) = pending.deadline else { continue };
+            if deadline <= now {
+                pending.answer(Outcome::error(Status::Timeout, "the invocation ran past its deadline"));
+            } else {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        // Look again at the earliest deadline, and at least every second so that the loop notices
+        // when the process is gone.
+        let wait = earliest.map_or(Duration::from_secs(1), |e| e.saturating_duration_since(now)).min(Duration::from_secs(1));
+        next.store((now + wait).saturating_duration_since(epoch).as_nanos() as u64, Ordering::Release);
+        thread::park_timeout(wait);
+    }
+}

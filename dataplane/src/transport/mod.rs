@@ -1,0 +1,158 @@
+//! Transports: how invocations reach a process and how its responses leave.
+//!
+//! Every transport does the same three things, and nothing else:
+//! 1. receives frames into buffers of the process's [`BufferPool`](crate::buffer::BufferPool)
+//!    (which io_uring and RDMA transports register with the kernel or the NIC once per buffer),
+//! 2. decodes them with [`decode_frame`](crate::protocol::decode_frame) and hands each invocation,
+//!    with its payload still in the receive buffer, to [`Process::dispatch`](crate::process::Process::dispatch),
+//! 3. sends each [`Response`](crate::process::Response) as header, error text and the function's
+//!    output buffer, without copying the output, either at once (inline functions) or when a worker
+//!    hands it to the connection's [`ResponseSink`](crate::process::ResponseSink).
+//!
+//! [`tcp`] is the portable implementation over mio. A transport runs on its own thread
+//! ([`Transport::spawn`]) and stops through the [`ServerHandle`] it returns.
+
+pub mod tcp;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use crate::process::Response;
+use crate::protocol::{Header, HEADER_LEN};
+
+/// A transport serving one process.
+pub trait Transport: Send + 'static {
+    /// Short name: `tcp`, `uring`, `rdma`.
+    fn name(&self) -> &'static str;
+    /// The address clients connect to.
+    fn local_addr(&self) -> SocketAddr;
+    /// Serves on a new thread until the returned handle stops it.
+    fn spawn(self: Box<Self>) -> std::io::Result<ServerHandle>;
+}
+
+/// A running transport; stops it when told to (or when dropped).
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle").field("addr", &self.addr).finish()
+    }
+}
+
+impl ServerHandle {
+    /// Wraps a transport's thread and the closure that makes it stop.
+    pub fn new(
+        addr: SocketAddr,
+        stop: Box<dyn FnOnce() + Send>,
+        thread: JoinHandle<std::io::Result<()>>,
+    ) -> Self {
+        Self { addr, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the transport stops by itself (an error) or forever.
+    pub fn join(mut self) -> std::io::Result<()> {
+        self.stop = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("transport thread panicked")),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the transport and waits for its thread.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("transport thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+/// A response laid out for sending: the encoded header and error text, then the output buffer
+/// as the function left it. `sent` counts bytes already on the wire.
+#[derive(Debug)]
+pub struct OutFrame {
+    head: [u8; HEADER_LEN],
+    meta: Vec<u8>,
+    payload: Option<crate::buffer::PoolBuf>,
+    sent: usize,
+}
+
+impl OutFrame {
+    /// Lays out `response`; an error text longer than the 16-bit length field is cut.
+    pub fn from_response(response: Response) -> Self {
+        let outcome = response.outcome;
+        let mut meta = outcome.message.into_bytes();
+        meta.truncate(u16::MAX as usize);
+        let payload_len = outcome.output.as_ref().map_or(0, |b| b.len());
+        let header = Header::response(response.id, outcome.status, meta.len() as u16, payload_len as u32);
+        Self { head: header.encode(), meta, payload: outcome.output, sent: 0 }
+    }
+
+    /// A frame of any kind with an owned payload (pings, control messages).
+    pub fn raw(header: Header, meta: Vec<u8>, payload: Option<crate::buffer::PoolBuf>) -> Self {
+        Self { head: header.encode(), meta, payload, sent: 0 }
+    }
+
+    /// Bytes of the whole frame.
+    pub fn len(&self) -> usize {
+        HEADER_LEN + self.meta.len() + self.payload.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// Whether nothing is left to send.
+    pub fn is_empty(&self) -> bool {
+        self.sent >= self.len()
+    }
+
+    /// Adds the unsent parts of this frame to `iov`; returns false if `iov` filled up.
+    pub fn gather<'a>(&'a self, iov: &mut Vec<std::io::IoSlice<'a>>, max: usize) -> bool {
+        let mut skip = self.sent;
+        let parts: [&[u8]; 3] = [&self.head, &self.meta, self.payload.as_deref().unwrap_or(&[])];
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            if iov.len() == max {
+                return false;
+            }
+            iov.push(std::io::IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
+        true
+    }
+
+    /// Records `n` more bytes sent; returns the bytes of `n` beyond this frame's end.
+    pub fn advance(&mut self, n: usize) -> usize {
+        let left = self.len() - self.sent;
+        let used = n.min(left);
+        self.sent += used;
+        n - used
+    }
+}

@@ -1,0 +1,158 @@
+//! Example praas functions in Rust, used by the demo, the tests and the benchmarks.
+//!
+//! `examples/functions/functions.toml` declares them for `praas process serve`.
+
+use std::time::{Duration, Instant};
+
+use praas_ffi::{export, Context, Error, Output, Result, PRAAS_LOG_INFO};
+
+fn text(input: &[u8]) -> Result<&str> {
+    std::str::from_utf8(input).map_err(|_| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, "input is not UTF-8"))
+}
+
+fn number(input: &[u8]) -> Result<u64> {
+    let text = text(input)?.trim();
+    text.parse().map_err(|_| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, format!("{text:?} is not a number")))
+}
+
+/// Returns its input.
+fn echo(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    out.extend_from_slice(input)
+}
+
+/// Does nothing, returns nothing.
+fn noop(_ctx: &mut Context<'_>, _input: &[u8], _out: &mut Output<'_>) -> Result<()> {
+    Ok(())
+}
+
+/// Input `key=value`: stores `value` under `key`.
+fn state_put(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let split = input.iter().position(|&b| b == b'=').ok_or_else(|| Error::new("input must be key=value"))?;
+    let key = text(&input[..split])?;
+    ctx.state_put(key, &input[split + 1..])?;
+    out.extend_from_slice(b"stored")
+}
+
+/// Input `key`: returns its value, or fails with NOT_FOUND.
+fn state_get(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let key = text(input)?;
+    match ctx.state_get(key)? {
+        Some((value, _timestamp)) => out.extend_from_slice(&value),
+        None => Err(Error::with_status(praas_ffi::PRAAS_ERR_NOT_FOUND, format!("no state key {key:?}"))),
+    }
+}
+
+/// Input `key`: deletes it; returns `deleted` or `absent`.
+fn state_delete(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let deleted = ctx.state_delete(text(input)?)?;
+    out.extend_from_slice(if deleted { b"deleted" } else { b"absent" })
+}
+
+/// Returns the state keys, one per line, as `key timestamp_ns`.
+fn state_keys(ctx: &mut Context<'_>, _input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    for (key, ts) in ctx.state_keys()? {
+        out.extend_from_slice(format!("{key} {ts}\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Increments the counter in state key `counter` and returns its new value as text.
+fn counter(ctx: &mut Context<'_>, _input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let current = match ctx.state_get("counter")? {
+        Some((value, _)) => u64::from_le_bytes(value.as_slice().try_into().map_err(|_| Error::new("counter is not 8 bytes"))?),
+        None => 0,
+    };
+    let next = current + 1;
+    ctx.state_put("counter", &next.to_le_bytes())?;
+    ctx.log(PRAAS_LOG_INFO, &format!("counter is now {next}"));
+    out.extend_from_slice(next.to_string().as_bytes())
+}
+
+/// Panics with its input as the message.
+fn panic(_ctx: &mut Context<'_>, input: &[u8], _out: &mut Output<'_>) -> Result<()> {
+    panic!("asked to panic: {}", String::from_utf8_lossy(input));
+}
+
+/// Fails with its input as the message.
+fn fail(_ctx: &mut Context<'_>, input: &[u8], _out: &mut Output<'_>) -> Result<()> {
+    Err(Error::new(String::from_utf8_lossy(input).into_owned()))
+}
+
+/// Sleeps for the number of milliseconds in its input, then returns `slept`.
+fn sleep(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    std::thread::sleep(Duration::from_millis(number(input)?));
+    out.extend_from_slice(b"slept")
+}
+
+/// Returns as many bytes as its input says, a repeating pattern of `0..=250`.
+fn generate(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let len = usize::try_from(number(input)?).map_err(|_| Error::new("too large"))?;
+    let buf = out.resize(len)?;
+    for (i, byte) in buf.iter_mut().enumerate() {
+        *byte = (i % 251) as u8;
+    }
+    Ok(())
+}
+
+/// Input `n`: invokes itself with `n - 1` until 0; returns `nest(n)[...]` around the inner result.
+fn nest(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let depth = number(input)?;
+    if depth == 0 {
+        return out.extend_from_slice(format!("leaf@{}", ctx.process_id()).as_bytes());
+    }
+    let inner = ctx.invoke("nest", (depth - 1).to_string().as_bytes())?;
+    out.extend_from_slice(format!("nest({depth})[").as_bytes())?;
+    out.extend_from_slice(&inner)?;
+    out.extend_from_slice(b"]")
+}
+
+/// Input `name`: invokes that function of this process with an empty input and returns its output.
+fn call(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let output = ctx.invoke(text(input)?, b"")?;
+    out.extend_from_slice(&output)
+}
+
+/// Input `iterations size`: invokes `echo` locally that many times with `size` bytes and returns
+/// each call's duration in nanoseconds as little-endian u64s (for the local-invoke benchmark).
+fn local_loop(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let text = text(input)?;
+    let mut parts = text.split_whitespace();
+    let iterations: usize = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| Error::new("want: iterations size"))?;
+    let size: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let payload = vec![0x5a; size];
+    out.reserve(iterations * 8)?;
+    for _ in 0..iterations {
+        let start = Instant::now();
+        let result = ctx.invoke("echo", &payload)?;
+        let elapsed = start.elapsed().as_nanos() as u64;
+        if result.len() != size {
+            return Err(Error::new("local echo returned the wrong size"));
+        }
+        drop(result);
+        out.extend_from_slice(&elapsed.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Returns the process id.
+fn process_id(ctx: &mut Context<'_>, _input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    out.extend_from_slice(ctx.process_id().as_bytes())
+}
+
+export!(
+    echo,
+    noop,
+    state_put,
+    state_get,
+    state_delete,
+    state_keys,
+    counter,
+    panic,
+    fail,
+    sleep,
+    generate,
+    nest,
+    call,
+    local_loop,
+    process_id
+);
