@@ -106,8 +106,7 @@ pub struct praas_api {
     pub abi_version: u32,
     /// Grows `out` so that at least `additional` more bytes fit after `out->len`; keeps the bytes
     /// written so far (they may move: reload `out->data`).
-    pub output_reserve:
-        unsafe extern "C" fn(ctx: *mut praas_context, out: *mut praas_output, additional: usize) -> i32,
+    pub output_reserve: unsafe extern "C" fn(ctx: *mut praas_context, out: *mut praas_output, additional: usize) -> i32,
     /// Stores `value` under `key` in the process state, replacing any value, with the current time.
     pub state_put: unsafe extern "C" fn(
         ctx: *mut praas_context,
@@ -161,12 +160,8 @@ pub struct praas_context {
 }
 
 /// Signature of every exported function: returns `PRAAS_OK` or an error status.
-pub type praas_function = unsafe extern "C" fn(
-    ctx: *mut praas_context,
-    input: *const u8,
-    input_len: usize,
-    output: *mut praas_output,
-) -> i32;
+pub type praas_function =
+    unsafe extern "C" fn(ctx: *mut praas_context, input: *const u8, input_len: usize, output: *mut praas_output) -> i32;
 
 /// An error a Rust function returns: a status code and a message for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
