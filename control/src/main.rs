@@ -79,9 +79,7 @@ struct InvokeArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -139,8 +137,8 @@ fn invoke(args: InvokeArgs) -> Result<(), String> {
         invocation_timeout_ms: args.timeout_ms,
         ..ClientOptions::default()
     };
-    let mut client =
-        Client::connect_with(&*args.process, options).map_err(|e| format!("cannot connect to {}: {e}", args.process))?;
+    let mut client = Client::connect_with(&*args.process, options)
+        .map_err(|e| format!("cannot connect to {}: {e}", args.process))?;
     let output = client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&output).and_then(|()| stdout.flush()).map_err(|e| e.to_string())

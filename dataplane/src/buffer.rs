@@ -55,9 +55,12 @@ impl Default for BufferPool {
     }
 }
 
+/// The size class of `size` bytes; `CLASSES` or more for sizes no class holds.
 fn class_of(size: usize) -> usize {
-    let size = size.max(MIN_BUF);
-    (size.next_power_of_two().trailing_zeros() - MIN_BUF.trailing_zeros()) as usize
+    match size.max(MIN_BUF).checked_next_power_of_two() {
+        Some(rounded) => (rounded.trailing_zeros() - MIN_BUF.trailing_zeros()) as usize,
+        None => usize::MAX,
+    }
 }
 
 fn class_size(class: usize) -> usize {

@@ -30,7 +30,11 @@ pub struct ClientOptions {
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(60), invocation_timeout_ms: 0, max_frame: crate::protocol::DEFAULT_MAX_FRAME }
+        Self {
+            timeout: Duration::from_secs(60),
+            invocation_timeout_ms: 0,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+        }
     }
 }
 
@@ -166,8 +170,11 @@ impl Client {
         }
         let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode();
         self.stream.set_write_timeout(Some(self.options.timeout))?;
-        write_all_vectored(&mut self.stream, &mut [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)])
-            .map_err(|e| self.read_error(e))?;
+        write_all_vectored(
+            &mut self.stream,
+            &mut [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)],
+        )
+        .map_err(|e| self.read_error(e))?;
         Ok(())
     }
 
@@ -284,7 +291,6 @@ impl Client {
             _ => ClientError::Io(e),
         }
     }
-
 }
 
 /// Turns a response frame into a completion; `None` for frames a client ignores (pongs).

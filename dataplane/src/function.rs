@@ -175,13 +175,14 @@ impl FunctionRegistry {
             // SAFETY: the manifest declares that `symbol` is a praas function, so it has the
             // `praas_function` signature; the `Arc<Library>` stored beside the pointer keeps the
             // code mapped for as long as the pointer can be called.
-            let entry = unsafe { library.get::<praas_function>(symbol.as_bytes()) }
-                .map(|sym| *sym)
-                .map_err(|source| LoadError::Symbol {
-                    function: spec.name.clone(),
-                    library: path.clone(),
-                    symbol: symbol.clone(),
-                    source,
+            let entry =
+                unsafe { library.get::<praas_function>(symbol.as_bytes()) }.map(|sym| *sym).map_err(|source| {
+                    LoadError::Symbol {
+                        function: spec.name.clone(),
+                        library: path.clone(),
+                        symbol: symbol.clone(),
+                        source,
+                    }
                 })?;
             let name: Arc<str> = spec.name.as_str().into();
             let function = Function {
@@ -236,7 +237,8 @@ mod tests {
 
     #[test]
     fn missing_library_names_the_function() {
-        let m = Manifest::from_toml("[[function]]\nname = \"f\"\nlibrary = \"/nonexistent/lib.so\"\n", Path::new("")).unwrap();
+        let m = Manifest::from_toml("[[function]]\nname = \"f\"\nlibrary = \"/nonexistent/lib.so\"\n", Path::new(""))
+            .unwrap();
         let err = FunctionRegistry::load(&m).unwrap_err().to_string();
         assert!(err.contains("\"f\"") && err.contains("/nonexistent/lib.so"), "{err}");
     }

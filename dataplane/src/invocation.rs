@@ -110,9 +110,8 @@ fn execute_nested(
     // `FunctionRegistry::load`) and its library is kept loaded by `function`. The input slice, the
     // context and the output (whose `data`/`capacity` describe `buffer`'s memory, and whose
     // `handle` points to `buffer`) all live until the call returns.
-    let result = catch_unwind(AssertUnwindSafe(|| unsafe {
-        entry(&mut context, input.as_ptr(), input.len(), &mut output)
-    }));
+    let result =
+        catch_unwind(AssertUnwindSafe(|| unsafe { entry(&mut context, input.as_ptr(), input.len(), &mut output) }));
     let status = match result {
         Ok(code) => code,
         Err(_) => {
@@ -122,13 +121,19 @@ fn execute_nested(
     };
     if status != PRAAS_OK {
         let status = Status::from_abi(status);
-        let message = invocation.error.take().unwrap_or_else(|| format!("function {:?} failed: {status}", function.name));
+        let message =
+            invocation.error.take().unwrap_or_else(|| format!("function {:?} failed: {status}", function.name));
         return Outcome::error(status, message);
     }
     if output.len > buffer.capacity() {
         return Outcome::error(
             Status::Internal,
-            format!("function {:?} set output length {} beyond its capacity {}", function.name, output.len, buffer.capacity()),
+            format!(
+                "function {:?} set output length {} beyond its capacity {}",
+                function.name,
+                output.len,
+                buffer.capacity()
+            ),
         );
     }
     buffer.set_len(output.len);
@@ -387,11 +392,7 @@ unsafe extern "C" fn release(_ctx: *mut praas_context, bytes: *mut praas_bytes) 
 
 /// The error text for a function that is not there, listing those that are.
 pub fn unknown_function_message(process: &Process, name: &[u8]) -> String {
-    format!(
-        "unknown function {:?}: this process has {:?}",
-        String::from_utf8_lossy(name),
-        process.functions().names()
-    )
+    format!("unknown function {:?}: this process has {:?}", String::from_utf8_lossy(name), process.functions().names())
 }
 
 /// The runtime's function table, shared by every invocation.

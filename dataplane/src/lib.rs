@@ -14,6 +14,7 @@ pub mod invocation;
 pub mod process;
 pub mod protocol;
 pub mod state;
+pub mod testing;
 pub mod transport;
 
 pub use client::{Client, ClientError, ClientOptions, Completion};

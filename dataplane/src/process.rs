@@ -262,7 +262,8 @@ impl Process {
         match function.mode {
             ExecutionMode::Inline => Dispatched::Done(Response { id, outcome: self.run(function, &input, deadline) }),
             ExecutionMode::Worker => {
-                let pending = Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
+                let pending =
+                    Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
                 let job = Job { function: function.clone(), input, pending };
                 match self.jobs.try_send(job) {
                     Ok(()) => Dispatched::Queued,
@@ -344,7 +345,8 @@ fn watchdog_loop(running: &Arc<[RunningSlot]>, next: &AtomicU64, epoch: Instant)
         }
         // Look again at the earliest deadline, and at least every second so that the loop notices
         // when the process is gone.
-        let wait = earliest.map_or(Duration::from_secs(1), |e| e.saturating_duration_since(now)).min(Duration::from_secs(1));
+        let wait =
+            earliest.map_or(Duration::from_secs(1), |e| e.saturating_duration_since(now)).min(Duration::from_secs(1));
         next.store((now + wait).saturating_duration_since(epoch).as_nanos() as u64, Ordering::Release);
         thread::park_timeout(wait);
     }

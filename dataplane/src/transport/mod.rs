@@ -46,11 +46,7 @@ impl fmt::Debug for ServerHandle {
 
 impl ServerHandle {
     /// Wraps a transport's thread and the closure that makes it stop.
-    pub fn new(
-        addr: SocketAddr,
-        stop: Box<dyn FnOnce() + Send>,
-        thread: JoinHandle<std::io::Result<()>>,
-    ) -> Self {
+    pub fn new(addr: SocketAddr, stop: Box<dyn FnOnce() + Send>, thread: JoinHandle<std::io::Result<()>>) -> Self {
         Self { addr, stop: Some(stop), thread: Some(thread) }
     }
 

@@ -330,7 +330,8 @@ impl EventLoop {
         self.next_token = (self.next_token + 1) % (usize::MAX - 2);
         let fd = stream.as_raw_fd();
         self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)?;
-        let chunk = self.process.pool().get(self.options.read_chunk).ok_or_else(|| io::Error::other("buffer pool spent"))?;
+        let chunk =
+            self.process.pool().get(self.options.read_chunk).ok_or_else(|| io::Error::other("buffer pool spent"))?;
         let shared = Arc::new(Shared {
             stream,
             token,
@@ -459,6 +460,7 @@ impl Connection {
                 self.shared.queue().flush(&self.shared.stream);
                 return Step::More;
             }
+            Ok(Decode::Nothing) if self.large.is_some() => return Step::More,
             Ok(Decode::Nothing) => {}
             Ok(Decode::PoolSpent) => {
                 self.paused = true;

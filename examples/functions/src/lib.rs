@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use praas_ffi::{export, Context, Error, Output, Result, PRAAS_LOG_INFO};
 
 fn text(input: &[u8]) -> Result<&str> {
-    std::str::from_utf8(input).map_err(|_| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, "input is not UTF-8"))
+    std::str::from_utf8(input)
+        .map_err(|_| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, "input is not UTF-8"))
 }
 
 fn number(input: &[u8]) -> Result<u64> {
     let text = text(input)?.trim();
-    text.parse().map_err(|_| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, format!("{text:?} is not a number")))
+    text.parse()
+        .map_err(|_| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, format!("{text:?} is not a number")))
 }
 
 /// Returns its input.
@@ -59,7 +61,9 @@ fn state_keys(ctx: &mut Context<'_>, _input: &[u8], out: &mut Output<'_>) -> Res
 /// Increments the counter in state key `counter` and returns its new value as text.
 fn counter(ctx: &mut Context<'_>, _input: &[u8], out: &mut Output<'_>) -> Result<()> {
     let current = match ctx.state_get("counter")? {
-        Some((value, _)) => u64::from_le_bytes(value.as_slice().try_into().map_err(|_| Error::new("counter is not 8 bytes"))?),
+        Some((value, _)) => {
+            u64::from_le_bytes(value.as_slice().try_into().map_err(|_| Error::new("counter is not 8 bytes"))?)
+        }
         None => 0,
     };
     let next = current + 1;
@@ -117,7 +121,8 @@ fn call(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()>
 fn local_loop(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
     let text = text(input)?;
     let mut parts = text.split_whitespace();
-    let iterations: usize = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| Error::new("want: iterations size"))?;
+    let iterations: usize =
+        parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| Error::new("want: iterations size"))?;
     let size: usize = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let payload = vec![0x5a; size];
     out.reserve(iterations * 8)?;

@@ -1,0 +1,115 @@
+//! Helpers for this repository's tests and benchmarks: build the example function libraries and
+//! start a real process on a real socket. Not part of the SDK's stable surface.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use crate::function::{ExecutionMode, FunctionSpec, Manifest};
+use crate::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("dataplane/ has a parent").to_path_buf()
+}
+
+/// Folder for libraries built by tests: beside, not inside, the target dir cargo is using, so a
+/// nested build never waits for the outer one's lock.
+fn test_build_dir() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    target.join("test-functions")
+}
+
+/// The example Rust functions (`examples/functions`) as a shared library, built once per test run.
+pub fn example_functions() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            let dir = test_build_dir();
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "praas-example-functions", "--target-dir"])
+                .arg(&dir)
+                .current_dir(workspace_root())
+                .status()
+                .expect("cannot run cargo to build the example functions");
+            assert!(status.success(), "building the example functions failed");
+            let lib = dir.join("debug").join("libpraas_example_functions.so");
+            assert!(lib.exists(), "{} missing after the build", lib.display());
+            lib
+        })
+        .clone()
+}
+
+/// The example C functions (`ffi/examples/c_functions.c`) compiled with the system C compiler.
+pub fn c_functions() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY
+        .get_or_init(|| {
+            let root = workspace_root();
+            let dir = test_build_dir();
+            std::fs::create_dir_all(&dir).expect("cannot create the test build folder");
+            let out = dir.join(format!("libc_functions-{}.so", std::process::id()));
+            let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+            let status = Command::new(&cc)
+                .args(["-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+                .arg(root.join("ffi/include"))
+                .arg(root.join("ffi/examples/c_functions.c"))
+                .arg("-o")
+                .arg(&out)
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
+            assert!(status.success(), "compiling ffi/examples/c_functions.c failed");
+            out
+        })
+        .clone()
+}
+
+/// A manifest entry.
+pub fn spec(name: &str, library: &Path, symbol: Option<&str>, mode: ExecutionMode) -> FunctionSpec {
+    FunctionSpec {
+        name: name.into(),
+        library: library.to_path_buf(),
+        symbol: symbol.map(Into::into),
+        mode,
+        timeout_ms: None,
+    }
+}
+
+/// Every example Rust function under its own name (`echo` and `noop` inline, the others on
+/// workers), plus `echo_worker`: `echo` on a worker.
+pub fn example_manifest() -> Manifest {
+    let lib = example_functions();
+    let inline = ["echo", "noop"];
+    let worker = [
+        "state_put",
+        "state_get",
+        "state_delete",
+        "state_keys",
+        "counter",
+        "panic",
+        "fail",
+        "sleep",
+        "generate",
+        "nest",
+        "call",
+        "local_loop",
+        "process_id",
+    ];
+    let mut functions: Vec<FunctionSpec> =
+        inline.iter().map(|name| spec(name, &lib, None, ExecutionMode::Inline)).collect();
+    functions.extend(worker.iter().map(|name| spec(name, &lib, None, ExecutionMode::Worker)));
+    functions.push(spec("echo_worker", &lib, Some("echo"), ExecutionMode::Worker));
+    Manifest { functions, base_dir: PathBuf::new() }
+}
+
+/// A process serving `manifest` over TCP on a free loopback port.
+pub fn serve(manifest: &Manifest, config: ProcessConfig) -> (Arc<Process>, ServerHandle) {
+    let functions = FunctionRegistry::load(manifest).expect("the test manifest loads");
+    let process = Process::start(config, functions).expect("the process starts");
+    let addr = "127.0.0.1:0".parse().expect("a valid address");
+    let transport = TcpTransport::bind(addr, Arc::clone(&process), TcpOptions::default()).expect("bind loopback");
+    let server = Box::new(transport).spawn().expect("the transport starts");
+    (process, server)
+}
