@@ -369,6 +369,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_docs_protocol_md_is_exact() {
+        let mut invoke = Vec::new();
+        encode_frame(&mut invoke, Header::invoke(7, 0, 0, 0), b"echo", b"hi").unwrap();
+        let expected: [u8; 30] = [
+            0x50, 0x52, 0x01, 0x01, 0x04, 0x00, 0x00, 0x00, 0x07, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, b'e',
+            b'c', b'h', b'o', b'h', b'i',
+        ];
+        assert_eq!(invoke, expected);
+        let mut response = Vec::new();
+        encode_frame(&mut response, Header::response(7, Status::Ok, 0, 0), b"", b"hi").unwrap();
+        assert_eq!(response[..4], [0x50, 0x52, 0x01, 0x02]);
+        assert_eq!(response[20..], [0x02, 0, 0, 0, b'h', b'i']);
+    }
+
+    #[test]
     fn oversized_frame_is_refused_before_allocation() {
         let header = Header::invoke(1, 4, 0, u32::MAX);
         let err = Header::decode(&header.encode(), FrameLimits { max_frame: 1024 }).unwrap_err();

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every test of praas, failing on the first failure:
+#   formatting, clippy with warnings denied, all unit, integration and property tests of the
+#   workspace, a short run of every fuzz target, and the SoftRoCE harness self-test (perftest over
+#   rxe0 inside the QEMU VM of scripts/rxe-vm.sh).
+#
+# Usage: scripts/test.sh            (FUZZ_SECONDS=N sets each fuzz target's run, default 15)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "setup"
+scripts/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --workspace 2>&1 | tee "$log"
+
+step "fuzz targets (${FUZZ_SECONDS}s each)"
+fuzz_targets=$(cd dataplane && cargo fuzz list)
+for target in $fuzz_targets; do
+    (cd dataplane && cargo fuzz run --sanitizer none --target-dir ../target/fuzz "$target" -- \
+        -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 3)
+    echo "fuzz $target: no crash in ${FUZZ_SECONDS}s"
+done
+
+step "RDMA on SoftRoCE"
+scripts/rxe-selftest.sh | tee -a "$log"
+
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+echo
+echo "praas: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
