@@ -26,6 +26,10 @@ use crate::state::{now_ns, StateStore};
 pub struct ProcessConfig {
     /// The process id, as functions and the control plane see it.
     pub id: String,
+    /// The application the process belongs to.
+    pub app: String,
+    /// The application's secret: peers and the control plane authenticate with it.
+    pub secret: String,
     /// Threads of the worker pool (at least 1).
     pub workers: usize,
     /// Deadline of invocations whose request and function set none; `None`: no deadline.
@@ -42,6 +46,8 @@ impl Default for ProcessConfig {
     fn default() -> Self {
         Self {
             id: "process".into(),
+            app: "default".into(),
+            secret: String::new(),
             workers: 4,
             default_timeout: Some(Duration::from_secs(60)),
             max_frame: DEFAULT_MAX_FRAME,
