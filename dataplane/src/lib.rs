@@ -14,6 +14,7 @@ pub mod invocation;
 pub mod process;
 pub mod protocol;
 pub mod state;
+pub mod swap;
 pub mod testing;
 pub mod transport;
 

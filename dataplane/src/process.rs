@@ -8,7 +8,7 @@
 //! back. A watchdog answers invocations that run past their deadline with [`Status::Timeout`]; a
 //! function cannot be stopped, so its late result is dropped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -163,6 +163,10 @@ pub struct Process {
     watchdog_next: Arc<AtomicU64>,
     epoch: Instant,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Client invocations accepted and not finished (local invocations run inside them).
+    in_flight: AtomicUsize,
+    /// Set while swapping out: new invocations are refused with a retryable error.
+    draining: AtomicBool,
 }
 
 impl std::fmt::Debug for Process {
@@ -199,6 +203,8 @@ impl Process {
             watchdog_next,
             epoch,
             threads: Mutex::new(vec![watchdog]),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
         });
         for index in 0..workers {
             let weak = Arc::downgrade(&process);
@@ -241,6 +247,31 @@ impl Process {
         &self.metrics
     }
 
+    /// Client invocations accepted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting invocations (they get a retryable `Overloaded` before running) and waits
+    /// until those in flight have finished. Returns false, still draining, if they did not
+    /// finish within `timeout`; [`Process::resume`] undoes the drain.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Accepts invocations again after [`Process::drain`].
+    pub fn resume(&self) {
+        self.draining.store(false, Ordering::SeqCst);
+    }
+
     fn deadline(&self, function: &Function, timeout_ms: u32, arrival: Instant) -> Option<Instant> {
         let timeout = match timeout_ms {
             0 => function.timeout.or(self.config.default_timeout),
@@ -264,14 +295,30 @@ impl Process {
             let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(self, function));
             return Dispatched::Done(Response { id, outcome });
         };
+        // Counted before the drain flag is read: a swap that sets the flag and then sees no
+        // invocation in flight knows that every later one will see the flag and not run.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.draining.load(Ordering::SeqCst) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let message = format!("process {} is swapping out: retry through the control plane", self.config.id);
+            return Dispatched::Done(Response { id, outcome: Outcome::error(Status::Overloaded, message) });
+        }
         let deadline = self.deadline(function, timeout_ms, arrival);
         match function.mode {
-            ExecutionMode::Inline => Dispatched::Done(Response { id, outcome: self.run(function, &input, deadline) }),
+            ExecutionMode::Inline => {
+                let outcome = self.run(function, &input, deadline);
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                Dispatched::Done(Response { id, outcome })
+            }
             ExecutionMode::Worker => {
                 let pending =
                     Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
                 let job = Job { function: function.clone(), input, pending };
-                match self.jobs.try_send(job) {
+                let queued = self.jobs.try_send(job);
+                if queued.is_err() {
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                match queued {
                     Ok(()) => Dispatched::Queued,
                     Err(TrySendError::Full(_)) => Dispatched::Done(Response {
                         id,
@@ -320,6 +367,7 @@ fn worker_loop(slot: usize, process: &Weak<Process>, queue: &Receiver<Job>) {
         let Some(process) = process.upgrade() else { break };
         let pending = job.pending;
         if pending.deadline.is_some_and(|d| Instant::now() >= d) {
+            process.in_flight.fetch_sub(1, Ordering::SeqCst);
             pending.answer(Outcome::error(
                 Status::Timeout,
                 format!("invocation of {:?} waited past its deadline for a worker", job.function.name),
@@ -330,6 +378,8 @@ fn worker_loop(slot: usize, process: &Weak<Process>, queue: &Receiver<Job>) {
         let outcome = process.run(&job.function, &job.input, pending.deadline);
         drop(job.input);
         process.watch(slot, None);
+        // The function has returned: a drain waiting for it may now snapshot its effects.
+        process.in_flight.fetch_sub(1, Ordering::SeqCst);
         pending.answer(outcome);
     }
 }

@@ -100,6 +100,28 @@ impl StateStore {
         keys
     }
 
+    /// Calls `f` with every key and entry, shard by shard (each shard read-locked meanwhile).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &StateEntry)) {
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            for (key, entry) in shard.iter() {
+                f(key, entry);
+            }
+        }
+    }
+
+    /// Puts back an entry as a snapshot recorded it, timestamp included.
+    pub fn restore(&self, key: &str, entry: StateEntry) {
+        self.shard(key).write().unwrap_or_else(|p| p.into_inner()).insert(key.to_owned(), entry);
+    }
+
+    /// Total bytes of all values.
+    pub fn value_bytes(&self) -> u64 {
+        let mut total = 0;
+        self.for_each(|_, e| total += e.value.len() as u64);
+        total
+    }
+
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.read().unwrap_or_else(|p| p.into_inner()).len()).sum()

@@ -1,0 +1,584 @@
+//! Swapping: a process's state, undelivered messages and state files written to a [`SwapStore`]
+//! and read back, byte-exact, by the process that swaps in.
+//!
+//! The store is a directory (on a cluster: a shared filesystem), one folder per application and
+//! process: `ROOT/APP/PROCESS/snapshot/`. A snapshot holds
+//! - `state.bin`: the state store, records of `u32` key length, key, `u64` timestamp (ns),
+//!   `u64` value length, value (all little-endian);
+//! - `mailbox.bin`: the undelivered messages, as the mailbox encodes them;
+//! - `files/...`: the process's state files;
+//! - `manifest.json`: format version, app, process, and every file's size and CRC-32.
+//!
+//! A snapshot is written into a fresh temporary folder, every file synced, then renamed into
+//! place: a crash mid-swap leaves only a temporary folder, which swap-in ignores (and the next
+//! swap removes). Swap-in checks every size and checksum before anything is restored.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::state::{StateEntry, StateStore, MAX_KEY_LEN};
+
+/// Version of the snapshot layout.
+pub const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_DIR: &str = "snapshot";
+const MANIFEST: &str = "manifest.json";
+const STATE_FILE: &str = "state.bin";
+const MAILBOX_FILE: &str = "mailbox.bin";
+const FILES_DIR: &str = "files";
+const IO_CHUNK: usize = 1 << 20;
+
+/// Why a swap failed.
+#[derive(Debug, Error)]
+pub enum SwapError {
+    /// Reading or writing the store failed.
+    #[error("swap store I/O on {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// No complete snapshot exists for the process.
+    #[error("no complete snapshot at {0}")]
+    Missing(PathBuf),
+    /// The snapshot is damaged: a size or checksum does not match, or a record is malformed.
+    #[error("snapshot at {path} is damaged: {reason}")]
+    Damaged {
+        /// The snapshot folder.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// An application or process name that cannot name a folder.
+    #[error("invalid name {0:?} for a swap folder")]
+    InvalidName(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SwapError + '_ {
+    move |source| SwapError::Io { path: path.to_path_buf(), source }
+}
+
+/// One file of a snapshot, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// Path relative to the snapshot folder.
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// CRC-32 (IEEE) of the content.
+    pub crc32: u32,
+}
+
+/// The manifest of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// The application.
+    pub app: String,
+    /// The process.
+    pub process: String,
+    /// When it was written, ns since the Unix epoch.
+    pub created_ns: u64,
+    /// Number of state keys.
+    pub state_keys: u64,
+    /// Every file of the snapshot.
+    pub entries: Vec<ManifestEntry>,
+}
+
+impl SnapshotManifest {
+    /// Total bytes of all files.
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.bytes).sum()
+    }
+}
+
+/// What a swap-out wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapReport {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Seconds it took.
+    pub secs: f64,
+    /// Files written (state, mailbox and state files).
+    pub files: usize,
+}
+
+/// What swap-in read back, ready to restore.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The manifest.
+    pub manifest: SnapshotManifest,
+    /// The state records.
+    pub state: Vec<(String, StateEntry)>,
+    /// The encoded undelivered messages.
+    pub mailbox: Vec<u8>,
+    /// The folder holding the state files (copy them with [`Snapshot::restore_files`]).
+    pub files_dir: PathBuf,
+}
+
+impl Snapshot {
+    /// Restores the state records into `store`.
+    pub fn restore_state(&self, store: &StateStore) {
+        for (key, entry) in &self.state {
+            store.restore(key, entry.clone());
+        }
+    }
+
+    /// Copies the state files into `dest`.
+    pub fn restore_files(&self, dest: &Path) -> Result<u64, SwapError> {
+        let mut bytes = 0;
+        for entry in self.manifest.entries.iter().filter(|e| e.path.starts_with("files/")) {
+            let rel = &entry.path["files/".len()..];
+            let target = dest.join(rel);
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(io_at(parent))?;
+            }
+            let source = self.files_dir.join(rel);
+            bytes += fs::copy(&source, &target).map_err(io_at(&source))?;
+        }
+        Ok(bytes)
+    }
+}
+
+/// A writer that counts bytes and computes a CRC-32 of everything written.
+struct Checked<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Checked<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A filesystem swap store.
+#[derive(Debug, Clone)]
+pub struct SwapStore {
+    root: PathBuf,
+}
+
+fn check_name(name: &str) -> Result<&str, SwapError> {
+    let ok = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(SwapError::InvalidName(name.to_owned()))
+    }
+}
+
+impl SwapStore {
+    /// A store rooted at `root` (created on first write).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The store's root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder of one process.
+    pub fn folder(&self, app: &str, process: &str) -> Result<PathBuf, SwapError> {
+        Ok(self.root.join(check_name(app)?).join(check_name(process)?))
+    }
+
+    /// Writes a snapshot of `state`, the encoded `mailbox` and the files under `files` (if any).
+    pub fn write(
+        &self,
+        app: &str,
+        process: &str,
+        state: &StateStore,
+        mailbox: &[u8],
+        files: Option<&Path>,
+    ) -> Result<SwapReport, SwapError> {
+        let started = Instant::now();
+        let folder = self.folder(app, process)?;
+        fs::create_dir_all(&folder).map_err(io_at(&folder))?;
+        remove_leftovers(&folder);
+        let tmp = folder.join(format!(".tmp-{}-{}", std::process::id(), crate::state::now_ns()));
+        fs::create_dir(&tmp).map_err(io_at(&tmp))?;
+        let result = write_snapshot(&tmp, app, process, state, mailbox, files);
+        let manifest = match result {
+            Ok(manifest) => manifest,
+            Err(err) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(err);
+            }
+        };
+        // Replace the previous snapshot: move it aside, move the new one in, then delete the old.
+        let target = folder.join(SNAPSHOT_DIR);
+        let old = folder.join(format!(".old-{}", crate::state::now_ns()));
+        let had_old = target.exists();
+        if had_old {
+            fs::rename(&target, &old).map_err(io_at(&target))?;
+        }
+        fs::rename(&tmp, &target).map_err(io_at(&tmp))?;
+        sync_dir(&folder)?;
+        if had_old {
+            let _ = fs::remove_dir_all(&old);
+        }
+        Ok(SwapReport { bytes: manifest.bytes(), secs: started.elapsed().as_secs_f64(), files: manifest.entries.len() })
+    }
+
+    /// Whether a complete snapshot exists (its manifest is readable).
+    pub fn exists(&self, app: &str, process: &str) -> bool {
+        self.folder(app, process).map(|f| read_manifest(&f.join(SNAPSHOT_DIR)).is_ok()).unwrap_or(false)
+    }
+
+    /// Reads and verifies the snapshot of a process.
+    pub fn read(&self, app: &str, process: &str) -> Result<Snapshot, SwapError> {
+        let dir = self.folder(app, process)?.join(SNAPSHOT_DIR);
+        let manifest = read_manifest(&dir)?;
+        let damaged = |reason: String| SwapError::Damaged { path: dir.clone(), reason };
+        if manifest.version != SNAPSHOT_VERSION {
+            return Err(damaged(format!("version {} (this build reads {SNAPSHOT_VERSION})", manifest.version)));
+        }
+        if manifest.app != app || manifest.process != process {
+            return Err(damaged(format!("it belongs to {}/{}", manifest.app, manifest.process)));
+        }
+        let mut state = Vec::new();
+        let mut mailbox = Vec::new();
+        for entry in &manifest.entries {
+            if entry.path.contains("..") || entry.path.starts_with('/') {
+                return Err(damaged(format!("entry path {:?} leaves the snapshot", entry.path)));
+            }
+            let path = dir.join(&entry.path);
+            let (bytes, crc) = match entry.path.as_str() {
+                STATE_FILE => read_state(&path, &mut state).map_err(|e| match e {
+                    ReadError::Io(source) => SwapError::Io { path: path.clone(), source },
+                    ReadError::Malformed(reason) => damaged(reason),
+                })?,
+                MAILBOX_FILE => {
+                    let mut file = File::open(&path).map_err(io_at(&path))?;
+                    file.read_to_end(&mut mailbox).map_err(io_at(&path))?;
+                    (mailbox.len() as u64, crc32fast::hash(&mailbox))
+                }
+                _ => checksum_file(&path)?,
+            };
+            if bytes != entry.bytes || crc != entry.crc32 {
+                return Err(damaged(format!(
+                    "{}: {bytes} bytes with CRC {crc:08x}, the manifest says {} bytes with CRC {:08x}",
+                    entry.path, entry.bytes, entry.crc32
+                )));
+            }
+        }
+        Ok(Snapshot { manifest, state, mailbox, files_dir: dir.join(FILES_DIR) })
+    }
+
+    /// Deletes everything stored for a process; returns whether anything was there.
+    pub fn delete(&self, app: &str, process: &str) -> Result<bool, SwapError> {
+        let folder = self.folder(app, process)?;
+        match fs::remove_dir_all(&folder) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(SwapError::Io { path: folder, source: e }),
+        }
+    }
+}
+
+fn remove_leftovers(folder: &Path) {
+    if let Ok(entries) = fs::read_dir(folder) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-") || name.starts_with(".old-") {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), SwapError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
+}
+
+fn create_checked(path: &Path) -> Result<Checked<BufWriter<File>>, SwapError> {
+    let file = File::create(path).map_err(io_at(path))?;
+    Ok(Checked { inner: BufWriter::with_capacity(IO_CHUNK, file), crc: crc32fast::Hasher::new(), bytes: 0 })
+}
+
+fn finish_checked(path: &Path, rel: &str, writer: Checked<BufWriter<File>>) -> Result<ManifestEntry, SwapError> {
+    let Checked { inner, crc, bytes } = writer;
+    let file = inner.into_inner().map_err(|e| SwapError::Io { path: path.to_path_buf(), source: e.into_error() })?;
+    file.sync_all().map_err(io_at(path))?;
+    Ok(ManifestEntry { path: rel.to_owned(), bytes, crc32: crc.finalize() })
+}
+
+fn write_snapshot(
+    dir: &Path,
+    app: &str,
+    process: &str,
+    state: &StateStore,
+    mailbox: &[u8],
+    files: Option<&Path>,
+) -> Result<SnapshotManifest, SwapError> {
+    let mut entries = Vec::new();
+    // State: records streamed through one buffered, checksummed writer.
+    let path = dir.join(STATE_FILE);
+    let mut writer = create_checked(&path)?;
+    let mut keys = 0u64;
+    let mut failure = None;
+    state.for_each(|key, entry| {
+        if failure.is_some() {
+            return;
+        }
+        let result = (|| {
+            writer.write_all(&(key.len() as u32).to_le_bytes())?;
+            writer.write_all(key.as_bytes())?;
+            writer.write_all(&entry.timestamp_ns.to_le_bytes())?;
+            writer.write_all(&(entry.value.len() as u64).to_le_bytes())?;
+            writer.write_all(&entry.value)
+        })();
+        match result {
+            Ok(()) => keys += 1,
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(source) = failure {
+        return Err(SwapError::Io { path, source });
+    }
+    entries.push(finish_checked(&path, STATE_FILE, writer)?);
+    // Undelivered messages.
+    let path = dir.join(MAILBOX_FILE);
+    let mut writer = create_checked(&path)?;
+    writer.write_all(mailbox).map_err(io_at(&path))?;
+    entries.push(finish_checked(&path, MAILBOX_FILE, writer)?);
+    // State files.
+    if let Some(files) = files.filter(|f| f.exists()) {
+        copy_tree(files, &dir.join(FILES_DIR), FILES_DIR, &mut entries)?;
+    }
+    let manifest = SnapshotManifest {
+        version: SNAPSHOT_VERSION,
+        app: app.to_owned(),
+        process: process.to_owned(),
+        created_ns: crate::state::now_ns(),
+        state_keys: keys,
+        entries,
+    };
+    let path = dir.join(MANIFEST);
+    let text =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| SwapError::Io { path: path.clone(), source: e.into() })?;
+    let mut file = File::create(&path).map_err(io_at(&path))?;
+    file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_at(&path))?;
+    sync_dir(dir)?;
+    Ok(manifest)
+}
+
+fn copy_tree(from: &Path, to: &Path, rel: &str, entries: &mut Vec<ManifestEntry>) -> Result<(), SwapError> {
+    fs::create_dir_all(to).map_err(io_at(to))?;
+    let mut children: Vec<_> =
+        fs::read_dir(from).map_err(io_at(from))?.collect::<Result<_, _>>().map_err(io_at(from))?;
+    children.sort_by_key(|e| e.file_name());
+    for child in children {
+        let name = child.file_name();
+        let name = name.to_string_lossy();
+        let source = child.path();
+        let target = to.join(&*name);
+        let rel = format!("{rel}/{name}");
+        let kind = child.file_type().map_err(io_at(&source))?;
+        if kind.is_dir() {
+            copy_tree(&source, &target, &rel, entries)?;
+        } else if kind.is_file() {
+            let mut input = BufReader::with_capacity(IO_CHUNK, File::open(&source).map_err(io_at(&source))?);
+            let mut writer = create_checked(&target)?;
+            io::copy(&mut input, &mut writer).map_err(io_at(&source))?;
+            entries.push(finish_checked(&target, &rel, writer)?);
+        }
+        // Symlinks and special files are not state: skipped.
+    }
+    Ok(())
+}
+
+fn read_manifest(dir: &Path) -> Result<SnapshotManifest, SwapError> {
+    let path = dir.join(MANIFEST);
+    let text = match fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SwapError::Missing(dir.to_path_buf())),
+        Err(e) => return Err(SwapError::Io { path, source: e }),
+    };
+    serde_json::from_slice(&text)
+        .map_err(|e| SwapError::Damaged { path: dir.to_path_buf(), reason: format!("manifest: {e}") })
+}
+
+fn checksum_file(path: &Path) -> Result<(u64, u32), SwapError> {
+    let mut file = File::open(path).map_err(io_at(path))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; IO_CHUNK];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_at(path))?;
+        if n == 0 {
+            return Ok((bytes, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    Malformed(String),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            ReadError::Malformed("state.bin ends inside a record".into())
+        } else {
+            ReadError::Io(e)
+        }
+    }
+}
+
+/// A reader that computes a CRC-32 of everything read.
+struct CheckedReader<R> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<R: Read> Read for CheckedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decodes `state.bin`, checking every length against what is left of the file before
+/// allocating: a damaged file is an error, never a huge allocation or a panic.
+fn read_state(path: &Path, out: &mut Vec<(String, StateEntry)>) -> Result<(u64, u32), ReadError> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut reader =
+        CheckedReader { inner: BufReader::with_capacity(IO_CHUNK, file), crc: crc32fast::Hasher::new(), bytes: 0 };
+    let mut word = [0u8; 8];
+    loop {
+        let mut len = [0u8; 4];
+        match reader.read(&mut len[..1])? {
+            0 => break,
+            _ => reader.read_exact(&mut len[1..])?,
+        }
+        let key_len = u32::from_le_bytes(len) as usize;
+        if key_len > MAX_KEY_LEN {
+            return Err(ReadError::Malformed(format!("a key of {key_len} bytes")));
+        }
+        let mut key = vec![0u8; key_len];
+        reader.read_exact(&mut key)?;
+        let key = String::from_utf8(key).map_err(|_| ReadError::Malformed("a key that is not UTF-8".into()))?;
+        reader.read_exact(&mut word)?;
+        let timestamp_ns = u64::from_le_bytes(word);
+        reader.read_exact(&mut word)?;
+        let value_len = u64::from_le_bytes(word);
+        if value_len > size - reader.bytes {
+            return Err(ReadError::Malformed(format!("value of {key:?} claims {value_len} bytes past the end")));
+        }
+        let mut value = vec![0u8; value_len as usize];
+        reader.read_exact(&mut value)?;
+        out.push((key, StateEntry { value: std::sync::Arc::new(value), timestamp_ns }));
+    }
+    Ok((reader.bytes, reader.crc.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("praas-swap-{name}-{}-{}", std::process::id(), crate::state::now_ns()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn snapshot_round_trips_byte_exact() {
+        let root = temp("roundtrip");
+        let store = SwapStore::new(&root);
+        let state = StateStore::default();
+        state.put("small", b"v".to_vec()).unwrap();
+        state.put("empty", Vec::new()).unwrap();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        state.put("big", big.clone()).unwrap();
+        let files = root.join("files-src");
+        fs::create_dir_all(files.join("sub")).unwrap();
+        fs::write(files.join("a.txt"), b"alpha").unwrap();
+        fs::write(files.join("sub/b.bin"), vec![7u8; 10_000]).unwrap();
+        let report = store.write("app", "p1", &state, b"mailbox-bytes", Some(&files)).unwrap();
+        assert!(report.bytes > 3_000_000);
+        assert!(store.exists("app", "p1"));
+
+        let snapshot = store.read("app", "p1").unwrap();
+        let restored = StateStore::default();
+        snapshot.restore_state(&restored);
+        assert_eq!(&**restored.get("big").unwrap().value, &big);
+        assert_eq!(restored.get("small").unwrap().timestamp_ns, state.get("small").unwrap().timestamp_ns);
+        assert_eq!(restored.len(), 3);
+        assert_eq!(snapshot.mailbox, b"mailbox-bytes");
+        let dest = root.join("files-dest");
+        snapshot.restore_files(&dest).unwrap();
+        assert_eq!(fs::read(dest.join("a.txt")).unwrap(), b"alpha");
+        assert_eq!(fs::read(dest.join("sub/b.bin")).unwrap(), vec![7u8; 10_000]);
+
+        // A second swap replaces the first; delete removes everything.
+        state.put("small", b"w".to_vec()).unwrap();
+        store.write("app", "p1", &state, b"", None).unwrap();
+        let again = store.read("app", "p1").unwrap();
+        assert!(again.state.iter().any(|(k, e)| k == "small" && &**e.value == b"w"));
+        assert!(store.delete("app", "p1").unwrap());
+        assert!(!store.exists("app", "p1"));
+        assert!(matches!(store.read("app", "p1"), Err(SwapError::Missing(_))));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn damage_is_detected_and_half_written_snapshots_are_ignored() {
+        let root = temp("damage");
+        let store = SwapStore::new(&root);
+        let state = StateStore::default();
+        state.put("k", vec![1u8; 1000]).unwrap();
+        store.write("app", "p", &state, b"", None).unwrap();
+        let file = root.join("app/p/snapshot/state.bin");
+        let mut bytes = fs::read(&file).unwrap();
+        bytes[500] ^= 0xff;
+        fs::write(&file, &bytes).unwrap();
+        assert!(matches!(store.read("app", "p"), Err(SwapError::Damaged { .. })));
+        // Truncated: the record says more than the file holds.
+        fs::write(&file, &bytes[..100]).unwrap();
+        assert!(matches!(store.read("app", "p"), Err(SwapError::Damaged { .. })));
+        // A crash before the rename leaves a temporary folder only: no snapshot to accept.
+        fs::remove_dir_all(root.join("app/p/snapshot")).unwrap();
+        fs::create_dir_all(root.join("app/p/.tmp-1-2")).unwrap();
+        fs::write(root.join("app/p/.tmp-1-2/state.bin"), b"partial").unwrap();
+        assert!(!store.exists("app", "p"));
+        assert!(matches!(store.read("app", "p"), Err(SwapError::Missing(_))));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn names_cannot_escape_the_store() {
+        let store = SwapStore::new("/tmp/x");
+        assert!(matches!(store.folder("..", "p"), Err(SwapError::InvalidName(_))));
+        assert!(matches!(store.folder("a", "b/c"), Err(SwapError::InvalidName(_))));
+        assert!(store.folder("app-1", "proc_2").is_ok());
+    }
+}
