@@ -7,6 +7,7 @@
 //!
 //! `docs/architecture.md` follows one invocation through these modules end to end.
 
+pub mod auth;
 pub mod buffer;
 pub mod client;
 pub mod function;
