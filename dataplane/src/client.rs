@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+#[cfg(target_os = "linux")]
+use crate::transport::uring::client::UringStream;
+pub use crate::transport::TransportKind;
 
 /// Settings of a client connection.
 #[derive(Debug, Clone)]
@@ -26,6 +29,8 @@ pub struct ClientOptions {
     pub invocation_timeout_ms: u32,
     /// Largest frame sent or accepted.
     pub max_frame: usize,
+    /// How the connection moves bytes: io_uring where available (`Auto`), or plain blocking calls.
+    pub transport: TransportKind,
 }
 
 impl Default for ClientOptions {
@@ -34,6 +39,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(60),
             invocation_timeout_ms: 0,
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            transport: TransportKind::Auto,
         }
     }
 }
@@ -94,6 +100,9 @@ pub struct Completion {
 #[derive(Debug)]
 pub struct Client {
     stream: TcpStream,
+    /// The io_uring ring driving `stream`, when the transport resolved to io_uring.
+    #[cfg(target_os = "linux")]
+    ring: Option<UringStream>,
     options: ClientOptions,
     next_id: u64,
     /// Received bytes not yet decoded: `buf[start..end]`.
@@ -119,8 +128,15 @@ impl Client {
             match TcpStream::connect_timeout(&addr, options.timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
+                    #[cfg(target_os = "linux")]
+                    let ring = match options.transport.resolve() {
+                        TransportKind::Uring => Some(UringStream::new(&stream)?),
+                        _ => None,
+                    };
                     return Ok(Self {
                         stream,
+                        #[cfg(target_os = "linux")]
+                        ring,
                         options,
                         next_id: 1,
                         buf: vec![0; READ_CHUNK],
@@ -147,8 +163,39 @@ impl Client {
 
     /// Invokes `function` with `input` and waits for its output.
     pub fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+        #[cfg(target_os = "linux")]
+        if self.ring.is_some() && self.early.is_empty() {
+            // One system call for the request and the first bytes of its answer.
+            self.compact();
+            if self.end < self.buf.len() {
+                let id = self.next_id;
+                self.next_id += 1;
+                let header = self.encode_invoke(id, function, input)?;
+                let deadline = Instant::now() + self.options.timeout;
+                let ring = self.ring.as_mut().expect("checked");
+                let bufs = [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)];
+                match ring.send_then_recv(&bufs, &mut self.buf[self.end..], deadline) {
+                    Ok(0) => return Err(ClientError::Closed),
+                    Ok(n) => self.end += n,
+                    Err(e) => return Err(self.read_error(e)),
+                }
+                return self.wait(id);
+            }
+        }
         let id = self.submit(function, input)?;
         self.wait(id)
+    }
+
+    /// The header of an invocation, after checking its size against the frame limit.
+    fn encode_invoke(&self, id: u64, function: &str, input: &[u8]) -> Result<[u8; HEADER_LEN], ClientError> {
+        let size = function.len() + input.len();
+        let (Ok(name_len), Ok(input_len)) = (u16::try_from(function.len()), u32::try_from(input.len())) else {
+            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        };
+        if size > self.options.max_frame {
+            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        }
+        Ok(Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode())
     }
 
     /// Sends an invocation without waiting; returns its id.
@@ -161,14 +208,13 @@ impl Client {
 
     /// Sends an invocation with an id of the caller's choosing.
     pub fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
-        let size = function.len() + input.len();
-        let (Ok(name_len), Ok(input_len)) = (u16::try_from(function.len()), u32::try_from(input.len())) else {
-            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
-        };
-        if size > self.options.max_frame {
-            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        let header = self.encode_invoke(id, function, input)?;
+        #[cfg(target_os = "linux")]
+        if let Some(ring) = self.ring.as_mut() {
+            let deadline = Instant::now() + self.options.timeout;
+            let bufs = [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)];
+            return ring.send_all(&bufs, deadline).map_err(|e| self.read_error(e));
         }
-        let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode();
         self.stream.set_write_timeout(Some(self.options.timeout))?;
         write_all_vectored(
             &mut self.stream,
@@ -242,6 +288,16 @@ impl Client {
         self.end = 0;
         while filled < body.len() {
             self.arm(deadline)?;
+            #[cfg(target_os = "linux")]
+            if let Some(ring) = self.ring.as_mut() {
+                // The whole rest of the frame in one receive.
+                match ring.recv(&mut body[filled..], true, deadline) {
+                    Ok(0) => return Err(ClientError::Closed),
+                    Ok(n) => filled += n,
+                    Err(e) => return Err(self.read_error(e)),
+                }
+                continue;
+            }
             match self.stream.read(&mut body[filled..]) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => filled += n,
@@ -260,12 +316,19 @@ impl Client {
 
     /// Reads more bytes into the buffer, compacting it first.
     fn fill(&mut self, deadline: Instant) -> Result<(), ClientError> {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
+        self.compact();
         self.arm(deadline)?;
+        #[cfg(target_os = "linux")]
+        if let Some(ring) = self.ring.as_mut() {
+            return match ring.recv(&mut self.buf[self.end..], false, deadline) {
+                Ok(0) => Err(ClientError::Closed),
+                Ok(n) => {
+                    self.end += n;
+                    Ok(())
+                }
+                Err(e) => Err(self.read_error(e)),
+            };
+        }
         match self.stream.read(&mut self.buf[self.end..]) {
             Ok(0) => Err(ClientError::Closed),
             Ok(n) => {
@@ -276,13 +339,36 @@ impl Client {
         }
     }
 
+    /// Moves undecoded bytes to the start of the buffer.
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+
     fn arm(&self, deadline: Instant) -> Result<(), ClientError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ClientError::Timeout(self.options.timeout));
         }
+        #[cfg(target_os = "linux")]
+        if self.ring.is_some() {
+            // The ring applies the deadline itself.
+            return Ok(());
+        }
         self.stream.set_read_timeout(Some(left))?;
         Ok(())
+    }
+
+    /// The transport this connection uses: `uring` or `mio` (plain blocking calls).
+    pub fn transport(&self) -> TransportKind {
+        #[cfg(target_os = "linux")]
+        if self.ring.is_some() {
+            return TransportKind::Uring;
+        }
+        TransportKind::Mio
     }
 
     fn read_error(&self, e: io::Error) -> ClientError {

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use crate::function::{ExecutionMode, FunctionSpec, Manifest};
+use crate::transport::TransportKind;
 use crate::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
 
 /// The workspace's root folder.
@@ -104,12 +105,22 @@ pub fn example_manifest() -> Manifest {
     Manifest { functions, base_dir: PathBuf::new() }
 }
 
-/// A process serving `manifest` over TCP on a free loopback port.
+/// A process serving `manifest` over TCP on a free loopback port, with the default transport.
 pub fn serve(manifest: &Manifest, config: ProcessConfig) -> (Arc<Process>, ServerHandle) {
+    serve_on(TransportKind::Auto, manifest, config)
+}
+
+/// A process serving `manifest` over the transport `kind` on a free loopback port.
+pub fn serve_on(kind: TransportKind, manifest: &Manifest, config: ProcessConfig) -> (Arc<Process>, ServerHandle) {
     let functions = FunctionRegistry::load(manifest).expect("the test manifest loads");
     let process = Process::start(config, functions).expect("the process starts");
     let addr = "127.0.0.1:0".parse().expect("a valid address");
-    let transport = TcpTransport::bind(addr, Arc::clone(&process), TcpOptions::default()).expect("bind loopback");
-    let server = Box::new(transport).spawn().expect("the transport starts");
+    let transport: Box<dyn Transport> = match kind {
+        TransportKind::Mio => {
+            Box::new(TcpTransport::bind(addr, Arc::clone(&process), TcpOptions::default()).expect("bind loopback"))
+        }
+        kind => crate::transport::bind(kind, addr, Arc::clone(&process)).expect("bind loopback"),
+    };
+    let server = transport.spawn().expect("the transport starts");
     (process, server)
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, HEADER_LEN};
-use praas_dataplane::testing::{c_functions, example_functions, example_manifest, serve, spec};
+use praas_dataplane::testing::{c_functions, example_functions, example_manifest, serve_on, spec};
+use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     Client, ClientError, ClientOptions, FunctionRegistry, Process, ProcessConfig, ServerHandle, Status,
 };
@@ -17,12 +18,16 @@ fn config(workers: usize) -> ProcessConfig {
     ProcessConfig { id: "test-process".into(), workers, ..ProcessConfig::default() }
 }
 
-fn start(workers: usize) -> (Arc<Process>, ServerHandle) {
-    serve(&example_manifest(), config(workers))
+fn start(kind: TransportKind, workers: usize) -> (Arc<Process>, ServerHandle) {
+    serve_on(kind, &example_manifest(), config(workers))
 }
 
-fn client(server: &ServerHandle) -> Client {
-    let options = ClientOptions { timeout: Duration::from_secs(30), ..ClientOptions::default() };
+fn options(kind: TransportKind) -> ClientOptions {
+    ClientOptions { transport: kind, ..ClientOptions::default() }
+}
+
+fn client(kind: TransportKind, server: &ServerHandle) -> Client {
+    let options = ClientOptions { timeout: Duration::from_secs(30), transport: kind, ..ClientOptions::default() };
     Client::connect_with(server.local_addr(), options).expect("connect")
 }
 
@@ -45,14 +50,14 @@ fn remote_status(err: ClientError) -> (Status, String) {
     }
 }
 
-#[test]
-fn hundred_clients_each_pipelining_a_thousand_invocations() {
-    let (_process, server) = start(2);
+fn hundred_clients_each_pipelining_a_thousand_invocations(kind: TransportKind) {
+    let (_process, server) = start(kind, 2);
     let addr = server.local_addr();
     let threads: Vec<_> = (0..100u64)
         .map(|c| {
             thread::spawn(move || {
-                let options = ClientOptions { timeout: Duration::from_secs(60), ..ClientOptions::default() };
+                let options =
+                    ClientOptions { timeout: Duration::from_secs(60), transport: kind, ..ClientOptions::default() };
                 let mut client = Client::connect_with(addr, options).expect("connect");
                 // Half the clients go through the worker pool, so responses come back out of order.
                 let function = if c % 2 == 0 { "echo" } else { "echo_worker" };
@@ -76,10 +81,9 @@ fn hundred_clients_each_pipelining_a_thousand_invocations() {
     }
 }
 
-#[test]
-fn payloads_from_zero_bytes_to_sixteen_mib_are_byte_exact() {
-    let (process, server) = start(2);
-    let mut client = client(&server);
+fn payloads_from_zero_bytes_to_sixteen_mib_are_byte_exact(kind: TransportKind) {
+    let (process, server) = start(kind, 2);
+    let mut client = client(kind, &server);
     let sizes = [0, 1, 23, 24, 25, 4095, 4096, 4097, 65_535, 65_536, 65_537, 1 << 20, (16 << 20) - 100, 16 << 20];
     for function in ["echo", "echo_worker"] {
         for (n, &size) in sizes.iter().enumerate() {
@@ -107,20 +111,18 @@ fn payloads_from_zero_bytes_to_sixteen_mib_are_byte_exact() {
     assert_eq!(process.pool().outstanding(), 0, "buffers still handed out after the client left");
 }
 
-#[test]
-fn unknown_function_is_an_error_that_names_it() {
-    let (_process, server) = start(1);
-    let mut client = client(&server);
+fn unknown_function_is_an_error_that_names_it(kind: TransportKind) {
+    let (_process, server) = start(kind, 1);
+    let mut client = client(kind, &server);
     let (status, message) = remote_status(client.invoke("no_such_function", b"x").unwrap_err());
     assert_eq!(status, Status::UnknownFunction);
     assert!(message.contains("no_such_function") && message.contains("echo"), "{message}");
     assert_eq!(client.invoke("echo", b"still here").unwrap(), b"still here");
 }
 
-#[test]
-fn a_panicking_function_fails_its_invocation_only() {
-    let (process, server) = start(1);
-    let mut client = client(&server);
+fn a_panicking_function_fails_its_invocation_only(kind: TransportKind) {
+    let (process, server) = start(kind, 1);
+    let mut client = client(kind, &server);
     let (status, message) = remote_status(client.invoke("panic", b"on purpose").unwrap_err());
     assert_eq!(status, Status::Panicked);
     assert!(message.contains("on purpose"), "{message}");
@@ -128,16 +130,15 @@ fn a_panicking_function_fails_its_invocation_only() {
     assert_eq!((status, message.as_str()), (Status::FunctionFailed, "reported failure"));
     // The same worker serves the next invocation, on the same connection and on a new one.
     assert_eq!(client.invoke("echo_worker", b"after").unwrap(), b"after");
-    let mut other = Client::connect(server.local_addr()).unwrap();
+    let mut other = Client::connect_with(server.local_addr(), options(kind)).unwrap();
     assert_eq!(other.invoke("counter", b"").unwrap(), b"1");
     assert!(process.metrics().invocations() >= 4);
 }
 
-#[test]
-fn an_oversized_frame_closes_only_its_connection() {
+fn an_oversized_frame_closes_only_its_connection(kind: TransportKind) {
     let max_frame = 1 << 20;
-    let (_process, server) = serve(&example_manifest(), ProcessConfig { max_frame, ..config(1) });
-    let mut bystander = client(&server);
+    let (_process, server) = serve_on(kind, &example_manifest(), ProcessConfig { max_frame, ..config(1) });
+    let mut bystander = client(kind, &server);
     assert_eq!(bystander.invoke("echo", b"before").unwrap(), b"before");
 
     // A raw peer announces a frame over the limit and starts sending it.
@@ -158,15 +159,14 @@ fn an_oversized_frame_closes_only_its_connection() {
     assert!(String::from_utf8_lossy(frame.meta).contains("exceeds the limit"));
 
     // The SDK refuses such a request itself, and the bystander never noticed.
-    let options = ClientOptions { max_frame, ..ClientOptions::default() };
+    let options = ClientOptions { max_frame, transport: kind, ..ClientOptions::default() };
     let mut sdk = Client::connect_with(server.local_addr(), options).unwrap();
     assert!(matches!(sdk.invoke("echo", &vec![0; max_frame]), Err(ClientError::TooLarge { .. })));
     assert_eq!(bystander.invoke("echo_worker", b"after").unwrap(), b"after");
 }
 
-#[test]
-fn garbage_on_a_socket_does_not_hurt_the_process() {
-    let (_process, server) = start(1);
+fn garbage_on_a_socket_does_not_hurt_the_process(kind: TransportKind) {
+    let (_process, server) = start(kind, 1);
     for seed in 0..20u64 {
         let mut raw = TcpStream::connect(server.local_addr()).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -187,21 +187,20 @@ fn garbage_on_a_socket_does_not_hurt_the_process() {
                 assert_ne!(Status::from_code(frame.header.status), Status::Ok);
             }
         }
-        let mut next = client(&server);
+        let mut next = client(kind, &server);
         assert_eq!(next.invoke("echo", b"next client").unwrap(), b"next client", "after garbage seed {seed}");
     }
 }
 
-#[test]
-fn a_peer_that_dies_mid_frame_leaves_the_process_serving() {
-    let (process, server) = start(1);
+fn a_peer_that_dies_mid_frame_leaves_the_process_serving(kind: TransportKind) {
+    let (process, server) = start(kind, 1);
     let mut raw = TcpStream::connect(server.local_addr()).unwrap();
     let header = Header::invoke(1, 4, 0, 1 << 20).encode();
     raw.write_all(&header).unwrap();
     raw.write_all(b"echo").unwrap();
     raw.write_all(&[1u8; 100_000]).unwrap();
     drop(raw);
-    let mut next = client(&server);
+    let mut next = client(kind, &server);
     assert_eq!(next.invoke("echo_worker", b"ok").unwrap(), b"ok");
     drop(next);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -211,11 +210,10 @@ fn a_peer_that_dies_mid_frame_leaves_the_process_serving() {
     assert_eq!(process.pool().outstanding(), 0, "the dead peer's half-read frame leaked its buffer");
 }
 
-#[test]
-fn state_is_shared_across_invocations_and_clients() {
-    let (process, server) = start(2);
-    let mut a = client(&server);
-    let mut b = client(&server);
+fn state_is_shared_across_invocations_and_clients(kind: TransportKind) {
+    let (process, server) = start(kind, 2);
+    let mut a = client(kind, &server);
+    let mut b = client(kind, &server);
     assert_eq!(a.invoke("state_put", b"greeting=hello").unwrap(), b"stored");
     assert_eq!(b.invoke("state_get", b"greeting").unwrap(), b"hello");
     assert_eq!(b.invoke("state_put", b"greeting=bonjour").unwrap(), b"stored");
@@ -234,10 +232,9 @@ fn state_is_shared_across_invocations_and_clients() {
     assert_eq!(process.state().len(), 1);
 }
 
-#[test]
-fn local_invocations_nest_three_deep_with_one_busy_worker() {
-    let (process, server) = start(1);
-    let mut clients: Vec<Client> = (0..4).map(|_| client(&server)).collect();
+fn local_invocations_nest_three_deep_with_one_busy_worker(kind: TransportKind) {
+    let (process, server) = start(kind, 1);
+    let mut clients: Vec<Client> = (0..4).map(|_| client(kind, &server)).collect();
     // Several nested invocations queue for the single worker at once; each runs its callees on
     // its own thread, so none waits for a worker that is busy with its caller.
     let ids: Vec<(usize, u64)> =
@@ -254,10 +251,14 @@ fn local_invocations_nest_three_deep_with_one_busy_worker() {
     assert!(process.metrics().local_invocations() >= 12);
 }
 
-#[test]
-fn an_invocation_past_its_deadline_times_out_and_the_process_goes_on() {
-    let (_process, server) = start(2);
-    let options = ClientOptions { invocation_timeout_ms: 200, timeout: Duration::from_secs(30), ..Default::default() };
+fn an_invocation_past_its_deadline_times_out_and_the_process_goes_on(kind: TransportKind) {
+    let (_process, server) = start(kind, 2);
+    let options = ClientOptions {
+        invocation_timeout_ms: 200,
+        timeout: Duration::from_secs(30),
+        transport: kind,
+        ..ClientOptions::default()
+    };
     let mut client = Client::connect_with(server.local_addr(), options).unwrap();
     let started = Instant::now();
     let (status, message) = remote_status(client.invoke("sleep", b"3000").unwrap_err());
@@ -268,10 +269,9 @@ fn an_invocation_past_its_deadline_times_out_and_the_process_goes_on() {
     assert_eq!(client.invoke("sleep", b"1").unwrap(), b"slept");
 }
 
-#[test]
-fn the_client_times_out_and_its_connection_stays_usable() {
-    let (_process, server) = start(2);
-    let options = ClientOptions { timeout: Duration::from_millis(300), ..Default::default() };
+fn the_client_times_out_and_its_connection_stays_usable(kind: TransportKind) {
+    let (_process, server) = start(kind, 2);
+    let options = ClientOptions { timeout: Duration::from_millis(300), transport: kind, ..ClientOptions::default() };
     let mut client = Client::connect_with(server.local_addr(), options).unwrap();
     let slow = client.submit("sleep", b"800").unwrap();
     assert!(matches!(client.wait(slow), Err(ClientError::Timeout(_))));
@@ -280,8 +280,7 @@ fn the_client_times_out_and_its_connection_stays_usable() {
     assert_eq!(client.invoke("echo", b"then").unwrap(), b"then");
 }
 
-#[test]
-fn c_functions_run_through_the_header_abi() {
+fn c_functions_run_through_the_header_abi(kind: TransportKind) {
     let c = c_functions();
     let rust = example_functions();
     let mut manifest = Manifest { functions: Vec::new(), base_dir: Default::default() };
@@ -289,8 +288,8 @@ fn c_functions_run_through_the_header_abi() {
         manifest.functions.push(spec(name, &c, None, ExecutionMode::Worker));
     }
     manifest.functions.push(spec("echo", &rust, None, ExecutionMode::Inline));
-    let (_process, server) = serve(&manifest, config(1));
-    let mut client = client(&server);
+    let (_process, server) = serve_on(kind, &manifest, config(1));
+    let mut client = client(kind, &server);
     let big = pattern(3 << 20, 9);
     assert!(client.invoke("c_echo", &big).unwrap() == big);
     assert_eq!(client.invoke("c_reverse", b"abcdef").unwrap(), b"fedcba");
@@ -313,9 +312,8 @@ fn a_missing_symbol_is_refused_at_load_naming_it() {
     assert!(err.contains("ghost") && err.contains("no_such_symbol"), "{err}");
 }
 
-#[test]
-fn ping_is_answered_with_pong() {
-    let (_process, server) = start(1);
+fn ping_is_answered_with_pong(kind: TransportKind) {
+    let (_process, server) = start(kind, 1);
     let mut raw = TcpStream::connect(server.local_addr()).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut frame = Vec::new();
@@ -327,3 +325,42 @@ fn ping_is_answered_with_pong() {
     let Ok(Decoded::Frame(pong, _)) = decode_frame(&answer, FrameLimits::default()) else { panic!("no pong") };
     assert_eq!((pong.header.kind, pong.header.id, pong.payload), (MessageKind::Pong, 5, &b"are you there"[..]));
 }
+
+/// Runs each test above once per transport: `mio::name` and `uring::name` (the io_uring ones skip,
+/// saying so, where the kernel does not allow io_uring). The client SDK uses the same transport.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod mio {
+            $(#[test]
+            fn $name() {
+                super::$name(super::TransportKind::Mio);
+            })*
+        }
+        mod uring {
+            $(#[test]
+            fn $name() {
+                if !praas_dataplane::transport::uring_available() {
+                    eprintln!("skipped: io_uring is unavailable on this kernel");
+                    return;
+                }
+                super::$name(super::TransportKind::Uring);
+            })*
+        }
+    };
+}
+
+on_both_transports!(
+    hundred_clients_each_pipelining_a_thousand_invocations,
+    payloads_from_zero_bytes_to_sixteen_mib_are_byte_exact,
+    unknown_function_is_an_error_that_names_it,
+    a_panicking_function_fails_its_invocation_only,
+    an_oversized_frame_closes_only_its_connection,
+    garbage_on_a_socket_does_not_hurt_the_process,
+    a_peer_that_dies_mid_frame_leaves_the_process_serving,
+    state_is_shared_across_invocations_and_clients,
+    local_invocations_nest_three_deep_with_one_busy_worker,
+    an_invocation_past_its_deadline_times_out_and_the_process_goes_on,
+    the_client_times_out_and_its_connection_stays_usable,
+    c_functions_run_through_the_header_abi,
+    ping_is_answered_with_pong,
+);

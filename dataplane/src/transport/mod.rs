@@ -9,10 +9,13 @@
 //!    output buffer, without copying the output, either at once (inline functions) or when a worker
 //!    hands it to the connection's [`ResponseSink`](crate::process::ResponseSink).
 //!
-//! [`tcp`] is the portable implementation over mio. A transport runs on its own thread
-//! ([`Transport::spawn`]) and stops through the [`ServerHandle`] it returns.
+//! [`tcp`] is the portable implementation over mio; [`uring`] is the Linux one over io_uring, the
+//! default where the kernel allows it ([`TransportKind::Auto`], `docs/uring.md`). A transport runs
+//! on its own thread ([`Transport::spawn`]) and stops through the [`ServerHandle`] it returns.
 
 pub mod tcp;
+#[cfg(target_os = "linux")]
+pub mod uring;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -20,6 +23,83 @@ use std::thread::JoinHandle;
 
 use crate::process::Response;
 use crate::protocol::{Header, HEADER_LEN};
+
+/// Which TCP data-plane transport a process serves with, or a client connects with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// io_uring where the kernel allows it (probed once), else mio with one log line saying why.
+    #[default]
+    Auto,
+    /// io_uring; fails where the kernel does not allow it.
+    Uring,
+    /// mio (epoll).
+    Mio,
+}
+
+impl TransportKind {
+    /// Resolves `Auto` to what this kernel supports; `Uring` and `Mio` stay as they are.
+    pub fn resolve(self) -> Self {
+        match self {
+            Self::Auto if uring_available() => Self::Uring,
+            Self::Auto => Self::Mio,
+            kind => kind,
+        }
+    }
+
+    /// The name used on command lines and in benchmark output: `auto`, `uring`, `mio`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Uring => "uring",
+            Self::Mio => "mio",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(Self::Uring),
+            "mio" | "tcp" | "epoll" => Ok(Self::Mio),
+            other => Err(format!("unknown transport {other:?}: expected uring, mio or auto")),
+        }
+    }
+}
+
+/// Whether io_uring serves here: probed once per process; the first negative answer logs why.
+pub fn uring_available() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        uring::probe::available()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Binds the transport of `kind` (resolving `Auto`) for `process` on `addr`.
+pub fn bind(
+    kind: TransportKind,
+    addr: SocketAddr,
+    process: std::sync::Arc<crate::process::Process>,
+) -> std::io::Result<Box<dyn Transport>> {
+    match kind.resolve() {
+        #[cfg(target_os = "linux")]
+        TransportKind::Uring => {
+            Ok(Box::new(uring::UringTransport::bind(addr, process, uring::UringOptions::default())?))
+        }
+        _ => Ok(Box::new(tcp::TcpTransport::bind(addr, process, tcp::TcpOptions::default())?)),
+    }
+}
 
 /// A transport serving one process.
 pub trait Transport: Send + 'static {

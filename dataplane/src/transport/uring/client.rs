@@ -1,0 +1,235 @@
+//! The client SDK's io_uring stream: blocking calls, each one `io_uring_enter` that submits the
+//! operations and waits for their completions.
+//!
+//! [`UringStream::send_then_recv`] is the round trip of `Client::invoke`: the request's `sendmsg`
+//! linked to the receive of the answer, both submitted and waited for in one system call (a
+//! blocking client pays two: `writev` and `read`). Sends use `MSG_WAITALL`, so the kernel itself
+//! finishes a short send before the linked receive starts; a send that still comes back short
+//! (a peer reset, an interrupted wait) is finished by further sends. Every wait is bounded by a
+//! deadline: an operation still in flight then is cancelled and reaped before the call returns,
+//! so no buffer is borrowed by the kernel beyond the call.
+
+use std::io::{self, IoSlice};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use io_uring::types::{Fd, SubmitArgs, Timespec};
+use io_uring::{opcode, squeue, IoUring};
+
+use super::probe::{build_ring, check, RingConfig};
+
+/// Most iovecs of one send.
+const MAX_IOV: usize = 8;
+
+/// An io_uring ring driving one connected socket (which the caller keeps open).
+pub struct UringStream {
+    ring: IoUring,
+    fd: RawFd,
+}
+
+impl std::fmt::Debug for UringStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringStream").field("fd", &self.fd).finish()
+    }
+}
+
+impl UringStream {
+    /// A ring for `stream`; fails where io_uring is unavailable. The caller keeps `stream` open
+    /// for as long as it uses this value.
+    pub fn new(stream: &TcpStream) -> io::Result<Self> {
+        check().map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        let ring = build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer: false })?;
+        Ok(Self { ring, fd: stream.as_raw_fd() })
+    }
+
+    /// Sends every byte of `bufs`.
+    pub fn send_all(&mut self, bufs: &[IoSlice<'_>], deadline: Instant) -> io::Result<()> {
+        let mut sent = 0;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        while sent < total {
+            let mut iov = Iovecs::new(bufs, sent);
+            let entry = iov.send_entry(self.fd);
+            // SAFETY: `iov` and the slices it points to live until `run` returns, and `run`
+            // returns only when the send has completed (or was cancelled and reaped).
+            let [result, _] = unsafe { self.run(&[entry], deadline)? };
+            sent += check_sent(result)?;
+        }
+        Ok(())
+    }
+
+    /// Sends every byte of `bufs`, then receives at least one byte into `buf`, in one system call
+    /// when the send completes whole. Returns the bytes received (0: the peer closed).
+    pub fn send_then_recv(&mut self, bufs: &[IoSlice<'_>], buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut iov = Iovecs::new(bufs, 0);
+        let send = iov.send_entry(self.fd).flags(squeue::Flags::IO_LINK);
+        let recv = recv_entry(self.fd, buf, false);
+        // SAFETY: the iovecs, the slices they name and `buf` live until `run` returns, and `run`
+        // returns only when both operations completed (or were cancelled and reaped).
+        let [sent, received] = unsafe { self.run(&[send, recv], deadline)? };
+        let sent = check_sent(sent)?;
+        if sent < total {
+            // A short send broke the link: the receive was cancelled. Finish both in turn.
+            self.send_all(&bufs_from(bufs, sent), deadline)?;
+            return self.recv(buf, false, deadline);
+        }
+        match received {
+            Some(n) if n >= 0 => Ok(n as usize),
+            Some(e) if e == -libc::ECANCELED => self.recv(buf, false, deadline),
+            Some(e) => Err(io::Error::from_raw_os_error(-e)),
+            None => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Receives into `buf`: at least one byte, or (with `all`) all of `buf` unless the peer
+    /// closes first. Returns the bytes received (0: the peer closed).
+    pub fn recv(&mut self, buf: &mut [u8], all: bool, deadline: Instant) -> io::Result<usize> {
+        let entry = recv_entry(self.fd, buf, all);
+        // SAFETY: `buf` lives until `run` returns, which is after the receive completed or was
+        // cancelled and reaped.
+        let [result, _] = unsafe { self.run(&[entry], deadline)? };
+        match result {
+            Some(n) if n >= 0 => Ok(n as usize),
+            Some(e) => Err(io::Error::from_raw_os_error(-e)),
+            None => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Submits `entries` (at most two; `user_data` is set here) and waits until all completed or
+    /// the deadline passed; operations still in flight then are cancelled and reaped. Returns each
+    /// operation's result, `None` for one that was still waiting at the deadline.
+    ///
+    /// # Safety
+    /// Every buffer the entries point to must stay valid until this function returns.
+    unsafe fn run(&mut self, entries: &[squeue::Entry], deadline: Instant) -> io::Result<[Option<i32>; 2]> {
+        let mut results = [None, None];
+        let mut waiting = entries.len();
+        {
+            let mut sq = self.ring.submission();
+            for (index, entry) in entries.iter().enumerate() {
+                let entry = entry.clone().user_data(index as u64);
+                // SAFETY: forwarded from this function's contract; the ring is empty between
+                // calls (every call reaps all it submitted), so the two entries fit.
+                unsafe { sq.push(&entry) }.map_err(|_| io::Error::other("client ring full"))?;
+            }
+        }
+        let mut timed_out = false;
+        while waiting > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let outcome = if timed_out {
+                self.ring.submit_and_wait(1)
+            } else {
+                let ts = Timespec::new().sec(left.as_secs()).nsec(left.subsec_nanos());
+                self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+            };
+            match outcome {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            for cqe in self.ring.completion() {
+                let index = cqe.user_data() as usize;
+                if let Some(slot) = results.get_mut(index) {
+                    if slot.is_none() {
+                        *slot = Some(cqe.result());
+                        waiting -= 1;
+                    }
+                }
+            }
+            if waiting > 0 && !timed_out && Instant::now() >= deadline {
+                timed_out = true;
+                let mut sq = self.ring.submission();
+                for index in 0..entries.len() {
+                    if results[index].is_none() {
+                        let cancel = opcode::AsyncCancel::new(index as u64).build().user_data(u64::MAX);
+                        // SAFETY: a cancel points to no memory.
+                        let _ = unsafe { sq.push(&cancel) };
+                    }
+                }
+            }
+        }
+        if timed_out {
+            // A cancelled operation reports -ECANCELED: that is the timeout.
+            for slot in &mut results {
+                if *slot == Some(-libc::ECANCELED) {
+                    *slot = None;
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+fn check_sent(result: Option<i32>) -> io::Result<usize> {
+    match result {
+        Some(n) if n > 0 => Ok(n as usize),
+        Some(0) => Err(io::ErrorKind::WriteZero.into()),
+        Some(e) => Err(io::Error::from_raw_os_error(-e)),
+        None => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+fn recv_entry(fd: RawFd, buf: &mut [u8], all: bool) -> squeue::Entry {
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len).flags(if all { libc::MSG_WAITALL } else { 0 }).build()
+}
+
+/// `bufs` without its first `skip` bytes.
+fn bufs_from<'a>(bufs: &[IoSlice<'a>], mut skip: usize) -> Vec<IoSlice<'a>> {
+    let mut out = Vec::with_capacity(bufs.len());
+    for buf in bufs {
+        if skip >= buf.len() {
+            skip -= buf.len();
+            continue;
+        }
+        let bytes: &'a [u8] = slice_of(buf);
+        out.push(IoSlice::new(&bytes[skip..]));
+        skip = 0;
+    }
+    out
+}
+
+/// The bytes of an `IoSlice`, with its original lifetime.
+fn slice_of<'a>(buf: &IoSlice<'a>) -> &'a [u8] {
+    let ptr = buf.as_ptr();
+    let len = buf.len();
+    // SAFETY: an `IoSlice<'a>` is made from a `&'a [u8]`: `ptr..ptr+len` is valid for `'a`.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
+/// A `msghdr` and its iovecs for one send.
+struct Iovecs {
+    iov: [libc::iovec; MAX_IOV],
+    msg: libc::msghdr,
+}
+
+impl Iovecs {
+    /// The iovecs of `bufs` without their first `skip` bytes (at most `MAX_IOV` of them).
+    fn new(bufs: &[IoSlice<'_>], mut skip: usize) -> Box<Self> {
+        // SAFETY: all-zero iovecs and msghdr are valid (null pointers, zero lengths).
+        let mut this: Box<Self> = Box::new(unsafe { std::mem::zeroed() });
+        let mut count = 0;
+        for buf in bufs {
+            if skip >= buf.len() {
+                skip -= buf.len();
+                continue;
+            }
+            if count == MAX_IOV {
+                break;
+            }
+            this.iov[count] =
+                libc::iovec { iov_base: buf[skip..].as_ptr() as *mut libc::c_void, iov_len: buf.len() - skip };
+            skip = 0;
+            count += 1;
+        }
+        this.msg.msg_iov = this.iov.as_mut_ptr();
+        this.msg.msg_iovlen = count as _;
+        this
+    }
+
+    fn send_entry(&mut self, fd: RawFd) -> squeue::Entry {
+        opcode::SendMsg::new(Fd(fd), &self.msg).flags((libc::MSG_WAITALL | libc::MSG_NOSIGNAL) as u32).build()
+    }
+}

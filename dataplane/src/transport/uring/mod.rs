@@ -1,0 +1,153 @@
+//! The io_uring TCP transport: the data plane's default on Linux (`docs/uring.md`).
+//!
+//! One ring per I/O thread ([`server`]); each thread arms a multishot accept on the shared
+//! listener. Each connection has a provided-buffer ring of pool buffers ([`bufs`]) that one
+//! multishot receive fills; every frame wholly inside a received buffer reaches the function as a
+//! slice of it, without a copy. A frame larger than a receive buffer gets a pool buffer of its own:
+//! the multishot receive is cancelled and one `MSG_WAITALL` receive reads the rest of the frame
+//! straight into that buffer. A small frame that straddles two receive buffers is assembled by
+//! copying (at most one receive buffer's worth).
+//!
+//! Responses go out as `sendmsg` (header, error text, output buffer: no copy), all those queued on
+//! a connection in one operation, all connections' operations of one batch of completions in one
+//! `io_uring_enter`; above [`UringOptions::zero_copy_threshold`] as `SENDMSG_ZC`. Workers hand
+//! their responses to the I/O thread through a lock-free queue and an eventfd the ring reads.
+//!
+//! [`client`] is the SDK side: a blocking stream whose `invoke` is one `io_uring_enter` for the
+//! send and the receive, linked.
+
+pub mod bufs;
+pub mod client;
+pub mod probe;
+pub mod server;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ServerHandle, Transport};
+use crate::process::Process;
+
+/// Tuning of the io_uring transport.
+#[derive(Debug, Clone)]
+pub struct UringOptions {
+    /// I/O threads, each with its own ring (at least 1).
+    pub threads: usize,
+    /// Submission queue entries of each ring (the completion queue has four times as many).
+    pub ring_entries: u32,
+    /// Kernel-side submission polling with this idle time in ms; `None`: the thread submits.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Receive buffers per connection (a power of two).
+    pub recv_buffers: u16,
+    /// Bytes of each receive buffer; larger frames get a buffer of their own.
+    pub recv_buffer_size: usize,
+    /// Sends of at least this many bytes use `SENDMSG_ZC`; `None`: never.
+    pub zero_copy_threshold: Option<usize>,
+    /// Invocations of one connection at the workers before it stops being read.
+    pub max_outstanding: usize,
+    /// Response bytes queued for one connection before it stops being read.
+    pub max_queued_bytes: usize,
+    /// How long a connection that broke the protocol may keep sending before it is closed.
+    pub linger: Duration,
+}
+
+impl Default for UringOptions {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            ring_entries: 256,
+            sqpoll_idle_ms: None,
+            recv_buffers: 8,
+            recv_buffer_size: 32 << 10,
+            zero_copy_threshold: DEFAULT_ZERO_COPY_THRESHOLD,
+            max_outstanding: 4096,
+            max_queued_bytes: 64 << 20,
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Default zero-copy threshold, chosen by measurement (`docs/uring.md`).
+pub const DEFAULT_ZERO_COPY_THRESHOLD: Option<usize> = Some(64 << 10);
+
+/// The io_uring transport of one process.
+pub struct UringTransport {
+    listener: TcpListener,
+    process: Arc<Process>,
+    options: UringOptions,
+}
+
+impl std::fmt::Debug for UringTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UringTransport").field("addr", &self.listener.local_addr().ok()).finish()
+    }
+}
+
+impl UringTransport {
+    /// Binds `addr` for `process`; fails if the kernel does not allow io_uring.
+    pub fn bind(addr: SocketAddr, process: Arc<Process>, options: UringOptions) -> io::Result<Self> {
+        probe::check().map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
+        let listener = TcpListener::bind(addr)?;
+        Ok(Self { listener, process, options })
+    }
+}
+
+impl Transport for UringTransport {
+    fn name(&self) -> &'static str {
+        "uring"
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    fn spawn(self: Box<Self>) -> io::Result<ServerHandle> {
+        let addr = self.local_addr();
+        let listener = Arc::new(self.listener);
+        let threads = self.options.threads.max(1);
+        let shared: Vec<Arc<server::LoopShared>> =
+            (0..threads).map(|_| server::LoopShared::new().map(Arc::new)).collect::<io::Result<_>>()?;
+        // Each loop builds its ring on its own thread (a single-issuer ring belongs to its
+        // creator); the first error of any of them is the transport's.
+        let mut handles = Vec::with_capacity(threads);
+        for (index, shared) in shared.iter().enumerate() {
+            let (listener, process, options, shared) =
+                (Arc::clone(&listener), Arc::clone(&self.process), self.options.clone(), Arc::clone(shared));
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let handle = std::thread::Builder::new().name(format!("praas-uring-{index}")).spawn(move || {
+                let mut event_loop = match server::EventLoop::new(listener, process, options, shared) {
+                    Ok(event_loop) => {
+                        let _ = ready_tx.send(Ok(()));
+                        event_loop
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
+                };
+                event_loop.run()
+            })?;
+            ready_rx.recv().map_err(|_| io::Error::other("an I/O thread died at start"))??;
+            handles.push(handle);
+        }
+        let supervisor = std::thread::Builder::new().name(format!("praas-uring-{addr}")).spawn(move || {
+            let mut result = Ok(());
+            for handle in handles {
+                let outcome = handle.join().unwrap_or_else(|_| Err(io::Error::other("an I/O thread panicked")));
+                if result.is_ok() {
+                    result = outcome;
+                }
+            }
+            result
+        })?;
+        let stopper = move || {
+            for shared in &shared {
+                shared.stop.store(true, Ordering::Release);
+                shared.wake_always();
+            }
+        };
+        Ok(ServerHandle::new(addr, Box::new(stopper), supervisor))
+    }
+}

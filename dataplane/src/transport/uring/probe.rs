@@ -1,0 +1,115 @@
+//! Ring construction and the start-up probe: whether this kernel (and this process's seccomp
+//! filter, and `kernel.io_uring_disabled`) lets the transport run.
+//!
+//! The probe runs once per process ([`available`], [`check`]). It reads
+//! `/proc/sys/kernel/io_uring_disabled`, creates a ring (a seccomp filter or a container runtime
+//! that forbids `io_uring_setup` fails here), asks the kernel which opcodes it has
+//! (`IORING_REGISTER_PROBE`) and registers a provided-buffer ring once: every feature the
+//! transport and the client use, or a reason why not.
+
+use std::io;
+use std::sync::OnceLock;
+
+use io_uring::{opcode, IoUring};
+
+/// Why io_uring cannot serve here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// `kernel.io_uring_disabled` forbids it for this process.
+    #[error("kernel.io_uring_disabled is {0}")]
+    Disabled(String),
+    /// `io_uring_setup` failed: no io_uring in this kernel, or a seccomp filter forbids it.
+    #[error("io_uring_setup failed ({0}): kernel without io_uring or a seccomp filter")]
+    Setup(String),
+    /// An opcode the transport needs is missing.
+    #[error("the kernel lacks io_uring opcode {0}")]
+    MissingOpcode(&'static str),
+    /// Registering a provided-buffer ring failed (kernel older than 5.19).
+    #[error("provided-buffer rings unavailable ({0})")]
+    BufRing(String),
+}
+
+/// Opcodes the transport and the client use, by name.
+const NEEDED: [(u8, &str); 9] = [
+    (opcode::Accept::CODE, "ACCEPT"),
+    (opcode::Recv::CODE, "RECV"),
+    (opcode::SendMsg::CODE, "SENDMSG"),
+    (opcode::SendMsgZc::CODE, "SENDMSG_ZC"),
+    (opcode::Read::CODE, "READ"),
+    (opcode::ReadFixed::CODE, "READ_FIXED"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::Shutdown::CODE, "SHUTDOWN"),
+    (opcode::Close::CODE, "CLOSE"),
+];
+
+/// Whether the io_uring transport can run here; the first negative answer logs one line saying why.
+pub fn available() -> bool {
+    static LOGGED: OnceLock<()> = OnceLock::new();
+    match check() {
+        Ok(()) => true,
+        Err(why) => {
+            LOGGED.get_or_init(|| tracing::info!("io_uring unavailable, using the mio transport: {why}"));
+            false
+        }
+    }
+}
+
+/// The probe's verdict, computed once per process.
+pub fn check() -> Result<(), Unavailable> {
+    static VERDICT: OnceLock<Result<(), Unavailable>> = OnceLock::new();
+    VERDICT.get_or_init(probe).clone()
+}
+
+fn probe() -> Result<(), Unavailable> {
+    if let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let value = text.trim();
+        // 1: only members of kernel.io_uring_group may create rings; the setup below finds out.
+        if value == "2" {
+            return Err(Unavailable::Disabled(value.into()));
+        }
+    }
+    let ring: IoUring = IoUring::new(8).map_err(|e| Unavailable::Setup(e.to_string()))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| Unavailable::Setup(format!("probe: {e}")))?;
+    for (code, name) in NEEDED {
+        if !probe.is_supported(code) {
+            return Err(Unavailable::MissingOpcode(name));
+        }
+    }
+    let mut bufs = super::bufs::BufRing::new(1).map_err(|e| Unavailable::BufRing(e.to_string()))?;
+    bufs.register(&ring, 0).map_err(|e| Unavailable::BufRing(e.to_string()))?;
+    bufs.unregister(&ring);
+    Ok(())
+}
+
+/// Options of a ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingConfig {
+    /// Submission queue entries.
+    pub entries: u32,
+    /// Kernel-side submission polling, with this idle time in ms before the poller sleeps.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Only the creating thread submits (allows deferred task work).
+    pub single_issuer: bool,
+}
+
+/// A ring for one thread: single issuer and deferred task work where the kernel has them (fewer
+/// interrupts: completions are processed when the thread enters the kernel anyway), SQPOLL on
+/// request. Falls back to a plain ring on kernels that refuse the flags.
+pub fn build_ring(config: RingConfig) -> io::Result<IoUring> {
+    let mut builder = IoUring::builder();
+    builder.setup_cqsize(config.entries * 4).setup_submit_all();
+    if let Some(idle) = config.sqpoll_idle_ms {
+        builder.setup_sqpoll(idle);
+    } else if config.single_issuer {
+        builder.setup_single_issuer().setup_defer_taskrun();
+    } else {
+        builder.setup_coop_taskrun();
+    }
+    builder.build(config.entries).or_else(|first| {
+        tracing::debug!("io_uring setup flags refused ({first}); using a plain ring");
+        let mut plain = IoUring::builder();
+        plain.setup_cqsize(config.entries * 4);
+        plain.build(config.entries)
+    })
+}

@@ -1,0 +1,985 @@
+//! The event loop of one I/O thread: one ring, a multishot accept on the shared listener, and the
+//! connections this thread accepted.
+//!
+//! Every operation carries `user_data` = connection slot (high 32 bits) and operation kind (low
+//! byte). A connection has at most one operation of each kind in flight (one multishot receive or
+//! one direct receive, one send, cancels), so the state an operation needs (the send's `msghdr` and
+//! iovecs, the buffer ring, the large frame's buffer) lives in the connection's slot of the slab,
+//! boxed where the kernel holds pointers to it. A slot is freed, and its memory released, only
+//! after the last operation of its connection has completed (`in_flight == 0`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::queue::SegQueue;
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+use super::bufs::BufRing;
+use super::UringOptions;
+use crate::buffer::{Payload, PoolBuf};
+use crate::invocation::Outcome;
+use crate::process::{Dispatched, Process, Response, ResponseSink};
+use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::transport::OutFrame;
+
+/// Most iovecs in one send.
+const MAX_IOV: usize = 64;
+
+/// Operation kinds, the low byte of `user_data`.
+const OP_ACCEPT: u8 = 1;
+const OP_WAKE: u8 = 2;
+const OP_RECV: u8 = 3;
+const OP_RECV_LARGE: u8 = 4;
+const OP_SEND: u8 = 5;
+const OP_CANCEL: u8 = 6;
+const OP_CANCEL_ALL: u8 = 7;
+
+fn user_data(slot: usize, op: u8) -> u64 {
+    ((slot as u64) << 32) | op as u64
+}
+
+fn split_user_data(data: u64) -> (usize, u8) {
+    ((data >> 32) as usize, data as u8)
+}
+
+/// What workers share with the I/O thread: responses for its connections, and how to wake it.
+pub(crate) struct LoopShared {
+    /// Responses produced on worker threads, keyed by connection (slot and generation).
+    responses: SegQueue<(u64, Response)>,
+    /// The eventfd the ring reads; written when the loop must look at `responses` or `stop`.
+    eventfd: OwnedFd,
+    /// Set by the first producer after the loop last drained: later ones skip the eventfd write.
+    notified: AtomicBool,
+    /// Set to stop the loop.
+    pub stop: AtomicBool,
+}
+
+impl LoopShared {
+    /// A queue and its eventfd.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nothing else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { responses: SegQueue::new(), eventfd, notified: AtomicBool::new(false), stop: AtomicBool::new(false) })
+    }
+
+    /// Wakes the loop whatever the loop last saw (to stop it).
+    pub fn wake_always(&self) {
+        self.notified.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let _ = unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Wakes the loop (once until it drains again).
+    pub fn wake(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+            let _ = unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+/// A connection's [`ResponseSink`]: queues the response for the I/O thread and wakes it. The
+/// inline path never comes here (its responses are queued on the I/O thread itself), so it pays
+/// for no atomic and no lock; a worker pays one lock-free push and, at most once per loop
+/// iteration, one eventfd write.
+struct ConnSink {
+    key: u64,
+    shared: Arc<LoopShared>,
+}
+
+impl ResponseSink for ConnSink {
+    fn send(&self, response: Response) {
+        self.shared.responses.push((self.key, response));
+        self.shared.wake();
+    }
+}
+
+/// A frame too large for the receive buffers, received into a pool buffer of its own.
+struct LargeFrame {
+    header: Header,
+    body: PoolBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    Open,
+    /// The peer closed its side; answer what is pending, then close.
+    Draining,
+    /// The peer broke the protocol; discard its input until it closes or the deadline passes.
+    Lingering(Instant),
+}
+
+/// The `sendmsg` arguments of the connection's send in flight; boxed: the kernel reads them.
+struct SendState {
+    msg: libc::msghdr,
+    iov: [libc::iovec; MAX_IOV],
+}
+
+struct Conn {
+    // Field order is drop order: the socket closes before its buffers are released.
+    fd: OwnedFd,
+    generation: u32,
+    sink: Arc<dyn ResponseSink>,
+    bufs: BufRing,
+    /// Buffers that came back unshared after their data was consumed: provided again first.
+    spare: Vec<PoolBuf>,
+    /// Received buffers not yet decoded (back-pressure holds them here), and where to resume.
+    backlog: VecDeque<(Arc<PoolBuf>, usize)>,
+    /// A frame that straddles receive buffers and fits in one: its bytes so far (copied).
+    assembly: Option<PoolBuf>,
+    large: Option<LargeFrame>,
+    state: ReadState,
+    /// A multishot receive is armed.
+    recv_armed: bool,
+    /// A cancel of the multishot receive is in flight.
+    recv_cancelling: bool,
+    /// A direct receive into `large` is in flight.
+    large_recv: bool,
+    /// Invocations at the workers, not yet answered.
+    outstanding: usize,
+    queue: VecDeque<Box<OutFrame>>,
+    queued_bytes: usize,
+    send: Box<SendState>,
+    sending: bool,
+    /// Zero-copy notifications still to come; frames sent meanwhile wait in `zc_hold`.
+    zc_notifs: usize,
+    zc_hold: Vec<Box<OutFrame>>,
+    /// Shut the sending side once the queue is flushed (after a protocol error response).
+    shutdown_after_flush: bool,
+    /// Operations in flight (each multishot counts once, a zero-copy send until its notification).
+    in_flight: usize,
+    closing: bool,
+    /// The cancel of every operation of a closing connection was pushed.
+    cancel_all_sent: bool,
+    /// Waiting for the pool to give buffers.
+    starved: bool,
+}
+
+impl Conn {
+    fn blocked_by_peer(&self, options: &UringOptions) -> bool {
+        self.outstanding >= options.max_outstanding || self.queued_bytes >= options.max_queued_bytes
+    }
+
+    fn finished(&self) -> bool {
+        let idle = self.queue.is_empty() && !self.sending;
+        match self.state {
+            ReadState::Draining => idle && self.outstanding == 0,
+            ReadState::Lingering(until) => Instant::now() >= until,
+            ReadState::Open => false,
+        }
+    }
+
+    fn push_frame(&mut self, frame: OutFrame) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(Box::new(frame));
+    }
+}
+
+/// One I/O thread's loop.
+pub(crate) struct EventLoop {
+    // Field order is drop order: the ring goes first, so no operation outlives the memory below.
+    ring: IoUring,
+    listener: Arc<TcpListener>,
+    process: Arc<Process>,
+    options: UringOptions,
+    shared: Arc<LoopShared>,
+    wake_buf: Box<u64>,
+    conns: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<usize>,
+    /// Connections to look at after this batch of completions.
+    dirty: Vec<usize>,
+    /// Connections to look at again at a time: starved ones and lingering ones.
+    retry: Vec<(Instant, usize)>,
+    accept_armed: bool,
+    wake_armed: bool,
+}
+
+/// Slot used in `user_data` for operations that belong to no connection.
+const NO_CONN: usize = u32::MAX as usize;
+
+impl EventLoop {
+    /// A loop with its own ring.
+    pub fn new(
+        listener: Arc<TcpListener>,
+        process: Arc<Process>,
+        options: UringOptions,
+        shared: Arc<LoopShared>,
+    ) -> io::Result<Self> {
+        let ring = super::probe::build_ring(super::probe::RingConfig {
+            entries: options.ring_entries,
+            sqpoll_idle_ms: options.sqpoll_idle_ms,
+            single_issuer: true,
+        })?;
+        Ok(Self {
+            ring,
+            listener,
+            process,
+            options,
+            shared,
+            wake_buf: Box::new(0),
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            retry: Vec::new(),
+            accept_armed: false,
+            wake_armed: false,
+        })
+    }
+
+    /// Pushes one entry, submitting to make room when the submission queue is full: a full ring
+    /// delays the entry, it never drops it.
+    ///
+    /// # Safety
+    /// Every buffer and structure `entry` points to must stay valid until its completion (or, for
+    /// a zero-copy send, its notification) has been reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // The completion queue is full too: make room by handling completions.
+                    self.reap()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.options.sqpoll_idle_ms.is_some() {
+                let _ = self.ring.submitter().squeue_wait();
+            }
+        }
+    }
+
+    /// Serves until told to stop.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut cqes = Vec::with_capacity(256);
+        while !self.shared.stop.load(Ordering::Acquire) {
+            self.arm_listeners()?;
+            self.pump_dirty()?;
+            self.wait()?;
+            self.collect(&mut cqes);
+            for (data, result, flags) in cqes.drain(..) {
+                self.complete(data, result, flags)?;
+            }
+            self.drain_responses();
+            self.retry_due();
+        }
+        self.shutdown()
+    }
+
+    fn collect(&mut self, out: &mut Vec<(u64, i32, u32)>) {
+        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+    }
+
+    /// Handles completions already in the queue (used when the rings are full).
+    fn reap(&mut self) -> io::Result<()> {
+        let mut cqes = Vec::new();
+        self.collect(&mut cqes);
+        for (data, result, flags) in cqes {
+            self.complete(data, result, flags)?;
+        }
+        Ok(())
+    }
+
+    /// Submits what was pushed and waits for at least one completion (or the next timer).
+    fn wait(&mut self) -> io::Result<()> {
+        let timeout = self.retry.iter().map(|(at, _)| at.saturating_duration_since(Instant::now())).min();
+        let result = match timeout {
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn arm_listeners(&mut self) -> io::Result<()> {
+        if !self.accept_armed {
+            let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(user_data(NO_CONN, OP_ACCEPT));
+            // SAFETY: a multishot accept points to no memory of ours.
+            unsafe { self.push(&entry)? };
+            self.accept_armed = true;
+        }
+        if !self.wake_armed {
+            let buf: *mut u64 = &mut *self.wake_buf;
+            let entry = opcode::Read::new(Fd(self.shared.eventfd.as_raw_fd()), buf.cast(), 8)
+                .build()
+                .user_data(user_data(NO_CONN, OP_WAKE));
+            // SAFETY: `wake_buf` is boxed and lives as long as the loop, which reaps this read
+            // (or cancels it and waits) before it drops.
+            unsafe { self.push(&entry)? };
+            self.wake_armed = true;
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, data: u64, result: i32, flags: u32) -> io::Result<()> {
+        let (slot, op) = split_user_data(data);
+        match op {
+            OP_ACCEPT => {
+                if !cqueue::more(flags) {
+                    self.accept_armed = false;
+                }
+                if result >= 0 {
+                    // SAFETY: the kernel just created this descriptor for us.
+                    let fd = unsafe { OwnedFd::from_raw_fd(result) };
+                    if let Err(e) = self.add(fd) {
+                        tracing::warn!("cannot serve a new connection: {e}");
+                    }
+                } else if result != -libc::ECANCELED {
+                    tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-result));
+                }
+            }
+            OP_WAKE => {
+                self.wake_armed = false;
+                self.shared.notified.store(false, Ordering::Release);
+            }
+            _ => self.complete_conn(slot, op, result, flags),
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, fd: OwnedFd) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int from a live local.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None if self.conns.len() < u16::MAX as usize => {
+                self.conns.push(None);
+                self.generations.push(0);
+                self.conns.len() - 1
+            }
+            None => return Err(io::Error::other("too many connections on one I/O thread")),
+        };
+        let mut bufs = match BufRing::new(self.options.recv_buffers) {
+            Ok(bufs) => bufs,
+            Err(e) => {
+                self.free.push(slot);
+                return Err(e);
+            }
+        };
+        if let Err(e) = bufs.register(&self.ring, slot as u16) {
+            self.free.push(slot);
+            return Err(e);
+        }
+        let generation = self.generations[slot];
+        let key = ((slot as u64) << 32) | generation as u64;
+        let sink: Arc<dyn ResponseSink> = Arc::new(ConnSink { key, shared: Arc::clone(&self.shared) });
+        // SAFETY: an all-zero msghdr and iovecs are valid values (null pointers, zero lengths).
+        let send: Box<SendState> = Box::new(unsafe { std::mem::zeroed() });
+        self.conns[slot] = Some(Conn {
+            fd,
+            generation,
+            sink,
+            bufs,
+            spare: Vec::new(),
+            backlog: VecDeque::new(),
+            assembly: None,
+            large: None,
+            state: ReadState::Open,
+            recv_armed: false,
+            recv_cancelling: false,
+            large_recv: false,
+            outstanding: 0,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            send,
+            sending: false,
+            zc_notifs: 0,
+            zc_hold: Vec::new(),
+            shutdown_after_flush: false,
+            in_flight: 0,
+            closing: false,
+            cancel_all_sent: false,
+            starved: false,
+        });
+        self.dirty.push(slot);
+        Ok(())
+    }
+
+    fn complete_conn(&mut self, slot: usize, op: u8, result: i32, flags: u32) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            tracing::error!(slot, op, "completion for a connection that is gone");
+            return;
+        };
+        match op {
+            OP_RECV => {
+                if !cqueue::more(flags) {
+                    conn.in_flight -= 1;
+                    conn.recv_armed = false;
+                }
+                if result > 0 {
+                    let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
+                    let buf = conn.bufs.take(bid, result as usize).expect("the kernel filled a provided buffer");
+                    if !conn.closing {
+                        conn.backlog.push_back((Arc::new(buf), 0));
+                    }
+                } else if result == 0 {
+                    peer_closed(conn);
+                } else if result == -libc::ENOBUFS {
+                    // Every provided buffer is in use (back-pressure, or the pool is spent).
+                } else if result != -libc::ECANCELED {
+                    fail(conn, result);
+                }
+            }
+            OP_RECV_LARGE => {
+                conn.in_flight -= 1;
+                conn.large_recv = false;
+                if result > 0 {
+                    if let Some(large) = conn.large.as_mut() {
+                        let filled = large.body.len() + result as usize;
+                        large.body.set_len(filled);
+                    }
+                } else if result == 0 {
+                    peer_closed(conn);
+                } else if result != -libc::ECANCELED {
+                    fail(conn, result);
+                }
+            }
+            OP_SEND => self.send_done(slot, result, flags),
+            OP_CANCEL => {
+                conn.in_flight -= 1;
+                conn.recv_cancelling = false;
+            }
+            OP_CANCEL_ALL => conn.in_flight -= 1,
+            _ => tracing::error!(op, "completion of an unknown operation"),
+        }
+        self.dirty.push(slot);
+    }
+
+    fn send_done(&mut self, slot: usize, result: i32, flags: u32) {
+        let conn = self.conns[slot].as_mut().expect("checked by the caller");
+        if cqueue::notif(flags) {
+            // The kernel no longer reads the buffers of a zero-copy send.
+            conn.zc_notifs -= 1;
+            conn.in_flight -= 1;
+            if conn.zc_notifs == 0 {
+                conn.zc_hold.clear();
+            }
+            return;
+        }
+        conn.sending = false;
+        if cqueue::more(flags) {
+            conn.zc_notifs += 1;
+        } else {
+            conn.in_flight -= 1;
+        }
+        if result < 0 {
+            if result != -libc::ECANCELED {
+                fail(conn, result);
+            }
+            return;
+        }
+        let mut n = result as usize;
+        while let Some(front) = conn.queue.front_mut() {
+            n = front.advance(n);
+            if !front.is_empty() {
+                break;
+            }
+            let frame = conn.queue.pop_front().expect("front exists");
+            conn.queued_bytes -= frame.len();
+            if conn.zc_notifs > 0 {
+                conn.zc_hold.push(frame);
+            }
+        }
+    }
+
+    /// Takes the responses workers produced and queues them on their connections.
+    fn drain_responses(&mut self) {
+        while let Some((key, response)) = self.shared.responses.pop() {
+            let (slot, generation) = ((key >> 32) as usize, key as u32);
+            match self.conns.get_mut(slot).and_then(Option::as_mut) {
+                Some(conn) if conn.generation == generation => {
+                    conn.outstanding -= 1;
+                    if !conn.closing {
+                        conn.push_frame(OutFrame::from_response(response));
+                    }
+                    self.dirty.push(slot);
+                }
+                // The connection closed meanwhile: the response has no reader.
+                _ => {}
+            }
+        }
+    }
+
+    fn retry_due(&mut self) {
+        if self.retry.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let retry = &mut self.retry;
+        let dirty = &mut self.dirty;
+        retry.retain(|&(at, slot)| {
+            if at <= now {
+                dirty.push(slot);
+            }
+            at > now
+        });
+    }
+
+    /// Moves every connection touched by this batch forward: decodes, dispatches, arms receives,
+    /// pushes sends; all entries of the batch go to the kernel in the next single `enter`.
+    fn pump_dirty(&mut self) -> io::Result<()> {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &slot in &dirty {
+            self.pump(slot)?;
+        }
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+        Ok(())
+    }
+
+    fn pump(&mut self, slot: usize) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return Ok(()) };
+        if !conn.closing {
+            decode_backlog(conn, &self.process, &self.options);
+            if conn.finished() {
+                conn.closing = true;
+            }
+        }
+        if conn.closing {
+            return self.close(slot);
+        }
+        // Sends: everything queued goes out in one operation.
+        if !conn.sending && !conn.queue.is_empty() {
+            self.push_send(slot)?;
+        }
+        let conn = self.conns[slot].as_mut().expect("still open");
+        if conn.shutdown_after_flush && conn.queue.is_empty() && !conn.sending {
+            conn.shutdown_after_flush = false;
+            // SAFETY: plain syscall on a descriptor we own.
+            unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
+        }
+        // Receives.
+        let blocked_by_peer = conn.blocked_by_peer(&self.options);
+        let blocked = blocked_by_peer || !conn.backlog.is_empty();
+        if let ReadState::Lingering(until) = conn.state {
+            self.retry.push((until, slot));
+        }
+        if !blocked_by_peer && !conn.backlog.is_empty() {
+            // Paused on the pool, which frees without telling anyone: look again soon.
+            self.retry.push((Instant::now() + Duration::from_millis(1), slot));
+        }
+        if conn.state == ReadState::Draining || blocked {
+            return Ok(());
+        }
+        if conn.large.is_some() {
+            if conn.recv_armed {
+                if !conn.recv_cancelling {
+                    // The rest of a large frame goes straight into its own buffer: stop the
+                    // multishot receive first, so bytes cannot land in two places.
+                    let entry = opcode::AsyncCancel::new(user_data(slot, OP_RECV))
+                        .build()
+                        .user_data(user_data(slot, OP_CANCEL));
+                    conn.recv_cancelling = true;
+                    conn.in_flight += 1;
+                    // SAFETY: a cancel points to no memory.
+                    unsafe { self.push(&entry)? };
+                }
+            } else if !conn.large_recv {
+                let large = conn.large.as_mut().expect("checked");
+                let filled = large.body.len();
+                let want = large.header.body_len() - filled;
+                let spare = &mut large.body.spare_mut()[..want];
+                let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), spare.as_mut_ptr(), want as u32)
+                    .flags(libc::MSG_WAITALL)
+                    .build()
+                    .user_data(user_data(slot, OP_RECV_LARGE));
+                conn.large_recv = true;
+                conn.in_flight += 1;
+                // SAFETY: the large frame's buffer stays in the connection (it is neither taken
+                // nor dropped while `large_recv` is set) until this receive completes.
+                unsafe { self.push(&entry)? };
+            }
+            return Ok(());
+        }
+        // Refill the buffer ring from spares, then the pool.
+        while let Some(bid) = conn.bufs.empty_slot() {
+            let buf = match conn.spare.pop() {
+                Some(buf) => buf,
+                None => match self.process.pool().get(self.options.recv_buffer_size) {
+                    Some(buf) => buf,
+                    None => break,
+                },
+            };
+            conn.bufs.provide(bid, buf);
+        }
+        conn.starved = conn.bufs.provided() == 0;
+        if conn.starved {
+            // The pool is spent and frees without telling anyone: look again soon.
+            self.retry.push((Instant::now() + Duration::from_millis(1), slot));
+            return Ok(());
+        }
+        if !conn.recv_armed && !conn.recv_cancelling {
+            let entry = opcode::RecvMulti::new(Fd(conn.fd.as_raw_fd()), slot as u16)
+                .build()
+                .user_data(user_data(slot, OP_RECV));
+            conn.recv_armed = true;
+            conn.in_flight += 1;
+            // SAFETY: the receive writes only into buffers provided through the connection's
+            // buffer ring, which stays registered until the connection's last operation completed.
+            unsafe { self.push(&entry)? };
+        }
+        Ok(())
+    }
+
+    fn push_send(&mut self, slot: usize) -> io::Result<()> {
+        let conn = self.conns[slot].as_mut().expect("caller checked");
+        let state = &mut *conn.send;
+        let mut count = 0;
+        let mut bytes = 0;
+        let mut slices = Vec::with_capacity(MAX_IOV);
+        for frame in &conn.queue {
+            if !frame.gather(&mut slices, MAX_IOV) {
+                break;
+            }
+        }
+        for slice in &slices {
+            state.iov[count] = libc::iovec { iov_base: slice.as_ptr() as *mut libc::c_void, iov_len: slice.len() };
+            bytes += slice.len();
+            count += 1;
+        }
+        drop(slices);
+        state.msg.msg_iov = state.iov.as_mut_ptr();
+        state.msg.msg_iovlen = count as _;
+        let fd = Fd(conn.fd.as_raw_fd());
+        let zero_copy = self.options.zero_copy_threshold.is_some_and(|t| bytes >= t);
+        let entry = if zero_copy {
+            opcode::SendMsgZc::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+        } else {
+            opcode::SendMsg::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+        }
+        .user_data(user_data(slot, OP_SEND));
+        conn.sending = true;
+        conn.in_flight += 1;
+        // SAFETY: the msghdr and iovecs are boxed in the connection; the iovecs point into boxed
+        // frames of its queue (a frame leaves the queue only when this send's completion says it
+        // was sent, and then waits in `zc_hold` while zero-copy notifications are due); the
+        // connection outlives every operation in flight.
+        unsafe { self.push(&entry) }
+    }
+
+    /// Closes a connection: cancels what is in flight, and frees it when nothing is.
+    fn close(&mut self, slot: usize) -> io::Result<()> {
+        let conn = self.conns[slot].as_mut().expect("caller checked");
+        conn.closing = true;
+        if conn.in_flight > 0 {
+            if !conn.cancel_all_sent {
+                conn.cancel_all_sent = true;
+                conn.in_flight += 1;
+                let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(conn.fd.as_raw_fd())).all())
+                    .build()
+                    .user_data(user_data(slot, OP_CANCEL_ALL));
+                // SAFETY: a cancel points to no memory.
+                unsafe { self.push(&entry)? };
+            }
+            return Ok(());
+        }
+        let mut conn = self.conns[slot].take().expect("caller checked");
+        conn.bufs.unregister(&self.ring);
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.free.push(slot);
+        drop(conn);
+        Ok(())
+    }
+
+    /// Stops: closes every connection and waits (boundedly) for their operations to end.
+    fn shutdown(&mut self) -> io::Result<()> {
+        for slot in 0..self.conns.len() {
+            if let Some(conn) = self.conns[slot].as_mut() {
+                conn.closing = true;
+                self.close(slot)?;
+            }
+        }
+        let entry = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(self.listener.as_raw_fd())).all())
+            .build()
+            .user_data(user_data(NO_CONN, OP_CANCEL));
+        // SAFETY: a cancel points to no memory.
+        unsafe { self.push(&entry)? };
+        if self.wake_armed {
+            let entry =
+                opcode::AsyncCancel::new(user_data(NO_CONN, OP_WAKE)).build().user_data(user_data(NO_CONN, OP_CANCEL));
+            // SAFETY: a cancel points to no memory.
+            unsafe { self.push(&entry)? };
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut cqes = Vec::new();
+        while self.conns.iter().any(Option::is_some) || self.accept_armed || self.wake_armed {
+            if Instant::now() > deadline {
+                tracing::warn!("operations still in flight at shutdown: leaking their connections");
+                for conn in self.conns.iter_mut().filter_map(Option::take) {
+                    std::mem::forget(conn);
+                }
+                if self.wake_armed {
+                    std::mem::forget(std::mem::take(&mut self.wake_buf));
+                }
+                break;
+            }
+            self.retry = vec![(Instant::now() + Duration::from_millis(10), NO_CONN)];
+            self.wait()?;
+            self.collect(&mut cqes);
+            for (data, result, flags) in cqes.drain(..) {
+                let (slot, op) = split_user_data(data);
+                if slot == NO_CONN {
+                    if op == OP_ACCEPT && !cqueue::more(flags) {
+                        self.accept_armed = false;
+                    }
+                    if op == OP_WAKE {
+                        self.wake_armed = false;
+                    }
+                    continue;
+                }
+                self.complete_conn(slot, op, result, flags);
+            }
+            for slot in std::mem::take(&mut self.dirty) {
+                if self.conns.get(slot).is_some_and(Option::is_some) {
+                    self.close(slot)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn peer_closed(conn: &mut Conn) {
+    // Draining also ends lingering: the error response goes out, then the connection closes.
+    conn.state = ReadState::Draining;
+    // A frame cut short by the close is dropped with its buffer.
+    conn.assembly = None;
+    conn.large = None;
+}
+
+fn fail(conn: &mut Conn, result: i32) {
+    tracing::debug!("connection failed: {}", io::Error::from_raw_os_error(-result));
+    conn.closing = true;
+}
+
+/// Decodes and dispatches received bytes as far as back-pressure and the pool allow.
+fn decode_backlog(conn: &mut Conn, process: &Process, options: &UringOptions) {
+    let limits = FrameLimits { max_frame: process.config().max_frame };
+    if conn.large.as_ref().is_some_and(|l| l.body.len() == l.header.body_len()) {
+        let LargeFrame { header, body } = conn.large.take().expect("checked");
+        dispatch(conn, process, header, Payload::whole(body));
+    }
+    loop {
+        let Some((buf, start)) = conn.backlog.front().map(|(b, p)| (Arc::clone(b), *p)) else { break };
+        if let ReadState::Lingering(_) = conn.state {
+            // Discarding: the bytes go nowhere, the buffers back to the ring.
+            drop(buf);
+            recycle(conn);
+            continue;
+        }
+        if conn.blocked_by_peer(options) {
+            return;
+        }
+        match ingest(conn, process, limits, &buf, start, options) {
+            Ok(Some(next)) => {
+                // Paused (pool spent or back-pressure): keep the rest for later.
+                conn.backlog.front_mut().expect("still there").1 = next;
+                return;
+            }
+            Ok(None) => {
+                drop(buf);
+                recycle(conn);
+            }
+            Err((err, id)) => {
+                refuse(conn, err, id, options);
+                drop(buf);
+                while !conn.backlog.is_empty() {
+                    recycle(conn);
+                }
+            }
+        }
+    }
+}
+
+/// Drops the front of the backlog; a buffer no payload still holds becomes a spare.
+fn recycle(conn: &mut Conn) {
+    if let Some((done, _)) = conn.backlog.pop_front() {
+        if let Ok(buf) = Arc::try_unwrap(done) {
+            conn.spare.push(buf);
+        }
+    }
+}
+
+/// Consumes `buf[start..]`: completes a pending frame, dispatches every frame wholly inside the
+/// buffer as a slice of it (no copy), and keeps a cut-off tail. Returns where it stopped (the end
+/// when everything was consumed), or the protocol error and the id to answer it with.
+fn ingest(
+    conn: &mut Conn,
+    process: &Process,
+    limits: FrameLimits,
+    buf: &Arc<PoolBuf>,
+    start: usize,
+    options: &UringOptions,
+) -> Result<Option<usize>, (FrameError, u64)> {
+    let end = buf.len();
+    let mut pos = start;
+    while pos < end {
+        if conn.blocked_by_peer(options) {
+            return Ok(Some(pos));
+        }
+        if let Some(large) = conn.large.as_mut() {
+            // Bytes that arrived before the multishot receive stopped: copy them over.
+            let want = large.header.body_len() - large.body.len();
+            let take = want.min(end - pos);
+            assert!(large.body.try_extend(&buf[pos..pos + take]), "a large frame's buffer holds its body");
+            pos += take;
+            if large.body.len() == large.header.body_len() {
+                let LargeFrame { header, body } = conn.large.take().expect("checked");
+                dispatch(conn, process, header, Payload::whole(body));
+            }
+            continue;
+        }
+        if let Some(assembly) = conn.assembly.as_mut() {
+            let have = assembly.len();
+            if have < HEADER_LEN {
+                let take = (HEADER_LEN - have).min(end - pos);
+                assembly.try_extend(&buf[pos..pos + take]);
+                pos += take;
+                if assembly.len() < HEADER_LEN {
+                    continue;
+                }
+            }
+            let head = *assembly.first_chunk::<HEADER_LEN>().expect("checked length");
+            let header = Header::decode(&head, limits).map_err(|e| (e, header_id(&head)))?;
+            let total = HEADER_LEN + header.body_len();
+            if total > assembly.capacity() {
+                let Some(mut body) = process.pool().get(header.body_len()) else { return Ok(Some(pos)) };
+                body.try_extend(&assembly[HEADER_LEN..]);
+                conn.assembly = None;
+                conn.large = Some(LargeFrame { header, body });
+                continue;
+            }
+            let take = (total - assembly.len()).min(end - pos);
+            assembly.try_extend(&buf[pos..pos + take]);
+            pos += take;
+            if assembly.len() == total {
+                let assembly = Arc::new(conn.assembly.take().expect("checked"));
+                dispatch(conn, process, header, Payload::new(assembly, HEADER_LEN..total));
+            }
+            continue;
+        }
+        let available = &buf[pos..end];
+        match decode_frame(available, limits) {
+            Ok(Decoded::Frame(frame, used)) => {
+                let header = frame.header;
+                dispatch(conn, process, header, Payload::new(Arc::clone(buf), pos + HEADER_LEN..pos + used));
+                pos += used;
+            }
+            Ok(Decoded::Incomplete(_)) => {
+                // A frame cut off at the end of this buffer.
+                let body_len = match available.first_chunk::<HEADER_LEN>() {
+                    Some(head) => Some(Header::decode(head, limits).map_err(|e| (e, header_id(head)))?),
+                    None => None,
+                };
+                match body_len {
+                    Some(header) if HEADER_LEN + header.body_len() > options.recv_buffer_size => {
+                        let Some(mut body) = process.pool().get(header.body_len()) else { return Ok(Some(pos)) };
+                        body.try_extend(&available[HEADER_LEN..]);
+                        conn.large = Some(LargeFrame { header, body });
+                    }
+                    _ => {
+                        let Some(mut assembly) = process.pool().get(options.recv_buffer_size) else {
+                            return Ok(Some(pos));
+                        };
+                        assembly.try_extend(available);
+                        conn.assembly = Some(assembly);
+                    }
+                }
+                pos = end;
+            }
+            Err(e) => {
+                let id = available.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                return Err((e, id));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn header_id(head: &[u8; HEADER_LEN]) -> u64 {
+    u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"))
+}
+
+fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
+    let meta_len = header.meta_len as usize;
+    let frame = match header.kind {
+        MessageKind::Invoke => {
+            let input = body.slice(meta_len..body.len());
+            match process.dispatch(header.id, &body[..meta_len], input, header.timeout_ms, &conn.sink) {
+                Dispatched::Queued => {
+                    conn.outstanding += 1;
+                    return;
+                }
+                Dispatched::Done(response) => OutFrame::from_response(response),
+            }
+        }
+        MessageKind::Ping => {
+            let payload = &body[meta_len..];
+            let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
+            match process.pool().get(payload.len()) {
+                Some(mut copy) => {
+                    copy.try_extend(payload);
+                    OutFrame::raw(pong, Vec::new(), Some(copy))
+                }
+                None => OutFrame::raw(Header { payload_len: 0, ..pong }, Vec::new(), None),
+            }
+        }
+        kind => OutFrame::from_response(Response {
+            id: header.id,
+            outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
+        }),
+    };
+    conn.push_frame(frame);
+}
+
+/// Answers a protocol violation, shuts the sending side once it is out, and lingers.
+fn refuse(conn: &mut Conn, err: FrameError, id: u64, options: &UringOptions) {
+    tracing::debug!(id, "closing a connection that broke the protocol: {err}");
+    conn.push_frame(OutFrame::from_response(Response { id, outcome: Outcome::error(err.status(), err.to_string()) }));
+    conn.shutdown_after_flush = true;
+    conn.state = ReadState::Lingering(Instant::now() + options.linger);
+    conn.assembly = None;
+    conn.large = None;
+}
