@@ -1,5 +1,6 @@
 //! `praas`: the command-line tool. It parses arguments, calls the libraries, and maps errors to
-//! exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage.
+//! exit codes: 0 success, 1 the operation failed (the message says why), 2 bad usage,
+//! 3 a process refused by its control plane.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -9,6 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use praas_control::cli::{self, Api};
+use praas_control::model::Resources;
+use praas_control::{server, ControlConfig};
+use praas_dataplane::control_channel::{run_control_link, ControlLinkOptions, LinkEnd};
+use praas_dataplane::swap::SwapStore;
 use praas_dataplane::{
     Client, ClientOptions, FunctionRegistry, Manifest, Process, ProcessConfig, TcpOptions, TcpTransport, Transport,
 };
@@ -17,23 +23,153 @@ use praas_dataplane::{
 #[derive(Debug, Parser)]
 #[command(name = "praas", version, about)]
 struct Cli {
+    /// The control plane's HTTP API (for app, process and invoke --app).
+    #[arg(long, global = true, env = "PRAAS_CONTROL", default_value = "http://127.0.0.1:7000")]
+    control: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Manage cloud processes.
+    /// Run the control plane.
+    #[command(subcommand)]
+    Control(ControlCommand),
+    /// Manage applications.
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Manage cloud processes, or run one in the foreground (`serve`).
     #[command(subcommand)]
     Process(ProcessCommand),
-    /// Invoke a function of a cloud process and print its output.
+    /// Invoke a function and print its output: directly on a process (`--process ADDR`) or
+    /// through the control plane (`--app APP [--process NAME]`).
     Invoke(InvokeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ControlCommand {
+    /// Serve the control plane's API and control channel.
+    Serve(ControlServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ControlServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Address processes register on (default: the one used last time with this data folder).
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
+    /// Folder for the database, logs, process folders and the swap store.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Where processes run.
+    #[arg(long, default_value = "local")]
+    backend: String,
+    /// Swap store root (a shared filesystem on a cluster); default DATA_DIR/swap.
+    #[arg(long)]
+    swap_dir: Option<PathBuf>,
+    /// Swap out processes idle for this many milliseconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    idle_swap_ms: u64,
+    /// How often processes report metrics, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    metrics_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum AppCommand {
+    /// Create an application from a functions manifest.
+    Create {
+        /// Application name.
+        name: String,
+        /// TOML functions manifest; relative library paths resolve against its folder.
+        #[arg(long)]
+        manifest: PathBuf,
+        #[command(flatten)]
+        resources: ResourceArgs,
+    },
+    /// List applications.
+    List,
+    /// Delete an application without processes.
+    Delete {
+        /// Application name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ResourceArgs {
+    /// vCPUs per process.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Memory per process, MiB.
+    #[arg(long)]
+    memory_mb: Option<u64>,
+}
+
+impl ResourceArgs {
+    fn get(&self) -> Option<Resources> {
+        if self.vcpus.is_none() && self.memory_mb.is_none() {
+            return None;
+        }
+        let default = Resources::default();
+        Some(Resources {
+            vcpus: self.vcpus.unwrap_or(default.vcpus),
+            memory_mb: self.memory_mb.unwrap_or(default.memory_mb),
+        })
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum ProcessCommand {
     /// Run a cloud process in the foreground, serving the functions of a manifest.
     Serve(ServeArgs),
+    /// Create a process (answers once ALLOCATED).
+    Create {
+        /// Application.
+        app: String,
+        /// Process name.
+        name: String,
+        #[command(flatten)]
+        resources: ResourceArgs,
+    },
+    /// List the processes of an application.
+    List {
+        /// Application.
+        app: String,
+    },
+    /// Swap a process out to the swap store.
+    Swap {
+        /// Application.
+        app: String,
+        /// Process name.
+        name: String,
+    },
+    /// Swap a process back in.
+    Swapin {
+        /// Application.
+        app: String,
+        /// Process name.
+        name: String,
+    },
+    /// Stop a process.
+    Stop {
+        /// Application.
+        app: String,
+        /// Process name.
+        name: String,
+    },
+    /// Delete a stopped, failed or swapped-out process and its swap data.
+    Delete {
+        /// Application.
+        app: String,
+        /// Process name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -50,6 +186,9 @@ struct ServeArgs {
     /// Process id.
     #[arg(long, default_value = "process-0")]
     id: String,
+    /// Application.
+    #[arg(long, default_value = "default")]
+    app: String,
     /// Default deadline of an invocation in milliseconds (0: none).
     #[arg(long, default_value_t = 60_000)]
     timeout_ms: u64,
@@ -59,13 +198,40 @@ struct ServeArgs {
     /// Bytes of buffers the process may hand out at once.
     #[arg(long, default_value_t = praas_dataplane::buffer::DEFAULT_BUDGET)]
     buffer_budget: usize,
+    /// The control plane's control channel to register with (HOST:PORT).
+    #[arg(long)]
+    control_channel: Option<SocketAddr>,
+    /// The application's secret (prefer the environment variable).
+    #[arg(long, env = "PRAAS_SECRET", default_value = "", hide_env_values = true)]
+    secret: String,
+    /// Root of the swap store.
+    #[arg(long)]
+    swap_dir: Option<PathBuf>,
+    /// The process's state files, swapped with it.
+    #[arg(long)]
+    files_dir: Option<PathBuf>,
+    /// Start from the process's snapshot in the swap store.
+    #[arg(long)]
+    restore: bool,
+    /// CPUs to run on (comma-separated list).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Address-space limit in MiB (RLIMIT_AS).
+    #[arg(long)]
+    memory_mb: Option<u64>,
+    /// How often metrics go to the control plane, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    metrics_ms: u64,
 }
 
 #[derive(Debug, Args)]
 struct InvokeArgs {
-    /// Data-plane address of the process (HOST:PORT).
+    /// Without --app: the data-plane address of the process (HOST:PORT). With --app: a process name.
     #[arg(long)]
-    process: String,
+    process: Option<String>,
+    /// Invoke through the control plane, on a process of this application.
+    #[arg(long)]
+    app: Option<String>,
     /// Function to invoke.
     function: String,
     /// Input: TEXT as given, @FILE for a file's bytes, - for standard input.
@@ -82,24 +248,143 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
+    let api = || Api::new(&cli.control, Duration::from_secs(600));
+    let json = cli.json;
     let result = match cli.command {
+        Command::Control(ControlCommand::Serve(args)) => control_serve(args),
+        Command::App(command) => app(&api(), command, json),
         Command::Process(ProcessCommand::Serve(args)) => serve(args),
-        Command::Invoke(args) => invoke(args),
+        Command::Process(command) => process(&api(), command, json),
+        Command::Invoke(args) => invoke(&api(), args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(Failure::Refused(message)) => {
+            eprintln!("praas: refused by the control plane: {message}");
+            ExitCode::from(3)
+        }
+        Err(Failure::Message(message)) => {
             eprintln!("praas: {message}");
             ExitCode::from(1)
         }
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+enum Failure {
+    Message(String),
+    Refused(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Message(message)
+    }
+}
+
+fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
+    if args.backend != "local" {
+        return Err(format!("unknown backend {:?} (available: local)", args.backend).into());
+    }
+    let mut config = ControlConfig::new(&args.data_dir);
+    if let Some(swap) = args.swap_dir {
+        config.swap_dir = swap;
+    }
+    config.idle_swap = (args.idle_swap_ms > 0).then(|| Duration::from_millis(args.idle_swap_ms));
+    config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
+    let server = server::bind(config, args.listen, args.control_listen)?;
+    // Scripts read this line to learn the ports.
+    println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    server.run().map_err(Failure::from)
+}
+
+fn print<T: serde::Serialize>(
+    value: &T,
+    json: bool,
+    table: impl FnOnce(&T, &mut std::io::StdoutLock) -> std::io::Result<()>,
+) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let written = if json { cli::print_json(value, &mut out) } else { table(value, &mut out) };
+    written.map_err(|e| Failure::Message(e.to_string()))
+}
+
+fn app(api: &Api, command: AppCommand, json: bool) -> Result<(), Failure> {
+    match command {
+        AppCommand::Create { name, manifest, resources } => {
+            let app = cli::app_create(api, &name, &manifest, resources.get())?;
+            print(&app, json, |a, out| cli::print_apps(std::slice::from_ref(a), out))
+        }
+        AppCommand::List => {
+            let apps: Vec<praas_control::controller::AppView> = api.get("/apps")?;
+            print(&apps, json, |a, out| cli::print_apps(a, out))
+        }
+        AppCommand::Delete { name } => {
+            let answer: serde_json::Value = api.delete(&format!("/apps/{name}"))?;
+            print(&answer, json, |_, out| writeln!(out, "deleted application {name}"))
+        }
+    }
+}
+
+fn process(api: &Api, command: ProcessCommand, json: bool) -> Result<(), Failure> {
+    let one = |record: praas_control::model::ProcessRecord| {
+        print(&record, json, |r, out| cli::print_processes(std::slice::from_ref(r), out))
+    };
+    match command {
+        ProcessCommand::Serve(_) => unreachable!("handled in main"),
+        ProcessCommand::Create { app, name, resources } => one(cli::process_create(api, &app, &name, resources.get())?),
+        ProcessCommand::List { app } => {
+            let processes: Vec<praas_control::model::ProcessRecord> = api.get(&format!("/apps/{app}/processes"))?;
+            print(&processes, json, |p, out| cli::print_processes(p, out))
+        }
+        ProcessCommand::Swap { app, name } => one(cli::process_swap(api, &app, &name, !json)?),
+        ProcessCommand::Swapin { app, name } => one(api.post(&format!("/apps/{app}/processes/{name}/swapin"))?),
+        ProcessCommand::Stop { app, name } => one(api.post(&format!("/apps/{app}/processes/{name}/stop"))?),
+        ProcessCommand::Delete { app, name } => {
+            let answer: serde_json::Value = api.delete(&format!("/apps/{app}/processes/{name}"))?;
+            print(&answer, json, |_, out| writeln!(out, "deleted process {app}/{name}"))
+        }
+    }
+}
+
+/// Applies CPU placement and the memory limit to this process before any thread starts.
+fn apply_resources(cpus: Option<&str>, memory_mb: Option<u64>) -> Result<(), String> {
+    if let Some(list) = cpus {
+        let cpus: Vec<usize> = list
+            .split(',')
+            .map(|c| c.trim().parse().map_err(|_| format!("bad CPU {c:?} in --cpus")))
+            .collect::<Result<_, _>>()?;
+        // SAFETY: `set` is a plain bit set on the stack; sched_setaffinity reads
+        // `size_of::<cpu_set_t>()` bytes from it and affects only this process.
+        let status = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in &cpus {
+                libc::CPU_SET(*cpu, &mut set);
+            }
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if status != 0 {
+            return Err(format!("cannot pin to CPUs {list}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    if let Some(mb) = memory_mb {
+        let bytes = mb.saturating_mul(1 << 20);
+        let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
+        // SAFETY: `limit` is a valid rlimit for the duration of the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+            return Err(format!("cannot limit memory to {mb} MiB: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    apply_resources(args.cpus.as_deref(), args.memory_mb)?;
     let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
     let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
     let config = ProcessConfig {
-        id: args.id,
+        id: args.id.clone(),
+        app: args.app.clone(),
+        secret: args.secret.clone(),
         workers: args.workers,
         default_timeout: (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms)),
         max_frame: args.max_frame,
@@ -108,6 +393,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let names = functions.names().join(", ");
     let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
+    let swap_store = args.swap_dir.as_ref().map(SwapStore::new);
+    if args.restore {
+        let store = swap_store.as_ref().ok_or_else(|| "--restore needs --swap-dir".to_owned())?;
+        let snapshot = store.read(&args.app, &args.id).map_err(|e| format!("cannot swap in: {e}"))?;
+        snapshot.restore_state(process.state());
+        process.restore_mailbox(&snapshot.mailbox).map_err(|e| format!("cannot swap in the messages: {e}"))?;
+        if let Some(files) = &args.files_dir {
+            snapshot.restore_files(files).map_err(|e| format!("cannot swap in the state files: {e}"))?;
+        }
+        tracing::info!(keys = snapshot.state.len(), bytes = snapshot.manifest.bytes(), "swapped in");
+    }
     let transport = TcpTransport::bind(args.listen, Arc::clone(&process), TcpOptions::default())
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let server = Box::new(transport).spawn().map_err(|e| format!("cannot start the transport: {e}"))?;
@@ -115,7 +411,26 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     tracing::info!(process = process.id(), functions = %names, "serving");
-    server.join().map_err(|e| format!("transport failed: {e}"))
+    let Some(control_addr) = args.control_channel else {
+        return server.join().map_err(|e| format!("transport failed: {e}").into());
+    };
+    let options = ControlLinkOptions {
+        control_addr,
+        data_addr: server.local_addr().to_string(),
+        swap_store: swap_store.unwrap_or_else(|| SwapStore::new(std::env::temp_dir().join("praas-swap"))),
+        files_dir: args.files_dir.clone(),
+        metrics_interval: Duration::from_millis(args.metrics_ms.max(10)),
+        drain_timeout: Duration::from_secs(120),
+        restored: args.restore,
+    };
+    match run_control_link(&process, &options) {
+        LinkEnd::SwappedOut(report) => {
+            tracing::info!(bytes = report.bytes, secs = report.secs, "swapped out; exiting");
+            let _ = server.stop();
+            Ok(())
+        }
+        LinkEnd::Refused(reason) => Err(Failure::Refused(reason)),
+    }
 }
 
 fn read_input(spec: &str) -> Result<Vec<u8>, String> {
@@ -130,16 +445,22 @@ fn read_input(spec: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-fn invoke(args: InvokeArgs) -> Result<(), String> {
+fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     let input = read_input(&args.input)?;
-    let options = ClientOptions {
-        timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
-        invocation_timeout_ms: args.timeout_ms,
-        ..ClientOptions::default()
+    let output = match (&args.app, &args.process) {
+        (Some(app), process) => api.invoke(app, &args.function, process.as_deref(), &input)?,
+        (None, Some(addr)) => {
+            let options = ClientOptions {
+                timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
+                invocation_timeout_ms: args.timeout_ms,
+                ..ClientOptions::default()
+            };
+            let mut client =
+                Client::connect_with(addr.as_str(), options).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?
+        }
+        (None, None) => return Err("say where: --process ADDR, or --app APP [--process NAME]".to_owned().into()),
     };
-    let mut client = Client::connect_with(&*args.process, options)
-        .map_err(|e| format!("cannot connect to {}: {e}", args.process))?;
-    let output = client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?;
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&output).and_then(|()| stdout.flush()).map_err(|e| e.to_string())
+    stdout.write_all(&output).and_then(|()| stdout.flush()).map_err(|e| Failure::Message(e.to_string()))
 }

@@ -10,8 +10,11 @@
 pub mod auth;
 pub mod buffer;
 pub mod client;
+pub mod control_channel;
 pub mod function;
 pub mod invocation;
+pub mod mailbox;
+pub mod peer;
 pub mod process;
 pub mod protocol;
 pub mod state;

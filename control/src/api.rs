@@ -1,0 +1,158 @@
+//! The control plane's REST/JSON API (axum). Every handler runs its control-plane operation on
+//! the blocking pool and answers exactly once: the result as JSON, or `{"error": ..., "status": ...}`
+//! with 400, 404, 409, 500, 503 or 504.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::controller::{ApiError, ControlPlane};
+use crate::model::Resources;
+
+/// Body of `PUT /apps/{app}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateApp {
+    /// The functions manifest, TOML text.
+    pub manifest: String,
+    /// Folder relative library paths of the manifest resolve against.
+    pub manifest_dir: String,
+    /// Default resources of its processes.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// Body of `PUT /apps/{app}/processes/{proc}` (optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateProcess {
+    /// Resources; the application's default when absent.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+}
+
+/// Query of the invoke route.
+#[derive(Debug, Deserialize)]
+pub struct InvokeQuery {
+    /// The process to run on; the control plane picks one when absent.
+    pub process: Option<String>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// The HTTP status, repeated.
+    pub status: u16,
+}
+
+fn error_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(ErrorBody { error: e.message, status: e.status })).into_response()
+}
+
+async fn blocking<T, F>(f: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => error_response(ApiError::internal("the operation panicked")),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The API's routes.
+pub fn router(plane: ControlPlane) -> Router {
+    Router::new()
+        .route("/apps", get(list_apps))
+        .route("/apps/{app}", put(create_app).get(get_app).delete(delete_app))
+        .route("/apps/{app}/processes", get(list_processes))
+        .route("/apps/{app}/processes/{proc}", put(create_process).get(get_process).delete(delete_process))
+        .route("/apps/{app}/processes/{proc}/swap", post(swap))
+        .route("/apps/{app}/processes/{proc}/swapin", post(swap_in))
+        .route("/apps/{app}/processes/{proc}/stop", post(stop))
+        .route("/apps/{app}/invoke/{function}", post(invoke))
+        .fallback(|| async { error_response(ApiError::not_found("no such route")) })
+        .with_state(plane)
+}
+
+async fn list_apps(State(plane): State<ControlPlane>) -> Response {
+    blocking(move || Ok(plane.list_apps())).await
+}
+
+async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, body: Bytes) -> Response {
+    blocking(move || {
+        let request: CreateApp = parse(&body)?;
+        let resources = request.resources.unwrap_or_default();
+        plane.create_app(&app, &request.manifest, &request.manifest_dir, resources)
+    })
+    .await
+}
+
+async fn get_app(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
+    blocking(move || plane.get_app(&app)).await
+}
+
+async fn delete_app(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
+    blocking(move || plane.delete_app(&app).map(|()| serde_json::json!({"deleted": app}))).await
+}
+
+async fn list_processes(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
+    blocking(move || plane.list_processes(&app)).await
+}
+
+async fn create_process(
+    State(plane): State<ControlPlane>,
+    Path((app, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    blocking(move || {
+        let request: CreateProcess = if body.is_empty() { CreateProcess::default() } else { parse(&body)? };
+        plane.create_process(&app, &name, request.resources)
+    })
+    .await
+}
+
+async fn get_process(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
+    blocking(move || plane.get_process(&app, &name)).await
+}
+
+async fn delete_process(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
+    blocking(move || plane.delete_process(&app, &name).map(|()| serde_json::json!({"deleted": name}))).await
+}
+
+async fn swap(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
+    blocking(move || plane.swap_out(&app, &name)).await
+}
+
+async fn swap_in(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
+    blocking(move || plane.swap_in(&app, &name)).await
+}
+
+async fn stop(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
+    blocking(move || plane.stop(&app, &name)).await
+}
+
+async fn invoke(
+    State(plane): State<ControlPlane>,
+    Path((app, function)): Path<(String, String)>,
+    Query(query): Query<InvokeQuery>,
+    body: Bytes,
+) -> Response {
+    let result =
+        tokio::task::spawn_blocking(move || plane.invoke(&app, &function, query.process.as_deref(), &body)).await;
+    match result {
+        Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/octet-stream")], output).into_response(),
+        Ok(Err(e)) => error_response(e),
+        Err(_) => error_response(ApiError::internal("the invocation panicked")),
+    }
+}

@@ -1,0 +1,217 @@
+//! Backends: where cloud processes run. The `local` backend starts each process as a child OS
+//! process of the control plane (`praas process serve`), on this machine.
+//!
+//! Resources: the child pins itself to `vcpus` CPUs (`sched_setaffinity`, round-robin over the
+//! machine's CPUs) and runs that many workers; memory is limited by a cgroup v2 `memory.max` when
+//! `/sys/fs/cgroup` is a writable cgroup v2 hierarchy with the memory controller, otherwise by
+//! `RLIMIT_AS` (address space, a looser bound: thread stacks and allocator arenas count too).
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::model::Resources;
+
+/// Everything needed to start one cloud process.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// Application.
+    pub app: String,
+    /// Process name.
+    pub process: String,
+    /// The functions manifest file.
+    pub manifest: PathBuf,
+    /// Resources.
+    pub resources: Resources,
+    /// The control plane's control-channel address.
+    pub control_addr: String,
+    /// The application's secret (passed in the environment, never on the command line).
+    pub secret: String,
+    /// Root of the swap store.
+    pub swap_dir: PathBuf,
+    /// The process's working folder (its state files).
+    pub files_dir: PathBuf,
+    /// Start from the swapped-out snapshot.
+    pub restore: bool,
+    /// File for the process's standard output and error.
+    pub log: PathBuf,
+    /// How often the process reports metrics.
+    pub metrics_interval: Duration,
+}
+
+/// Why a process could not be started.
+#[derive(Debug, Error)]
+#[error("cannot start process {process}: {reason}")]
+pub struct BackendError {
+    /// The process.
+    pub process: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// How a started process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// The OS process id.
+    pub pid: u32,
+    /// Human description: `exit status 0`, `killed by signal 9`.
+    pub description: String,
+    /// Whether it exited with status 0.
+    pub success: bool,
+}
+
+/// Called when a started process ends.
+pub type ExitHandler = Arc<dyn Fn(Exit) + Send + Sync>;
+
+/// Where processes run.
+pub trait Backend: Send + Sync {
+    /// `local`, `slurm`, ...
+    fn name(&self) -> &'static str;
+    /// Starts a process; `on_exit` is called once when it ends. Returns its OS process id.
+    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<u32, BackendError>;
+    /// Asks a process to stop (SIGTERM), or kills it (SIGKILL) when `force`.
+    fn signal(&self, pid: u32, force: bool);
+    /// Watches a process this backend did not start in this run (after a control-plane restart);
+    /// `on_exit` is called when it is gone.
+    fn adopt(&self, pid: u32, on_exit: ExitHandler);
+}
+
+/// Child processes on this machine.
+#[derive(Debug)]
+pub struct LocalBackend {
+    praas: PathBuf,
+    next_cpu: AtomicUsize,
+}
+
+impl LocalBackend {
+    /// A backend starting `praas` (the path of the praas binary).
+    pub fn new(praas: PathBuf) -> Self {
+        Self { praas, next_cpu: AtomicUsize::new(0) }
+    }
+
+    fn cpus_for(&self, vcpus: u32) -> String {
+        let available = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let first = self.next_cpu.fetch_add(vcpus as usize, Ordering::Relaxed);
+        (0..vcpus as usize).map(|i| ((first + i) % available).to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Whether an OS process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<u32, BackendError> {
+        let fail = |reason: String| BackendError { process: launch.process.clone(), reason };
+        fs::create_dir_all(&launch.files_dir).map_err(|e| fail(format!("{}: {e}", launch.files_dir.display())))?;
+        if let Some(parent) = launch.log.parent() {
+            fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
+        }
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .map_err(|e| fail(format!("{}: {e}", launch.log.display())))?;
+        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut command = Command::new(&self.praas);
+        command
+            .args(["process", "serve", "--listen", "127.0.0.1:0", "--id", &launch.process, "--app", &launch.app])
+            .arg("--manifest")
+            .arg(&launch.manifest)
+            .args(["--control-channel", &launch.control_addr])
+            .arg("--swap-dir")
+            .arg(&launch.swap_dir)
+            .arg("--files-dir")
+            .arg(&launch.files_dir)
+            .args(["--workers", &launch.resources.vcpus.max(1).to_string()])
+            .args(["--cpus", &self.cpus_for(launch.resources.vcpus.max(1))])
+            .args(["--memory-mb", &launch.resources.memory_mb.to_string()])
+            .args(["--metrics-ms", &launch.metrics_interval.as_millis().to_string()])
+            .current_dir(&launch.files_dir)
+            .env("PRAAS_SECRET", &launch.secret)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if launch.restore {
+            command.arg("--restore");
+        }
+        let mut child = command.spawn().map_err(|e| fail(format!("{}: {e}", self.praas.display())))?;
+        let pid = child.id();
+        std::thread::Builder::new()
+            .name(format!("praas-exit-{pid}"))
+            .spawn(move || {
+                let description = match child.wait() {
+                    Ok(status) => {
+                        use std::os::unix::process::ExitStatusExt;
+                        match (status.code(), status.signal()) {
+                            (Some(code), _) => format!("exit status {code}"),
+                            (None, Some(signal)) => format!("killed by signal {signal}"),
+                            _ => status.to_string(),
+                        }
+                    }
+                    Err(e) => format!("lost: {e}"),
+                };
+                let success = description == "exit status 0";
+                on_exit(Exit { pid, description, success });
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(pid)
+    }
+
+    fn signal(&self, pid: u32, force: bool) {
+        let signal = if force { libc::SIGKILL } else { libc::SIGTERM };
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+        // SAFETY: kill(2) has no memory-safety preconditions; a stale pid at worst signals nothing
+        // (ESRCH) — the exit watchers make reuse within this window vanishingly unlikely.
+        unsafe { libc::kill(pid, signal) };
+    }
+
+    fn adopt(&self, pid: u32, on_exit: ExitHandler) {
+        let spawned = std::thread::Builder::new().name(format!("praas-adopt-{pid}")).spawn(move || {
+            while alive(pid) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            on_exit(Exit { pid, description: "exited (not a child of this control plane)".into(), success: false });
+        });
+        if let Err(e) = spawned {
+            tracing::error!(pid, "cannot watch an adopted process: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn liveness_follows_proc() {
+        assert!(alive(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!alive(pid));
+    }
+
+    #[test]
+    fn cpus_rotate_over_the_machine() {
+        let backend = LocalBackend::new("praas".into());
+        let n = std::thread::available_parallelism().unwrap().get();
+        let first = backend.cpus_for(1);
+        assert_eq!(first, "0");
+        let two = backend.cpus_for(2);
+        assert_eq!(two, format!("{},{}", 1 % n, 2 % n));
+    }
+}

@@ -1,0 +1,111 @@
+//! The control plane's end of the control channel (see `praas_dataplane::control_channel` for the
+//! conversation): authenticates each process by its application's secret, registers it, and
+//! feeds its metrics and swap confirmations to the [`ControlPlane`].
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use praas_dataplane::auth;
+use praas_dataplane::control_channel::{unhex, FrameStream, HelloMessage, MetricsReport, SwapConfirmation};
+use praas_dataplane::protocol::{Header, MessageKind, Status};
+
+use crate::controller::{ControlPlane, Link};
+
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// Listens for processes on `addr`; returns the bound address. Serves on background threads.
+pub fn listen(plane: ControlPlane, addr: SocketAddr) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new().name("praas-control-channel".into()).spawn(move || {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let plane = plane.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("praas-control-link".into())
+                        .spawn(move || serve(&plane, stream));
+                    if let Err(e) = spawned {
+                        tracing::error!("cannot serve a control connection: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("control channel accept failed: {e}"),
+            }
+        }
+    })?;
+    Ok(local)
+}
+
+fn respond(channel: &mut FrameStream, status: Status, message: &str) -> io::Result<()> {
+    let header = Header::response(0, status, 0, 0);
+    channel.send(header, message.as_bytes(), &[])
+}
+
+fn serve(plane: &ControlPlane, stream: TcpStream) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let writer = match stream.try_clone() {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(e) => return tracing::warn!(%peer, "control connection: {e}"),
+    };
+    let mut channel = FrameStream::new(stream);
+    match handshake(plane, &mut channel, writer) {
+        Ok(Some((app, process, link_id))) => {
+            let result = follow(plane, &mut channel, &app, &process);
+            plane.on_link_closed(&app, &process, link_id);
+            if let Err(e) = result {
+                tracing::debug!(%peer, app, process, "control connection ended: {e}");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(%peer, "control handshake failed: {e}"),
+    }
+}
+
+/// Challenges the peer, checks its proof and registers it; `None` if it was refused.
+fn handshake(
+    plane: &ControlPlane,
+    channel: &mut FrameStream,
+    writer: Arc<Mutex<TcpStream>>,
+) -> io::Result<Option<(String, String, u64)>> {
+    let nonce = auth::nonce();
+    let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
+    channel.send(hello, &[], &nonce)?;
+    let frame = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
+    if frame.header.kind != MessageKind::Hello {
+        respond(channel, Status::Malformed, "the first frame must be Hello")?;
+        return Ok(None);
+    }
+    let message: HelloMessage = frame.json()?;
+    let registration = &message.registration;
+    let proof = unhex(&message.proof).unwrap_or_default();
+    let authentic = plane
+        .app_secret(&registration.app)
+        .is_some_and(|secret| auth::verify(&secret, &nonce, &registration.app, &registration.process, &proof));
+    if !authentic {
+        tracing::warn!(app = registration.app, process = registration.process, "refused: authentication failed");
+        respond(channel, Status::InvalidArgument, "authentication failed: wrong application secret")?;
+        return Ok(None);
+    }
+    let link_id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+    if let Err(reason) = plane.on_register(registration, Link { id: link_id, writer }) {
+        respond(channel, Status::InvalidArgument, &reason)?;
+        return Ok(None);
+    }
+    respond(channel, Status::Ok, "")?;
+    Ok(Some((registration.app.clone(), registration.process.clone(), link_id)))
+}
+
+fn follow(plane: &ControlPlane, channel: &mut FrameStream, app: &str, process: &str) -> io::Result<()> {
+    loop {
+        let Some(frame) = channel.recv(Duration::from_secs(3600))? else { continue };
+        match frame.header.kind {
+            MessageKind::Metrics => plane.on_metrics(app, process, frame.json::<MetricsReport>()?),
+            MessageKind::SwapConfirm => plane.on_swap_confirm(app, process, frame.json::<SwapConfirmation>()?),
+            MessageKind::Pong => {}
+            other => tracing::warn!(app, process, "unexpected {other:?} on the control channel"),
+        }
+    }
+}

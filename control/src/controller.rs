@@ -1,0 +1,965 @@
+//! The control plane's core: applications and processes, their lifecycle, swapping, routing of
+//! invocations. The HTTP API ([`crate::api`]) and the control channel ([`crate::channel`]) call
+//! into it; every change is written through to the [`Store`] before it is visible.
+//!
+//! Lifecycle (`PUT` = create, `swap`, `swapin`, `stop`, `DELETE`):
+//!
+//! ```text
+//! PUT ─▶ ALLOCATING ─register─▶ ALLOCATED ─swap─▶ SWAPPING_OUT ─confirm─▶ SWAPPED_OUT ─swapin─▶ SWAPPING_IN ─register─▶ ALLOCATED
+//!                                   │ stop                                     │ DELETE
+//!                                   ▼                                          ▼
+//!                                CLOSING ─exit─▶ CLOSED ─DELETE─▶ (gone)     (gone, swap data removed)
+//! any running status ─unexpected exit─▶ FAILURE ─DELETE─▶ (gone)
+//! ```
+//! Any other request is refused with 409 and changes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use praas_dataplane::control_channel::{
+    write_json, MetricsReport, PeerEntry, PeerList, Registration, SwapConfirmation,
+};
+use praas_dataplane::protocol::MessageKind;
+use praas_dataplane::swap::SwapStore;
+use praas_dataplane::{Client, ClientError, ClientOptions, Manifest, Status};
+
+use crate::backend::{Backend, Exit, Launch};
+use crate::model::{valid_name, Application, ProcessRecord, ProcessStatus, Resources, SwapInfo};
+use crate::store::Store;
+
+/// An error answered by the API: an HTTP status and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// 400, 404, 409, 500, 503, 504.
+    pub status: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    fn new(status: u16, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+    /// 500.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, message)
+    }
+    /// 503.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, message)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
+/// Settings of a control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Folder for the database, manifests, logs, process folders and (by default) the swap store.
+    pub data_dir: PathBuf,
+    /// Root of the swap store.
+    pub swap_dir: PathBuf,
+    /// How long a starting process may take to register.
+    pub start_timeout: Duration,
+    /// How long a swap may take.
+    pub swap_timeout: Duration,
+    /// Swap out processes idle longer than this (none: never).
+    pub idle_swap: Option<Duration>,
+    /// How often processes report metrics.
+    pub metrics_interval: Duration,
+}
+
+impl ControlConfig {
+    /// Defaults for a data folder.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            swap_dir: data_dir.join("swap"),
+            data_dir,
+            start_timeout: Duration::from_secs(20),
+            swap_timeout: Duration::from_secs(300),
+            idle_swap: None,
+            metrics_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The control channel of a registered process, for sending it requests.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Distinguishes connections of the same process.
+    pub id: u64,
+    /// The write half.
+    pub writer: Arc<Mutex<TcpStream>>,
+}
+
+impl Link {
+    fn send<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> std::io::Result<()> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        write_json(&mut *writer, kind, b"", value)
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: ProcessRecord,
+    link: Option<Link>,
+    /// Counts OS processes started for this record: an exit of an older one changes nothing.
+    generation: u64,
+    swap_result: Option<Result<praas_dataplane::swap::SwapReport, String>>,
+    /// When it last became ALLOCATED (for the idle downscaler).
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    apps: BTreeMap<String, Application>,
+    processes: BTreeMap<(String, String), Entry>,
+}
+
+struct Inner {
+    config: ControlConfig,
+    store: Store,
+    backend: Box<dyn Backend>,
+    registry: Mutex<Registry>,
+    changed: Condvar,
+    control_addr: Mutex<String>,
+    clients: Mutex<HashMap<String, Vec<Client>>>,
+    next_auto: Mutex<u64>,
+}
+
+/// The control plane; cheap to clone (shared).
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane").field("data_dir", &self.inner.config.data_dir).finish()
+    }
+}
+
+/// An application as the API shows it (no secret).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AppView {
+    /// Name.
+    pub name: String,
+    /// Default resources.
+    pub resources: Resources,
+    /// Function names.
+    pub functions: Vec<String>,
+    /// Number of processes.
+    pub processes: usize,
+}
+
+fn function_names(manifest: &str) -> Vec<String> {
+    Manifest::from_toml(manifest, Path::new("/"))
+        .map(|m| m.functions.into_iter().map(|f| f.name).collect())
+        .unwrap_or_default()
+}
+
+impl ControlPlane {
+    /// Opens the control plane's data folder and recovers what it held: applications, and
+    /// processes (running ones are watched again and re-register through the control channel).
+    pub fn open(config: ControlConfig, backend: Box<dyn Backend>) -> Result<Self, ApiError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ApiError::internal(format!("{}: {e}", config.data_dir.display())))?;
+        let store = Store::open(&config.data_dir.join("control.redb"))?;
+        let mut registry = Registry::default();
+        for app in store.apps()? {
+            registry.apps.insert(app.name.clone(), app);
+        }
+        let recovered = store.processes()?;
+        let plane = Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                backend,
+                registry: Mutex::new(registry),
+                changed: Condvar::new(),
+                control_addr: Mutex::new(String::new()),
+                clients: Mutex::new(HashMap::new()),
+                next_auto: Mutex::new(0),
+            }),
+        };
+        for mut record in recovered {
+            let key = (record.app.clone(), record.name.clone());
+            let mut generation = 0;
+            if record.status.is_running() {
+                match record.pid.filter(|pid| crate::backend::alive(*pid)) {
+                    Some(pid) => {
+                        generation = 1;
+                        plane.inner.backend.adopt(pid, plane.exit_handler(&record.app, &record.name, generation));
+                    }
+                    None => {
+                        record.status = ProcessStatus::Failure;
+                        record.error = Some("its OS process was gone when the control plane restarted".into());
+                        record.data_addr = None;
+                        plane.inner.store.put_process(&record)?;
+                    }
+                }
+            }
+            let entry = Entry { record, link: None, generation, swap_result: None, since: Instant::now() };
+            plane.registry().processes.insert(key, entry);
+        }
+        Ok(plane)
+    }
+
+    /// Records where the control channel listens (processes are told on start).
+    pub fn set_control_addr(&self, addr: String) {
+        *self.inner.control_addr.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ControlConfig {
+        &self.inner.config
+    }
+
+    /// The database (for settings such as the control port).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn swap_store(&self) -> SwapStore {
+        SwapStore::new(&self.inner.config.swap_dir)
+    }
+
+    /// Writes a record through and wakes everyone waiting for a change.
+    fn save(&self, entry: &Entry) -> Result<(), ApiError> {
+        self.inner.store.put_process(&entry.record)?;
+        self.inner.changed.notify_all();
+        Ok(())
+    }
+
+    // ----- applications -----
+
+    /// Creates an application from a functions manifest (TOML); relative library paths resolve
+    /// against `manifest_dir`.
+    pub fn create_app(
+        &self,
+        name: &str,
+        manifest: &str,
+        manifest_dir: &str,
+        resources: Resources,
+    ) -> Result<AppView, ApiError> {
+        if !valid_name(name) {
+            return Err(ApiError::bad_request(format!("invalid application name {name:?}")));
+        }
+        let parsed = Manifest::from_toml(manifest, Path::new(manifest_dir))
+            .map_err(|e| ApiError::bad_request(format!("invalid functions manifest: {e}")))?;
+        if parsed.functions.is_empty() {
+            return Err(ApiError::bad_request("the manifest declares no function"));
+        }
+        if resources.vcpus == 0 || resources.memory_mb == 0 {
+            return Err(ApiError::bad_request("vcpus and memory_mb must be positive"));
+        }
+        let mut registry = self.registry();
+        if registry.apps.contains_key(name) {
+            return Err(ApiError::conflict(format!("application {name:?} exists")));
+        }
+        let app = Application {
+            name: name.into(),
+            manifest: manifest.into(),
+            manifest_dir: manifest_dir.into(),
+            resources,
+            secret: praas_dataplane::auth::new_secret(),
+        };
+        self.inner.store.put_app(&app)?;
+        registry.apps.insert(name.into(), app.clone());
+        Ok(AppView { name: app.name, resources, functions: function_names(manifest), processes: 0 })
+    }
+
+    /// Every application.
+    pub fn list_apps(&self) -> Vec<AppView> {
+        let registry = self.registry();
+        registry.apps.values().map(|app| app_view(&registry, app)).collect()
+    }
+
+    /// One application.
+    pub fn get_app(&self, name: &str) -> Result<AppView, ApiError> {
+        let registry = self.registry();
+        let app = registry.apps.get(name).ok_or_else(|| ApiError::not_found(format!("no application {name:?}")))?;
+        Ok(app_view(&registry, app))
+    }
+
+    /// Deletes an application that has no processes.
+    pub fn delete_app(&self, name: &str) -> Result<(), ApiError> {
+        let mut registry = self.registry();
+        if !registry.apps.contains_key(name) {
+            return Err(ApiError::not_found(format!("no application {name:?}")));
+        }
+        let count = registry.processes.keys().filter(|(app, _)| app == name).count();
+        if count > 0 {
+            return Err(ApiError::conflict(format!("application {name:?} has {count} processes: delete them first")));
+        }
+        self.inner.store.remove_app(name)?;
+        registry.apps.remove(name);
+        Ok(())
+    }
+
+    /// The secret of an application (for the control channel's authentication).
+    pub fn app_secret(&self, app: &str) -> Option<String> {
+        self.registry().apps.get(app).map(|a| a.secret.clone())
+    }
+
+    // ----- processes -----
+
+    /// Every process of an application.
+    pub fn list_processes(&self, app: &str) -> Result<Vec<ProcessRecord>, ApiError> {
+        let registry = self.registry();
+        if !registry.apps.contains_key(app) {
+            return Err(ApiError::not_found(format!("no application {app:?}")));
+        }
+        Ok(registry.processes.iter().filter(|((a, _), _)| a == app).map(|(_, e)| e.record.clone()).collect())
+    }
+
+    /// One process; while it swaps out, with the bytes of its snapshot written so far.
+    pub fn get_process(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+        let mut record = lookup(&self.registry(), app, name)?.record.clone();
+        if record.status == ProcessStatus::SwappingOut {
+            record.swap_progress = self.swap_store().folder(app, name).ok().map(|folder| bytes_under(&folder, ".tmp-"));
+        }
+        Ok(record)
+    }
+
+    /// Creates a process and waits until it is ALLOCATED (or failed).
+    pub fn create_process(
+        &self,
+        app: &str,
+        name: &str,
+        resources: Option<Resources>,
+    ) -> Result<ProcessRecord, ApiError> {
+        if !valid_name(name) {
+            return Err(ApiError::bad_request(format!("invalid process name {name:?}")));
+        }
+        {
+            let mut registry = self.registry();
+            let application =
+                registry.apps.get(app).ok_or_else(|| ApiError::not_found(format!("no application {app:?}")))?;
+            let resources = resources.unwrap_or(application.resources);
+            if resources.vcpus == 0 || resources.memory_mb == 0 {
+                return Err(ApiError::bad_request("vcpus and memory_mb must be positive"));
+            }
+            let key = (app.to_owned(), name.to_owned());
+            if let Some(existing) = registry.processes.get(&key) {
+                return Err(ApiError::conflict(format!(
+                    "process {app}/{name} exists ({})",
+                    existing.record.status.name()
+                )));
+            }
+            let entry = Entry {
+                record: ProcessRecord::new(app, name, resources),
+                link: None,
+                generation: 0,
+                swap_result: None,
+                since: Instant::now(),
+            };
+            self.save(&entry)?;
+            registry.processes.insert(key, entry);
+        }
+        self.launch(app, name, false)?;
+        self.wait_for(app, name, self.inner.config.start_timeout, |s| !matches!(s, ProcessStatus::Allocating))?;
+        self.settled(app, name, ProcessStatus::Allocated)
+    }
+
+    /// Returns the record if it reached `want`, else the error that explains why not.
+    fn settled(&self, app: &str, name: &str, want: ProcessStatus) -> Result<ProcessRecord, ApiError> {
+        let record = self.get_process(app, name)?;
+        if record.status == want {
+            Ok(record)
+        } else {
+            let why = record.error.clone().unwrap_or_default();
+            Err(ApiError::unavailable(format!("process {app}/{name} is {}: {why}", record.status.name())))
+        }
+    }
+
+    fn manifest_path(&self, app: &Application) -> Result<PathBuf, ApiError> {
+        // Library paths stay relative to the folder the client named: resolve them now.
+        let parsed = Manifest::from_toml(&app.manifest, Path::new(&app.manifest_dir))
+            .map_err(|e| ApiError::internal(format!("stored manifest of {}: {e}", app.name)))?;
+        let mut text = String::new();
+        for f in &parsed.functions {
+            let library = parsed.base_dir.join(&f.library);
+            text.push_str(&format!(
+                "[[function]]\nname = {:?}\nlibrary = {:?}\n",
+                f.name,
+                library.display().to_string()
+            ));
+            if let Some(symbol) = &f.symbol {
+                text.push_str(&format!("symbol = {symbol:?}\n"));
+            }
+            let mode = match f.mode {
+                praas_dataplane::function::ExecutionMode::Inline => "inline",
+                praas_dataplane::function::ExecutionMode::Worker => "worker",
+            };
+            text.push_str(&format!("mode = {mode:?}\n"));
+            if let Some(ms) = f.timeout_ms {
+                text.push_str(&format!("timeout_ms = {ms}\n"));
+            }
+            text.push('\n');
+        }
+        let dir = self.inner.config.data_dir.join("apps").join(&app.name);
+        std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
+        let path = dir.join("functions.toml");
+        std::fs::write(&path, text).map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+        Ok(path)
+    }
+
+    fn exit_handler(&self, app: &str, name: &str, generation: u64) -> crate::backend::ExitHandler {
+        let plane = self.clone();
+        let (app, name) = (app.to_owned(), name.to_owned());
+        Arc::new(move |exit: Exit| plane.on_exit(&app, &name, generation, exit))
+    }
+
+    /// Starts the OS process of a record that is ALLOCATING or SWAPPING_IN.
+    fn launch(&self, app: &str, name: &str, restore: bool) -> Result<(), ApiError> {
+        let (application, resources, generation) = {
+            let mut registry = self.registry();
+            let application = registry.apps.get(app).cloned().ok_or_else(|| ApiError::not_found(app.to_owned()))?;
+            let entry = lookup_mut(&mut registry, app, name)?;
+            entry.generation += 1;
+            (application, entry.record.resources, entry.generation)
+        };
+        let control_addr = self.inner.control_addr.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let data = &self.inner.config.data_dir;
+        let launch = Launch {
+            app: app.into(),
+            process: name.into(),
+            manifest: self.manifest_path(&application)?,
+            resources,
+            control_addr,
+            secret: application.secret.clone(),
+            swap_dir: self.inner.config.swap_dir.clone(),
+            files_dir: data.join("processes").join(app).join(name),
+            restore,
+            log: data.join("logs").join(format!("{app}.{name}.log")),
+            metrics_interval: self.inner.config.metrics_interval,
+        };
+        match self.inner.backend.start(&launch, self.exit_handler(app, name, generation)) {
+            Ok(pid) => {
+                let mut registry = self.registry();
+                let entry = lookup_mut(&mut registry, app, name)?;
+                if entry.generation == generation && entry.record.status.is_running() {
+                    entry.record.pid = Some(pid);
+                    self.save(entry)?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let mut registry = self.registry();
+                let entry = lookup_mut(&mut registry, app, name)?;
+                entry.record.status = ProcessStatus::Failure;
+                entry.record.error = Some(e.to_string());
+                self.save(entry)?;
+                Err(ApiError::unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Waits until the process's status satisfies `done`, or `timeout` passes (504 then).
+    fn wait_for(
+        &self,
+        app: &str,
+        name: &str,
+        timeout: Duration,
+        done: impl Fn(ProcessStatus) -> bool,
+    ) -> Result<ProcessStatus, ApiError> {
+        let deadline = Instant::now() + timeout;
+        let mut registry = self.registry();
+        loop {
+            let status = lookup(&registry, app, name)?.record.status;
+            if done(status) {
+                return Ok(status);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ApiError::new(
+                    504,
+                    format!("process {app}/{name} still {} after {timeout:?}", status.name()),
+                ));
+            }
+            registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Called by the control channel when a process authenticated; returns an error to refuse it.
+    pub fn on_register(&self, registration: &Registration, link: Link) -> Result<(), String> {
+        let mut registry = self.registry();
+        let entry = lookup_mut(&mut registry, &registration.app, &registration.process).map_err(|e| e.message)?;
+        match entry.record.status {
+            ProcessStatus::Allocating | ProcessStatus::SwappingIn | ProcessStatus::Allocated => {}
+            // A process that re-registers after a control plane restart while it was being
+            // swapped or stopped: the request that was under way is lost; it serves on.
+            ProcessStatus::SwappingOut | ProcessStatus::Closing => {}
+            other => return Err(format!("process is {} and cannot register", other.name())),
+        }
+        if entry.record.pid.is_some_and(|pid| pid != registration.pid)
+            && entry.record.status == ProcessStatus::Allocated
+        {
+            return Err(format!("process is already registered with pid {}", entry.record.pid.unwrap_or(0)));
+        }
+        entry.record.status = ProcessStatus::Allocated;
+        entry.record.data_addr = Some(registration.data_addr.clone());
+        entry.record.pid = Some(registration.pid);
+        entry.record.error = None;
+        entry.link = Some(link);
+        entry.since = Instant::now();
+        self.save(entry).map_err(|e| e.message)?;
+        drop(registry);
+        self.announce_peers(&registration.app);
+        Ok(())
+    }
+
+    /// Tells every running process of `app` about the others.
+    fn announce_peers(&self, app: &str) {
+        let registry = self.registry();
+        let peers: Vec<PeerEntry> = registry
+            .processes
+            .iter()
+            .filter(|((a, _), _)| a == app)
+            .map(|((_, name), e)| PeerEntry {
+                id: name.clone(),
+                addr: e.record.data_addr.clone().unwrap_or_default(),
+                status: e.record.status.name().into(),
+            })
+            .collect();
+        let links: Vec<Link> =
+            registry.processes.iter().filter(|((a, _), _)| a == app).filter_map(|(_, e)| e.link.clone()).collect();
+        drop(registry);
+        let list = PeerList { peers };
+        for link in links {
+            if let Err(e) = link.send(MessageKind::PeerUpdate, &list) {
+                tracing::debug!("peer update not delivered: {e}");
+            }
+        }
+    }
+
+    /// Called by the control channel with a process's metrics.
+    pub fn on_metrics(&self, app: &str, name: &str, metrics: MetricsReport) {
+        let mut registry = self.registry();
+        if let Ok(entry) = lookup_mut(&mut registry, app, name) {
+            entry.record.metrics = metrics;
+        }
+    }
+
+    /// Called by the control channel when a process confirms (or fails) a swap.
+    pub fn on_swap_confirm(&self, app: &str, name: &str, confirmation: SwapConfirmation) {
+        let mut registry = self.registry();
+        if let Ok(entry) = lookup_mut(&mut registry, app, name) {
+            entry.swap_result = Some(confirmation.result);
+            self.inner.changed.notify_all();
+        }
+    }
+
+    /// Called by the control channel when a process's connection ends.
+    pub fn on_link_closed(&self, app: &str, name: &str, link_id: u64) {
+        let mut registry = self.registry();
+        if let Ok(entry) = lookup_mut(&mut registry, app, name) {
+            if entry.link.as_ref().is_some_and(|l| l.id == link_id) {
+                entry.link = None;
+            }
+        }
+    }
+
+    fn on_exit(&self, app: &str, name: &str, generation: u64, exit: Exit) {
+        let mut registry = self.registry();
+        let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
+        if entry.generation != generation {
+            return;
+        }
+        let status = entry.record.status;
+        entry.link = None;
+        entry.record.data_addr = None;
+        entry.record.pid = None;
+        entry.record.status = match status {
+            ProcessStatus::Closing => ProcessStatus::Closed,
+            ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure => status,
+            ProcessStatus::SwappingOut if entry.swap_result.as_ref().is_some_and(Result::is_ok) => status,
+            _ => {
+                entry.record.error = Some(format!("the process died: {}", exit.description));
+                tracing::warn!(app, process = name, "process died: {}", exit.description);
+                ProcessStatus::Failure
+            }
+        };
+        let _ = self.save(entry);
+        drop(registry);
+        self.drop_clients(app, name);
+        self.announce_peers(app);
+    }
+
+    /// Swaps a process out: it drains, writes its snapshot, exits. Answers once SWAPPED_OUT.
+    pub fn swap_out(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+        let started = Instant::now();
+        let link = {
+            let mut registry = self.registry();
+            let entry = lookup_mut(&mut registry, app, name)?;
+            if entry.record.status != ProcessStatus::Allocated {
+                return Err(ApiError::conflict(format!(
+                    "process {app}/{name} is {}: only an ALLOCATED process can swap out",
+                    entry.record.status.name()
+                )));
+            }
+            let Some(link) = entry.link.clone() else {
+                return Err(ApiError::unavailable(format!("process {app}/{name} has no control channel right now")));
+            };
+            entry.record.status = ProcessStatus::SwappingOut;
+            entry.swap_result = None;
+            self.save(entry)?;
+            link
+        };
+        self.announce_peers(app);
+        if let Err(e) = link.send(MessageKind::SwapRequest, &()) {
+            return self.swap_failed(app, name, format!("cannot reach the process: {e}"));
+        }
+        let deadline = Instant::now() + self.inner.config.swap_timeout;
+        let mut registry = self.registry();
+        loop {
+            let entry = lookup_mut(&mut registry, app, name)?;
+            if entry.record.status != ProcessStatus::SwappingOut {
+                let status = entry.record.status.name();
+                return Err(ApiError::unavailable(format!("process {app}/{name} became {status} while swapping out")));
+            }
+            match entry.swap_result.take() {
+                Some(Ok(report)) => {
+                    entry.record.status = ProcessStatus::SwappedOut;
+                    entry.record.data_addr = None;
+                    entry.record.swap = Some(SwapInfo {
+                        bytes: report.bytes,
+                        secs: report.secs,
+                        total_secs: started.elapsed().as_secs_f64(),
+                    });
+                    entry.link = None;
+                    self.save(entry)?;
+                    let record = entry.record.clone();
+                    drop(registry);
+                    self.drop_clients(app, name);
+                    self.announce_peers(app);
+                    return Ok(record);
+                }
+                Some(Err(reason)) => {
+                    drop(registry);
+                    return self.swap_failed(app, name, reason);
+                }
+                None => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(registry);
+                return self.swap_failed(app, name, "no confirmation within the swap timeout".into());
+            }
+            registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    fn swap_failed(&self, app: &str, name: &str, reason: String) -> Result<ProcessRecord, ApiError> {
+        let mut registry = self.registry();
+        let entry = lookup_mut(&mut registry, app, name)?;
+        if entry.record.status == ProcessStatus::SwappingOut {
+            entry.record.status = ProcessStatus::Allocated;
+            self.save(entry)?;
+        }
+        Err(ApiError::unavailable(format!("swap of {app}/{name} failed: {reason}")))
+    }
+
+    /// Swaps a process back in from its snapshot; answers once ALLOCATED.
+    pub fn swap_in(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+        {
+            let mut registry = self.registry();
+            let entry = lookup_mut(&mut registry, app, name)?;
+            if entry.record.status != ProcessStatus::SwappedOut {
+                return Err(ApiError::conflict(format!(
+                    "process {app}/{name} is {}: only a SWAPPED_OUT process can swap in",
+                    entry.record.status.name()
+                )));
+            }
+            if !self.swap_store().exists(app, name) {
+                return Err(ApiError::internal(format!("the snapshot of {app}/{name} is missing from the swap store")));
+            }
+            entry.record.status = ProcessStatus::SwappingIn;
+            self.save(entry)?;
+        }
+        self.launch(app, name, true)?;
+        self.wait_for(app, name, self.inner.config.start_timeout, |s| s != ProcessStatus::SwappingIn)?;
+        self.settled(app, name, ProcessStatus::Allocated)
+    }
+
+    /// Stops a process; answers once CLOSED.
+    pub fn stop(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+        let pid = {
+            let mut registry = self.registry();
+            let entry = lookup_mut(&mut registry, app, name)?;
+            if entry.record.status != ProcessStatus::Allocated {
+                return Err(ApiError::conflict(format!(
+                    "process {app}/{name} is {}: only an ALLOCATED process can stop",
+                    entry.record.status.name()
+                )));
+            }
+            entry.record.status = ProcessStatus::Closing;
+            self.save(entry)?;
+            entry.record.pid
+        };
+        if let Some(pid) = pid {
+            self.inner.backend.signal(pid, false);
+            if self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing).is_err() {
+                self.inner.backend.signal(pid, true);
+                self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing)?;
+            }
+        } else {
+            let mut registry = self.registry();
+            let entry = lookup_mut(&mut registry, app, name)?;
+            entry.record.status = ProcessStatus::Closed;
+            self.save(entry)?;
+        }
+        self.settled(app, name, ProcessStatus::Closed)
+    }
+
+    /// Deletes a process that is not running, and its swap data.
+    pub fn delete_process(&self, app: &str, name: &str) -> Result<(), ApiError> {
+        let mut registry = self.registry();
+        let entry = lookup(&registry, app, name)?;
+        if entry.record.status.is_running() {
+            return Err(ApiError::conflict(format!(
+                "process {app}/{name} is {}: stop or swap it out first",
+                entry.record.status.name()
+            )));
+        }
+        self.swap_store().delete(app, name).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.inner.store.remove_process(app, name)?;
+        registry.processes.remove(&(app.to_owned(), name.to_owned()));
+        let folder = self.inner.config.data_dir.join("processes").join(app).join(name);
+        let _ = std::fs::remove_dir_all(folder);
+        self.inner.changed.notify_all();
+        Ok(())
+    }
+
+    // ----- invocations -----
+
+    /// Invokes `function` of `app`: on `process` if named (swapping it in when swapped out),
+    /// else on an idle ALLOCATED process, a swapped-out one, or a new one (FaaS mode).
+    pub fn invoke(&self, app: &str, function: &str, process: Option<&str>, input: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let name = match process {
+            Some(name) => name.to_owned(),
+            None => self.pick_process(app)?,
+        };
+        // A process that is swapping out refuses new invocations with a retryable error before
+        // running them: wait for it to settle, swap it back in, and try again.
+        for _ in 0..3 {
+            let record = self.ready(app, &name)?;
+            let addr = record.data_addr.clone().ok_or_else(|| ApiError::unavailable("no data-plane address"))?;
+            match self.call(app, &name, &addr, function, input) {
+                Err(ClientError::Remote { status, .. }) if status.is_retryable() => {
+                    self.wait_for(app, &name, self.inner.config.swap_timeout, |s| !s.is_transient())?;
+                }
+                Err(ClientError::Remote { status, message }) => {
+                    return Err(ApiError::new(remote_http_status(status), format!("{status}: {message}")));
+                }
+                Err(e) => return Err(ApiError::unavailable(format!("process {app}/{name}: {e}"))),
+                Ok(output) => return Ok(output),
+            }
+        }
+        Err(ApiError::unavailable(format!("process {app}/{name} stayed busy swapping")))
+    }
+
+    /// Brings a named process to ALLOCATED: waits out transitions, swaps it in if needed.
+    fn ready(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+        let status = self.wait_for(app, name, self.inner.config.swap_timeout, |s| !s.is_transient())?;
+        match status {
+            ProcessStatus::Allocated => self.get_process(app, name),
+            ProcessStatus::SwappedOut => match self.swap_in(app, name) {
+                // Another request swapped it in meanwhile.
+                Err(e) if e.status == 409 => self.settled(app, name, ProcessStatus::Allocated),
+                other => other,
+            },
+            other => Err(ApiError::conflict(format!("process {app}/{name} is {}", other.name()))),
+        }
+    }
+
+    fn pick_process(&self, app: &str) -> Result<String, ApiError> {
+        {
+            let registry = self.registry();
+            if !registry.apps.contains_key(app) {
+                return Err(ApiError::not_found(format!("no application {app:?}")));
+            }
+            let mine = || registry.processes.iter().filter(|((a, _), _)| a == app);
+            let idle = mine()
+                .filter(|(_, e)| e.record.status == ProcessStatus::Allocated)
+                .min_by_key(|(_, e)| e.record.metrics.in_flight);
+            if let Some(((_, name), _)) = idle {
+                return Ok(name.clone());
+            }
+            if let Some(((_, name), _)) = mine().find(|(_, e)| e.record.status.is_transient()) {
+                return Ok(name.clone());
+            }
+            if let Some(((_, name), _)) = mine().find(|(_, e)| e.record.status == ProcessStatus::SwappedOut) {
+                return Ok(name.clone());
+            }
+        }
+        let name = {
+            let mut next = self.inner.next_auto.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                *next += 1;
+                let candidate = format!("auto-{}", *next);
+                if !self.registry().processes.contains_key(&(app.to_owned(), candidate.clone())) {
+                    break candidate;
+                }
+            }
+        };
+        self.create_process(app, &name, None)?;
+        Ok(name)
+    }
+
+    fn call(&self, app: &str, name: &str, addr: &str, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let key = format!("{app}/{name}");
+        let pooled = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key).and_then(Vec::pop);
+        let mut client = match pooled {
+            Some(client) => client,
+            None => Client::connect_with(addr, ClientOptions::default())?,
+        };
+        let result = client.invoke(function, input);
+        // A connection that answered can be reused; one that broke is dropped.
+        if matches!(result, Ok(_) | Err(ClientError::Remote { .. })) {
+            self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().push(client);
+        }
+        result
+    }
+
+    fn drop_clients(&self, app: &str, name: &str) {
+        self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("{app}/{name}"));
+    }
+
+    // ----- idle downscaler -----
+
+    /// Swaps out ALLOCATED processes idle for longer than the configured threshold; returns the
+    /// processes it swapped. Call it periodically ([`ControlPlane::run_downscaler`] does).
+    pub fn downscale_once(&self) -> Vec<String> {
+        let Some(threshold) = self.inner.config.idle_swap else { return Vec::new() };
+        let now_ns = praas_dataplane::state::now_ns();
+        let idle: Vec<(String, String)> = {
+            let registry = self.registry();
+            registry
+                .processes
+                .iter()
+                .filter(|(_, e)| e.record.status == ProcessStatus::Allocated && e.record.metrics.in_flight == 0)
+                .filter(|(_, e)| {
+                    let last = e.record.metrics.last_invocation_ns;
+                    let idle_since_invocation = last == 0 || now_ns.saturating_sub(last) >= threshold.as_nanos() as u64;
+                    idle_since_invocation && e.since.elapsed() >= threshold
+                })
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let mut swapped = Vec::new();
+        for (app, name) in idle {
+            match self.swap_out(&app, &name) {
+                Ok(_) => swapped.push(format!("{app}/{name}")),
+                Err(e) => tracing::debug!("idle swap of {app}/{name}: {e}"),
+            }
+        }
+        swapped
+    }
+
+    /// Runs the idle downscaler on a thread until the process ends.
+    pub fn run_downscaler(&self) {
+        let Some(threshold) = self.inner.config.idle_swap else { return };
+        let plane = self.clone();
+        let period = (threshold / 4).max(Duration::from_millis(10));
+        std::thread::Builder::new()
+            .name("praas-downscaler".into())
+            .spawn(move || loop {
+                std::thread::sleep(period);
+                for swapped in plane.downscale_once() {
+                    tracing::info!("swapped out idle process {swapped}");
+                }
+            })
+            .expect("spawn the downscaler thread");
+    }
+}
+
+/// Bytes of the files under the children of `folder` whose names start with `prefix`.
+fn bytes_under(folder: &Path, prefix: &str) -> u64 {
+    fn walk(path: &Path) -> u64 {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                std::fs::read_dir(path).map(|d| d.flatten().map(|e| walk(&e.path())).sum()).unwrap_or(0)
+            }
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        }
+    }
+    std::fs::read_dir(folder)
+        .map(|d| {
+            d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).map(|e| walk(&e.path())).sum()
+        })
+        .unwrap_or(0)
+}
+
+fn remote_http_status(status: Status) -> u16 {
+    match status {
+        Status::UnknownFunction | Status::NotFound => 404,
+        Status::InvalidArgument | Status::TooLarge | Status::Malformed => 400,
+        Status::Overloaded => 503,
+        Status::Timeout => 504,
+        _ => 500,
+    }
+}
+
+fn app_view(registry: &Registry, app: &Application) -> AppView {
+    AppView {
+        name: app.name.clone(),
+        resources: app.resources,
+        functions: function_names(&app.manifest),
+        processes: registry.processes.keys().filter(|(a, _)| *a == app.name).count(),
+    }
+}
+
+fn lookup<'r>(registry: &'r Registry, app: &str, name: &str) -> Result<&'r Entry, ApiError> {
+    if !registry.apps.contains_key(app) {
+        return Err(ApiError::not_found(format!("no application {app:?}")));
+    }
+    registry
+        .processes
+        .get(&(app.to_owned(), name.to_owned()))
+        .ok_or_else(|| ApiError::not_found(format!("no process {app}/{name}")))
+}
+
+fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&'r mut Entry, ApiError> {
+    if !registry.apps.contains_key(app) {
+        return Err(ApiError::not_found(format!("no application {app:?}")));
+    }
+    registry
+        .processes
+        .get_mut(&(app.to_owned(), name.to_owned()))
+        .ok_or_else(|| ApiError::not_found(format!("no process {app}/{name}")))
+}

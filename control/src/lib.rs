@@ -1,0 +1,21 @@
+//! The praas control plane: applications, process allocation on backends, lifecycle, swapping,
+//! peer discovery, its REST API, and the `praas` command-line tool built on it.
+//!
+//! - [`model`]: applications, processes, lifecycle statuses;
+//! - [`controller`]: the [`ControlPlane`] itself, every lifecycle transition;
+//! - [`backend`]: where processes run ([`backend::LocalBackend`]: child OS processes);
+//! - [`channel`]: the authenticated control channel processes register through;
+//! - [`api`]: the HTTP API; [`server`]: starts all of it;
+//! - [`store`]: the embedded database that makes it survive restarts;
+//! - [`cli`]: the client side of the `praas` tool.
+
+pub mod api;
+pub mod backend;
+pub mod channel;
+pub mod cli;
+pub mod controller;
+pub mod model;
+pub mod server;
+pub mod store;
+
+pub use controller::{ApiError, ControlConfig, ControlPlane};

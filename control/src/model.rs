@@ -1,0 +1,179 @@
+//! What the control plane knows: applications, processes and their lifecycle.
+
+use serde::{Deserialize, Serialize};
+
+/// Resources of one cloud process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// vCPUs: worker threads and, where possible, CPUs the process may run on.
+    pub vcpus: u32,
+    /// Memory limit in MiB.
+    pub memory_mb: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { vcpus: 1, memory_mb: 2048 }
+    }
+}
+
+/// An application: functions shared by its processes, and its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Application {
+    /// Its name.
+    pub name: String,
+    /// The functions manifest (TOML), with library paths absolute or relative to `manifest_dir`.
+    pub manifest: String,
+    /// Folder relative library paths resolve against.
+    pub manifest_dir: String,
+    /// Resources of processes created without their own.
+    pub resources: Resources,
+    /// The secret its processes authenticate with; never shown by the API.
+    #[serde(default)]
+    pub secret: String,
+}
+
+/// Lifecycle status of a cloud process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ProcessStatus {
+    /// Starting; not registered yet.
+    Allocating,
+    /// Registered and serving.
+    Allocated,
+    /// Draining and writing its snapshot.
+    SwappingOut,
+    /// Its snapshot is in the swap store; nothing runs.
+    SwappedOut,
+    /// Starting from its snapshot.
+    SwappingIn,
+    /// Stopping on request.
+    Closing,
+    /// Stopped on request.
+    Closed,
+    /// Died or could not start.
+    Failure,
+}
+
+impl ProcessStatus {
+    /// The name the API and the CLI show.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Allocating => "ALLOCATING",
+            Self::Allocated => "ALLOCATED",
+            Self::SwappingOut => "SWAPPING_OUT",
+            Self::SwappedOut => "SWAPPED_OUT",
+            Self::SwappingIn => "SWAPPING_IN",
+            Self::Closing => "CLOSING",
+            Self::Closed => "CLOSED",
+            Self::Failure => "FAILURE",
+        }
+    }
+
+    /// Whether an OS process should be running in this status.
+    pub fn is_running(self) -> bool {
+        matches!(self, Self::Allocating | Self::Allocated | Self::SwappingOut | Self::SwappingIn | Self::Closing)
+    }
+
+    /// Whether the status will change without a request (a transition is under way).
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::Allocating | Self::SwappingOut | Self::SwappingIn | Self::Closing)
+    }
+}
+
+/// The last swap of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapInfo {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Seconds the process took to write them.
+    pub secs: f64,
+    /// Seconds from the request to SWAPPED_OUT, as the control plane saw it.
+    pub total_secs: f64,
+}
+
+/// Counters the process last reported.
+pub use praas_dataplane::control_channel::MetricsReport as Metrics;
+
+/// A cloud process as the control plane tracks it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Application.
+    pub app: String,
+    /// Process name (its id within the application).
+    pub name: String,
+    /// Lifecycle status.
+    pub status: ProcessStatus,
+    /// Resources.
+    pub resources: Resources,
+    /// Data-plane address while running.
+    pub data_addr: Option<String>,
+    /// OS process id while running (local backend).
+    pub pid: Option<u32>,
+    /// Why it failed, when `status` is FAILURE.
+    pub error: Option<String>,
+    /// The last swap.
+    pub swap: Option<SwapInfo>,
+    /// Counters last reported.
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// While SWAPPING_OUT: bytes of the snapshot written so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_progress: Option<u64>,
+}
+
+impl ProcessRecord {
+    /// A new record in ALLOCATING.
+    pub fn new(app: &str, name: &str, resources: Resources) -> Self {
+        Self {
+            app: app.into(),
+            name: name.into(),
+            status: ProcessStatus::Allocating,
+            resources,
+            data_addr: None,
+            pid: None,
+            error: None,
+            swap: None,
+            metrics: Metrics::default(),
+            swap_progress: None,
+        }
+    }
+}
+
+/// Checks a name used in URLs and folder names.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_match_serde() {
+        for status in [
+            ProcessStatus::Allocating,
+            ProcessStatus::Allocated,
+            ProcessStatus::SwappingOut,
+            ProcessStatus::SwappedOut,
+            ProcessStatus::SwappingIn,
+            ProcessStatus::Closing,
+            ProcessStatus::Closed,
+            ProcessStatus::Failure,
+        ] {
+            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.name()));
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(valid_name("app-1.v2_x"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".."));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

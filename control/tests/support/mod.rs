@@ -1,0 +1,167 @@
+//! A real control plane (`praas control serve` as a child OS process) for the tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use praas_control::cli::Api;
+use praas_control::model::{ProcessRecord, ProcessStatus};
+use praas_dataplane::testing::example_functions;
+
+/// A control plane child process, killed (with its processes) when dropped.
+pub struct ControlPlaneProcess {
+    pub child: Child,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub api: Api,
+    extra_args: Vec<String>,
+}
+
+pub fn praas() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_praas"))
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        praas_dataplane::state::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
+    let mut child = praas()
+        .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "50", "--data-dir"])
+        .arg(data_dir)
+        .args(extra_args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("praas control serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let http = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, http)
+}
+
+impl ControlPlaneProcess {
+    pub fn start(name: &str, extra_args: &[&str]) -> Self {
+        Self::start_in(temp_dir(name), extra_args)
+    }
+
+    pub fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Self {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, http) = spawn(&data_dir, &extra_args);
+        let api = Api::new(&http, Duration::from_secs(120));
+        Self { child, http, data_dir, api, extra_args }
+    }
+
+    /// Kills the control plane with SIGKILL (its processes live on).
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts a new control plane on the same data folder (after `kill9`).
+    pub fn restart(&mut self) {
+        let (child, http) = spawn(&self.data_dir, &self.extra_args);
+        self.child = child;
+        self.api = Api::new(&http, Duration::from_secs(120));
+        self.http = http;
+    }
+
+    /// Creates an application `app` serving the example functions.
+    pub fn create_example_app(&self, app: &str) {
+        let lib = example_functions();
+        let mut manifest = String::new();
+        let inline = ["echo", "noop"];
+        for name in [
+            "echo",
+            "noop",
+            "counter",
+            "state_put",
+            "state_get",
+            "state_keys",
+            "sleep",
+            "fill",
+            "checksum",
+            "file_write",
+            "file_read",
+            "slow_count",
+            "process_id",
+            "generate",
+        ] {
+            let mode = if inline.contains(&name) { "inline" } else { "worker" };
+            manifest.push_str(&format!(
+                "[[function]]\nname = \"{name}\"\nlibrary = \"{}\"\nmode = \"{mode}\"\n\n",
+                lib.file_name().unwrap().to_string_lossy()
+            ));
+        }
+        let dir = self.data_dir.join("manifests").join(app);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("functions.toml");
+        std::fs::write(&file, manifest).unwrap();
+        // Library paths are relative to the manifest's folder: put the library beside it.
+        std::fs::copy(&lib, dir.join(lib.file_name().unwrap())).unwrap();
+        praas_control::cli::app_create(
+            &self.api,
+            app,
+            &file,
+            Some(praas_control::model::Resources { vcpus: 2, memory_mb: 8192 }),
+        )
+        .unwrap();
+    }
+
+    pub fn process(&self, app: &str, name: &str) -> ProcessRecord {
+        self.api.get(&format!("/apps/{app}/processes/{name}")).unwrap()
+    }
+
+    /// Waits until a process reaches `status`.
+    pub fn wait_status(&self, app: &str, name: &str, status: ProcessStatus, timeout: Duration) -> ProcessRecord {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let record = self.process(app, name);
+            if record.status == status {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{app}/{name} is {:?}, not {status:?}, after {timeout:?}",
+                record.status
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn invoke(&self, app: &str, process: Option<&str>, function: &str, input: &[u8]) -> Result<Vec<u8>, String> {
+        self.api.invoke(app, function, process, input)
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        // Stop the processes it started, then the control plane itself.
+        if let Ok(apps) = self.api.get::<Vec<praas_control::controller::AppView>>("/apps") {
+            for app in apps {
+                if let Ok(processes) = self.api.get::<Vec<ProcessRecord>>(&format!("/apps/{}/processes", app.name)) {
+                    for p in processes {
+                        if let Some(pid) = p.pid {
+                            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        }
+                    }
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
