@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The praas demo: starts a cloud process serving the example functions, invokes them with the
-# praas CLI, and shows state surviving between invocations, a local invocation chain, clear
-# errors, and round-trip timings.
+# The praas demo, on the embedded default (local backend, filesystem swap store):
+# starts the control plane, creates an application with three cloud processes, invokes
+# functions, passes messages around the three, swaps one out and back in with its state intact,
+# and prints the timings of each step.
 #
 # Usage: scripts/demo.sh
 set -euo pipefail
@@ -11,51 +12,86 @@ scripts/setup.sh
 echo "==> building (release)" >&2
 cargo build --release --quiet -p praas-control -p praas-example-functions
 
-praas=target/release/praas
-out="$(mktemp -d)"
-server_pid=""
+praas="$PWD/target/release/praas"
+work="$(mktemp -d)"
+control_pid=""
 cleanup() {
-    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    rm -rf "$out"
+    if [ -n "$control_pid" ]; then
+        # Stop the processes the control plane started, then the control plane.
+        for p in p1 p2 p3; do "$praas" process stop demo "$p" >/dev/null 2>&1 || true; done
+        kill "$control_pid" 2>/dev/null || true
+        wait "$control_pid" 2>/dev/null || true
+    fi
+    rm -rf "$work"
 }
 trap cleanup EXIT
 
-"$praas" process serve --manifest examples/functions/functions.toml --listen 127.0.0.1:0 \
-    --workers 2 --id demo-process >"$out/serve.out" 2>"$out/serve.err" &
-server_pid=$!
-for _ in $(seq 100); do
-    grep -q '^listening on ' "$out/serve.out" 2>/dev/null && break
-    kill -0 "$server_pid" 2>/dev/null || { cat "$out/serve.err" >&2; exit 1; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+timed() { # timed LABEL COMMAND...: runs COMMAND, prints its output and how long it took
+    local label=$1; shift
+    local start end
+    start=$(now_ms)
+    "$@"
+    end=$(now_ms)
+    printf '    (%s: %d ms)\n' "$label" $((end - start))
+}
+step() { printf '\n--- %s\n' "$*"; }
+
+"$praas" control serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/control.out" 2>"$work/control.err" &
+control_pid=$!
+for _ in $(seq 200); do
+    grep -q '^control plane on ' "$work/control.out" 2>/dev/null && break
+    kill -0 "$control_pid" 2>/dev/null || { cat "$work/control.err" >&2; exit 1; }
     sleep 0.05
 done
-addr=$(sed -n 's/^listening on //p' "$out/serve.out")
-[ -n "$addr" ] || { echo "demo: the process did not start" >&2; cat "$out/serve.err" >&2; exit 1; }
-echo "==> cloud process demo-process listening on $addr"
+PRAAS_CONTROL=$(grep -o 'http://[0-9.:]*' "$work/control.out" | head -n 1)
+export PRAAS_CONTROL
+echo "==> control plane at $PRAAS_CONTROL (data in $work/data)"
 
-run() {
-    local function=$1 input=${2:-}
-    printf '$ praas invoke --process %s %s --input %q\n' "$addr" "$function" "$input"
-    "$praas" invoke --process "$addr" "$function" --input "$input" || true
+step "an application from the example functions' manifest"
+"$praas" app create demo --manifest examples/functions/functions.toml --vcpus 1 --memory-mb 4096
+
+step "three cloud processes (each answers once ALLOCATED)"
+for p in p1 p2 p3; do timed "create $p" "$praas" process create demo "$p" >/dev/null; done
+"$praas" process list demo
+
+invoke() { # invoke PROCESS FUNCTION INPUT
+    "$praas" invoke --app demo --process "$1" "$2" --input "$3"
     echo
 }
 
-echo; echo "--- a function: echo"
-run echo "hello, praas"
-echo; echo "--- state survives between invocations (and clients: each line is a new CLI process)"
-run counter; run counter; run counter
-run state_put "greeting=hello from state"
-run state_get greeting
-run state_keys
-echo "--- a function invoking functions of its own process, three deep"
-run nest 3
-echo; echo "--- errors are answers, not hangs"
-run no_such_function
-run panic "on purpose"
-"$praas" invoke --process "$addr" sleep --input 2000 --timeout-ms 300 || true
-echo "--- the process still serves after all of that"
-run counter
+step "invocations through the control plane; state survives between them"
+timed "echo on p1" invoke p1 echo "hello, praas"
+for _ in 1 2 3; do invoke p1 counter ""; done
+timed "a function calling functions of its own process, 3 deep" invoke p1 nest 3
 
-echo; echo "--- round-trip timings of 1000 echo invocations through the CLI's SDK"
-cargo build --release --quiet -p praas-bench 2>/dev/null && \
-    target/release/praas-bench invoke --sizes 8,1024 --iters 2000 --warmup 200 || \
-    echo "(praas-bench not available)"
+step "messages around the ring p1 -> p2 -> p3 -> p1"
+timed "p1 puts to p2" invoke p1 msg_put "p2 ring hello from p1"
+timed "p2 gets it"    invoke p2 msg_get "p1 ring 5000"
+invoke p2 msg_put "p3 ring hello from p2"
+invoke p3 msg_get "p2 ring 5000"
+invoke p3 msg_put "p1 ring hello from p3"
+invoke p1 msg_get "* ring 5000"
+
+step "64 MiB of state on p2, then swap it out and back in"
+invoke p2 fill "big 67108864"
+invoke p2 counter ""
+invoke p2 file_write "notes.txt a state file survives too"
+before=$("$praas" invoke --app demo --process p2 checksum --input big)
+timed "swap out p2" "$praas" process swap demo p2
+"$praas" process list demo
+timed "swap in p2" "$praas" process swapin demo p2 >/dev/null
+after=$("$praas" invoke --app demo --process p2 checksum --input big)
+echo "checksum of 'big' before: $before"
+echo "checksum of 'big' after:  $after"
+[ "$before" = "$after" ] || { echo "demo: the state changed across the swap" >&2; exit 1; }
+invoke p2 counter ""
+invoke p2 file_read notes.txt
+
+step "errors are answers, not hangs"
+"$praas" invoke --app demo --process p1 no_such_function || true
+"$praas" process swapin demo p1 || true
+"$praas" invoke --app demo --process p1 counter
+
+step "done"
+"$praas" process list demo
