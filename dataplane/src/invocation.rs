@@ -7,7 +7,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use praas_ffi::{
     praas_api, praas_bytes, praas_context, praas_output, PRAAS_ABI_VERSION, PRAAS_ERR_INTERNAL,
@@ -16,7 +16,8 @@ use praas_ffi::{
 };
 
 use crate::buffer::{PoolBuf, MIN_BUF};
-use crate::function::Function;
+use crate::function::{ExecutionMode, Function};
+use crate::peer::{mailbox_status, DEFAULT_PUT_TIMEOUT};
 use crate::process::Process;
 use crate::protocol::Status;
 use crate::state::validate_key;
@@ -54,6 +55,9 @@ struct Invocation<'p> {
     deadline: Option<Instant>,
     depth: u32,
     error: Option<String>,
+    /// Runs on the transport's I/O thread (an inline function, or one it invoked locally): it
+    /// must not block on other processes.
+    inline: bool,
 }
 
 /// What `praas_bytes::owner` points to: bytes the runtime lends to a function.
@@ -84,7 +88,7 @@ impl Lent {
 
 /// Runs `function` on this thread with `input`; never unwinds.
 pub fn execute(process: &Process, function: &Function, input: &[u8], deadline: Option<Instant>) -> Outcome {
-    execute_nested(process, function, input, deadline, 0)
+    execute_nested(process, function, input, deadline, 0, function.mode == ExecutionMode::Inline)
 }
 
 fn execute_nested(
@@ -93,11 +97,12 @@ fn execute_nested(
     input: &[u8],
     deadline: Option<Instant>,
     depth: u32,
+    inline: bool,
 ) -> Outcome {
     let Some(mut buffer) = process.pool().get(MIN_BUF.max(input.len())) else {
         return Outcome::error(Status::Overloaded, "no buffer for the output: the process's buffer budget is spent");
     };
-    let mut invocation = Invocation { process, function: &function.name, deadline, depth, error: None };
+    let mut invocation = Invocation { process, function: &function.name, deadline, depth, error: None, inline };
     let mut context = praas_context { api: &API, runtime: (&mut invocation as *mut Invocation<'_>).cast() };
     let mut output = praas_output {
         data: buffer.memory_mut().as_mut_ptr(),
@@ -317,7 +322,8 @@ unsafe extern "C" fn invoke(
         }
         // The callee runs right here, on the caller's thread: a local invocation needs no free
         // worker, so it cannot deadlock however busy the pool is.
-        let outcome = execute_nested(process, callee, input, invocation.deadline, invocation.depth + 1);
+        let outcome =
+            execute_nested(process, callee, input, invocation.deadline, invocation.depth + 1, invocation.inline);
         process.metrics().record_local();
         match outcome.output {
             Some(buffer) if outcome.status == Status::Ok => {
@@ -390,6 +396,123 @@ unsafe extern "C" fn release(_ctx: *mut praas_context, bytes: *mut praas_bytes) 
     }
 }
 
+/// Lends `text` through `out` if it is non-null; returns `status`.
+fn fail_into(out: *mut praas_bytes, status: Status, text: String) -> i32 {
+    if !out.is_null() {
+        Lent::Owned(text.into_bytes()).lend(out);
+    }
+    status.code() as i32
+}
+
+/// Clears an optional out-parameter, so that releasing it is a no-op whatever happens next.
+fn clear(out: *mut praas_bytes) {
+    if !out.is_null() {
+        // SAFETY: a non-null out-parameter is writable (ABI contract).
+        unsafe { out.write(praas_bytes::empty()) };
+    }
+}
+
+unsafe extern "C" fn put(
+    ctx: *mut praas_context,
+    dest: *const u8,
+    dest_len: usize,
+    key: *const u8,
+    key_len: usize,
+    data: *const u8,
+    data_len: usize,
+    error: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        clear(error);
+        // SAFETY: the ABI requires each pointer to address its length of readable bytes.
+        let (Some(dest), Some(key), Some(data)) =
+            (unsafe { slice(dest, dest_len) }, unsafe { slice(key, key_len) }, unsafe { slice(data, data_len) })
+        else {
+            return fail_into(error, Status::InvalidArgument, "put: a null pointer with a non-zero length".into());
+        };
+        let (Ok(dest), Ok(key)) = (std::str::from_utf8(dest), validate_key(key)) else {
+            return fail_into(error, Status::InvalidArgument, "put: destination and key must be UTF-8".into());
+        };
+        let process = invocation.process;
+        if invocation.inline && dest != process.id() {
+            let text = format!(
+                "put to process {dest:?} waits for its answer, which would block the I/O thread: declare \
+                 function {:?} with mode = \"worker\"",
+                invocation.function
+            );
+            return fail_into(error, Status::Unsupported, text);
+        }
+        let timeout = match invocation.deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(DEFAULT_PUT_TIMEOUT),
+            None => DEFAULT_PUT_TIMEOUT,
+        };
+        if timeout.is_zero() {
+            return fail_into(error, Status::Timeout, format!("deadline passed before the put to {dest:?}"));
+        }
+        match process.peers().put(dest, key, data, timeout) {
+            Ok(()) => PRAAS_OK,
+            Err(err) => fail_into(error, err.status(), err.to_string()),
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn get(
+    ctx: *mut praas_context,
+    source: *const u8,
+    source_len: usize,
+    key: *const u8,
+    key_len: usize,
+    timeout_ms: u64,
+    message: *mut praas_bytes,
+    from: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if message.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        clear(message);
+        clear(from);
+        // SAFETY: the ABI requires a non-null `source` to address `source_len` readable bytes.
+        let source = if source.is_null() { Some(&[][..]) } else { unsafe { slice(source, source_len) } };
+        // SAFETY: the ABI requires `key` to address `key_len` readable bytes.
+        let (Some(source), Some(key)) = (source, unsafe { slice(key, key_len) }) else {
+            return fail_into(message, Status::InvalidArgument, "get: a null key with a non-zero length".into());
+        };
+        let (Ok(source), Ok(key)) = (std::str::from_utf8(source), validate_key(key)) else {
+            return fail_into(message, Status::InvalidArgument, "get: source and key must be UTF-8".into());
+        };
+        let source = Some(source).filter(|s| !s.is_empty());
+        if invocation.inline && timeout_ms > 0 {
+            let text = format!(
+                "get with a timeout would block the I/O thread: declare function {:?} with mode = \"worker\", \
+                 or get with timeout 0 to only look",
+                invocation.function
+            );
+            return fail_into(message, Status::Unsupported, text);
+        }
+        let asked = Duration::from_millis(timeout_ms);
+        let left = invocation.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = left.map_or(asked, |left| left.min(asked));
+        match invocation.process.mailbox().get(source, key, wait) {
+            Ok((sender, bytes)) => {
+                Lent::Owned(bytes).lend(message);
+                if !from.is_null() {
+                    Lent::Owned(sender.into_bytes()).lend(from);
+                }
+                PRAAS_OK
+            }
+            Err(err) => {
+                let mut text = err.to_string();
+                if wait < asked {
+                    text.push_str(" (the invocation's deadline came first)");
+                }
+                fail_into(message, mailbox_status(&err), text)
+            }
+        }
+    })
+}
+
 /// The error text for a function that is not there, listing those that are.
 pub fn unknown_function_message(process: &Process, name: &[u8]) -> String {
     format!("unknown function {:?}: this process has {:?}", String::from_utf8_lossy(name), process.functions().names())
@@ -408,4 +531,6 @@ static API: praas_api = praas_api {
     log,
     set_error,
     release,
+    put,
+    get,
 };

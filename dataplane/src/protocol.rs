@@ -24,9 +24,9 @@ pub enum MessageKind {
     Invoke = 1,
     /// Process to client: the result of the invocation with the same id.
     Response = 2,
-    /// Process to process: a message (`put`); metadata holds the key. Reserved.
+    /// Process to process: a message (`put`); metadata holds the key (`docs/messages.md`).
     Message = 3,
-    /// Acknowledges that a message was stored by its destination. Reserved.
+    /// Acknowledges that a message was stored by its destination, or says why not.
     MessageAck = 4,
     /// Control plane to process: swap out. Reserved.
     SwapRequest = 5,
@@ -92,6 +92,10 @@ pub enum Status {
     InvalidArgument = 10,
     /// A bug in the runtime.
     Internal = 11,
+    /// The destination process cannot receive now: swapped out, not running, or unreachable.
+    Unavailable = 12,
+    /// The connection did not prove that it belongs to the same application.
+    Unauthenticated = 13,
 }
 
 impl Status {
@@ -110,6 +114,8 @@ impl Status {
             9 => Self::Unsupported,
             10 => Self::InvalidArgument,
             11 => Self::Internal,
+            12 => Self::Unavailable,
+            13 => Self::Unauthenticated,
             _ => Self::FunctionFailed,
         }
     }
@@ -145,6 +151,8 @@ impl std::fmt::Display for Status {
             Self::Unsupported => "unsupported",
             Self::InvalidArgument => "invalid argument",
             Self::Internal => "internal error",
+            Self::Unavailable => "unavailable",
+            Self::Unauthenticated => "unauthenticated",
         };
         f.write_str(text)
     }
@@ -419,7 +427,9 @@ mod tests {
         assert_eq!(Status::Unsupported.code() as i32, praas_ffi::PRAAS_ERR_UNSUPPORTED);
         assert_eq!(Status::InvalidArgument.code() as i32, praas_ffi::PRAAS_ERR_INVALID_ARGUMENT);
         assert_eq!(Status::Internal.code() as i32, praas_ffi::PRAAS_ERR_INTERNAL);
-        for code in 0..=11u16 {
+        assert_eq!(Status::Unavailable.code() as i32, praas_ffi::PRAAS_ERR_UNAVAILABLE);
+        assert_eq!(Status::Unauthenticated.code() as i32, praas_ffi::PRAAS_ERR_UNAUTHENTICATED);
+        for code in 0..=13u16 {
             assert_eq!(Status::from_code(code).code(), code);
         }
         assert_eq!(Status::from_abi(-5), Status::FunctionFailed);

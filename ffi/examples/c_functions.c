@@ -4,7 +4,7 @@
  * Build (the dataplane tests do this):
  *     cc -shared -fPIC -O2 -I ffi/include ffi/examples/c_functions.c -o libc_functions.so
  *
- * Exports: c_echo, c_reverse, c_counter, c_call_echo, c_fail, c_process_id.
+ * Exports: c_echo, c_reverse, c_counter, c_call_echo, c_fail, c_process_id, c_msg_put, c_msg_get.
  */
 #include <praas.h>
 
@@ -111,5 +111,83 @@ PRAAS_FUNCTION(c_process_id) {
     status = praas_output_write(ctx, output, id.data, id.len);
     /* The id owns nothing (owner is NULL), so this is a no-op, but releasing is always correct. */
     praas_release(ctx, &id);
+    return status;
+}
+
+/* Splits the next space-separated word off `*text` (of `*len` bytes): returns its length and
+ * advances `*text` and `*len` past it and one space. */
+static size_t next_word(const uint8_t **text, size_t *len) {
+    size_t n = 0;
+    while (n < *len && (*text)[n] != ' ') {
+        n++;
+    }
+    size_t skip = n < *len ? n + 1 : n;
+    *text += skip;
+    *len -= skip;
+    return n;
+}
+
+/* Forwards the reason lent in `reason` as the error and returns `status`. */
+static int32_t fail_lent(praas_context *ctx, int32_t status, praas_bytes *reason) {
+    praas_set_error(ctx, reason->len > 0 ? (const char *)reason->data : "", reason->len);
+    praas_release(ctx, reason);
+    return status;
+}
+
+/* Input "dest key payload...": puts the payload under key to process dest; writes "stored". */
+PRAAS_FUNCTION(c_msg_put) {
+    const uint8_t *rest = input;
+    size_t rest_len = input_len;
+    const char *dest = (const char *)rest;
+    size_t dest_len = next_word(&rest, &rest_len);
+    const char *key = (const char *)rest;
+    size_t key_len = next_word(&rest, &rest_len);
+    if (dest_len == 0 || key_len == 0) {
+        return fail_with(ctx, PRAAS_ERR_INVALID_ARGUMENT, "c_msg_put: input is \"dest key payload\"");
+    }
+    praas_bytes error = {NULL, 0, NULL};
+    int32_t status = praas_put(ctx, dest, dest_len, key, key_len, rest, rest_len, &error);
+    if (status != PRAAS_OK) {
+        return fail_lent(ctx, status, &error);
+    }
+    praas_release(ctx, &error);
+    return praas_output_write(ctx, output, "stored", 6);
+}
+
+/* Input "source|* key timeout_ms": takes a message; writes "from payload". */
+PRAAS_FUNCTION(c_msg_get) {
+    const uint8_t *rest = input;
+    size_t rest_len = input_len;
+    const char *source = (const char *)rest;
+    size_t source_len = next_word(&rest, &rest_len);
+    const char *key = (const char *)rest;
+    size_t key_len = next_word(&rest, &rest_len);
+    uint64_t timeout_ms = 0;
+    for (size_t i = 0; i < rest_len; i++) {
+        if (rest[i] < '0' || rest[i] > '9') {
+            return fail_with(ctx, PRAAS_ERR_INVALID_ARGUMENT, "c_msg_get: timeout_ms is not a number");
+        }
+        timeout_ms = timeout_ms * 10 + (uint64_t)(rest[i] - '0');
+    }
+    if (source_len == 1 && source[0] == '*') {
+        source = NULL;
+        source_len = 0;
+    }
+    praas_bytes message = {NULL, 0, NULL};
+    praas_bytes from = {NULL, 0, NULL};
+    int32_t status = praas_get(ctx, source, source_len, key, key_len, timeout_ms, &message, &from);
+    if (status != PRAAS_OK) {
+        praas_release(ctx, &from);
+        return fail_lent(ctx, status, &message);
+    }
+    status = praas_output_write(ctx, output, from.data, from.len);
+    if (status == PRAAS_OK) {
+        status = praas_output_write(ctx, output, " ", 1);
+    }
+    if (status == PRAAS_OK) {
+        status = praas_output_write(ctx, output, message.data, message.len);
+    }
+    praas_release(ctx, &from);
+    praas_release(ctx, &message);
     return status;
 }

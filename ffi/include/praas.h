@@ -5,7 +5,7 @@
  * praas_function (define it with PRAAS_FUNCTION). The runtime calls it with the input bytes, a
  * praas_context and a praas_output buffer that the runtime owns: the function writes its result
  * there, so returning a result never copies it. Everything a function may ask of the runtime
- * (state, local invocations, the process id, logging, growing the output) goes through the
+ * (state, messages, local invocations, the process id, logging, growing the output) goes through the
  * function table praas_api that the context points to: a function library links against nothing
  * of praas.
  *
@@ -57,6 +57,10 @@ extern "C" {
 #define PRAAS_ERR_INVALID_ARGUMENT 10
 /** A bug in the runtime; the message says more. */
 #define PRAAS_ERR_INTERNAL 11
+/** The destination process cannot receive now: swapped out, not running, or unreachable. */
+#define PRAAS_ERR_UNAVAILABLE 12
+/** A connection did not prove that it belongs to the same application. */
+#define PRAAS_ERR_UNAUTHENTICATED 13
 
 /** Log level for praas_api.log: error. */
 #define PRAAS_LOG_ERROR 1
@@ -144,6 +148,24 @@ typedef struct praas_api {
     void (*set_error)(praas_context *ctx, const uint8_t *message, size_t message_len);
     /** Hands back bytes lent by the runtime. Releasing praas_bytes with a NULL owner does nothing. */
     void (*release)(praas_context *ctx, praas_bytes *bytes);
+    /**
+     * Puts the message `data` under `key` to process `dest` (this process's own id: its own
+     * mailbox) and returns once the destination has stored it. Messages with the same key from the
+     * same source queue in order; none is dropped. PRAAS_ERR_NOT_FOUND: no such process;
+     * PRAAS_ERR_UNAVAILABLE: swapped out, not running or unreachable; PRAAS_ERR_TIMEOUT: no
+     * confirmation before the invocation's deadline; PRAAS_ERR_OVERLOADED: its mailbox is full or
+     * it is swapping out. On an error status, `error` (may be NULL) receives the reason (lent).
+     */
+    int32_t (*put)(praas_context *ctx, const uint8_t *dest, size_t dest_len, const uint8_t *key, size_t key_len,
+                   const uint8_t *data, size_t data_len, praas_bytes *error);
+    /**
+     * Takes the oldest message under `key` from process `source` (NULL or length 0: from any
+     * process), waiting up to `timeout_ms` (0: only look) and never past the invocation's deadline.
+     * `message` receives its bytes and `from` (may be NULL) the source's id, both lent.
+     * PRAAS_ERR_TIMEOUT if none came; on an error status `message` holds the reason (lent).
+     */
+    int32_t (*get)(praas_context *ctx, const uint8_t *source, size_t source_len, const uint8_t *key, size_t key_len,
+                   uint64_t timeout_ms, praas_bytes *message, praas_bytes *from);
 } praas_api;
 
 /** The context of one invocation, valid only during the call that received it. */
@@ -285,6 +307,26 @@ static inline void praas_log(praas_context *ctx, int32_t level, const char *mess
 /** Sets the error message reported with a non-zero return status. */
 static inline void praas_set_error(praas_context *ctx, const char *message, size_t message_len) {
     ctx->api->set_error(ctx, PRAAS_STR_(message), message_len);
+}
+
+/**
+ * Puts `data` under `key` to process `dest` and returns once the destination has stored it;
+ * `error` (may be NULL) receives the reason of an error status (lent: hand it back with praas_release).
+ */
+static inline int32_t praas_put(praas_context *ctx, const char *dest, size_t dest_len, const char *key, size_t key_len,
+                                const void *data, size_t data_len, praas_bytes *error) {
+    return ctx->api->put(ctx, PRAAS_STR_(dest), dest_len, PRAAS_STR_(key), key_len, PRAAS_DATA_(data), data_len,
+                         error);
+}
+
+/**
+ * Takes the oldest message under `key` from process `source` (NULL: from any process), waiting up
+ * to `timeout_ms`. `message` receives its bytes, or the reason of an error status; `from` (may be
+ * NULL) the source's id. Both are lent: hand them back with praas_release.
+ */
+static inline int32_t praas_get(praas_context *ctx, const char *source, size_t source_len, const char *key,
+                                size_t key_len, uint64_t timeout_ms, praas_bytes *message, praas_bytes *from) {
+    return ctx->api->get(ctx, PRAAS_STR_(source), source_len, PRAAS_STR_(key), key_len, timeout_ms, message, from);
 }
 
 /** Hands back bytes lent by the runtime, exactly once; a NULL owner makes it a no-op. */

@@ -50,6 +50,10 @@ pub const PRAAS_ERR_UNSUPPORTED: i32 = 9;
 pub const PRAAS_ERR_INVALID_ARGUMENT: i32 = 10;
 /// A bug in the runtime; the message says more.
 pub const PRAAS_ERR_INTERNAL: i32 = 11;
+/// The destination process cannot receive now: swapped out, not running, or unreachable.
+pub const PRAAS_ERR_UNAVAILABLE: i32 = 12;
+/// A connection did not prove that it belongs to the same application.
+pub const PRAAS_ERR_UNAUTHENTICATED: i32 = 13;
 
 /// Log levels for [`praas_api::log`].
 pub const PRAAS_LOG_ERROR: i32 = 1;
@@ -147,6 +151,36 @@ pub struct praas_api {
     pub set_error: unsafe extern "C" fn(ctx: *mut praas_context, message: *const u8, message_len: usize),
     /// Hands back bytes lent by the runtime. Releasing `praas_bytes` with a null owner does nothing.
     pub release: unsafe extern "C" fn(ctx: *mut praas_context, bytes: *mut praas_bytes),
+    /// Puts the message `data` under `key` to process `dest` (this process's own id: its own
+    /// mailbox) and returns once the destination has stored it. Messages with the same key from
+    /// the same source queue in order; none is dropped. `PRAAS_ERR_NOT_FOUND`: no such process;
+    /// `PRAAS_ERR_UNAVAILABLE`: swapped out, not running or unreachable; `PRAAS_ERR_TIMEOUT`: no
+    /// confirmation before the invocation's deadline; `PRAAS_ERR_OVERLOADED`: its mailbox is full
+    /// or it is swapping out. On an error status, `error` (may be null) receives the reason (lent).
+    pub put: unsafe extern "C" fn(
+        ctx: *mut praas_context,
+        dest: *const u8,
+        dest_len: usize,
+        key: *const u8,
+        key_len: usize,
+        data: *const u8,
+        data_len: usize,
+        error: *mut praas_bytes,
+    ) -> i32,
+    /// Takes the oldest message under `key` from process `source` (null or length 0: from any
+    /// process), waiting up to `timeout_ms` (0: only look) and never past the invocation's
+    /// deadline. `message` receives its bytes and `from` (may be null) the source's id, both lent.
+    /// `PRAAS_ERR_TIMEOUT` if none came; on an error status `message` holds the reason (lent).
+    pub get: unsafe extern "C" fn(
+        ctx: *mut praas_context,
+        source: *const u8,
+        source_len: usize,
+        key: *const u8,
+        key_len: usize,
+        timeout_ms: u64,
+        message: *mut praas_bytes,
+        from: *mut praas_bytes,
+    ) -> i32,
 }
 
 /// The context of one invocation, valid only during the call that received it.
@@ -350,10 +384,76 @@ impl<'a> Context<'a> {
         unsafe { (self.api().log)(self.raw, level, message.as_ptr(), message.len()) }
     }
 
+    /// Puts the message `data` under `key` to process `dest` (this process's own id: its own
+    /// mailbox); returns once the destination has stored it.
+    pub fn put(&mut self, dest: &str, key: &str, data: &[u8]) -> Result<()> {
+        let mut error = praas_bytes::empty();
+        // SAFETY: the slices are live for the call; `error` is a valid place for the runtime to write.
+        let status = unsafe {
+            (self.api().put)(
+                self.raw,
+                dest.as_ptr(),
+                dest.len(),
+                key.as_ptr(),
+                key.len(),
+                data.as_ptr(),
+                data.len(),
+                &mut error,
+            )
+        };
+        let error = Lent { ctx: self.raw, bytes: error, _context: PhantomData };
+        if status == PRAAS_OK {
+            Ok(())
+        } else {
+            Err(Error::with_status(status, String::from_utf8_lossy(&error).into_owned()))
+        }
+    }
+
+    /// Takes the oldest message under `key` from process `source` (`None`: from any process),
+    /// waiting up to `timeout` (zero: only look; never past the invocation's deadline). No message
+    /// in time is an error with status [`PRAAS_ERR_TIMEOUT`].
+    pub fn get(&mut self, source: Option<&str>, key: &str, timeout: std::time::Duration) -> Result<Message<'a>> {
+        let source = source.unwrap_or("");
+        // Round up: a wait shorter than a millisecond still waits.
+        let timeout_ms = u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        let mut data = praas_bytes::empty();
+        let mut from = praas_bytes::empty();
+        // SAFETY: the slices are live for the call; `data` and `from` are valid places for the
+        // runtime to write.
+        let status = unsafe {
+            (self.api().get)(
+                self.raw,
+                source.as_ptr(),
+                source.len(),
+                key.as_ptr(),
+                key.len(),
+                timeout_ms,
+                &mut data,
+                &mut from,
+            )
+        };
+        let data = Lent { ctx: self.raw, bytes: data, _context: PhantomData };
+        let from = Lent { ctx: self.raw, bytes: from, _context: PhantomData };
+        if status == PRAAS_OK {
+            Ok(Message { from: String::from_utf8_lossy(&from).into_owned(), data })
+        } else {
+            Err(Error::with_status(status, String::from_utf8_lossy(&data).into_owned()))
+        }
+    }
+
     fn set_error(&mut self, message: &str) {
         // SAFETY: `message` is a live slice for the duration of the call.
         unsafe { (self.api().set_error)(self.raw, message.as_ptr(), message.len()) }
     }
+}
+
+/// A message taken from the process's mailbox by [`Context::get`].
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// The id of the process that put it.
+    pub from: String,
+    /// Its bytes, lent by the runtime.
+    pub data: Lent<'a>,
 }
 
 /// Decodes the key list format of [`praas_api::state_keys`].

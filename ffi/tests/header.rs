@@ -191,6 +191,8 @@ fn abi_checks() -> Vec<Check> {
             log: (fn(*mut praas_context, i32, *const u8, usize)),
             set_error: (fn(*mut praas_context, *const u8, usize)),
             release: (fn(*mut praas_context, *mut praas_bytes)),
+            put: (fn(*mut praas_context, *const u8, usize, *const u8, usize, *const u8, usize, *mut praas_bytes) -> i32),
+            get: (fn(*mut praas_context, *const u8, usize, *const u8, usize, u64, *mut praas_bytes, *mut praas_bytes) -> i32),
         }
         praas_context {
             api: (*const praas_api),
@@ -214,6 +216,8 @@ fn abi_checks() -> Vec<Check> {
         PRAAS_ERR_UNSUPPORTED,
         PRAAS_ERR_INVALID_ARGUMENT,
         PRAAS_ERR_INTERNAL,
+        PRAAS_ERR_UNAVAILABLE,
+        PRAAS_ERR_UNAUTHENTICATED,
         PRAAS_LOG_ERROR,
         PRAAS_LOG_WARN,
         PRAAS_LOG_INFO,
@@ -380,6 +384,12 @@ fn header_is_cpp_clean() {
          \x20   status |= praas_invoke(ctx, \"echo\", 4, input, input_len, &bytes);\n\
          \x20   praas_release(ctx, &bytes);\n\
          \x20   status |= praas_process_id(ctx, &bytes);\n\
+         \x20   status |= praas_put(ctx, \"peer\", 4, \"key\", 3, input, input_len, &bytes);\n\
+         \x20   praas_release(ctx, &bytes);\n\
+         \x20   praas_bytes from = {nullptr, 0, nullptr};\n\
+         \x20   status |= praas_get(ctx, nullptr, 0, \"key\", 3, 10, &bytes, &from);\n\
+         \x20   praas_release(ctx, &bytes);\n\
+         \x20   praas_release(ctx, &from);\n\
          \x20   praas_log(ctx, PRAAS_LOG_INFO, \"log\", 3);\n\
          \x20   praas_set_error(ctx, \"error\", 5);\n\
          \x20   return status;\n\
@@ -428,6 +438,8 @@ mod examples {
         echo_status: i32,
         /// Contract violations seen by the mock (panicking across the C frames would abort).
         violations: Vec<String>,
+        /// Messages put (to "peer" or to PROCESS_ID), by key, oldest first.
+        messages: BTreeMap<Vec<u8>, std::collections::VecDeque<Vec<u8>>>,
     }
 
     /// # Safety
@@ -614,6 +626,86 @@ mod examples {
         mock.lent -= 1;
     }
 
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C" fn put(
+        ctx: *mut praas_context,
+        dest: *const u8,
+        dest_len: usize,
+        key: *const u8,
+        key_len: usize,
+        data: *const u8,
+        data_len: usize,
+        error: *mut praas_bytes,
+    ) -> i32 {
+        // SAFETY: the runtime side of the ABI: `ctx` is the invocation's.
+        let mock = unsafe { mock(ctx) };
+        // SAFETY: the ABI makes the arguments valid for their lengths during the call (data may
+        // be dangling when empty).
+        let (Some(dest), Some(key)) =
+            (unsafe { arg(mock, "put dest", dest, dest_len) }, unsafe { arg(mock, "put key", key, key_len) })
+        else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        let data = if data_len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: as above.
+            match unsafe { arg(mock, "put data", data, data_len) } {
+                Some(data) => data,
+                None => return PRAAS_ERR_INVALID_ARGUMENT,
+            }
+        };
+        if dest != b"peer" && dest != PROCESS_ID {
+            if !error.is_null() {
+                let text = format!("unknown process {:?}", String::from_utf8_lossy(dest)).into_bytes();
+                // SAFETY: the ABI makes a non-null `error` writable.
+                unsafe { *error = lend(mock, text) };
+            }
+            return PRAAS_ERR_NOT_FOUND;
+        }
+        mock.messages.entry(key.to_vec()).or_default().push_back(data.to_vec());
+        PRAAS_OK
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C" fn get(
+        ctx: *mut praas_context,
+        _source: *const u8,
+        _source_len: usize,
+        key: *const u8,
+        key_len: usize,
+        _timeout_ms: u64,
+        message: *mut praas_bytes,
+        from: *mut praas_bytes,
+    ) -> i32 {
+        // SAFETY: the runtime side of the ABI: `ctx` is the invocation's.
+        let mock = unsafe { mock(ctx) };
+        // SAFETY: the ABI makes `key` valid for `key_len` bytes during the call.
+        let Some(key) = (unsafe { arg(mock, "get key", key, key_len) }) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        match mock.messages.get_mut(key).and_then(|q| q.pop_front()) {
+            Some(data) => {
+                let sender = lend(mock, PROCESS_ID.to_vec());
+                // SAFETY: the ABI makes `message` writable, and `from` null or writable.
+                unsafe {
+                    *message = lend(mock, data);
+                    if from.is_null() {
+                        mock.violations.push("the example passes a `from`".into());
+                    } else {
+                        *from = sender;
+                    }
+                }
+                PRAAS_OK
+            }
+            None => {
+                // SAFETY: the ABI makes `message` writable.
+                unsafe { *message = lend(mock, b"no message within the timeout".to_vec()) };
+                PRAAS_ERR_TIMEOUT
+            }
+        }
+    }
+
     static API: praas_api = praas_api {
         abi_version: PRAAS_ABI_VERSION,
         output_reserve,
@@ -626,6 +718,8 @@ mod examples {
         log,
         set_error,
         release,
+        put,
+        get,
     };
 
     /// What one invocation returned.
@@ -750,6 +844,19 @@ mod examples {
 
         let process_id = lib.function("c_process_id");
         assert_eq!(call(process_id, &mut mock, b""), ok(PROCESS_ID));
+
+        let msg_put = lib.function("c_msg_put");
+        let msg_get = lib.function("c_msg_get");
+        assert_eq!(call(msg_put, &mut mock, b"peer k first one"), ok(b"stored"));
+        assert_eq!(call(msg_put, &mut mock, b"peer k second"), ok(b"stored"));
+        assert_eq!(call(msg_put, &mut mock, b"peer empty"), ok(b"stored"));
+        assert_eq!(call(msg_put, &mut mock, b"nobody k x"), failed(PRAAS_ERR_NOT_FOUND, "unknown process \"nobody\""));
+        assert_eq!(call(msg_put, &mut mock, b"peer").status, PRAAS_ERR_INVALID_ARGUMENT);
+        assert_eq!(call(msg_get, &mut mock, b"* k 10"), ok(b"proc-42 first one"));
+        assert_eq!(call(msg_get, &mut mock, b"proc-42 k 0"), ok(b"proc-42 second"));
+        assert_eq!(call(msg_get, &mut mock, b"* empty 0"), ok(b"proc-42 "));
+        assert_eq!(call(msg_get, &mut mock, b"* k 5"), failed(PRAAS_ERR_TIMEOUT, "no message within the timeout"));
+        assert_eq!(call(msg_get, &mut mock, b"* k x").status, PRAAS_ERR_INVALID_ARGUMENT);
 
         assert!(mock.logs.is_empty(), "unexpected logs: {:?}", mock.logs);
         let _ = std::fs::remove_dir_all(&dir);

@@ -31,6 +31,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::{OutFrame, ServerHandle, Transport};
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
+use crate::peer::PeerSession;
 use crate::process::{Dispatched, Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
 
@@ -172,6 +173,10 @@ struct Connection {
     state: ReadState,
     /// Reading stopped for back-pressure.
     paused: bool,
+    /// The peer-process handshake and identity of this connection (`Hello`, `Message` frames).
+    peer: PeerSession,
+    /// How long to keep reading (and discarding) after refusing the connection.
+    linger: Duration,
 }
 
 enum Decode {
@@ -350,6 +355,8 @@ impl EventLoop {
             large: None,
             state: ReadState::Open,
             paused: false,
+            peer: PeerSession::default(),
+            linger: self.options.linger,
         };
         self.connections.insert(token, conn);
         Ok(())
@@ -521,6 +528,10 @@ impl Connection {
                     self.start += used;
                     self.dispatch(process, frame.header, body);
                     any = Decode::Dispatched;
+                    if self.state != ReadState::Open {
+                        // Refused (a peer that failed to authenticate): serve nothing more.
+                        return Ok(any);
+                    }
                 }
                 Decoded::Incomplete(_) if available.len() >= HEADER_LEN => {
                     let head = available.first_chunk::<HEADER_LEN>().expect("checked length");
@@ -618,6 +629,18 @@ impl Connection {
                     }
                     None => OutFrame::raw(Header { payload_len: 0, ..pong }, Vec::new(), None),
                 }
+            }
+            MessageKind::Hello | MessageKind::Message => {
+                let reply = self.peer.serve(process, &header, &body[..meta_len], &body[meta_len..]);
+                let close = reply.close;
+                self.shared.queue().push(reply.into_frame(process.pool()));
+                if close {
+                    self.shared.queue().flush(&self.shared.stream);
+                    let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
+                    self.state = ReadState::Lingering(Instant::now() + self.linger);
+                    self.start = self.chunk.len();
+                }
+                return;
             }
             kind => OutFrame::from_response(Response {
                 id: header.id,

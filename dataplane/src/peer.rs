@@ -1,0 +1,712 @@
+//! Messages between the processes of one application: the sending side ([`PeerDirectory`]) and
+//! the receiving side of a connection ([`PeerSession`]).
+//!
+//! A process learns its peers (id, data-plane address, status) from the control plane and keeps
+//! them in its [`PeerDirectory`]. [`PeerDirectory::put`] connects to a peer lazily, on the first
+//! message for it, straight to the peer's data-plane port; connections are kept (several per
+//! peer, so that concurrent puts do not queue behind each other) and reopened after a failure.
+//!
+//! Every connection between processes is authenticated by the application's secret, in both
+//! directions, without sending it (challenge and response, [`crate::auth`]):
+//!
+//! ```text
+//! connecting process A                                  accepting process B
+//!   Hello  meta "APP/A"  payload nonce_a (32 B)  ──▶
+//!                                                ◀──  Hello  meta "APP/B"  payload nonce_b (32 B) ‖ proof_b (32 B)
+//!   checks proof_b = HMAC(secret, "praas-server" ‖ nonce_a ‖ "APP/B")
+//!   Hello  meta "APP/A"  payload proof_a (32 B)  ──▶   checks proof_a = HMAC(secret, "praas-client" ‖ nonce_b ‖ "APP/A")
+//!                                                ◀──  Hello  status Ok
+//!   Message     id n  meta key  payload bytes    ──▶   stores the message from A (the connection's identity)
+//!                                                ◀──  MessageAck  id n  status Ok (or an error, text in meta)
+//! ```
+//!
+//! The role labels keep a process's answer as a server from being replayed as its answer as a
+//! client. A refused handshake, or a `Message` on a connection that has not completed one, gets a
+//! frame with status [`Status::Unauthenticated`] and the connection closes. `docs/messages.md` has
+//! the whole protocol and the semantics.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::auth::{self, NONCE_LEN, PROOF_LEN};
+use crate::buffer::BufferPool;
+use crate::mailbox::{Mailbox, MailboxError};
+use crate::process::Process;
+use crate::protocol::{FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::transport::OutFrame;
+
+/// Label mixed into the accepting side's proof.
+const SERVER_ROLE: &[u8] = b"praas-server";
+/// Label mixed into the connecting side's proof.
+const CLIENT_ROLE: &[u8] = b"praas-client";
+/// Idle connections kept per peer; more concurrent puts open more, closed after use.
+const MAX_IDLE_PER_PEER: usize = 8;
+/// How long a put may take when the caller gives no deadline of its own.
+pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lifecycle of a process, as the control plane announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerStatus {
+    /// Being started.
+    Allocating,
+    /// Running: messages can be put to it.
+    Allocated,
+    /// Writing its state to storage.
+    SwappingOut,
+    /// In storage, not running.
+    SwappedOut,
+    /// Being restored from storage.
+    SwappingIn,
+    /// Stopping.
+    Closing,
+    /// Stopped.
+    Closed,
+    /// Died unexpectedly.
+    Failure,
+}
+
+impl PeerStatus {
+    /// Lower-case name, as in the control plane's messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allocating => "allocating",
+            Self::Allocated => "allocated",
+            Self::SwappingOut => "swapping_out",
+            Self::SwappedOut => "swapped_out",
+            Self::SwappingIn => "swapping_in",
+            Self::Closing => "closing",
+            Self::Closed => "closed",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One process of the application, as the control plane last announced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its process id.
+    pub id: String,
+    /// Its data-plane address, `host:port`.
+    pub addr: String,
+    /// Its status.
+    pub status: PeerStatus,
+}
+
+/// Why a message was not delivered. [`PeerError::status`] gives the code a function sees.
+#[derive(Debug, Error)]
+pub enum PeerError {
+    /// The control plane never announced a process of that id.
+    #[error("unknown process {dest:?}: this application's processes are {known:?}")]
+    UnknownPeer {
+        /// The id asked for.
+        dest: String,
+        /// The ids known.
+        known: Vec<String>,
+    },
+    /// The destination is swapped out: messages to it are refused, not kept.
+    #[error("process {dest:?} is swapped out: messages to it are refused until it is swapped in")]
+    SwappedOut {
+        /// The destination.
+        dest: String,
+    },
+    /// The destination is not running (allocating, swapping, closing, closed, failed).
+    #[error("process {dest:?} is {status}: it cannot receive messages now")]
+    NotRunning {
+        /// The destination.
+        dest: String,
+        /// Its status.
+        status: PeerStatus,
+    },
+    /// No connection to the destination could be opened, or it broke.
+    #[error("process {dest:?} at {addr} is unreachable: {reason}")]
+    Unreachable {
+        /// The destination.
+        dest: String,
+        /// Its address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The destination and this process could not prove to each other that they belong to the
+    /// same application.
+    #[error("authentication with process {dest:?} failed: {reason}")]
+    Unauthenticated {
+        /// The destination.
+        dest: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The destination did not confirm in time; the message may or may not have been stored.
+    #[error("process {dest:?} did not confirm the message within {timeout:?}")]
+    Timeout {
+        /// The destination.
+        dest: String,
+        /// The time allowed.
+        timeout: Duration,
+    },
+    /// The destination answered with an error (mailbox full, swapping out, ...).
+    #[error("process {dest:?} refused the message: {status}: {message}")]
+    Refused {
+        /// The destination.
+        dest: String,
+        /// Its status.
+        status: Status,
+        /// Its explanation.
+        message: String,
+    },
+    /// Key and message together exceed the frame limit.
+    #[error("message of {size} bytes (key and data) exceeds the frame limit of {limit} bytes")]
+    TooLarge {
+        /// Bytes of key plus data.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A put to this process itself failed.
+    #[error("put to this process: {0}")]
+    Local(#[from] MailboxError),
+}
+
+impl PeerError {
+    /// The status a function sees for this error.
+    pub fn status(&self) -> Status {
+        match self {
+            Self::UnknownPeer { .. } => Status::NotFound,
+            Self::SwappedOut { .. } | Self::NotRunning { .. } | Self::Unreachable { .. } => Status::Unavailable,
+            Self::Unauthenticated { .. } => Status::Unauthenticated,
+            Self::Timeout { .. } => Status::Timeout,
+            Self::Refused { status, .. } => *status,
+            Self::TooLarge { .. } => Status::TooLarge,
+            Self::Local(err) => mailbox_status(err),
+        }
+    }
+}
+
+/// The status of a mailbox error, as a sender sees it.
+pub fn mailbox_status(err: &MailboxError) -> Status {
+    match err {
+        MailboxError::Timeout { .. } => Status::Timeout,
+        MailboxError::Paused | MailboxError::Full { .. } => Status::Overloaded,
+        MailboxError::NameTooLong { .. } => Status::InvalidArgument,
+    }
+}
+
+/// An open, authenticated connection to a peer.
+struct PeerConnection {
+    stream: TcpStream,
+    next_id: u64,
+}
+
+struct Peer {
+    addr: String,
+    /// Authenticated connections not in use.
+    idle: Mutex<Vec<PeerConnection>>,
+}
+
+struct Entry {
+    status: PeerStatus,
+    peer: Arc<Peer>,
+}
+
+/// The other processes of this process's application, and the connections to them.
+pub struct PeerDirectory {
+    app: String,
+    id: String,
+    secret: String,
+    limits: FrameLimits,
+    mailbox: Arc<Mailbox>,
+    peers: RwLock<HashMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for PeerDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerDirectory")
+            .field("app", &self.app)
+            .field("id", &self.id)
+            .field("peers", &self.known())
+            .finish()
+    }
+}
+
+/// Whether an error of a blocking socket call means its timeout passed.
+fn timed_out(err: &io::Error) -> bool {
+    matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// Time left until `deadline`, or `None` if it passed.
+fn left(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
+/// Writes every byte of `parts` with vectored writes.
+fn write_all_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let mut sent = 0usize;
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    while sent < total {
+        let mut skip = sent;
+        let mut iov = Vec::with_capacity(parts.len());
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            iov.push(IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
+        match stream.write_vectored(&iov) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A frame read from a peer: header, metadata and payload.
+struct Received {
+    header: Header,
+    meta: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+enum WireError {
+    Timeout,
+    Io(String),
+}
+
+impl PeerConnection {
+    fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
+        let left = left(deadline).ok_or(WireError::Timeout)?;
+        self.stream.set_write_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+        let header = Header { meta_len: meta.len() as u16, payload_len: payload.len() as u32, ..header };
+        write_all_parts(&mut self.stream, &[&header.encode(), meta, payload]).map_err(|e| {
+            if timed_out(&e) {
+                WireError::Timeout
+            } else {
+                WireError::Io(format!("sending: {e}"))
+            }
+        })
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), WireError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let left = left(deadline).ok_or(WireError::Timeout)?;
+            self.stream.set_read_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err(WireError::Io("the peer closed the connection".into())),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if timed_out(&e) => return Err(WireError::Timeout),
+                Err(e) => return Err(WireError::Io(format!("receiving: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<Received, WireError> {
+        let mut head = [0u8; HEADER_LEN];
+        self.read_exact(&mut head, deadline)?;
+        let header = Header::decode(&head, limits).map_err(|e| WireError::Io(format!("protocol error: {e}")))?;
+        let mut body = vec![0u8; header.body_len()];
+        self.read_exact(&mut body, deadline)?;
+        let payload = body.split_off(header.meta_len as usize);
+        Ok(Received { header, meta: body, payload })
+    }
+
+    /// Whether the connection still looks usable: the peer has not closed it and sent nothing
+    /// unasked. One non-blocking `recv(MSG_PEEK)`.
+    fn alive(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: `byte` is one writable byte that outlives the call; the fd is our open socket.
+        let n = unsafe {
+            libc::recv(self.stream.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        n < 0 && matches!(io::Error::last_os_error().kind(), io::ErrorKind::WouldBlock)
+    }
+}
+
+fn identity(app: &str, process: &str) -> Vec<u8> {
+    format!("{app}/{process}").into_bytes()
+}
+
+fn role_nonce(role: &[u8], nonce: &[u8]) -> Vec<u8> {
+    [role, nonce].concat()
+}
+
+impl PeerDirectory {
+    /// The directory of process `id` of `app`, which authenticates with `secret` and delivers
+    /// messages to itself into `mailbox`. It knows no peer until [`PeerDirectory::update`].
+    pub fn new(app: &str, id: &str, secret: &str, max_frame: usize, mailbox: Arc<Mailbox>) -> Self {
+        Self {
+            app: app.to_owned(),
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+            limits: FrameLimits { max_frame },
+            mailbox,
+            peers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the peers with those the control plane announced. Connections to a peer whose
+    /// address is unchanged are kept; the others close.
+    pub fn update(&self, peers: Vec<PeerInfo>) {
+        let mut map = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = HashMap::with_capacity(peers.len());
+        for info in peers {
+            let peer = match map.remove(&info.id) {
+                Some(old) if old.peer.addr == info.addr => old.peer,
+                _ => Arc::new(Peer { addr: info.addr, idle: Mutex::new(Vec::new()) }),
+            };
+            if info.status != PeerStatus::Allocated {
+                peer.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            }
+            next.insert(info.id, Entry { status: info.status, peer });
+        }
+        *map = next;
+    }
+
+    /// The peers as last announced, sorted by id.
+    pub fn list(&self) -> Vec<PeerInfo> {
+        let map = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<PeerInfo> = map
+            .iter()
+            .map(|(id, e)| PeerInfo { id: id.clone(), addr: e.peer.addr.clone(), status: e.status })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    /// The ids of the known peers, sorted.
+    pub fn known(&self) -> Vec<String> {
+        self.list().into_iter().map(|p| p.id).collect()
+    }
+
+    /// Closes every idle connection (swap-out; connections in use close when their put ends).
+    pub fn disconnect_all(&self) {
+        let map = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        for entry in map.values() {
+            entry.peer.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// Delivers `data` under `key` to process `dest` (this process's own id: its own mailbox)
+    /// and returns once the destination has stored it, or with why not, within `timeout`.
+    pub fn put(&self, dest: &str, key: &str, data: &[u8], timeout: Duration) -> Result<(), PeerError> {
+        if dest == self.id {
+            return Ok(self.mailbox.put(&self.id, key, data.to_vec())?);
+        }
+        let size = key.len() + data.len();
+        if size > self.limits.max_frame || key.len() > u16::MAX as usize || data.len() > u32::MAX as usize {
+            return Err(PeerError::TooLarge { size, limit: self.limits.max_frame });
+        }
+        let peer = {
+            let map = self.peers.read().unwrap_or_else(|p| p.into_inner());
+            let Some(entry) = map.get(dest) else {
+                drop(map);
+                return Err(PeerError::UnknownPeer { dest: dest.to_owned(), known: self.known() });
+            };
+            match entry.status {
+                PeerStatus::Allocated => Arc::clone(&entry.peer),
+                PeerStatus::SwappedOut => return Err(PeerError::SwappedOut { dest: dest.to_owned() }),
+                status => return Err(PeerError::NotRunning { dest: dest.to_owned(), status }),
+            }
+        };
+        let started = Instant::now();
+        let deadline = started.checked_add(timeout).unwrap_or_else(|| started + DEFAULT_PUT_TIMEOUT);
+        let timeout_error = || PeerError::Timeout { dest: dest.to_owned(), timeout };
+        let unreachable =
+            |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: peer.addr.clone(), reason };
+        let reused = loop {
+            let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match candidate {
+                Some(conn) if conn.alive() => break Some(conn),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => self.connect(dest, &peer.addr, deadline)?,
+        };
+        let id = conn.next_id;
+        conn.next_id += 1;
+        let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
+        let wire = |err: WireError| match err {
+            WireError::Timeout => timeout_error(),
+            WireError::Io(reason) => unreachable(reason),
+        };
+        conn.send(header, key.as_bytes(), data, deadline).map_err(wire)?;
+        let ack = conn.recv(self.limits, deadline).map_err(wire)?;
+        let status = Status::from_code(ack.header.status);
+        let answered = matches!(ack.header.kind, MessageKind::MessageAck | MessageKind::Response);
+        if !answered || (ack.header.kind == MessageKind::MessageAck && ack.header.id != id) {
+            return Err(unreachable(format!(
+                "unexpected {:?} frame (id {}) in answer to message {id}",
+                ack.header.kind, ack.header.id
+            )));
+        }
+        if status != Status::Ok {
+            let message = String::from_utf8_lossy(&ack.meta).into_owned();
+            return Err(PeerError::Refused { dest: dest.to_owned(), status, message });
+        }
+        let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_PEER {
+            idle.push(conn);
+        }
+        Ok(())
+    }
+
+    /// Opens and authenticates a connection to `dest` at `addr`.
+    fn connect(&self, dest: &str, addr: &str, deadline: Instant) -> Result<PeerConnection, PeerError> {
+        let unreachable =
+            |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason };
+        let timeout_error =
+            |started: Instant| PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started };
+        let started = Instant::now();
+        let addrs: Vec<_> = addr.to_socket_addrs().map_err(|e| unreachable(format!("cannot resolve: {e}")))?.collect();
+        let mut last = String::from("no address to connect to");
+        let mut stream = None;
+        for sock in addrs {
+            let Some(left) = left(deadline) else { return Err(timeout_error(started)) };
+            match TcpStream::connect_timeout(&sock, left) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) if timed_out(&e) => return Err(timeout_error(started)),
+                Err(e) => last = format!("connect: {e}"),
+            }
+        }
+        let stream = stream.ok_or_else(|| unreachable(last))?;
+        stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+        let mut conn = PeerConnection { stream, next_id: 1 };
+        let wire = |err: WireError| match err {
+            WireError::Timeout => timeout_error(started),
+            WireError::Io(reason) => unreachable(reason),
+        };
+        let refused = |reason: String| PeerError::Unauthenticated { dest: dest.to_owned(), reason };
+        let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
+        let me = identity(&self.app, &self.id);
+
+        // 1. Our identity and a fresh nonce for the peer to answer.
+        let nonce_a = auth::nonce();
+        conn.send(hello, &me, &nonce_a, deadline).map_err(wire)?;
+        // 2. The peer's identity, its nonce and its proof of the secret.
+        let challenge = conn.recv(self.limits, deadline).map_err(wire)?;
+        if challenge.header.status != Status::Ok.code() {
+            return Err(refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
+        }
+        if challenge.header.kind != MessageKind::Hello || challenge.payload.len() != NONCE_LEN + PROOF_LEN {
+            return Err(refused(format!("unexpected {:?} frame in the handshake", challenge.header.kind)));
+        }
+        if challenge.meta != identity(&self.app, dest) {
+            return Err(refused(format!(
+                "the process at {addr} is {:?}, not {:?}",
+                String::from_utf8_lossy(&challenge.meta),
+                String::from_utf8_lossy(&identity(&self.app, dest))
+            )));
+        }
+        let (nonce_b, proof_b) = challenge.payload.split_at(NONCE_LEN);
+        if !auth::verify(&self.secret, &role_nonce(SERVER_ROLE, &nonce_a), &self.app, dest, proof_b) {
+            return Err(refused(format!(
+                "the process at {addr} could not prove it holds the secret of application {:?}",
+                self.app
+            )));
+        }
+        // 3. Our proof.
+        let proof_a = auth::proof(&self.secret, &role_nonce(CLIENT_ROLE, nonce_b), &self.app, &self.id);
+        conn.send(hello, &me, &proof_a, deadline).map_err(wire)?;
+        // 4. Accepted, or why not.
+        let verdict = conn.recv(self.limits, deadline).map_err(wire)?;
+        if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
+            return Err(refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
+        }
+        Ok(conn)
+    }
+}
+
+/// What the receiving side answers to a `Hello` or `Message` frame.
+#[derive(Debug)]
+pub struct Reply {
+    /// The header (lengths are filled in by [`Reply::into_frame`]).
+    pub header: Header,
+    /// Metadata: an identity or an error text.
+    pub meta: Vec<u8>,
+    /// Payload: a nonce and a proof, or nothing.
+    pub payload: Vec<u8>,
+    /// Close the connection after sending this (authentication failed).
+    pub close: bool,
+}
+
+impl Reply {
+    fn answer(kind: MessageKind, id: u64, status: Status, meta: Vec<u8>, payload: Vec<u8>) -> Self {
+        let header = Header { kind, meta_len: 0, status: status.code(), id, timeout_ms: 0, payload_len: 0 };
+        Self { header, meta, payload, close: false }
+    }
+
+    fn refuse(kind: MessageKind, id: u64, status: Status, text: String) -> Self {
+        Self { close: true, ..Self::answer(kind, id, status, text.into_bytes(), Vec::new()) }
+    }
+
+    /// Lays the reply out for a transport, its payload in a buffer of `pool` (an `Overloaded`
+    /// answer if the pool is spent).
+    pub fn into_frame(self, pool: &BufferPool) -> OutFrame {
+        let mut meta = self.meta;
+        meta.truncate(u16::MAX as usize);
+        let mut header = Header { meta_len: meta.len() as u16, payload_len: 0, ..self.header };
+        if self.payload.is_empty() {
+            return OutFrame::raw(header, meta, None);
+        }
+        match pool.get(self.payload.len()) {
+            Some(mut buf) => {
+                buf.try_extend(&self.payload);
+                header.payload_len = self.payload.len() as u32;
+                OutFrame::raw(header, meta, Some(buf))
+            }
+            None => {
+                let text = b"no buffer for the answer: the process's buffer budget is spent".to_vec();
+                let header = Header { status: Status::Overloaded.code(), meta_len: text.len() as u16, ..header };
+                OutFrame::raw(header, text, None)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+enum SessionState {
+    /// No `Hello` yet: invocations only.
+    #[default]
+    Anonymous,
+    /// Challenge sent to `process`, waiting for its proof.
+    Challenged { process: String, nonce: [u8; NONCE_LEN] },
+    /// Proven to be `process` of this process's application.
+    Authenticated { process: String },
+    /// Refused; nothing more is served.
+    Refused,
+}
+
+/// The receiving side of one connection: its handshake and the identity it proved. A transport
+/// keeps one per connection and hands it every `Hello` and `Message` frame.
+#[derive(Debug, Default)]
+pub struct PeerSession {
+    state: SessionState,
+}
+
+impl PeerSession {
+    /// The process this connection proved to be, once authenticated.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.state {
+            SessionState::Authenticated { process } => Some(process),
+            _ => None,
+        }
+    }
+
+    /// Serves a `Hello` or `Message` frame of this connection.
+    pub fn serve(&mut self, process: &Process, header: &Header, meta: &[u8], payload: &[u8]) -> Reply {
+        match header.kind {
+            MessageKind::Hello => self.hello(process, header.id, meta, payload),
+            MessageKind::Message => self.message(process, header.id, meta, payload),
+            kind => Reply::answer(
+                MessageKind::Response,
+                header.id,
+                Status::Unsupported,
+                format!("{kind:?} frames are not served by a peer session").into_bytes(),
+                Vec::new(),
+            ),
+        }
+    }
+
+    fn hello(&mut self, process: &Process, id: u64, meta: &[u8], payload: &[u8]) -> Reply {
+        match self.handshake(process, meta, payload) {
+            Ok((meta, payload)) => Reply::answer(MessageKind::Hello, id, Status::Ok, meta, payload),
+            Err(text) => {
+                tracing::debug!(process = %process.id(), "refusing a peer connection: {text}");
+                self.state = SessionState::Refused;
+                Reply::refuse(MessageKind::Hello, id, Status::Unauthenticated, text)
+            }
+        }
+    }
+
+    /// One step of the handshake: the answer's metadata and payload, or why it is refused.
+    fn handshake(&mut self, process: &Process, meta: &[u8], payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let config = process.config();
+        let claimed = String::from_utf8_lossy(meta).into_owned();
+        let Some((app, peer)) = claimed.split_once('/') else {
+            return Err(format!("a Hello names \"APP/PROCESS\", not {claimed:?}"));
+        };
+        if app != config.app {
+            return Err(format!("process {:?} does not serve processes of another application", config.id));
+        }
+        match std::mem::take(&mut self.state) {
+            SessionState::Anonymous => {
+                if payload.len() != NONCE_LEN {
+                    return Err(format!("a first Hello carries a {NONCE_LEN}-byte nonce, not {} bytes", payload.len()));
+                }
+                let proof = auth::proof(&config.secret, &role_nonce(SERVER_ROLE, payload), &config.app, &config.id);
+                let nonce = auth::nonce();
+                self.state = SessionState::Challenged { process: peer.to_owned(), nonce };
+                Ok((identity(&config.app, &config.id), [&nonce[..], &proof].concat()))
+            }
+            SessionState::Challenged { process: expected, nonce } => {
+                if peer != expected {
+                    return Err(format!("the handshake began as {expected:?} and went on as {peer:?}"));
+                }
+                if !auth::verify(&config.secret, &role_nonce(CLIENT_ROLE, &nonce), &config.app, peer, payload) {
+                    return Err(format!("{claimed:?} did not prove it holds the secret of application {app:?}"));
+                }
+                self.state = SessionState::Authenticated { process: peer.to_owned() };
+                Ok((Vec::new(), Vec::new()))
+            }
+            SessionState::Authenticated { .. } | SessionState::Refused => {
+                Err("this connection already completed its handshake".to_owned())
+            }
+        }
+    }
+
+    fn message(&mut self, process: &Process, id: u64, meta: &[u8], payload: &[u8]) -> Reply {
+        let SessionState::Authenticated { process: source } = &self.state else {
+            self.state = SessionState::Refused;
+            return Reply::refuse(
+                MessageKind::MessageAck,
+                id,
+                Status::Unauthenticated,
+                "messages are accepted only from processes of the same application, after a Hello handshake".into(),
+            );
+        };
+        let Ok(key) = std::str::from_utf8(meta) else {
+            return Reply::answer(
+                MessageKind::MessageAck,
+                id,
+                Status::InvalidArgument,
+                b"message key is not UTF-8".to_vec(),
+                Vec::new(),
+            );
+        };
+        match process.mailbox().put(source, key, payload.to_vec()) {
+            Ok(()) => Reply::answer(MessageKind::MessageAck, id, Status::Ok, Vec::new(), Vec::new()),
+            Err(err) => {
+                let text = match &err {
+                    MailboxError::Paused => format!("process {:?} is swapping out: retry later", process.id()),
+                    other => format!("process {:?}: {other}", process.id()),
+                };
+                Reply::answer(MessageKind::MessageAck, id, mailbox_status(&err), text.into_bytes(), Vec::new())
+            }
+        }
+    }
+}
