@@ -24,6 +24,7 @@ use super::bufs::BufRing;
 use super::UringOptions;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
+use crate::peer::PeerSession;
 use crate::process::{Dispatched, Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
 use crate::transport::OutFrame;
@@ -166,6 +167,10 @@ struct Conn {
     cancel_all_sent: bool,
     /// Waiting for the pool to give buffers.
     starved: bool,
+    /// The peer-process handshake and identity of this connection (`Hello`, `Message` frames).
+    peer: PeerSession,
+    /// How long to keep reading (and discarding) after refusing the connection.
+    linger: Duration,
 }
 
 impl Conn {
@@ -428,6 +433,8 @@ impl EventLoop {
             closing: false,
             cancel_all_sent: false,
             starved: false,
+            peer: PeerSession::default(),
+            linger: self.options.linger,
         });
         self.dirty.push(slot);
         Ok(())
@@ -965,6 +972,15 @@ fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
                 }
                 None => OutFrame::raw(Header { payload_len: 0, ..pong }, Vec::new(), None),
             }
+        }
+        MessageKind::Hello | MessageKind::Message => {
+            // A refused session refuses every later frame of the connection too.
+            let reply = conn.peer.serve(process, &header, &body[..meta_len], &body[meta_len..]);
+            if reply.close && conn.state == ReadState::Open {
+                conn.shutdown_after_flush = true;
+                conn.state = ReadState::Lingering(Instant::now() + conn.linger);
+            }
+            reply.into_frame(process.pool())
         }
         kind => OutFrame::from_response(Response {
             id: header.id,

@@ -1,0 +1,414 @@
+//! Messages between real processes over real sockets: put/get, ordering, authentication, and the
+//! errors a sender meets (unknown, dead, silent, swapped-out peers).
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use praas_dataplane::auth;
+use praas_dataplane::function::{ExecutionMode, Manifest};
+use praas_dataplane::mailbox::{Mailbox, MailboxError};
+use praas_dataplane::peer::{PeerError, PeerInfo, PeerStatus};
+use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
+use praas_dataplane::testing::{c_functions, example_manifest, serve, spec};
+use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, ServerHandle, Status};
+
+const APP: &str = "ring-app";
+const SECRET: &str = "a secret only ring-app's processes know";
+const LONG: Duration = Duration::from_secs(30);
+
+fn config(id: &str, app: &str, secret: &str) -> ProcessConfig {
+    ProcessConfig { id: id.into(), app: app.into(), secret: secret.into(), workers: 4, ..ProcessConfig::default() }
+}
+
+struct Node {
+    process: Arc<Process>,
+    server: ServerHandle,
+}
+
+impl Node {
+    fn start(id: &str, app: &str, secret: &str) -> Self {
+        Self::with_manifest(&example_manifest(), id, app, secret)
+    }
+
+    fn with_manifest(manifest: &Manifest, id: &str, app: &str, secret: &str) -> Self {
+        let (process, server) = serve(manifest, config(id, app, secret));
+        Self { process, server }
+    }
+
+    fn info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.process.id().to_owned(),
+            addr: self.server.local_addr().to_string(),
+            status: PeerStatus::Allocated,
+        }
+    }
+
+    fn client(&self) -> Client {
+        let options = ClientOptions { timeout: LONG, ..ClientOptions::default() };
+        Client::connect_with(self.server.local_addr(), options).expect("connect")
+    }
+}
+
+/// Processes of one application that know each other, as the control plane would tell them.
+fn cluster(ids: &[&str]) -> Vec<Node> {
+    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(id, APP, SECRET)).collect();
+    let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
+    for node in &nodes {
+        node.process.peers().update(infos.clone());
+    }
+    nodes
+}
+
+fn remote(err: ClientError) -> (Status, String) {
+    match err {
+        ClientError::Remote { status, message } => (status, message),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+#[test]
+fn ten_thousand_messages_go_around_a_ring_in_order_per_key() {
+    const KEYS: usize = 4;
+    const PER_KEY: usize = 2500;
+    let nodes = cluster(&["p0", "p1", "p2"]);
+    let procs: Vec<Arc<Process>> = nodes.iter().map(|n| Arc::clone(&n.process)).collect();
+    let started = Instant::now();
+    let mut threads = Vec::new();
+    for key in 0..KEYS {
+        let key = format!("key-{key}");
+        // p0 sends every message of this key to p1.
+        let p0 = Arc::clone(&procs[0]);
+        let k = key.clone();
+        threads.push(thread::spawn(move || {
+            for i in 0..PER_KEY {
+                p0.peers().put("p1", &k, format!("{k}#{i}").as_bytes(), LONG).expect("p0 -> p1");
+            }
+        }));
+        // p1 forwards what it gets from p0 to p2, p2 what it gets from p1 to p0.
+        for (at, from, to) in [(1, "p0", "p2"), (2, "p1", "p0")] {
+            let process = Arc::clone(&procs[at]);
+            let k = key.clone();
+            threads.push(thread::spawn(move || {
+                for i in 0..PER_KEY {
+                    let (source, data) = process.mailbox().get(Some(from), &k, LONG).expect("a message to forward");
+                    assert_eq!(source, from);
+                    assert_eq!(data, format!("{k}#{i}").as_bytes(), "{} got key {k} out of order", process.id());
+                    process.peers().put(to, &k, &data, LONG).expect("forward");
+                }
+            }));
+        }
+        // p0 collects them back from p2, in order.
+        let p0 = Arc::clone(&procs[0]);
+        threads.push(thread::spawn(move || {
+            for i in 0..PER_KEY {
+                let (source, data) = p0.mailbox().get(Some("p2"), &key, LONG).expect("a message back");
+                assert_eq!(source, "p2");
+                assert_eq!(data, format!("{key}#{i}").as_bytes(), "p0 got key {key} out of order");
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("ring thread");
+    }
+    for process in &procs {
+        assert!(process.mailbox().is_empty(), "{} has undelivered messages", process.id());
+    }
+    eprintln!("{} messages, 3 hops each, in {:?}", KEYS * PER_KEY, started.elapsed());
+}
+
+#[test]
+fn same_key_is_queued_not_dropped_and_put_returns_once_stored() {
+    let nodes = cluster(&["a0", "a1"]);
+    let (sender, receiver) = (&nodes[0].process, &nodes[1].process);
+    for (n, text) in ["first", "second", "third"].iter().enumerate() {
+        sender.peers().put("a1", "same", text.as_bytes(), LONG).unwrap();
+        // Stored before put returned: no waiting needed to see it.
+        assert_eq!(receiver.mailbox().len(), n + 1);
+    }
+    // Messages and state never collide.
+    assert!(receiver.state().get("same").is_none());
+    for text in ["first", "second", "third"] {
+        assert_eq!(receiver.mailbox().get(Some("a0"), "same", Duration::ZERO).unwrap(), ("a0".into(), text.into()));
+    }
+    // A put to itself is a local put.
+    sender.peers().put("a0", "self", b"me", LONG).unwrap();
+    assert_eq!(sender.mailbox().get(Some("a0"), "self", Duration::ZERO).unwrap().1, b"me");
+    // Empty messages and a large one.
+    let big: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
+    sender.peers().put("a1", "big", b"", LONG).unwrap();
+    sender.peers().put("a1", "big", &big, LONG).unwrap();
+    assert_eq!(receiver.mailbox().get(None, "big", Duration::ZERO).unwrap().1, b"");
+    assert_eq!(receiver.mailbox().get(None, "big", Duration::ZERO).unwrap().1, big);
+}
+
+#[test]
+fn get_times_out_and_takes_from_any_source_oldest_first() {
+    let nodes = cluster(&["b0", "b1", "b2"]);
+    let mailbox = nodes[1].process.mailbox();
+    let started = Instant::now();
+    let err = mailbox.get(None, "nothing", Duration::from_millis(100)).unwrap_err();
+    assert!(matches!(err, MailboxError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(100) && started.elapsed() < Duration::from_secs(5));
+    nodes[0].process.peers().put("b1", "k", b"from b0", LONG).unwrap();
+    nodes[2].process.peers().put("b1", "k", b"from b2", LONG).unwrap();
+    assert_eq!(mailbox.get(None, "k", LONG).unwrap(), ("b0".into(), b"from b0".to_vec()));
+    assert_eq!(mailbox.get(None, "k", LONG).unwrap(), ("b2".into(), b"from b2".to_vec()));
+    // A get waiting for a source is woken by that source only.
+    let waiter = {
+        let process = Arc::clone(&nodes[1].process);
+        thread::spawn(move || process.mailbox().get(Some("b2"), "later", LONG))
+    };
+    nodes[0].process.peers().put("b1", "later", b"not this", LONG).unwrap();
+    thread::sleep(Duration::from_millis(20));
+    nodes[2].process.peers().put("b1", "later", b"this", LONG).unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), ("b2".into(), b"this".to_vec()));
+}
+
+#[test]
+fn a_process_of_another_application_or_with_a_wrong_secret_is_refused() {
+    let nodes = cluster(&["c0", "c1"]);
+    let target = nodes[1].info();
+    for (app, secret, id) in [("other-app", "other secret", "intruder"), (APP, "a guessed secret", "c0")] {
+        let intruder = Node::start(id, app, secret);
+        intruder.process.peers().update(vec![target.clone()]);
+        let err = intruder.process.peers().put("c1", "k", b"let me in", LONG).unwrap_err();
+        assert!(matches!(err, PeerError::Unauthenticated { .. }), "{app}/{id}: {err}");
+        assert_eq!(err.status(), Status::Unauthenticated);
+        eprintln!("{app}/{id} with a wrong secret: {err}");
+    }
+    assert!(nodes[1].process.mailbox().is_empty());
+    // The members themselves still talk.
+    nodes[0].process.peers().put("c1", "k", b"member", LONG).unwrap();
+    assert_eq!(nodes[1].process.mailbox().len(), 1);
+}
+
+/// A raw connection that speaks the handshake by hand, to send what a real process never would.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(node: &Node) -> Self {
+        let stream = TcpStream::connect(node.server.local_addr()).unwrap();
+        stream.set_read_timeout(Some(LONG)).unwrap();
+        Self(stream)
+    }
+
+    fn send(&mut self, kind: MessageKind, id: u64, meta: &[u8], payload: &[u8]) {
+        let mut bytes = Vec::new();
+        let header = Header { kind, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
+        encode_frame(&mut bytes, header, meta, payload).unwrap();
+        self.0.write_all(&bytes).unwrap();
+    }
+
+    fn recv(&mut self) -> (Header, Vec<u8>, Vec<u8>) {
+        let mut head = [0u8; HEADER_LEN];
+        self.0.read_exact(&mut head).unwrap();
+        let header = Header::decode(&head, Default::default()).unwrap();
+        let mut meta = vec![0u8; header.meta_len as usize];
+        self.0.read_exact(&mut meta).unwrap();
+        let mut payload = vec![0u8; header.payload_len as usize];
+        self.0.read_exact(&mut payload).unwrap();
+        (header, meta, payload)
+    }
+
+    /// Whether the process closed the connection (reads end) instead of serving on.
+    fn closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.0.read_to_end(&mut rest), Ok(_))
+    }
+}
+
+#[test]
+fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages() {
+    let nodes = cluster(&["d0", "d1"]);
+    let node = &nodes[1];
+    // A message without a handshake: refused, connection closed.
+    let mut raw = Raw::connect(node);
+    raw.send(MessageKind::Message, 5, b"k", b"sneaky");
+    let (header, meta, _) = raw.recv();
+    assert_eq!((header.kind, header.id, header.status), (MessageKind::MessageAck, 5, Status::Unauthenticated.code()));
+    assert!(String::from_utf8_lossy(&meta).contains("same application"), "{}", String::from_utf8_lossy(&meta));
+    assert!(raw.closed());
+
+    // The right application's name, a proof made with the wrong secret: refused after the challenge.
+    let mut raw = Raw::connect(node);
+    raw.send(MessageKind::Hello, 1, format!("{APP}/d0").as_bytes(), &auth::nonce());
+    let (header, meta, payload) = raw.recv();
+    assert_eq!((header.kind, header.status), (MessageKind::Hello, 0));
+    assert_eq!(meta, format!("{APP}/d1").as_bytes());
+    let mut nonce = b"praas-client".to_vec();
+    nonce.extend_from_slice(&payload[..auth::NONCE_LEN]);
+    raw.send(MessageKind::Hello, 2, format!("{APP}/d0").as_bytes(), &auth::proof("wrong", &nonce, APP, "d0"));
+    let (header, meta, _) = raw.recv();
+    assert_eq!((header.kind, header.status), (MessageKind::Hello, Status::Unauthenticated.code()));
+    assert!(String::from_utf8_lossy(&meta).contains("did not prove"), "{}", String::from_utf8_lossy(&meta));
+    raw.send(MessageKind::Message, 3, b"k", b"after refusal");
+    assert!(raw.closed());
+
+    // Another application's name: refused at once.
+    let mut raw = Raw::connect(node);
+    raw.send(MessageKind::Hello, 1, b"other-app/x", &auth::nonce());
+    let (header, _, _) = raw.recv();
+    assert_eq!(header.status, Status::Unauthenticated.code());
+    assert!(raw.closed());
+
+    // With the right secret, by hand, it works; ordinary invocations on the same port need no Hello.
+    let mut raw = Raw::connect(node);
+    let nonce_a = auth::nonce();
+    raw.send(MessageKind::Hello, 1, format!("{APP}/d0").as_bytes(), &nonce_a);
+    let (_, _, payload) = raw.recv();
+    let (nonce_b, proof_b) = payload.split_at(auth::NONCE_LEN);
+    assert!(auth::verify(SECRET, &[&b"praas-server"[..], &nonce_a].concat(), APP, "d1", proof_b));
+    let proof = auth::proof(SECRET, &[&b"praas-client"[..], nonce_b].concat(), APP, "d0");
+    raw.send(MessageKind::Hello, 2, format!("{APP}/d0").as_bytes(), &proof);
+    assert_eq!(raw.recv().0.status, 0);
+    raw.send(MessageKind::Message, 9, b"k", b"by hand");
+    let (header, _, _) = raw.recv();
+    assert_eq!((header.kind, header.id, header.status), (MessageKind::MessageAck, 9, 0));
+    assert_eq!(node.process.mailbox().get(Some("d0"), "k", Duration::ZERO).unwrap().1, b"by hand");
+    assert_eq!(node.client().invoke("echo", b"still serving").unwrap(), b"still serving");
+}
+
+#[test]
+fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly() {
+    let nodes = cluster(&["e0", "e1"]);
+    let sender = Arc::clone(&nodes[0].process);
+    let dead_addr = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    // Accepts connections (the kernel does) but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut peers = vec![nodes[0].info(), nodes[1].info()];
+    peers.push(PeerInfo { id: "dead".into(), addr: dead_addr, status: PeerStatus::Allocated });
+    peers.push(PeerInfo {
+        id: "silent".into(),
+        addr: silent.local_addr().unwrap().to_string(),
+        status: PeerStatus::Allocated,
+    });
+    peers.push(PeerInfo { id: "stored".into(), addr: "127.0.0.1:1".into(), status: PeerStatus::SwappedOut });
+    peers.push(PeerInfo { id: "booting".into(), addr: "127.0.0.1:1".into(), status: PeerStatus::Allocating });
+    sender.peers().update(peers);
+
+    let started = Instant::now();
+    let err = sender.peers().put("nobody", "k", b"x", LONG).unwrap_err();
+    assert_eq!(err.status(), Status::NotFound);
+    assert_eq!(
+        err.to_string(),
+        "unknown process \"nobody\": this application's processes are [\"booting\", \"dead\", \"e0\", \"e1\", \"silent\", \"stored\"]"
+    );
+    let err = sender.peers().put("dead", "k", b"x", LONG).unwrap_err();
+    assert!(matches!(err, PeerError::Unreachable { .. }), "{err}");
+    assert_eq!(err.status(), Status::Unavailable);
+    let err = sender.peers().put("stored", "k", b"x", LONG).unwrap_err();
+    assert_eq!(err.to_string(), "process \"stored\" is swapped out: messages to it are refused until it is swapped in");
+    assert_eq!(err.status(), Status::Unavailable);
+    let err = sender.peers().put("booting", "k", b"x", LONG).unwrap_err();
+    assert!(matches!(err, PeerError::NotRunning { status: PeerStatus::Allocating, .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "errors took {:?}", started.elapsed());
+
+    let started = Instant::now();
+    let err = sender.peers().put("silent", "k", b"x", Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, PeerError::Timeout { .. }), "{err}");
+    assert_eq!(err.status(), Status::Timeout);
+    assert!(started.elapsed() < Duration::from_secs(5), "timeout took {:?}", started.elapsed());
+
+    // A peer that stops after a connection to it was cached: the next put says it is unreachable.
+    sender.peers().put("e1", "k", b"before", LONG).unwrap();
+    let Node { process: _stopped, server } = nodes.into_iter().nth(1).unwrap();
+    server.stop().unwrap();
+    let started = Instant::now();
+    let err = sender.peers().put("e1", "k", b"after", LONG).unwrap_err();
+    assert!(matches!(err, PeerError::Unreachable { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    eprintln!("{err}");
+}
+
+#[test]
+fn a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message() {
+    let nodes = cluster(&["f0", "f1"]);
+    let (sender, receiver) = (&nodes[0].process, &nodes[1].process);
+    sender.peers().put("f1", "k", b"one", LONG).unwrap();
+    sender.peers().put("f1", "k", b"two", LONG).unwrap();
+    receiver.mailbox().pause();
+    let err = sender.peers().put("f1", "k", b"three", LONG).unwrap_err();
+    assert_eq!(err.status(), Status::Overloaded);
+    assert!(err.to_string().contains("swapping out"), "{err}");
+    let snapshot = receiver.mailbox().snapshot();
+    // What swap-in restores: the two stored messages, in order, from their source.
+    let restored = Mailbox::restore(&snapshot).unwrap();
+    assert_eq!(restored.get(Some("f0"), "k", Duration::ZERO).unwrap().1, b"one");
+    assert_eq!(restored.get(Some("f0"), "k", Duration::ZERO).unwrap().1, b"two");
+    assert!(restored.is_empty());
+    // A swap that failed resumes, and nothing was lost.
+    receiver.mailbox().resume();
+    sender.peers().put("f1", "k", b"three", LONG).unwrap();
+    assert_eq!(receiver.mailbox().len(), 3);
+}
+
+#[test]
+fn functions_put_and_get_through_the_abi_in_rust_and_c() {
+    let c = c_functions();
+    let mut manifest = example_manifest();
+    manifest.functions.push(spec("c_msg_put", &c, None, ExecutionMode::Worker));
+    manifest.functions.push(spec("c_msg_get", &c, None, ExecutionMode::Worker));
+    manifest.functions.push(spec("inline_put", &c, Some("c_msg_put"), ExecutionMode::Inline));
+    manifest.functions.push(spec("inline_get", &c, Some("c_msg_get"), ExecutionMode::Inline));
+    let nodes: Vec<Node> = ["g0", "g1"].iter().map(|id| Node::with_manifest(&manifest, id, APP, SECRET)).collect();
+    let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
+    for node in &nodes {
+        node.process.peers().update(infos.clone());
+    }
+    let (mut c0, mut c1) = (nodes[0].client(), nodes[1].client());
+
+    // Rust functions.
+    assert_eq!(c0.invoke("msg_put", b"g1 k hello world").unwrap(), b"stored");
+    assert_eq!(c0.invoke("msg_put", b"g1 k second").unwrap(), b"stored");
+    assert_eq!(c1.invoke("msg_get", b"* k 1000").unwrap(), b"g0 hello world");
+    assert_eq!(c1.invoke("msg_get", b"g0 k 1000").unwrap(), b"g0 second");
+    let (status, message) = remote(c1.invoke("msg_get", b"g0 k 50").unwrap_err());
+    assert_eq!(status, Status::Timeout);
+    assert!(message.contains("no message with key \"k\" from process \"g0\""), "{message}");
+    let (status, message) = remote(c0.invoke("msg_put", b"nobody k x").unwrap_err());
+    assert_eq!(status, Status::NotFound);
+    assert!(message.contains("unknown process \"nobody\""), "{message}");
+    assert_eq!(c0.invoke("msg_put", b"g0 self to myself").unwrap(), b"stored");
+    assert_eq!(c0.invoke("msg_get", b"g0 self 0").unwrap(), b"g0 to myself");
+
+    // C functions, across languages.
+    assert_eq!(c0.invoke("c_msg_put", b"g1 ck from C").unwrap(), b"stored");
+    assert_eq!(c1.invoke("msg_get", b"* ck 1000").unwrap(), b"g0 from C");
+    assert_eq!(c1.invoke("msg_put", b"g0 ck from Rust").unwrap(), b"stored");
+    assert_eq!(c0.invoke("c_msg_get", b"* ck 1000").unwrap(), b"g1 from Rust");
+    let (status, _) = remote(c0.invoke("c_msg_get", b"g1 ck 20").unwrap_err());
+    assert_eq!(status, Status::Timeout);
+
+    // A get blocks until the put arrives (a worker waits, the I/O thread serves on).
+    let waiter = {
+        let addr = nodes[1].server.local_addr();
+        thread::spawn(move || {
+            let options = ClientOptions { timeout: LONG, ..ClientOptions::default() };
+            Client::connect_with(addr, options).unwrap().invoke("msg_get", b"g0 wait 10000")
+        })
+    };
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(c0.invoke("msg_put", b"g1 wait woke").unwrap(), b"stored");
+    assert_eq!(waiter.join().unwrap().unwrap(), b"g0 woke");
+
+    // Inline functions must not block the I/O thread: remote puts and waiting gets are refused,
+    // local puts and gets that only look are fine.
+    let (status, message) = remote(c0.invoke("inline_put", b"g1 k x").unwrap_err());
+    assert_eq!(status, Status::Unsupported);
+    assert!(message.contains("mode = \"worker\""), "{message}");
+    let (status, _) = remote(c0.invoke("inline_get", b"* k 10").unwrap_err());
+    assert_eq!(status, Status::Unsupported);
+    assert_eq!(c0.invoke("inline_put", b"g0 local x").unwrap(), b"stored");
+    assert_eq!(c0.invoke("inline_get", b"* local 0").unwrap(), b"g0 x");
+
+    // Nothing left behind.
+    let left: HashSet<usize> = nodes.iter().map(|n| n.process.mailbox().len()).collect();
+    assert_eq!(left, HashSet::from([0]));
+}
