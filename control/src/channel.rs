@@ -95,6 +95,7 @@ fn handshake(
         return Ok(None);
     }
     respond(channel, Status::Ok, "")?;
+    plane.announce_peers(&registration.app);
     Ok(Some((registration.app.clone(), registration.process.clone(), link_id)))
 }
 

@@ -536,14 +536,12 @@ impl ControlPlane {
         entry.record.error = None;
         entry.link = Some(link);
         entry.since = Instant::now();
-        self.save(entry).map_err(|e| e.message)?;
-        drop(registry);
-        self.announce_peers(&registration.app);
-        Ok(())
+        self.save(entry).map_err(|e| e.message)
     }
 
-    /// Tells every running process of `app` about the others.
-    fn announce_peers(&self, app: &str) {
+    /// Tells every running process of `app` about the others (the control channel calls it
+    /// once it has answered a registration, so the answer comes first).
+    pub fn announce_peers(&self, app: &str) {
         let registry = self.registry();
         let peers: Vec<PeerEntry> = registry
             .processes

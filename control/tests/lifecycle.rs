@@ -274,3 +274,35 @@ fn the_idle_downscaler_swaps_out_idle_processes() {
     // Invoking it brings it back with its state.
     assert_eq!(cp.invoke("lazy", Some("p"), "counter", b"").unwrap(), b"2");
 }
+
+#[test]
+fn messages_between_processes_follow_peer_updates_and_survive_swapping() {
+    let cp = ControlPlaneProcess::start("messages", &[]);
+    cp.create_example_app("ring");
+    for p in ["p1", "p2", "p3"] {
+        let _: ProcessRecord = cp.api.put(&format!("/apps/ring/processes/{p}"), &serde_json::json!({})).unwrap();
+    }
+    // Around the ring, each process learnt the others from the control plane's peer updates.
+    for (from, to) in [("p1", "p2"), ("p2", "p3"), ("p3", "p1")] {
+        let put = cp.invoke("ring", Some(from), "msg_put", format!("{to} ring hello from {from}").as_bytes());
+        assert_eq!(put.unwrap(), b"stored");
+        let got = cp.invoke("ring", Some(to), "msg_get", format!("{from} ring 5000").as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), format!("{from} hello from {from}"));
+    }
+    // Two messages under one key queue in order; one stays undelivered across a swap of p2.
+    for text in ["first", "second"] {
+        let put = cp.invoke("ring", Some("p1"), "msg_put", format!("p2 keep {text}").as_bytes());
+        assert_eq!(put.unwrap(), b"stored");
+    }
+    assert_eq!(cp.invoke("ring", Some("p2"), "msg_get", b"p1 keep 1000").unwrap(), b"p1 first");
+    let _: ProcessRecord = cp.api.post("/apps/ring/processes/p2/swap").unwrap();
+    // A put to a swapped-out process is refused with an error that says so.
+    let refused = cp.invoke("ring", Some("p1"), "msg_put", b"p2 late too late").unwrap_err();
+    assert!(refused.to_lowercase().contains("swapped"), "{refused}");
+    let _: ProcessRecord = cp.api.post("/apps/ring/processes/p2/swapin").unwrap();
+    assert_eq!(cp.invoke("ring", Some("p2"), "msg_get", b"* keep 1000").unwrap(), b"p1 second");
+    // After the swap-in, p2 is reachable again at its new address.
+    let put = cp.invoke("ring", Some("p3"), "msg_put", b"p2 again welcome back");
+    assert_eq!(put.unwrap(), b"stored");
+    assert_eq!(cp.invoke("ring", Some("p2"), "msg_get", b"p3 again 5000").unwrap(), b"p3 welcome back");
+}

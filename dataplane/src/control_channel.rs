@@ -293,6 +293,9 @@ fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: Fr
     let who = format!("{}/{}", config.app, config.id);
     write_json(&mut channel.stream, MessageKind::Hello, who.as_bytes(), &hello)?;
     let answer = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
+    if answer.header.kind != MessageKind::Response {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the control plane did not answer the registration"));
+    }
     if answer.header.status != Status::Ok.code() {
         return Ok(LinkEnd::Refused(String::from_utf8_lossy(&answer.meta).into_owned()));
     }
@@ -327,22 +330,31 @@ fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: Fr
 }
 
 /// Drains the process and writes its snapshot; on failure the process serves on.
+///
+/// Order matters: the mailbox stops taking messages (senders get a clear "swapping out" error
+/// instead of a message that would be lost), the invocations in flight finish (they may still
+/// get messages), and only then are state and messages written.
 fn swap_out(process: &Process, options: &ControlLinkOptions) -> SwapConfirmation {
     let config = process.config();
-    if !process.drain(options.drain_timeout) {
+    process.mailbox().pause();
+    let resume = || {
+        process.mailbox().resume();
         process.resume();
+    };
+    if !process.drain(options.drain_timeout) {
+        resume();
         let busy = process.in_flight();
         return SwapConfirmation {
             result: Err(format!("{busy} invocations still running after {:?}", options.drain_timeout)),
         };
     }
-    let mailbox = process.mailbox_snapshot();
+    let mailbox = process.mailbox().snapshot();
     let result = options
         .swap_store
         .write(&config.app, &config.id, process.state(), &mailbox, options.files_dir.as_deref())
         .map_err(|e| e.to_string());
     if result.is_err() {
-        process.resume();
+        resume();
     }
     SwapConfirmation { result }
 }

@@ -74,6 +74,21 @@ pub enum PeerStatus {
 }
 
 impl PeerStatus {
+    /// The status for a name the control plane uses (`ALLOCATED`, `SWAPPED_OUT`, ...; any case);
+    /// an unknown name counts as `Failure` (not reachable).
+    pub fn from_control_name(name: &str) -> Self {
+        match name.to_ascii_lowercase().as_str() {
+            "allocating" => Self::Allocating,
+            "allocated" => Self::Allocated,
+            "swapping_out" => Self::SwappingOut,
+            "swapped_out" => Self::SwappedOut,
+            "swapping_in" => Self::SwappingIn,
+            "closing" => Self::Closing,
+            "closed" => Self::Closed,
+            _ => Self::Failure,
+        }
+    }
+
     /// Lower-case name, as in the control plane's messages.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,7 +9,7 @@
 //! function cannot be stopped, so its late result is dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use crate::control_channel::PeerList;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
 use crate::invocation::{execute, unknown_function_message, Outcome};
 use crate::mailbox::Mailbox;
-use crate::peer::PeerDirectory;
+use crate::peer::{PeerDirectory, PeerInfo, PeerStatus};
 use crate::protocol::{Status, DEFAULT_MAX_FRAME};
 use crate::state::{now_ns, StateStore};
 
@@ -174,8 +174,6 @@ pub struct Process {
     mailbox: Arc<Mailbox>,
     /// The application's other processes and the connections to them, for messages.
     peers: PeerDirectory,
-    /// The application's other processes, as the control plane last announced them.
-    peer_list: RwLock<PeerList>,
 }
 
 impl std::fmt::Debug for Process {
@@ -218,7 +216,6 @@ impl Process {
             draining: AtomicBool::new(false),
             mailbox,
             peers,
-            peer_list: RwLock::new(PeerList::default()),
         });
         for index in 0..workers {
             let weak = Arc::downgrade(&process);
@@ -271,28 +268,20 @@ impl Process {
         &self.peers
     }
 
-    /// Takes the control plane's list of this application's processes.
-    pub fn set_peers(&self, peers: PeerList) {
-        *self.peer_list.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    /// Takes the control plane's list of this application's processes (a `PeerUpdate`).
+    pub fn set_peers(&self, list: PeerList) {
+        let peers = list
+            .peers
+            .into_iter()
+            .filter(|p| p.id != self.config.id)
+            .map(|p| PeerInfo { status: PeerStatus::from_control_name(&p.status), id: p.id, addr: p.addr })
+            .collect();
+        self.peers.update(peers);
     }
 
-    /// The application's other processes, as last announced.
-    pub fn peer_list(&self) -> PeerList {
-        self.peer_list.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The undelivered messages, encoded for a swap snapshot.
-    pub fn mailbox_snapshot(&self) -> Vec<u8> {
-        Vec::new()
-    }
-
-    /// Puts back the undelivered messages of a snapshot.
-    pub fn restore_mailbox(&self, encoded: &[u8]) -> Result<(), String> {
-        if encoded.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{} bytes of messages, and this process has no mailbox", encoded.len()))
-        }
+    /// Puts back the undelivered messages of a snapshot (swap-in, before serving).
+    pub fn restore_mailbox(&self, encoded: &[u8]) -> Result<usize, String> {
+        self.mailbox.load(encoded).map_err(|e| e.to_string())
     }
 
     /// Client invocations accepted and not yet finished.

@@ -99,6 +99,8 @@ impl ControlPlaneProcess {
             "slow_count",
             "process_id",
             "generate",
+            "msg_put",
+            "msg_get",
         ] {
             let mode = if inline.contains(&name) { "inline" } else { "worker" };
             manifest.push_str(&format!(
