@@ -476,13 +476,17 @@ impl PeerDirectory {
                 ack.header.kind, ack.header.id
             )));
         }
+        // The connection is in step with the peer either way: keep it for the next put (a
+        // refusal that closes the connection is noticed by `alive` then).
+        {
+            let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_PER_PEER {
+                idle.push(conn);
+            }
+        }
         if status != Status::Ok {
             let message = String::from_utf8_lossy(&ack.meta).into_owned();
             return Err(PeerError::Refused { dest: dest.to_owned(), status, message });
-        }
-        let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < MAX_IDLE_PER_PEER {
-            idle.push(conn);
         }
         Ok(())
     }

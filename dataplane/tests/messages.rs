@@ -13,7 +13,8 @@ use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::mailbox::{Mailbox, MailboxError};
 use praas_dataplane::peer::{PeerError, PeerInfo, PeerStatus};
 use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
-use praas_dataplane::testing::{c_functions, example_manifest, serve, spec};
+use praas_dataplane::testing::{c_functions, example_manifest, serve_on, spec};
+use praas_dataplane::transport::{uring_available, TransportKind};
 use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, ServerHandle, Status};
 
 const APP: &str = "ring-app";
@@ -30,12 +31,12 @@ struct Node {
 }
 
 impl Node {
-    fn start(id: &str, app: &str, secret: &str) -> Self {
-        Self::with_manifest(&example_manifest(), id, app, secret)
+    fn start(kind: TransportKind, id: &str, app: &str, secret: &str) -> Self {
+        Self::with_manifest(kind, &example_manifest(), id, app, secret)
     }
 
-    fn with_manifest(manifest: &Manifest, id: &str, app: &str, secret: &str) -> Self {
-        let (process, server) = serve(manifest, config(id, app, secret));
+    fn with_manifest(kind: TransportKind, manifest: &Manifest, id: &str, app: &str, secret: &str) -> Self {
+        let (process, server) = serve_on(kind, manifest, config(id, app, secret));
         Self { process, server }
     }
 
@@ -54,8 +55,8 @@ impl Node {
 }
 
 /// Processes of one application that know each other, as the control plane would tell them.
-fn cluster(ids: &[&str]) -> Vec<Node> {
-    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(id, APP, SECRET)).collect();
+fn cluster(kind: TransportKind, ids: &[&str]) -> Vec<Node> {
+    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(kind, id, APP, SECRET)).collect();
     let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
     for node in &nodes {
         node.process.peers().update(infos.clone());
@@ -70,11 +71,10 @@ fn remote(err: ClientError) -> (Status, String) {
     }
 }
 
-#[test]
-fn ten_thousand_messages_go_around_a_ring_in_order_per_key() {
+fn ten_thousand_messages_go_around_a_ring_in_order_per_key(kind: TransportKind) {
     const KEYS: usize = 4;
     const PER_KEY: usize = 2500;
-    let nodes = cluster(&["p0", "p1", "p2"]);
+    let nodes = cluster(kind, &["p0", "p1", "p2"]);
     let procs: Vec<Arc<Process>> = nodes.iter().map(|n| Arc::clone(&n.process)).collect();
     let started = Instant::now();
     let mut threads = Vec::new();
@@ -120,9 +120,8 @@ fn ten_thousand_messages_go_around_a_ring_in_order_per_key() {
     eprintln!("{} messages, 3 hops each, in {:?}", KEYS * PER_KEY, started.elapsed());
 }
 
-#[test]
-fn same_key_is_queued_not_dropped_and_put_returns_once_stored() {
-    let nodes = cluster(&["a0", "a1"]);
+fn same_key_is_queued_not_dropped_and_put_returns_once_stored(kind: TransportKind) {
+    let nodes = cluster(kind, &["a0", "a1"]);
     let (sender, receiver) = (&nodes[0].process, &nodes[1].process);
     for (n, text) in ["first", "second", "third"].iter().enumerate() {
         sender.peers().put("a1", "same", text.as_bytes(), LONG).unwrap();
@@ -145,9 +144,8 @@ fn same_key_is_queued_not_dropped_and_put_returns_once_stored() {
     assert_eq!(receiver.mailbox().get(None, "big", Duration::ZERO).unwrap().1, big);
 }
 
-#[test]
-fn get_times_out_and_takes_from_any_source_oldest_first() {
-    let nodes = cluster(&["b0", "b1", "b2"]);
+fn get_times_out_and_takes_from_any_source_oldest_first(kind: TransportKind) {
+    let nodes = cluster(kind, &["b0", "b1", "b2"]);
     let mailbox = nodes[1].process.mailbox();
     let started = Instant::now();
     let err = mailbox.get(None, "nothing", Duration::from_millis(100)).unwrap_err();
@@ -168,12 +166,11 @@ fn get_times_out_and_takes_from_any_source_oldest_first() {
     assert_eq!(waiter.join().unwrap().unwrap(), ("b2".into(), b"this".to_vec()));
 }
 
-#[test]
-fn a_process_of_another_application_or_with_a_wrong_secret_is_refused() {
-    let nodes = cluster(&["c0", "c1"]);
+fn a_process_of_another_application_or_with_a_wrong_secret_is_refused(kind: TransportKind) {
+    let nodes = cluster(kind, &["c0", "c1"]);
     let target = nodes[1].info();
     for (app, secret, id) in [("other-app", "other secret", "intruder"), (APP, "a guessed secret", "c0")] {
-        let intruder = Node::start(id, app, secret);
+        let intruder = Node::start(kind, id, app, secret);
         intruder.process.peers().update(vec![target.clone()]);
         let err = intruder.process.peers().put("c1", "k", b"let me in", LONG).unwrap_err();
         assert!(matches!(err, PeerError::Unauthenticated { .. }), "{app}/{id}: {err}");
@@ -221,9 +218,8 @@ impl Raw {
     }
 }
 
-#[test]
-fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages() {
-    let nodes = cluster(&["d0", "d1"]);
+fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages(kind: TransportKind) {
+    let nodes = cluster(kind, &["d0", "d1"]);
     let node = &nodes[1];
     // A message without a handshake: refused, connection closed.
     let mut raw = Raw::connect(node);
@@ -272,9 +268,8 @@ fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages() {
     assert_eq!(node.client().invoke("echo", b"still serving").unwrap(), b"still serving");
 }
 
-#[test]
-fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly() {
-    let nodes = cluster(&["e0", "e1"]);
+fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly(kind: TransportKind) {
+    let nodes = cluster(kind, &["e0", "e1"]);
     let sender = Arc::clone(&nodes[0].process);
     let dead_addr = {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -327,9 +322,8 @@ fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly() {
     eprintln!("{err}");
 }
 
-#[test]
-fn a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message() {
-    let nodes = cluster(&["f0", "f1"]);
+fn a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message(kind: TransportKind) {
+    let nodes = cluster(kind, &["f0", "f1"]);
     let (sender, receiver) = (&nodes[0].process, &nodes[1].process);
     sender.peers().put("f1", "k", b"one", LONG).unwrap();
     sender.peers().put("f1", "k", b"two", LONG).unwrap();
@@ -349,15 +343,15 @@ fn a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message() {
     assert_eq!(receiver.mailbox().len(), 3);
 }
 
-#[test]
-fn functions_put_and_get_through_the_abi_in_rust_and_c() {
+fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
     let c = c_functions();
     let mut manifest = example_manifest();
     manifest.functions.push(spec("c_msg_put", &c, None, ExecutionMode::Worker));
     manifest.functions.push(spec("c_msg_get", &c, None, ExecutionMode::Worker));
     manifest.functions.push(spec("inline_put", &c, Some("c_msg_put"), ExecutionMode::Inline));
     manifest.functions.push(spec("inline_get", &c, Some("c_msg_get"), ExecutionMode::Inline));
-    let nodes: Vec<Node> = ["g0", "g1"].iter().map(|id| Node::with_manifest(&manifest, id, APP, SECRET)).collect();
+    let nodes: Vec<Node> =
+        ["g0", "g1"].iter().map(|id| Node::with_manifest(kind, &manifest, id, APP, SECRET)).collect();
     let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
     for node in &nodes {
         node.process.peers().update(infos.clone());
@@ -412,3 +406,36 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c() {
     let left: HashSet<usize> = nodes.iter().map(|n| n.process.mailbox().len()).collect();
     assert_eq!(left, HashSet::from([0]));
 }
+
+/// Runs each test on the mio transport and, where the kernel allows it, on io_uring.
+macro_rules! on_both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod mio {
+            $(#[test]
+            fn $name() {
+                super::$name(super::TransportKind::Mio);
+            })*
+        }
+        mod uring {
+            $(#[test]
+            fn $name() {
+                if !super::uring_available() {
+                    eprintln!("skipped: io_uring is unavailable on this kernel");
+                    return;
+                }
+                super::$name(super::TransportKind::Uring);
+            })*
+        }
+    };
+}
+
+on_both_transports!(
+    ten_thousand_messages_go_around_a_ring_in_order_per_key,
+    same_key_is_queued_not_dropped_and_put_returns_once_stored,
+    get_times_out_and_takes_from_any_source_oldest_first,
+    a_process_of_another_application_or_with_a_wrong_secret_is_refused,
+    the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages,
+    unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly,
+    a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message,
+    functions_put_and_get_through_the_abi_in_rust_and_c,
+);
