@@ -104,6 +104,8 @@ pub fn example_manifest() -> Manifest {
         "file_write",
         "file_read",
         "slow_count",
+        "msg_bounce",
+        "msg_roundtrip",
     ];
     let mut functions: Vec<FunctionSpec> =
         inline.iter().map(|name| spec(name, &lib, None, ExecutionMode::Inline)).collect();

@@ -164,6 +164,44 @@ fn msg_get(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<
     out.extend_from_slice(&message.data)
 }
 
+/// Input `peer iterations`: gets each message under `ping` from `peer` and puts it back to
+/// `peer` under `pong`, `iterations` times (the far end of the message benchmark).
+fn msg_bounce(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let text = text(input)?;
+    let (peer, iterations) = text.split_once(' ').ok_or_else(|| Error::new("want: peer iterations"))?;
+    let iterations = number(iterations.as_bytes())?;
+    for _ in 0..iterations {
+        let message = ctx.get(Some(peer), "ping", Duration::from_secs(30))?;
+        ctx.put(peer, "pong", &message.data)?;
+    }
+    out.extend_from_slice(b"bounced")
+}
+
+/// Input `peer iterations size`: puts `size` bytes to `peer` under `ping` and gets the answer
+/// under `pong`, `iterations` times; returns each round trip's nanoseconds as little-endian u64s
+/// (the near end of the message benchmark; `msg_bounce` must run on `peer`).
+fn msg_roundtrip(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let text = text(input)?;
+    let mut parts = text.split_whitespace();
+    let (Some(peer), Some(iterations), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Error::new("want: peer iterations size"));
+    };
+    let iterations = number(iterations.as_bytes())? as usize;
+    let payload = vec![0xa5u8; number(size.as_bytes())? as usize];
+    out.reserve(iterations * 8)?;
+    for _ in 0..iterations {
+        let start = Instant::now();
+        ctx.put(peer, "ping", &payload)?;
+        let answer = ctx.get(Some(peer), "pong", Duration::from_secs(30))?;
+        let elapsed = start.elapsed().as_nanos() as u64;
+        if answer.data.len() != payload.len() {
+            return Err(Error::new("the bounced message has the wrong size"));
+        }
+        out.extend_from_slice(&elapsed.to_le_bytes())?;
+    }
+    Ok(())
+}
+
 /// Returns the process id.
 fn process_id(ctx: &mut Context<'_>, _input: &[u8], out: &mut Output<'_>) -> Result<()> {
     out.extend_from_slice(ctx.process_id().as_bytes())
@@ -248,5 +286,7 @@ export!(
     checksum,
     file_write,
     file_read,
-    slow_count
+    slow_count,
+    msg_bounce,
+    msg_roundtrip
 );
