@@ -104,9 +104,10 @@ impl PeerStatus {
     }
 }
 
+/// Words, for error texts: `swapped out`.
 impl std::fmt::Display for PeerStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.as_str().replace('_', " "))
     }
 }
 

@@ -214,7 +214,7 @@ impl Raw {
     /// Whether the process closed the connection (reads end) instead of serving on.
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.0.read_to_end(&mut rest), Ok(_))
+        self.0.read_to_end(&mut rest).is_ok()
     }
 }
 
