@@ -1,4 +1,8 @@
-//! Invocations over real sockets against a real process loading real shared libraries.
+//! Invocations over real sockets against a real process loading real shared libraries, on both
+//! transports (`mio::*` and `uring::*`).
+
+#[macro_use]
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -324,29 +328,6 @@ fn ping_is_answered_with_pong(kind: TransportKind) {
     raw.read_exact(&mut answer).unwrap();
     let Ok(Decoded::Frame(pong, _)) = decode_frame(&answer, FrameLimits::default()) else { panic!("no pong") };
     assert_eq!((pong.header.kind, pong.header.id, pong.payload), (MessageKind::Pong, 5, &b"are you there"[..]));
-}
-
-/// Runs each test above once per transport: `mio::name` and `uring::name` (the io_uring ones skip,
-/// saying so, where the kernel does not allow io_uring). The client SDK uses the same transport.
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod mio {
-            $(#[test]
-            fn $name() {
-                super::$name(super::TransportKind::Mio);
-            })*
-        }
-        mod uring {
-            $(#[test]
-            fn $name() {
-                if !praas_dataplane::transport::uring_available() {
-                    eprintln!("skipped: io_uring is unavailable on this kernel");
-                    return;
-                }
-                super::$name(super::TransportKind::Uring);
-            })*
-        }
-    };
 }
 
 on_both_transports!(
