@@ -16,7 +16,7 @@ use praas_control::{server, ControlConfig};
 use praas_dataplane::control_channel::{run_control_link, ControlLinkOptions, LinkEnd};
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::{
-    Client, ClientOptions, FunctionRegistry, Manifest, Process, ProcessConfig, TcpOptions, TcpTransport, Transport,
+    Client, ClientOptions, FunctionRegistry, Manifest, Process, ProcessConfig, TransportKind,
 };
 
 /// praas: Process-as-a-Service for HPC clusters.
@@ -198,6 +198,10 @@ struct ServeArgs {
     /// Bytes of buffers the process may hand out at once.
     #[arg(long, default_value_t = praas_dataplane::buffer::DEFAULT_BUDGET)]
     buffer_budget: usize,
+    /// Data-plane transport: uring (io_uring), mio (epoll), or auto: io_uring where the kernel
+    /// allows it, else mio (logged once).
+    #[arg(long, default_value = "auto")]
+    transport: TransportKind,
     /// The control plane's control channel to register with (HOST:PORT).
     #[arg(long)]
     control_channel: Option<SocketAddr>,
@@ -404,9 +408,9 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         tracing::info!(keys = snapshot.state.len(), bytes = snapshot.manifest.bytes(), "swapped in");
     }
-    let transport = TcpTransport::bind(args.listen, Arc::clone(&process), TcpOptions::default())
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let server = Box::new(transport).spawn().map_err(|e| format!("cannot start the transport: {e}"))?;
+    let transport = praas_dataplane::transport::bind(args.transport, args.listen, Arc::clone(&process))
+        .map_err(|e| format!("cannot listen on {} ({} transport): {e}", args.listen, args.transport))?;
+    let server = transport.spawn().map_err(|e| format!("cannot start the transport: {e}"))?;
     // Scripts read this line to learn the port.
     println!("listening on {}", server.local_addr());
     std::io::stdout().flush().map_err(|e| e.to_string())?;

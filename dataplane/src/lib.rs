@@ -28,4 +28,4 @@ pub use process::{Process, ProcessConfig};
 pub use protocol::Status;
 pub use state::StateStore;
 pub use transport::tcp::{TcpOptions, TcpTransport};
-pub use transport::{ServerHandle, Transport};
+pub use transport::{ServerHandle, Transport, TransportKind};

@@ -863,6 +863,10 @@ fn ingest(
     let end = buf.len();
     let mut pos = start;
     while pos < end {
+        if let ReadState::Lingering(_) = conn.state {
+            // Refused mid-buffer (a peer that failed to authenticate): serve nothing more.
+            return Ok(None);
+        }
         if conn.blocked_by_peer(options) {
             return Ok(Some(pos));
         }
