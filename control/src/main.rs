@@ -15,9 +15,7 @@ use praas_control::model::Resources;
 use praas_control::{server, ControlConfig};
 use praas_dataplane::control_channel::{run_control_link, ControlLinkOptions, LinkEnd};
 use praas_dataplane::swap::SwapStore;
-use praas_dataplane::{
-    Client, ClientOptions, FunctionRegistry, Manifest, Process, ProcessConfig, TransportKind,
-};
+use praas_dataplane::{Client, ClientOptions, FunctionRegistry, Manifest, Process, ProcessConfig, TransportKind};
 
 /// praas: Process-as-a-Service for HPC clusters.
 #[derive(Debug, Parser)]
