@@ -28,4 +28,6 @@ pub use process::{Process, ProcessConfig};
 pub use protocol::Status;
 pub use state::StateStore;
 pub use transport::tcp::{TcpOptions, TcpTransport};
+#[cfg(feature = "rdma")]
+pub use transport::rdma::{RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport};
 pub use transport::{ServerHandle, Transport, TransportKind};

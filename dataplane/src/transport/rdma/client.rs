@@ -1,0 +1,615 @@
+//! The SDK side of the RDMA transport: [`RdmaClient`], with the API of [`Client`](crate::Client)
+//! (`invoke`, `submit`, `recv`, `wait`, typed errors, every wait bounded by the timeout).
+//!
+//! A client owns its device context, protection domain, completion queue and one queue pair.
+//! Small requests are copied into a registered send slot and sent; a large input is registered
+//! in place (read-only, zero-copy), announced, and written into the buffer the process grants.
+//! A large output is written by the process straight into a buffer the client registered for it,
+//! which becomes the `Vec<u8>` the caller gets (the registration is revoked first).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::connect::{self, Endpoint, STATUS_FULL, STATUS_OK};
+use super::flow::{Grant, Imm, Op, GRANT_LEN};
+use super::verbs::{
+    Completion as Wc, CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, Registered, SendOp,
+    ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
+};
+use super::PollPolicy;
+use crate::client::{ClientError, Completion};
+use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+
+/// Work request kinds (bits 24..32 of the id; the index is below).
+const WR_RECV: u64 = 1;
+const WR_SLOT: u64 = 2;
+const WR_WRITE: u64 = 3;
+
+/// Settings of an RDMA client connection.
+#[derive(Debug, Clone)]
+pub struct RdmaClientOptions {
+    /// How long to wait for a response (and for the connection to open).
+    pub timeout: Duration,
+    /// Deadline the process applies to each invocation, in milliseconds (0: the process's default).
+    pub invocation_timeout_ms: u32,
+    /// Largest frame sent or accepted.
+    pub max_frame: usize,
+    /// The RDMA device; `None`: the one with a GID for the connection's local address.
+    pub device: Option<String>,
+    /// Bytes of each receive buffer (responses up to this size arrive by SEND).
+    pub recv_size: usize,
+    /// How the client waits for completions.
+    pub poll: PollPolicy,
+}
+
+impl Default for RdmaClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            invocation_timeout_ms: 0,
+            max_frame: crate::protocol::DEFAULT_MAX_FRAME,
+            device: std::env::var("PRAAS_RDMA_DEVICE").ok().filter(|d| !d.is_empty()),
+            recv_size: 8 << 10,
+            poll: std::env::var("PRAAS_RDMA_POLL").ok().and_then(|p| PollPolicy::parse(&p)).unwrap_or_default(),
+        }
+    }
+}
+
+/// A large response being written into a buffer this client granted.
+struct Incoming {
+    header: Header,
+    meta: Vec<u8>,
+    buf: Registered<Box<[u8]>>,
+}
+
+/// A connection to a cloud process over RDMA.
+pub struct RdmaClient {
+    // Field order is drop order: the QP first, so nothing is posted on the memory below.
+    qp: QueuePair,
+    incoming: HashMap<u16, Incoming>,
+    recv: Registered<Box<[u8]>>,
+    send: Registered<Box<[u8]>>,
+    cq: Arc<CompletionQueue>,
+    channel: Arc<CompletionChannel>,
+    pd: Arc<ProtectionDomain>,
+    stream: TcpStream,
+    options: RdmaClientOptions,
+    /// Bytes of one send slot: the process's receive-buffer size.
+    slot_size: usize,
+    /// Bytes of one of our receive buffers.
+    recv_size: usize,
+    free_slots: Vec<u32>,
+    sq_room: u32,
+    credits: u32,
+    inline_max: usize,
+    next_id: u64,
+    next_token: u16,
+    /// Grants received for our announcements, by token.
+    grants: HashMap<u16, Grant>,
+    /// Writes posted and not yet complete, by token.
+    writing: HashMap<u16, bool>,
+    /// Announcements of the process waiting for a credit to answer them.
+    to_grant: VecDeque<(u16, Grant)>,
+    /// Responses received and not yet asked for.
+    ready: VecDeque<Completion>,
+    early: HashMap<u64, Result<Vec<u8>, ClientError>>,
+    broken: Option<String>,
+    completions: Vec<Wc>,
+}
+
+impl std::fmt::Debug for RdmaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaClient").field("qpn", &self.qp.qp_num()).field("credits", &self.credits).finish()
+    }
+}
+
+impl RdmaClient {
+    /// Connects with default options.
+    pub fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
+        Self::connect_with(addr, RdmaClientOptions::default())
+    }
+
+    /// Connects with `options`: the set-up exchange over TCP, then the queue pair.
+    pub fn connect_with(addr: impl ToSocketAddrs, options: RdmaClientOptions) -> Result<Self, ClientError> {
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+        let mut stream = None;
+        for addr in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, options.timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        let mut stream = stream.ok_or(ClientError::Io(last))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(options.timeout))?;
+        let ip = stream.local_addr()?.ip();
+        let (context, port) = connect::device_for(ip, options.device.as_deref())?;
+        let port = if port.gid == [0; 16] { connect::local_port(&context, ip)? } else { port };
+        let pd = ProtectionDomain::new(&context)?;
+        let channel = CompletionChannel::new(&context)?;
+        // Receives: every outstanding request may cause up to three messages (grant, announce,
+        // data); the process grants at most 4096 credits.
+        let recv_size = options.recv_size.max(HEADER_LEN + GRANT_LEN + 256);
+        let max_credits = 64u32;
+        let recv_count = 3 * max_credits + 8;
+        let cq = CompletionQueue::new(&context, (2 * recv_count + 64) as usize, Some(&channel))?;
+        let sq_depth = 2 * max_credits + 4;
+        let (qp, inline_max) = match QueuePair::new(&pd, &cq, None, sq_depth, recv_count, 64) {
+            Ok(qp) => (qp, 64),
+            Err(_) => (QueuePair::new(&pd, &cq, None, sq_depth, recv_count, 0)?, 0),
+        };
+        connect::to_init(&qp, &port)?;
+        let recv =
+            Registered::new(&pd, vec![0u8; recv_size * recv_count as usize].into_boxed_slice(), ACCESS_LOCAL_WRITE)?;
+        for i in 0..recv_count {
+            let addr = recv.mr().addr() + (i as usize * recv_size) as u64;
+            // SAFETY: the slot lies in `recv`, registered for local write on this PD; the program
+            // reads it only after its completion and `recv` outlives the QP (field order).
+            unsafe { qp.post_recv(wr_id(WR_RECV, i), addr, recv_size as u32, recv.mr().lkey())? };
+        }
+        let psn = connect::random_psn();
+        let local = Endpoint {
+            mtu: port.mtu,
+            lid: port.lid,
+            qpn: qp.qp_num(),
+            psn,
+            gid: port.gid,
+            credits: 0,
+            recv_size: recv_size as u32,
+            status: STATUS_OK,
+        };
+        local.write_to(&mut stream)?;
+        let remote = Endpoint::read_from(&mut stream).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => ClientError::Closed,
+            _ => ClientError::Io(e),
+        })?;
+        match remote.status {
+            STATUS_OK => {}
+            STATUS_FULL => {
+                return Err(ClientError::Remote {
+                    status: Status::Overloaded,
+                    message: "the process serves as many RDMA connections as it can".into(),
+                })
+            }
+            code => {
+                return Err(ClientError::Remote {
+                    status: Status::Internal,
+                    message: format!("the process could not set up the RDMA connection (code {code})"),
+                })
+            }
+        }
+        connect::to_rts(&qp, &port, psn, &remote)?;
+        stream.set_nonblocking(true)?;
+        let credits = remote.credits.min(max_credits);
+        let slot_size = (remote.recv_size as usize).max(HEADER_LEN + GRANT_LEN);
+        let slot_count = credits + 4;
+        let send =
+            Registered::new(&pd, vec![0u8; slot_size * slot_count as usize].into_boxed_slice(), ACCESS_LOCAL_READ)?;
+        Ok(Self {
+            qp,
+            incoming: HashMap::new(),
+            recv,
+            send,
+            cq,
+            channel,
+            pd,
+            stream,
+            options,
+            slot_size,
+            recv_size,
+            free_slots: (0..slot_count).rev().collect(),
+            sq_room: sq_depth,
+            credits,
+            inline_max,
+            next_id: 1,
+            next_token: 0,
+            grants: HashMap::new(),
+            writing: HashMap::new(),
+            to_grant: VecDeque::new(),
+            ready: VecDeque::new(),
+            early: HashMap::new(),
+            broken: None,
+            completions: Vec::with_capacity(super::verbs::POLL_BATCH),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RdmaClientOptions {
+        &self.options
+    }
+
+    /// Changes how long to wait for responses.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.options.timeout = timeout;
+    }
+
+    /// Invokes `function` with `input` and waits for its output.
+    pub fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let id = self.submit(function, input)?;
+        self.wait(id)
+    }
+
+    /// Sends an invocation without waiting for its response; returns its id. Waits only for a
+    /// credit (and, for a large input, until the process has taken it).
+    pub fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.submit_with_id(id, function, input)?;
+        Ok(id)
+    }
+
+    /// Sends an invocation with an id of the caller's choosing.
+    pub fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
+        let size = function.len() + input.len();
+        let (Ok(name_len), Ok(input_len)) = (u16::try_from(function.len()), u32::try_from(input.len())) else {
+            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        };
+        if size > self.options.max_frame {
+            return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
+        }
+        if HEADER_LEN + function.len() > self.slot_size {
+            return Err(ClientError::TooLarge { size: function.len(), limit: self.slot_size - HEADER_LEN });
+        }
+        let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode();
+        let deadline = Instant::now() + self.options.timeout;
+        if HEADER_LEN + size <= self.slot_size {
+            return self.send_message(Op::Frame, 0, &[&header, function.as_bytes(), input], deadline);
+        }
+        // Large: register the input where it is, announce it, write it when granted.
+        let registered = Registered::new(&self.pd, input, ACCESS_LOCAL_READ)?;
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1);
+        self.send_message(Op::Rts, token, &[&header, function.as_bytes()], deadline)?;
+        let grant = loop {
+            if let Some(grant) = self.grants.remove(&token) {
+                break grant;
+            }
+            self.progress(deadline)?;
+        };
+        if grant.len != input_len {
+            return Err(ClientError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the process granted another size",
+            )));
+        }
+        self.wait_for_credit_and_room(deadline, false)?;
+        let imm = Imm::new(Op::Data, 0, token).encode();
+        // SAFETY: `registered` is registered on this PD and is kept alive (below) until this
+        // write's completion has been polled, or the connection is broken (then dropped only
+        // with the client, after the QP).
+        unsafe {
+            self.qp.post_send(
+                wr_id(WR_WRITE, u32::from(token)),
+                SendOp::WriteImm { remote_addr: grant.addr, rkey: grant.rkey },
+                imm,
+                registered.mr().addr(),
+                input_len,
+                registered.mr().lkey(),
+                false,
+            )?
+        };
+        self.credits -= 1;
+        self.sq_room -= 1;
+        self.writing.insert(token, false);
+        let result = loop {
+            if self.writing.get(&token) == Some(&true) {
+                self.writing.remove(&token);
+                break Ok(());
+            }
+            if let Err(e) = self.progress(deadline) {
+                break Err(e);
+            }
+        };
+        if result.is_err() {
+            // The write may still be posted: keep its memory registered and alive until the QP
+            // is gone. Moving the QP to the error state flushes it; wait for that.
+            let _ = self.qp.set_error();
+            let flush_deadline = Instant::now() + Duration::from_secs(5);
+            while self.writing.get(&token) == Some(&false) && Instant::now() < flush_deadline {
+                let _ = self.poll_once();
+            }
+            if self.writing.get(&token) == Some(&false) {
+                // Never completed: leak the registration rather than let the device touch freed
+                // or reused memory.
+                std::mem::forget(registered);
+            }
+        }
+        result
+    }
+
+    /// Sends bytes as one frame message, ignoring the frame format: for tests of how a process
+    /// treats a broken peer. With `ignore_credits`, sends even without a credit.
+    #[doc(hidden)]
+    pub fn send_raw(&mut self, bytes: &[u8], ignore_credits: bool) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.options.timeout;
+        if ignore_credits {
+            self.credits += 1;
+        }
+        self.send_message(Op::Frame, 0, &[bytes], deadline)
+    }
+
+    /// Waits for the response to `id`, keeping responses to other ids for later.
+    pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            if let Some(result) = self.early.remove(&id) {
+                return result;
+            }
+            while let Some(c) = self.ready.pop_front() {
+                if c.id == id {
+                    return c.result;
+                }
+                self.early.insert(c.id, c.result);
+            }
+            self.progress(deadline)?;
+        }
+    }
+
+    /// Waits for the next response, whatever its id.
+    pub fn recv(&mut self) -> Result<Completion, ClientError> {
+        let deadline = Instant::now() + self.options.timeout;
+        loop {
+            if let Some(c) = self.ready.pop_front() {
+                return Ok(c);
+            }
+            if let Some(&id) = self.early.keys().next() {
+                let result = self.early.remove(&id).expect("key just seen");
+                return Ok(Completion { id, result });
+            }
+            self.progress(deadline)?;
+        }
+    }
+
+    fn send_message(&mut self, op: Op, token: u16, parts: &[&[u8]], deadline: Instant) -> Result<(), ClientError> {
+        self.wait_for_credit_and_room(deadline, true)?;
+        let slot = self.free_slots.pop().expect("waited for a slot");
+        let offset = slot as usize * self.slot_size;
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        assert!(total <= self.slot_size, "message larger than a send slot");
+        // SAFETY: a free slot is named by no posted work request.
+        let len = unsafe { self.send.write(offset, parts) };
+        let imm = Imm::new(op, 0, token).encode();
+        // SAFETY: the slot lies in `send`, registered on this PD, and stays unused until this
+        // send's completion returns it to the free list; `send` outlives the QP.
+        let posted = unsafe {
+            self.qp.post_send(
+                wr_id(WR_SLOT, slot),
+                SendOp::SendImm,
+                imm,
+                self.send.mr().addr() + offset as u64,
+                len as u32,
+                self.send.mr().lkey(),
+                len <= self.inline_max,
+            )
+        };
+        if let Err(e) = posted {
+            self.free_slots.push(slot);
+            return Err(ClientError::Io(e));
+        }
+        self.credits -= 1;
+        self.sq_room -= 1;
+        Ok(())
+    }
+
+    fn wait_for_credit_and_room(&mut self, deadline: Instant, slot: bool) -> Result<(), ClientError> {
+        while self.credits == 0 || self.sq_room == 0 || (slot && self.free_slots.is_empty()) {
+            self.progress(deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Handles completions until at least one arrived, the connection broke, or the deadline.
+    fn progress(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.poll_once()? {
+                return Ok(());
+            }
+            spins += 1;
+            if spins.is_multiple_of(1024) {
+                self.check_alive()?;
+                if Instant::now() >= deadline {
+                    return Err(ClientError::Timeout(self.options.timeout));
+                }
+            }
+            if self.options.poll.should_sleep(started.elapsed()) {
+                self.cq.arm()?;
+                if self.poll_once()? {
+                    return Ok(());
+                }
+                self.sleep(deadline)?;
+                self.cq.take_events();
+                if Instant::now() >= deadline && !self.poll_once()? {
+                    return Err(ClientError::Timeout(self.options.timeout));
+                }
+            }
+        }
+    }
+
+    /// Waits on the completion channel and the set-up socket until either is readable.
+    fn sleep(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [
+            libc::pollfd { fd: self.channel.fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms.max(1)) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(ClientError::Io(e));
+            }
+        }
+        if fds[1].revents != 0 {
+            self.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Fails if the process closed the set-up connection (after taking what already arrived).
+    fn check_alive(&mut self) -> Result<(), ClientError> {
+        if let Some(why) = &self.broken {
+            return Err(ClientError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())));
+        }
+        let mut byte = [0u8; 1];
+        match (&self.stream).read(&mut byte) {
+            Ok(0) => {
+                // Answers sent before the close are in the queue already: take them first.
+                while self.poll_once()? {}
+                if self.ready.is_empty() {
+                    Err(ClientError::Closed)
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(_) => Err(ClientError::Io(io::Error::new(io::ErrorKind::InvalidData, "bytes on the set-up connection"))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(ClientError::Io(e)),
+        }
+    }
+
+    /// Polls the completion queue once; returns whether there was anything.
+    fn poll_once(&mut self) -> Result<bool, ClientError> {
+        let mut batch = std::mem::take(&mut self.completions);
+        batch.clear();
+        let n = self.cq.poll(&mut batch)?;
+        let mut result = Ok(());
+        for wc in &batch {
+            if let Err(e) = self.completion(wc) {
+                result = Err(e);
+            }
+        }
+        self.completions = batch;
+        self.post_grants();
+        result.map(|()| n > 0)
+    }
+
+    fn completion(&mut self, wc: &Wc) -> Result<(), ClientError> {
+        let kind = (wc.wr_id >> 24) & 0xff;
+        let index = (wc.wr_id & 0x00ff_ffff) as u32;
+        if !wc.ok() {
+            match kind {
+                WR_SLOT => self.free_slots.push(index),
+                WR_WRITE => {
+                    self.writing.insert(index as u16, true);
+                }
+                _ => {}
+            }
+            let why = format!("RDMA work failed: {}", wc.status_text());
+            self.broken.get_or_insert(why.clone());
+            return Err(ClientError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, why)));
+        }
+        match kind {
+            WR_SLOT => {
+                self.free_slots.push(index);
+                self.sq_room += 1;
+            }
+            WR_WRITE => {
+                self.writing.insert(index as u16, true);
+                self.sq_room += 1;
+            }
+            WR_RECV => {
+                let result = self.received(index, wc);
+                let addr = self.recv.mr().addr() + (index as usize * self.recv_size) as u64;
+                // SAFETY: as at connection time: the slot lies in `recv`, registered for local
+                // write, and is not read again before its next completion.
+                unsafe { self.qp.post_recv(wc.wr_id, addr, self.recv_size as u32, self.recv.mr().lkey())? };
+                result?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn received(&mut self, index: u32, wc: &Wc) -> Result<(), ClientError> {
+        let bad = |what: &str| ClientError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()));
+        let imm = wc.imm.and_then(Imm::decode).ok_or_else(|| bad("a message without a valid header"))?;
+        self.credits += imm.credits;
+        let len = wc.byte_len as usize;
+        let limits = FrameLimits { max_frame: self.options.max_frame };
+        let recv_size = self.recv_size;
+        match imm.op {
+            Op::Frame => {
+                // SAFETY: this slot's receive has completed; it is reposted only after this.
+                let bytes = unsafe { self.recv.read(index as usize * recv_size, len) };
+                match decode_frame(bytes, limits)? {
+                    Decoded::Frame(frame, _) => {
+                        if let Some(c) = completion(frame.header, frame.meta, frame.payload.to_vec()) {
+                            self.ready.push_back(c);
+                        }
+                    }
+                    Decoded::Incomplete(_) => return Err(bad("a SEND that holds part of a frame")),
+                }
+            }
+            Op::Rts => {
+                // SAFETY: as above.
+                let bytes = unsafe { self.recv.read(index as usize * recv_size, len) };
+                let head = bytes.first_chunk::<HEADER_LEN>().ok_or_else(|| bad("a short announcement"))?;
+                let header = Header::decode(head, limits)?;
+                let meta = bytes[HEADER_LEN..].to_vec();
+                let buf = vec![0u8; header.payload_len as usize].into_boxed_slice();
+                let buf = Registered::new(&self.pd, buf, ACCESS_REMOTE_WRITE)?;
+                let grant = Grant { addr: buf.mr().addr(), rkey: buf.mr().rkey(), len: header.payload_len };
+                self.incoming.insert(imm.token, Incoming { header, meta, buf });
+                self.to_grant.push_back((imm.token, grant));
+            }
+            Op::Cts => {
+                // SAFETY: as above.
+                let bytes = unsafe { self.recv.read(index as usize * recv_size, len) };
+                let grant = Grant::decode(bytes).ok_or_else(|| bad("a malformed grant"))?;
+                self.grants.insert(imm.token, grant);
+            }
+            Op::Data => {
+                let incoming = self.incoming.remove(&imm.token).ok_or_else(|| bad("a write into no granted buffer"))?;
+                // Revoke the process's access before the bytes are handed out.
+                let output = incoming.buf.into_inner().into_vec();
+                if let Some(c) = completion(incoming.header, &incoming.meta, output) {
+                    self.ready.push_back(c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers the process's announcements for which there are credits and room.
+    fn post_grants(&mut self) {
+        while self.credits > 0 && self.sq_room > 0 && !self.free_slots.is_empty() {
+            let Some((token, grant)) = self.to_grant.pop_front() else { return };
+            let far = Instant::now() + self.options.timeout;
+            if let Err(e) = self.send_message(Op::Cts, token, &[&grant.encode()], far) {
+                self.broken.get_or_insert(format!("cannot grant a buffer: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+fn wr_id(kind: u64, index: u32) -> u64 {
+    kind << 24 | u64::from(index & 0x00ff_ffff)
+}
+
+/// Turns a response frame into a completion; `None` for frames a client ignores (pongs).
+fn completion(header: Header, meta: &[u8], payload: Vec<u8>) -> Option<Completion> {
+    match header.kind {
+        MessageKind::Response => {
+            let status = Status::from_code(header.status);
+            let result = if status == Status::Ok {
+                Ok(payload)
+            } else {
+                Err(ClientError::Remote { status, message: String::from_utf8_lossy(meta).into_owned() })
+            };
+            Some(Completion { id: header.id, result })
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,964 @@
+//! The process side of the RDMA transport: one I/O thread that owns the shared receive queue,
+//! polls the one completion queue of every connection, and accepts connections.
+//!
+//! Receive buffers are buffers of the process's pool, registered once at start and owned by the
+//! transport for its whole life (so a registration never outlives its memory). A small frame's
+//! input reaches the function as a [`Payload`] slice of the receive buffer it arrived in; the
+//! buffer goes back to the shared receive queue when the function has let go of it. A large
+//! payload is written by the client straight into a pool buffer registered for that one transfer
+//! and advertised to that one connection; the registration is revoked before the function sees
+//! the bytes, so no peer can write into memory the program is reading.
+//!
+//! Responses are posted by whichever thread has them (the I/O thread for inline functions, the
+//! worker for the others), under the connection's lock: small ones are copied into one of the
+//! connection's registered send slots, large outputs are registered and written into a buffer
+//! the client advertises (`Rts`, `Cts`, `Data` in [`flow`](super::flow)).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
+use super::flow::{CreditLedger, Grant, Imm, Op, GRANT_LEN};
+use super::verbs::{
+    CompletionChannel, CompletionQueue, Context, ProtectionDomain, QueuePair, Registered, SendOp, SharedReceiveQueue,
+    ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
+};
+use super::PollPolicy;
+use crate::buffer::{Payload, PoolBuf};
+use crate::invocation::Outcome;
+use crate::process::{Dispatched, Process, Response, ResponseSink};
+use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::transport::{ServerHandle, Transport};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+const CQ: Token = Token(usize::MAX - 2);
+
+/// Work request kinds, bits 24..32 of a work request id (the connection id is in bits 32..64).
+const WR_RECV: u64 = 1;
+const WR_SLOT: u64 = 2;
+const WR_WRITE: u64 = 3;
+
+fn wr_id(conn: u32, kind: u64, index: u32) -> u64 {
+    u64::from(conn) << 32 | kind << 24 | u64::from(index & 0x00ff_ffff)
+}
+
+fn wr_parts(id: u64) -> (u32, u64, u32) {
+    ((id >> 32) as u32, (id >> 24) & 0xff, (id & 0x00ff_ffff) as u32)
+}
+
+/// Tuning of the RDMA transport.
+#[derive(Debug, Clone)]
+pub struct RdmaOptions {
+    /// The RDMA device; `None`: the device that has a GID for the bound address.
+    pub device: Option<String>,
+    /// Bytes of each receive buffer: frames up to this size travel by SEND, larger ones by RDMA
+    /// WRITE into a granted buffer.
+    pub recv_size: usize,
+    /// Messages each client may have in flight.
+    pub credits: u32,
+    /// Connections served at once (the shared receive queue holds `credits` for each).
+    pub max_connections: usize,
+    /// How the I/O thread waits for completions.
+    pub poll: PollPolicy,
+    /// How long a connection that broke the protocol may take to receive its error before it is
+    /// closed.
+    pub linger: Duration,
+}
+
+impl Default for RdmaOptions {
+    fn default() -> Self {
+        Self {
+            device: std::env::var("PRAAS_RDMA_DEVICE").ok().filter(|d| !d.is_empty()),
+            recv_size: 8 << 10,
+            credits: 16,
+            max_connections: 32,
+            poll: std::env::var("PRAAS_RDMA_POLL").ok().and_then(|p| PollPolicy::parse(&p)).unwrap_or_default(),
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The RDMA transport of one process.
+pub struct RdmaTransport {
+    listener: TcpListener,
+    process: Arc<Process>,
+    options: RdmaOptions,
+    context: Arc<Context>,
+    port: LocalPort,
+}
+
+impl std::fmt::Debug for RdmaTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaTransport")
+            .field("addr", &self.listener.local_addr().ok())
+            .field("device", &self.context.name())
+            .finish()
+    }
+}
+
+impl RdmaTransport {
+    /// Binds `addr` (the TCP address of the connection set-up) for `process`, on the RDMA device
+    /// that carries that address (or `options.device`).
+    pub fn bind(addr: SocketAddr, process: Arc<Process>, options: RdmaOptions) -> io::Result<Self> {
+        let (context, port) = connect::device_for(addr.ip(), options.device.as_deref())?;
+        let listener = TcpListener::bind(addr)?;
+        Ok(Self { listener, process, options, context, port })
+    }
+}
+
+impl Transport for RdmaTransport {
+    fn name(&self) -> &'static str {
+        "rdma"
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    fn spawn(self: Box<Self>) -> io::Result<ServerHandle> {
+        let addr = self.local_addr();
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut event_loop = EventLoop::new(*self, poll, Arc::clone(&stop))?;
+        let thread =
+            std::thread::Builder::new().name(format!("rdma-io-{}", addr.port())).spawn(move || event_loop.run())?;
+        let stopper = move || {
+            stop.store(true, Ordering::Release);
+            let _ = waker.wake();
+        };
+        Ok(ServerHandle::new(addr, Box::new(stopper), thread))
+    }
+}
+
+/// A frame waiting for a send slot or room in the send queue.
+enum Out {
+    Frame { header: Header, meta: Vec<u8>, payload: Option<PoolBuf>, release: bool },
+    Cts { token: u16, grant: Grant },
+    Write { token: u16, grant: Grant, buf: Registered<PoolBuf> },
+}
+
+/// The sending half of a connection, under its lock.
+struct Tx {
+    /// `None` once the connection is closed: nothing more is posted.
+    qp: Option<QueuePair>,
+    free_slots: Vec<u32>,
+    /// Send work requests that may still be posted.
+    sq_room: u32,
+    queue: VecDeque<Out>,
+    ledger: CreditLedger,
+    /// Large outputs announced by `Rts`, waiting for the client's `Cts`.
+    announced: HashMap<u16, Registered<PoolBuf>>,
+    /// Large outputs being written, until the write completes.
+    writing: HashMap<u16, Registered<PoolBuf>>,
+    next_token: u16,
+}
+
+/// One client connection; workers answer through it ([`ResponseSink`]).
+struct Conn {
+    id: u32,
+    // Field order is drop order: the lock (with the QP) before the slot memory it names.
+    tx: Mutex<Tx>,
+    slots: Registered<Box<[u8]>>,
+    slot_size: usize,
+    slot_count: u32,
+    inline_max: usize,
+    pd: Arc<ProtectionDomain>,
+}
+
+impl Conn {
+    fn tx(&self) -> MutexGuard<'_, Tx> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `response`, returning the credit of the request it answers.
+    fn respond(&self, tx: &mut Tx, response: Response, release: bool) {
+        let Outcome { status, message, output } = response.outcome;
+        let mut meta = message.into_bytes();
+        meta.truncate(self.slot_size - HEADER_LEN);
+        let len = output.as_ref().map_or(0, |o| o.len());
+        let header = Header::response(response.id, status, meta.len() as u16, len as u32);
+        self.send_frame(tx, Out::Frame { header, meta, payload: output, release });
+    }
+
+    /// Posts `out` now if there is room, else queues it behind what is already waiting.
+    fn send_frame(&self, tx: &mut Tx, out: Out) {
+        if tx.qp.is_none() {
+            return;
+        }
+        if tx.queue.is_empty() {
+            if let Err(out) = self.try_post(tx, out) {
+                tx.queue.push_back(out);
+            }
+        } else {
+            tx.queue.push_back(out);
+        }
+    }
+
+    /// Posts what waits, in order, as long as there is room.
+    fn flush(&self, tx: &mut Tx) {
+        while let Some(out) = tx.queue.pop_front() {
+            if let Err(out) = self.try_post(tx, out) {
+                tx.queue.push_front(out);
+                return;
+            }
+        }
+    }
+
+    /// Posts one item; gives it back if there is no room yet.
+    fn try_post(&self, tx: &mut Tx, out: Out) -> Result<(), Out> {
+        if tx.sq_room == 0 {
+            return Err(out);
+        }
+        match out {
+            Out::Write { token, grant, buf } => {
+                let credits = tx.ledger.take_returnable();
+                let imm = Imm::new(Op::Data, credits, token).encode();
+                let Some(qp) = tx.qp.as_ref() else { return Ok(()) };
+                // SAFETY: `buf` is registered on this connection's PD and stays in `writing`
+                // (alive, registered) until the write's completion or the QP's destruction.
+                let posted = unsafe {
+                    qp.post_send(
+                        wr_id(self.id, WR_WRITE, u32::from(token)),
+                        SendOp::WriteImm { remote_addr: grant.addr, rkey: grant.rkey },
+                        imm,
+                        buf.mr().addr(),
+                        grant.len,
+                        buf.mr().lkey(),
+                        false,
+                    )
+                };
+                if let Err(e) = posted {
+                    tracing::debug!(conn = self.id, "posting a write failed: {e}");
+                    return Ok(());
+                }
+                tx.sq_room -= 1;
+                tx.writing.insert(token, buf);
+                Ok(())
+            }
+            out => {
+                let Some(slot) = tx.free_slots.pop() else { return Err(out) };
+                self.post_in_slot(tx, slot, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Lays `out` (a frame, an announcement or a grant) out in `slot` and posts it as a SEND.
+    fn post_in_slot(&self, tx: &mut Tx, slot: u32, out: Out) {
+        let offset = slot as usize * self.slot_size;
+        let (op, token, len) = match out {
+            Out::Frame { header, meta, payload, release } => {
+                if release {
+                    tx.ledger.release();
+                }
+                let payload_len = payload.as_ref().map_or(0, |p| p.len());
+                if HEADER_LEN + meta.len() + payload_len <= self.slot_size {
+                    let head = header.encode();
+                    let body: &[u8] = payload.as_deref().unwrap_or(&[]);
+                    // SAFETY: a free slot is named by no posted work request.
+                    let len = unsafe { self.slots.write(offset, &[&head, &meta, body]) };
+                    (Op::Frame, 0, len)
+                } else {
+                    // Large: announce it; the output is written when the client grants a buffer.
+                    let payload = payload.expect("a frame larger than a slot has a payload");
+                    let registered = match Registered::new(&self.pd, payload, ACCESS_LOCAL_READ) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(conn = self.id, "cannot register a response of {payload_len} bytes: {e}");
+                            tx.free_slots.push(slot);
+                            let error = Header { status: Status::Internal.code(), payload_len: 0, ..header };
+                            let text = format!("the transport could not register the output: {e}");
+                            self.send_frame(
+                                tx,
+                                Out::Frame {
+                                    header: Header { meta_len: text.len() as u16, ..error },
+                                    meta: text.into_bytes(),
+                                    payload: None,
+                                    release: false,
+                                },
+                            );
+                            return;
+                        }
+                    };
+                    let token = free_token(tx);
+                    tx.announced.insert(token, registered);
+                    // SAFETY: a free slot is named by no posted work request.
+                    let len = unsafe { self.slots.write(offset, &[&header.encode(), &meta]) };
+                    (Op::Rts, token, len)
+                }
+            }
+            Out::Cts { token, grant } => {
+                // SAFETY: a free slot is named by no posted work request.
+                let len = unsafe { self.slots.write(offset, &[&grant.encode()]) };
+                (Op::Cts, token, len)
+            }
+            Out::Write { .. } => unreachable!("writes use no slot"),
+        };
+        let credits = tx.ledger.take_returnable();
+        let imm = Imm::new(op, credits, token).encode();
+        let Some(qp) = tx.qp.as_ref() else { return };
+        let addr = self.slots.mr().addr() + offset as u64;
+        // SAFETY: the slot lies in `slots`, registered on this PD, and is not reused before this
+        // send's completion frees it (or the QP is destroyed, before `slots` is dropped).
+        let posted = unsafe {
+            qp.post_send(
+                wr_id(self.id, WR_SLOT, slot),
+                SendOp::SendImm,
+                imm,
+                addr,
+                len as u32,
+                self.slots.mr().lkey(),
+                len <= self.inline_max,
+            )
+        };
+        match posted {
+            Ok(()) => tx.sq_room -= 1,
+            Err(e) => {
+                tracing::debug!(conn = self.id, "posting a send failed: {e}");
+                tx.free_slots.push(slot);
+            }
+        }
+    }
+}
+
+fn free_token(tx: &mut Tx) -> u16 {
+    loop {
+        let token = tx.next_token;
+        tx.next_token = tx.next_token.wrapping_add(1);
+        if !tx.announced.contains_key(&token) && !tx.writing.contains_key(&token) {
+            return token;
+        }
+    }
+}
+
+impl ResponseSink for Conn {
+    fn send(&self, response: Response) {
+        let mut tx = self.tx();
+        self.respond(&mut tx, response, true);
+    }
+}
+
+/// A large payload the process granted a buffer for, waiting for the client's write.
+struct InGrant {
+    header: Header,
+    meta: Vec<u8>,
+    buf: Registered<PoolBuf>,
+}
+
+/// An `Rts` the pool had no buffer for yet.
+struct Deferred {
+    token: u16,
+    header: Header,
+    meta: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// Broke the protocol: its error is on the way; closed when sent or at the deadline.
+    Closing(Instant),
+}
+
+/// The I/O thread's half of a connection.
+struct ConnIo {
+    conn: Arc<Conn>,
+    sink: Arc<dyn ResponseSink>,
+    qpn: u32,
+    stream: TcpStream,
+    grants: HashMap<u16, InGrant>,
+    deferred: VecDeque<Deferred>,
+    state: State,
+}
+
+/// One receive buffer of the shared receive queue.
+struct RecvSlot {
+    buf: Registered<Arc<PoolBuf>>,
+    posted: bool,
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    process: Arc<Process>,
+    options: RdmaOptions,
+    context: Arc<Context>,
+    port: LocalPort,
+    stop: Arc<AtomicBool>,
+    // Field order is drop order: connections (and their QPs) first, then the receive buffers,
+    // the SRQ, the CQ and the PD they need.
+    conns: HashMap<u32, ConnIo>,
+    by_qpn: HashMap<u32, u32>,
+    next_conn: u32,
+    slots: Vec<RecvSlot>,
+    free_slots: Vec<u32>,
+    /// Receive slots lent to functions (their payload is still in use).
+    lent: Vec<u32>,
+    srq_target: usize,
+    srq_posted: usize,
+    srq: Arc<SharedReceiveQueue>,
+    cq: Arc<CompletionQueue>,
+    channel: Arc<CompletionChannel>,
+    pd: Arc<ProtectionDomain>,
+    completions: Vec<super::verbs::Completion>,
+}
+
+impl EventLoop {
+    fn new(transport: RdmaTransport, poll: Poll, stop: Arc<AtomicBool>) -> io::Result<Self> {
+        let RdmaTransport { listener, process, options, context, port } = transport;
+        let pd = ProtectionDomain::new(&context)?;
+        let channel = CompletionChannel::new(&context)?;
+        let srq_target = options.max_connections * options.credits as usize;
+        let sq_depth = send_depth(options.credits);
+        let cq_entries = srq_target + options.max_connections * sq_depth as usize + 64;
+        let cq = CompletionQueue::new(&context, cq_entries, Some(&channel))?;
+        let srq = SharedReceiveQueue::new(&pd, srq_target as u32)?;
+        let mut slots = Vec::with_capacity(2 * srq_target);
+        for _ in 0..2 * srq_target {
+            let buf = process
+                .pool()
+                .get(options.recv_size)
+                .ok_or_else(|| io::Error::other("the buffer pool cannot hold the RDMA receive buffers"))?;
+            let buf = Registered::new(&pd, Arc::new(buf), ACCESS_LOCAL_WRITE)?;
+            slots.push(RecvSlot { buf, posted: false });
+        }
+        let free_slots = (0..slots.len() as u32).rev().collect();
+        let mut event_loop = Self {
+            poll,
+            listener,
+            process,
+            options,
+            context,
+            port,
+            stop,
+            conns: HashMap::new(),
+            by_qpn: HashMap::new(),
+            next_conn: 1,
+            slots,
+            free_slots,
+            lent: Vec::new(),
+            srq_target,
+            srq_posted: 0,
+            srq,
+            cq,
+            channel,
+            pd,
+            completions: Vec::with_capacity(super::verbs::POLL_BATCH),
+        };
+        event_loop.refill_srq();
+        if event_loop.srq_posted < srq_target {
+            return Err(io::Error::other("could not post the shared receive queue's buffers"));
+        }
+        Ok(event_loop)
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let fd = self.channel.fd();
+        self.poll.registry().register(&mut SourceFd(&fd), CQ, Interest::READABLE)?;
+        let mut events = Events::with_capacity(256);
+        let mut last_work = Instant::now();
+        let mut spins = 0u32;
+        while !self.stop.load(Ordering::Acquire) {
+            if self.drain_cq()? {
+                last_work = Instant::now();
+                spins = 0;
+                continue;
+            }
+            spins += 1;
+            self.housekeeping();
+            let sleep = self.options.poll.should_sleep(last_work.elapsed());
+            let timeout = if sleep {
+                // Arm, then look once more: a completion between the last poll and the arm
+                // would otherwise wait for the next one.
+                self.cq.arm()?;
+                if self.drain_cq()? {
+                    last_work = Instant::now();
+                    continue;
+                }
+                self.next_timeout()
+            } else if spins.is_multiple_of(64) {
+                Some(Duration::ZERO)
+            } else {
+                continue;
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    CQ => {
+                        self.cq.take_events();
+                        last_work = Instant::now();
+                    }
+                    Token(t) => self.socket_event(t as u32),
+                }
+            }
+        }
+        let ids: Vec<u32> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+        Ok(())
+    }
+
+    /// Sleep no longer than the next piece of timed work.
+    fn next_timeout(&self) -> Option<Duration> {
+        let waiting = !self.lent.is_empty() || self.conns.values().any(|c| !c.deferred.is_empty());
+        let closing = self
+            .conns
+            .values()
+            .filter_map(|c| match c.state {
+                State::Closing(at) => Some(at.saturating_duration_since(Instant::now())),
+                State::Open => None,
+            })
+            .min();
+        let retry = waiting.then_some(Duration::from_millis(1));
+        match (retry, closing) {
+            (Some(a), Some(b)) => Some(a.min(b).max(Duration::from_millis(1))),
+            (a, b) => a.or(b.map(|b| b.max(Duration::from_millis(1)))),
+        }
+    }
+
+    /// Work that no completion announces: receive buffers that functions let go of, grants the
+    /// pool could not give before, connections whose error went out.
+    fn housekeeping(&mut self) {
+        if !self.lent.is_empty() {
+            let slots = &self.slots;
+            let (free, lent): (Vec<u32>, Vec<u32>) =
+                self.lent.drain(..).partition(|&s| slots[s as usize].buf.is_unshared());
+            self.lent = lent;
+            self.free_slots.extend(free);
+            self.refill_srq();
+        }
+        let ids: Vec<u32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.deferred.is_empty() || c.state != State::Open)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.retry_deferred(id);
+            let Some(io) = self.conns.get(&id) else { continue };
+            if let State::Closing(deadline) = io.state {
+                let tx = io.conn.tx();
+                let drained = tx.queue.is_empty() && tx.free_slots.len() == io.conn.slot_count as usize;
+                drop(tx);
+                if drained || Instant::now() >= deadline {
+                    self.close(id);
+                }
+            }
+        }
+    }
+
+    fn refill_srq(&mut self) {
+        while self.srq_posted < self.srq_target {
+            let Some(index) = self.free_slots.pop() else { return };
+            let slot = &mut self.slots[index as usize];
+            debug_assert!(slot.buf.is_unshared() && !slot.posted);
+            let mr = slot.buf.mr();
+            // SAFETY: the slot's buffer is registered for local write on this PD and unshared:
+            // nothing reads it until its completion, and it lives as long as the SRQ's users
+            // (the slots drop after the connections' QPs).
+            let posted = unsafe { self.srq.post_recv(wr_id(0, WR_RECV, index), mr.addr(), mr.len() as u32, mr.lkey()) };
+            match posted {
+                Ok(()) => {
+                    slot.posted = true;
+                    self.srq_posted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot post a receive buffer: {e}");
+                    self.free_slots.push(index);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Polls and handles every completion there is; returns whether there was any.
+    fn drain_cq(&mut self) -> io::Result<bool> {
+        let mut any = false;
+        loop {
+            let mut batch = std::mem::take(&mut self.completions);
+            batch.clear();
+            let n = self.cq.poll(&mut batch)?;
+            for wc in &batch {
+                self.completion(wc);
+            }
+            self.completions = batch;
+            if n == 0 {
+                return Ok(any);
+            }
+            any = true;
+        }
+    }
+
+    fn completion(&mut self, wc: &super::verbs::Completion) {
+        let (conn, kind, index) = wr_parts(wc.wr_id);
+        match kind {
+            WR_RECV => self.received(index, wc),
+            WR_SLOT | WR_WRITE => {
+                let Some(io) = self.conns.get(&conn) else { return };
+                let c = Arc::clone(&io.conn);
+                let mut tx = c.tx();
+                tx.sq_room += 1;
+                if kind == WR_SLOT {
+                    tx.free_slots.push(index);
+                } else {
+                    tx.writing.remove(&(index as u16));
+                }
+                if wc.ok() {
+                    c.flush(&mut tx);
+                    return;
+                }
+                drop(tx);
+                if !wc.flushed() {
+                    tracing::info!(conn, "a send to the client failed ({}): closing the connection", wc.status_text());
+                }
+                self.close(conn);
+            }
+            _ => tracing::warn!(wr_id = wc.wr_id, "completion of an unknown work request"),
+        }
+    }
+
+    fn received(&mut self, index: u32, wc: &super::verbs::Completion) {
+        let slot = &mut self.slots[index as usize];
+        slot.posted = false;
+        self.srq_posted -= 1;
+        let conn_id = self.by_qpn.get(&wc.qp_num).copied();
+        let outcome = match conn_id {
+            Some(id) if wc.ok() => self.message(id, index, wc),
+            Some(id) => {
+                if !wc.flushed() {
+                    tracing::info!(conn = id, "receive failed ({}): closing the connection", wc.status_text());
+                }
+                self.close(id);
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        if let (Err((status, message, id)), Some(conn)) = (outcome, conn_id) {
+            self.refuse(conn, id, status, message);
+        }
+        if self.slots[index as usize].buf.is_unshared() {
+            self.free_slots.push(index);
+        } else {
+            self.lent.push(index);
+        }
+        self.refill_srq();
+    }
+
+    /// Handles one message from connection `id` in receive slot `index`. A protocol violation
+    /// comes back as the status, text and request id of the error to answer with.
+    fn message(&mut self, id: u32, index: u32, wc: &super::verbs::Completion) -> Result<(), (Status, String, u64)> {
+        let violation = |text: String| (Status::Malformed, text, 0);
+        let Some(io) = self.conns.get_mut(&id) else { return Ok(()) };
+        if io.state != State::Open {
+            return Ok(());
+        }
+        let conn = Arc::clone(&io.conn);
+        if !conn.tx().ledger.receive() {
+            return Err(violation(format!("message beyond the {} credits granted", self.options.credits)));
+        }
+        let imm = wc.imm.and_then(Imm::decode).ok_or_else(|| violation("message without a valid header".into()))?;
+        let limits = FrameLimits { max_frame: self.process.config().max_frame };
+        let len = wc.byte_len as usize;
+        match imm.op {
+            Op::Frame if !wc.is_write_imm() => {
+                let slot = &mut self.slots[index as usize];
+                slot.buf.set_len(len);
+                let buf = slot.buf.share();
+                let decoded = decode_frame(&buf, limits).map_err(|e| {
+                    let id = buf.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+                    (e.status(), e.to_string(), id)
+                })?;
+                let (header, used) = match decoded {
+                    Decoded::Frame(frame, used) => (frame.header, used),
+                    Decoded::Incomplete(_) => return Err(violation("a SEND that holds part of a frame".into())),
+                };
+                if used != len {
+                    return Err(violation("a SEND that holds more than one frame".into()));
+                }
+                let meta_end = HEADER_LEN + header.meta_len as usize;
+                let input = Payload::new(Arc::clone(&buf), meta_end..len);
+                self.dispatch(id, header, &buf[HEADER_LEN..meta_end], input);
+            }
+            Op::Rts if !wc.is_write_imm() => {
+                let slot = &mut self.slots[index as usize];
+                slot.buf.set_len(len);
+                let buf = slot.buf.share();
+                let head = buf.first_chunk::<HEADER_LEN>().ok_or_else(|| violation("a short announcement".into()))?;
+                let header = crate::protocol::Header::decode(head, limits).map_err(|e| {
+                    (e.status(), e.to_string(), u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")))
+                })?;
+                if len != HEADER_LEN + header.meta_len as usize || header.payload_len == 0 {
+                    return Err(violation("an announcement that is not a header and metadata".into()));
+                }
+                let io = self.conns.get_mut(&id).expect("looked up above");
+                if io.grants.contains_key(&imm.token) || io.deferred.iter().any(|d| d.token == imm.token) {
+                    return Err(violation(format!("announcement {} while one is pending", imm.token)));
+                }
+                io.deferred.push_back(Deferred { token: imm.token, header, meta: buf[HEADER_LEN..].to_vec() });
+                conn.tx().ledger.release();
+                self.retry_deferred(id);
+            }
+            Op::Cts if !wc.is_write_imm() => {
+                let slot = &mut self.slots[index as usize];
+                slot.buf.set_len(len);
+                let grant = Grant::decode(&slot.buf.owner()[..len.min(GRANT_LEN + 1)])
+                    .ok_or_else(|| violation("a malformed grant".into()))?;
+                let mut tx = conn.tx();
+                tx.ledger.release();
+                let buf = tx.announced.remove(&imm.token).ok_or_else(|| violation("a grant for nothing".into()))?;
+                if grant.len as usize != buf.owner().len() {
+                    return Err(violation("a grant of the wrong size".into()));
+                }
+                conn.send_frame(&mut tx, Out::Write { token: imm.token, grant, buf });
+            }
+            Op::Data if wc.is_write_imm() => {
+                let io = self.conns.get_mut(&id).expect("looked up above");
+                let grant =
+                    io.grants.remove(&imm.token).ok_or_else(|| violation("a write into no granted buffer".into()))?;
+                if len != grant.buf.owner().len() {
+                    return Err(violation("a write of another size than granted".into()));
+                }
+                // Revoke the peer's access before the function sees the bytes.
+                let payload = Payload::whole(grant.buf.into_inner());
+                self.dispatch(id, grant.header, &grant.meta, payload);
+            }
+            op => return Err(violation(format!("{op:?} by the wrong verb"))),
+        }
+        Ok(())
+    }
+
+    /// Grants buffers to the announcements of `id` that the pool can now hold.
+    fn retry_deferred(&mut self, id: u32) {
+        let Some(io) = self.conns.get_mut(&id) else { return };
+        while let Some(d) = io.deferred.front() {
+            let Some(mut buf) = self.process.pool().get(d.header.payload_len as usize) else { return };
+            buf.set_len(d.header.payload_len as usize);
+            let buf = match Registered::new(&self.pd, buf, ACCESS_REMOTE_WRITE) {
+                Ok(buf) => buf,
+                Err(e) => {
+                    tracing::warn!(conn = id, "cannot register a buffer for a large payload: {e}");
+                    return;
+                }
+            };
+            let d = io.deferred.pop_front().expect("front seen above");
+            let grant = Grant { addr: buf.mr().addr(), rkey: buf.mr().rkey(), len: d.header.payload_len };
+            io.grants.insert(d.token, InGrant { header: d.header, meta: d.meta, buf });
+            let conn = Arc::clone(&io.conn);
+            let mut tx = conn.tx();
+            conn.send_frame(&mut tx, Out::Cts { token: d.token, grant });
+        }
+    }
+
+    fn dispatch(&mut self, id: u32, header: Header, meta: &[u8], body: Payload) {
+        let Some(io) = self.conns.get(&id) else { return };
+        let conn = Arc::clone(&io.conn);
+        let response = match header.kind {
+            MessageKind::Invoke => match self.process.dispatch(header.id, meta, body, header.timeout_ms, &io.sink) {
+                Dispatched::Queued => return,
+                Dispatched::Done(response) => response,
+            },
+            MessageKind::Ping => {
+                let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
+                let copy = self.process.pool().get(body.len()).map(|mut b| {
+                    b.try_extend(&body);
+                    b
+                });
+                let pong = Header { payload_len: copy.as_ref().map_or(0, |c| c.len() as u32), ..pong };
+                let mut tx = conn.tx();
+                conn.send_frame(&mut tx, Out::Frame { header: pong, meta: Vec::new(), payload: copy, release: true });
+                return;
+            }
+            kind => Response {
+                id: header.id,
+                outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
+            },
+        };
+        let mut tx = conn.tx();
+        conn.respond(&mut tx, response, true);
+    }
+
+    /// Answers a protocol violation with an error and closes the connection once it is sent.
+    fn refuse(&mut self, id: u32, request: u64, status: Status, message: String) {
+        let Some(io) = self.conns.get_mut(&id) else { return };
+        if io.state != State::Open {
+            return;
+        }
+        tracing::info!(conn = id, "closing a connection that broke the protocol: {message}");
+        io.state = State::Closing(Instant::now() + self.options.linger);
+        let conn = Arc::clone(&io.conn);
+        let mut tx = conn.tx();
+        conn.respond(&mut tx, Response { id: request, outcome: Outcome::error(status, message) }, false);
+    }
+
+    fn socket_event(&mut self, id: u32) {
+        let Some(io) = self.conns.get_mut(&id) else { return };
+        let mut byte = [0u8; 64];
+        match (&io.stream).read(&mut byte) {
+            Ok(0) => {
+                tracing::debug!(conn = id, "the client closed its connection");
+                self.close(id);
+            }
+            Ok(_) => self.refuse(id, 0, Status::Malformed, "bytes on the set-up connection after set-up".into()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::debug!(conn = id, "the set-up connection failed: {e}");
+                self.close(id);
+            }
+        }
+    }
+
+    /// Tears a connection down: its QP first (so the device stops touching its memory), then
+    /// the registrations of its transfers, then the socket.
+    fn close(&mut self, id: u32) {
+        let Some(mut io) = self.conns.remove(&id) else { return };
+        self.by_qpn.remove(&io.qpn);
+        {
+            let mut tx = io.conn.tx();
+            if let Some(qp) = tx.qp.take() {
+                let _ = qp.set_error();
+                drop(qp);
+            }
+            tx.queue.clear();
+            tx.announced.clear();
+            tx.writing.clear();
+        }
+        io.grants.clear();
+        let fd = io.stream.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        tracing::debug!(conn = id, "connection closed");
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Err(e) = self.add(stream) {
+                        tracing::warn!(%peer, "RDMA connection set-up failed: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The set-up exchange (blocking, bounded by a timeout) and the new connection's QP.
+    fn add(&mut self, stream: TcpStream) -> io::Result<()> {
+        let mut std_stream = std::net::TcpStream::from(stream);
+        std_stream.set_nonblocking(false)?;
+        std_stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        std_stream.set_nodelay(true)?;
+        let remote = Endpoint::read_from(&mut std_stream)?;
+        let refuse = |stream: &mut std::net::TcpStream, status| {
+            let answer = Endpoint { mtu: 0, lid: 0, qpn: 0, psn: 0, gid: [0; 16], credits: 0, recv_size: 0, status };
+            let _ = answer.write_to(stream);
+        };
+        if self.conns.len() >= self.options.max_connections {
+            refuse(&mut std_stream, STATUS_FULL);
+            return Err(io::Error::other("connection limit reached"));
+        }
+        let result = self.create(&mut std_stream, &remote);
+        if result.is_err() {
+            refuse(&mut std_stream, STATUS_INTERNAL);
+        }
+        result
+    }
+
+    fn create(&mut self, std_stream: &mut std::net::TcpStream, remote: &Endpoint) -> io::Result<()> {
+        let ip: IpAddr = std_stream.local_addr()?.ip();
+        let port = if self.port.gid == [0; 16] { connect::local_port(&self.context, ip)? } else { self.port };
+        let credits = self.options.credits;
+        let slot_size = (remote.recv_size as usize).clamp(HEADER_LEN + GRANT_LEN, 1 << 20);
+        let slot_count = 2 * credits + 4;
+        let sq_depth = send_depth(credits);
+        let (qp, inline_max) = match QueuePair::new(&self.pd, &self.cq, Some(&self.srq), sq_depth, 0, 64) {
+            Ok(qp) => (qp, 64),
+            Err(_) => (QueuePair::new(&self.pd, &self.cq, Some(&self.srq), sq_depth, 0, 0)?, 0),
+        };
+        let psn = connect::random_psn();
+        connect::bring_up(&qp, &port, psn, remote)?;
+        let slots = Registered::new(
+            &self.pd,
+            vec![0u8; slot_size * slot_count as usize].into_boxed_slice(),
+            ACCESS_LOCAL_READ,
+        )?;
+        let id = self.next_conn;
+        self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
+        let qpn = qp.qp_num();
+        let conn = Arc::new(Conn {
+            id,
+            tx: Mutex::new(Tx {
+                qp: Some(qp),
+                free_slots: (0..slot_count).rev().collect(),
+                sq_room: sq_depth,
+                queue: VecDeque::new(),
+                ledger: CreditLedger::new(credits),
+                announced: HashMap::new(),
+                writing: HashMap::new(),
+                next_token: 0,
+            }),
+            slots,
+            slot_size,
+            slot_count,
+            inline_max,
+            pd: Arc::clone(&self.pd),
+        });
+        let local = Endpoint {
+            mtu: port.mtu,
+            lid: port.lid,
+            qpn,
+            psn,
+            gid: port.gid,
+            credits,
+            recv_size: self.options.recv_size as u32,
+            status: STATUS_OK,
+        };
+        // Registered before the answer: the client sends only after reading it.
+        self.by_qpn.insert(qpn, id);
+        let sink: Arc<dyn ResponseSink> = conn.clone();
+        std_stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(std_stream.try_clone()?);
+        self.poll.registry().register(&mut stream, Token(id as usize), Interest::READABLE)?;
+        self.conns.insert(
+            id,
+            ConnIo { conn, sink, qpn, stream, grants: HashMap::new(), deferred: VecDeque::new(), state: State::Open },
+        );
+        std_stream.set_nonblocking(false)?;
+        let answered = local.write_to(std_stream);
+        let _ = std_stream.set_nonblocking(true);
+        if let Err(e) = answered {
+            self.close(id);
+            return Err(e);
+        }
+        tracing::debug!(conn = id, qpn, "RDMA connection open");
+        Ok(())
+    }
+}
+
+/// Send work requests of one connection: its slots, plus one write per credit.
+fn send_depth(credits: u32) -> u32 {
+    3 * credits + 4
+}

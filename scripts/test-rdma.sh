@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds the RDMA integration tests (dataplane/tests/rdma.rs, cargo feature `rdma`) and runs them
+# on SoftRoCE: on this host if its kernel can run rdma_rxe (scripts/softroce-setup.sh --check),
+# else inside the QEMU VM of scripts/rxe-vm.sh. The RDMA tests are never skipped: a missing
+# device, a failed boot or a failed test fails this script.
+#
+# Usage: scripts/test-rdma.sh [--timeout SECS] [-- TEST-BINARY-ARGS...]
+#   (default timeout 280 s for the VM; arguments after -- go to the test binary, e.g. a filter)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+timeout=280
+while (($#)); do
+    case "$1" in
+        --timeout) timeout="${2:?--timeout needs a value}"; shift 2 ;;
+        --) shift; break ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "test-rdma: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+test_args=("$@")
+
+log() { printf 'test-rdma: %s\n' "$*" >&2; }
+
+# The test binary: cargo prints its path in the compiler-artifact message of the `rdma` test.
+log "building the RDMA tests (feature rdma)"
+test_bin="$(cargo test -p praas-dataplane --features rdma --test rdma --no-run --message-format=json 2>/dev/null \
+    | jq -r 'select(.reason == "compiler-artifact" and .target.name == "rdma" and .executable != null) | .executable' \
+    | tail -n 1)"
+[[ -n "$test_bin" && -x "$test_bin" ]] || {
+    cargo test -p praas-dataplane --features rdma --test rdma --no-run >&2 || true
+    log "error: building the RDMA test binary failed"; exit 1
+}
+
+# The example functions the tests load (the guest has no cargo to build them).
+functions="$(cargo build -p praas-example-functions --message-format=json 2>/dev/null \
+    | jq -r 'select(.reason == "compiler-artifact" and .target.name == "praas_example_functions") | .filenames[]' \
+    | grep '\.so$' | tail -n 1)"
+[[ -n "$functions" && -f "$functions" ]] || { log "error: building the example functions failed"; exit 1; }
+
+start=$(date +%s.%N)
+status=0
+if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
+    log "this host can run rdma_rxe: testing here"
+    eval "$(scripts/softroce-setup.sh --dummy)"
+    PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" PRAAS_RDMA_REQUIRED=1 \
+        PRAAS_EXAMPLE_FUNCTIONS="$functions" "$test_bin" --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
+        || status=$?
+else
+    log "no rdma_rxe in this kernel: testing in the SoftRoCE VM (scripts/rxe-vm.sh)"
+    guest_lib=/opt/praas/lib/libpraas_example_functions.so
+    quoted_args=""
+    for arg in "${test_args[@]+"${test_args[@]}"}"; do quoted_args+=" '${arg//\'/\'\\\'\'}'"; done
+    scripts/rxe-vm.sh --timeout "$timeout" \
+        --file "$test_bin:/opt/praas/bin/praas-rdma-tests" \
+        --file "$functions:$guest_lib" \
+        --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
+        --env PRAAS_RDMA_REQUIRED=1 \
+        --env RUST_BACKTRACE=1 \
+        -- "praas-rdma-tests --test-threads=2$quoted_args" || status=$?
+fi
+elapsed="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
+if ((status == 0)); then
+    log "PASSED in ${elapsed} s"
+else
+    log "FAILED (exit status $status) after ${elapsed} s"
+fi
+exit "$status"
