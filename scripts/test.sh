@@ -34,6 +34,10 @@ for target in $fuzz_targets; do
     echo "fuzz $target: no crash in ${FUZZ_SECONDS}s"
 done
 
+step "RDMA transport: clippy and tests on SoftRoCE (never skipped)"
+cargo clippy -p praas-dataplane --features rdma --all-targets --quiet -- -D warnings
+scripts/test-rdma.sh | tee -a "$log"
+
 step "RDMA on SoftRoCE"
 scripts/rxe-selftest.sh | tee -a "$log"
 
