@@ -1,1 +1,36 @@
-fn main() {}
+//! `praas-bench`: praas microbenchmarks, each against a baseline measured in the same run.
+//!
+//! Output follows the benchmark contract: a human table by default, one JSON object per line on
+//! stdout with `--json` (logs on stderr). Servers run as separate OS processes: the bench
+//! re-executes itself with a hidden `serve-*` subcommand.
+
+mod child;
+mod cli;
+mod functions;
+mod invoke;
+mod placement;
+mod raw_tcp;
+mod report;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Invoke(args) => invoke::run(args),
+        Command::ServePraas(args) => serve::praas(args),
+        Command::ServeRaw(args) => serve::raw(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("praas-bench: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -111,6 +111,9 @@ pub struct Client {
     end: usize,
     /// Responses received while waiting for another id.
     early: HashMap<u64, Result<Vec<u8>, ClientError>>,
+    /// The receive timeout the socket has now (`SO_RCVTIMEO`): set again only when a deadline
+    /// needs a shorter one, so that a round trip costs no extra system call.
+    armed: Option<Duration>,
 }
 
 const READ_CHUNK: usize = 64 << 10;
@@ -128,6 +131,7 @@ impl Client {
             match TcpStream::connect_timeout(&addr, options.timeout) {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
+                    stream.set_write_timeout(Some(options.timeout))?;
                     #[cfg(target_os = "linux")]
                     let ring = match options.transport.resolve() {
                         TransportKind::Uring => Some(UringStream::new(&stream)?),
@@ -143,6 +147,7 @@ impl Client {
                         start: 0,
                         end: 0,
                         early: HashMap::new(),
+                        armed: None,
                     });
                 }
                 Err(e) => last = e,
@@ -159,6 +164,9 @@ impl Client {
     /// Changes how long to wait for responses.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.options.timeout = timeout;
+        self.armed = None;
+        // Best effort: a failure here shows again, as an error, on the next write.
+        let _ = self.stream.set_write_timeout(Some(timeout));
     }
 
     /// Invokes `function` with `input` and waits for its output.
@@ -215,7 +223,6 @@ impl Client {
             let bufs = [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)];
             return ring.send_all(&bufs, deadline).map_err(|e| self.read_error(e));
         }
-        self.stream.set_write_timeout(Some(self.options.timeout))?;
         write_all_vectored(
             &mut self.stream,
             &mut [IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)],
@@ -301,6 +308,7 @@ impl Client {
             match self.stream.read(&mut body[filled..]) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => filled += n,
+                Err(e) if self.early_timeout(&e, deadline) => {}
                 Err(e) => return Err(self.read_error(e)),
             }
         }
@@ -329,14 +337,28 @@ impl Client {
                 Err(e) => Err(self.read_error(e)),
             };
         }
-        match self.stream.read(&mut self.buf[self.end..]) {
-            Ok(0) => Err(ClientError::Closed),
-            Ok(n) => {
-                self.end += n;
-                Ok(())
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if self.early_timeout(&e, deadline) => self.arm(deadline)?,
+                Err(e) => return Err(self.read_error(e)),
             }
-            Err(e) => Err(self.read_error(e)),
         }
+    }
+
+    /// Whether a read timed out before `deadline` (the socket's timeout was armed for an earlier,
+    /// shorter wait): then the next `arm` sets it again and the read is retried.
+    fn early_timeout(&mut self, e: &io::Error, deadline: Instant) -> bool {
+        let early =
+            matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) && Instant::now() < deadline;
+        if early {
+            self.armed = None;
+        }
+        early
     }
 
     /// Moves undecoded bytes to the start of the buffer.
@@ -348,7 +370,7 @@ impl Client {
         }
     }
 
-    fn arm(&self, deadline: Instant) -> Result<(), ClientError> {
+    fn arm(&mut self, deadline: Instant) -> Result<(), ClientError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ClientError::Timeout(self.options.timeout));
@@ -358,7 +380,13 @@ impl Client {
             // The ring applies the deadline itself.
             return Ok(());
         }
-        self.stream.set_read_timeout(Some(left))?;
+        // A read may overrun the deadline by at most this slack, in exchange for not setting the
+        // socket option before every read.
+        const SLACK: Duration = Duration::from_millis(2);
+        if self.armed.is_none_or(|armed| armed > left + SLACK) {
+            self.stream.set_read_timeout(Some(left))?;
+            self.armed = Some(left);
+        }
         Ok(())
     }
 

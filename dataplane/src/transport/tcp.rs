@@ -55,7 +55,12 @@ pub struct TcpOptions {
 
 impl Default for TcpOptions {
     fn default() -> Self {
-        Self { read_chunk: 64 << 10, max_outstanding: 4096, max_queued_bytes: 64 << 20, linger: Duration::from_secs(2) }
+        Self {
+            read_chunk: 256 << 10,
+            max_outstanding: 4096,
+            max_queued_bytes: 64 << 20,
+            linger: Duration::from_secs(2),
+        }
     }
 }
 
@@ -173,6 +178,8 @@ struct Connection {
     state: ReadState,
     /// Reading stopped for back-pressure.
     paused: bool,
+    /// The peer has hung up (or the socket failed): read until end of stream.
+    hup: bool,
     /// The peer-process handshake and identity of this connection (`Hello`, `Message` frames).
     peer: PeerSession,
     /// How long to keep reading (and discarding) after refusing the connection.
@@ -285,7 +292,10 @@ impl EventLoop {
                     LISTENER => self.accept(),
                     WAKER => {}
                     token => {
-                        let Some(conn) = self.connections.get(&token) else { continue };
+                        let Some(conn) = self.connections.get_mut(&token) else { continue };
+                        // The peer's FIN may come in the same event as its last bytes: then a
+                        // short read does not mean "wait for the next event" (there is none).
+                        conn.hup |= event.is_read_closed() || event.is_error();
                         if event.is_writable() || event.is_error() {
                             conn.shared.queue().flush(&conn.shared.stream);
                         }
@@ -355,6 +365,7 @@ impl EventLoop {
             large: None,
             state: ReadState::Open,
             paused: false,
+            hup: false,
             peer: PeerSession::default(),
             linger: self.options.linger,
         };
@@ -489,7 +500,7 @@ impl Connection {
                 chunk.set_len(filled + n);
                 // A short read drained the socket (edge-triggered): decode, then wait for the
                 // next event instead of paying a read that only says EAGAIN.
-                if n < room {
+                if n < room && !self.hup {
                     match self.decode_buffered(process) {
                         Ok(Decode::PoolSpent) => {
                             self.paused = true;
@@ -560,6 +571,11 @@ impl Connection {
             let spare = &mut large.body.spare_mut()[..want];
             match (&self.shared.stream).read(spare) {
                 Ok(0) => return self.peer_closed(),
+                Ok(n) if n < want && !self.hup => {
+                    // A short read drained the socket: wait for the next event.
+                    large.body.set_len(filled + n);
+                    return Step::Idle;
+                }
                 Ok(n) => large.body.set_len(filled + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::More,

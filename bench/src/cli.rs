@@ -1,0 +1,232 @@
+//! Command-line arguments, and the iteration counts that follow from them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Largest payload a size may ask for: a praas frame holds the function name and the input.
+pub const MAX_SIZE: usize = praas_dataplane::protocol::DEFAULT_MAX_FRAME - 64;
+
+/// praas-bench: praas microbenchmarks, each against a baseline measured in the same run.
+#[derive(Debug, Parser)]
+#[command(name = "praas-bench", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Round trips, throughput and local invocations of `echo`, against raw TCP ping-pong.
+    Invoke(InvokeArgs),
+    /// (internal) Serve a praas process on 127.0.0.1:0 until stdin closes.
+    #[command(hide = true)]
+    ServePraas(ServePraasArgs),
+    /// (internal) Serve the raw TCP echo baseline on 127.0.0.1:0 until stdin closes.
+    #[command(hide = true)]
+    ServeRaw(ServeRawArgs),
+}
+
+/// The data-plane transport under test, on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// TCP over mio (epoll) on the server, plain blocking calls in the client.
+    Tcp,
+    /// TCP over io_uring on the server and in the client.
+    Uring,
+}
+
+impl TransportKind {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Uring => "uring",
+        }
+    }
+
+    /// The data plane's name for it (never `Auto`: a benchmark says what it measures).
+    pub fn dataplane(self) -> praas_dataplane::transport::TransportKind {
+        match self {
+            Self::Tcp => praas_dataplane::transport::TransportKind::Mio,
+            Self::Uring => praas_dataplane::transport::TransportKind::Uring,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Pin the server to CPU 1 and the client to CPU 0 (default: both on CPU 0).
+    #[arg(long)]
+    pub split: bool,
+    /// Payload sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_values_t = [8, 1024, 65536, 1048576])]
+    pub sizes: Vec<usize>,
+    /// Measured iterations of every size, local invocation and throughput run (default: by size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: Option<u64>,
+    /// Warm-up iterations of every size, local invocation and throughput run (default: by size).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Data-plane transport.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+    /// Invocations in flight on one connection for the throughput runs, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64],
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub in_flight: Vec<u64>,
+    /// Payload sizes of the local-invocation runs, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_values_t = [8, 1024])]
+    pub local_sizes: Vec<usize>,
+    /// Seconds to wait for any response or server before giving up.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+    /// Run the praas server under this command (e.g. "strace -c -f -o /tmp/praas.strace").
+    #[arg(long, hide = true)]
+    pub wrap_praas: Option<String>,
+    /// Run the raw TCP server under this command.
+    #[arg(long, hide = true)]
+    pub wrap_raw: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServePraasArgs {
+    /// Manifest of the functions to serve.
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// CPU the whole server process is pinned to.
+    #[arg(long)]
+    pub cpu: usize,
+    /// Data-plane transport to serve with.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeRawArgs {
+    /// CPU the whole server process is pinned to.
+    #[arg(long)]
+    pub cpu: usize,
+}
+
+/// Parses one payload size in bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let size: usize = text.trim().parse().map_err(|_| format!("{text:?} is not a size in bytes"))?;
+    if size > MAX_SIZE {
+        return Err(format!("{size} bytes exceeds the largest payload of {MAX_SIZE} bytes"));
+    }
+    Ok(size)
+}
+
+/// Measured round trips of one size unless `--iters` says otherwise.
+pub fn default_iters(size: usize) -> u64 {
+    match size {
+        0..=1024 => 20_000,
+        1025..=65536 => 5_000,
+        _ => 1_000,
+    }
+}
+
+/// Warm-up round trips of one size unless `--warmup` says otherwise.
+pub fn default_warmup(size: usize) -> u64 {
+    if size <= 65536 {
+        2_000
+    } else {
+        200
+    }
+}
+
+/// Completions counted per throughput run, and dropped before it.
+pub const THROUGHPUT_OPS: u64 = 50_000;
+pub const THROUGHPUT_WARMUP: u64 = 5_000;
+/// Local invocations per `local_loop` call, and in the warm-up call before it.
+pub const LOCAL_ITERS: u64 = 20_000;
+pub const LOCAL_WARMUP: u64 = 2_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoke(args: &[&str]) -> Result<InvokeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["praas-bench", "invoke"].iter().chain(args))?;
+        match cli.command {
+            Command::Invoke(args) => Ok(args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sizes_default_to_the_four_standard_sizes() {
+        let args = invoke(&[]).unwrap();
+        assert_eq!(args.sizes, [8, 1024, 65536, 1048576]);
+        assert_eq!(args.in_flight, [1, 8, 64]);
+        assert_eq!(args.local_sizes, [8, 1024]);
+        assert!(!args.json && !args.split);
+        assert_eq!(args.transport, TransportKind::Tcp);
+        assert_eq!((args.iters, args.warmup), (None, None));
+    }
+
+    #[test]
+    fn sizes_parse_comma_separated() {
+        assert_eq!(invoke(&["--sizes", "8,64"]).unwrap().sizes, [8, 64]);
+        assert_eq!(invoke(&["--sizes", "0"]).unwrap().sizes, [0]);
+        assert_eq!(invoke(&["--sizes=1048576", "--json", "--split"]).unwrap().sizes, [1048576]);
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        assert!(invoke(&["--sizes", "8,abc"]).is_err());
+        assert!(invoke(&["--sizes", "-1"]).is_err());
+        assert!(invoke(&["--sizes", &(MAX_SIZE + 1).to_string()]).is_err());
+        assert_eq!(parse_size(" 42 "), Ok(42));
+        assert!(parse_size("1k").unwrap_err().contains("not a size"));
+    }
+
+    #[test]
+    fn counts_and_transport_are_checked() {
+        assert!(invoke(&["--iters", "0"]).is_err());
+        assert!(invoke(&["--in-flight", "0"]).is_err());
+        assert!(invoke(&["--transport", "rdma"]).is_err());
+        assert_eq!(invoke(&["--transport", "uring"]).unwrap().transport, TransportKind::Uring);
+        assert_eq!(
+            invoke(&["--iters", "5", "--warmup", "0"]).map(|a| (a.iters, a.warmup)).unwrap(),
+            (Some(5), Some(0))
+        );
+    }
+
+    #[test]
+    fn iteration_counts_follow_the_size() {
+        assert_eq!(default_iters(8), 20_000);
+        assert_eq!(default_iters(1024), 20_000);
+        assert_eq!(default_iters(65536), 5_000);
+        assert_eq!(default_iters(1 << 20), 1_000);
+        assert_eq!(default_warmup(65536), 2_000);
+        assert_eq!(default_warmup(1 << 20), 200);
+    }
+
+    #[test]
+    fn hidden_server_commands_parse() {
+        let cli = Cli::try_parse_from(["praas-bench", "serve-praas", "--manifest", "/m.toml", "--cpu", "1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::ServePraas(ServePraasArgs { cpu: 1, transport: TransportKind::Tcp, .. })
+        ));
+        let cli = Cli::try_parse_from([
+            "praas-bench",
+            "serve-praas",
+            "--manifest",
+            "m",
+            "--cpu",
+            "0",
+            "--transport",
+            "uring",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::ServePraas(ServePraasArgs { transport: TransportKind::Uring, .. })));
+        let cli = Cli::try_parse_from(["praas-bench", "serve-raw", "--cpu", "0"]).unwrap();
+        assert!(matches!(cli.command, Command::ServeRaw(ServeRawArgs { cpu: 0 })));
+    }
+}

@@ -1,0 +1,205 @@
+//! `invoke`: round-trip latency of `echo` per size, throughput at several invocations in flight,
+//! and local (function-to-function) invocation, each praas figure beside the raw TCP baseline
+//! measured in the same run with the same placement.
+//!
+//! Per size the baseline runs first and praas right after, so drift affects both alike.
+
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use praas_dataplane::{Client, ClientError, ClientOptions};
+
+use crate::child::ChildServer;
+use crate::cli::{self, InvokeArgs};
+use crate::functions;
+use crate::placement::{self, Placement};
+use crate::raw_tcp::{self, RawClient};
+use crate::report::{self, Record, Reporter, RunInfo, Summary};
+
+const BASELINE: &str = "raw-tcp";
+const ECHO: &str = "echo";
+
+/// Runs the whole `invoke` benchmark.
+pub fn run(args: &InvokeArgs) -> Result<(), String> {
+    let online = placement::online_cpus();
+    let placement = Placement::new(args.split);
+    placement.check(online)?;
+    let info = RunInfo { transport: args.transport.name(), placement: placement.describe(), host: placement::host() };
+    // Pin before anything starts a thread or a child: both inherit the mask (children re-pin).
+    placement::pin_current_thread(placement.client)?;
+
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let library = functions::library()?;
+    let manifest = functions::write_manifest(&library)?;
+    let server_cpu = OsString::from(placement.server.to_string());
+    let raw_server = ChildServer::spawn(
+        "raw TCP echo server",
+        &["serve-raw".into(), "--cpu".into(), server_cpu.clone()],
+        args.wrap_raw.as_deref(),
+        timeout,
+    )?;
+    let praas_server = ChildServer::spawn(
+        "praas server",
+        &[
+            "serve-praas".into(),
+            "--manifest".into(),
+            manifest.path().into(),
+            "--cpu".into(),
+            server_cpu,
+            "--transport".into(),
+            args.transport.name().into(),
+        ],
+        args.wrap_praas.as_deref(),
+        timeout,
+    )?;
+    eprintln!(
+        "praas-bench: praas server ({}, pid {}) at {}, raw TCP echo server (pid {}) at {}, {}, {}",
+        info.transport,
+        praas_server.pid(),
+        praas_server.addr(),
+        raw_server.pid(),
+        raw_server.addr(),
+        info.placement,
+        info.host
+    );
+    let mut raw = RawClient::connect(raw_server.addr(), timeout)
+        .map_err(|e| format!("cannot connect to the raw TCP server at {}: {e}", raw_server.addr()))?;
+    let options = ClientOptions { timeout, transport: args.transport.dataplane(), ..ClientOptions::default() };
+    let mut praas = Client::connect_with(praas_server.addr(), options)
+        .map_err(|e| format!("cannot connect to the praas server at {}: {e}", praas_server.addr()))?;
+
+    let mut reporter = Reporter::new(args.json);
+    let mut push = |record: Record| reporter.push(record).map_err(|e| format!("cannot write the report: {e}"));
+
+    for &size in &args.sizes {
+        let iters = args.iters.unwrap_or_else(|| cli::default_iters(size));
+        let warmup = args.warmup.unwrap_or_else(|| cli::default_warmup(size));
+        eprintln!("praas-bench: invoke {size} B: {warmup} warm-up + {iters} measured round trips each");
+        let payload = raw_tcp::payload(size);
+        let base = Summary::of(&raw.latency(&payload, warmup, iters)?);
+        let ours = Summary::of(&praas_latency(&mut praas, &payload, warmup, iters)?);
+        push(Record::latency("invoke", &info, size, warmup, &ours, BASELINE, &base))?;
+    }
+
+    let ops = args.iters.unwrap_or(cli::THROUGHPUT_OPS);
+    let warmup = args.warmup.unwrap_or(cli::THROUGHPUT_WARMUP);
+    let payload = raw_tcp::payload(8);
+    for &in_flight in &args.in_flight {
+        eprintln!("praas-bench: throughput, {in_flight} in flight: {warmup} warm-up + {ops} measured completions");
+        let base = raw.throughput(&payload, in_flight, warmup, ops)?;
+        let ours = praas_throughput(&mut praas, &payload, in_flight, warmup, ops)?;
+        push(Record::throughput(&info, payload.len(), in_flight, ops, warmup, ours, BASELINE, base))?;
+    }
+
+    let iters = args.iters.unwrap_or(cli::LOCAL_ITERS);
+    let warmup = args.warmup.unwrap_or(cli::LOCAL_WARMUP);
+    for &size in &args.local_sizes {
+        eprintln!("praas-bench: local-invoke {size} B: {warmup} warm-up + {iters} measured local invocations");
+        local_loop(&mut praas, warmup, size)?;
+        let hist = local_loop(&mut praas, iters, size)?;
+        push(Record::unbaselined("local-invoke", &info, size, warmup, &Summary::of(&hist)))?;
+    }
+
+    drop(praas);
+    drop(raw);
+    drop(praas_server);
+    drop(raw_server);
+    reporter.finish(&info).map_err(|e| format!("cannot write the report: {e}"))
+}
+
+fn invoke_error(what: &str, e: ClientError) -> String {
+    format!("praas {what} failed: {e}")
+}
+
+/// Blocking `echo` round trips: `warmup` dropped, then `iters` measured; the echo is compared
+/// with the input before and after the measured loop.
+fn praas_latency(client: &mut Client, payload: &[u8], warmup: u64, iters: u64) -> Result<Histogram<u64>, String> {
+    let fail = |e| invoke_error(&format!("invocation of {ECHO} with {} bytes", payload.len()), e);
+    raw_tcp::verify("praas", payload, &client.invoke(ECHO, payload).map_err(fail)?)?;
+    for _ in 0..warmup {
+        client.invoke(ECHO, payload).map_err(fail)?;
+    }
+    let mut hist = report::histogram();
+    let mut last = Vec::new();
+    for _ in 0..iters {
+        let start = Instant::now();
+        let output = client.invoke(ECHO, payload).map_err(fail)?;
+        let elapsed = start.elapsed();
+        if output.len() != payload.len() {
+            return Err(format!("praas echoed {} bytes for {}", output.len(), payload.len()));
+        }
+        report::record(&mut hist, elapsed);
+        last = output;
+    }
+    if iters > 0 {
+        raw_tcp::verify("praas", payload, &last)?;
+    }
+    Ok(hist)
+}
+
+/// Pipelined `echo` on one connection: `in_flight` submitted, then each completion received is
+/// replaced by a new submission; returns completions per second over `ops` after `warmup`.
+fn praas_throughput(client: &mut Client, payload: &[u8], in_flight: u64, warmup: u64, ops: u64) -> Result<f64, String> {
+    let fail = |e| invoke_error(&format!("pipelined {ECHO}"), e);
+    raw_tcp::verify("praas", payload, &client.invoke(ECHO, payload).map_err(fail)?)?;
+    for _ in 0..in_flight {
+        client.submit(ECHO, payload).map_err(fail)?;
+    }
+    let next = |client: &mut Client| -> Result<Vec<u8>, String> {
+        let output = client.recv().map_err(fail)?.result.map_err(fail)?;
+        if output.len() != payload.len() {
+            return Err(format!("praas echoed {} bytes for {}", output.len(), payload.len()));
+        }
+        client.submit(ECHO, payload).map_err(fail)?;
+        Ok(output)
+    };
+    for _ in 0..warmup {
+        next(client)?;
+    }
+    let start = Instant::now();
+    for _ in 0..ops {
+        next(client)?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut last = Vec::new();
+    for _ in 0..in_flight {
+        last = client.recv().map_err(fail)?.result.map_err(fail)?;
+    }
+    raw_tcp::verify("praas", payload, &last)?;
+    Ok(ops as f64 / secs)
+}
+
+/// Invokes `local_loop` for `iters` local `echo` calls of `size` bytes; returns their durations.
+fn local_loop(client: &mut Client, iters: u64, size: usize) -> Result<Histogram<u64>, String> {
+    let input = format!("{iters} {size}");
+    let output = client.invoke("local_loop", input.as_bytes()).map_err(|e| invoke_error("local_loop", e))?;
+    durations(&output, iters)
+}
+
+/// The histogram of `local_loop`'s output: `iters` little-endian u64 nanosecond counts.
+fn durations(output: &[u8], iters: u64) -> Result<Histogram<u64>, String> {
+    if output.len() as u64 != iters * 8 {
+        return Err(format!("local_loop returned {} bytes for {iters} durations", output.len()));
+    }
+    let mut hist = report::histogram();
+    for chunk in output.chunks_exact(8) {
+        let ns = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        report::record(&mut hist, Duration::from_nanos(ns));
+    }
+    Ok(hist)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_loop_output_becomes_a_histogram() {
+        let output: Vec<u8> = [100u64, 200, 300].iter().flat_map(|ns| ns.to_le_bytes()).collect();
+        let hist = durations(&output, 3).unwrap();
+        assert_eq!(hist.len(), 3);
+        assert_eq!(hist.value_at_quantile(0.5), 200);
+        assert!(durations(&output, 4).unwrap_err().contains("24 bytes"));
+    }
+}

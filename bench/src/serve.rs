@@ -1,0 +1,47 @@
+//! The server children: a praas process on the transport under test, and the raw TCP echo baseline.
+//! Each pins itself before it starts a thread, so every thread it runs inherits the placement.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig};
+
+use crate::child::{announce, wait_for_stdin_close};
+use crate::cli::{ServePraasArgs, ServeRawArgs};
+use crate::placement::pin_current_thread;
+
+const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
+/// `serve-praas`: a process with one worker serving the manifest's functions.
+pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
+    pin_current_thread(args.cpu)?;
+    let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
+    let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
+    let config = ProcessConfig { id: "bench".into(), workers: 1, ..ProcessConfig::default() };
+    let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
+    let kind = args.transport.dataplane();
+    let transport = praas_dataplane::transport::bind(kind, LOOPBACK, Arc::clone(&process))
+        .map_err(|e| format!("cannot serve with {kind} on {LOOPBACK}: {e}"))?;
+    let server = transport.spawn().map_err(|e| format!("cannot start the {kind} transport: {e}"))?;
+    announce(server.local_addr()).map_err(|e| format!("cannot print the address: {e}"))?;
+    wait_for_stdin_close();
+    server.stop().map_err(|e| format!("transport failed: {e}"))
+}
+
+/// `serve-raw`: the blocking echo server of the baseline.
+pub fn raw(args: &ServeRawArgs) -> Result<(), String> {
+    pin_current_thread(args.cpu)?;
+    let listener = TcpListener::bind(LOOPBACK).map_err(|e| format!("cannot listen on {LOOPBACK}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name("raw-accept".into())
+        .spawn(move || {
+            if let Err(e) = crate::raw_tcp::serve(listener) {
+                eprintln!("raw echo server: accept failed: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    announce(addr).map_err(|e| format!("cannot print the address: {e}"))?;
+    wait_for_stdin_close();
+    Ok(())
+}
