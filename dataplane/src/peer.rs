@@ -48,6 +48,10 @@ const SERVER_ROLE: &[u8] = b"praas-server";
 const CLIENT_ROLE: &[u8] = b"praas-client";
 /// Idle connections kept per peer; more concurrent puts open more, closed after use.
 const MAX_IDLE_PER_PEER: usize = 8;
+/// Largest frame accepted from a peer on the sending side: handshake answers and
+/// acknowledgements carry at most an error text (or a nonce and a proof), never a payload, so a
+/// peer (authenticated or not yet) cannot make us allocate more than this.
+const ANSWER_LIMITS: FrameLimits = FrameLimits { max_frame: u16::MAX as usize + NONCE_LEN + PROOF_LEN };
 /// How long a put may take when the caller gives no deadline of its own.
 pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -468,7 +472,7 @@ impl PeerDirectory {
             WireError::Io(reason) => unreachable(reason),
         };
         conn.send(header, key.as_bytes(), data, deadline).map_err(wire)?;
-        let ack = conn.recv(self.limits, deadline).map_err(wire)?;
+        let ack = conn.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         let status = Status::from_code(ack.header.status);
         let answered = matches!(ack.header.kind, MessageKind::MessageAck | MessageKind::Response);
         if !answered || (ack.header.kind == MessageKind::MessageAck && ack.header.id != id) {
@@ -528,7 +532,7 @@ impl PeerDirectory {
         let nonce_a = auth::nonce();
         conn.send(hello, &me, &nonce_a, deadline).map_err(wire)?;
         // 2. The peer's identity, its nonce and its proof of the secret.
-        let challenge = conn.recv(self.limits, deadline).map_err(wire)?;
+        let challenge = conn.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         if challenge.header.status != Status::Ok.code() {
             return Err(refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
         }
@@ -553,7 +557,7 @@ impl PeerDirectory {
         let proof_a = auth::proof(&self.secret, &role_nonce(CLIENT_ROLE, nonce_b), &self.app, &self.id);
         conn.send(hello, &me, &proof_a, deadline).map_err(wire)?;
         // 4. Accepted, or why not.
-        let verdict = conn.recv(self.limits, deadline).map_err(wire)?;
+        let verdict = conn.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
             return Err(refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
         }
@@ -728,5 +732,62 @@ impl PeerSession {
                 Reply::answer(MessageKind::MessageAck, id, mailbox_status(&err), text.into_bytes(), Vec::new())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_the_control_planes_names_and_print_as_words() {
+        for status in STATUSES_FOR_TESTS {
+            assert_eq!(PeerStatus::from_control_name(&status.as_str().to_ascii_uppercase()), status);
+            assert_eq!(PeerStatus::from_control_name(status.as_str()), status);
+        }
+        assert_eq!(PeerStatus::from_control_name("no such status"), PeerStatus::Failure);
+        assert_eq!(PeerStatus::SwappedOut.to_string(), "swapped out");
+    }
+
+    const STATUSES_FOR_TESTS: [PeerStatus; 8] = [
+        PeerStatus::Allocating,
+        PeerStatus::Allocated,
+        PeerStatus::SwappingOut,
+        PeerStatus::SwappedOut,
+        PeerStatus::SwappingIn,
+        PeerStatus::Closing,
+        PeerStatus::Closed,
+        PeerStatus::Failure,
+    ];
+
+    #[test]
+    fn every_error_maps_to_the_status_a_function_sees() {
+        let dest = || "p1".to_owned();
+        let cases = [
+            (PeerError::UnknownPeer { dest: dest(), known: vec![] }, Status::NotFound),
+            (PeerError::SwappedOut { dest: dest() }, Status::Unavailable),
+            (PeerError::NotRunning { dest: dest(), status: PeerStatus::Closing }, Status::Unavailable),
+            (PeerError::Unreachable { dest: dest(), addr: "a".into(), reason: "r".into() }, Status::Unavailable),
+            (PeerError::Unauthenticated { dest: dest(), reason: "r".into() }, Status::Unauthenticated),
+            (PeerError::Timeout { dest: dest(), timeout: Duration::from_secs(1) }, Status::Timeout),
+            (PeerError::Refused { dest: dest(), status: Status::Overloaded, message: "m".into() }, Status::Overloaded),
+            (PeerError::TooLarge { size: 2, limit: 1 }, Status::TooLarge),
+            (PeerError::Local(MailboxError::Paused), Status::Overloaded),
+        ];
+        for (err, status) in cases {
+            assert_eq!(err.status(), status, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_put_to_itself_needs_no_peer_and_large_messages_are_refused_before_sending() {
+        let mailbox = Arc::new(Mailbox::new());
+        let peers = PeerDirectory::new("app", "me", "secret", 16, Arc::clone(&mailbox));
+        peers.put("me", "k", b"local", Duration::ZERO).unwrap();
+        assert_eq!(mailbox.get(Some("me"), "k", Duration::ZERO).unwrap().1, b"local");
+        peers.update(vec![PeerInfo { id: "far".into(), addr: "127.0.0.1:1".into(), status: PeerStatus::Allocated }]);
+        let err = peers.put("far", "k", &[0; 16], Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, PeerError::TooLarge { size: 17, limit: 16 }), "{err}");
+        assert_eq!(peers.known(), ["far"]);
     }
 }

@@ -3,8 +3,8 @@
 //! A function lives in a shared library and is exported under a C symbol with the signature
 //! [`praas_function`]. The runtime calls it with the input bytes, a [`praas_context`] and a
 //! [`praas_output`] buffer that the runtime owns: the function writes its result there, so returning
-//! a result never copies it. Everything a function may ask of the runtime (state, local
-//! invocations, the process id, logging, growing the output) goes through the function table
+//! a result never copies it. Everything a function may ask of the runtime (state, messages to
+//! other processes, local invocations, the process id, logging, growing the output) goes through the function table
 //! [`praas_api`] that the context points to: a function library links against nothing of praas.
 //!
 //! `ffi/include/praas.h` declares the same layout for C and C++; `tests/header.rs` compiles it
