@@ -229,6 +229,11 @@ pub fn mailbox_status(err: &MailboxError) -> Status {
 struct PeerConnection {
     stream: TcpStream,
     next_id: u64,
+    /// The socket timeouts last set. A blocking call returns at the latest then, and the loop
+    /// looks at its deadline again; they are set again only when a deadline is nearer than what
+    /// is set, or much farther (most puts set none: two system calls saved).
+    read_timeout: Option<Duration>,
+    write_timeout: Option<Duration>,
 }
 
 struct Peer {
@@ -272,29 +277,10 @@ fn left(deadline: Instant) -> Option<Duration> {
     Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
 }
 
-/// Writes every byte of `parts` with vectored writes.
-fn write_all_parts(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
-    let mut sent = 0usize;
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    while sent < total {
-        let mut skip = sent;
-        let mut iov = Vec::with_capacity(parts.len());
-        for part in parts {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            iov.push(IoSlice::new(&part[skip..]));
-            skip = 0;
-        }
-        match stream.write_vectored(&iov) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// Whether a socket timeout of `set` must be set again to wait `left`: it would outlast the
+/// deadline, or wake the caller many times before it.
+fn rearm(set: Option<Duration>, left: Duration) -> bool {
+    !matches!(set, Some(set) if set <= left && set >= left / 2)
 }
 
 /// A frame read from a peer: header, metadata and payload.
@@ -310,29 +296,53 @@ enum WireError {
 }
 
 impl PeerConnection {
+    /// Sends one frame (header, metadata, payload) with vectored writes, by `deadline`.
     fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
-        let left = left(deadline).ok_or(WireError::Timeout)?;
-        self.stream.set_write_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
         let header = Header { meta_len: meta.len() as u16, payload_len: payload.len() as u32, ..header };
-        write_all_parts(&mut self.stream, &[&header.encode(), meta, payload]).map_err(|e| {
-            if timed_out(&e) {
-                WireError::Timeout
-            } else {
-                WireError::Io(format!("sending: {e}"))
+        let head = header.encode();
+        let parts: [&[u8]; 3] = [&head, meta, payload];
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut sent = 0usize;
+        while sent < total {
+            let left = left(deadline).ok_or(WireError::Timeout)?;
+            if rearm(self.write_timeout, left) {
+                self.stream.set_write_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+                self.write_timeout = Some(left);
             }
-        })
+            let mut skip = sent;
+            let mut iov = Vec::with_capacity(parts.len());
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                iov.push(IoSlice::new(&part[skip..]));
+                skip = 0;
+            }
+            match self.stream.write_vectored(&iov) {
+                Ok(0) => return Err(WireError::Io("sending: the connection takes no more bytes".into())),
+                Ok(n) => sent += n,
+                // The socket's timeout passed: look at the deadline again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || timed_out(&e) => {}
+                Err(e) => return Err(WireError::Io(format!("sending: {e}"))),
+            }
+        }
+        Ok(())
     }
 
     fn read_exact(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), WireError> {
         let mut filled = 0;
         while filled < buf.len() {
             let left = left(deadline).ok_or(WireError::Timeout)?;
-            self.stream.set_read_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+            if rearm(self.read_timeout, left) {
+                self.stream.set_read_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+                self.read_timeout = Some(left);
+            }
             match self.stream.read(&mut buf[filled..]) {
                 Ok(0) => return Err(WireError::Io("the peer closed the connection".into())),
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if timed_out(&e) => return Err(WireError::Timeout),
+                // The socket's timeout passed: look at the deadline again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted || timed_out(&e) => {}
                 Err(e) => return Err(WireError::Io(format!("receiving: {e}"))),
             }
         }
@@ -519,7 +529,7 @@ impl PeerDirectory {
         }
         let stream = stream.ok_or_else(|| unreachable(last))?;
         stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
-        let mut conn = PeerConnection { stream, next_id: 1 };
+        let mut conn = PeerConnection { stream, next_id: 1, read_timeout: None, write_timeout: None };
         let wire = |err: WireError| match err {
             WireError::Timeout => timeout_error(started),
             WireError::Io(reason) => unreachable(reason),
