@@ -13,6 +13,7 @@ use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::mailbox::{Mailbox, MailboxError};
 use praas_dataplane::peer::{PeerError, PeerInfo, PeerStatus};
 use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
+use praas_dataplane::swap::SwapStore;
 use praas_dataplane::testing::{c_functions, example_manifest, serve_on, spec};
 use praas_dataplane::transport::{uring_available, TransportKind};
 use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, ServerHandle, Status};
@@ -343,6 +344,49 @@ fn a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message(kind: Tr
     assert_eq!(receiver.mailbox().len(), 3);
 }
 
+fn undelivered_messages_survive_a_swap_through_the_store(kind: TransportKind) {
+    let nodes = cluster(kind, &["h0", "h1"]);
+    let (sender, receiver) = (&nodes[0].process, &nodes[1].process);
+    sender.peers().put("h1", "a", b"a1", LONG).unwrap();
+    sender.peers().put("h1", "b", b"b1", LONG).unwrap();
+    sender.peers().put("h1", "a", b"a2", LONG).unwrap();
+    receiver.peers().put("h1", "a", b"own", LONG).unwrap();
+    assert_eq!(receiver.mailbox().get(None, "b", Duration::ZERO).unwrap().1, b"b1"); // delivered: not kept
+                                                                                     // Swap out as the control channel does: pause, (drain,) snapshot, write.
+    receiver.mailbox().pause();
+    assert!(receiver.drain(LONG));
+    let dir = std::env::temp_dir().join(format!("praas-messages-swap-{}-{}", kind, std::process::id()));
+    let store = SwapStore::new(&dir);
+    store.write(APP, "h1", receiver.state(), &receiver.mailbox().snapshot(), None).unwrap();
+    let Node { process: _old, server } = nodes.into_iter().nth(1).unwrap();
+    server.stop().unwrap();
+    // Swap in: a new process of the same id reads them back before serving.
+    let snapshot = store.read(APP, "h1").unwrap();
+    let fresh = Node::start(kind, "h1", APP, SECRET);
+    assert_eq!(fresh.process.restore_mailbox(&snapshot.mailbox), Ok(3));
+    let mailbox = fresh.process.mailbox();
+    assert_eq!(mailbox.get(None, "a", Duration::ZERO).unwrap(), ("h0".into(), b"a1".to_vec()));
+    assert_eq!(mailbox.get(None, "a", Duration::ZERO).unwrap(), ("h0".into(), b"a2".to_vec()));
+    assert_eq!(mailbox.get(None, "a", Duration::ZERO).unwrap(), ("h1".into(), b"own".to_vec()));
+    assert!(mailbox.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn a_get_never_waits_past_the_invocations_deadline(kind: TransportKind) {
+    let nodes = cluster(kind, &["i0"]);
+    let options = ClientOptions { timeout: LONG, invocation_timeout_ms: 200, ..ClientOptions::default() };
+    let mut client = Client::connect_with(nodes[0].server.local_addr(), options).unwrap();
+    let started = Instant::now();
+    let (status, message) = remote(client.invoke("msg_get", b"* never 60000").unwrap_err());
+    assert_eq!(status, Status::Timeout, "{message}");
+    // The function itself returned at the deadline: its worker is free again (without the cap
+    // the get would hold it for a minute).
+    while nodes[0].process.in_flight() > 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the get held its worker {:?}", started.elapsed());
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
     let c = c_functions();
     let mut manifest = example_manifest();
@@ -438,4 +482,6 @@ on_both_transports!(
     unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly,
     a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message,
     functions_put_and_get_through_the_abi_in_rust_and_c,
+    undelivered_messages_survive_a_swap_through_the_store,
+    a_get_never_waits_past_the_invocations_deadline,
 );
