@@ -19,6 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Round trips, throughput and local invocations of `echo`, against raw TCP ping-pong.
     Invoke(InvokeArgs),
+    /// Swap-out and swap-in of state, against a plain write and read of the same bytes.
+    Swap(SwapArgs),
+    /// Process-to-process put/get round trips, against raw TCP ping-pong.
+    Message(MessageArgs),
     /// (internal) Serve a praas process on 127.0.0.1:0 until stdin closes.
     #[command(hide = true)]
     ServePraas(ServePraasArgs),
@@ -93,6 +97,44 @@ pub struct InvokeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SwapArgs {
+    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Bytes of state, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1 << 20, 64 << 20, 256 << 20, 1 << 30])]
+    pub sizes: Vec<u64>,
+    /// Folder on the filesystem under test (default: a temporary folder).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Repetitions of each measurement; the median is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reps: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct MessageArgs {
+    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Pin the processes to CPU 1 and the client to CPU 0 (default: all on CPU 0).
+    #[arg(long)]
+    pub split: bool,
+    /// Message sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_values_t = [8, 1024, 65536, 1048576])]
+    pub sizes: Vec<usize>,
+    /// Measured round trips of every size (default: by size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: Option<u64>,
+    /// Warm-up round trips of every size (default: by size).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Seconds to wait for any response or server before giving up.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct ServePraasArgs {
     /// Manifest of the functions to serve.
     #[arg(long)]
@@ -103,6 +145,18 @@ pub struct ServePraasArgs {
     /// Data-plane transport to serve with.
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
     pub transport: TransportKind,
+    /// Process id.
+    #[arg(long, default_value = "bench")]
+    pub id: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// The application's secret, shared with the peers.
+    #[arg(long, default_value = "")]
+    pub secret: String,
+    /// A peer of the same application, `ID=HOST:PORT` (repeatable).
+    #[arg(long)]
+    pub peer: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -69,11 +69,18 @@ struct FunctionEntry<'a> {
     mode: &'a str,
 }
 
-/// The manifest text: `echo` and `noop` inline (on the I/O thread), `local_loop` on the worker.
+/// The manifest text: `echo` and `noop` inline (on the I/O thread), `local_loop` and the
+/// message benchmark's `msg_bounce` and `msg_roundtrip` on the worker.
 pub fn manifest_text(library: &Path) -> Result<String, String> {
     let entry = |name, mode| FunctionEntry { name, library, mode };
     let manifest = ManifestFile {
-        function: vec![entry("echo", "inline"), entry("noop", "inline"), entry("local_loop", "worker")],
+        function: vec![
+            entry("echo", "inline"),
+            entry("noop", "inline"),
+            entry("local_loop", "worker"),
+            entry("msg_bounce", "worker"),
+            entry("msg_roundtrip", "worker"),
+        ],
     };
     toml::to_string(&manifest).map_err(|e| format!("cannot write the manifest: {e}"))
 }
@@ -101,9 +108,9 @@ mod tests {
         let text = manifest_text(Path::new("/opt/a \"quoted\" dir/libx.so")).unwrap();
         let manifest = Manifest::from_toml(&text, Path::new("/elsewhere")).unwrap();
         let names: Vec<&str> = manifest.functions.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["echo", "noop", "local_loop"]);
+        assert_eq!(names, ["echo", "noop", "local_loop", "msg_bounce", "msg_roundtrip"]);
         assert_eq!(manifest.functions[0].library, Path::new("/opt/a \"quoted\" dir/libx.so"));
         let modes: Vec<String> = manifest.functions.iter().map(|f| format!("{:?}", f.mode)).collect();
-        assert_eq!(modes, ["Inline", "Inline", "Worker"]);
+        assert_eq!(modes, ["Inline", "Inline", "Worker", "Worker", "Worker"]);
     }
 }

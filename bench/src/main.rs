@@ -8,10 +8,12 @@ mod child;
 mod cli;
 mod functions;
 mod invoke;
+mod message;
 mod placement;
 mod raw_tcp;
 mod report;
 mod serve;
+mod swap;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Invoke(args) => invoke::run(args),
+        Command::Swap(args) => swap::run(args),
+        Command::Message(args) => message::run(args),
         Command::ServePraas(args) => serve::praas(args),
         Command::ServeRaw(args) => serve::raw(args),
     };

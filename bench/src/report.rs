@@ -68,7 +68,13 @@ pub struct Record {
     pub max_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ops_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secs: Option<f64>,
     pub baseline: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_secs: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_p50_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,7 +111,10 @@ impl Record {
             p999_ns: None,
             max_ns: None,
             ops_per_sec: None,
+            bytes: None,
+            secs: None,
             baseline: "none",
+            baseline_secs: None,
             baseline_p50_ns: None,
             baseline_p99_ns: None,
             baseline_ops_per_sec: None,
@@ -172,6 +181,28 @@ impl Record {
         record
     }
 
+    /// A one-shot transfer of `bytes` (a swap) taking `secs`, against a baseline moving the same
+    /// bytes in `baseline_secs`; `ratio` is our throughput over the baseline's.
+    pub fn transfer(
+        bench: &'static str,
+        info: &RunInfo,
+        bytes: u64,
+        iters: u64,
+        secs: f64,
+        baseline: &'static str,
+        baseline_secs: f64,
+    ) -> Self {
+        let mut record = Self::base(bench, info, bytes as usize, iters, 0);
+        record.transport = None;
+        record.bytes = Some(bytes);
+        record.secs = Some(round(secs, 6));
+        record.baseline = baseline;
+        record.baseline_secs = Some(round(baseline_secs, 6));
+        record.ratio = Some(round(baseline_secs / secs.max(f64::MIN_POSITIVE), 3));
+        record.higher_is_better = Some(true);
+        record
+    }
+
     /// The record as one line of JSON.
     pub fn json(&self) -> String {
         serde_json::to_string(self).expect("a record serializes")
@@ -180,13 +211,19 @@ impl Record {
     fn row(&self) -> [String; 9] {
         let dash = || "-".to_string();
         let time = |ns: Option<u64>| ns.map_or_else(dash, format_ns);
-        let (p50, baseline, ratio) = match self.ops_per_sec {
-            Some(rate) => (
+        let secs = |s: f64| format_ns((s * 1e9) as u64);
+        let (p50, baseline, ratio) = match (self.ops_per_sec, self.secs) {
+            (_, Some(ours)) => (
+                secs(ours),
+                self.baseline_secs.map_or_else(dash, secs),
+                self.ratio.map_or_else(dash, |r| format!("{r:.2} (higher better)")),
+            ),
+            (Some(rate), None) => (
                 format_rate(rate),
                 self.baseline_ops_per_sec.map_or_else(dash, format_rate),
                 self.ratio.map_or_else(dash, |r| format!("{r:.2} (higher better)")),
             ),
-            None => {
+            (None, None) => {
                 (time(self.p50_ns), time(self.baseline_p50_ns), self.ratio_p50.map_or_else(dash, |r| format!("{r:.2}")))
             }
         };

@@ -4,6 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
+use praas_dataplane::control_channel::{PeerEntry, PeerList};
 use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig};
 
 use crate::child::{announce, wait_for_stdin_close};
@@ -17,11 +18,23 @@ pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
     pin_current_thread(args.cpu)?;
     let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
     let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
-    let config = ProcessConfig { id: "bench".into(), workers: 1, ..ProcessConfig::default() };
+    let config = ProcessConfig {
+        id: args.id.clone(),
+        app: "bench".into(),
+        secret: args.secret.clone(),
+        workers: 1,
+        ..ProcessConfig::default()
+    };
     let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
+    let mut peers = Vec::new();
+    for peer in &args.peer {
+        let (id, addr) = peer.split_once('=').ok_or_else(|| format!("--peer {peer:?} is not ID=HOST:PORT"))?;
+        peers.push(PeerEntry { id: id.into(), addr: addr.into(), status: "ALLOCATED".into() });
+    }
+    process.set_peers(PeerList { peers });
     let kind = args.transport.dataplane();
-    let transport = praas_dataplane::transport::bind(kind, LOOPBACK, Arc::clone(&process))
-        .map_err(|e| format!("cannot serve with {kind} on {LOOPBACK}: {e}"))?;
+    let transport = praas_dataplane::transport::bind(kind, args.listen, Arc::clone(&process))
+        .map_err(|e| format!("cannot serve with {kind} on {}: {e}", args.listen))?;
     let server = transport.spawn().map_err(|e| format!("cannot start the {kind} transport: {e}"))?;
     announce(server.local_addr()).map_err(|e| format!("cannot print the address: {e}"))?;
     wait_for_stdin_close();

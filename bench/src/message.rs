@@ -1,0 +1,106 @@
+//! `message`: round trips of a message between two cloud processes (A puts to B, B gets it and
+//! puts it back, A gets the answer; every put returns once its destination stored the message),
+//! against the raw TCP ping-pong between two OS processes, in the same run with the same placement.
+//!
+//! A and B are separate OS processes of one application, started on ports chosen up front so each
+//! can be told the other's address; they authenticate each other as the data plane always does.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use praas_dataplane::{Client, ClientOptions};
+
+use crate::child::ChildServer;
+use crate::cli::MessageArgs;
+use crate::functions;
+use crate::placement::{self, Placement};
+use crate::raw_tcp::{self, RawClient};
+use crate::report::{self, Record, Reporter, RunInfo, Summary};
+
+fn free_port() -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
+    listener.local_addr().map_err(|e| e.to_string())
+}
+
+fn counts(size: usize, args: &MessageArgs) -> (u64, u64) {
+    let iters = args.iters.unwrap_or(match size {
+        0..=1024 => 5000,
+        1025..=65536 => 1000,
+        _ => 200,
+    });
+    let warmup = args.warmup.unwrap_or((iters / 10).max(20));
+    (warmup, iters)
+}
+
+/// Runs the whole `message` benchmark.
+pub fn run(args: &MessageArgs) -> Result<(), String> {
+    let placement = Placement::new(args.split);
+    placement.check(placement::online_cpus())?;
+    let info = RunInfo { transport: "tcp", placement: placement.describe(), host: placement::host() };
+    placement::pin_current_thread(placement.client)?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let library = functions::library()?;
+    let manifest = functions::write_manifest(&library)?;
+    let cpu = OsString::from(placement.server.to_string());
+    let secret = praas_dataplane::auth::new_secret();
+    let (addr_a, addr_b) = (free_port()?, free_port()?);
+    let peer = |id: &str, addr: SocketAddr| -> OsString { format!("{id}={addr}").into() };
+    let process = |id: &str, listen: SocketAddr, other: OsString| -> Vec<OsString> {
+        vec![
+            "serve-praas".into(),
+            "--manifest".into(),
+            manifest.path().into(),
+            "--cpu".into(),
+            cpu.clone(),
+            "--id".into(),
+            id.into(),
+            "--listen".into(),
+            listen.to_string().into(),
+            "--secret".into(),
+            secret.clone().into(),
+            "--peer".into(),
+            other,
+        ]
+    };
+    let a = ChildServer::spawn("process a", &process("a", addr_a, peer("b", addr_b)), None, timeout)?;
+    let b = ChildServer::spawn("process b", &process("b", addr_b, peer("a", addr_a)), None, timeout)?;
+    let raw =
+        ChildServer::spawn("raw TCP echo server", &["serve-raw".into(), "--cpu".into(), cpu.clone()], None, timeout)?;
+    let options = ClientOptions {
+        timeout,
+        transport: praas_dataplane::transport::TransportKind::Mio,
+        ..ClientOptions::default()
+    };
+    let mut client_a = Client::connect_with(a.addr(), options.clone()).map_err(|e| format!("process a: {e}"))?;
+    let mut client_b = Client::connect_with(b.addr(), options).map_err(|e| format!("process b: {e}"))?;
+    let mut raw_client = RawClient::connect(raw.addr(), timeout).map_err(|e| format!("raw server: {e}"))?;
+    let mut reporter = Reporter::new(args.json);
+    for &size in &args.sizes {
+        let (warmup, iters) = counts(size, args);
+        eprintln!("praas-bench: message {size} B: {warmup} warm-up + {iters} measured round trips");
+        let payload = raw_tcp::payload(size);
+        let baseline = raw_client.latency(&payload, warmup, iters)?;
+        let total = warmup + iters;
+        let bounce = client_b.submit("msg_bounce", format!("a {total}").as_bytes()).map_err(|e| format!("b: {e}"))?;
+        let times = client_a
+            .invoke("msg_roundtrip", format!("b {total} {size}").as_bytes())
+            .map_err(|e| format!("a: msg_roundtrip: {e}"))?;
+        let bounced = client_b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
+        if bounced != b"bounced" || times.len() as u64 != total * 8 {
+            return Err(format!("the round trips did not complete ({} timings for {total})", times.len() / 8));
+        }
+        let mut hist = report::histogram();
+        for chunk in times.chunks_exact(8).skip(warmup as usize) {
+            let ns = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            hist.saturating_record(ns.max(1));
+        }
+        let ours = Summary::of(&hist);
+        let base = Summary::of(&baseline);
+        reporter
+            .push(Record::latency("message", &info, size, warmup, &ours, "raw-tcp", &base))
+            .map_err(|e| format!("cannot print: {e}"))?;
+    }
+    drop((a, b, raw));
+    reporter.finish(&info).map_err(|e| format!("cannot print: {e}"))
+}
