@@ -2,9 +2,11 @@
 //! process of the control plane (`praas process serve`), on this machine.
 //!
 //! Resources: the child pins itself to `vcpus` CPUs (`sched_setaffinity`, round-robin over the
-//! machine's CPUs) and runs that many workers; memory is limited by a cgroup v2 `memory.max` when
-//! `/sys/fs/cgroup` is a writable cgroup v2 hierarchy with the memory controller, otherwise by
-//! `RLIMIT_AS` (address space, a looser bound: thread stacks and allocator arenas count too).
+//! machine's CPUs) and runs that many workers; memory is limited by a cgroup v2 `memory.max` (and
+//! CPU time by `cpu.max`) when `/sys/fs/cgroup` is a writable cgroup v2 hierarchy with the memory
+//! controller, otherwise by `RLIMIT_AS` (address space, a looser bound: thread stacks and
+//! allocator arenas count too). The child is moved into its cgroup right after it starts, before
+//! it has allocated anything of note.
 
 use std::fs::{self, File};
 use std::path::PathBuf;
@@ -86,12 +88,47 @@ pub trait Backend: Send + Sync {
 pub struct LocalBackend {
     praas: PathBuf,
     next_cpu: AtomicUsize,
+    /// A writable cgroup v2 folder with the memory controller, when the machine has one.
+    cgroups: Option<PathBuf>,
+}
+
+/// The cgroup v2 folder processes can be placed in: `/sys/fs/cgroup/praas`, when the unified
+/// hierarchy is mounted there, offers the memory controller, and lets us create the folder and
+/// enable the controllers for its children.
+fn cgroup_root() -> Option<PathBuf> {
+    let root = PathBuf::from("/sys/fs/cgroup");
+    let controllers = fs::read_to_string(root.join("cgroup.controllers")).ok()?;
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return None;
+    }
+    let ours = root.join("praas");
+    fs::create_dir_all(&ours).ok()?;
+    let enable = if controllers.split_whitespace().any(|c| c == "cpu") { "+memory +cpu" } else { "+memory" };
+    fs::write(ours.join("cgroup.subtree_control"), enable).ok()?;
+    Some(ours)
 }
 
 impl LocalBackend {
     /// A backend starting `praas` (the path of the praas binary).
     pub fn new(praas: PathBuf) -> Self {
-        Self { praas, next_cpu: AtomicUsize::new(0) }
+        let cgroups = cgroup_root();
+        match &cgroups {
+            Some(root) => tracing::info!("memory limits by cgroup v2 under {}", root.display()),
+            None => tracing::info!("no writable cgroup v2 memory controller: memory limits by RLIMIT_AS"),
+        }
+        Self { praas, next_cpu: AtomicUsize::new(0), cgroups }
+    }
+
+    /// Puts `pid` in a cgroup of its own with `memory.max` (and `cpu.max` for `vcpus`).
+    fn confine(&self, launch: &Launch, pid: u32) -> Result<(), String> {
+        let Some(root) = &self.cgroups else { return Ok(()) };
+        let group = root.join(format!("{}.{}", launch.app, launch.process));
+        fs::create_dir_all(&group).map_err(|e| format!("{}: {e}", group.display()))?;
+        let memory = launch.resources.memory_mb.saturating_mul(1 << 20).to_string();
+        fs::write(group.join("memory.max"), memory).map_err(|e| format!("memory.max: {e}"))?;
+        // vcpus whole CPUs per 100 ms period; absent without the cpu controller.
+        let _ = fs::write(group.join("cpu.max"), format!("{} 100000", u64::from(launch.resources.vcpus) * 100_000));
+        fs::write(group.join("cgroup.procs"), pid.to_string()).map_err(|e| format!("cgroup.procs: {e}"))
     }
 
     fn cpus_for(&self, vcpus: u32) -> String {
@@ -138,7 +175,6 @@ impl Backend for LocalBackend {
             .arg(&launch.files_dir)
             .args(["--workers", &launch.resources.vcpus.max(1).to_string()])
             .args(["--cpus", &self.cpus_for(launch.resources.vcpus.max(1))])
-            .args(["--memory-mb", &launch.resources.memory_mb.to_string()])
             .args(["--metrics-ms", &launch.metrics_interval.as_millis().to_string()])
             .current_dir(&launch.files_dir)
             .env("PRAAS_SECRET", &launch.secret)
@@ -148,8 +184,16 @@ impl Backend for LocalBackend {
         if launch.restore {
             command.arg("--restore");
         }
+        if self.cgroups.is_none() {
+            command.args(["--memory-mb", &launch.resources.memory_mb.to_string()]);
+        }
         let mut child = command.spawn().map_err(|e| fail(format!("{}: {e}", self.praas.display())))?;
         let pid = child.id();
+        if let Err(reason) = self.confine(launch, pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!("cannot apply its resources: {reason}")));
+        }
         std::thread::Builder::new()
             .name(format!("praas-exit-{pid}"))
             .spawn(move || {
