@@ -31,3 +31,11 @@ pub use transport::tcp::{TcpOptions, TcpTransport};
 #[cfg(feature = "rdma")]
 pub use transport::rdma::{RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport};
 pub use transport::{ServerHandle, Transport, TransportKind};
+
+// The SDK's client must move between threads (the control plane pools clients across its
+// request threads; users hand connections to worker threads): a raw pointer held by a
+// transport's state needs a justified `unsafe impl Send` there, not a !Send client.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Client>();
+};
