@@ -550,7 +550,7 @@ impl ControlPlane {
             .map(|((_, name), e)| PeerEntry {
                 id: name.clone(),
                 addr: e.record.data_addr.clone().unwrap_or_default(),
-                status: e.record.status.name().into(),
+                status: e.record.status,
             })
             .collect();
         let links: Vec<Link> =

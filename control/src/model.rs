@@ -33,53 +33,7 @@ pub struct Application {
     pub secret: String,
 }
 
-/// Lifecycle status of a cloud process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ProcessStatus {
-    /// Starting; not registered yet.
-    Allocating,
-    /// Registered and serving.
-    Allocated,
-    /// Draining and writing its snapshot.
-    SwappingOut,
-    /// Its snapshot is in the swap store; nothing runs.
-    SwappedOut,
-    /// Starting from its snapshot.
-    SwappingIn,
-    /// Stopping on request.
-    Closing,
-    /// Stopped on request.
-    Closed,
-    /// Died or could not start.
-    Failure,
-}
-
-impl ProcessStatus {
-    /// The name the API and the CLI show.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Allocating => "ALLOCATING",
-            Self::Allocated => "ALLOCATED",
-            Self::SwappingOut => "SWAPPING_OUT",
-            Self::SwappedOut => "SWAPPED_OUT",
-            Self::SwappingIn => "SWAPPING_IN",
-            Self::Closing => "CLOSING",
-            Self::Closed => "CLOSED",
-            Self::Failure => "FAILURE",
-        }
-    }
-
-    /// Whether an OS process should be running in this status.
-    pub fn is_running(self) -> bool {
-        matches!(self, Self::Allocating | Self::Allocated | Self::SwappingOut | Self::SwappingIn | Self::Closing)
-    }
-
-    /// Whether the status will change without a request (a transition is under way).
-    pub fn is_transient(self) -> bool {
-        matches!(self, Self::Allocating | Self::SwappingOut | Self::SwappingIn | Self::Closing)
-    }
-}
+pub use praas_dataplane::lifecycle::ProcessStatus;
 
 /// The last swap of a process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,22 +105,6 @@ pub fn valid_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_names_match_serde() {
-        for status in [
-            ProcessStatus::Allocating,
-            ProcessStatus::Allocated,
-            ProcessStatus::SwappingOut,
-            ProcessStatus::SwappedOut,
-            ProcessStatus::SwappingIn,
-            ProcessStatus::Closing,
-            ProcessStatus::Closed,
-            ProcessStatus::Failure,
-        ] {
-            assert_eq!(serde_json::to_string(&status).unwrap(), format!("\"{}\"", status.name()));
-        }
-    }
 
     #[test]
     fn names_are_checked() {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
+use crate::lifecycle::ProcessStatus;
 use crate::process::Process;
 use crate::protocol::{decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status};
 use crate::swap::{SwapReport, SwapStore};
@@ -81,8 +82,8 @@ pub struct PeerEntry {
     pub id: String,
     /// Data-plane address.
     pub addr: String,
-    /// Lifecycle status as the control plane names it (`ALLOCATED`, `SWAPPED_OUT`, ...).
-    pub status: String,
+    /// Its lifecycle status.
+    pub status: ProcessStatus,
 }
 
 /// The peers of the application.

@@ -13,6 +13,7 @@ pub mod client;
 pub mod control_channel;
 pub mod function;
 pub mod invocation;
+pub mod lifecycle;
 pub mod mailbox;
 pub mod peer;
 pub mod process;

@@ -37,6 +37,7 @@ use thiserror::Error;
 
 use crate::auth::{self, NONCE_LEN, PROOF_LEN};
 use crate::buffer::BufferPool;
+use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
 use crate::process::Process;
 use crate::protocol::{FrameLimits, Header, MessageKind, Status, HEADER_LEN};
@@ -55,66 +56,6 @@ const ANSWER_LIMITS: FrameLimits = FrameLimits { max_frame: u16::MAX as usize + 
 /// How long a put may take when the caller gives no deadline of its own.
 pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Lifecycle of a process, as the control plane announces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PeerStatus {
-    /// Being started.
-    Allocating,
-    /// Running: messages can be put to it.
-    Allocated,
-    /// Writing its state to storage.
-    SwappingOut,
-    /// In storage, not running.
-    SwappedOut,
-    /// Being restored from storage.
-    SwappingIn,
-    /// Stopping.
-    Closing,
-    /// Stopped.
-    Closed,
-    /// Died unexpectedly.
-    Failure,
-}
-
-impl PeerStatus {
-    /// The status for a name the control plane uses (`ALLOCATED`, `SWAPPED_OUT`, ...; any case);
-    /// an unknown name counts as `Failure` (not reachable).
-    pub fn from_control_name(name: &str) -> Self {
-        match name.to_ascii_lowercase().as_str() {
-            "allocating" => Self::Allocating,
-            "allocated" => Self::Allocated,
-            "swapping_out" => Self::SwappingOut,
-            "swapped_out" => Self::SwappedOut,
-            "swapping_in" => Self::SwappingIn,
-            "closing" => Self::Closing,
-            "closed" => Self::Closed,
-            _ => Self::Failure,
-        }
-    }
-
-    /// Lower-case name, as in the control plane's messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allocating => "allocating",
-            Self::Allocated => "allocated",
-            Self::SwappingOut => "swapping_out",
-            Self::SwappedOut => "swapped_out",
-            Self::SwappingIn => "swapping_in",
-            Self::Closing => "closing",
-            Self::Closed => "closed",
-            Self::Failure => "failure",
-        }
-    }
-}
-
-/// Words, for error texts: `swapped out`.
-impl std::fmt::Display for PeerStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.as_str().replace('_', " "))
-    }
-}
-
 /// One process of the application, as the control plane last announced it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -123,7 +64,7 @@ pub struct PeerInfo {
     /// Its data-plane address, `host:port`.
     pub addr: String,
     /// Its status.
-    pub status: PeerStatus,
+    pub status: ProcessStatus,
 }
 
 /// Why a message was not delivered. [`PeerError::status`] gives the code a function sees.
@@ -149,7 +90,7 @@ pub enum PeerError {
         /// The destination.
         dest: String,
         /// Its status.
-        status: PeerStatus,
+        status: ProcessStatus,
     },
     /// No connection to the destination could be opened, or it broke.
     #[error("process {dest:?} at {addr} is unreachable: {reason}")]
@@ -243,7 +184,7 @@ struct Peer {
 }
 
 struct Entry {
-    status: PeerStatus,
+    status: ProcessStatus,
     peer: Arc<Peer>,
 }
 
@@ -403,7 +344,7 @@ impl PeerDirectory {
                 Some(old) if old.peer.addr == info.addr => old.peer,
                 _ => Arc::new(Peer { addr: info.addr, idle: Mutex::new(Vec::new()) }),
             };
-            if info.status != PeerStatus::Allocated {
+            if info.status != ProcessStatus::Allocated {
                 peer.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
             next.insert(info.id, Entry { status: info.status, peer });
@@ -452,8 +393,8 @@ impl PeerDirectory {
                 return Err(PeerError::UnknownPeer { dest: dest.to_owned(), known: self.known() });
             };
             match entry.status {
-                PeerStatus::Allocated => Arc::clone(&entry.peer),
-                PeerStatus::SwappedOut => return Err(PeerError::SwappedOut { dest: dest.to_owned() }),
+                ProcessStatus::Allocated => Arc::clone(&entry.peer),
+                ProcessStatus::SwappedOut => return Err(PeerError::SwappedOut { dest: dest.to_owned() }),
                 status => return Err(PeerError::NotRunning { dest: dest.to_owned(), status }),
             }
         };
@@ -750,33 +691,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_read_the_control_planes_names_and_print_as_words() {
-        for status in STATUSES_FOR_TESTS {
-            assert_eq!(PeerStatus::from_control_name(&status.as_str().to_ascii_uppercase()), status);
-            assert_eq!(PeerStatus::from_control_name(status.as_str()), status);
-        }
-        assert_eq!(PeerStatus::from_control_name("no such status"), PeerStatus::Failure);
-        assert_eq!(PeerStatus::SwappedOut.to_string(), "swapped out");
-    }
-
-    const STATUSES_FOR_TESTS: [PeerStatus; 8] = [
-        PeerStatus::Allocating,
-        PeerStatus::Allocated,
-        PeerStatus::SwappingOut,
-        PeerStatus::SwappedOut,
-        PeerStatus::SwappingIn,
-        PeerStatus::Closing,
-        PeerStatus::Closed,
-        PeerStatus::Failure,
-    ];
-
-    #[test]
     fn every_error_maps_to_the_status_a_function_sees() {
         let dest = || "p1".to_owned();
         let cases = [
             (PeerError::UnknownPeer { dest: dest(), known: vec![] }, Status::NotFound),
             (PeerError::SwappedOut { dest: dest() }, Status::Unavailable),
-            (PeerError::NotRunning { dest: dest(), status: PeerStatus::Closing }, Status::Unavailable),
+            (PeerError::NotRunning { dest: dest(), status: ProcessStatus::Closing }, Status::Unavailable),
             (PeerError::Unreachable { dest: dest(), addr: "a".into(), reason: "r".into() }, Status::Unavailable),
             (PeerError::Unauthenticated { dest: dest(), reason: "r".into() }, Status::Unauthenticated),
             (PeerError::Timeout { dest: dest(), timeout: Duration::from_secs(1) }, Status::Timeout),
@@ -795,7 +715,7 @@ mod tests {
         let peers = PeerDirectory::new("app", "me", "secret", 16, Arc::clone(&mailbox));
         peers.put("me", "k", b"local", Duration::ZERO).unwrap();
         assert_eq!(mailbox.get(Some("me"), "k", Duration::ZERO).unwrap().1, b"local");
-        peers.update(vec![PeerInfo { id: "far".into(), addr: "127.0.0.1:1".into(), status: PeerStatus::Allocated }]);
+        peers.update(vec![PeerInfo { id: "far".into(), addr: "127.0.0.1:1".into(), status: ProcessStatus::Allocated }]);
         let err = peers.put("far", "k", &[0; 16], Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, PeerError::TooLarge { size: 17, limit: 16 }), "{err}");
         assert_eq!(peers.known(), ["far"]);

@@ -20,7 +20,7 @@ use crate::control_channel::PeerList;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
 use crate::invocation::{execute, unknown_function_message, Outcome};
 use crate::mailbox::Mailbox;
-use crate::peer::{PeerDirectory, PeerInfo, PeerStatus};
+use crate::peer::{PeerDirectory, PeerInfo};
 use crate::protocol::{Status, DEFAULT_MAX_FRAME};
 use crate::state::{now_ns, StateStore};
 
@@ -274,7 +274,7 @@ impl Process {
             .peers
             .into_iter()
             .filter(|p| p.id != self.config.id)
-            .map(|p| PeerInfo { status: PeerStatus::from_control_name(&p.status), id: p.id, addr: p.addr })
+            .map(|p| PeerInfo { status: p.status, id: p.id, addr: p.addr })
             .collect();
         self.peers.update(peers);
     }

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use praas_dataplane::auth;
 use praas_dataplane::function::{ExecutionMode, Manifest};
+use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::mailbox::{Mailbox, MailboxError};
-use praas_dataplane::peer::{PeerError, PeerInfo, PeerStatus};
+use praas_dataplane::peer::{PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::testing::{c_functions, example_manifest, serve_on, spec};
@@ -45,7 +46,7 @@ impl Node {
         PeerInfo {
             id: self.process.id().to_owned(),
             addr: self.server.local_addr().to_string(),
-            status: PeerStatus::Allocated,
+            status: ProcessStatus::Allocated,
         }
     }
 
@@ -279,14 +280,14 @@ fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly(kind: Transpo
     // Accepts connections (the kernel does) but never answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut peers = vec![nodes[0].info(), nodes[1].info()];
-    peers.push(PeerInfo { id: "dead".into(), addr: dead_addr, status: PeerStatus::Allocated });
+    peers.push(PeerInfo { id: "dead".into(), addr: dead_addr, status: ProcessStatus::Allocated });
     peers.push(PeerInfo {
         id: "silent".into(),
         addr: silent.local_addr().unwrap().to_string(),
-        status: PeerStatus::Allocated,
+        status: ProcessStatus::Allocated,
     });
-    peers.push(PeerInfo { id: "stored".into(), addr: "127.0.0.1:1".into(), status: PeerStatus::SwappedOut });
-    peers.push(PeerInfo { id: "booting".into(), addr: "127.0.0.1:1".into(), status: PeerStatus::Allocating });
+    peers.push(PeerInfo { id: "stored".into(), addr: "127.0.0.1:1".into(), status: ProcessStatus::SwappedOut });
+    peers.push(PeerInfo { id: "booting".into(), addr: "127.0.0.1:1".into(), status: ProcessStatus::Allocating });
     sender.peers().update(peers);
 
     let started = Instant::now();
@@ -303,7 +304,7 @@ fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly(kind: Transpo
     assert_eq!(err.to_string(), "process \"stored\" is swapped out: messages to it are refused until it is swapped in");
     assert_eq!(err.status(), Status::Unavailable);
     let err = sender.peers().put("booting", "k", b"x", LONG).unwrap_err();
-    assert!(matches!(err, PeerError::NotRunning { status: PeerStatus::Allocating, .. }), "{err}");
+    assert!(matches!(err, PeerError::NotRunning { status: ProcessStatus::Allocating, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5), "errors took {:?}", started.elapsed());
 
     let started = Instant::now();
