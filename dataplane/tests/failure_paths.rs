@@ -273,3 +273,32 @@ fn a_full_ring_delays_work_and_drops_nothing() {
     }
     drop(server);
 }
+
+/// io_uring only: zero-copy sends (forced on loopback, where they are off by default) of large
+/// responses, to fast and slow readers: each frame stays alive until its notification.
+#[test]
+fn zero_copy_sends_deliver_every_byte() {
+    use praas_dataplane::transport::uring::{UringOptions, UringTransport};
+    if !praas_dataplane::transport::uring_available() {
+        eprintln!("skipped: io_uring is unavailable on this kernel");
+        return;
+    }
+    let functions = FunctionRegistry::load(&example_manifest()).unwrap();
+    let process = Process::start(config(2), functions).unwrap();
+    let options =
+        UringOptions { zero_copy_threshold: Some(16 << 10), zero_copy_on_loopback: true, ..UringOptions::default() };
+    let transport = UringTransport::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&process), options).unwrap();
+    let server = Box::new(transport).spawn().unwrap();
+    let mut client = client(TransportKind::Uring, server.local_addr());
+    for (n, size) in [16 << 10, 100_000, 1 << 20, 5 << 20].into_iter().enumerate() {
+        let input = pattern(size, 500 + n as u64);
+        assert!(client.invoke("echo", &input).unwrap() == input, "{size} bytes");
+    }
+    let inputs: Vec<Vec<u8>> = (0..8).map(|i| pattern(300_000 + i * 1000, 600 + i as u64)).collect();
+    let ids: Vec<u64> = inputs.iter().map(|input| client.submit("echo_worker", input).unwrap()).collect();
+    for (id, input) in ids.iter().zip(&inputs) {
+        assert!(client.wait(*id).unwrap() == *input);
+    }
+    drop(client);
+    wait_for_pool(&process);
+}

@@ -12,12 +12,17 @@
 use std::io::{self, IoSlice};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
+use std::thread::ThreadId;
 use std::time::Instant;
 
 use io_uring::types::{Fd, SubmitArgs, Timespec};
 use io_uring::{opcode, squeue, IoUring};
 
 use super::probe::{build_ring, check, RingConfig};
+
+/// `IORING_RECVSEND_POLL_FIRST` (include/uapi/linux/io_uring.h): wait for readiness before
+/// the first attempt.
+const IORING_RECVSEND_POLL_FIRST: u16 = 1;
 
 /// Most iovecs of one send.
 const MAX_IOV: usize = 8;
@@ -26,6 +31,10 @@ const MAX_IOV: usize = 8;
 pub struct UringStream {
     ring: IoUring,
     fd: RawFd,
+    /// The thread that created `ring`: the only one that may submit to it (single issuer).
+    owner: ThreadId,
+    /// The `msghdr` and iovecs of sends, reused (boxed: the kernel reads them by address).
+    iov: Box<Iovecs>,
 }
 
 impl std::fmt::Debug for UringStream {
@@ -39,8 +48,25 @@ impl UringStream {
     /// for as long as it uses this value.
     pub fn new(stream: &TcpStream) -> io::Result<Self> {
         check().map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
-        let ring = build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer: false })?;
-        Ok(Self { ring, fd: stream.as_raw_fd() })
+        // SAFETY: all-zero iovecs and msghdr are valid (null pointers, zero lengths).
+        let iov: Box<Iovecs> = Box::new(unsafe { std::mem::zeroed() });
+        Ok(Self { ring: Self::ring()?, fd: stream.as_raw_fd(), owner: std::thread::current().id(), iov })
+    }
+
+    /// A single-issuer ring with deferred task work: completions are processed only when this
+    /// thread waits for them, without interrupting it otherwise.
+    fn ring() -> io::Result<IoUring> {
+        build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer: true })
+    }
+
+    /// A client may move to another thread between calls; its ring (idle then) is made anew there.
+    fn adopt(&mut self) -> io::Result<()> {
+        let me = std::thread::current().id();
+        if self.owner != me {
+            self.ring = Self::ring()?;
+            self.owner = me;
+        }
+        Ok(())
     }
 
     /// Sends every byte of `bufs`.
@@ -48,10 +74,11 @@ impl UringStream {
         let mut sent = 0;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         while sent < total {
-            let mut iov = Iovecs::new(bufs, sent);
-            let entry = iov.send_entry(self.fd);
-            // SAFETY: `iov` and the slices it points to live until `run` returns, and `run`
-            // returns only when the send has completed (or was cancelled and reaped).
+            self.iov.fill(bufs, sent);
+            let entry = self.iov.send_entry(self.fd);
+            // SAFETY: the iovecs (boxed in `self`) and the slices they point to live until `run`
+            // returns, and `run` returns only when the send has completed (or was cancelled and
+            // reaped).
             let [result, _] = unsafe { self.run(&[entry], deadline)? };
             sent += check_sent(result)?;
         }
@@ -62,9 +89,12 @@ impl UringStream {
     /// when the send completes whole. Returns the bytes received (0: the peer closed).
     pub fn send_then_recv(&mut self, bufs: &[IoSlice<'_>], buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut iov = Iovecs::new(bufs, 0);
-        let send = iov.send_entry(self.fd).flags(squeue::Flags::IO_LINK);
-        let recv = recv_entry(self.fd, buf, false);
+        self.iov.fill(bufs, 0);
+        // Not linked: the kernel takes entries in order, so the send has gone out (or is queued
+        // on the socket) when the receive is issued, and a linked receive would be issued later,
+        // through task work. The receive waits for readiness first: the answer cannot be there yet.
+        let send = self.iov.send_entry(self.fd);
+        let recv = recv_entry(self.fd, buf, false, true);
         // SAFETY: the iovecs, the slices they name and `buf` live until `run` returns, and `run`
         // returns only when both operations completed (or were cancelled and reaped).
         let [sent, received] = unsafe { self.run(&[send, recv], deadline)? };
@@ -85,7 +115,7 @@ impl UringStream {
     /// Receives into `buf`: at least one byte, or (with `all`) all of `buf` unless the peer
     /// closes first. Returns the bytes received (0: the peer closed).
     pub fn recv(&mut self, buf: &mut [u8], all: bool, deadline: Instant) -> io::Result<usize> {
-        let entry = recv_entry(self.fd, buf, all);
+        let entry = recv_entry(self.fd, buf, all, false);
         // SAFETY: `buf` lives until `run` returns, which is after the receive completed or was
         // cancelled and reaped.
         let [result, _] = unsafe { self.run(&[entry], deadline)? };
@@ -103,6 +133,7 @@ impl UringStream {
     /// # Safety
     /// Every buffer the entries point to must stay valid until this function returns.
     unsafe fn run(&mut self, entries: &[squeue::Entry], deadline: Instant) -> io::Result<[Option<i32>; 2]> {
+        self.adopt()?;
         let mut results = [None, None];
         let mut waiting = entries.len();
         {
@@ -129,16 +160,19 @@ impl UringStream {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(e),
             }
+            let mut failed = false;
             for cqe in self.ring.completion() {
                 let index = cqe.user_data() as usize;
                 if let Some(slot) = results.get_mut(index) {
                     if slot.is_none() {
                         *slot = Some(cqe.result());
+                        failed |= cqe.result() < 0;
                         waiting -= 1;
                     }
                 }
             }
-            if waiting > 0 && !timed_out && Instant::now() >= deadline {
+            // A failed send leaves its receive waiting for an answer that cannot come: end it.
+            if waiting > 0 && !timed_out && (failed || Instant::now() >= deadline) {
                 timed_out = true;
                 let mut sq = self.ring.submission();
                 for index in 0..entries.len() {
@@ -171,9 +205,13 @@ fn check_sent(result: Option<i32>) -> io::Result<usize> {
     }
 }
 
-fn recv_entry(fd: RawFd, buf: &mut [u8], all: bool) -> squeue::Entry {
+fn recv_entry(fd: RawFd, buf: &mut [u8], all: bool, poll_first: bool) -> squeue::Entry {
     let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-    opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len).flags(if all { libc::MSG_WAITALL } else { 0 }).build()
+    let ioprio = if poll_first { IORING_RECVSEND_POLL_FIRST } else { 0 };
+    opcode::Recv::new(Fd(fd), buf.as_mut_ptr(), len)
+        .flags(if all { libc::MSG_WAITALL } else { 0 })
+        .ioprio(ioprio)
+        .build()
 }
 
 /// `bufs` without its first `skip` bytes.
@@ -205,11 +243,17 @@ struct Iovecs {
     msg: libc::msghdr,
 }
 
+// SAFETY: the raw pointers inside point into the slices of the call that filled them and are
+// used only by the kernel during that same call (`&mut UringStream`); between calls they are
+// dead values, so moving them to another thread moves nothing shared.
+unsafe impl Send for Iovecs {}
+// SAFETY: as above; a shared reference gives no access to the pointers.
+unsafe impl Sync for Iovecs {}
+
 impl Iovecs {
-    /// The iovecs of `bufs` without their first `skip` bytes (at most `MAX_IOV` of them).
-    fn new(bufs: &[IoSlice<'_>], mut skip: usize) -> Box<Self> {
-        // SAFETY: all-zero iovecs and msghdr are valid (null pointers, zero lengths).
-        let mut this: Box<Self> = Box::new(unsafe { std::mem::zeroed() });
+    /// Points the iovecs at `bufs` without their first `skip` bytes (at most `MAX_IOV` of them).
+    fn fill(&mut self, bufs: &[IoSlice<'_>], mut skip: usize) {
+        let this = self;
         let mut count = 0;
         for buf in bufs {
             if skip >= buf.len() {
@@ -226,7 +270,6 @@ impl Iovecs {
         }
         this.msg.msg_iov = this.iov.as_mut_ptr();
         this.msg.msg_iovlen = count as _;
-        this
     }
 
     fn send_entry(&mut self, fd: RawFd) -> squeue::Entry {

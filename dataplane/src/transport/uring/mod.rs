@@ -43,8 +43,12 @@ pub struct UringOptions {
     pub recv_buffers: u16,
     /// Bytes of each receive buffer; larger frames get a buffer of their own.
     pub recv_buffer_size: usize,
-    /// Sends of at least this many bytes use `SENDMSG_ZC`; `None`: never.
+    /// Sends of at least this many bytes to a peer on another host use `SENDMSG_ZC`; `None`:
+    /// never. Loopback peers get plain sends: local delivery copies zero-copy pages anyway, and
+    /// measured slower (`docs/uring.md`).
     pub zero_copy_threshold: Option<usize>,
+    /// Use `SENDMSG_ZC` for loopback peers too (for tests of that path).
+    pub zero_copy_on_loopback: bool,
     /// Invocations of one connection at the workers before it stops being read.
     pub max_outstanding: usize,
     /// Response bytes queued for one connection before it stops being read.
@@ -62,6 +66,7 @@ impl Default for UringOptions {
             recv_buffers: 8,
             recv_buffer_size: 32 << 10,
             zero_copy_threshold: DEFAULT_ZERO_COPY_THRESHOLD,
+            zero_copy_on_loopback: false,
             max_outstanding: 4096,
             max_queued_bytes: 64 << 20,
             linger: Duration::from_secs(2),

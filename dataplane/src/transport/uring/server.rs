@@ -160,6 +160,8 @@ struct Conn {
     zc_hold: Vec<Box<OutFrame>>,
     /// Shut the sending side once the queue is flushed (after a protocol error response).
     shutdown_after_flush: bool,
+    /// The peer is on this host: loopback delivery copies zero-copy sends anyway, so none are made.
+    loopback: bool,
     /// Operations in flight (each multishot counts once, a zero-copy send until its notification).
     in_flight: usize,
     closing: bool,
@@ -230,7 +232,6 @@ impl EventLoop {
             single_issuer: true,
         })?;
         Ok(Self {
-            ring,
             listener,
             process,
             options,
@@ -243,6 +244,7 @@ impl EventLoop {
             retry: Vec::new(),
             accept_armed: false,
             wake_armed: false,
+            ring,
         })
     }
 
@@ -305,13 +307,16 @@ impl EventLoop {
     }
 
     /// Submits what was pushed and waits for at least one completion (or the next timer).
+    ///
+    /// (Waiting for one completion more than the sends just pushed, with a minimum-wait timeout,
+    /// would save the second `io_uring_enter` a ping-pong costs; measured on 6.18 it doubled the
+    /// round trip instead: `docs/uring.md`.)
     fn wait(&mut self) -> io::Result<()> {
         let timeout = self.retry.iter().map(|(at, _)| at.saturating_duration_since(Instant::now())).min();
         let result = match timeout {
             Some(t) => {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
-                let args = SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
+                self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
             }
             None => self.ring.submit_and_wait(1),
         };
@@ -404,6 +409,7 @@ impl EventLoop {
             return Err(e);
         }
         let generation = self.generations[slot];
+        let loopback = is_loopback_peer(&fd);
         let key = ((slot as u64) << 32) | generation as u64;
         let sink: Arc<dyn ResponseSink> = Arc::new(ConnSink { key, shared: Arc::clone(&self.shared) });
         // SAFETY: an all-zero msghdr and iovecs are valid values (null pointers, zero lengths).
@@ -429,6 +435,7 @@ impl EventLoop {
             zc_notifs: 0,
             zc_hold: Vec::new(),
             shutdown_after_flush: false,
+            loopback,
             in_flight: 0,
             closing: false,
             cancel_all_sent: false,
@@ -690,7 +697,8 @@ impl EventLoop {
         state.msg.msg_iov = state.iov.as_mut_ptr();
         state.msg.msg_iovlen = count as _;
         let fd = Fd(conn.fd.as_raw_fd());
-        let zero_copy = self.options.zero_copy_threshold.is_some_and(|t| bytes >= t);
+        let zero_copy = (!conn.loopback || self.options.zero_copy_on_loopback)
+            && self.options.zero_copy_threshold.is_some_and(|t| bytes >= t);
         let entry = if zero_copy {
             opcode::SendMsgZc::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
         } else {
@@ -1002,4 +1010,30 @@ fn refuse(conn: &mut Conn, err: FrameError, id: u64, options: &UringOptions) {
     conn.state = ReadState::Lingering(Instant::now() + options.linger);
     conn.assembly = None;
     conn.large = None;
+}
+
+/// Whether the socket's peer is a loopback address.
+fn is_loopback_peer(fd: &OwnedFd) -> bool {
+    // SAFETY: `fd` is a socket we own; getpeername writes at most `len` bytes into `addr`.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above: a live, large enough sockaddr_storage and its length.
+    let rc = unsafe { libc::getpeername(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) };
+    if rc != 0 {
+        return false;
+    }
+    match addr.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4 = unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).is_loopback()
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6 = unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        _ => false,
+    }
 }
