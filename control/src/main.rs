@@ -200,6 +200,11 @@ struct ServeArgs {
     /// allows it, else mio (logged once).
     #[arg(long, default_value = "auto")]
     transport: TransportKind,
+    /// Also serve over RDMA verbs on this address (the RDMA device's IP; clients use
+    /// rdma://HOST:PORT). Port 0 picks a free port (printed on start).
+    #[cfg(feature = "rdma")]
+    #[arg(long)]
+    rdma_listen: Option<SocketAddr>,
     /// The control plane's control channel to register with (HOST:PORT).
     #[arg(long)]
     control_channel: Option<SocketAddr>,
@@ -228,7 +233,8 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct InvokeArgs {
-    /// Without --app: the data-plane address of the process (HOST:PORT). With --app: a process name.
+    /// Without --app: the data-plane address of the process (HOST:PORT, or rdma://HOST:PORT for
+    /// the RDMA transport). With --app: a process name.
     #[arg(long)]
     process: Option<String>,
     /// Invoke through the control plane, on a process of this application.
@@ -411,6 +417,19 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let server = transport.spawn().map_err(|e| format!("cannot start the transport: {e}"))?;
     // Scripts read this line to learn the port.
     println!("listening on {}", server.local_addr());
+    #[cfg(feature = "rdma")]
+    let _rdma_server = match args.rdma_listen {
+        Some(addr) => {
+            let options = praas_dataplane::RdmaOptions::default();
+            let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(&process), options)
+                .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
+            let rdma = praas_dataplane::Transport::spawn(Box::new(rdma))
+                .map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
+            println!("rdma listening on rdma://{}", rdma.local_addr());
+            Some(rdma)
+        }
+        None => None,
+    };
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     tracing::info!(process = process.id(), functions = %names, "serving");
     let Some(control_addr) = args.control_channel else {
@@ -451,6 +470,18 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     let input = read_input(&args.input)?;
     let output = match (&args.app, &args.process) {
         (Some(app), process) => api.invoke(app, &args.function, process.as_deref(), &input)?,
+        #[cfg(feature = "rdma")]
+        (None, Some(addr)) if addr.starts_with("rdma://") => {
+            let addr = &addr["rdma://".len()..];
+            let options = praas_dataplane::RdmaClientOptions {
+                timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
+                invocation_timeout_ms: args.timeout_ms,
+                ..praas_dataplane::RdmaClientOptions::default()
+            };
+            let mut client = praas_dataplane::RdmaClient::connect_with(addr, options)
+                .map_err(|e| format!("cannot connect to rdma://{addr}: {e}"))?;
+            client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?
+        }
         (None, Some(addr)) => {
             let options = ClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),

@@ -295,3 +295,41 @@ fn server_tid(server: &ServerHandle) -> u32 {
     }
     panic!("no thread named {comm}")
 }
+
+/// Prints the median round trip of small invocations (no assertion: the benchmark
+/// `praas-bench invoke --transport rdma` compares it with perftest in the same VM run).
+#[test]
+fn small_invocation_round_trip_report() {
+    let ip = require_rdma!();
+    let (_process, server) = serve(ip, RdmaOptions::default());
+    let mut c = client(server.local_addr());
+    for size in [8usize, 1024, 64 << 10] {
+        let input = pattern(size, 1);
+        for _ in 0..50 {
+            c.invoke("echo", &input).expect("warm-up");
+        }
+        let mut times: Vec<Duration> = (0..300)
+            .map(|_| {
+                let started = Instant::now();
+                c.invoke("echo", &input).expect("echo");
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        eprintln!("rdma echo {size:>6} B: p50 {:?} p99 {:?}", times[times.len() / 2], times[times.len() * 99 / 100]);
+    }
+    // The same over TCP (mio), for scale.
+    let config = ProcessConfig { id: "tcp-compare".into(), ..ProcessConfig::default() };
+    let (_tcp_process, tcp_server) = praas_dataplane::testing::serve(&manifest(), config);
+    let mut tcp = praas_dataplane::Client::connect(tcp_server.local_addr()).expect("tcp connect");
+    let input = pattern(8, 1);
+    let mut times: Vec<Duration> = (0..300)
+        .map(|_| {
+            let started = Instant::now();
+            tcp.invoke("echo", &input).expect("echo");
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    eprintln!("tcp  echo      8 B: p50 {:?} p99 {:?}", times[times.len() / 2], times[times.len() * 99 / 100]);
+}

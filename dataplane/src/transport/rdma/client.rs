@@ -258,20 +258,20 @@ impl RdmaClient {
             return Err(ClientError::TooLarge { size: function.len(), limit: self.slot_size - HEADER_LEN });
         }
         let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode();
-        let deadline = Instant::now() + self.options.timeout;
+        let mut deadline = Deadline::new(self.options.timeout);
         if HEADER_LEN + size <= self.slot_size {
-            return self.send_message(Op::Frame, 0, &[&header, function.as_bytes(), input], deadline);
+            return self.send_message(Op::Frame, 0, &[&header, function.as_bytes(), input], &mut deadline);
         }
         // Large: register the input where it is, announce it, write it when granted.
         let registered = Registered::new(&self.pd, input, ACCESS_LOCAL_READ)?;
         let token = self.next_token;
         self.next_token = self.next_token.wrapping_add(1);
-        self.send_message(Op::Rts, token, &[&header, function.as_bytes()], deadline)?;
+        self.send_message(Op::Rts, token, &[&header, function.as_bytes()], &mut deadline)?;
         let grant = loop {
             if let Some(grant) = self.grants.remove(&token) {
                 break grant;
             }
-            self.progress(deadline)?;
+            self.progress(&mut deadline)?;
         };
         if grant.len != input_len {
             return Err(ClientError::Io(io::Error::new(
@@ -279,7 +279,7 @@ impl RdmaClient {
                 "the process granted another size",
             )));
         }
-        self.wait_for_credit_and_room(deadline, false)?;
+        self.wait_for_credit_and_room(&mut deadline, false)?;
         let imm = Imm::new(Op::Data, 0, token).encode();
         // SAFETY: `registered` is registered on this PD and is kept alive (below) until this
         // write's completion has been polled, or the connection is broken (then dropped only
@@ -303,7 +303,7 @@ impl RdmaClient {
                 self.writing.remove(&token);
                 break Ok(());
             }
-            if let Err(e) = self.progress(deadline) {
+            if let Err(e) = self.progress(&mut deadline) {
                 break Err(e);
             }
         };
@@ -328,16 +328,16 @@ impl RdmaClient {
     /// treats a broken peer. With `ignore_credits`, sends even without a credit.
     #[doc(hidden)]
     pub fn send_raw(&mut self, bytes: &[u8], ignore_credits: bool) -> Result<(), ClientError> {
-        let deadline = Instant::now() + self.options.timeout;
+        let mut deadline = Deadline::new(self.options.timeout);
         if ignore_credits {
             self.credits += 1;
         }
-        self.send_message(Op::Frame, 0, &[bytes], deadline)
+        self.send_message(Op::Frame, 0, &[bytes], &mut deadline)
     }
 
     /// Waits for the response to `id`, keeping responses to other ids for later.
     pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
-        let deadline = Instant::now() + self.options.timeout;
+        let mut deadline = Deadline::new(self.options.timeout);
         loop {
             if let Some(result) = self.early.remove(&id) {
                 return result;
@@ -348,13 +348,13 @@ impl RdmaClient {
                 }
                 self.early.insert(c.id, c.result);
             }
-            self.progress(deadline)?;
+            self.progress(&mut deadline)?;
         }
     }
 
     /// Waits for the next response, whatever its id.
     pub fn recv(&mut self) -> Result<Completion, ClientError> {
-        let deadline = Instant::now() + self.options.timeout;
+        let mut deadline = Deadline::new(self.options.timeout);
         loop {
             if let Some(c) = self.ready.pop_front() {
                 return Ok(c);
@@ -363,11 +363,17 @@ impl RdmaClient {
                 let result = self.early.remove(&id).expect("key just seen");
                 return Ok(Completion { id, result });
             }
-            self.progress(deadline)?;
+            self.progress(&mut deadline)?;
         }
     }
 
-    fn send_message(&mut self, op: Op, token: u16, parts: &[&[u8]], deadline: Instant) -> Result<(), ClientError> {
+    fn send_message(
+        &mut self,
+        op: Op,
+        token: u16,
+        parts: &[&[u8]],
+        deadline: &mut Deadline,
+    ) -> Result<(), ClientError> {
         self.wait_for_credit_and_room(deadline, true)?;
         let slot = self.free_slots.pop().expect("waited for a slot");
         let offset = slot as usize * self.slot_size;
@@ -398,7 +404,7 @@ impl RdmaClient {
         Ok(())
     }
 
-    fn wait_for_credit_and_room(&mut self, deadline: Instant, slot: bool) -> Result<(), ClientError> {
+    fn wait_for_credit_and_room(&mut self, deadline: &mut Deadline, slot: bool) -> Result<(), ClientError> {
         while self.credits == 0 || self.sq_room == 0 || (slot && self.free_slots.is_empty()) {
             self.progress(deadline)?;
         }
@@ -406,28 +412,33 @@ impl RdmaClient {
     }
 
     /// Handles completions until at least one arrived, the connection broke, or the deadline.
-    fn progress(&mut self, deadline: Instant) -> Result<(), ClientError> {
-        let started = Instant::now();
+    fn progress(&mut self, deadline: &mut Deadline) -> Result<(), ClientError> {
+        let mut started: Option<Instant> = None;
         let mut spins = 0u32;
         loop {
             if self.poll_once()? {
                 return Ok(());
             }
+            // Clocks and the socket are looked at every 256th empty poll (a clock read can be a
+            // system call where the TSC is not trusted, as in VMs).
             spins += 1;
-            if spins.is_multiple_of(1024) {
-                self.check_alive()?;
-                if Instant::now() >= deadline {
-                    return Err(ClientError::Timeout(self.options.timeout));
-                }
+            if !spins.is_multiple_of(256) && self.options.poll != PollPolicy::Events {
+                continue;
             }
-            if self.options.poll.should_sleep(started.elapsed()) {
+            if spins.is_multiple_of(4096) {
+                self.check_alive()?;
+            }
+            if deadline.passed() {
+                return Err(ClientError::Timeout(self.options.timeout));
+            }
+            if self.options.poll.should_sleep(started.get_or_insert_with(Instant::now).elapsed()) {
                 self.cq.arm()?;
                 if self.poll_once()? {
                     return Ok(());
                 }
                 self.sleep(deadline)?;
                 self.cq.take_events();
-                if Instant::now() >= deadline && !self.poll_once()? {
+                if deadline.passed() && !self.poll_once()? {
                     return Err(ClientError::Timeout(self.options.timeout));
                 }
             }
@@ -435,8 +446,8 @@ impl RdmaClient {
     }
 
     /// Waits on the completion channel and the set-up socket until either is readable.
-    fn sleep(&mut self, deadline: Instant) -> Result<(), ClientError> {
-        let left = deadline.saturating_duration_since(Instant::now());
+    fn sleep(&mut self, deadline: &mut Deadline) -> Result<(), ClientError> {
+        let left = deadline.left();
         let mut fds = [
             libc::pollfd { fd: self.channel.fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -585,12 +596,38 @@ impl RdmaClient {
     fn post_grants(&mut self) {
         while self.credits > 0 && self.sq_room > 0 && !self.free_slots.is_empty() {
             let Some((token, grant)) = self.to_grant.pop_front() else { return };
-            let far = Instant::now() + self.options.timeout;
-            if let Err(e) = self.send_message(Op::Cts, token, &[&grant.encode()], far) {
+            let mut far = Deadline::new(self.options.timeout);
+            if let Err(e) = self.send_message(Op::Cts, token, &[&grant.encode()], &mut far) {
                 self.broken.get_or_insert(format!("cannot grant a buffer: {e}"));
                 return;
             }
         }
+    }
+}
+
+/// A deadline whose clock starts at its first use: the fast path (a response already there)
+/// reads no clock.
+#[derive(Debug)]
+struct Deadline {
+    timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        Self { timeout, at: None }
+    }
+
+    fn at(&mut self) -> Instant {
+        *self.at.get_or_insert_with(|| Instant::now() + self.timeout)
+    }
+
+    fn passed(&mut self) -> bool {
+        Instant::now() >= self.at()
+    }
+
+    fn left(&mut self) -> Duration {
+        self.at().saturating_duration_since(Instant::now())
     }
 }
 

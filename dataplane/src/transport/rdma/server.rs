@@ -467,30 +467,36 @@ impl EventLoop {
         let fd = self.channel.fd();
         self.poll.registry().register(&mut SourceFd(&fd), CQ, Interest::READABLE)?;
         let mut events = Events::with_capacity(256);
-        let mut last_work = Instant::now();
+        // When the queue was first seen empty after the last work (read lazily: no clock reads
+        // while there is work).
+        let mut idle_since: Option<Instant> = None;
         let mut spins = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             if self.drain_cq()? {
-                last_work = Instant::now();
+                idle_since = None;
                 spins = 0;
                 continue;
             }
+            // An empty poll costs little; clocks, sockets and housekeeping are looked at every
+            // 64th (a clock read can be a system call where the TSC is not trusted, as in VMs).
             spins += 1;
+            if !spins.is_multiple_of(64) && self.options.poll != PollPolicy::Events {
+                continue;
+            }
             self.housekeeping();
-            let sleep = self.options.poll.should_sleep(last_work.elapsed());
+            let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
+            let sleep = self.options.poll.should_sleep(idle);
             let timeout = if sleep {
                 // Arm, then look once more: a completion between the last poll and the arm
                 // would otherwise wait for the next one.
                 self.cq.arm()?;
                 if self.drain_cq()? {
-                    last_work = Instant::now();
+                    idle_since = None;
                     continue;
                 }
                 self.next_timeout()
-            } else if spins.is_multiple_of(64) {
-                Some(Duration::ZERO)
             } else {
-                continue;
+                Some(Duration::ZERO)
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -504,7 +510,7 @@ impl EventLoop {
                     WAKER => {}
                     CQ => {
                         self.cq.take_events();
-                        last_work = Instant::now();
+                        idle_since = None;
                     }
                     Token(t) => self.socket_event(t as u32),
                 }
