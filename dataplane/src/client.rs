@@ -363,7 +363,7 @@ impl Client {
             match self.stream.read(&mut body[filled..]) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => filled += n,
-                Err(e) if self.early_timeout(&e, deadline) => {}
+                Err(e) if self.retry_read(&e, deadline) => {}
                 Err(e) => return Err(self.read_error(e)),
             }
         }
@@ -407,15 +407,19 @@ impl Client {
                     self.end += n;
                     return Ok(());
                 }
-                Err(e) if self.early_timeout(&e, deadline) => self.arm(deadline)?,
+                Err(e) if self.retry_read(&e, deadline) => self.arm(deadline)?,
                 Err(e) => return Err(self.read_error(e)),
             }
         }
     }
 
-    /// Whether a read timed out before `deadline` (the socket's timeout was armed for an earlier,
-    /// shorter wait): then the next `arm` sets it again and the read is retried.
-    fn early_timeout(&mut self, e: &io::Error, deadline: Instant) -> bool {
+    /// Whether a failed read should be retried: it was interrupted (io_uring task work in this
+    /// process interrupts blocking calls), or it timed out before `deadline` (the socket's timeout
+    /// was armed for an earlier, shorter wait: the next `arm` sets it again).
+    fn retry_read(&mut self, e: &io::Error, deadline: Instant) -> bool {
+        if e.kind() == io::ErrorKind::Interrupted {
+            return true;
+        }
         let early =
             matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) && Instant::now() < deadline;
         if early {

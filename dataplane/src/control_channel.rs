@@ -168,6 +168,7 @@ impl FrameStream {
                             return Err(io::ErrorKind::UnexpectedEof.into());
                         }
                         Ok(n) => self.buf.truncate(start + n),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(start),
                         Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                             self.buf.truncate(start);
                             return Ok(None);
