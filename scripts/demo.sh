@@ -36,6 +36,7 @@ timed() { # timed LABEL COMMAND...: runs COMMAND, prints its output and how long
     printf '    (%s: %d ms)\n' "$label" $((end - start))
 }
 step() { printf '\n--- %s\n' "$*"; }
+quiet() { "$@" >/dev/null; }
 
 "$praas" control serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/control.out" 2>"$work/control.err" &
 control_pid=$!
@@ -52,7 +53,7 @@ step "an application from the example functions' manifest"
 "$praas" app create demo --manifest examples/functions/functions.toml --vcpus 1 --memory-mb 4096
 
 step "three cloud processes (each answers once ALLOCATED)"
-for p in p1 p2 p3; do timed "create $p" "$praas" process create demo "$p" >/dev/null; done
+for p in p1 p2 p3; do timed "create $p" quiet "$praas" process create demo "$p"; done
 "$praas" process list demo
 
 invoke() { # invoke PROCESS FUNCTION INPUT
@@ -80,7 +81,7 @@ invoke p2 file_write "notes.txt a state file survives too"
 before=$("$praas" invoke --app demo --process p2 checksum --input big)
 timed "swap out p2" "$praas" process swap demo p2
 "$praas" process list demo
-timed "swap in p2" "$praas" process swapin demo p2 >/dev/null
+timed "swap in p2" quiet "$praas" process swapin demo p2
 after=$("$praas" invoke --app demo --process p2 checksum --input big)
 echo "checksum of 'big' before: $before"
 echo "checksum of 'big' after:  $after"
