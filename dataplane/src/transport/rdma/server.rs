@@ -478,9 +478,9 @@ impl EventLoop {
                 continue;
             }
             // An empty poll costs little; clocks, sockets and housekeeping are looked at every
-            // 64th (a clock read can be a system call where the TSC is not trusted, as in VMs).
+            // 256th (each look is a system call or two, which would delay the next completion).
             spins += 1;
-            if !spins.is_multiple_of(64) && self.options.poll != PollPolicy::Events {
+            if !spins.is_multiple_of(256) && self.options.poll != PollPolicy::Events {
                 continue;
             }
             self.housekeeping();

@@ -1,0 +1,223 @@
+//! `invoke --transport rdma`: round trips of `echo` over the RDMA verbs transport, each size beside
+//! perftest's `ib_send_lat` and `ib_write_lat` measured in the same run, on the same device, with
+//! the same placement. perftest reports the typical (median) one-way latency of a ping-pong, so a
+//! round trip is twice its `t_typical` (and twice its percentiles).
+//!
+//! Needs an RDMA device: `PRAAS_RDMA_DEVICE` (e.g. `rxe0`) and `PRAAS_RDMA_ADDR` (its IP address),
+//! as `scripts/rxe-vm.sh` sets them in its guest, and perftest on the PATH. Busy-polling sides
+//! should not share a CPU: run with `--split`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use praas_dataplane::{
+    FunctionRegistry, Manifest, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport,
+    ServerHandle, Transport,
+};
+
+use crate::cli::InvokeArgs;
+use crate::functions;
+use crate::placement::{self, Placement};
+use crate::raw_tcp;
+use crate::report::{self, Record, Reporter, RunInfo, Summary};
+
+const ECHO: &str = "echo";
+const BASELINES: [&str; 2] = ["ib_send_lat", "ib_write_lat"];
+
+/// Measured round trips of one size unless `--iters` says otherwise (software RDMA is slow with
+/// large messages; perftest runs as many).
+fn default_iters(size: usize) -> u64 {
+    match size {
+        0..=1024 => 5_000,
+        1025..=65536 => 1_000,
+        _ => 200,
+    }
+}
+
+/// Runs the RDMA invoke benchmark.
+pub fn run(args: &InvokeArgs) -> Result<(), String> {
+    let device = std::env::var("PRAAS_RDMA_DEVICE").map_err(|_| "PRAAS_RDMA_DEVICE is not set (e.g. rxe0)")?;
+    let addr: IpAddr = std::env::var("PRAAS_RDMA_ADDR")
+        .map_err(|_| "PRAAS_RDMA_ADDR is not set (the RDMA device's IP address)".to_owned())?
+        .parse()
+        .map_err(|e| format!("PRAAS_RDMA_ADDR: {e}"))?;
+    let placement = Placement::new(args.split);
+    placement.check(placement::online_cpus())?;
+    let info = RunInfo { transport: "rdma", placement: placement.describe(), host: placement::host() };
+    let timeout = Duration::from_secs(args.timeout_secs);
+
+    // The process runs in this OS process, on threads started from one pinned to the server CPU
+    // (threads inherit the mask); the client is this thread, pinned to the client CPU.
+    let library = functions::library()?;
+    let manifest = functions::write_manifest(&library)?;
+    let manifest_path = manifest.path().to_path_buf();
+    let server_cpu = placement.server;
+    let (_process, server) = std::thread::spawn(move || serve(&manifest_path, addr, server_cpu))
+        .join()
+        .map_err(|_| "the server start-up thread panicked".to_owned())??;
+    placement::pin_current_thread(placement.client)?;
+    let options = RdmaClientOptions { timeout, device: Some(device.clone()), ..RdmaClientOptions::default() };
+    let mut client = RdmaClient::connect_with(server.local_addr(), options)
+        .map_err(|e| format!("cannot connect to rdma://{}: {e}", server.local_addr()))?;
+    eprintln!(
+        "praas-bench: praas RDMA server at rdma://{} on {device}, {}, {}",
+        server.local_addr(),
+        info.placement,
+        info.host
+    );
+
+    let mut reporter = Reporter::new(args.json);
+    for &size in &args.sizes {
+        let iters = args.iters.unwrap_or_else(|| default_iters(size));
+        let warmup = args.warmup.unwrap_or(iters / 10);
+        eprintln!("praas-bench: invoke {size} B over RDMA: {warmup} warm-up + {iters} measured round trips each");
+        let mut bases = Vec::new();
+        for tool in BASELINES {
+            bases.push((tool, perftest(tool, &device, addr, size, warmup + iters, placement, timeout)?));
+        }
+        let ours = Summary::of(&latency(&mut client, size, warmup, iters)?);
+        for (tool, base) in bases {
+            let record = Record::latency("invoke", &info, size, warmup, &ours, tool, &base);
+            reporter.push(record).map_err(|e| format!("cannot write the report: {e}"))?;
+        }
+    }
+    drop(client);
+    server.stop().map_err(|e| format!("the RDMA transport failed: {e}"))?;
+    reporter.finish(&info).map_err(|e| format!("cannot write the report: {e}"))
+}
+
+fn serve(manifest: &std::path::Path, addr: IpAddr, cpu: usize) -> Result<(Arc<Process>, ServerHandle), String> {
+    placement::pin_current_thread(cpu)?;
+    let manifest = Manifest::from_file(manifest).map_err(|e| e.to_string())?;
+    let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
+    let config = ProcessConfig { id: "bench-rdma".into(), app: "bench".into(), workers: 1, ..ProcessConfig::default() };
+    let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
+    let transport = RdmaTransport::bind(SocketAddr::new(addr, 0), Arc::clone(&process), RdmaOptions::default())
+        .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
+    let server = Box::new(transport).spawn().map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
+    Ok((process, server))
+}
+
+/// Blocking `echo` round trips: `warmup` dropped, then `iters` measured; the echo is compared
+/// with the input before and after the measured loop.
+fn latency(client: &mut RdmaClient, size: usize, warmup: u64, iters: u64) -> Result<Histogram<u64>, String> {
+    let payload = raw_tcp::payload(size);
+    let fail = |e| format!("praas invocation of {ECHO} with {size} bytes over RDMA failed: {e}");
+    raw_tcp::verify("praas", &payload, &client.invoke(ECHO, &payload).map_err(fail)?)?;
+    for _ in 0..warmup {
+        client.invoke(ECHO, &payload).map_err(fail)?;
+    }
+    let mut hist = report::histogram();
+    let mut last = Vec::new();
+    for _ in 0..iters {
+        let start = Instant::now();
+        let output = client.invoke(ECHO, &payload).map_err(fail)?;
+        report::record(&mut hist, start.elapsed());
+        last = output;
+    }
+    if iters > 0 {
+        raw_tcp::verify("praas", &payload, &last)?;
+    }
+    Ok(hist)
+}
+
+/// A perftest command pinned to `cpu`.
+fn perftest_command(tool: &str, device: &str, size: usize, iters: u64, cpu: usize) -> Command {
+    let mut command = Command::new(tool);
+    command.args(["-d", device, "-s", &size.to_string(), "-n", &iters.to_string()]);
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure only fills a stack cpu_set_t and makes one
+    // system call (sched_setaffinity is async-signal-safe); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    command
+}
+
+/// Runs `tool`'s server and client on `device` and returns its round trips (twice the one-way
+/// figures it reports), in nanoseconds.
+fn perftest(
+    tool: &str,
+    device: &str,
+    addr: IpAddr,
+    size: usize,
+    iters: u64,
+    placement: Placement,
+    timeout: Duration,
+) -> Result<Summary, String> {
+    let deadline = Instant::now() + timeout;
+    let mut server = perftest_command(tool, device, size, iters, placement.server)
+        .spawn()
+        .map_err(|e| format!("cannot run {tool} (is perftest installed?): {e}"))?;
+    // The server needs a moment to listen; the client retries until it is there.
+    let output = loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let output = perftest_command(tool, device, size, iters, placement.client)
+            .arg(addr.to_string())
+            .output()
+            .map_err(|e| format!("cannot run {tool}: {e}"))?;
+        if output.status.success() || Instant::now() >= deadline {
+            break output;
+        }
+    };
+    let server_status = server.wait().map_err(|e| format!("{tool} server: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !server_status.success() {
+        return Err(format!(
+            "{tool} -s {size} failed (client {}, server {server_status}):\n{stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    parse_perftest(&stdout, iters).ok_or_else(|| format!("cannot read {tool}'s report:\n{stdout}"))
+}
+
+/// Reads perftest's result line: `#bytes #iterations t_min t_max t_typical t_avg t_stdev 99% 99.9%`
+/// (microseconds, one way) into round-trip nanoseconds.
+fn parse_perftest(report: &str, iters: u64) -> Option<Summary> {
+    let mut lines = report.lines().skip_while(|l| !l.trim_start().starts_with("#bytes"));
+    lines.next()?;
+    let fields: Vec<f64> = lines.next()?.split_whitespace().map(str::parse).collect::<Result<_, _>>().ok()?;
+    let round_trip_ns = |us: f64| (us * 2000.0).round() as u64;
+    match fields.as_slice() {
+        [_, _, _, max, typical, _, _, p99, p999, ..] => Some(Summary {
+            count: iters,
+            p50: round_trip_ns(*typical),
+            p99: round_trip_ns(*p99),
+            p999: round_trip_ns(*p999),
+            max: round_trip_ns(*max),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perftest_reports_become_round_trips() {
+        let report = "\
+---------------------------------------------------------------------------------------
+ #bytes #iterations    t_min[usec]    t_max[usec]  t_typical[usec]    t_avg[usec]    t_stdev[usec]   99% percentile[usec]   99.9% percentile[usec] \n\
+ 8       2000          10.89          14064.45      12.06    	       570.24      	1343.57		6003.01 		9285.49\n\
+---------------------------------------------------------------------------------------\n";
+        let summary = parse_perftest(report, 2000).expect("parses");
+        assert_eq!(summary.p50, 24_120);
+        assert_eq!(summary.p99, 12_006_020);
+        assert_eq!(summary.max, 28_128_900);
+        assert_eq!(summary.count, 2000);
+        assert!(parse_perftest("nothing here", 1).is_none());
+    }
+}
