@@ -35,9 +35,12 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
     /// TCP over mio (epoll) on the server, plain blocking calls in the client.
+    #[value(alias = "mio")]
     Tcp,
     /// TCP over io_uring on the server and in the client.
     Uring,
+    /// RDMA verbs (feature `rdma`), against perftest's ib_send_lat and ib_write_lat; run alone.
+    Rdma,
 }
 
 impl TransportKind {
@@ -46,6 +49,7 @@ impl TransportKind {
         match self {
             Self::Tcp => "tcp",
             Self::Uring => "uring",
+            Self::Rdma => "rdma",
         }
     }
 
@@ -54,6 +58,7 @@ impl TransportKind {
         match self {
             Self::Tcp => praas_dataplane::transport::TransportKind::Mio,
             Self::Uring => praas_dataplane::transport::TransportKind::Uring,
+            Self::Rdma => unreachable!("the RDMA benchmark (bench/src/rdma.rs) has its own server and client"),
         }
     }
 }
@@ -75,9 +80,10 @@ pub struct InvokeArgs {
     /// Warm-up iterations of every size, local invocation and throughput run (default: by size).
     #[arg(long)]
     pub warmup: Option<u64>,
-    /// Data-plane transport.
-    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
-    pub transport: TransportKind,
+    /// Data-plane transports, comma-separated (`uring,mio`: both in one run, each beside its own
+    /// raw TCP baseline, plus io_uring's throughput against mio's).
+    #[arg(long = "transport", value_enum, value_delimiter = ',', default_values_t = [TransportKind::Tcp])]
+    pub transports: Vec<TransportKind>,
     /// Invocations in flight on one connection for the throughput runs, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64],
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -219,7 +225,7 @@ mod tests {
         assert_eq!(args.in_flight, [1, 8, 64]);
         assert_eq!(args.local_sizes, [8, 1024]);
         assert!(!args.json && !args.split);
-        assert_eq!(args.transport, TransportKind::Tcp);
+        assert_eq!(args.transports, [TransportKind::Tcp]);
         assert_eq!((args.iters, args.warmup), (None, None));
     }
 
@@ -243,8 +249,12 @@ mod tests {
     fn counts_and_transport_are_checked() {
         assert!(invoke(&["--iters", "0"]).is_err());
         assert!(invoke(&["--in-flight", "0"]).is_err());
-        assert!(invoke(&["--transport", "rdma"]).is_err());
-        assert_eq!(invoke(&["--transport", "uring"]).unwrap().transport, TransportKind::Uring);
+        assert_eq!(invoke(&["--transport", "rdma"]).unwrap().transports, [TransportKind::Rdma]);
+        assert_eq!(invoke(&["--transport", "uring"]).unwrap().transports, [TransportKind::Uring]);
+        assert_eq!(
+            invoke(&["--transport", "uring,mio"]).unwrap().transports,
+            [TransportKind::Uring, TransportKind::Tcp]
+        );
         assert_eq!(
             invoke(&["--iters", "5", "--warmup", "0"]).map(|a| (a.iters, a.warmup)).unwrap(),
             (Some(5), Some(0))

@@ -20,14 +20,51 @@ use crate::report::{self, Record, Reporter, RunInfo, Summary};
 const BASELINE: &str = "raw-tcp";
 const ECHO: &str = "echo";
 
-/// Runs the whole `invoke` benchmark.
+/// Runs the whole `invoke` benchmark, once per transport asked for; with several, io_uring's
+/// throughput is also reported against the mio transport's of the same run.
 pub fn run(args: &InvokeArgs) -> Result<(), String> {
+    if args.transports.contains(&cli::TransportKind::Rdma) {
+        if args.transports.len() > 1 {
+            return Err("--transport rdma runs alone (its baselines are perftest's, not raw TCP)".into());
+        }
+        #[cfg(feature = "rdma")]
+        return crate::rdma::run(args);
+        #[cfg(not(feature = "rdma"))]
+        return Err("this praas-bench was built without the rdma feature".into());
+    }
     let online = placement::online_cpus();
     let placement = Placement::new(args.split);
     placement.check(online)?;
-    let info = RunInfo { transport: args.transport.name(), placement: placement.describe(), host: placement::host() };
     // Pin before anything starts a thread or a child: both inherit the mask (children re-pin).
     placement::pin_current_thread(placement.client)?;
+    let mut throughputs = Vec::new();
+    for &transport in &args.transports {
+        throughputs.push((transport, run_transport(args, transport, &placement)?));
+    }
+    let find = |kind: cli::TransportKind| throughputs.iter().find(|(k, _)| *k == kind).map(|(_, t)| t);
+    if let (Some(uring), Some(mio)) = (find(cli::TransportKind::Uring), find(cli::TransportKind::Tcp)) {
+        let info = RunInfo { transport: "uring", placement: placement.describe(), host: placement::host() };
+        let mut reporter = Reporter::new(args.json);
+        for (&(in_flight, ops, warmup, ours), &(_, _, _, base)) in uring.iter().zip(mio) {
+            let record = Record::throughput(&info, 8, in_flight, ops, warmup, ours, "tcp", base);
+            reporter.push(record).map_err(|e| format!("cannot write the report: {e}"))?;
+        }
+        reporter.finish(&info).map_err(|e| format!("cannot write the report: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Throughput runs of one transport: (in flight, operations, warm-up, operations per second).
+type Throughputs = Vec<(u64, u64, u64, f64)>;
+
+/// The benchmark on one transport, its raw TCP baseline beside it.
+fn run_transport(
+    args: &InvokeArgs,
+    transport: cli::TransportKind,
+    placement: &Placement,
+) -> Result<Throughputs, String> {
+    let info = RunInfo { transport: transport.name(), placement: placement.describe(), host: placement::host() };
+    let mut throughputs = Throughputs::new();
 
     let timeout = Duration::from_secs(args.timeout_secs);
     let library = functions::library()?;
@@ -48,7 +85,7 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
             "--cpu".into(),
             server_cpu,
             "--transport".into(),
-            args.transport.name().into(),
+            transport.name().into(),
         ],
         args.wrap_praas.as_deref(),
         timeout,
@@ -65,7 +102,7 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
     );
     let mut raw = RawClient::connect(raw_server.addr(), timeout)
         .map_err(|e| format!("cannot connect to the raw TCP server at {}: {e}", raw_server.addr()))?;
-    let options = ClientOptions { timeout, transport: args.transport.dataplane(), ..ClientOptions::default() };
+    let options = ClientOptions { timeout, transport: transport.dataplane(), ..ClientOptions::default() };
     let mut praas = Client::connect_with(praas_server.addr(), options)
         .map_err(|e| format!("cannot connect to the praas server at {}: {e}", praas_server.addr()))?;
 
@@ -89,6 +126,7 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         eprintln!("praas-bench: throughput, {in_flight} in flight: {warmup} warm-up + {ops} measured completions");
         let base = raw.throughput(&payload, in_flight, warmup, ops)?;
         let ours = praas_throughput(&mut praas, &payload, in_flight, warmup, ops)?;
+        throughputs.push((in_flight, ops, warmup, ours));
         push(Record::throughput(&info, payload.len(), in_flight, ops, warmup, ours, BASELINE, base))?;
     }
 
@@ -105,7 +143,8 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
     drop(raw);
     drop(praas_server);
     drop(raw_server);
-    reporter.finish(&info).map_err(|e| format!("cannot write the report: {e}"))
+    reporter.finish(&info).map_err(|e| format!("cannot write the report: {e}"))?;
+    Ok(throughputs)
 }
 
 fn invoke_error(what: &str, e: ClientError) -> String {

@@ -342,24 +342,33 @@ impl Client {
         let header = Header::decode(&head, limits)?;
         // Everything buffered belongs to this (incomplete) frame.
         let prefix = &self.buf[self.start + HEADER_LEN..self.end];
+        #[cfg(target_os = "linux")]
+        if self.ring.is_some() {
+            // The whole rest of the frame in one receive, into memory not zeroed first.
+            let mut body = Vec::with_capacity(header.body_len());
+            body.extend_from_slice(prefix);
+            self.start = 0;
+            self.end = 0;
+            self.flush()?;
+            while body.len() < header.body_len() {
+                self.arm(deadline)?;
+                let ring = self.ring.as_mut().expect("checked");
+                let want = header.body_len() - body.len();
+                match ring.recv_to_capacity(&mut body, want, deadline) {
+                    Ok(0) => return Err(ClientError::Closed),
+                    Ok(_) => {}
+                    Err(e) => return Err(self.read_error(e)),
+                }
+            }
+            return self.large_completion(header, body, deadline);
+        }
         let mut body = vec![0u8; header.body_len()];
         body[..prefix.len()].copy_from_slice(prefix);
         let mut filled = prefix.len();
         self.start = 0;
         self.end = 0;
-        self.flush()?;
         while filled < body.len() {
             self.arm(deadline)?;
-            #[cfg(target_os = "linux")]
-            if let Some(ring) = self.ring.as_mut() {
-                // The whole rest of the frame in one receive.
-                match ring.recv(&mut body[filled..], true, deadline) {
-                    Ok(0) => return Err(ClientError::Closed),
-                    Ok(n) => filled += n,
-                    Err(e) => return Err(self.read_error(e)),
-                }
-                continue;
-            }
             match self.stream.read(&mut body[filled..]) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => filled += n,
@@ -367,6 +376,16 @@ impl Client {
                 Err(e) => return Err(self.read_error(e)),
             }
         }
+        self.large_completion(header, body, deadline)
+    }
+
+    /// The completion of a large frame received whole into `body`.
+    fn large_completion(
+        &mut self,
+        header: Header,
+        body: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Completion, ClientError> {
         if header.kind == MessageKind::Response && header.status == Status::Ok.code() && header.meta_len == 0 {
             return Ok(Completion { id: header.id, result: Ok(body) });
         }

@@ -126,6 +126,29 @@ impl UringStream {
         }
     }
 
+    /// Receives `want` bytes (fewer if the peer closes first) into the spare capacity of `buf`
+    /// and extends `buf` by the bytes received: no zeroing of memory the kernel fills anyway.
+    pub fn recv_to_capacity(&mut self, buf: &mut Vec<u8>, want: usize, deadline: Instant) -> io::Result<usize> {
+        let spare = buf.spare_capacity_mut();
+        let len = u32::try_from(spare.len().min(want)).unwrap_or(u32::MAX);
+        let entry =
+            opcode::Recv::new(Fd(self.fd), spare.as_mut_ptr().cast::<u8>(), len).flags(libc::MSG_WAITALL).build();
+        // SAFETY: the spare capacity is owned by `buf`, which `&mut` keeps alive and unmoved until
+        // `run` returns, after the receive completed or was cancelled and reaped.
+        let [result, _] = unsafe { self.run(&[entry], deadline)? };
+        match result {
+            Some(n) if n >= 0 => {
+                let n = n as usize;
+                // SAFETY: the kernel wrote `n` bytes (at most `len`, within the spare capacity)
+                // right after the data.
+                unsafe { buf.set_len(buf.len() + n) };
+                Ok(n)
+            }
+            Some(e) => Err(io::Error::from_raw_os_error(-e)),
+            None => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+
     /// Submits `entries` (at most two; `user_data` is set here) and waits until all completed or
     /// the deadline passed; operations still in flight then are cancelled and reaped. Returns each
     /// operation's result, `None` for one that was still waiting at the deadline.

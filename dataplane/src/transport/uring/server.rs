@@ -702,7 +702,9 @@ impl EventLoop {
         let entry = if zero_copy {
             opcode::SendMsgZc::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
         } else {
-            opcode::SendMsg::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+            // MSG_WAITALL: the kernel itself finishes a send the socket takes in parts (one
+            // completion instead of one per part); it comes back short only on an error.
+            opcode::SendMsg::new(fd, &state.msg).flags(send_flags()).build()
         }
         .user_data(user_data(slot, OP_SEND));
         conn.sending = true;
@@ -1010,6 +1012,10 @@ fn refuse(conn: &mut Conn, err: FrameError, id: u64, options: &UringOptions) {
     conn.state = ReadState::Lingering(Instant::now() + options.linger);
     conn.assembly = None;
     conn.large = None;
+}
+
+fn send_flags() -> u32 {
+    (libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32
 }
 
 /// Whether the socket's peer is a loopback address.
