@@ -11,6 +11,8 @@ mod invoke;
 mod message;
 mod placement;
 mod raw_tcp;
+#[cfg(feature = "rdma")]
+mod rdma;
 mod report;
 mod serve;
 mod swap;
