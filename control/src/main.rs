@@ -125,7 +125,7 @@ impl ResourceArgs {
 #[derive(Debug, Subcommand)]
 enum ProcessCommand {
     /// Run a cloud process in the foreground, serving the functions of a manifest.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a process (answers once ALLOCATED).
     Create {
         /// Application.
@@ -261,7 +261,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Control(ControlCommand::Serve(args)) => control_serve(args),
         Command::App(command) => app(&api(), command, json),
-        Command::Process(ProcessCommand::Serve(args)) => serve(args),
+        Command::Process(ProcessCommand::Serve(args)) => serve(*args),
         Command::Process(command) => process(&api(), command, json),
         Command::Invoke(args) => invoke(&api(), args),
     };

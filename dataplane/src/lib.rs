@@ -28,9 +28,9 @@ pub use function::{FunctionRegistry, Manifest};
 pub use process::{Process, ProcessConfig};
 pub use protocol::Status;
 pub use state::StateStore;
-pub use transport::tcp::{TcpOptions, TcpTransport};
 #[cfg(feature = "rdma")]
 pub use transport::rdma::{RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport};
+pub use transport::tcp::{TcpOptions, TcpTransport};
 pub use transport::{ServerHandle, Transport, TransportKind};
 
 // The SDK's client must move between threads (the control plane pools clients across its

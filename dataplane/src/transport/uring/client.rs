@@ -198,8 +198,8 @@ impl UringStream {
             if waiting > 0 && !timed_out && (failed || Instant::now() >= deadline) {
                 timed_out = true;
                 let mut sq = self.ring.submission();
-                for index in 0..entries.len() {
-                    if results[index].is_none() {
+                for (index, result) in results.iter().enumerate().take(entries.len()) {
+                    if result.is_none() {
                         let cancel = opcode::AsyncCancel::new(index as u64).build().user_data(u64::MAX);
                         // SAFETY: a cancel points to no memory.
                         let _ = unsafe { sq.push(&cancel) };

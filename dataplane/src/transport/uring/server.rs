@@ -157,6 +157,8 @@ struct Conn {
     sending: bool,
     /// Zero-copy notifications still to come; frames sent meanwhile wait in `zc_hold`.
     zc_notifs: usize,
+    // Boxed: the kernel may still read a frame's header bytes (inside `OutFrame`) by address.
+    #[allow(clippy::vec_box)]
     zc_hold: Vec<Box<OutFrame>>,
     /// Shut the sending side once the queue is flushed (after a protocol error response).
     shutdown_after_flush: bool,
@@ -630,8 +632,7 @@ impl EventLoop {
                     // SAFETY: a cancel points to no memory.
                     unsafe { self.push(&entry)? };
                 }
-            } else if !conn.large_recv {
-                let large = conn.large.as_mut().expect("checked");
+            } else if let (false, Some(large)) = (conn.large_recv, conn.large.as_mut()) {
                 let filled = large.body.len();
                 let want = large.header.body_len() - filled;
                 let spare = &mut large.body.spare_mut()[..want];
