@@ -302,3 +302,43 @@ fn zero_copy_sends_deliver_every_byte() {
     drop(client);
     wait_for_pool(&process);
 }
+
+/// io_uring only: the transport's options that change its threads and rings (two I/O threads
+/// sharing the listener; kernel-side submission polling) serve the same traffic.
+#[test]
+fn two_io_threads_and_sqpoll_serve_alike() {
+    use praas_dataplane::transport::uring::{UringOptions, UringTransport};
+    if !praas_dataplane::transport::uring_available() {
+        eprintln!("skipped: io_uring is unavailable on this kernel");
+        return;
+    }
+    let variants = [
+        UringOptions { threads: 2, ..UringOptions::default() },
+        UringOptions { sqpoll_idle_ms: Some(5), ..UringOptions::default() },
+    ];
+    for options in variants {
+        let functions = FunctionRegistry::load(&example_manifest()).unwrap();
+        let process = Process::start(config(2), functions).unwrap();
+        let transport =
+            UringTransport::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&process), options.clone()).unwrap();
+        let server = Box::new(transport).spawn().unwrap();
+        let addr = server.local_addr();
+        let clients: Vec<_> = (0..8u64)
+            .map(|c| {
+                thread::spawn(move || {
+                    let mut client = client(TransportKind::Uring, addr);
+                    for i in 0..200u64 {
+                        let input = pattern((i as usize * 131) % 70_000, c * 1000 + i);
+                        let function = if i % 2 == 0 { "echo" } else { "echo_worker" };
+                        assert!(client.invoke(function, &input).unwrap() == input, "client {c} invocation {i}");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        server.stop().unwrap_or_else(|e| panic!("{options:?}: {e}"));
+        wait_for_pool(&process);
+    }
+}

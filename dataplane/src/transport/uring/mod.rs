@@ -116,13 +116,13 @@ impl Transport for UringTransport {
             (0..threads).map(|_| server::LoopShared::new().map(Arc::new)).collect::<io::Result<_>>()?;
         // Each loop builds its ring on its own thread (a single-issuer ring belongs to its
         // creator); the first error of any of them is the transport's.
-        let mut handles = Vec::with_capacity(threads);
-        for (index, shared) in shared.iter().enumerate() {
-            let (listener, process, options, shared) =
-                (Arc::clone(&listener), Arc::clone(&self.process), self.options.clone(), Arc::clone(shared));
+        let mut handles: Vec<std::thread::JoinHandle<io::Result<()>>> = Vec::with_capacity(threads);
+        for (index, mine) in shared.iter().enumerate() {
+            let (listener, process, options, mine) =
+                (Arc::clone(&listener), Arc::clone(&self.process), self.options.clone(), Arc::clone(mine));
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let handle = std::thread::Builder::new().name(format!("praas-uring-{index}")).spawn(move || {
-                let mut event_loop = match server::EventLoop::new(listener, process, options, shared) {
+                let mut event_loop = match server::EventLoop::new(listener, process, options, mine) {
                     Ok(event_loop) => {
                         let _ = ready_tx.send(Ok(()));
                         event_loop
@@ -134,7 +134,19 @@ impl Transport for UringTransport {
                 };
                 event_loop.run()
             })?;
-            ready_rx.recv().map_err(|_| io::Error::other("an I/O thread died at start"))??;
+            let started = ready_rx.recv().unwrap_or_else(|_| Err(io::Error::other("an I/O thread died at start")));
+            if let Err(e) = started {
+                // Stop the threads already serving before reporting the failure.
+                for started in &shared[..index] {
+                    started.stop.store(true, Ordering::Release);
+                    started.wake_always();
+                }
+                for handle in handles {
+                    let _ = handle.join();
+                }
+                let _ = handle.join();
+                return Err(e);
+            }
             handles.push(handle);
         }
         let supervisor = std::thread::Builder::new().name(format!("praas-uring-{addr}")).spawn(move || {
