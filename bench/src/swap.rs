@@ -107,6 +107,10 @@ pub fn run(args: &SwapArgs) -> Result<(), String> {
         for rep in 0..args.reps {
             // Alternate which side goes first, so that the filesystem's drift hits both alike.
             let ours_first = rep % 2 == 1;
+            // Outside the timed region, as the control plane does after a swap: the replaced
+            // snapshot goes (and the baseline's file, so that neither side pays for a delete).
+            store.collect_garbage("bench", "swapper").map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(&plain);
             let swap_out =
                 || store.write("bench", "swapper", &state, &[], None).map(|r| r.secs).map_err(|e| e.to_string());
             if ours_first {

@@ -214,10 +214,11 @@ impl ControlPlane {
             let key = (record.app.clone(), record.name.clone());
             let mut generation = 0;
             if record.status.is_running() {
-                match record.pid.filter(|pid| crate::backend::alive(*pid)) {
-                    Some(pid) => {
+                let handle = record.handle.clone().or_else(|| record.pid.map(|pid| pid.to_string()));
+                match handle.filter(|handle| plane.inner.backend.alive(handle)) {
+                    Some(handle) => {
                         generation = 1;
-                        plane.inner.backend.adopt(pid, plane.exit_handler(&record.app, &record.name, generation));
+                        plane.inner.backend.adopt(&handle, plane.exit_handler(&record.app, &record.name, generation));
                     }
                     None => {
                         record.status = ProcessStatus::Failure;
@@ -468,11 +469,15 @@ impl ControlPlane {
             metrics_interval: self.inner.config.metrics_interval,
         };
         match self.inner.backend.start(&launch, self.exit_handler(app, name, generation)) {
-            Ok(pid) => {
+            Ok(handle) => {
                 let mut registry = self.registry();
                 let entry = lookup_mut(&mut registry, app, name)?;
                 if entry.generation == generation && entry.record.status.is_running() {
-                    entry.record.pid = Some(pid);
+                    // The local backend's handle is the pid; a Slurm handle is a job name.
+                    if let Ok(pid) = handle.parse() {
+                        entry.record.pid = Some(pid);
+                    }
+                    entry.record.handle = Some(handle);
                     self.save(entry)?;
                 }
                 Ok(())
@@ -534,6 +539,10 @@ impl ControlPlane {
         entry.record.data_addr = Some(registration.data_addr.clone());
         entry.record.pid = Some(registration.pid);
         entry.record.error = None;
+        if let Some(placement) = entry.record.handle.as_deref().and_then(|h| self.inner.backend.placement(h)) {
+            entry.record.node = Some(placement.node);
+            entry.record.job = placement.job;
+        }
         entry.link = Some(link);
         entry.since = Instant::now();
         self.save(entry).map_err(|e| e.message)
@@ -601,6 +610,7 @@ impl ControlPlane {
         entry.link = None;
         entry.record.data_addr = None;
         entry.record.pid = None;
+        entry.record.handle = None;
         entry.record.status = match status {
             ProcessStatus::Closing => ProcessStatus::Closed,
             ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure => status,
@@ -664,6 +674,7 @@ impl ControlPlane {
                     drop(registry);
                     self.drop_clients(app, name);
                     self.announce_peers(app);
+                    self.collect_swap_garbage(app, name);
                     return Ok(record);
                 }
                 Some(Err(reason)) => {
@@ -678,6 +689,21 @@ impl ControlPlane {
                 return self.swap_failed(app, name, "no confirmation within the swap timeout".into());
             }
             registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Deletes replaced snapshots and crashed swaps' leftovers of a process, on a thread of its
+    /// own: a swap answers without waiting for hundreds of MiB to be unlinked.
+    fn collect_swap_garbage(&self, app: &str, name: &str) {
+        let store = self.swap_store();
+        let (app, name) = (app.to_owned(), name.to_owned());
+        let spawned = std::thread::Builder::new().name("praas-swap-gc".into()).spawn(move || {
+            if let Err(e) = store.collect_garbage(&app, &name) {
+                tracing::warn!("cleaning the swap folder of {app}/{name}: {e}");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot clean the swap folder of {app}/{name}: {e}");
         }
     }
 
@@ -715,7 +741,7 @@ impl ControlPlane {
 
     /// Stops a process; answers once CLOSED.
     pub fn stop(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
-        let pid = {
+        let handle = {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             if entry.record.status != ProcessStatus::Allocated {
@@ -726,12 +752,12 @@ impl ControlPlane {
             }
             entry.record.status = ProcessStatus::Closing;
             self.save(entry)?;
-            entry.record.pid
+            entry.record.handle.clone().or_else(|| entry.record.pid.map(|pid| pid.to_string()))
         };
-        if let Some(pid) = pid {
-            self.inner.backend.signal(pid, false);
+        if let Some(handle) = handle {
+            self.inner.backend.signal(&handle, false);
             if self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing).is_err() {
-                self.inner.backend.signal(pid, true);
+                self.inner.backend.signal(&handle, true);
                 self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing)?;
             }
         } else {
