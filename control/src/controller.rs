@@ -696,6 +696,7 @@ impl ControlPlane {
     /// own: a swap answers without waiting for hundreds of MiB to be unlinked.
     fn collect_swap_garbage(&self, app: &str, name: &str) {
         let store = self.swap_store();
+        let who = format!("{app}/{name}");
         let (app, name) = (app.to_owned(), name.to_owned());
         let spawned = std::thread::Builder::new().name("praas-swap-gc".into()).spawn(move || {
             if let Err(e) = store.collect_garbage(&app, &name) {
@@ -703,7 +704,7 @@ impl ControlPlane {
             }
         });
         if let Err(e) = spawned {
-            tracing::warn!("cannot clean the swap folder of {app}/{name}: {e}");
+            tracing::warn!("cannot clean the swap folder of {who}: {e}");
         }
     }
 
