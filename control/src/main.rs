@@ -248,6 +248,9 @@ struct InvokeArgs {
     /// How long to wait for the result, in milliseconds; also the process's deadline.
     #[arg(long, default_value_t = 60_000)]
     timeout_ms: u32,
+    /// How the client moves bytes: uring (io_uring), mio (plain blocking calls), or auto.
+    #[arg(long, default_value = "auto")]
+    transport: TransportKind,
 }
 
 fn main() -> ExitCode {
@@ -486,6 +489,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
             let options = ClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
                 invocation_timeout_ms: args.timeout_ms,
+                transport: args.transport,
                 ..ClientOptions::default()
             };
             let mut client =

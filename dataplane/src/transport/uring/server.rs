@@ -214,6 +214,8 @@ pub(crate) struct EventLoop {
     /// Connections to look at again at a time: starved ones and lingering ones.
     retry: Vec<(Instant, usize)>,
     accept_armed: bool,
+    /// After a failed accept (out of descriptors and the like): not before this time again.
+    accept_paused_until: Option<Instant>,
     wake_armed: bool,
 }
 
@@ -245,6 +247,7 @@ impl EventLoop {
             dirty: Vec::new(),
             retry: Vec::new(),
             accept_armed: false,
+            accept_paused_until: None,
             wake_armed: false,
             ring,
         })
@@ -330,7 +333,8 @@ impl EventLoop {
     }
 
     fn arm_listeners(&mut self) -> io::Result<()> {
-        if !self.accept_armed {
+        let paused = self.accept_paused_until.is_some_and(|until| Instant::now() < until);
+        if !self.accept_armed && !paused {
             let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
                 .flags(libc::SOCK_CLOEXEC)
                 .build()
@@ -366,7 +370,12 @@ impl EventLoop {
                         tracing::warn!("cannot serve a new connection: {e}");
                     }
                 } else if result != -libc::ECANCELED {
+                    // The pending connection stays queued in the kernel: try again in 10 ms
+                    // rather than spin on, say, EMFILE.
                     tracing::warn!("accept failed: {}", io::Error::from_raw_os_error(-result));
+                    let until = Instant::now() + Duration::from_millis(10);
+                    self.accept_paused_until = Some(until);
+                    self.retry.push((until, NO_CONN));
                 }
             }
             OP_WAKE => {
