@@ -620,7 +620,7 @@ pub unsafe fn __call(
 
 /// Exports safe Rust functions under C symbols the runtime can load.
 ///
-/// ```ignore
+/// ```no_run
 /// fn echo(_ctx: &mut praas_ffi::Context<'_>, input: &[u8], out: &mut praas_ffi::Output<'_>) -> praas_ffi::Result<()> {
 ///     out.extend_from_slice(input)
 /// }
