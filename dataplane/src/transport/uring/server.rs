@@ -214,6 +214,8 @@ pub(crate) struct EventLoop {
     /// Connections to look at again at a time: starved ones and lingering ones.
     retry: Vec<(Instant, usize)>,
     accept_armed: bool,
+    /// This batch touched one connection: its send may go out as a plain `sendmsg`.
+    direct_send: bool,
     /// After a failed accept (out of descriptors and the like): not before this time again.
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
@@ -248,6 +250,7 @@ impl EventLoop {
             retry: Vec::new(),
             accept_armed: false,
             accept_paused_until: None,
+            direct_send: false,
             wake_armed: false,
             ring,
         })
@@ -531,18 +534,7 @@ impl EventLoop {
             }
             return;
         }
-        let mut n = result as usize;
-        while let Some(front) = conn.queue.front_mut() {
-            n = front.advance(n);
-            if !front.is_empty() {
-                break;
-            }
-            let frame = conn.queue.pop_front().expect("front exists");
-            conn.queued_bytes -= frame.len();
-            if conn.zc_notifs > 0 {
-                conn.zc_hold.push(frame);
-            }
-        }
+        advance_queue(conn, result as usize);
     }
 
     /// Takes the responses workers produced and queues them on their connections.
@@ -584,6 +576,7 @@ impl EventLoop {
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        self.direct_send = dirty.len() == 1;
         for &slot in &dirty {
             self.pump(slot)?;
         }
@@ -709,6 +702,25 @@ impl EventLoop {
         let fd = Fd(conn.fd.as_raw_fd());
         let zero_copy = (!conn.loopback || self.options.zero_copy_on_loopback)
             && self.options.zero_copy_threshold.is_some_and(|t| bytes >= t);
+        if self.direct_send && !zero_copy && conn.zc_notifs == 0 {
+            self.direct_send = false;
+            // SAFETY: the msghdr points to iovecs of live queued frames; the call returns before
+            // anything here changes.
+            let sent =
+                unsafe { libc::sendmsg(conn.fd.as_raw_fd(), &state.msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            if sent >= 0 {
+                advance_queue(conn, sent as usize);
+                if conn.queue.is_empty() {
+                    return Ok(());
+                }
+                return self.push_send(slot);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::WouldBlock && err.kind() != io::ErrorKind::Interrupted {
+                fail(conn, -err.raw_os_error().unwrap_or(libc::EIO));
+                return Ok(());
+            }
+        }
         let entry = if zero_copy {
             opcode::SendMsgZc::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
         } else {
@@ -805,6 +817,22 @@ impl EventLoop {
             }
         }
         Ok(())
+    }
+}
+
+/// Records `n` more bytes of the connection's queue sent; frames sent whole leave the queue (and
+/// wait in `zc_hold` while zero-copy notifications are due).
+fn advance_queue(conn: &mut Conn, mut n: usize) {
+    while let Some(front) = conn.queue.front_mut() {
+        n = front.advance(n);
+        if !front.is_empty() {
+            break;
+        }
+        let frame = conn.queue.pop_front().expect("front exists");
+        conn.queued_bytes -= frame.len();
+        if conn.zc_notifs > 0 {
+            conn.zc_hold.push(frame);
+        }
     }
 }
 
