@@ -64,9 +64,27 @@ struct ControlServeArgs {
     /// Folder for the database, logs, process folders and the swap store.
     #[arg(long)]
     data_dir: PathBuf,
-    /// Where processes run.
+    /// Where processes run: local (child processes) or slurm (jobs or steps on a Slurm cluster).
     #[arg(long, default_value = "local")]
     backend: String,
+    /// Slurm backend: job (one job per process) or pool (job steps in a standing allocation).
+    #[arg(long, default_value = "job")]
+    slurm_mode: praas_control::backend::SlurmMode,
+    /// Slurm backend: partition (`--partition`).
+    #[arg(long)]
+    slurm_partition: Option<String>,
+    /// Slurm backend: account (`--account`).
+    #[arg(long)]
+    slurm_account: Option<String>,
+    /// Slurm backend: time limit of each job, or of the pool (`--time`).
+    #[arg(long)]
+    slurm_time: Option<String>,
+    /// Slurm backend: node features required (`--constraint`).
+    #[arg(long)]
+    slurm_constraint: Option<String>,
+    /// Slurm backend, pool mode: nodes of the standing allocation.
+    #[arg(long, default_value_t = 1)]
+    slurm_pool_nodes: u32,
     /// Swap store root (a shared filesystem on a cluster); default DATA_DIR/swap.
     #[arg(long)]
     swap_dir: Option<PathBuf>,
@@ -293,16 +311,29 @@ impl From<String> for Failure {
 }
 
 fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
-    if args.backend != "local" {
-        return Err(format!("unknown backend {:?} (available: local)", args.backend).into());
-    }
+    let praas = std::env::current_exe().map_err(|e| format!("cannot find the praas binary: {e}"))?;
+    let backend: Box<dyn praas_control::backend::Backend> = match args.backend.as_str() {
+        "local" => Box::new(praas_control::backend::LocalBackend::new(praas)),
+        "slurm" => Box::new(praas_control::backend::SlurmBackend::new(
+            praas,
+            praas_control::backend::SlurmConfig {
+                mode: args.slurm_mode,
+                partition: args.slurm_partition,
+                account: args.slurm_account,
+                time_limit: args.slurm_time,
+                constraint: args.slurm_constraint,
+                pool_nodes: args.slurm_pool_nodes,
+            },
+        )?),
+        other => return Err(format!("unknown backend {other:?} (available: local, slurm)").into()),
+    };
     let mut config = ControlConfig::new(&args.data_dir);
     if let Some(swap) = args.swap_dir {
         config.swap_dir = swap;
     }
     config.idle_swap = (args.idle_swap_ms > 0).then(|| Duration::from_millis(args.idle_swap_ms));
     config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
-    let server = server::bind(config, args.listen, args.control_listen)?;
+    let server = server::bind_backend(config, backend, args.listen, args.control_listen)?;
     // Scripts read this line to learn the ports.
     println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
     std::io::stdout().flush().map_err(|e| e.to_string())?;
@@ -440,7 +471,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let options = ControlLinkOptions {
         control_addr,
-        data_addr: server.local_addr().to_string(),
+        data_addr: praas_control::backend::routable(server.local_addr()).to_string(),
         swap_store: swap_store.unwrap_or_else(|| SwapStore::new(std::env::temp_dir().join("praas-swap"))),
         files_dir: args.files_dir.clone(),
         metrics_interval: Duration::from_millis(args.metrics_ms.max(10)),

@@ -62,8 +62,17 @@ pub struct ProcessRecord {
     pub resources: Resources,
     /// Data-plane address while running.
     pub data_addr: Option<String>,
-    /// OS process id while running (local backend).
+    /// OS process id while running (on its node).
     pub pid: Option<u32>,
+    /// The backend's handle while running: the pid (`local`), a Slurm job or step name (`slurm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// The node it runs on, when the backend reports one (`slurm`: the Slurm node name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Its Slurm job (`12`, job mode) or job step (`12.3`, pool mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// Why it failed, when `status` is FAILURE.
     pub error: Option<String>,
     /// The last swap.
@@ -86,6 +95,9 @@ impl ProcessRecord {
             resources,
             data_addr: None,
             pid: None,
+            handle: None,
+            node: None,
+            job: None,
             error: None,
             swap: None,
             metrics: Metrics::default(),

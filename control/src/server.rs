@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::backend::LocalBackend;
+use crate::backend::{Backend, LocalBackend};
 use crate::controller::{ControlConfig, ControlPlane};
 
 const CONTROL_ADDR_SETTING: &str = "control_addr";
@@ -23,7 +23,18 @@ pub struct Server {
 /// otherwise the one used last time with this data folder is reused (or a free port on first use).
 pub fn bind(config: ControlConfig, http: SocketAddr, control: Option<SocketAddr>) -> Result<Server, String> {
     let praas = std::env::current_exe().map_err(|e| format!("cannot find the praas binary: {e}"))?;
-    let plane = ControlPlane::open(config, Box::new(LocalBackend::new(praas))).map_err(|e| e.to_string())?;
+    bind_backend(config, Box::new(LocalBackend::new(praas)), http, control)
+}
+
+/// [`bind`] with a given backend. A control channel bound to an unspecified address (`0.0.0.0`)
+/// is announced to processes by this host's routable address ([`crate::backend::routable`]).
+pub fn bind_backend(
+    config: ControlConfig,
+    backend: Box<dyn Backend>,
+    http: SocketAddr,
+    control: Option<SocketAddr>,
+) -> Result<Server, String> {
+    let plane = ControlPlane::open(config, backend).map_err(|e| e.to_string())?;
     let remembered = plane
         .store()
         .setting(CONTROL_ADDR_SETTING)
@@ -33,7 +44,7 @@ pub fn bind(config: ControlConfig, http: SocketAddr, control: Option<SocketAddr>
     let control_addr = crate::channel::listen(plane.clone(), wanted)
         .map_err(|e| format!("cannot listen for processes on {wanted}: {e}"))?;
     plane.store().put_setting(CONTROL_ADDR_SETTING, &control_addr.to_string()).map_err(|e| e.to_string())?;
-    plane.set_control_addr(control_addr.to_string());
+    plane.set_control_addr(crate::backend::routable(control_addr).to_string());
     let http = std::net::TcpListener::bind(http).map_err(|e| format!("cannot listen on {http}: {e}"))?;
     http.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(Server { plane, http, control_addr })

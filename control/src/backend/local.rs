@@ -76,7 +76,7 @@ impl Backend for LocalBackend {
         "local"
     }
 
-    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<u32, BackendError> {
+    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
         let fail = |reason: String| BackendError { process: launch.process.clone(), reason };
         fs::create_dir_all(&launch.files_dir).map_err(|e| fail(format!("{}: {e}", launch.files_dir.display())))?;
         if let Some(parent) = launch.log.parent() {
@@ -134,26 +134,34 @@ impl Backend for LocalBackend {
                     Err(e) => format!("lost: {e}"),
                 };
                 let success = description == "exit status 0";
-                on_exit(Exit { pid, description, success });
+                on_exit(Exit { handle: pid.to_string(), description, success });
             })
             .map_err(|e| fail(e.to_string()))?;
-        Ok(pid)
+        Ok(pid.to_string())
     }
 
-    fn signal(&self, pid: u32, force: bool) {
+    fn signal(&self, handle: &str, force: bool) {
         let signal = if force { libc::SIGKILL } else { libc::SIGTERM };
-        let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+        let Some(pid) = handle.parse::<u32>().ok().and_then(|pid| libc::pid_t::try_from(pid).ok()) else { return };
         // SAFETY: kill(2) has no memory-safety preconditions; a stale pid at worst signals nothing
         // (ESRCH) — the exit watchers make reuse within this window vanishingly unlikely.
         unsafe { libc::kill(pid, signal) };
     }
 
-    fn adopt(&self, pid: u32, on_exit: ExitHandler) {
+    fn alive(&self, handle: &str) -> bool {
+        handle.parse().is_ok_and(alive)
+    }
+
+    fn adopt(&self, handle: &str, on_exit: ExitHandler) {
+        let Ok(pid) = handle.parse::<u32>() else {
+            return on_exit(Exit { handle: handle.into(), description: "not a process id".into(), success: false });
+        };
         let spawned = std::thread::Builder::new().name(format!("praas-adopt-{pid}")).spawn(move || {
             while alive(pid) {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            on_exit(Exit { pid, description: "exited (not a child of this control plane)".into(), success: false });
+            let description = "exited (not a child of this control plane)".into();
+            on_exit(Exit { handle: pid.to_string(), description, success: false });
         });
         if let Err(e) = spawned {
             tracing::error!(pid, "cannot watch an adopted process: {e}");

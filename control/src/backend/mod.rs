@@ -7,9 +7,14 @@
 //! controller, otherwise by `RLIMIT_AS` (address space, a looser bound: thread stacks and
 //! allocator arenas count too). The child is moved into its cgroup right after it starts, before
 //! it has allocated anything of note.
+//!
+//! The `slurm` backend ([`SlurmBackend`]) places processes on cluster nodes as Slurm jobs or as job
+//! steps of a standing allocation; see its module.
 
 mod local;
+mod slurm;
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +22,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use local::{alive, LocalBackend};
+pub use slurm::{job_state, SlurmBackend, SlurmConfig, SlurmMode};
 
 use crate::model::Resources;
 
@@ -60,9 +66,9 @@ pub struct BackendError {
 /// How a started process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exit {
-    /// The OS process id.
-    pub pid: u32,
-    /// Human description: `exit status 0`, `killed by signal 9`.
+    /// The backend's handle of the process (see [`Backend::start`]).
+    pub handle: String,
+    /// Human description: `exit status 0`, `killed by signal 9`, `Slurm job 12 CANCELLED`.
     pub description: String,
     /// Whether it exited with status 0.
     pub success: bool,
@@ -71,15 +77,77 @@ pub struct Exit {
 /// Called when a started process ends.
 pub type ExitHandler = Arc<dyn Fn(Exit) + Send + Sync>;
 
-/// Where processes run.
+/// Where a started process runs, as far as the backend knows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Placement {
+    /// The node (host name or Slurm node name).
+    pub node: String,
+    /// The Slurm job (`12`) or job step (`12.3`) holding it, when it runs under Slurm.
+    pub job: Option<String>,
+}
+
+/// Where processes run. A started process is named by a backend-specific handle: the OS process
+/// id for `local`, a unique Slurm job or step name for `slurm`.
 pub trait Backend: Send + Sync {
     /// `local`, `slurm`, ...
     fn name(&self) -> &'static str;
-    /// Starts a process; `on_exit` is called once when it ends. Returns its OS process id.
-    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<u32, BackendError>;
-    /// Asks a process to stop (SIGTERM), or kills it (SIGKILL) when `force`.
-    fn signal(&self, pid: u32, force: bool);
+    /// Starts a process; `on_exit` is called once when it ends. Returns its handle.
+    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError>;
+    /// Asks a process to stop (SIGTERM, or cancels its Slurm job or step), or kills it when `force`.
+    fn signal(&self, handle: &str, force: bool);
+    /// Whether a process (possibly started before a control-plane restart) still runs.
+    fn alive(&self, handle: &str) -> bool;
     /// Watches a process this backend did not start in this run (after a control-plane restart);
     /// `on_exit` is called when it is gone.
-    fn adopt(&self, pid: u32, on_exit: ExitHandler);
+    fn adopt(&self, handle: &str, on_exit: ExitHandler);
+    /// Where a started process runs, once the backend knows (no blocking query on this path).
+    fn placement(&self, _handle: &str) -> Option<Placement> {
+        None
+    }
+}
+
+/// The address other hosts use to reach a socket bound to `addr`: `addr` itself, or for an
+/// unspecified address (`0.0.0.0`, `::`) the host named by `PRAAS_ADVERTISE_HOST`, else this
+/// host's name as it resolves (a non-loopback IPv4 address first), else 127.0.0.1.
+pub fn routable(addr: SocketAddr) -> SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    let port = addr.port();
+    let host = std::env::var("PRAAS_ADVERTISE_HOST").ok().filter(|h| !h.is_empty()).or_else(hostname);
+    let resolved: Vec<SocketAddr> =
+        host.and_then(|h| (h.as_str(), port).to_socket_addrs().ok()).map(Iterator::collect).unwrap_or_default();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4() && !a.ip().is_loopback())
+        .or_else(|| resolved.first())
+        .copied()
+        .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+}
+
+/// This host's name.
+fn hostname() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for writes of its length; gethostname NUL-terminates within it
+    // or reports an error.
+    let status = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if status != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&b| b == 0)?;
+    String::from_utf8(buffer[..end].to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_addresses_become_routable() {
+        let bound: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert_eq!(routable(bound), bound);
+        let any = routable("0.0.0.0:5001".parse().unwrap());
+        assert!(!any.ip().is_unspecified());
+        assert_eq!(any.port(), 5001);
+    }
 }

@@ -1,0 +1,418 @@
+//! The `slurm` backend: cloud processes on the nodes of a Slurm cluster, placed by Slurm.
+//!
+//! Every process is started by an `srun` child of the control plane (which runs on a login node):
+//!
+//! - job mode: `srun --job-name=HANDLE --cpus-per-task=VCPUS --mem=MB [-p] [-A] [-t] [-C] ...`
+//!   makes one Slurm job per process (a scheduling cycle each);
+//! - pool mode: the backend holds a standing allocation of N nodes (`salloc --no-shell -N N
+//!   --exclusive`, the lease idea of RDMA FaaS systems) and starts every process as a job step in
+//!   it (`srun --jobid=POOL --exact ...`), which takes tens of milliseconds.
+//!
+//! The task is `sh -c 'echo "$SLURM_JOB_ID.$SLURM_STEP_ID $SLURMD_NODENAME" >PLACEMENT; exec praas
+//! process serve --listen 0.0.0.0:0 ...'`: the placement file (beside the process's log, on the
+//! shared filesystem) tells the control plane the node and the job or step before the process
+//! registers; the process announces a routable data-plane address of its node. The application's
+//! secret travels in the environment (`srun` exports it), never on a command line.
+//!
+//! An ending `srun` is the exit signal: a process that swapped out exits with status 0 and its job
+//! or step ends, releasing its resources; a cancelled, pre-empted, timed-out or crashed job or step
+//! ends `srun` with an error, and the exit description carries the state Slurm reports
+//! (`scontrol show job`). Stopping cancels the job (job mode) or the step (pool mode).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Backend, BackendError, Exit, ExitHandler, Launch, Placement};
+
+/// How processes get their Slurm resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlurmMode {
+    /// One Slurm job per process.
+    Job,
+    /// Job steps inside a standing allocation of nodes.
+    Pool,
+}
+
+impl std::str::FromStr for SlurmMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "job" => Ok(Self::Job),
+            "pool" => Ok(Self::Pool),
+            other => Err(format!("unknown Slurm mode {other:?} (job or pool)")),
+        }
+    }
+}
+
+/// Settings of the Slurm backend (from the control plane's configuration).
+#[derive(Debug, Clone)]
+pub struct SlurmConfig {
+    /// Job or pool mode.
+    pub mode: SlurmMode,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// `--time` of each job (job mode) or of the pool's allocation (pool mode).
+    pub time_limit: Option<String>,
+    /// `--constraint`.
+    pub constraint: Option<String>,
+    /// Nodes of the pool's allocation (pool mode).
+    pub pool_nodes: u32,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        Self { mode: SlurmMode::Job, partition: None, account: None, time_limit: None, constraint: None, pool_nodes: 1 }
+    }
+}
+
+impl SlurmConfig {
+    /// `-p`, `-A`, `-t`, `-C` as configured.
+    fn placement_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (flag, value) in [
+            ("--partition", &self.partition),
+            ("--account", &self.account),
+            ("--time", &self.time_limit),
+            ("--constraint", &self.constraint),
+        ] {
+            if let Some(value) = value {
+                args.push(format!("{flag}={value}"));
+            }
+        }
+        args
+    }
+}
+
+/// A process this backend started and has not seen end.
+#[derive(Debug)]
+struct Running {
+    /// Where its task writes `JOB.STEP NODE`.
+    placement: PathBuf,
+    /// The `srun` child (killed when the process is cancelled before its step exists).
+    srun: u32,
+}
+
+/// Processes on a Slurm cluster.
+#[derive(Debug)]
+pub struct SlurmBackend {
+    praas: PathBuf,
+    config: SlurmConfig,
+    /// The pool's job id (pool mode).
+    pool: Option<String>,
+    /// Prefix of this backend's handles (unique per control-plane run).
+    prefix: String,
+    next: AtomicU64,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+/// Runs a Slurm command and returns its standard output, or why it failed.
+fn slurm_command(program: &str, args: &[String]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e} (are the Slurm client tools installed?)"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{program} {}: {} {}", args.join(" "), out.status, stderr.trim()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads a placement file: `JOB.STEP NODE`.
+fn read_placement(path: &PathBuf) -> Option<(String, String)> {
+    let text = fs::read_to_string(path).ok()?;
+    let mut words = text.split_whitespace();
+    Some((words.next()?.to_owned(), words.next()?.to_owned()))
+}
+
+/// The state Slurm reports for a job: `RUNNING`, `CANCELLED`, `TIMEOUT`, `PREEMPTED`, ...
+pub fn job_state(job: &str) -> Option<String> {
+    let out = slurm_command("scontrol", &["-o".into(), "show".into(), "job".into(), job.into()]).ok()?;
+    out.split_whitespace().find_map(|w| w.strip_prefix("JobState=")).map(str::to_owned)
+}
+
+/// The state of a job that just ended, once Slurm settled it (up to 1 s): `CANCELLED`,
+/// `TIMEOUT`, `PREEMPTED`, `NODE_FAIL`, `FAILED`, `COMPLETED`.
+fn final_job_state(job: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let state = job_state(job).unwrap_or_else(|| "gone".into());
+        if !matches!(state.as_str(), "RUNNING" | "COMPLETING" | "PENDING" | "CONFIGURING")
+            || std::time::Instant::now() >= deadline
+        {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl SlurmBackend {
+    /// A backend starting `praas` (its path on the nodes: the shared filesystem or the same
+    /// install everywhere). In pool mode this waits until the pool's allocation is granted.
+    pub fn new(praas: PathBuf, config: SlurmConfig) -> Result<Self, String> {
+        let stamp = praas_dataplane::state::now_ns() % 1_000_000_000;
+        let prefix = format!("praas-{}-{stamp}", std::process::id());
+        let pool = match config.mode {
+            SlurmMode::Job => None,
+            SlurmMode::Pool => Some(Self::allocate_pool(&config, &prefix)?),
+        };
+        Ok(Self { praas, config, pool, prefix, next: AtomicU64::new(0), running: Arc::default() })
+    }
+
+    /// `salloc --no-shell`: a standing allocation of whole nodes; returns its job id.
+    fn allocate_pool(config: &SlurmConfig, prefix: &str) -> Result<String, String> {
+        let mut args = vec![
+            "--no-shell".to_owned(),
+            format!("--nodes={}", config.pool_nodes.max(1)),
+            "--exclusive".into(),
+            format!("--job-name={prefix}-pool"),
+        ];
+        args.extend(config.placement_args());
+        let out = Command::new("salloc")
+            .args(&args)
+            .env_remove("SLURM_JOB_ID")
+            .env_remove("SLURM_JOBID")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run salloc: {e}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let job = stderr
+            .lines()
+            .find_map(|line| line.split("Granted job allocation ").nth(1))
+            .map(|id| id.trim().to_owned())
+            .ok_or_else(|| format!("salloc {}: {} {}", args.join(" "), out.status, stderr.trim()))?;
+        tracing::info!(job, nodes = config.pool_nodes, "Slurm pool allocated");
+        Ok(job)
+    }
+
+    /// The pool's job id (pool mode).
+    pub fn pool_job(&self) -> Option<&str> {
+        self.pool.as_deref()
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job or step to cancel for a started process.
+    fn target(&self, job_step: &str) -> String {
+        match self.config.mode {
+            // The whole job: its step and the allocation go together.
+            SlurmMode::Job => job_step.split('.').next().unwrap_or(job_step).to_owned(),
+            SlurmMode::Pool => job_step.to_owned(),
+        }
+    }
+
+    /// Steps of this cluster as `(step id, name)`.
+    fn steps() -> Option<Vec<(String, String)>> {
+        let out = slurm_command("squeue", &["-h".into(), "-s".into(), "-o".into(), "%i %j".into()]).ok()?;
+        Some(
+            out.lines()
+                .filter_map(|l| {
+                    let (id, name) = l.trim().split_once(' ')?;
+                    Some((id.to_owned(), name.trim().to_owned()))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for SlurmBackend {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            if let Err(e) = slurm_command("scancel", std::slice::from_ref(pool)) {
+                tracing::warn!("cannot release the Slurm pool {pool}: {e}");
+            }
+        }
+    }
+}
+
+impl Backend for SlurmBackend {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
+        let fail = |reason: String| BackendError { process: launch.process.clone(), reason };
+        fs::create_dir_all(&launch.files_dir).map_err(|e| fail(format!("{}: {e}", launch.files_dir.display())))?;
+        let logs = launch.log.parent().map(PathBuf::from).unwrap_or_default();
+        fs::create_dir_all(&logs).map_err(|e| fail(format!("{}: {e}", logs.display())))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&launch.log)
+            .map_err(|e| fail(format!("{}: {e}", launch.log.display())))?;
+        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let handle = format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed));
+        let placement = logs.join(format!("{handle}.slurm"));
+        let resources = launch.resources;
+        let mut command = Command::new("srun");
+        command
+            .arg(format!("--job-name={handle}"))
+            .args(["--nodes=1", "--ntasks=1", "--kill-on-bad-exit=1", "--input=none"])
+            .arg(format!("--cpus-per-task={}", resources.vcpus.max(1)))
+            .arg(format!("--mem={}", resources.memory_mb))
+            .arg("--chdir")
+            .arg(&launch.files_dir);
+        match &self.pool {
+            Some(pool) => {
+                command.arg(format!("--jobid={pool}")).arg("--exact");
+            }
+            None => {
+                command.args(self.config.placement_args()).env_remove("SLURM_JOB_ID").env_remove("SLURM_JOBID");
+            }
+        }
+        command
+            .args([
+                "sh",
+                "-c",
+                r#"echo "$SLURM_JOB_ID.$SLURM_STEP_ID $SLURMD_NODENAME" >"$0.tmp" && mv "$0.tmp" "$0"; exec "$@""#,
+            ])
+            .arg(&placement)
+            .arg(&self.praas)
+            .args(["process", "serve", "--listen", "0.0.0.0:0", "--id", &launch.process, "--app", &launch.app])
+            .arg("--manifest")
+            .arg(&launch.manifest)
+            .args(["--control-channel", &launch.control_addr])
+            .arg("--swap-dir")
+            .arg(&launch.swap_dir)
+            .arg("--files-dir")
+            .arg(&launch.files_dir)
+            .args(["--workers", &resources.vcpus.max(1).to_string()])
+            .args(["--metrics-ms", &launch.metrics_interval.as_millis().to_string()])
+            .env("PRAAS_SECRET", &launch.secret)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        if launch.restore {
+            command.arg("--restore");
+        }
+        let mut child = command.spawn().map_err(|e| fail(format!("cannot run srun: {e}")))?;
+        self.running().insert(handle.clone(), Running { placement: placement.clone(), srun: child.id() });
+        let mode = self.config.mode;
+        let watched = handle.clone();
+        let running = Arc::clone(&self.running);
+        std::thread::Builder::new()
+            .name(format!("praas-srun-{}", launch.process))
+            .spawn(move || {
+                let status = child.wait();
+                let step = read_placement(&placement).map(|(step, _)| step);
+                let _ = fs::remove_file(&placement);
+                running.lock().unwrap_or_else(|p| p.into_inner()).remove(&watched);
+                let srun = match &status {
+                    Ok(s) => match s.code() {
+                        Some(code) => format!("srun exit status {code}"),
+                        None => format!("srun {s}"),
+                    },
+                    Err(e) => format!("srun lost: {e}"),
+                };
+                let success = status.as_ref().is_ok_and(|s| s.success());
+                let description = match (&step, mode) {
+                    (None, _) => format!("{srun}; its Slurm task never started"),
+                    (Some(step), SlurmMode::Job) => {
+                        let job = step.split('.').next().unwrap_or(step);
+                        let state = final_job_state(job);
+                        format!("{srun}; Slurm job {job} {state}")
+                    }
+                    (Some(step), SlurmMode::Pool) => format!("{srun}; Slurm step {step} ended"),
+                };
+                on_exit(Exit { handle: watched, description, success });
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(handle)
+    }
+
+    fn signal(&self, handle: &str, force: bool) {
+        let (placement, srun) = match self.running().get(handle) {
+            Some(r) => (r.placement.clone(), r.srun),
+            None => return self.signal_adopted(handle, force),
+        };
+        let mut args: Vec<String> = if force { vec!["--signal=KILL".into()] } else { Vec::new() };
+        match read_placement(&placement) {
+            Some((step, _)) => args.push(self.target(&step)),
+            None if self.config.mode == SlurmMode::Job => args.push(format!("--name={handle}")),
+            None => {
+                // The step does not exist yet: ending srun abandons its creation.
+                if let Ok(pid) = libc::pid_t::try_from(srun) {
+                    // SAFETY: kill(2) has no memory-safety preconditions; `srun` is our child,
+                    // waited for by its watcher thread, so the pid is not reused before that.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                return;
+            }
+        }
+        if let Err(e) = slurm_command("scancel", &args) {
+            tracing::warn!(handle, "{e}");
+        }
+    }
+
+    fn alive(&self, handle: &str) -> bool {
+        self.running().contains_key(handle) || Self::steps().is_some_and(|s| s.iter().any(|(_, n)| n == handle))
+    }
+
+    fn adopt(&self, handle: &str, on_exit: ExitHandler) {
+        let handle = handle.to_owned();
+        let spawned = std::thread::Builder::new().name("praas-slurm-adopt".into()).spawn(move || {
+            // A failed squeue (controller briefly unreachable) is not the end of the step.
+            while Self::steps().is_none_or(|steps| steps.iter().any(|(_, n)| *n == handle)) {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let description = "its Slurm step ended (started before the control plane restarted)".into();
+            on_exit(Exit { handle, description, success: false });
+        });
+        if let Err(e) = spawned {
+            tracing::error!("cannot watch an adopted Slurm step: {e}");
+        }
+    }
+
+    fn placement(&self, handle: &str) -> Option<Placement> {
+        let path = self.running().get(handle)?.placement.clone();
+        let (step, node) = read_placement(&path)?;
+        let job = match self.config.mode {
+            SlurmMode::Job => step.split('.').next().unwrap_or(&step).to_owned(),
+            SlurmMode::Pool => step,
+        };
+        Some(Placement { node, job: Some(job) })
+    }
+}
+
+impl SlurmBackend {
+    /// Cancels a step started before a control-plane restart, found by its name.
+    fn signal_adopted(&self, handle: &str, force: bool) {
+        let Some(step) = Self::steps().and_then(|s| s.into_iter().find(|(_, n)| n == handle)).map(|(id, _)| id) else {
+            return;
+        };
+        let mut args: Vec<String> = if force { vec!["--signal=KILL".into()] } else { Vec::new() };
+        args.push(self.target(&step));
+        if let Err(e) = slurm_command("scancel", &args) {
+            tracing::warn!(handle, "{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_and_placement_arguments() {
+        assert_eq!("job".parse::<SlurmMode>(), Ok(SlurmMode::Job));
+        assert_eq!("pool".parse::<SlurmMode>(), Ok(SlurmMode::Pool));
+        assert!("lease".parse::<SlurmMode>().is_err());
+        let config = SlurmConfig {
+            partition: Some("debug".into()),
+            time_limit: Some("10".into()),
+            constraint: Some("ib".into()),
+            ..SlurmConfig::default()
+        };
+        assert_eq!(config.placement_args(), ["--partition=debug", "--time=10", "--constraint=ib"]);
+    }
+}
