@@ -23,6 +23,8 @@ pub enum Command {
     Swap(SwapArgs),
     /// Process-to-process put/get round trips, against raw TCP ping-pong.
     Message(MessageArgs),
+    /// Create-to-ALLOCATED latency on the local and Slurm backends, against `srun -n1 true`.
+    Allocate(AllocateArgs),
     /// (internal) Serve a praas process on 127.0.0.1:0 until stdin closes.
     #[command(hide = true)]
     ServePraas(ServePraasArgs),
@@ -138,6 +140,25 @@ pub struct MessageArgs {
     /// Seconds to wait for any response or server before giving up.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct AllocateArgs {
+    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Backends, comma-separated: local, slurm-job, slurm-pool (Slurm: the cluster of SLURM_CONF).
+    #[arg(long, value_delimiter = ',', default_values_t = ["local".to_string(), "slurm-job".into(), "slurm-pool".into()])]
+    pub backends: Vec<String>,
+    /// Measured allocations per backend (and `srun -n1 true` runs).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+    /// Warm-up allocations per backend.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Nodes of the pool (slurm-pool).
+    #[arg(long, default_value_t = 1)]
+    pub slurm_pool_nodes: u32,
 }
 
 #[derive(Debug, Args)]

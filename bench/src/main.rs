@@ -4,6 +4,7 @@
 //! stdout with `--json` (logs on stderr). Servers run as separate OS processes: the bench
 //! re-executes itself with a hidden `serve-*` subcommand.
 
+mod allocate;
 mod child;
 mod cli;
 mod functions;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         Command::Invoke(args) => invoke::run(args),
         Command::Swap(args) => swap::run(args),
         Command::Message(args) => message::run(args),
+        Command::Allocate(args) => allocate::run(args),
         Command::ServePraas(args) => serve::praas(args),
         Command::ServeRaw(args) => serve::raw(args),
     };

@@ -51,6 +51,11 @@ pub struct RunInfo {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Record {
     pub bench: &'static str,
+    /// `allocate`: `local` or `slurm`, and for Slurm `job` or `pool`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<&'static str>,
     pub size: usize,
@@ -101,6 +106,8 @@ impl Record {
     fn base(bench: &'static str, info: &RunInfo, size: usize, iters: u64, warmup: u64) -> Self {
         Self {
             bench,
+            backend: None,
+            mode: None,
             transport: Some(info.transport),
             size,
             in_flight: None,
@@ -228,8 +235,9 @@ impl Record {
             }
         };
         let baseline = if self.baseline == "none" { dash() } else { format!("{baseline} {}", self.baseline) };
+        let bench = [Some(self.bench), self.backend, self.mode].into_iter().flatten().collect::<Vec<_>>().join(" ");
         [
-            self.bench.to_string(),
+            bench,
             format_size(self.size),
             self.in_flight.map_or_else(dash, |n| n.to_string()),
             self.iters.to_string(),

@@ -1,0 +1,177 @@
+//! `allocate`: create-to-ALLOCATED latency of a cloud process (`PUT /apps/A/processes/P` answers
+//! once the process registered) on the local backend and on the Slurm backend in job and pool
+//! mode, against `srun -n1 true` on the same cluster in the same run.
+//!
+//! Each backend gets its own control plane (`praas control serve`, the `praas` binary beside this
+//! one); every measured process is stopped and deleted outside the timed region. The Slurm cluster
+//! is the one `SLURM_CONF` names (`eval "$(scripts/slurm-cluster.sh start)"`). The baseline runs
+//! before the pool exists (the pool holds its nodes exclusively).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::AllocateArgs;
+use crate::functions;
+use crate::placement;
+use crate::report::{self, Record, Reporter, RunInfo, Summary};
+
+/// A control plane child, killed (with the processes and the pool it holds) when dropped.
+struct ControlPlane {
+    child: Child,
+    http: String,
+    agent: ureq::Agent,
+    _data: tempfile::TempDir,
+}
+
+fn praas_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench executable: {e}"))?;
+    let praas = exe.with_file_name("praas");
+    if praas.is_file() {
+        Ok(praas)
+    } else {
+        Err(format!("{} is missing: build it with `cargo build --release -p praas-control`", praas.display()))
+    }
+}
+
+impl ControlPlane {
+    fn start(backend_args: &[&str]) -> Result<Self, String> {
+        let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut child = Command::new(praas_binary()?)
+            .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "1000", "--data-dir"])
+            .arg(data.path())
+            .args(backend_args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start praas control serve: {e}"))?;
+        let mut line = String::new();
+        let read = BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line);
+        let http = line.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_owned);
+        let Some(http) = http.filter(|_| read.is_ok()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("praas control serve {backend_args:?} did not start"));
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        Ok(Self { child, http, agent, _data: data })
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
+        let url = format!("{}{path}", self.http);
+        let response = match (method, body) {
+            ("PUT", Some(body)) => self.agent.put(&url).send_json(body),
+            ("POST", _) => self.agent.post(&url).send_empty(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            _ => unreachable!("only the calls below"),
+        };
+        let mut response = response.map_err(|e| format!("{method} {path}: {e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            let text = response.body_mut().read_to_string().unwrap_or_default();
+            Err(format!("{method} {path}: HTTP {}: {text}", response.status().as_u16()))
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed control plane leaves its Slurm pool: cancel the jobs named after it.
+        if let Ok(out) = Command::new("squeue").args(["-h", "-o", "%i %j"]).stderr(Stdio::null()).output() {
+            let prefix = format!("praas-{pid}-");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some((id, _)) = line.trim().split_once(' ').filter(|(_, name)| name.starts_with(&prefix)) {
+                    let _ = Command::new("scancel").arg(id).status();
+                }
+            }
+        }
+    }
+}
+
+/// Times `iters` creations (after `warmup` untimed ones) of a 1-vCPU process.
+fn measure_backend(args: &AllocateArgs, backend_args: &[&str]) -> Result<Summary, String> {
+    let cp = ControlPlane::start(backend_args)?;
+    let library = functions::library()?;
+    let manifest = functions::manifest_text(&library)?;
+    let resources = serde_json::json!({ "vcpus": 1, "memory_mb": 256 });
+    let app = serde_json::json!({ "manifest": manifest, "manifest_dir": "/", "resources": resources });
+    cp.call("PUT", "/apps/bench", Some(app))?;
+    let mut hist = report::histogram();
+    for i in 0..args.warmup + args.iters {
+        let path = format!("/apps/bench/processes/p{i}");
+        let started = Instant::now();
+        cp.call("PUT", &path, Some(serde_json::json!({})))?;
+        let elapsed = started.elapsed();
+        if i >= args.warmup {
+            report::record(&mut hist, elapsed);
+        }
+        cp.call("POST", &format!("{path}/stop"), None)?;
+        cp.call("DELETE", &path, None)?;
+    }
+    Ok(Summary::of(&hist))
+}
+
+/// Times `srun -n1 true` on the cluster `SLURM_CONF` names.
+fn measure_srun(args: &AllocateArgs) -> Result<Summary, String> {
+    let mut hist = report::histogram();
+    for i in 0..args.warmup + args.iters {
+        let started = Instant::now();
+        let status = Command::new("srun")
+            .args(["-n1", "true"])
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run srun: {e}"))?;
+        let elapsed = started.elapsed();
+        if !status.success() {
+            return Err(format!("srun -n1 true: {status}"));
+        }
+        if i >= args.warmup {
+            report::record(&mut hist, elapsed);
+        }
+    }
+    Ok(Summary::of(&hist))
+}
+
+pub fn run(args: &AllocateArgs) -> Result<(), String> {
+    let slurm = args.backends.iter().any(|b| b != "local");
+    if slurm && std::env::var_os("SLURM_CONF").is_none() {
+        return Err("the Slurm backends need a cluster: eval \"$(scripts/slurm-cluster.sh start)\" first".into());
+    }
+    let info = RunInfo { transport: "tcp", placement: "control-plane=any".into(), host: placement::host() };
+    let baseline = if slurm { Some(measure_srun(args)?) } else { None };
+    let pool_nodes = args.slurm_pool_nodes.to_string();
+    let mut reporter = Reporter::new(args.json);
+    for backend in &args.backends {
+        let (name, mode, backend_args): (&'static str, Option<&'static str>, Vec<&str>) = match backend.as_str() {
+            "local" => ("local", None, vec!["--backend", "local"]),
+            "slurm-job" => ("slurm", Some("job"), vec!["--backend", "slurm", "--slurm-mode", "job"]),
+            "slurm-pool" => (
+                "slurm",
+                Some("pool"),
+                vec!["--backend", "slurm", "--slurm-mode", "pool", "--slurm-pool-nodes", &pool_nodes],
+            ),
+            other => return Err(format!("unknown backend {other:?} (local, slurm-job, slurm-pool)")),
+        };
+        let ours = measure_backend(args, &backend_args)?;
+        let mut record = match &baseline {
+            Some(base) => Record::latency("allocate", &info, 0, args.warmup, &ours, "srun-true", base),
+            None => Record::unbaselined("allocate", &info, 0, args.warmup, &ours),
+        };
+        record.transport = None;
+        record.backend = Some(name);
+        record.mode = mode;
+        reporter.push(record).map_err(|e| e.to_string())?;
+    }
+    reporter.finish(&info).map_err(|e| e.to_string())
+}
