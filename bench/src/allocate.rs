@@ -38,10 +38,12 @@ fn praas_binary() -> Result<PathBuf, String> {
 impl ControlPlane {
     fn start(backend_args: &[&str]) -> Result<Self, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let pool_name = pool_name(data.path());
         let mut child = Command::new(praas_binary()?)
             .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "1000", "--data-dir"])
             .arg(data.path())
             .args(backend_args)
+            .args(["--slurm-pool-name", &pool_name])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -82,19 +84,30 @@ impl ControlPlane {
     }
 }
 
+/// The pool's job name of the control plane on `data`.
+fn pool_name(data: &std::path::Path) -> String {
+    let unique = data.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("praas-bench-{}-{unique}-pool", std::process::id())
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let pid = self.child.id();
+        // SIGTERM: the control plane releases its Slurm pool and exits.
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions; the child is not reaped yet,
+            // so its pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        // A killed control plane leaves its Slurm pool: cancel the jobs named after it.
-        if let Ok(out) = Command::new("squeue").args(["-h", "-o", "%i %j"]).stderr(Stdio::null()).output() {
-            let prefix = format!("praas-{pid}-");
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Some((id, _)) = line.trim().split_once(' ').filter(|(_, name)| name.starts_with(&prefix)) {
-                    let _ = Command::new("scancel").arg(id).status();
-                }
-            }
+        // Had it not exited in time, its pool would stay: cancel it by name.
+        if std::env::var_os("SLURM_CONF").is_some() {
+            let name = pool_name(self._data.path());
+            let _ = Command::new("scancel").args(["--name", &name]).stderr(Stdio::null()).status();
         }
     }
 }

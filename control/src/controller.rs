@@ -234,6 +234,11 @@ impl ControlPlane {
         Ok(plane)
     }
 
+    /// Releases the backend's own resources (a Slurm pool) before the control plane exits.
+    pub fn shutdown(&self) {
+        self.inner.backend.shutdown();
+    }
+
     /// Records where the control channel listens (processes are told on start).
     pub fn set_control_addr(&self, addr: String) {
         *self.inner.control_addr.lock().unwrap_or_else(|p| p.into_inner()) = addr;

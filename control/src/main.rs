@@ -85,6 +85,10 @@ struct ControlServeArgs {
     /// Slurm backend, pool mode: nodes of the standing allocation.
     #[arg(long, default_value_t = 1)]
     slurm_pool_nodes: u32,
+    /// Slurm backend, pool mode: job name of the pool, reused while it runs (default: one per
+    /// data folder, so a restarted control plane finds its pool).
+    #[arg(long)]
+    slurm_pool_name: Option<String>,
     /// Swap store root (a shared filesystem on a cluster); default DATA_DIR/swap.
     #[arg(long)]
     swap_dir: Option<PathBuf>,
@@ -323,6 +327,9 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
                 time_limit: args.slurm_time,
                 constraint: args.slurm_constraint,
                 pool_nodes: args.slurm_pool_nodes,
+                pool_name: Some(args.slurm_pool_name.unwrap_or_else(|| {
+                    praas_control::backend::default_pool_name(&args.data_dir)
+                })),
             },
         )?),
         other => return Err(format!("unknown backend {other:?} (available: local, slurm)").into()),

@@ -50,6 +50,42 @@ pub fn bind_backend(
     Ok(Server { plane, http, control_addr })
 }
 
+static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// On SIGTERM or SIGINT: releases the backend's own resources (a Slurm pool) and exits with 0.
+/// Processes are not stopped (a restarted control plane adopts them, as after a crash).
+fn shutdown_on_signals(plane: ControlPlane) -> Result<(), String> {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); `action` is a fully
+        // initialised sigaction that outlives the call.
+        let status = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if status != 0 {
+            return Err(format!("cannot handle signal {signal}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    std::thread::Builder::new()
+        .name("praas-shutdown".into())
+        .spawn(move || {
+            while !STOP_REQUESTED.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            tracing::info!("stopping on request");
+            plane.shutdown();
+            std::process::exit(0);
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the shutdown thread: {e}"))
+}
+
 impl Server {
     /// The HTTP API's address.
     pub fn http_addr(&self) -> SocketAddr {
@@ -59,6 +95,7 @@ impl Server {
     /// Serves until the process ends.
     pub fn run(self) -> Result<(), String> {
         self.plane.run_downscaler();
+        shutdown_on_signals(self.plane.clone())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

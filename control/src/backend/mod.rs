@@ -22,7 +22,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use local::{alive, LocalBackend};
-pub use slurm::{job_state, SlurmBackend, SlurmConfig, SlurmMode};
+pub use slurm::{default_pool_name, job_state, SlurmBackend, SlurmConfig, SlurmMode};
 
 use crate::model::Resources;
 
@@ -104,6 +104,9 @@ pub trait Backend: Send + Sync {
     fn placement(&self, _handle: &str) -> Option<Placement> {
         None
     }
+    /// Releases what the backend holds for itself (a Slurm pool) when the control plane stops
+    /// on request; processes of the local backend live on.
+    fn shutdown(&self) {}
 }
 
 /// The address other hosts use to reach a socket bound to `addr`: `addr` itself, or for an

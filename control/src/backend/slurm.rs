@@ -64,11 +64,22 @@ pub struct SlurmConfig {
     pub constraint: Option<String>,
     /// Nodes of the pool's allocation (pool mode).
     pub pool_nodes: u32,
+    /// Job name of the pool (pool mode): a running job of this name is reused (a control plane
+    /// restarted after a crash finds its pool and the processes in it); default: unique per run.
+    pub pool_name: Option<String>,
 }
 
 impl Default for SlurmConfig {
     fn default() -> Self {
-        Self { mode: SlurmMode::Job, partition: None, account: None, time_limit: None, constraint: None, pool_nodes: 1 }
+        Self {
+            mode: SlurmMode::Job,
+            partition: None,
+            account: None,
+            time_limit: None,
+            constraint: None,
+            pool_nodes: 1,
+            pool_name: None,
+        }
     }
 }
 
@@ -104,8 +115,8 @@ struct Running {
 pub struct SlurmBackend {
     praas: PathBuf,
     config: SlurmConfig,
-    /// The pool's job id (pool mode).
-    pool: Option<String>,
+    /// The pool's job id (pool mode); taken when the pool is released.
+    pool: Mutex<Option<String>>,
     /// Prefix of this backend's handles (unique per control-plane run).
     prefix: String,
     next: AtomicU64,
@@ -131,6 +142,19 @@ fn read_placement(path: &PathBuf) -> Option<(String, String)> {
     let text = fs::read_to_string(path).ok()?;
     let mut words = text.split_whitespace();
     Some((words.next()?.to_owned(), words.next()?.to_owned()))
+}
+
+/// The pool's job name for a control plane's data folder: `praas-HASH-pool`, the same after a
+/// restart, different for two control planes.
+pub fn default_pool_name(data_dir: &std::path::Path) -> String {
+    let path = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across runs and builds (unlike std's hasher).
+    let hash = path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("praas-{:012x}-pool", hash & 0xffff_ffff_ffff)
 }
 
 /// The state Slurm reports for a job: `RUNNING`, `CANCELLED`, `TIMEOUT`, `PREEMPTED`, ...
@@ -162,18 +186,33 @@ impl SlurmBackend {
         let prefix = format!("praas-{}-{stamp}", std::process::id());
         let pool = match config.mode {
             SlurmMode::Job => None,
-            SlurmMode::Pool => Some(Self::allocate_pool(&config, &prefix)?),
+            SlurmMode::Pool => {
+                let name = config.pool_name.clone().unwrap_or_else(|| format!("{prefix}-pool"));
+                match Self::running_job(&name) {
+                    Some(job) => {
+                        tracing::info!(job, name, "reusing the running Slurm pool");
+                        Some(job)
+                    }
+                    None => Some(Self::allocate_pool(&config, &name)?),
+                }
+            }
         };
-        Ok(Self { praas, config, pool, prefix, next: AtomicU64::new(0), running: Arc::default() })
+        Ok(Self { praas, config, pool: Mutex::new(pool), prefix, next: AtomicU64::new(0), running: Arc::default() })
+    }
+
+    /// The id of a running job named `name`.
+    fn running_job(name: &str) -> Option<String> {
+        let args = ["-h", "-t", "RUNNING", "-o", "%i", "--name", name].map(String::from);
+        slurm_command("squeue", &args).ok()?.split_whitespace().next().map(str::to_owned)
     }
 
     /// `salloc --no-shell`: a standing allocation of whole nodes; returns its job id.
-    fn allocate_pool(config: &SlurmConfig, prefix: &str) -> Result<String, String> {
+    fn allocate_pool(config: &SlurmConfig, name: &str) -> Result<String, String> {
         let mut args = vec![
             "--no-shell".to_owned(),
             format!("--nodes={}", config.pool_nodes.max(1)),
             "--exclusive".into(),
-            format!("--job-name={prefix}-pool"),
+            format!("--job-name={name}"),
         ];
         args.extend(config.placement_args());
         let out = Command::new("salloc")
@@ -193,9 +232,20 @@ impl SlurmBackend {
         Ok(job)
     }
 
-    /// The pool's job id (pool mode).
-    pub fn pool_job(&self) -> Option<&str> {
-        self.pool.as_deref()
+    /// The pool's job id (pool mode, until released).
+    pub fn pool_job(&self) -> Option<String> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Cancels the pool (and every process in it).
+    fn release_pool(&self) {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pool) = pool {
+            match slurm_command("scancel", std::slice::from_ref(&pool)) {
+                Ok(_) => tracing::info!(job = pool, "Slurm pool released"),
+                Err(e) => tracing::warn!("cannot release the Slurm pool {pool}: {e}"),
+            }
+        }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
@@ -227,11 +277,7 @@ impl SlurmBackend {
 
 impl Drop for SlurmBackend {
     fn drop(&mut self) {
-        if let Some(pool) = &self.pool {
-            if let Err(e) = slurm_command("scancel", std::slice::from_ref(pool)) {
-                tracing::warn!("cannot release the Slurm pool {pool}: {e}");
-            }
-        }
+        self.release_pool();
     }
 }
 
@@ -262,11 +308,12 @@ impl Backend for SlurmBackend {
             .arg(format!("--mem={}", resources.memory_mb))
             .arg("--chdir")
             .arg(&launch.files_dir);
-        match &self.pool {
-            Some(pool) => {
+        match (self.config.mode, self.pool_job()) {
+            (SlurmMode::Pool, Some(pool)) => {
                 command.arg(format!("--jobid={pool}")).arg("--exact");
             }
-            None => {
+            (SlurmMode::Pool, None) => return Err(fail("the Slurm pool was released".into())),
+            (SlurmMode::Job, _) => {
                 command.args(self.config.placement_args()).env_remove("SLURM_JOB_ID").env_remove("SLURM_JOBID");
             }
         }
@@ -371,6 +418,10 @@ impl Backend for SlurmBackend {
         if let Err(e) = spawned {
             tracing::error!("cannot watch an adopted Slurm step: {e}");
         }
+    }
+
+    fn shutdown(&self) {
+        self.release_pool();
     }
 
     fn placement(&self, handle: &str) -> Option<Placement> {
