@@ -342,3 +342,30 @@ fn two_io_threads_and_sqpoll_serve_alike() {
         wait_for_pool(&process);
     }
 }
+
+/// io_uring only: a client made on one thread and used on others (its single-issuer ring is made
+/// anew on each), pipelining through the ring and round-tripping.
+#[test]
+fn a_client_moved_between_threads_keeps_working() {
+    if !praas_dataplane::transport::uring_available() {
+        eprintln!("skipped: io_uring is unavailable on this kernel");
+        return;
+    }
+    let (_process, server) = serve_on(TransportKind::Uring, &example_manifest(), config(2));
+    let mut client = client(TransportKind::Uring, server.local_addr());
+    assert_eq!(client.transport(), TransportKind::Uring);
+    for round in 0..4u64 {
+        client = thread::spawn(move || {
+            let inputs: Vec<Vec<u8>> = (0..50).map(|i| pattern(1 + (i * 97) % 6000, round * 100 + i as u64)).collect();
+            let ids: Vec<u64> = inputs.iter().map(|input| client.submit("echo", input).unwrap()).collect();
+            for (id, input) in ids.iter().zip(&inputs) {
+                assert!(client.wait(*id).unwrap() == *input);
+            }
+            let big = pattern(200_000, round);
+            assert!(client.invoke("echo_worker", &big).unwrap() == big);
+            client
+        })
+        .join()
+        .unwrap();
+    }
+}

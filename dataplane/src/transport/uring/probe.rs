@@ -113,3 +113,45 @@ pub fn build_ring(config: RingConfig) -> io::Result<IoUring> {
         plain.build(config.entries)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportKind;
+
+    #[test]
+    fn transport_names_parse_and_auto_resolves_to_what_the_probe_says() {
+        for (text, kind) in [
+            ("auto", TransportKind::Auto),
+            ("uring", TransportKind::Uring),
+            ("io_uring", TransportKind::Uring),
+            ("mio", TransportKind::Mio),
+            ("tcp", TransportKind::Mio),
+        ] {
+            assert_eq!(text.parse::<TransportKind>().unwrap(), kind);
+        }
+        assert!("rdma".parse::<TransportKind>().unwrap_err().contains("uring, mio or auto"));
+        assert_eq!(TransportKind::Auto.to_string(), "auto");
+        let expected = if check().is_ok() { TransportKind::Uring } else { TransportKind::Mio };
+        assert_eq!(TransportKind::Auto.resolve(), expected);
+        assert_eq!(TransportKind::Mio.resolve(), TransportKind::Mio);
+        assert_eq!(available(), check().is_ok());
+    }
+
+    #[test]
+    fn the_probe_verdict_names_its_reason() {
+        match check() {
+            Ok(()) => {
+                // This kernel serves: a ring with the transport's flags builds, with and without
+                // single-issuer deferred task work.
+                for single_issuer in [true, false] {
+                    build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer }).unwrap();
+                }
+            }
+            Err(why) => {
+                eprintln!("skipped: io_uring unavailable: {why}");
+                assert!(!why.to_string().is_empty());
+            }
+        }
+    }
+}
