@@ -336,6 +336,8 @@ impl Backend for SlurmBackend {
             .args(["--workers", &resources.vcpus.max(1).to_string()])
             .args(["--metrics-ms", &launch.metrics_interval.as_millis().to_string()])
             .env("PRAAS_SECRET", &launch.secret)
+            // The login node's advertised name is not the compute node's.
+            .env_remove("PRAAS_ADVERTISE_HOST")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
