@@ -13,6 +13,8 @@ PACKAGES=(
     libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest iproute2
     # the SoftRoCE VM on hosts whose kernel has no rdma_rxe (scripts/rxe-vm.sh)
     qemu-system-x86 busybox-static cpio kmod python3
+    # the Slurm test cluster (scripts/slurm-cluster.sh, control/tests/slurm.rs)
+    slurmctld slurmd slurm-client munge
 )
 
 missing_packages() {

@@ -468,4 +468,21 @@ mod tests {
         };
         assert_eq!(config.placement_args(), ["--partition=debug", "--time=10", "--constraint=ib"]);
     }
+
+    #[test]
+    fn placement_files_and_pool_names() {
+        let dir = std::env::temp_dir().join(format!("praas-placement-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("p.slurm");
+        assert_eq!(read_placement(&file), None, "not written yet");
+        fs::write(&file, "12.3 n2\n").unwrap();
+        assert_eq!(read_placement(&file), Some(("12.3".into(), "n2".into())));
+        fs::write(&file, "12.3\n").unwrap();
+        assert_eq!(read_placement(&file), None, "a partial line is no placement");
+        fs::remove_dir_all(&dir).unwrap();
+        let a = default_pool_name(std::path::Path::new("/data/a"));
+        assert_eq!(a, default_pool_name(std::path::Path::new("/data/a")), "stable");
+        assert_ne!(a, default_pool_name(std::path::Path::new("/data/b")));
+        assert!(a.starts_with("praas-") && a.ends_with("-pool"), "{a}");
+    }
 }
