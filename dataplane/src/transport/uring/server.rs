@@ -284,7 +284,19 @@ impl EventLoop {
     }
 
     /// Serves until told to stop.
+    ///
+    /// However it ends (told to stop, or a ring error), every connection's operations are
+    /// cancelled and reaped before this returns: no operation outlives the memory it points to.
     pub fn run(&mut self) -> io::Result<()> {
+        let served = self.serve();
+        if let Err(e) = &served {
+            tracing::error!("io_uring event loop failed: {e}");
+        }
+        let stopped = self.shutdown();
+        served.and(stopped)
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
         let mut cqes = Vec::with_capacity(256);
         while !self.shared.stop.load(Ordering::Acquire) {
             self.arm_listeners()?;
@@ -297,7 +309,7 @@ impl EventLoop {
             self.drain_responses();
             self.retry_due();
         }
-        self.shutdown()
+        Ok(())
     }
 
     fn collect(&mut self, out: &mut Vec<(u64, i32, u32)>) {
@@ -764,6 +776,25 @@ impl EventLoop {
 
     /// Stops: closes every connection and waits (boundedly) for their operations to end.
     fn shutdown(&mut self) -> io::Result<()> {
+        let result = self.cancel_and_reap();
+        if result.is_err() {
+            // Operations may still be in flight: leak what they point to rather than free it.
+            self.leak();
+        }
+        result
+    }
+
+    /// Forgets every connection and the wake-up buffer (their memory stays allocated).
+    fn leak(&mut self) {
+        for conn in self.conns.iter_mut().filter_map(Option::take) {
+            std::mem::forget(conn);
+        }
+        if self.wake_armed {
+            std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+    }
+
+    fn cancel_and_reap(&mut self) -> io::Result<()> {
         for slot in 0..self.conns.len() {
             if let Some(conn) = self.conns[slot].as_mut() {
                 conn.closing = true;
@@ -786,12 +817,7 @@ impl EventLoop {
         while self.conns.iter().any(Option::is_some) || self.accept_armed || self.wake_armed {
             if Instant::now() > deadline {
                 tracing::warn!("operations still in flight at shutdown: leaking their connections");
-                for conn in self.conns.iter_mut().filter_map(Option::take) {
-                    std::mem::forget(conn);
-                }
-                if self.wake_armed {
-                    std::mem::forget(std::mem::take(&mut self.wake_buf));
-                }
+                self.leak();
                 break;
             }
             self.retry = vec![(Instant::now() + Duration::from_millis(10), NO_CONN)];
@@ -1058,10 +1084,11 @@ fn send_flags() -> u32 {
 
 /// Whether the socket's peer is a loopback address.
 fn is_loopback_peer(fd: &OwnedFd) -> bool {
-    // SAFETY: `fd` is a socket we own; getpeername writes at most `len` bytes into `addr`.
+    // SAFETY: an all-zero sockaddr_storage is a valid value (family AF_UNSPEC).
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: as above: a live, large enough sockaddr_storage and its length.
+    // SAFETY: `fd` is a socket we own; getpeername writes at most `len` bytes into the live
+    // sockaddr_storage `addr`, and updates `len`.
     let rc = unsafe { libc::getpeername(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) };
     if rc != 0 {
         return false;
