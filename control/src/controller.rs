@@ -607,6 +607,18 @@ impl ControlPlane {
 
     fn on_exit(&self, app: &str, name: &str, generation: u64, exit: Exit) {
         let mut registry = self.registry();
+        // A process that swapped out confirms and exits with status 0: its exit can be seen
+        // before the control channel has read the confirmation. Give the confirmation 2 s.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
+            let unconfirmed = entry.record.status == ProcessStatus::SwappingOut && entry.swap_result.is_none();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if entry.generation != generation || !exit.success || !unconfirmed || left.is_zero() {
+                break;
+            }
+            registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
         let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
         if entry.generation != generation {
             return;
@@ -738,6 +750,8 @@ impl ControlPlane {
                 return Err(ApiError::internal(format!("the snapshot of {app}/{name} is missing from the swap store")));
             }
             entry.record.status = ProcessStatus::SwappingIn;
+            // From here on a late exit of the swapped-out process is an older generation's.
+            entry.generation += 1;
             self.save(entry)?;
         }
         self.launch(app, name, true)?;
