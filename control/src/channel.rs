@@ -90,11 +90,16 @@ fn handshake(
         return Ok(None);
     }
     let link_id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
-    if let Err(reason) = plane.on_register(registration, Link { id: link_id, writer }) {
+    // Hold the link's writer until the answer is out: once registered, the link is visible to
+    // other threads' peer updates, which must not reach the process before its answer.
+    let shared = Arc::clone(&writer);
+    let answering = writer.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(reason) = plane.on_register(registration, Link { id: link_id, writer: shared }) {
         respond(channel, Status::InvalidArgument, &reason)?;
         return Ok(None);
     }
     respond(channel, Status::Ok, "")?;
+    drop(answering);
     plane.announce_peers(&registration.app);
     Ok(Some((registration.app.clone(), registration.process.clone(), link_id)))
 }
