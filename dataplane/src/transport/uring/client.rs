@@ -1,11 +1,12 @@
 //! The client SDK's io_uring stream: blocking calls, each one `io_uring_enter` that submits the
 //! operations and waits for their completions.
 //!
-//! [`UringStream::send_then_recv`] is the round trip of `Client::invoke`: the request's `sendmsg`
-//! linked to the receive of the answer, both submitted and waited for in one system call (a
-//! blocking client pays two: `writev` and `read`). Sends use `MSG_WAITALL`, so the kernel itself
-//! finishes a short send before the linked receive starts; a send that still comes back short
-//! (a peer reset, an interrupted wait) is finished by further sends. Every wait is bounded by a
+//! [`UringStream::send_then_recv`] sends requests and receives the first bytes of the answers in
+//! one system call (a blocking client pays two: `writev` and `read`): `Client` uses it for the
+//! requests it batched. The send is submitted first and the receive right after it, not linked
+//! (a linked receive is issued later, through task work); sends use `MSG_WAITALL`, so the kernel
+//! itself finishes a send the socket takes in parts, and a send that still comes back short (a
+//! peer reset, an interrupted wait) is finished by further sends. Every wait is bounded by a
 //! deadline: an operation still in flight then is cancelled and reaped before the call returns,
 //! so no buffer is borrowed by the kernel beyond the call.
 

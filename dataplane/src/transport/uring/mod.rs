@@ -13,8 +13,8 @@
 //! `io_uring_enter`; above [`UringOptions::zero_copy_threshold`] as `SENDMSG_ZC`. Workers hand
 //! their responses to the I/O thread through a lock-free queue and an eventfd the ring reads.
 //!
-//! [`client`] is the SDK side: a blocking stream whose `invoke` is one `io_uring_enter` for the
-//! send and the receive, linked.
+//! [`client`] is the SDK side: blocking calls over a ring, which `Client` uses where the ring saves
+//! system calls (batched requests sent with the next receive, one receive of a large answer).
 
 pub mod bufs;
 pub mod client;
