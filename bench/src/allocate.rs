@@ -4,8 +4,11 @@
 //!
 //! Each backend gets its own control plane (`praas control serve`, the `praas` binary beside this
 //! one); every measured process is stopped and deleted outside the timed region. The Slurm cluster
-//! is the one `SLURM_CONF` names (`eval "$(scripts/slurm-cluster.sh start)"`). The baseline runs
-//! before the pool exists (the pool holds its nodes exclusively).
+//! is the one `SLURM_CONF` names, or without it a private one started with
+//! `scripts/slurm-cluster.sh` in a temporary folder on free ports and stopped at the end. The
+//! baseline is interleaved: one `srun -n1 true` after each measured creation (and its stop and
+//! delete), so both see the same load; only a pool holding every node of the cluster (it holds
+//! its nodes exclusively) has its baseline measured before the pool exists instead.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -112,8 +115,50 @@ impl Drop for ControlPlane {
     }
 }
 
+/// A Slurm test cluster this run started, stopped when dropped.
+struct Cluster {
+    script: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts a two-node cluster and points `SLURM_CONF` at it.
+    fn start() -> Result<Self, String> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-cluster.sh");
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = (0..100)
+            .filter_map(|_| std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok())
+            .map(|a| a.port())
+            .find(|&p| p < 65000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+            .ok_or("no three free consecutive ports")?;
+        let out = Command::new(&script)
+            .args(["start", "--port-base", &port.to_string(), "--dir"])
+            .arg(dir.path())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let cluster = Self { script, dir };
+        let conf = String::from_utf8_lossy(&out.stdout);
+        let conf = conf.trim().strip_prefix("export SLURM_CONF=").filter(|_| out.status.success());
+        let conf = conf.ok_or("slurm-cluster.sh start failed")?;
+        // Single-threaded here: nothing reads the environment concurrently.
+        std::env::set_var("SLURM_CONF", conf);
+        Ok(cluster)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script).arg("stop").arg("--dir").arg(self.dir.path()).stdout(Stdio::null()).status();
+    }
+}
+
 /// Times `iters` creations (after `warmup` untimed ones) of a 1-vCPU process.
-fn measure_backend(args: &AllocateArgs, backend_args: &[&str]) -> Result<Summary, String> {
+fn measure_backend(
+    args: &AllocateArgs,
+    backend_args: &[&str],
+    interleave: bool,
+) -> Result<(Summary, Option<Summary>), String> {
     let cp = ControlPlane::start(backend_args)?;
     let library = functions::library()?;
     let manifest = functions::manifest_text(&library)?;
@@ -121,6 +166,7 @@ fn measure_backend(args: &AllocateArgs, backend_args: &[&str]) -> Result<Summary
     let app = serde_json::json!({ "manifest": manifest, "manifest_dir": "/", "resources": resources });
     cp.call("PUT", "/apps/bench", Some(app))?;
     let mut hist = report::histogram();
+    let mut base = report::histogram();
     for i in 0..args.warmup + args.iters {
         let path = format!("/apps/bench/processes/p{i}");
         let started = Instant::now();
@@ -131,24 +177,46 @@ fn measure_backend(args: &AllocateArgs, backend_args: &[&str]) -> Result<Summary
         }
         cp.call("POST", &format!("{path}/stop"), None)?;
         cp.call("DELETE", &path, None)?;
+        if interleave {
+            let elapsed = srun_true()?;
+            if i >= args.warmup {
+                report::record(&mut base, elapsed);
+            }
+        }
     }
-    Ok(Summary::of(&hist))
+    Ok((Summary::of(&hist), interleave.then(|| Summary::of(&base))))
+}
+
+/// One timed `srun -n1 true`.
+fn srun_true() -> Result<Duration, String> {
+    let started = Instant::now();
+    let status = Command::new("srun")
+        .args(["-n1", "true"])
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run srun: {e}"))?;
+    let elapsed = started.elapsed();
+    if status.success() {
+        Ok(elapsed)
+    } else {
+        Err(format!("srun -n1 true: {status}"))
+    }
+}
+
+/// Nodes of the cluster.
+fn cluster_nodes() -> Result<usize, String> {
+    let out = Command::new("sinfo").args(["-h", "-N", "-o", "%N"]).output().map_err(|e| format!("sinfo: {e}"))?;
+    let mut nodes: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    nodes.sort();
+    nodes.dedup();
+    Ok(nodes.len())
 }
 
 /// Times `srun -n1 true` on the cluster `SLURM_CONF` names.
 fn measure_srun(args: &AllocateArgs) -> Result<Summary, String> {
     let mut hist = report::histogram();
     for i in 0..args.warmup + args.iters {
-        let started = Instant::now();
-        let status = Command::new("srun")
-            .args(["-n1", "true"])
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| format!("cannot run srun: {e}"))?;
-        let elapsed = started.elapsed();
-        if !status.success() {
-            return Err(format!("srun -n1 true: {status}"));
-        }
+        let elapsed = srun_true()?;
         if i >= args.warmup {
             report::record(&mut hist, elapsed);
         }
@@ -158,11 +226,10 @@ fn measure_srun(args: &AllocateArgs) -> Result<Summary, String> {
 
 pub fn run(args: &AllocateArgs) -> Result<(), String> {
     let slurm = args.backends.iter().any(|b| b != "local");
-    if slurm && std::env::var_os("SLURM_CONF").is_none() {
-        return Err("the Slurm backends need a cluster: eval \"$(scripts/slurm-cluster.sh start)\" first".into());
-    }
+    let _cluster = if slurm && std::env::var_os("SLURM_CONF").is_none() { Some(Cluster::start()?) } else { None };
     let info = RunInfo { transport: "tcp", placement: "control-plane=any".into(), host: placement::host() };
-    let baseline = if slurm { Some(measure_srun(args)?) } else { None };
+    let nodes = if slurm { cluster_nodes()? } else { 0 };
+    let mut before: Option<Summary> = None;
     let pool_nodes = args.slurm_pool_nodes.to_string();
     let mut reporter = Reporter::new(args.json);
     for backend in &args.backends {
@@ -176,8 +243,12 @@ pub fn run(args: &AllocateArgs) -> Result<(), String> {
             ),
             other => return Err(format!("unknown backend {other:?} (local, slurm-job, slurm-pool)")),
         };
-        let ours = measure_backend(args, &backend_args)?;
-        let mut record = match &baseline {
+        let whole_cluster = backend == "slurm-pool" && args.slurm_pool_nodes as usize >= nodes;
+        if slurm && whole_cluster && before.is_none() {
+            before = Some(measure_srun(args)?);
+        }
+        let (ours, interleaved) = measure_backend(args, &backend_args, slurm && !whole_cluster)?;
+        let mut record = match interleaved.as_ref().or(before.as_ref()) {
             Some(base) => Record::latency("allocate", &info, 0, args.warmup, &ours, "srun-true", base),
             None => Record::unbaselined("allocate", &info, 0, args.warmup, &ours),
         };
