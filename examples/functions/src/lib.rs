@@ -253,9 +253,13 @@ fn file_read(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Resu
     out.extend_from_slice(&std::fs::read(name)?)
 }
 
-/// Input `ms`: sleeps, then increments the state counter `slow` and returns its new value.
+/// Input `ms`: sleeps, then increments the state counter `slow` and returns its new value. The
+/// read and the write of the counter are one step: invocations on several workers that wake at
+/// the same moment do not both read the same value.
 fn slow_count(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    static INCREMENT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     std::thread::sleep(Duration::from_millis(number(input)?));
+    let _one_at_a_time = INCREMENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let current = match ctx.state_get("slow")? {
         Some((value, _)) => text(&value)?.parse::<u64>().map_err(|_| Error::new("slow is not a number"))?,
         None => 0,
