@@ -23,6 +23,9 @@ pub struct CreateApp {
     /// Default resources of its processes.
     #[serde(default)]
     pub resources: Option<Resources>,
+    /// Slurm settings of its processes (Slurm backend, job mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::model::SlurmOptions>,
 }
 
 /// Body of `PUT /apps/{app}/processes/{proc}` (optional).
@@ -93,7 +96,7 @@ async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, 
     blocking(move || {
         let request: CreateApp = parse(&body)?;
         let resources = request.resources.unwrap_or_default();
-        plane.create_app(&app, &request.manifest, &request.manifest_dir, resources)
+        plane.create_app(&app, &request.manifest, &request.manifest_dir, resources, request.slurm)
     })
     .await
 }

@@ -98,6 +98,17 @@ impl Api {
 
 /// Creates an application from a manifest file.
 pub fn app_create(api: &Api, name: &str, manifest: &Path, resources: Option<Resources>) -> Result<AppView, String> {
+    app_create_with(api, name, manifest, resources, None)
+}
+
+/// Creates an application with Slurm settings for its processes.
+pub fn app_create_with(
+    api: &Api,
+    name: &str,
+    manifest: &Path,
+    resources: Option<Resources>,
+    slurm: Option<crate::model::SlurmOptions>,
+) -> Result<AppView, String> {
     let text = std::fs::read_to_string(manifest).map_err(|e| format!("cannot read {}: {e}", manifest.display()))?;
     let dir = manifest
         .canonicalize()
@@ -105,7 +116,7 @@ pub fn app_create(api: &Api, name: &str, manifest: &Path, resources: Option<Reso
         .parent()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "/".into());
-    api.put(&format!("/apps/{name}"), &CreateApp { manifest: text, manifest_dir: dir, resources })
+    api.put(&format!("/apps/{name}"), &CreateApp { manifest: text, manifest_dir: dir, resources, slurm })
 }
 
 /// Creates a process.

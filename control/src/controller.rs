@@ -178,6 +178,9 @@ pub struct AppView {
     pub functions: Vec<String>,
     /// Number of processes.
     pub processes: usize,
+    /// Slurm settings of its processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<crate::model::SlurmOptions>,
 }
 
 fn function_names(manifest: &str) -> Vec<String> {
@@ -279,6 +282,7 @@ impl ControlPlane {
         manifest: &str,
         manifest_dir: &str,
         resources: Resources,
+        slurm: Option<crate::model::SlurmOptions>,
     ) -> Result<AppView, ApiError> {
         if !valid_name(name) {
             return Err(ApiError::bad_request(format!("invalid application name {name:?}")));
@@ -301,10 +305,11 @@ impl ControlPlane {
             manifest_dir: manifest_dir.into(),
             resources,
             secret: praas_dataplane::auth::new_secret(),
+            slurm,
         };
         self.inner.store.put_app(&app)?;
         registry.apps.insert(name.into(), app.clone());
-        Ok(AppView { name: app.name, resources, functions: function_names(manifest), processes: 0 })
+        Ok(app_view(&registry, &app))
     }
 
     /// Every application.
@@ -472,6 +477,7 @@ impl ControlPlane {
             restore,
             log: data.join("logs").join(format!("{app}.{name}.log")),
             metrics_interval: self.inner.config.metrics_interval,
+            slurm: application.slurm.clone(),
         };
         match self.inner.backend.start(&launch, self.exit_handler(app, name, generation)) {
             Ok(handle) => {
@@ -985,6 +991,7 @@ fn app_view(registry: &Registry, app: &Application) -> AppView {
         resources: app.resources,
         functions: function_names(&app.manifest),
         processes: registry.processes.keys().filter(|(a, _)| *a == app.name).count(),
+        slurm: app.slurm.clone(),
     }
 }
 

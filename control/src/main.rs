@@ -111,6 +111,8 @@ enum AppCommand {
         manifest: PathBuf,
         #[command(flatten)]
         resources: ResourceArgs,
+        #[command(flatten)]
+        slurm: AppSlurmArgs,
     },
     /// List applications.
     List,
@@ -119,6 +121,36 @@ enum AppCommand {
         /// Application name.
         name: String,
     },
+}
+
+/// Slurm settings of an application's processes (Slurm backend, job mode); unset ones take the
+/// control plane's.
+#[derive(Debug, Args)]
+struct AppSlurmArgs {
+    /// Slurm partition of its processes.
+    #[arg(long = "slurm-partition")]
+    partition: Option<String>,
+    /// Slurm account of its processes.
+    #[arg(long = "slurm-account")]
+    account: Option<String>,
+    /// Slurm time limit of each of its processes.
+    #[arg(long = "slurm-time")]
+    time_limit: Option<String>,
+    /// Slurm node features its processes need.
+    #[arg(long = "slurm-constraint")]
+    constraint: Option<String>,
+}
+
+impl AppSlurmArgs {
+    fn get(self) -> Option<praas_control::model::SlurmOptions> {
+        let options = praas_control::model::SlurmOptions {
+            partition: self.partition,
+            account: self.account,
+            time_limit: self.time_limit,
+            constraint: self.constraint,
+        };
+        (options != praas_control::model::SlurmOptions::default()).then_some(options)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -359,8 +391,8 @@ fn print<T: serde::Serialize>(
 
 fn app(api: &Api, command: AppCommand, json: bool) -> Result<(), Failure> {
     match command {
-        AppCommand::Create { name, manifest, resources } => {
-            let app = cli::app_create(api, &name, &manifest, resources.get())?;
+        AppCommand::Create { name, manifest, resources, slurm } => {
+            let app = cli::app_create_with(api, &name, &manifest, resources.get(), slurm.get())?;
             print(&app, json, |a, out| cli::print_apps(std::slice::from_ref(a), out))
         }
         AppCommand::List => {

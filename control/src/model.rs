@@ -31,6 +31,27 @@ pub struct Application {
     /// The secret its processes authenticate with; never shown by the API.
     #[serde(default)]
     pub secret: String,
+    /// Slurm settings of its processes (Slurm backend, job mode), over the control plane's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmOptions>,
+}
+
+/// Where an application's processes go on a Slurm cluster; absent fields take the control
+/// plane's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmOptions {
+    /// `--partition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--account`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `--time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<String>,
+    /// `--constraint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<String>,
 }
 
 pub use praas_dataplane::lifecycle::ProcessStatus;

@@ -132,6 +132,7 @@ mod tests {
                 manifest_dir: "/".into(),
                 resources: Resources::default(),
                 secret: "s".into(),
+                slurm: None,
             };
             store.put_app(&app).unwrap();
             let mut p = ProcessRecord::new("a", "p1", Resources::default());

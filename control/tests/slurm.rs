@@ -259,6 +259,28 @@ fn restart_adopts_and_sigterm_releases(mode: &str) {
     eprintln!("{mode} mode: restart adopted the running process; SIGTERM exited cleanly");
 }
 
+/// Job mode: an application's partition and time limit go to its processes' jobs.
+fn application_settings_reach_the_job(mode: &str) {
+    if mode != "job" {
+        return;
+    }
+    let cp = control_plane(mode);
+    let manifest = cp.data_dir.join("manifests/hpc/functions.toml");
+    let options = praas_control::model::SlurmOptions {
+        partition: Some("debug".into()),
+        time_limit: Some("7".into()),
+        ..Default::default()
+    };
+    let app = praas_control::cli::app_create_with(&cp.api, "tagged", &manifest, None, Some(options.clone())).unwrap();
+    assert_eq!(app.slurm, Some(options));
+    let p = put(&cp, "tagged", "t");
+    let job = p.job.unwrap();
+    let shown = slurm("scontrol", &["-o", "show", "job", &job]);
+    assert!(shown.contains("TimeLimit=00:07:00") && shown.contains("Partition=debug"), "{shown}");
+    let _: ProcessRecord = cp.api.post("/apps/tagged/processes/t/stop").unwrap();
+    eprintln!("{mode} mode: the application's partition and time limit reached job {job}");
+}
+
 /// Cancels the pools of killed control planes (a SIGKILL skips their release).
 fn release_pools() {
     for line in slurm("squeue", &["-h", "-o", "%i %j"]).lines() {
@@ -273,8 +295,13 @@ fn release_pools() {
 fn slurm_backend_in_job_and_pool_mode() {
     let _cluster = Cluster::start();
     for mode in ["job", "pool"] {
-        for scenario in [lifecycle, swap_to_the_other_node, scancel_gives_failure, restart_adopts_and_sigterm_releases]
-        {
+        for scenario in [
+            lifecycle,
+            swap_to_the_other_node,
+            scancel_gives_failure,
+            restart_adopts_and_sigterm_releases,
+            application_settings_reach_the_job,
+        ] {
             scenario(mode);
             release_pools();
         }

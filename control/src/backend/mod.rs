@@ -51,6 +51,8 @@ pub struct Launch {
     pub log: PathBuf,
     /// How often the process reports metrics.
     pub metrics_interval: Duration,
+    /// The application's Slurm settings (over the Slurm backend's own).
+    pub slurm: Option<crate::model::SlurmOptions>,
 }
 
 /// Why a process could not be started.

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Backend, BackendError, Exit, ExitHandler, Launch, Placement};
+use crate::model::SlurmOptions;
 
 /// How processes get their Slurm resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +85,17 @@ impl Default for SlurmConfig {
 }
 
 impl SlurmConfig {
-    /// `-p`, `-A`, `-t`, `-C` as configured.
-    fn placement_args(&self) -> Vec<String> {
+    /// `-p`, `-A`, `-t`, `-C` as configured, each the application's setting where it has one.
+    fn placement_args(&self, app: Option<&SlurmOptions>) -> Vec<String> {
+        let pick = |ours: &Option<String>, theirs: Option<&Option<String>>| {
+            theirs.and_then(Option::as_ref).or(ours.as_ref()).cloned()
+        };
         let mut args = Vec::new();
         for (flag, value) in [
-            ("--partition", &self.partition),
-            ("--account", &self.account),
-            ("--time", &self.time_limit),
-            ("--constraint", &self.constraint),
+            ("--partition", pick(&self.partition, app.map(|a| &a.partition))),
+            ("--account", pick(&self.account, app.map(|a| &a.account))),
+            ("--time", pick(&self.time_limit, app.map(|a| &a.time_limit))),
+            ("--constraint", pick(&self.constraint, app.map(|a| &a.constraint))),
         ] {
             if let Some(value) = value {
                 args.push(format!("{flag}={value}"));
@@ -214,7 +218,7 @@ impl SlurmBackend {
             "--exclusive".into(),
             format!("--job-name={name}"),
         ];
-        args.extend(config.placement_args());
+        args.extend(config.placement_args(None));
         let out = Command::new("salloc")
             .args(&args)
             .env_remove("SLURM_JOB_ID")
@@ -314,7 +318,10 @@ impl Backend for SlurmBackend {
             }
             (SlurmMode::Pool, None) => return Err(fail("the Slurm pool was released".into())),
             (SlurmMode::Job, _) => {
-                command.args(self.config.placement_args()).env_remove("SLURM_JOB_ID").env_remove("SLURM_JOBID");
+                command
+                    .args(self.config.placement_args(launch.slurm.as_ref()))
+                    .env_remove("SLURM_JOB_ID")
+                    .env_remove("SLURM_JOBID");
             }
         }
         command
@@ -466,7 +473,14 @@ mod tests {
             constraint: Some("ib".into()),
             ..SlurmConfig::default()
         };
-        assert_eq!(config.placement_args(), ["--partition=debug", "--time=10", "--constraint=ib"]);
+        assert_eq!(config.placement_args(None), ["--partition=debug", "--time=10", "--constraint=ib"]);
+        let app =
+            SlurmOptions { account: Some("proj".into()), time_limit: Some("5".into()), ..SlurmOptions::default() };
+        assert_eq!(
+            config.placement_args(Some(&app)),
+            ["--partition=debug", "--account=proj", "--time=5", "--constraint=ib"],
+            "the application's settings over the control plane's"
+        );
     }
 
     #[test]
