@@ -122,10 +122,13 @@ start() {
             exit 1
         fi
     done
-    if timeout 1 bash -c "</dev/tcp/127.0.0.1/$port" 2>/dev/null; then
-        log "port $port is taken: choose another --port-base"
-        exit 1
-    fi
+    local p
+    for p in "$port" $((port + 1)) $((port + 2)); do
+        if timeout 1 bash -c "</dev/tcp/127.0.0.1/$p" 2>/dev/null; then
+            log "port $p is taken: choose another --port-base"
+            exit 1
+        fi
+    done
     write_config
     local started
     started=$(date +%s%N)
