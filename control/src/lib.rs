@@ -3,7 +3,8 @@
 //!
 //! - [`model`]: applications, processes, lifecycle statuses;
 //! - [`controller`]: the [`ControlPlane`] itself, every lifecycle transition;
-//! - [`backend`]: where processes run ([`backend::LocalBackend`]: child OS processes);
+//! - [`backend`]: where processes run ([`backend::LocalBackend`]: child OS processes;
+//!   [`backend::SlurmBackend`]: Slurm jobs or job steps on a cluster);
 //! - [`channel`]: the authenticated control channel processes register through;
 //! - [`api`]: the HTTP API; [`server`]: starts all of it;
 //! - [`store`]: the embedded database that makes it survive restarts;
