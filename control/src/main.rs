@@ -359,9 +359,9 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
                 time_limit: args.slurm_time,
                 constraint: args.slurm_constraint,
                 pool_nodes: args.slurm_pool_nodes,
-                pool_name: Some(args.slurm_pool_name.unwrap_or_else(|| {
-                    praas_control::backend::default_pool_name(&args.data_dir)
-                })),
+                pool_name: Some(
+                    args.slurm_pool_name.unwrap_or_else(|| praas_control::backend::default_pool_name(&args.data_dir)),
+                ),
             },
         )?),
         other => return Err(format!("unknown backend {other:?} (available: local, slurm)").into()),
