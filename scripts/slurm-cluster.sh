@@ -12,7 +12,7 @@
 # `start` installs the packages if they are missing (apt-get), starts the daemons, waits until both
 # nodes are idle and prints `export SLURM_CONF=...` lines to eval; it refuses to start over a running
 # cluster in the same folder. `stop` ends exactly the daemons this folder's pid files name (SIGTERM,
-# then SIGKILL after 5 s) and is a no-op when nothing runs. `status` prints sinfo and each daemon's
+# then SIGKILL after 2 s) and is a no-op when nothing runs. `status` prints sinfo and each daemon's
 # state; exit status 0 only if every daemon runs. Different --dir and --port-base never collide.
 set -euo pipefail
 
@@ -180,7 +180,8 @@ stop() {
             pids+=("$pid")
         fi
     done
-    for _ in $(seq 50); do
+    # 2 s: a slurmd that ignores SIGTERM does so for about 30 s, waiting longer gains nothing.
+    for _ in $(seq 20); do
         local alive=0
         for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
         [ $alive -eq 0 ] && break
@@ -193,7 +194,7 @@ stop() {
         fi
     done
     for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     done
     rm -f "$dir/run/"*.pid
     [ ${#pids[@]} -gt 0 ] && log "stopped ${#pids[@]} daemons of $dir"
