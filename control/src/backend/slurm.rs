@@ -127,13 +127,21 @@ pub struct SlurmBackend {
     running: Arc<Mutex<HashMap<String, Running>>>,
 }
 
-/// Runs a Slurm command and returns its standard output, or why it failed.
+/// Runs a Slurm command and returns its standard output, or why it failed. Bounded by
+/// `timeout`: Slurm's clients retry for a minute and more when slurmctld is away.
 fn slurm_command(program: &str, args: &[String]) -> Result<String, String> {
-    let out = Command::new(program)
+    let out = Command::new("timeout")
+        .args(["--kill-after=2", "15", program])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {program}: {e} (are the Slurm client tools installed?)"))?;
+        .map_err(|e| format!("cannot run timeout {program}: {e}"))?;
+    if out.status.code() == Some(124) {
+        return Err(format!("{program} {}: no answer within 15 s (is slurmctld up?)", args.join(" ")));
+    }
+    if out.status.code() == Some(127) {
+        return Err(format!("cannot run {program}: not found (are the Slurm client tools installed?)"));
+    }
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         return Err(format!("{program} {}: {} {}", args.join(" "), out.status, stderr.trim()));
@@ -186,6 +194,9 @@ impl SlurmBackend {
     /// A backend starting `praas` (its path on the nodes: the shared filesystem or the same
     /// install everywhere). In pool mode this waits until the pool's allocation is granted.
     pub fn new(praas: PathBuf, config: SlurmConfig) -> Result<Self, String> {
+        // A clear refusal at start beats a FAILURE at the first process.
+        slurm_command("sinfo", &["-h".into(), "-o".into(), "%P".into()])
+            .map_err(|e| format!("the Slurm backend cannot reach its cluster: {e}"))?;
         let stamp = praas_dataplane::state::now_ns() % 1_000_000_000;
         let prefix = format!("praas-{}-{stamp}", std::process::id());
         let pool = match config.mode {
