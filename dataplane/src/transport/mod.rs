@@ -23,8 +23,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
-use crate::process::Response;
-use crate::protocol::{Header, HEADER_LEN};
+use std::sync::Arc;
+
+use crate::buffer::Payload;
+use crate::invocation::Outcome;
+use crate::peer::PeerSession;
+use crate::process::{Dispatched, Process, Response, ResponseSink};
+use crate::protocol::{Header, MessageKind, Status, HEADER_LEN};
 
 /// Which TCP data-plane transport a process serves with, or a client connects with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -232,5 +237,64 @@ impl OutFrame {
         let used = n.min(left);
         self.sent += used;
         n - used
+    }
+}
+
+/// What a transport does after [`serve_frame`].
+#[derive(Debug)]
+pub enum FrameAction {
+    /// An invocation went to a worker: its response will reach the connection's sink.
+    Queued,
+    /// Send this frame.
+    Reply(OutFrame),
+    /// Send this frame, then shut the connection (a peer that failed to authenticate).
+    ReplyAndClose(OutFrame),
+}
+
+/// Serves one decoded frame the same way on every transport: an `Invoke` goes to the process, a
+/// `Ping` is answered with a `Pong`, `Hello` and `Message` go to the connection's peer session,
+/// and every other kind is answered `Unsupported` (the connection stays).
+pub fn serve_frame(
+    process: &Process,
+    peer: &mut PeerSession,
+    sink: &Arc<dyn ResponseSink>,
+    header: Header,
+    body: Payload,
+) -> FrameAction {
+    let meta_len = header.meta_len as usize;
+    match header.kind {
+        MessageKind::Invoke => {
+            let input = body.slice(meta_len..body.len());
+            match process.dispatch(header.id, &body[..meta_len], input, header.timeout_ms, sink) {
+                Dispatched::Queued => FrameAction::Queued,
+                Dispatched::Done(response) => FrameAction::Reply(OutFrame::from_response(response)),
+            }
+        }
+        MessageKind::Ping => {
+            let payload = &body[meta_len..];
+            let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
+            FrameAction::Reply(match process.pool().get(payload.len()) {
+                Some(mut copy) => {
+                    copy.try_extend(payload);
+                    OutFrame::raw(pong, Vec::new(), Some(copy))
+                }
+                None => OutFrame::raw(Header { payload_len: 0, ..pong }, Vec::new(), None),
+            })
+        }
+        MessageKind::Hello | MessageKind::Message => {
+            // A refused session refuses every later frame of the connection too.
+            let reply = peer.serve(process, &header, &body[..meta_len], &body[meta_len..]);
+            let close = reply.close;
+            let frame = reply.into_frame(process.pool());
+            if close {
+                FrameAction::ReplyAndClose(frame)
+            } else {
+                FrameAction::Reply(frame)
+            }
+        }
+        kind => FrameAction::Reply(OutFrame::from_response(Response {
+            id: header.id,
+            outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
+        })),
     }
 }

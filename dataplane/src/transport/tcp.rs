@@ -28,12 +28,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{OutFrame, ServerHandle, Transport};
+use super::{serve_frame, FrameAction, OutFrame, ServerHandle, Transport};
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
-use crate::process::{Dispatched, Process, Response, ResponseSink};
-use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::process::{Process, Response, ResponseSink};
+use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -622,48 +622,24 @@ impl Connection {
     }
 
     fn dispatch(&mut self, process: &Process, header: Header, body: Payload) {
-        let meta_len = header.meta_len as usize;
-        let response = match header.kind {
-            MessageKind::Invoke => {
-                let input = body.slice(meta_len..body.len());
-                self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                match process.dispatch(header.id, &body[..meta_len], input, header.timeout_ms, &self.sink) {
-                    Dispatched::Queued => return,
-                    Dispatched::Done(response) => {
-                        self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-                        OutFrame::from_response(response)
-                    }
-                }
+        // Counted before the process sees it: a worker may answer before `dispatch` returns.
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let action = serve_frame(process, &mut self.peer, &self.sink, header, body);
+        if matches!(action, FrameAction::Queued) {
+            return;
+        }
+        self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        match action {
+            FrameAction::Queued => {}
+            FrameAction::Reply(frame) => self.shared.queue().push(frame),
+            FrameAction::ReplyAndClose(frame) => {
+                self.shared.queue().push(frame);
+                self.shared.queue().flush(&self.shared.stream);
+                let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
+                self.state = ReadState::Lingering(Instant::now() + self.linger);
+                self.start = self.chunk.len();
             }
-            MessageKind::Ping => {
-                let payload = &body[meta_len..];
-                let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
-                match process.pool().get(payload.len()) {
-                    Some(mut copy) => {
-                        copy.try_extend(payload);
-                        OutFrame::raw(pong, Vec::new(), Some(copy))
-                    }
-                    None => OutFrame::raw(Header { payload_len: 0, ..pong }, Vec::new(), None),
-                }
-            }
-            MessageKind::Hello | MessageKind::Message => {
-                let reply = self.peer.serve(process, &header, &body[..meta_len], &body[meta_len..]);
-                let close = reply.close;
-                self.shared.queue().push(reply.into_frame(process.pool()));
-                if close {
-                    self.shared.queue().flush(&self.shared.stream);
-                    let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
-                    self.state = ReadState::Lingering(Instant::now() + self.linger);
-                    self.start = self.chunk.len();
-                }
-                return;
-            }
-            kind => OutFrame::from_response(Response {
-                id: header.id,
-                outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
-            }),
-        };
-        self.shared.queue().push(response);
+        }
     }
 
     /// Answers a protocol violation with an error and starts lingering.

@@ -25,9 +25,9 @@ use super::UringOptions;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
-use crate::process::{Dispatched, Process, Response, ResponseSink};
-use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
-use crate::transport::OutFrame;
+use crate::process::{Process, Response, ResponseSink};
+use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
+use crate::transport::{serve_frame, FrameAction, OutFrame};
 
 /// Most iovecs in one send.
 const MAX_IOV: usize = 64;
@@ -1028,42 +1028,19 @@ fn header_id(head: &[u8; HEADER_LEN]) -> u64 {
 }
 
 fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
-    let meta_len = header.meta_len as usize;
-    let frame = match header.kind {
-        MessageKind::Invoke => {
-            let input = body.slice(meta_len..body.len());
-            match process.dispatch(header.id, &body[..meta_len], input, header.timeout_ms, &conn.sink) {
-                Dispatched::Queued => {
-                    conn.outstanding += 1;
-                    return;
-                }
-                Dispatched::Done(response) => OutFrame::from_response(response),
-            }
+    let frame = match serve_frame(process, &mut conn.peer, &conn.sink, header, body) {
+        FrameAction::Queued => {
+            conn.outstanding += 1;
+            return;
         }
-        MessageKind::Ping => {
-            let payload = &body[meta_len..];
-            let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
-            match process.pool().get(payload.len()) {
-                Some(mut copy) => {
-                    copy.try_extend(payload);
-                    OutFrame::raw(pong, Vec::new(), Some(copy))
-                }
-                None => OutFrame::raw(Header { payload_len: 0, ..pong }, Vec::new(), None),
-            }
-        }
-        MessageKind::Hello | MessageKind::Message => {
-            // A refused session refuses every later frame of the connection too.
-            let reply = conn.peer.serve(process, &header, &body[..meta_len], &body[meta_len..]);
-            if reply.close && conn.state == ReadState::Open {
+        FrameAction::Reply(frame) => frame,
+        FrameAction::ReplyAndClose(frame) => {
+            if conn.state == ReadState::Open {
                 conn.shutdown_after_flush = true;
                 conn.state = ReadState::Lingering(Instant::now() + conn.linger);
             }
-            reply.into_frame(process.pool())
+            frame
         }
-        kind => OutFrame::from_response(Response {
-            id: header.id,
-            outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
-        }),
     };
     conn.push_frame(frame);
 }
