@@ -133,3 +133,17 @@ pub fn serve_on(kind: TransportKind, manifest: &Manifest, config: ProcessConfig)
     let server = transport.spawn().expect("the transport starts");
     (process, server)
 }
+
+/// `len` bytes of a reproducible pattern that differs by `seed` (xorshift): payloads whose
+/// corruption or reordering a comparison notices.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

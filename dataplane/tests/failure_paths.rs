@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::protocol::{decode_frame, encode_frame, Decoded, FrameLimits, Header, MessageKind, HEADER_LEN};
+use praas_dataplane::testing::pattern;
 use praas_dataplane::testing::{example_manifest, serve_on};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
@@ -26,18 +27,6 @@ fn config(workers: usize) -> ProcessConfig {
 fn client(kind: TransportKind, addr: std::net::SocketAddr) -> Client {
     let options = ClientOptions { timeout: Duration::from_secs(30), transport: kind, ..ClientOptions::default() };
     Client::connect_with(addr, options).expect("connect")
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn invoke_frame(id: u64, function: &str, input: &[u8]) -> Vec<u8> {

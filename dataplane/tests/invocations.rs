@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, HEADER_LEN};
+use praas_dataplane::testing::pattern;
 use praas_dataplane::testing::{c_functions, example_functions, example_manifest, serve_on, spec};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
@@ -33,18 +34,6 @@ fn options(kind: TransportKind) -> ClientOptions {
 fn client(kind: TransportKind, server: &ServerHandle) -> Client {
     let options = ClientOptions { timeout: Duration::from_secs(30), transport: kind, ..ClientOptions::default() };
     Client::connect_with(server.local_addr(), options).expect("connect")
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn remote_status(err: ClientError) -> (Status, String) {

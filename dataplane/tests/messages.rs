@@ -1,6 +1,9 @@
 //! Messages between real processes over real sockets: put/get, ordering, authentication, and the
 //! errors a sender meets (unknown, dead, silent, swapped-out peers).
 
+#[macro_use]
+mod support;
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,7 +19,7 @@ use praas_dataplane::peer::{PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::testing::{c_functions, example_manifest, serve_on, spec};
-use praas_dataplane::transport::{uring_available, TransportKind};
+use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, ServerHandle, Status};
 
 const APP: &str = "ring-app";
@@ -450,28 +453,6 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
     // Nothing left behind.
     let left: HashSet<usize> = nodes.iter().map(|n| n.process.mailbox().len()).collect();
     assert_eq!(left, HashSet::from([0]));
-}
-
-/// Runs each test on the mio transport and, where the kernel allows it, on io_uring.
-macro_rules! on_both_transports {
-    ($($name:ident),* $(,)?) => {
-        mod mio {
-            $(#[test]
-            fn $name() {
-                super::$name(super::TransportKind::Mio);
-            })*
-        }
-        mod uring {
-            $(#[test]
-            fn $name() {
-                if !super::uring_available() {
-                    eprintln!("skipped: io_uring is unavailable on this kernel");
-                    return;
-                }
-                super::$name(super::TransportKind::Uring);
-            })*
-        }
-    };
 }
 
 on_both_transports!(
