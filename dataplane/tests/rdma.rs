@@ -74,7 +74,7 @@ fn serve(ip: IpAddr, options: RdmaOptions) -> (Arc<Process>, ServerHandle) {
 }
 
 fn client(addr: SocketAddr) -> RdmaClient {
-    let options = RdmaClientOptions { timeout: Duration::from_secs(60), ..RdmaClientOptions::default() };
+    let options = RdmaClientOptions { timeout: Duration::from_secs(30), ..RdmaClientOptions::default() };
     RdmaClient::connect_with(addr, options).expect("connect over RDMA")
 }
 
@@ -92,9 +92,12 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 fn assert_serving(addr: SocketAddr) {
     let mut c = client(addr);
+    eprintln!("assert_serving: connected");
     assert_eq!(c.invoke("echo", b"still here").expect("the process keeps serving"), b"still here");
+    eprintln!("assert_serving: small ok");
     let big = pattern(300 << 10, 99);
     assert_eq!(c.invoke("echo_worker", &big).expect("large payloads too"), big);
+    eprintln!("assert_serving: large ok");
 }
 
 #[test]
@@ -130,6 +133,7 @@ fn sixteen_clients_pipeline_concurrently() {
         .map(|t| {
             thread::spawn(move || {
                 let mut c = client(addr);
+                c.set_timeout(Duration::from_secs(30));
                 let mut expected = std::collections::HashMap::new();
                 // More requests than credits: submit waits for credits and keeps what arrives.
                 for i in 0..40u64 {
@@ -142,11 +146,13 @@ fn sixteen_clients_pipeline_concurrently() {
                     };
                     let input = pattern(size, t * 1000 + i);
                     let function = if i % 2 == 0 { "echo" } else { "echo_worker" };
-                    let id = c.submit(function, &input).expect("submit");
+                    let id = c.submit(function, &input).unwrap_or_else(|e| panic!("client {t} submit {i}: {e}: {c:?}"));
                     expected.insert(id, input);
                 }
                 while !expected.is_empty() {
-                    let done = c.recv().expect("a response");
+                    let done = c
+                        .recv()
+                        .unwrap_or_else(|e| panic!("client {t}: {e}: {c:?}, waiting for {:?}", expected.keys()));
                     let input = expected.remove(&done.id).expect("a response to a request of ours");
                     assert!(done.result.expect("success") == input, "client {t}: response {} differs", done.id);
                 }
@@ -176,6 +182,7 @@ fn child_client_for_the_kill_test() {
 fn a_client_killed_mid_transfer_leaves_the_process_serving() {
     let ip = require_rdma!();
     let (_process, server) = serve(ip, RdmaOptions::default());
+    eprintln!("fork protection: {}", praas_dataplane::transport::rdma::verbs::fork_protection());
     let addr = server.local_addr();
     let mut child = Command::new(std::env::current_exe().expect("the test binary"))
         .args(["--exact", "child_client_for_the_kill_test", "--nocapture", "--test-threads=1"])
@@ -192,10 +199,43 @@ fn a_client_killed_mid_transfer_leaves_the_process_serving() {
         }
     }
     thread::sleep(Duration::from_millis(20));
+    eprintln!("kill test: killing the child");
     child.kill().expect("kill the child");
     let status = child.wait().expect("reap the child");
+    eprintln!("kill test: child reaped");
     assert!(!status.success(), "the child was killed");
     assert_serving(addr);
+}
+
+#[test]
+fn a_process_that_goes_away_mid_transfer_gives_its_client_a_clear_error() {
+    let ip = require_rdma!();
+    let (_process, server) = serve(ip, RdmaOptions::default());
+    let addr = server.local_addr();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = thread::spawn(move || {
+        let mut c = client(addr);
+        c.set_timeout(Duration::from_secs(20));
+        let input = pattern(16 << 20, 3);
+        loop {
+            let _ = tx.send(());
+            if let Err(e) = c.invoke("echo_worker", &input) {
+                return e;
+            }
+        }
+    });
+    rx.recv().expect("the client started");
+    rx.recv().expect("the first transfer finished");
+    thread::sleep(Duration::from_millis(30));
+    let started = Instant::now();
+    server.stop().expect("the transport stops");
+    let error = worker.join().expect("the client thread returns");
+    assert!(
+        matches!(error, ClientError::Closed | ClientError::Io(_)),
+        "a closed connection, not a timeout or a wrong answer: {error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "the client noticed within {:?}", started.elapsed());
+    eprintln!("client error after the process went away: {error}");
 }
 
 #[test]
@@ -264,6 +304,7 @@ fn an_idle_process_sleeps_on_the_completion_channel() {
     };
     let (_process, server) = serve(ip, options);
     let mut c = client(server.local_addr());
+    c.set_timeout(Duration::from_secs(15));
     assert_eq!(c.invoke("echo", b"wake").expect("echo"), b"wake");
     // Idle now: the I/O thread must block. Measure this process's CPU time over an idle second
     // (the client is idle too; other tests may run, so compare against a generous bound).
@@ -280,6 +321,11 @@ fn an_idle_process_sleeps_on_the_completion_channel() {
         assert!(after - before < 20, "the idle I/O thread used {} ticks in a second", after - before);
     }
     assert_eq!(c.invoke("echo", b"awake").expect("echo after idling"), b"awake");
+    eprintln!("idle test: dropping the client");
+    drop(c);
+    eprintln!("idle test: stopping the server");
+    server.stop().expect("the transport stops");
+    eprintln!("idle test: stopped");
 }
 
 /// The thread id of the transport's I/O thread, found by its name.

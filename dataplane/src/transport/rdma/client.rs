@@ -103,7 +103,19 @@ pub struct RdmaClient {
 
 impl std::fmt::Debug for RdmaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RdmaClient").field("qpn", &self.qp.qp_num()).field("credits", &self.credits).finish()
+        f.debug_struct("RdmaClient")
+            .field("qpn", &self.qp.qp_num())
+            .field("credits", &self.credits)
+            .field("free_slots", &self.free_slots.len())
+            .field("sq_room", &self.sq_room)
+            .field("to_grant", &self.to_grant.len())
+            .field("grants", &self.grants.len())
+            .field("incoming", &self.incoming.len())
+            .field("writing", &self.writing)
+            .field("ready", &self.ready.len())
+            .field("early", &self.early.len())
+            .field("broken", &self.broken)
+            .finish()
     }
 }
 

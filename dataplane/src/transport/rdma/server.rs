@@ -42,6 +42,8 @@ use crate::transport::{ServerHandle, Transport};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const CQ: Token = Token(usize::MAX - 2);
+/// Longest sleep of an idle I/O thread: it also looks around (stop, lent buffers) this often.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
 
 /// Work request kinds, bits 24..32 of a work request id (the connection id is in bits 32..64).
 const WR_RECV: u64 = 1;
@@ -135,7 +137,9 @@ impl Transport for RdmaTransport {
             std::thread::Builder::new().name(format!("rdma-io-{}", addr.port())).spawn(move || event_loop.run())?;
         let stopper = move || {
             stop.store(true, Ordering::Release);
-            let _ = waker.wake();
+            if let Err(e) = waker.wake() {
+                tracing::warn!("waking the RDMA I/O thread to stop failed: {e}");
+            }
         };
         Ok(ServerHandle::new(addr, Box::new(stopper), thread))
     }
@@ -535,10 +539,11 @@ impl EventLoop {
             })
             .min();
         let retry = waiting.then_some(Duration::from_millis(1));
-        match (retry, closing) {
-            (Some(a), Some(b)) => Some(a.min(b).max(Duration::from_millis(1))),
-            (a, b) => a.or(b.map(|b| b.max(Duration::from_millis(1)))),
-        }
+        let wait = match (retry, closing) {
+            (Some(a), Some(b)) => a.min(b).max(Duration::from_millis(1)),
+            (a, b) => a.or(b.map(|b| b.max(Duration::from_millis(1)))).unwrap_or(MAX_SLEEP),
+        };
+        Some(wait.min(MAX_SLEEP))
     }
 
     /// Work that no completion announces: receive buffers that functions let go of, grants the

@@ -52,6 +52,7 @@ fn check(rc: i32, what: &str) -> io::Result<()> {
 
 /// The names of the RDMA devices on this machine.
 pub fn device_names() -> io::Result<Vec<String>> {
+    fork_protection();
     let mut count = 0;
     // SAFETY: `count` is a valid out-pointer; the list is freed below and only read before that.
     let list = unsafe { ibv_get_device_list(&mut count) };
@@ -96,9 +97,29 @@ unsafe impl Send for Context {}
 // SAFETY: as above: every verb on a context is thread-safe.
 unsafe impl Sync for Context {}
 
+/// Makes fork safe for this process's verbs resources, once, before the first is created
+/// (`ibv_fork_init`: registered memory and queues are kept out of children where the kernel
+/// does not already do so), and says what libibverbs decided.
+pub fn fork_protection() -> &'static str {
+    static STATUS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    STATUS.get_or_init(|| {
+        // SAFETY: called once, before this module creates any verbs resource (Context::open
+        // calls this first); ibv_fork_init has no other precondition.
+        let rc = unsafe { rdma_sys::ibv_fork_init() };
+        // SAFETY: no precondition.
+        match unsafe { rdma_sys::ibv_is_fork_initialized() } {
+            _ if rc != 0 => "failed",
+            rdma_sys::IBV_FORK_ENABLED => "enabled",
+            rdma_sys::IBV_FORK_UNNEEDED => "unneeded (the kernel copies pinned pages on fork)",
+            _ => "disabled",
+        }
+    })
+}
+
 impl Context {
     /// Opens the device called `name`.
     pub fn open(name: &str) -> io::Result<Arc<Self>> {
+        fork_protection();
         let mut count = 0;
         // SAFETY: `count` is a valid out-pointer; the list is freed below.
         let list = unsafe { ibv_get_device_list(&mut count) };
