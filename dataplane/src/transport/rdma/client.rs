@@ -7,7 +7,7 @@
 //! A large output is written by the process straight into a buffer the client registered for it,
 //! which becomes the `Vec<u8>` the caller gets (the registration is revoked first).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connect::{self, Endpoint, STATUS_FULL, STATUS_OK};
-use super::flow::{Grant, Imm, Op, GRANT_LEN};
+use super::flow::{Grant, IdMap, Imm, Op, GRANT_LEN};
 use super::verbs::{
     Completion as Wc, CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, Registered, SendOp,
     ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
@@ -70,7 +70,7 @@ struct Incoming {
 pub struct RdmaClient {
     // Field order is drop order: the QP first, so nothing is posted on the memory below.
     qp: QueuePair,
-    incoming: HashMap<u16, Incoming>,
+    incoming: IdMap<u16, Incoming>,
     recv: Registered<Box<[u8]>>,
     send: Registered<Box<[u8]>>,
     cq: Arc<CompletionQueue>,
@@ -89,14 +89,14 @@ pub struct RdmaClient {
     next_id: u64,
     next_token: u16,
     /// Grants received for our announcements, by token.
-    grants: HashMap<u16, Grant>,
+    grants: IdMap<u16, Grant>,
     /// Writes posted and not yet complete, by token.
-    writing: HashMap<u16, bool>,
+    writing: IdMap<u16, bool>,
     /// Announcements of the process waiting for a credit to answer them.
     to_grant: VecDeque<(u16, Grant)>,
     /// Responses received and not yet asked for.
     ready: VecDeque<Completion>,
-    early: HashMap<u64, Result<Vec<u8>, ClientError>>,
+    early: IdMap<u64, Result<Vec<u8>, ClientError>>,
     broken: Option<String>,
     completions: Vec<Wc>,
 }
@@ -206,7 +206,7 @@ impl RdmaClient {
             Registered::new(&pd, vec![0u8; slot_size * slot_count as usize].into_boxed_slice(), ACCESS_LOCAL_READ)?;
         Ok(Self {
             qp,
-            incoming: HashMap::new(),
+            incoming: IdMap::default(),
             recv,
             send,
             cq,
@@ -222,11 +222,11 @@ impl RdmaClient {
             inline_max,
             next_id: 1,
             next_token: 0,
-            grants: HashMap::new(),
-            writing: HashMap::new(),
+            grants: IdMap::default(),
+            writing: IdMap::default(),
             to_grant: VecDeque::new(),
             ready: VecDeque::new(),
-            early: HashMap::new(),
+            early: IdMap::default(),
             broken: None,
             completions: Vec::with_capacity(super::verbs::POLL_BATCH),
         })
@@ -351,8 +351,10 @@ impl RdmaClient {
     pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
         let mut deadline = Deadline::new(self.options.timeout);
         loop {
-            if let Some(result) = self.early.remove(&id) {
-                return result;
+            if !self.early.is_empty() {
+                if let Some(result) = self.early.remove(&id) {
+                    return result;
+                }
             }
             while let Some(c) = self.ready.pop_front() {
                 if c.id == id {

@@ -14,7 +14,7 @@
 //! connection's registered send slots, large outputs are registered and written into a buffer
 //! the client advertises (`Rts`, `Cts`, `Data` in [`flow`](super::flow)).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -27,7 +27,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
-use super::flow::{CreditLedger, Grant, Imm, Op, GRANT_LEN};
+use super::flow::{CreditLedger, Grant, IdMap, Imm, Op, GRANT_LEN};
 use super::verbs::{
     CompletionChannel, CompletionQueue, Context, ProtectionDomain, QueuePair, Registered, SendOp, SharedReceiveQueue,
     ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
@@ -162,9 +162,9 @@ struct Tx {
     queue: VecDeque<Out>,
     ledger: CreditLedger,
     /// Large outputs announced by `Rts`, waiting for the client's `Cts`.
-    announced: HashMap<u16, Registered<PoolBuf>>,
+    announced: IdMap<u16, Registered<PoolBuf>>,
     /// Large outputs being written, until the write completes.
-    writing: HashMap<u16, Registered<PoolBuf>>,
+    writing: IdMap<u16, Registered<PoolBuf>>,
     next_token: u16,
 }
 
@@ -380,7 +380,7 @@ struct ConnIo {
     sink: Arc<dyn ResponseSink>,
     qpn: u32,
     stream: TcpStream,
-    grants: HashMap<u16, InGrant>,
+    grants: IdMap<u16, InGrant>,
     deferred: VecDeque<Deferred>,
     state: State,
 }
@@ -401,8 +401,8 @@ struct EventLoop {
     stop: Arc<AtomicBool>,
     // Field order is drop order: connections (and their QPs) first, then the receive buffers,
     // the SRQ, the CQ and the PD they need.
-    conns: HashMap<u32, ConnIo>,
-    by_qpn: HashMap<u32, u32>,
+    conns: IdMap<u32, ConnIo>,
+    by_qpn: IdMap<u32, u32>,
     next_conn: u32,
     slots: Vec<RecvSlot>,
     free_slots: Vec<u32>,
@@ -445,8 +445,8 @@ impl EventLoop {
             context,
             port,
             stop,
-            conns: HashMap::new(),
-            by_qpn: HashMap::new(),
+            conns: IdMap::default(),
+            by_qpn: IdMap::default(),
             next_conn: 1,
             slots,
             free_slots,
@@ -927,8 +927,8 @@ impl EventLoop {
                 sq_room: sq_depth,
                 queue: VecDeque::new(),
                 ledger: CreditLedger::new(credits),
-                announced: HashMap::new(),
-                writing: HashMap::new(),
+                announced: IdMap::default(),
+                writing: IdMap::default(),
                 next_token: 0,
             }),
             slots,
@@ -955,7 +955,7 @@ impl EventLoop {
         self.poll.registry().register(&mut stream, Token(id as usize), Interest::READABLE)?;
         self.conns.insert(
             id,
-            ConnIo { conn, sink, qpn, stream, grants: HashMap::new(), deferred: VecDeque::new(), state: State::Open },
+            ConnIo { conn, sink, qpn, stream, grants: IdMap::default(), deferred: VecDeque::new(), state: State::Open },
         );
         std_stream.set_nonblocking(false)?;
         let answered = local.write_to(std_stream);
