@@ -1,6 +1,6 @@
 //! `invoke --transport rdma`: round trips of `echo` over the RDMA verbs transport, each size beside
 //! perftest's `ib_send_lat` and `ib_write_lat` measured in the same run, on the same device, with
-//! the same placement. perftest reports the typical (median) one-way latency of a ping-pong, so a
+//! the same placement, in interleaved rounds. perftest reports the typical (median) one-way latency of a ping-pong, so a
 //! round trip is twice its `t_typical` (and twice its percentiles).
 //!
 //! Needs an RDMA device: `PRAAS_RDMA_DEVICE` (e.g. `rxe0`) and `PRAAS_RDMA_ADDR` (its IP address),
@@ -27,6 +27,19 @@ use crate::report::{self, Record, Reporter, RunInfo, Summary};
 
 const ECHO: &str = "echo";
 const BASELINES: [&str; 2] = ["ib_send_lat", "ib_write_lat"];
+/// Interleaved rounds of baseline and praas measurements per size.
+const ROUNDS: u64 = 3;
+
+/// Per figure, the median of the rounds' figures (counts add up).
+fn median(mut rounds: Vec<Summary>) -> Summary {
+    let mid = rounds.len() / 2;
+    let count = rounds.iter().map(|r| r.count).sum();
+    let mut pick = |f: fn(&Summary) -> u64| {
+        rounds.sort_by_key(f);
+        f(&rounds[mid])
+    };
+    Summary { count, p50: pick(|r| r.p50), p99: pick(|r| r.p99), p999: pick(|r| r.p999), max: pick(|r| r.max) }
+}
 
 /// Measured round trips of one size unless `--iters` says otherwise (software RDMA is slow with
 /// large messages; perftest runs as many).
@@ -75,13 +88,24 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         let iters = args.iters.unwrap_or_else(|| default_iters(size));
         let warmup = args.warmup.unwrap_or(iters / 10);
         eprintln!("praas-bench: invoke {size} B over RDMA: {warmup} warm-up + {iters} measured round trips each");
-        let mut bases = Vec::new();
-        for tool in BASELINES {
-            bases.push((tool, perftest(tool, &device, addr, size, warmup + iters, placement, timeout)?));
+        // Interleaved rounds (perftest, praas, perftest, ...), so that drift in a shared, noisy
+        // VM affects both alike: praas's round trips go into one histogram, each baseline's
+        // figures are the median of its rounds.
+        let per_round = iters.div_ceil(ROUNDS);
+        let mut bases: Vec<Vec<Summary>> = vec![Vec::new(); BASELINES.len()];
+        let mut ours = report::histogram();
+        for round in 0..ROUNDS {
+            for (i, tool) in BASELINES.iter().enumerate() {
+                bases[i].push(perftest(tool, &device, addr, size, warmup + per_round, placement, timeout)?);
+                if i == 0 {
+                    let warm = if round == 0 { warmup } else { warmup / 4 };
+                    ours.add(latency(&mut client, size, warm, per_round)?).map_err(|e| e.to_string())?;
+                }
+            }
         }
-        let ours = Summary::of(&latency(&mut client, size, warmup, iters)?);
-        for (tool, base) in bases {
-            let record = Record::latency("invoke", &info, size, warmup, &ours, tool, &base);
+        let ours = Summary::of(&ours);
+        for (tool, rounds) in BASELINES.iter().zip(bases) {
+            let record = Record::latency("invoke", &info, size, warmup, &ours, tool, &median(rounds));
             reporter.push(record).map_err(|e| format!("cannot write the report: {e}"))?;
         }
     }
@@ -219,5 +243,12 @@ mod tests {
         assert_eq!(summary.max, 28_128_900);
         assert_eq!(summary.count, 2000);
         assert!(parse_perftest("nothing here", 1).is_none());
+    }
+
+    #[test]
+    fn baselines_take_the_median_round() {
+        let round = |p50| Summary { count: 10, p50, p99: p50 * 2, p999: p50 * 3, max: p50 * 4 };
+        let m = median(vec![round(30), round(10), round(20)]);
+        assert_eq!((m.count, m.p50, m.p99, m.p999, m.max), (30, 20, 40, 60, 80));
     }
 }
