@@ -84,6 +84,11 @@ pub struct RdmaClient {
     recv_size: usize,
     free_slots: Vec<u32>,
     sq_room: u32,
+    /// Send work requests posted and not yet known complete, in post order (only some are
+    /// signaled: a signaled completion retires everything posted before it too).
+    posted: VecDeque<u64>,
+    /// Unsignaled requests posted since the last signaled one.
+    unsignaled_run: u32,
     credits: u32,
     inline_max: usize,
     next_id: u64,
@@ -218,6 +223,8 @@ impl RdmaClient {
             recv_size,
             free_slots: (0..slot_count).rev().collect(),
             sq_room: sq_depth,
+            posted: VecDeque::new(),
+            unsignaled_run: 0,
             credits,
             inline_max,
             next_id: 1,
@@ -305,10 +312,13 @@ impl RdmaClient {
                 input_len,
                 registered.mr().lkey(),
                 false,
+                true,
             )?
         };
         self.credits -= 1;
         self.sq_room -= 1;
+        self.posted.push_back(wr_id(WR_WRITE, u32::from(token)));
+        self.unsignaled_run = 0;
         self.writing.insert(token, false);
         let result = loop {
             if self.writing.get(&token) == Some(&true) {
@@ -396,17 +406,23 @@ impl RdmaClient {
         // SAFETY: a free slot is named by no posted work request.
         let len = unsafe { self.send.write(offset, parts) };
         let imm = Imm::new(op, 0, token).encode();
-        // SAFETY: the slot lies in `send`, registered on this PD, and stays unused until this
-        // send's completion returns it to the free list; `send` outlives the QP.
+        // Signal every 8th send, and every send while slots or queue room run low, so that a
+        // completion is always on its way when the client would wait for one.
+        let signaled = self.unsignaled_run >= 7 || self.free_slots.len() < 2 || self.sq_room <= 4;
+        let id = wr_id(WR_SLOT, slot);
+        // SAFETY: the slot lies in `send`, registered on this PD, and stays unused until the
+        // completion of this send or a later one returns it to the free list; `send` outlives
+        // the QP.
         let posted = unsafe {
             self.qp.post_send(
-                wr_id(WR_SLOT, slot),
+                id,
                 SendOp::SendImm,
                 imm,
                 self.send.mr().addr() + offset as u64,
                 len as u32,
                 self.send.mr().lkey(),
                 len <= self.inline_max,
+                signaled,
             )
         };
         if let Err(e) = posted {
@@ -415,6 +431,8 @@ impl RdmaClient {
         }
         self.credits -= 1;
         self.sq_room -= 1;
+        self.posted.push_back(id);
+        self.unsignaled_run = if signaled { 0 } else { self.unsignaled_run + 1 };
         Ok(())
     }
 
@@ -522,27 +540,16 @@ impl RdmaClient {
     fn completion(&mut self, wc: &Wc) -> Result<(), ClientError> {
         let kind = (wc.wr_id >> 24) & 0xff;
         let index = (wc.wr_id & 0x00ff_ffff) as u32;
+        if kind != WR_RECV {
+            self.retire(wc.wr_id);
+        }
         if !wc.ok() {
-            match kind {
-                WR_SLOT => self.free_slots.push(index),
-                WR_WRITE => {
-                    self.writing.insert(index as u16, true);
-                }
-                _ => {}
-            }
             let why = format!("RDMA work failed: {}", wc.status_text());
             self.broken.get_or_insert(why.clone());
             return Err(ClientError::Io(io::Error::new(io::ErrorKind::ConnectionAborted, why)));
         }
         match kind {
-            WR_SLOT => {
-                self.free_slots.push(index);
-                self.sq_room += 1;
-            }
-            WR_WRITE => {
-                self.writing.insert(index as u16, true);
-                self.sq_room += 1;
-            }
+            WR_SLOT | WR_WRITE => {}
             WR_RECV => {
                 let result = self.received(index, wc);
                 let addr = self.recv.mr().addr() + (index as usize * self.recv_size) as u64;
@@ -554,6 +561,24 @@ impl RdmaClient {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A send completed: it and every send posted before it are done.
+    fn retire(&mut self, done: u64) {
+        while let Some(id) = self.posted.pop_front() {
+            let index = (id & 0x00ff_ffff) as u32;
+            match (id >> 24) & 0xff {
+                WR_SLOT => self.free_slots.push(index),
+                WR_WRITE => {
+                    self.writing.insert(index as u16, true);
+                }
+                _ => {}
+            }
+            self.sq_room += 1;
+            if id == done {
+                return;
+            }
+        }
     }
 
     fn received(&mut self, index: u32, wc: &Wc) -> Result<(), ClientError> {

@@ -159,6 +159,13 @@ struct Tx {
     free_slots: Vec<u32>,
     /// Send work requests that may still be posted.
     sq_room: u32,
+    /// Send work requests posted and not yet known complete, in post order (only some are
+    /// signaled: a signaled completion retires everything posted before it too).
+    posted: VecDeque<u64>,
+    /// Unsignaled requests posted since the last signaled one.
+    unsignaled_run: u32,
+    /// Signal the next send (an error before closing: its completion says it went out).
+    signal_next: bool,
     queue: VecDeque<Out>,
     ledger: CreditLedger,
     /// Large outputs announced by `Rts`, waiting for the client's `Cts`.
@@ -240,6 +247,7 @@ impl Conn {
                         grant.len,
                         buf.mr().lkey(),
                         false,
+                        true,
                     )
                 };
                 if let Err(e) = posted {
@@ -247,6 +255,8 @@ impl Conn {
                     return Ok(());
                 }
                 tx.sq_room -= 1;
+                tx.posted.push_back(wr_id(self.id, WR_WRITE, u32::from(token)));
+                tx.unsignaled_run = 0;
                 tx.writing.insert(token, buf);
                 Ok(())
             }
@@ -313,25 +323,52 @@ impl Conn {
         let imm = Imm::new(op, credits, token).encode();
         let Some(qp) = tx.qp.as_ref() else { return };
         let addr = self.slots.mr().addr() + offset as u64;
-        // SAFETY: the slot lies in `slots`, registered on this PD, and is not reused before this
-        // send's completion frees it (or the QP is destroyed, before `slots` is dropped).
+        // Signal every 8th send, and every send while slots or queue room run low, so that a
+        // completion is always on its way when something waits for one.
+        let signaled = tx.signal_next || tx.unsignaled_run >= 7 || tx.free_slots.len() < 2 || tx.sq_room <= 4;
+        let id = wr_id(self.id, WR_SLOT, slot);
+        // SAFETY: the slot lies in `slots`, registered on this PD, and is not reused before the
+        // completion of this send or a later one frees it (or the QP is destroyed, before
+        // `slots` is dropped).
         let posted = unsafe {
             qp.post_send(
-                wr_id(self.id, WR_SLOT, slot),
+                id,
                 SendOp::SendImm,
                 imm,
                 addr,
                 len as u32,
                 self.slots.mr().lkey(),
                 len <= self.inline_max,
+                signaled,
             )
         };
         match posted {
-            Ok(()) => tx.sq_room -= 1,
+            Ok(()) => {
+                tx.sq_room -= 1;
+                tx.posted.push_back(id);
+                tx.unsignaled_run = if signaled { 0 } else { tx.unsignaled_run + 1 };
+                tx.signal_next = false;
+            }
             Err(e) => {
                 tracing::debug!(conn = self.id, "posting a send failed: {e}");
                 tx.free_slots.push(slot);
             }
+        }
+    }
+}
+
+/// A send completed: it and every send posted before it on the connection are done.
+fn retire(tx: &mut Tx, done: u64) {
+    while let Some(id) = tx.posted.pop_front() {
+        let (_, kind, index) = wr_parts(id);
+        if kind == WR_SLOT {
+            tx.free_slots.push(index);
+        } else {
+            tx.writing.remove(&(index as u16));
+        }
+        tx.sq_room += 1;
+        if id == done {
+            return;
         }
     }
 }
@@ -627,12 +664,7 @@ impl EventLoop {
                 let Some(io) = self.conns.get(&conn) else { return };
                 let c = Arc::clone(&io.conn);
                 let mut tx = c.tx();
-                tx.sq_room += 1;
-                if kind == WR_SLOT {
-                    tx.free_slots.push(index);
-                } else {
-                    tx.writing.remove(&(index as u16));
-                }
+                retire(&mut tx, wc.wr_id);
                 if wc.ok() {
                     c.flush(&mut tx);
                     return;
@@ -817,6 +849,7 @@ impl EventLoop {
         io.state = State::Closing(Instant::now() + self.options.linger);
         let conn = Arc::clone(&io.conn);
         let mut tx = conn.tx();
+        tx.signal_next = true;
         conn.respond(&mut tx, Response { id: request, outcome: Outcome::error(status, message) }, false);
     }
 
@@ -925,6 +958,9 @@ impl EventLoop {
                 qp: Some(qp),
                 free_slots: (0..slot_count).rev().collect(),
                 sq_room: sq_depth,
+                posted: VecDeque::new(),
+                unsignaled_run: 0,
+                signal_next: false,
                 queue: VecDeque::new(),
                 ledger: CreditLedger::new(credits),
                 announced: IdMap::default(),

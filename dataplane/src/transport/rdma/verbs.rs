@@ -574,14 +574,16 @@ impl QueuePair {
         self.modify(&mut attr, ibv_qp_attr_mask::IBV_QP_STATE)
     }
 
-    /// Posts one signaled send work request of `len` bytes at `addr` (region `lkey`).
-    /// With `inline`, the bytes are copied at post time and need no registration.
+    /// Posts one send work request of `len` bytes at `addr` (region `lkey`). With `inline`, the
+    /// bytes are copied at post time and need no registration. Only a `signaled` request
+    /// produces a completion when it succeeds; it also means every request posted before it on
+    /// this queue pair has completed (send queues complete in order).
     ///
     /// # Safety
     /// Unless `inline`, the bytes `addr..addr + len` must lie in a memory region registered under
     /// `lkey` on this queue pair's PD and stay registered, alive and unmodified until the
-    /// completion of this work request is polled or the queue pair is destroyed. With `inline`,
-    /// they must be readable for the duration of the call.
+    /// completion of this work request, or of a later signaled one, is polled, or the queue pair
+    /// is destroyed. With `inline`, they must be readable for the duration of the call.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn post_send(
         &self,
@@ -592,6 +594,7 @@ impl QueuePair {
         len: u32,
         lkey: u32,
         inline: bool,
+        signaled: bool,
     ) -> io::Result<()> {
         let mut sge = ibv_sge { addr, length: len, lkey };
         // SAFETY: all-zero is a valid ibv_send_wr (null pointers, zero unions).
@@ -599,7 +602,10 @@ impl QueuePair {
         wr.wr_id = wr_id;
         wr.sg_list = &mut sge;
         wr.num_sge = i32::from(len > 0);
-        let mut flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+        let mut flags = 0;
+        if signaled {
+            flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
         if inline {
             flags |= ibv_send_flags::IBV_SEND_INLINE.0;
         }
