@@ -44,7 +44,7 @@ if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
     log "this host can run rdma_rxe: testing here"
     eval "$(scripts/softroce-setup.sh --dummy)"
     PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" PRAAS_RDMA_REQUIRED=1 \
-        PRAAS_EXAMPLE_FUNCTIONS="$functions" "$test_bin" --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
+        PRAAS_EXAMPLE_FUNCTIONS="$functions" "$test_bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
         || status=$?
 else
     log "no rdma_rxe in this kernel: testing in the SoftRoCE VM (scripts/rxe-vm.sh)"
@@ -57,7 +57,7 @@ else
         --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
         --env PRAAS_RDMA_REQUIRED=1 \
         --env RUST_BACKTRACE=1 \
-        -- "praas-rdma-tests --test-threads=2$quoted_args" || status=$?
+        -- "praas-rdma-tests --include-ignored --test-threads=2$quoted_args" || status=$?
 fi
 elapsed="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
 if ((status == 0)); then
