@@ -351,6 +351,9 @@ IP=/opt/praas/bin/ip
 \$IP link show $RXE_NETDEV >/dev/null 2>&1 \\
     || \$IP link add $RXE_NETDEV type dummy || setup_failed "ip link add $RXE_NETDEV"
 \$IP addr add $GUEST_ADDR/$GUEST_PREFIX dev $RXE_NETDEV || setup_failed "ip addr add"
+# Jumbo frames, as RoCE fabrics run them: rxe then uses a 4096-byte RDMA MTU instead of 1024
+# (with 1500, a 1 KiB payload plus its header took two packets each way).
+\$IP link set $RXE_NETDEV mtu 9000 || setup_failed "ip link set $RXE_NETDEV mtu 9000"
 \$IP link set $RXE_NETDEV up || setup_failed "ip link set $RXE_NETDEV up"
 rdma link add $RXE_DEVICE type rxe netdev $RXE_NETDEV || setup_failed "rdma link add $RXE_DEVICE"
 

@@ -136,6 +136,8 @@ ensure_dummy_netdev() {
     fi
     ip -o addr show dev "$DUMMY_NETDEV" | grep -qF " ${addr} " \
         || ip addr add "$addr" dev "$DUMMY_NETDEV" || die "cannot add $addr to $DUMMY_NETDEV"
+    # Jumbo frames, so rxe uses a 4096-byte RDMA MTU (as RoCE fabrics do) instead of 1024.
+    ip link set "$DUMMY_NETDEV" mtu 9000
     ip link set "$DUMMY_NETDEV" up
 }
 
