@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::protocol::{encode_frame, Header};
-use praas_dataplane::testing::spec;
+use praas_dataplane::testing::{pattern, spec};
 use praas_dataplane::{
     ClientError, FunctionRegistry, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport,
     ServerHandle, Status, Transport,
@@ -78,18 +78,6 @@ fn serve(ip: IpAddr, options: RdmaOptions) -> (Arc<Process>, ServerHandle) {
 fn client(addr: SocketAddr) -> RdmaClient {
     let options = RdmaClientOptions { timeout: Duration::from_secs(30), ..RdmaClientOptions::default() };
     RdmaClient::connect_with(addr, options).expect("connect over RDMA")
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn assert_serving(addr: SocketAddr) {

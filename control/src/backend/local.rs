@@ -1,6 +1,6 @@
 //! The `local` backend: child OS processes of the control plane on this machine.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,17 +77,8 @@ impl Backend for LocalBackend {
     }
 
     fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
-        let fail = |reason: String| BackendError { process: launch.process.clone(), reason };
-        fs::create_dir_all(&launch.files_dir).map_err(|e| fail(format!("{}: {e}", launch.files_dir.display())))?;
-        if let Some(parent) = launch.log.parent() {
-            fs::create_dir_all(parent).map_err(|e| fail(format!("{}: {e}", parent.display())))?;
-        }
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&launch.log)
-            .map_err(|e| fail(format!("{}: {e}", launch.log.display())))?;
-        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
+        let fail = |reason: String| launch.error(reason);
+        let (log, log_err) = launch.prepare()?;
         let mut command = Command::new(&self.praas);
         command
             .args(["process", "serve", "--listen", "127.0.0.1:0", "--id", &launch.process, "--app", &launch.app])

@@ -14,8 +14,9 @@
 mod local;
 mod slurm;
 
+use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,26 @@ pub struct Launch {
     pub metrics_interval: Duration,
     /// The application's Slurm settings (over the Slurm backend's own).
     pub slurm: Option<crate::model::SlurmOptions>,
+}
+
+impl Launch {
+    /// An error about this launch.
+    pub fn error(&self, reason: impl Into<String>) -> BackendError {
+        BackendError { process: self.process.clone(), reason: reason.into() }
+    }
+
+    /// Creates the process's working folder and its log's folder, and opens the log (appending)
+    /// twice: for the process's standard output and error.
+    pub fn prepare(&self) -> Result<(File, File), BackendError> {
+        let io = |path: &Path, e: std::io::Error| self.error(format!("{}: {e}", path.display()));
+        fs::create_dir_all(&self.files_dir).map_err(|e| io(&self.files_dir, e))?;
+        if let Some(parent) = self.log.parent() {
+            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        let log = File::options().create(true).append(true).open(&self.log).map_err(|e| io(&self.log, e))?;
+        let log_err = log.try_clone().map_err(|e| io(&self.log, e))?;
+        Ok((log, log_err))
+    }
 }
 
 /// Why a process could not be started.

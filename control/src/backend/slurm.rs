@@ -20,7 +20,7 @@
 //! (`scontrol show job`). Stopping cancels the job (job mode) or the step (pool mode).
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -302,16 +302,9 @@ impl Backend for SlurmBackend {
     }
 
     fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
-        let fail = |reason: String| BackendError { process: launch.process.clone(), reason };
-        fs::create_dir_all(&launch.files_dir).map_err(|e| fail(format!("{}: {e}", launch.files_dir.display())))?;
+        let fail = |reason: String| launch.error(reason);
+        let (log, log_err) = launch.prepare()?;
         let logs = launch.log.parent().map(PathBuf::from).unwrap_or_default();
-        fs::create_dir_all(&logs).map_err(|e| fail(format!("{}: {e}", logs.display())))?;
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&launch.log)
-            .map_err(|e| fail(format!("{}: {e}", launch.log.display())))?;
-        let log_err = log.try_clone().map_err(|e| fail(e.to_string()))?;
         let handle = format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed));
         let placement = logs.join(format!("{handle}.slurm"));
         let resources = launch.resources;

@@ -240,6 +240,25 @@ impl OutFrame {
     }
 }
 
+/// A frame too large for a transport's receive buffers, received into a pool buffer of its own
+/// (metadata and payload; the header is decoded already).
+#[derive(Debug)]
+pub(crate) struct LargeFrame {
+    pub(crate) header: Header,
+    pub(crate) body: crate::buffer::PoolBuf,
+}
+
+/// Where a byte-stream transport is in reading a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadState {
+    /// Reading frames.
+    Open,
+    /// The peer closed its side; answer what is pending, then close.
+    Draining,
+    /// The peer broke the protocol; discard its input until it closes or the deadline passes.
+    Lingering(std::time::Instant),
+}
+
 /// What a transport does after [`serve_frame`].
 #[derive(Debug)]
 pub enum FrameAction {

@@ -28,7 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{serve_frame, FrameAction, OutFrame, ServerHandle, Transport};
+use super::{serve_frame, FrameAction, LargeFrame, OutFrame, ReadState, ServerHandle, Transport};
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
@@ -151,21 +151,6 @@ impl ResponseSink for Shared {
             self.notifier.post(self.token);
         }
     }
-}
-
-/// A frame too large for the read chunk, being read into a buffer of its own.
-struct LargeFrame {
-    header: Header,
-    body: PoolBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReadState {
-    Open,
-    /// The peer closed its side; answer what is pending, then close.
-    Draining,
-    /// The peer broke the protocol; discard its input until it closes or the deadline passes.
-    Lingering(Instant),
 }
 
 struct Connection {

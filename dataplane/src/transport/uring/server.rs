@@ -27,7 +27,7 @@ use crate::invocation::Outcome;
 use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
-use crate::transport::{serve_frame, FrameAction, OutFrame};
+use crate::transport::{serve_frame, FrameAction, LargeFrame, OutFrame, ReadState};
 
 /// Most iovecs in one send.
 const MAX_IOV: usize = 64;
@@ -106,21 +106,6 @@ impl ResponseSink for ConnSink {
         self.shared.responses.push((self.key, response));
         self.shared.wake();
     }
-}
-
-/// A frame too large for the receive buffers, received into a pool buffer of its own.
-struct LargeFrame {
-    header: Header,
-    body: PoolBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ReadState {
-    Open,
-    /// The peer closed its side; answer what is pending, then close.
-    Draining,
-    /// The peer broke the protocol; discard its input until it closes or the deadline passes.
-    Lingering(Instant),
 }
 
 /// The `sendmsg` arguments of the connection's send in flight; boxed: the kernel reads them.
