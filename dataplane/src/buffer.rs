@@ -3,8 +3,10 @@
 //! Buffers come in power-of-two size classes from 4 KiB up. A dropped buffer goes back to its
 //! class's free list, so a steady stream of invocations allocates nothing and the same memory is
 //! reused: a transport that must register memory with the kernel or a NIC (io_uring fixed buffers,
-//! RDMA memory regions) registers a buffer once, keyed by [`PoolBuf::region`], and finds it
-//! registered again when the buffer comes back.
+//! RDMA memory regions) registers a buffer once, keyed by [`PoolBuf::id`], and finds it
+//! registered again when the buffer comes back. The id, unlike the address, is never reused: memory
+//! the pool gave back to the allocator and a later allocation at the same address have different
+//! ids, so a cached registration can never describe pages that are gone.
 //!
 //! The pool has a byte budget: [`BufferPool::get`] refuses (returns `None`) when the bytes handed
 //! out would exceed it, and the transports answer that with back-pressure (they stop reading) rather
@@ -12,7 +14,7 @@
 
 use std::fmt;
 use std::ops::{Deref, Range};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam::queue::SegQueue;
@@ -25,11 +27,13 @@ const CLASSES: usize = 21;
 const KEEP_PER_CLASS: usize = 256;
 /// Bytes of free buffers kept per class: large classes keep fewer buffers.
 const KEEP_BYTES_PER_CLASS: usize = 256 << 20;
+/// Source of [`PoolBuf::id`]s: every allocation of buffer memory takes the next one.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Default budget of bytes handed out at once.
 pub const DEFAULT_BUDGET: usize = 4 << 30;
 
 struct Inner {
-    free: [SegQueue<Box<[u8]>>; CLASSES],
+    free: [SegQueue<(Box<[u8]>, u64)>; CLASSES],
     outstanding: AtomicUsize,
     budget: usize,
 }
@@ -102,8 +106,10 @@ impl BufferPool {
                 Err(now) => current = now,
             }
         }
-        let memory = self.inner.free[class].pop().unwrap_or_else(|| vec![0u8; size].into_boxed_slice());
-        Some(PoolBuf { memory, len: 0, pool: Arc::clone(&self.inner) })
+        let (memory, id) = self.inner.free[class]
+            .pop()
+            .unwrap_or_else(|| (vec![0u8; size].into_boxed_slice(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        Some(PoolBuf { memory, id, len: 0, pool: Arc::clone(&self.inner) })
     }
 
     /// Bytes currently handed out.
@@ -121,6 +127,7 @@ impl BufferPool {
 /// data. Returns to the pool when dropped.
 pub struct PoolBuf {
     memory: Box<[u8]>,
+    id: u64,
     len: usize,
     pool: Arc<Inner>,
 }
@@ -178,10 +185,16 @@ impl PoolBuf {
         &mut self.memory[..self.len]
     }
 
-    /// Start address and length of the buffer's memory: the key under which a transport
-    /// registers it (stable for the buffer's whole life, across trips through the pool).
+    /// Start address and length of the buffer's memory (what a registration covers).
     pub fn region(&self) -> (usize, usize) {
         (self.memory.as_ptr() as usize, self.memory.len())
+    }
+
+    /// The identity of the buffer's memory: the same across its trips through the pool, never
+    /// given to other memory (not even at the same address after the pool freed it). The key
+    /// under which a transport caches the registration of this memory.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }
 
@@ -199,7 +212,7 @@ impl Drop for PoolBuf {
         let class = class_of(size);
         let queue = &self.pool.free[class];
         if queue.len() < KEEP_PER_CLASS && queue.len() * size < KEEP_BYTES_PER_CLASS {
-            queue.push(std::mem::take(&mut self.memory));
+            queue.push((std::mem::take(&mut self.memory), self.id));
         }
     }
 }
@@ -262,6 +275,23 @@ mod tests {
         let b = pool.get(MIN_BUF).unwrap();
         assert_eq!(b.region(), region, "a freed buffer is handed out again");
         assert!(b.is_empty());
+        let id = b.id();
+        drop(b);
+        assert_eq!(pool.get(1).unwrap().id(), id, "with the same id");
+    }
+
+    #[test]
+    fn memory_given_back_to_the_allocator_never_shares_an_id() {
+        let pool = BufferPool::new(1 << 30);
+        // More buffers of one class than the pool keeps: the surplus goes back to the allocator,
+        // and new allocations (possibly at the same addresses) must not inherit their ids.
+        let held: Vec<PoolBuf> = (0..KEEP_PER_CLASS + 8).map(|_| pool.get(1).unwrap()).collect();
+        let ids: std::collections::HashSet<u64> = held.iter().map(PoolBuf::id).collect();
+        assert_eq!(ids.len(), held.len(), "ids are unique");
+        drop(held);
+        let fresh: Vec<PoolBuf> = (0..KEEP_PER_CLASS + 8).map(|_| pool.get(1).unwrap()).collect();
+        let reused = fresh.iter().filter(|b| ids.contains(&b.id())).count();
+        assert_eq!(reused, KEEP_PER_CLASS, "only the kept buffers come back with their ids");
     }
 
     #[test]
