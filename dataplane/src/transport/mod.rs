@@ -259,6 +259,24 @@ pub(crate) enum ReadState {
     Lingering(std::time::Instant),
 }
 
+/// Accepts every connection waiting on a non-blocking listener (edge-triggered readiness: until
+/// it would block). Another error (out of descriptors, say) is logged and ends the round: the
+/// connection stays queued and comes with the next readiness event.
+pub(crate) fn accept_waiting(listener: &mio::net::TcpListener) -> Vec<(mio::net::TcpStream, SocketAddr)> {
+    let mut accepted = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok(connection) => accepted.push(connection),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                return accepted;
+            }
+        }
+    }
+}
+
 /// What a transport does after [`serve_frame`].
 #[derive(Debug)]
 pub enum FrameAction {

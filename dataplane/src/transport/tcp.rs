@@ -28,7 +28,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{serve_frame, FrameAction, LargeFrame, OutFrame, ReadState, ServerHandle, Transport};
+use super::{accept_waiting, serve_frame, FrameAction, LargeFrame, OutFrame, ReadState, ServerHandle, Transport};
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
@@ -305,21 +305,9 @@ impl EventLoop {
     }
 
     fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if let Err(e) = self.add(stream) {
-                        tracing::warn!(%peer, "cannot serve a new connection: {e}");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of file descriptors and the like: the pending connection stays queued
-                    // and is retried on the next readiness event; say so once per failure.
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
+        for (stream, peer) in accept_waiting(&self.listener) {
+            if let Err(e) = self.add(stream) {
+                tracing::warn!(%peer, "cannot serve a new connection: {e}");
             }
         }
     }

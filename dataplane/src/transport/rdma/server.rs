@@ -892,19 +892,9 @@ impl EventLoop {
     }
 
     fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => {
-                    if let Err(e) = self.add(stream) {
-                        tracing::warn!(%peer, "RDMA connection set-up failed: {e}");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    return;
-                }
+        for (stream, peer) in crate::transport::accept_waiting(&self.listener) {
+            if let Err(e) = self.add(stream) {
+                tracing::warn!(%peer, "RDMA connection set-up failed: {e}");
             }
         }
     }
