@@ -86,19 +86,34 @@ pub enum Dispatched {
 }
 
 /// Counters the control plane reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     invocations: AtomicU64,
     local_invocations: AtomicU64,
     compute_ns: AtomicU64,
     last_invocation_ns: AtomicU64,
+    /// A monotonic instant and the wall-clock time (ns since the epoch) it corresponds to: wall
+    /// times of invocations are derived from their monotonic ones, with no second clock read.
+    epoch: (Instant, u64),
 }
 
 impl Metrics {
-    fn record(&self, started: Instant) {
+    fn new() -> Self {
+        Self {
+            invocations: AtomicU64::new(0),
+            local_invocations: AtomicU64::new(0),
+            compute_ns: AtomicU64::new(0),
+            last_invocation_ns: AtomicU64::new(0),
+            epoch: (Instant::now(), now_ns()),
+        }
+    }
+
+    fn record(&self, started: Instant, finished: Instant) {
         self.invocations.fetch_add(1, Ordering::Relaxed);
-        self.compute_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.last_invocation_ns.store(now_ns(), Ordering::Relaxed);
+        self.compute_ns.fetch_add(finished.saturating_duration_since(started).as_nanos() as u64, Ordering::Relaxed);
+        let (epoch, epoch_ns) = self.epoch;
+        let wall = epoch_ns + finished.saturating_duration_since(epoch).as_nanos() as u64;
+        self.last_invocation_ns.store(wall, Ordering::Relaxed);
     }
 
     /// Counts one local invocation.
@@ -205,7 +220,7 @@ impl Process {
             config,
             functions,
             state: StateStore::default(),
-            metrics: Metrics::default(),
+            metrics: Metrics::new(),
             jobs,
             running,
             watchdog: watchdog.thread().clone(),
@@ -343,7 +358,7 @@ impl Process {
         let deadline = self.deadline(function, timeout_ms, arrival);
         match function.mode {
             ExecutionMode::Inline => {
-                let outcome = self.run(function, &input, deadline);
+                let outcome = self.run(function, &input, arrival, deadline);
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 Dispatched::Done(Response { id, outcome })
             }
@@ -373,15 +388,16 @@ impl Process {
         }
     }
 
-    /// Runs `function` on this thread, accounting it and applying its deadline.
-    fn run(&self, function: &Function, input: &[u8], deadline: Option<Instant>) -> Outcome {
-        let started = Instant::now();
+    /// Runs `function` on this thread from `started` (a clock reading the caller already took),
+    /// accounting it and applying its deadline: one more clock reading per invocation.
+    fn run(&self, function: &Function, input: &[u8], started: Instant, deadline: Option<Instant>) -> Outcome {
         let outcome = execute(self, function, input, deadline);
-        self.metrics.record(started);
+        let finished = Instant::now();
+        self.metrics.record(started, finished);
         match deadline {
-            Some(deadline) if Instant::now() > deadline => Outcome::error(
+            Some(deadline) if finished > deadline => Outcome::error(
                 Status::Timeout,
-                format!("function {:?} ran {:?}, past its deadline", function.name, started.elapsed()),
+                format!("function {:?} ran {:?}, past its deadline", function.name, finished - started),
             ),
             _ => outcome,
         }
@@ -403,7 +419,8 @@ fn worker_loop(slot: usize, process: &Weak<Process>, queue: &Receiver<Job>) {
     while let Ok(job) = queue.recv() {
         let Some(process) = process.upgrade() else { break };
         let pending = job.pending;
-        if pending.deadline.is_some_and(|d| Instant::now() >= d) {
+        let picked = Instant::now();
+        if pending.deadline.is_some_and(|d| picked >= d) {
             process.in_flight.fetch_sub(1, Ordering::SeqCst);
             pending.answer(Outcome::error(
                 Status::Timeout,
@@ -412,7 +429,7 @@ fn worker_loop(slot: usize, process: &Weak<Process>, queue: &Receiver<Job>) {
             continue;
         }
         process.watch(slot, Some(Arc::clone(&pending)));
-        let outcome = process.run(&job.function, &job.input, pending.deadline);
+        let outcome = process.run(&job.function, &job.input, picked, pending.deadline);
         drop(job.input);
         process.watch(slot, None);
         // The function has returned: a drain waiting for it may now snapshot its effects.
