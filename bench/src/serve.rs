@@ -4,8 +4,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use praas_dataplane::control_channel::{PeerEntry, PeerList};
+use praas_dataplane::control_channel::PeerList;
 use praas_dataplane::lifecycle::ProcessStatus;
+use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig};
 
 use crate::child::{announce, wait_for_stdin_close};
@@ -30,7 +31,7 @@ pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
     let mut peers = Vec::new();
     for peer in &args.peer {
         let (id, addr) = peer.split_once('=').ok_or_else(|| format!("--peer {peer:?} is not ID=HOST:PORT"))?;
-        peers.push(PeerEntry { id: id.into(), addr: addr.into(), status: ProcessStatus::Allocated });
+        peers.push(PeerInfo { id: id.into(), addr: addr.into(), rdma: None, status: ProcessStatus::Allocated });
     }
     process.set_peers(PeerList { peers });
     let kind = args.transport.dataplane();

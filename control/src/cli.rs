@@ -194,6 +194,9 @@ pub fn print_processes(processes: &[ProcessRecord], out: &mut impl Write) -> std
             p.metrics.state_bytes,
             swap
         )?;
+        if let Some(rdma) = &p.rdma_addr {
+            writeln!(out, "{:<16} rdma://{rdma}", "")?;
+        }
         if let Some(error) = &p.error {
             writeln!(out, "{:<16} error: {error}", "")?;
         }

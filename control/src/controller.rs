@@ -19,9 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use praas_dataplane::control_channel::{
-    write_json, MetricsReport, PeerEntry, PeerList, Registration, SwapConfirmation,
-};
+use praas_dataplane::control_channel::{write_json, MetricsReport, PeerList, Registration, SwapConfirmation};
+use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::{Client, ClientError, ClientOptions, Manifest, Status};
@@ -94,6 +93,8 @@ pub struct ControlConfig {
     pub idle_swap: Option<Duration>,
     /// How often processes report metrics.
     pub metrics_interval: Duration,
+    /// Processes also serve RDMA on this address (`auto`, an IP, IP:PORT); none: TCP only.
+    pub process_rdma: Option<String>,
 }
 
 impl ControlConfig {
@@ -107,6 +108,7 @@ impl ControlConfig {
             swap_timeout: Duration::from_secs(300),
             idle_swap: None,
             metrics_interval: Duration::from_millis(500),
+            process_rdma: None,
         }
     }
 }
@@ -227,6 +229,7 @@ impl ControlPlane {
                         record.status = ProcessStatus::Failure;
                         record.error = Some("its OS process was gone when the control plane restarted".into());
                         record.data_addr = None;
+                        record.rdma_addr = None;
                         plane.inner.store.put_process(&record)?;
                     }
                 }
@@ -478,6 +481,7 @@ impl ControlPlane {
             log: data.join("logs").join(format!("{app}.{name}.log")),
             metrics_interval: self.inner.config.metrics_interval,
             slurm: application.slurm.clone(),
+            rdma: self.inner.config.process_rdma.clone(),
         };
         match self.inner.backend.start(&launch, self.exit_handler(app, name, generation)) {
             Ok(handle) => {
@@ -548,6 +552,7 @@ impl ControlPlane {
         }
         entry.record.status = ProcessStatus::Allocated;
         entry.record.data_addr = Some(registration.data_addr.clone());
+        entry.record.rdma_addr = registration.rdma_addr.clone();
         entry.record.pid = Some(registration.pid);
         entry.record.error = None;
         if let Some(placement) = entry.record.handle.as_deref().and_then(|h| self.inner.backend.placement(h)) {
@@ -563,13 +568,14 @@ impl ControlPlane {
     /// once it has answered a registration, so the answer comes first).
     pub fn announce_peers(&self, app: &str) {
         let registry = self.registry();
-        let peers: Vec<PeerEntry> = registry
+        let peers: Vec<PeerInfo> = registry
             .processes
             .iter()
             .filter(|((a, _), _)| a == app)
-            .map(|((_, name), e)| PeerEntry {
+            .map(|((_, name), e)| PeerInfo {
                 id: name.clone(),
                 addr: e.record.data_addr.clone().unwrap_or_default(),
+                rdma: e.record.rdma_addr.clone(),
                 status: e.record.status,
             })
             .collect();
@@ -632,6 +638,7 @@ impl ControlPlane {
         let status = entry.record.status;
         entry.link = None;
         entry.record.data_addr = None;
+        entry.record.rdma_addr = None;
         entry.record.pid = None;
         entry.record.handle = None;
         entry.record.status = match status {
@@ -686,6 +693,7 @@ impl ControlPlane {
                 Some(Ok(report)) => {
                     entry.record.status = ProcessStatus::SwappedOut;
                     entry.record.data_addr = None;
+                    entry.record.rdma_addr = None;
                     entry.record.swap = Some(SwapInfo {
                         bytes: report.bytes,
                         secs: report.secs,

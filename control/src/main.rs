@@ -98,6 +98,11 @@ struct ControlServeArgs {
     /// How often processes report metrics, in milliseconds.
     #[arg(long, default_value_t = 500)]
     metrics_ms: u64,
+    /// Processes also serve RDMA (`praas process serve --rdma-listen SPEC`): `auto` (each node's
+    /// RDMA device address), an IP address, or IP:PORT. Their RDMA addresses are listed with
+    /// the processes, and messages between processes go over RDMA.
+    #[arg(long, env = "PRAAS_PROCESS_RDMA")]
+    process_rdma: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,11 +259,12 @@ struct ServeArgs {
     /// allows it, else mio (logged once).
     #[arg(long, default_value = "auto")]
     transport: TransportKind,
-    /// Also serve over RDMA verbs on this address (the RDMA device's IP; clients use
-    /// rdma://HOST:PORT). Port 0 picks a free port (printed on start).
+    /// Also serve over RDMA verbs: `auto` (the address of the RDMA device, `PRAAS_RDMA_DEVICE` or
+    /// the first with one), an IP address or IP:PORT (port 0 or none: a free port, printed on
+    /// start). Clients use rdma://HOST:PORT; messages to other processes that serve RDMA go over it.
     #[cfg(feature = "rdma")]
     #[arg(long)]
-    rdma_listen: Option<SocketAddr>,
+    rdma_listen: Option<String>,
     /// The control plane's control channel to register with (HOST:PORT).
     #[arg(long)]
     control_channel: Option<SocketAddr>,
@@ -372,6 +378,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     }
     config.idle_swap = (args.idle_swap_ms > 0).then(|| Duration::from_millis(args.idle_swap_ms));
     config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
+    config.process_rdma = args.process_rdma;
     let server = server::bind_backend(config, backend, args.listen, args.control_listen)?;
     // Scripts read this line to learn the ports.
     println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
@@ -491,8 +498,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     // Scripts read this line to learn the port.
     println!("listening on {}", server.local_addr());
     #[cfg(feature = "rdma")]
-    let _rdma_server = match args.rdma_listen {
-        Some(addr) => {
+    let rdma_server = match &args.rdma_listen {
+        Some(spec) => {
+            let addr = praas_dataplane::transport::rdma::connect::listen_address(spec)
+                .map_err(|e| format!("--rdma-listen {spec}: {e}"))?;
             let options = praas_dataplane::RdmaOptions::default();
             let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(&process), options)
                 .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
@@ -503,6 +512,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    #[cfg(feature = "rdma")]
+    let rdma_addr = rdma_server.as_ref().map(|r| praas_control::backend::routable(r.local_addr()).to_string());
+    #[cfg(not(feature = "rdma"))]
+    let rdma_addr = None;
     std::io::stdout().flush().map_err(|e| e.to_string())?;
     tracing::info!(process = process.id(), functions = %names, "serving");
     let Some(control_addr) = args.control_channel else {
@@ -511,6 +524,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     let options = ControlLinkOptions {
         control_addr,
         data_addr: praas_control::backend::routable(server.local_addr()).to_string(),
+        rdma_addr,
         swap_store: swap_store.unwrap_or_else(|| SwapStore::new(std::env::temp_dir().join("praas-swap"))),
         files_dir: args.files_dir.clone(),
         metrics_interval: Duration::from_millis(args.metrics_ms.max(10)),

@@ -83,6 +83,9 @@ pub struct ProcessRecord {
     pub resources: Resources,
     /// Data-plane address while running.
     pub data_addr: Option<String>,
+    /// RDMA address while running, if it serves RDMA (clients use `rdma://ADDR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma_addr: Option<String>,
     /// OS process id while running (on its node).
     pub pid: Option<u32>,
     /// The backend's handle while running: the pid (`local`), a Slurm job or step name (`slurm`).
@@ -115,6 +118,7 @@ impl ProcessRecord {
             status: ProcessStatus::Allocating,
             resources,
             data_addr: None,
+            rdma_addr: None,
             pid: None,
             handle: None,
             node: None,

@@ -249,6 +249,12 @@ impl Payload {
         assert!(range.start <= range.end && range.end <= self.range.len(), "slice outside the payload");
         Self { buf: Arc::clone(&self.buf), range: self.range.start + range.start..self.range.start + range.end }
     }
+
+    /// A frame body's two parts: its first `meta_len` bytes (the metadata) and the rest, as a
+    /// payload of its own sharing the buffer.
+    pub fn split_meta(&self, meta_len: usize) -> (&[u8], Payload) {
+        (&self[..meta_len], self.slice(meta_len..self.len()))
+    }
 }
 
 impl Deref for Payload {

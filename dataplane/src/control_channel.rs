@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
-use crate::lifecycle::ProcessStatus;
+use crate::peer::PeerInfo;
 use crate::process::Process;
 use crate::protocol::{decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status};
 use crate::swap::{SwapReport, SwapStore};
@@ -41,6 +41,9 @@ pub struct Registration {
     pub process: String,
     /// Data-plane address (`HOST:PORT`).
     pub data_addr: String,
+    /// RDMA address (`HOST:PORT` of the RDMA transport's set-up port), if it serves RDMA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma_addr: Option<String>,
     /// OS process id on its host.
     pub pid: u32,
     /// Whether it started from a swapped-out snapshot.
@@ -73,24 +76,16 @@ pub struct MetricsReport {
     pub state_keys: u64,
     /// Bytes of state values.
     pub state_bytes: u64,
-}
-
-/// One peer of the application.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerEntry {
-    /// Process id.
-    pub id: String,
-    /// Data-plane address.
-    pub addr: String,
-    /// Its lifecycle status.
-    pub status: ProcessStatus,
+    /// Messages this process delivered to its peers, by wire.
+    #[serde(default)]
+    pub messages_sent: crate::peer::DeliveryCounts,
 }
 
 /// The peers of the application.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerList {
     /// Every other process of the application the control plane knows.
-    pub peers: Vec<PeerEntry>,
+    pub peers: Vec<PeerInfo>,
 }
 
 /// The answer to a swap request.
@@ -222,6 +217,8 @@ pub struct ControlLinkOptions {
     pub control_addr: SocketAddr,
     /// This process's data-plane address, announced at registration.
     pub data_addr: String,
+    /// This process's RDMA address, announced at registration, if it serves RDMA.
+    pub rdma_addr: Option<String>,
     /// Where swaps are written.
     pub swap_store: SwapStore,
     /// The process's state files (its working folder), swapped with it.
@@ -273,6 +270,7 @@ fn metrics(process: &Process) -> MetricsReport {
         in_flight: process.in_flight() as u64,
         state_keys: process.state().len() as u64,
         state_bytes: process.state().value_bytes(),
+        messages_sent: process.peers().delivered(),
     }
 }
 
@@ -288,6 +286,7 @@ fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: Fr
             app: config.app.clone(),
             process: config.id.clone(),
             data_addr: options.data_addr.clone(),
+            rdma_addr: options.rdma_addr.clone(),
             pid: std::process::id(),
             restored: options.restored,
         },

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +41,7 @@ use crate::buffer::BufferPool;
 use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
 use crate::process::Process;
-use crate::protocol::{FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::protocol::{FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 use crate::transport::OutFrame;
 
 /// Label mixed into the accepting side's proof.
@@ -63,6 +64,9 @@ pub struct PeerInfo {
     pub id: String,
     /// Its data-plane address, `host:port`.
     pub addr: String,
+    /// Its RDMA address (`host:port` of the RDMA transport's set-up port), if it serves RDMA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma: Option<String>,
     /// Its status.
     pub status: ProcessStatus,
 }
@@ -168,17 +172,51 @@ pub fn mailbox_status(err: &MailboxError) -> Status {
 
 /// An open, authenticated connection to a peer.
 struct PeerConnection {
-    stream: TcpStream,
+    wire: Wire,
     next_id: u64,
-    /// The socket timeouts last set. A blocking call returns at the latest then, and the loop
-    /// looks at its deadline again; they are set again only when a deadline is nearer than what
-    /// is set, or much farther (most puts set none: two system calls saved).
+}
+
+/// How a connection reaches its peer.
+enum Wire {
+    /// A blocking TCP stream to the peer's data-plane port.
+    Tcp(TcpWire),
+    /// A queue pair to the peer's RDMA transport.
+    #[cfg(feature = "rdma")]
+    Rdma(Box<crate::transport::rdma::RdmaClient>),
+}
+
+/// A blocking TCP stream and the socket timeouts last set on it.
+struct TcpWire {
+    stream: TcpStream,
+    /// A blocking call returns at the latest then, and the loop looks at its deadline again;
+    /// they are set again only when a deadline is nearer than what is set, or much farther
+    /// (most puts set none: two system calls saved).
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
 }
 
+/// Which wire a put went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerWire {
+    /// TCP, to the peer's data-plane port.
+    Tcp,
+    /// RDMA verbs, to the peer's RDMA transport.
+    Rdma,
+}
+
+/// Messages delivered by this process's puts, by wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryCounts {
+    /// Delivered over TCP.
+    pub tcp: u64,
+    /// Delivered over RDMA.
+    pub rdma: u64,
+}
+
 struct Peer {
     addr: String,
+    rdma: Option<String>,
     /// Authenticated connections not in use.
     idle: Mutex<Vec<PeerConnection>>,
 }
@@ -196,6 +234,10 @@ pub struct PeerDirectory {
     limits: FrameLimits,
     mailbox: Arc<Mailbox>,
     peers: RwLock<HashMap<String, Entry>>,
+    /// The RDMA device this process serves on: set, puts to peers that serve RDMA use it.
+    rdma_device: std::sync::OnceLock<String>,
+    delivered_tcp: AtomicU64,
+    delivered_rdma: AtomicU64,
 }
 
 impl std::fmt::Debug for PeerDirectory {
@@ -224,22 +266,72 @@ fn rearm(set: Option<Duration>, left: Duration) -> bool {
     !matches!(set, Some(set) if set <= left && set >= left / 2)
 }
 
-/// A frame read from a peer: header, metadata and payload.
-struct Received {
-    header: Header,
-    meta: Vec<u8>,
-    payload: Vec<u8>,
-}
-
 enum WireError {
     Timeout,
     Io(String),
 }
 
-impl PeerConnection {
-    /// Sends one frame (header, metadata, payload) with vectored writes, by `deadline`.
+impl Wire {
+    /// Sends one frame (the lengths in `header` are set from `meta` and `payload`) by `deadline`.
     fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
         let header = Header { meta_len: meta.len() as u16, payload_len: payload.len() as u32, ..header };
+        match self {
+            Self::Tcp(tcp) => tcp.send(header, meta, payload, deadline),
+            #[cfg(feature = "rdma")]
+            Self::Rdma(client) => {
+                client.set_timeout(left(deadline).ok_or(WireError::Timeout)?);
+                client.send_frame(header, meta, payload).map_err(WireError::from)
+            }
+        }
+    }
+
+    /// Reads one frame by `deadline`.
+    fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<OwnedFrame, WireError> {
+        match self {
+            Self::Tcp(tcp) => tcp.recv(limits, deadline),
+            #[cfg(feature = "rdma")]
+            Self::Rdma(client) => {
+                client.set_timeout(left(deadline).ok_or(WireError::Timeout)?);
+                let frame = client.recv_frame().map_err(WireError::from)?;
+                if frame.meta.len() + frame.payload.len() > limits.max_frame {
+                    return Err(WireError::Io(format!("protocol error: an answer of {} bytes", frame.payload.len())));
+                }
+                Ok(frame)
+            }
+        }
+    }
+
+    /// Whether the connection still looks usable.
+    fn alive(&mut self) -> bool {
+        match self {
+            Self::Tcp(tcp) => tcp.alive(),
+            #[cfg(feature = "rdma")]
+            Self::Rdma(client) => client.alive(),
+        }
+    }
+
+    fn kind(&self) -> PeerWire {
+        match self {
+            Self::Tcp(_) => PeerWire::Tcp,
+            #[cfg(feature = "rdma")]
+            Self::Rdma(_) => PeerWire::Rdma,
+        }
+    }
+}
+
+#[cfg(feature = "rdma")]
+impl From<crate::client::ClientError> for WireError {
+    fn from(err: crate::client::ClientError) -> Self {
+        match err {
+            crate::client::ClientError::Timeout(_) => Self::Timeout,
+            other => Self::Io(other.to_string()),
+        }
+    }
+}
+
+impl TcpWire {
+    /// Sends one frame (header, metadata, payload) with vectored writes, by `deadline`.
+    fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
         let head = header.encode();
         let parts: [&[u8]; 3] = [&head, meta, payload];
         let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -290,14 +382,14 @@ impl PeerConnection {
         Ok(())
     }
 
-    fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<Received, WireError> {
+    fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<OwnedFrame, WireError> {
         let mut head = [0u8; HEADER_LEN];
         self.read_exact(&mut head, deadline)?;
         let header = Header::decode(&head, limits).map_err(|e| WireError::Io(format!("protocol error: {e}")))?;
         let mut body = vec![0u8; header.body_len()];
         self.read_exact(&mut body, deadline)?;
         let payload = body.split_off(header.meta_len as usize);
-        Ok(Received { header, meta: body, payload })
+        Ok(OwnedFrame { header, meta: body, payload })
     }
 
     /// Whether the connection still looks usable: the peer has not closed it and sent nothing
@@ -331,6 +423,29 @@ impl PeerDirectory {
             limits: FrameLimits { max_frame },
             mailbox,
             peers: RwLock::new(HashMap::new()),
+            rdma_device: std::sync::OnceLock::new(),
+            delivered_tcp: AtomicU64::new(0),
+            delivered_rdma: AtomicU64::new(0),
+        }
+    }
+
+    /// Says that this process serves RDMA on `device`: from now on, puts to peers that serve RDMA
+    /// too go over RDMA (over TCP if that connection cannot be opened, with a log line). The
+    /// RDMA transport calls it when it starts; the first device named stays.
+    pub fn enable_rdma(&self, device: &str) {
+        let _ = self.rdma_device.set(device.to_owned());
+    }
+
+    /// The RDMA device puts use, if this process serves RDMA.
+    pub fn rdma_device(&self) -> Option<&str> {
+        self.rdma_device.get().map(String::as_str)
+    }
+
+    /// Messages this process's puts delivered to peers so far, by wire.
+    pub fn delivered(&self) -> DeliveryCounts {
+        DeliveryCounts {
+            tcp: self.delivered_tcp.load(Ordering::Relaxed),
+            rdma: self.delivered_rdma.load(Ordering::Relaxed),
         }
     }
 
@@ -341,8 +456,8 @@ impl PeerDirectory {
         let mut next = HashMap::with_capacity(peers.len());
         for info in peers {
             let peer = match map.remove(&info.id) {
-                Some(old) if old.peer.addr == info.addr => old.peer,
-                _ => Arc::new(Peer { addr: info.addr, idle: Mutex::new(Vec::new()) }),
+                Some(old) if old.peer.addr == info.addr && old.peer.rdma == info.rdma => old.peer,
+                _ => Arc::new(Peer { addr: info.addr, rdma: info.rdma, idle: Mutex::new(Vec::new()) }),
             };
             if info.status != ProcessStatus::Allocated {
                 peer.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -357,7 +472,12 @@ impl PeerDirectory {
         let map = self.peers.read().unwrap_or_else(|p| p.into_inner());
         let mut list: Vec<PeerInfo> = map
             .iter()
-            .map(|(id, e)| PeerInfo { id: id.clone(), addr: e.peer.addr.clone(), status: e.status })
+            .map(|(id, e)| PeerInfo {
+                id: id.clone(),
+                addr: e.peer.addr.clone(),
+                rdma: e.peer.rdma.clone(),
+                status: e.status,
+            })
             .collect();
         list.sort_by(|a, b| a.id.cmp(&b.id));
         list
@@ -406,14 +526,17 @@ impl PeerDirectory {
         let reused = loop {
             let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
-                Some(conn) if conn.alive() => break Some(conn),
-                Some(_) => continue,
+                Some(mut conn) => {
+                    if conn.wire.alive() {
+                        break Some(conn);
+                    }
+                }
                 None => break None,
             }
         };
         let mut conn = match reused {
             Some(conn) => conn,
-            None => self.connect(dest, &peer.addr, deadline)?,
+            None => self.open(dest, &peer, deadline)?,
         };
         let id = conn.next_id;
         conn.next_id += 1;
@@ -422,8 +545,8 @@ impl PeerDirectory {
             WireError::Timeout => timeout_error(),
             WireError::Io(reason) => unreachable(reason),
         };
-        conn.send(header, key.as_bytes(), data, deadline).map_err(wire)?;
-        let ack = conn.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
+        conn.wire.send(header, key.as_bytes(), data, deadline).map_err(wire)?;
+        let ack = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         let status = Status::from_code(ack.header.status);
         let answered = matches!(ack.header.kind, MessageKind::MessageAck | MessageKind::Response);
         if !answered || (ack.header.kind == MessageKind::MessageAck && ack.header.id != id) {
@@ -434,6 +557,7 @@ impl PeerDirectory {
         }
         // The connection is in step with the peer either way: keep it for the next put (a
         // refusal that closes the connection is noticed by `alive` then).
+        let wire = conn.wire.kind();
         {
             let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE_PER_PEER {
@@ -444,11 +568,56 @@ impl PeerDirectory {
             let message = String::from_utf8_lossy(&ack.meta).into_owned();
             return Err(PeerError::Refused { dest: dest.to_owned(), status, message });
         }
+        match wire {
+            PeerWire::Tcp => self.delivered_tcp.fetch_add(1, Ordering::Relaxed),
+            PeerWire::Rdma => self.delivered_rdma.fetch_add(1, Ordering::Relaxed),
+        };
         Ok(())
     }
 
-    /// Opens and authenticates a connection to `dest` at `addr`.
-    fn connect(&self, dest: &str, addr: &str, deadline: Instant) -> Result<PeerConnection, PeerError> {
+    /// Opens and authenticates a connection to `dest`: over RDMA when both ends serve it (over
+    /// TCP if that fails for another reason than the peer's refusal), else over TCP.
+    fn open(&self, dest: &str, peer: &Peer, deadline: Instant) -> Result<PeerConnection, PeerError> {
+        #[cfg(feature = "rdma")]
+        if let (Some(device), Some(rdma)) = (self.rdma_device.get(), &peer.rdma) {
+            match self.connect_rdma(dest, rdma, device, deadline) {
+                Ok(conn) => return Ok(conn),
+                Err(err @ (PeerError::Unauthenticated { .. } | PeerError::Timeout { .. })) => return Err(err),
+                Err(err) => tracing::warn!(dest, "messages go over TCP: {err}"),
+            }
+        }
+        let wire = self.connect_tcp(dest, &peer.addr, deadline)?;
+        self.authenticate(dest, &peer.addr, wire, deadline)
+    }
+
+    /// Opens an RDMA connection to `dest`'s RDMA transport at `addr`, on `device`.
+    #[cfg(feature = "rdma")]
+    fn connect_rdma(
+        &self,
+        dest: &str,
+        addr: &str,
+        device: &str,
+        deadline: Instant,
+    ) -> Result<PeerConnection, PeerError> {
+        use crate::transport::rdma::{RdmaClient, RdmaClientOptions};
+        let timeout =
+            left(deadline).ok_or_else(|| PeerError::Timeout { dest: dest.to_owned(), timeout: Duration::ZERO })?;
+        let options = RdmaClientOptions {
+            timeout,
+            max_frame: self.limits.max_frame,
+            device: Some(device.to_owned()),
+            ..RdmaClientOptions::default()
+        };
+        let client = RdmaClient::connect_with(addr, options).map_err(|e| PeerError::Unreachable {
+            dest: dest.to_owned(),
+            addr: format!("rdma://{addr}"),
+            reason: e.to_string(),
+        })?;
+        self.authenticate(dest, &format!("rdma://{addr}"), Wire::Rdma(Box::new(client)), deadline)
+    }
+
+    /// Opens a TCP connection to `dest` at `addr`.
+    fn connect_tcp(&self, dest: &str, addr: &str, deadline: Instant) -> Result<Wire, PeerError> {
         let unreachable =
             |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason };
         let timeout_error =
@@ -470,9 +639,19 @@ impl PeerDirectory {
         }
         let stream = stream.ok_or_else(|| unreachable(last))?;
         stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
-        let mut conn = PeerConnection { stream, next_id: 1, read_timeout: None, write_timeout: None };
+        Ok(Wire::Tcp(TcpWire { stream, read_timeout: None, write_timeout: None }))
+    }
+
+    /// Runs the handshake with `dest` (at `addr`) over `wire`: both sides prove they hold the
+    /// application's secret.
+    fn authenticate(&self, dest: &str, addr: &str, wire: Wire, deadline: Instant) -> Result<PeerConnection, PeerError> {
+        let unreachable =
+            |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason };
+        let started = Instant::now();
+        let timeout_error = || PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started };
+        let mut conn = PeerConnection { wire, next_id: 1 };
         let wire = |err: WireError| match err {
-            WireError::Timeout => timeout_error(started),
+            WireError::Timeout => timeout_error(),
             WireError::Io(reason) => unreachable(reason),
         };
         let refused = |reason: String| PeerError::Unauthenticated { dest: dest.to_owned(), reason };
@@ -481,9 +660,9 @@ impl PeerDirectory {
 
         // 1. Our identity and a fresh nonce for the peer to answer.
         let nonce_a = auth::nonce();
-        conn.send(hello, &me, &nonce_a, deadline).map_err(wire)?;
+        conn.wire.send(hello, &me, &nonce_a, deadline).map_err(wire)?;
         // 2. The peer's identity, its nonce and its proof of the secret.
-        let challenge = conn.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
+        let challenge = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         if challenge.header.status != Status::Ok.code() {
             return Err(refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
         }
@@ -506,9 +685,9 @@ impl PeerDirectory {
         }
         // 3. Our proof.
         let proof_a = auth::proof(&self.secret, &role_nonce(CLIENT_ROLE, nonce_b), &self.app, &self.id);
-        conn.send(hello, &me, &proof_a, deadline).map_err(wire)?;
+        conn.wire.send(hello, &me, &proof_a, deadline).map_err(wire)?;
         // 4. Accepted, or why not.
-        let verdict = conn.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
+        let verdict = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
             return Err(refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
         }
@@ -715,7 +894,12 @@ mod tests {
         let peers = PeerDirectory::new("app", "me", "secret", 16, Arc::clone(&mailbox));
         peers.put("me", "k", b"local", Duration::ZERO).unwrap();
         assert_eq!(mailbox.get(Some("me"), "k", Duration::ZERO).unwrap().1, b"local");
-        peers.update(vec![PeerInfo { id: "far".into(), addr: "127.0.0.1:1".into(), status: ProcessStatus::Allocated }]);
+        peers.update(vec![PeerInfo {
+            id: "far".into(),
+            addr: "127.0.0.1:1".into(),
+            rdma: None,
+            status: ProcessStatus::Allocated,
+        }]);
         let err = peers.put("far", "k", &[0; 16], Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, PeerError::TooLarge { size: 17, limit: 16 }), "{err}");
         assert_eq!(peers.known(), ["far"]);

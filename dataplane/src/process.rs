@@ -20,7 +20,7 @@ use crate::control_channel::PeerList;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
 use crate::invocation::{execute, unknown_function_message, Outcome};
 use crate::mailbox::Mailbox;
-use crate::peer::{PeerDirectory, PeerInfo};
+use crate::peer::PeerDirectory;
 use crate::protocol::{Status, DEFAULT_MAX_FRAME};
 use crate::state::{now_ns, StateStore};
 
@@ -285,13 +285,7 @@ impl Process {
 
     /// Takes the control plane's list of this application's processes (a `PeerUpdate`).
     pub fn set_peers(&self, list: PeerList) {
-        let peers = list
-            .peers
-            .into_iter()
-            .filter(|p| p.id != self.config.id)
-            .map(|p| PeerInfo { status: p.status, id: p.id, addr: p.addr })
-            .collect();
-        self.peers.update(peers);
+        self.peers.update(list.peers.into_iter().filter(|p| p.id != self.config.id).collect());
     }
 
     /// Puts back the undelivered messages of a snapshot (swap-in, before serving).

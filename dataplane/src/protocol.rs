@@ -291,6 +291,17 @@ pub struct FrameRef<'a> {
     pub payload: &'a [u8],
 }
 
+/// A whole frame that owns its metadata and payload (what a blocking peer connection reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedFrame {
+    /// The header.
+    pub header: Header,
+    /// Metadata bytes.
+    pub meta: Vec<u8>,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
 /// Result of looking for one frame at the start of a buffer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {

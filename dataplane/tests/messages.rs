@@ -49,6 +49,7 @@ impl Node {
         PeerInfo {
             id: self.process.id().to_owned(),
             addr: self.server.local_addr().to_string(),
+            rdma: None,
             status: ProcessStatus::Allocated,
         }
     }
@@ -283,14 +284,25 @@ fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly(kind: Transpo
     // Accepts connections (the kernel does) but never answers.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut peers = vec![nodes[0].info(), nodes[1].info()];
-    peers.push(PeerInfo { id: "dead".into(), addr: dead_addr, status: ProcessStatus::Allocated });
+    peers.push(PeerInfo { id: "dead".into(), addr: dead_addr, rdma: None, status: ProcessStatus::Allocated });
     peers.push(PeerInfo {
         id: "silent".into(),
         addr: silent.local_addr().unwrap().to_string(),
+        rdma: None,
         status: ProcessStatus::Allocated,
     });
-    peers.push(PeerInfo { id: "stored".into(), addr: "127.0.0.1:1".into(), status: ProcessStatus::SwappedOut });
-    peers.push(PeerInfo { id: "booting".into(), addr: "127.0.0.1:1".into(), status: ProcessStatus::Allocating });
+    peers.push(PeerInfo {
+        id: "stored".into(),
+        addr: "127.0.0.1:1".into(),
+        rdma: None,
+        status: ProcessStatus::SwappedOut,
+    });
+    peers.push(PeerInfo {
+        id: "booting".into(),
+        addr: "127.0.0.1:1".into(),
+        rdma: None,
+        status: ProcessStatus::Allocating,
+    });
     sender.peers().update(peers);
 
     let started = Instant::now();

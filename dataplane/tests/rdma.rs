@@ -17,8 +17,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
+use praas_dataplane::lifecycle::ProcessStatus;
+use praas_dataplane::peer::{DeliveryCounts, PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header};
 use praas_dataplane::testing::{pattern, spec};
+use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     ClientError, FunctionRegistry, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport,
     ServerHandle, Status, Transport,
@@ -47,14 +50,8 @@ macro_rules! require_rdma {
     };
 }
 
-fn library() -> PathBuf {
-    std::env::var_os("PRAAS_EXAMPLE_FUNCTIONS")
-        .map(PathBuf::from)
-        .unwrap_or_else(praas_dataplane::testing::example_functions)
-}
-
 fn manifest() -> Manifest {
-    let lib = library();
+    let lib = praas_dataplane::testing::example_functions();
     let functions = vec![
         spec("echo", &lib, None, ExecutionMode::Inline),
         spec("noop", &lib, None, ExecutionMode::Inline),
@@ -377,4 +374,148 @@ fn small_invocation_round_trip_report() {
         .collect();
     times.sort();
     eprintln!("tcp  echo      8 B: p50 {:?} p99 {:?}", times[times.len() / 2], times[times.len() * 99 / 100]);
+}
+
+const APP: &str = "rdma-ring";
+const SECRET: &str = "the secret of rdma-ring";
+
+/// A process of `app` serving TCP on loopback and RDMA on the device, as `praas process serve
+/// --rdma-listen` starts one.
+struct Peer {
+    process: Arc<Process>,
+    tcp: ServerHandle,
+    rdma: ServerHandle,
+}
+
+impl Peer {
+    fn start(ip: IpAddr, id: &str, app: &str, secret: &str) -> Self {
+        let config = ProcessConfig {
+            id: id.into(),
+            app: app.into(),
+            secret: secret.into(),
+            workers: 4,
+            ..ProcessConfig::default()
+        };
+        let (process, tcp) = praas_dataplane::testing::serve_on(TransportKind::Mio, &manifest(), config);
+        let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
+            .expect("bind the RDMA transport");
+        let rdma = Box::new(transport).spawn().expect("the RDMA transport starts");
+        Self { process, tcp, rdma }
+    }
+
+    fn info(&self) -> PeerInfo {
+        PeerInfo {
+            id: self.process.id().to_owned(),
+            addr: self.tcp.local_addr().to_string(),
+            rdma: Some(self.rdma.local_addr().to_string()),
+            status: ProcessStatus::Allocated,
+        }
+    }
+}
+
+fn introduce(peers: &[&Peer]) {
+    let infos: Vec<PeerInfo> = peers.iter().map(|p| p.info()).collect();
+    for peer in peers {
+        peer.process.peers().update(infos.clone());
+    }
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn messages_between_processes_go_over_rdma_in_order_and_byte_exact() {
+    let ip = require_rdma!();
+    let nodes: Vec<Peer> = ["p0", "p1", "p2"].iter().map(|id| Peer::start(ip, id, APP, SECRET)).collect();
+    introduce(&nodes.iter().collect::<Vec<_>>());
+    for node in &nodes {
+        assert!(node.process.peers().rdma_device().is_some(), "serving RDMA enables RDMA messages");
+    }
+    let procs: Vec<Arc<Process>> = nodes.iter().map(|n| Arc::clone(&n.process)).collect();
+    const KEYS: usize = 3;
+    const PER_KEY: usize = 300;
+    let long = Duration::from_secs(60);
+    let mut threads = Vec::new();
+    for key in 0..KEYS {
+        let key = format!("key-{key}");
+        let p0 = Arc::clone(&procs[0]);
+        let k = key.clone();
+        threads.push(thread::spawn(move || {
+            for i in 0..PER_KEY {
+                p0.peers().put("p1", &k, format!("{k}#{i}").as_bytes(), long).expect("p0 -> p1");
+            }
+        }));
+        for (at, from, to) in [(1, "p0", "p2"), (2, "p1", "p0")] {
+            let process = Arc::clone(&procs[at]);
+            let k = key.clone();
+            threads.push(thread::spawn(move || {
+                for i in 0..PER_KEY {
+                    let (source, data) = process.mailbox().get(Some(from), &k, long).expect("a message to forward");
+                    assert_eq!(source, from);
+                    assert_eq!(data, format!("{k}#{i}").as_bytes(), "{} got key {k} out of order", process.id());
+                    process.peers().put(to, &k, &data, long).expect("forward");
+                }
+            }));
+        }
+        let p0 = Arc::clone(&procs[0]);
+        threads.push(thread::spawn(move || {
+            for i in 0..PER_KEY {
+                let (source, data) = p0.mailbox().get(Some("p2"), &key, long).expect("a message back");
+                assert_eq!(source, "p2");
+                assert_eq!(data, format!("{key}#{i}").as_bytes(), "p0 got key {key} out of order");
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("a ring thread failed");
+    }
+    // Sizes across the SEND / rendezvous boundary, byte-exact.
+    let slot = RdmaOptions::default().recv_size;
+    for (i, size) in [0, 1, slot - 24 - 4, slot, 1 << 20, 4 << 20].into_iter().enumerate() {
+        let data = pattern(size, 70 + i as u64);
+        procs[0].peers().put("p2", "big", &data, long).unwrap_or_else(|e| panic!("a put of {size} bytes: {e}"));
+        let (source, got) = procs[2].mailbox().get(Some("p0"), "big", long).expect("the big message");
+        assert_eq!(source, "p0");
+        assert!(got == data, "a message of {size} bytes came back different");
+    }
+    for (i, node) in procs.iter().enumerate() {
+        let sent = node.peers().delivered();
+        let expected = (KEYS * PER_KEY + if i == 0 { 6 } else { 0 }) as u64;
+        assert_eq!(sent.rdma, expected, "{}: every message over RDMA: {sent:?}", node.id());
+        assert_eq!(sent.tcp, 0, "{}: none over TCP: {sent:?}", node.id());
+    }
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn over_rdma_a_process_of_another_application_is_refused_and_a_peer_without_rdma_gets_tcp() {
+    let ip = require_rdma!();
+    let a = Peer::start(ip, "a", APP, SECRET);
+    let b = Peer::start(ip, "b", APP, SECRET);
+    // An impostor: the right name, the wrong secret.
+    let impostor = Peer::start(ip, "a", APP, "not the secret");
+    introduce(&[&a, &b]);
+    impostor.process.peers().update(vec![b.info()]);
+    let err = impostor.process.peers().put("b", "k", b"let me in", Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(err, PeerError::Unauthenticated { .. }), "{err}");
+    assert_eq!(impostor.process.peers().delivered().rdma, 0);
+    // b keeps serving its own application's processes over RDMA.
+    a.process.peers().put("b", "k", b"hello", Duration::from_secs(10)).expect("a -> b");
+    assert_eq!(b.process.mailbox().get(Some("a"), "k", Duration::from_secs(5)).unwrap().1, b"hello");
+    assert_eq!(a.process.peers().delivered(), DeliveryCounts { tcp: 0, rdma: 1 });
+
+    // A peer announced without an RDMA address, and one whose RDMA port refuses: TCP.
+    let closed = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let dead_rdma = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let mut tcp_only = b.info();
+    tcp_only.rdma = None;
+    a.process.peers().update(vec![tcp_only]);
+    a.process.peers().put("b", "k", b"over tcp", Duration::from_secs(10)).expect("a -> b over TCP");
+    let mut dead = b.info();
+    dead.rdma = Some(dead_rdma);
+    a.process.peers().update(vec![dead]);
+    a.process.peers().put("b", "k", b"over tcp again", Duration::from_secs(10)).expect("a -> b falls back to TCP");
+    assert_eq!(a.process.peers().delivered(), DeliveryCounts { tcp: 2, rdma: 1 });
+    for expected in [&b"over tcp"[..], b"over tcp again"] {
+        assert_eq!(b.process.mailbox().get(Some("a"), "k", Duration::from_secs(5)).unwrap().1, expected);
+    }
 }

@@ -81,25 +81,13 @@ impl Backend for LocalBackend {
         let (log, log_err) = launch.prepare()?;
         let mut command = Command::new(&self.praas);
         command
-            .args(["process", "serve", "--listen", "127.0.0.1:0", "--id", &launch.process, "--app", &launch.app])
-            .arg("--manifest")
-            .arg(&launch.manifest)
-            .args(["--control-channel", &launch.control_addr])
-            .arg("--swap-dir")
-            .arg(&launch.swap_dir)
-            .arg("--files-dir")
-            .arg(&launch.files_dir)
-            .args(["--workers", &launch.resources.vcpus.max(1).to_string()])
+            .args(launch.serve_args("127.0.0.1:0", launch.resources.vcpus))
             .args(["--cpus", &self.cpus_for(launch.resources.vcpus.max(1))])
-            .args(["--metrics-ms", &launch.metrics_interval.as_millis().to_string()])
             .current_dir(&launch.files_dir)
             .env("PRAAS_SECRET", &launch.secret)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        if launch.restore {
-            command.arg("--restore");
-        }
         if self.cgroups.is_none() {
             command.args(["--memory-mb", &launch.resources.memory_mb.to_string()]);
         }

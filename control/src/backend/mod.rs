@@ -14,6 +14,7 @@
 mod local;
 mod slurm;
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -54,12 +55,36 @@ pub struct Launch {
     pub metrics_interval: Duration,
     /// The application's Slurm settings (over the Slurm backend's own).
     pub slurm: Option<crate::model::SlurmOptions>,
+    /// Also serve RDMA on this address (`--rdma-listen`: `auto`, an IP, IP:PORT).
+    pub rdma: Option<String>,
 }
 
 impl Launch {
     /// An error about this launch.
     pub fn error(&self, reason: impl Into<String>) -> BackendError {
         BackendError { process: self.process.clone(), reason: reason.into() }
+    }
+
+    /// The arguments of `praas process serve` for this launch, listening on `listen` with
+    /// `workers` workers (the backend adds its own: placement, limits).
+    pub fn serve_args(&self, listen: &str, workers: u32) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            ["process", "serve", "--listen", listen, "--id", &self.process, "--app", &self.app]
+                .map(OsString::from)
+                .into();
+        args.extend([OsString::from("--manifest"), self.manifest.clone().into_os_string()]);
+        args.extend(["--control-channel".into(), OsString::from(&self.control_addr)]);
+        args.extend([OsString::from("--swap-dir"), self.swap_dir.clone().into_os_string()]);
+        args.extend([OsString::from("--files-dir"), self.files_dir.clone().into_os_string()]);
+        args.extend(["--workers".into(), workers.max(1).to_string().into()]);
+        args.extend(["--metrics-ms".into(), self.metrics_interval.as_millis().to_string().into()]);
+        if let Some(rdma) = &self.rdma {
+            args.extend(["--rdma-listen".into(), OsString::from(rdma)]);
+        }
+        if self.restore {
+            args.push("--restore".into());
+        }
+        args
     }
 
     /// Creates the process's working folder and its log's folder, and opens the log (appending)

@@ -336,25 +336,13 @@ impl Backend for SlurmBackend {
             ])
             .arg(&placement)
             .arg(&self.praas)
-            .args(["process", "serve", "--listen", "0.0.0.0:0", "--id", &launch.process, "--app", &launch.app])
-            .arg("--manifest")
-            .arg(&launch.manifest)
-            .args(["--control-channel", &launch.control_addr])
-            .arg("--swap-dir")
-            .arg(&launch.swap_dir)
-            .arg("--files-dir")
-            .arg(&launch.files_dir)
-            .args(["--workers", &resources.vcpus.max(1).to_string()])
-            .args(["--metrics-ms", &launch.metrics_interval.as_millis().to_string()])
+            .args(launch.serve_args("0.0.0.0:0", resources.vcpus))
             .env("PRAAS_SECRET", &launch.secret)
             // The login node's advertised name is not the compute node's.
             .env_remove("PRAAS_ADVERTISE_HOST")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        if launch.restore {
-            command.arg("--restore");
-        }
         let mut child = command.spawn().map_err(|e| fail(format!("cannot run srun: {e}")))?;
         self.running().insert(handle.clone(), Running { placement: placement.clone(), srun: child.id() });
         let mode = self.config.mode;

@@ -181,6 +181,7 @@ impl Drop for ServerHandle {
 /// as the function left it. `sent` counts bytes already on the wire.
 #[derive(Debug)]
 pub struct OutFrame {
+    header: Header,
     head: [u8; HEADER_LEN],
     meta: Vec<u8>,
     payload: Option<crate::buffer::PoolBuf>,
@@ -195,12 +196,17 @@ impl OutFrame {
         meta.truncate(u16::MAX as usize);
         let payload_len = outcome.output.as_ref().map_or(0, |b| b.len());
         let header = Header::response(response.id, outcome.status, meta.len() as u16, payload_len as u32);
-        Self { head: header.encode(), meta, payload: outcome.output, sent: 0 }
+        Self { header, head: header.encode(), meta, payload: outcome.output, sent: 0 }
     }
 
     /// A frame of any kind with an owned payload (pings, control messages).
     pub fn raw(header: Header, meta: Vec<u8>, payload: Option<crate::buffer::PoolBuf>) -> Self {
-        Self { head: header.encode(), meta, payload, sent: 0 }
+        Self { header, head: header.encode(), meta, payload, sent: 0 }
+    }
+
+    /// The frame's parts, for transports that lay frames out themselves (RDMA).
+    pub fn into_parts(self) -> (Header, Vec<u8>, Option<crate::buffer::PoolBuf>) {
+        (self.header, self.meta, self.payload)
     }
 
     /// Bytes of the whole frame.
@@ -291,24 +297,23 @@ pub enum FrameAction {
 /// Serves one decoded frame the same way on every transport: an `Invoke` goes to the process, a
 /// `Ping` is answered with a `Pong`, `Hello` and `Message` go to the connection's peer session,
 /// and every other kind is answered `Unsupported` (the connection stays).
+///
+/// `meta` is the frame's metadata and `input` its payload, still in the buffer it arrived in.
 pub fn serve_frame(
     process: &Process,
     peer: &mut PeerSession,
     sink: &Arc<dyn ResponseSink>,
     header: Header,
-    body: Payload,
+    meta: &[u8],
+    input: Payload,
 ) -> FrameAction {
-    let meta_len = header.meta_len as usize;
     match header.kind {
-        MessageKind::Invoke => {
-            let input = body.slice(meta_len..body.len());
-            match process.dispatch(header.id, &body[..meta_len], input, header.timeout_ms, sink) {
-                Dispatched::Queued => FrameAction::Queued,
-                Dispatched::Done(response) => FrameAction::Reply(OutFrame::from_response(response)),
-            }
-        }
+        MessageKind::Invoke => match process.dispatch(header.id, meta, input, header.timeout_ms, sink) {
+            Dispatched::Queued => FrameAction::Queued,
+            Dispatched::Done(response) => FrameAction::Reply(OutFrame::from_response(response)),
+        },
         MessageKind::Ping => {
-            let payload = &body[meta_len..];
+            let payload = &input[..];
             let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
             FrameAction::Reply(match process.pool().get(payload.len()) {
                 Some(mut copy) => {
@@ -320,7 +325,7 @@ pub fn serve_frame(
         }
         MessageKind::Hello | MessageKind::Message => {
             // A refused session refuses every later frame of the connection too.
-            let reply = peer.serve(process, &header, &body[..meta_len], &body[meta_len..]);
+            let reply = peer.serve(process, &header, meta, &input);
             let close = reply.close;
             let frame = reply.into_frame(process.pool());
             if close {

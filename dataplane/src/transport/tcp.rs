@@ -597,7 +597,8 @@ impl Connection {
     fn dispatch(&mut self, process: &Process, header: Header, body: Payload) {
         // Counted before the process sees it: a worker may answer before `dispatch` returns.
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-        let action = serve_frame(process, &mut self.peer, &self.sink, header, body);
+        let (meta, input) = body.split_meta(header.meta_len as usize);
+        let action = serve_frame(process, &mut self.peer, &self.sink, header, meta, input);
         if matches!(action, FrameAction::Queued) {
             return;
         }

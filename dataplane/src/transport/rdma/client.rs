@@ -22,7 +22,7 @@ use super::verbs::{
 };
 use super::PollPolicy;
 use crate::client::{ClientError, Completion};
-use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 
 /// Work request kinds (bits 24..32 of the id; the index is below).
 const WR_RECV: u64 = 1;
@@ -99,8 +99,8 @@ pub struct RdmaClient {
     writing: IdMap<u16, bool>,
     /// Announcements of the process waiting for a credit to answer them.
     to_grant: VecDeque<(u16, Grant)>,
-    /// Responses received and not yet asked for.
-    ready: VecDeque<Completion>,
+    /// Frames received and not yet asked for.
+    ready: VecDeque<OwnedFrame>,
     early: IdMap<u64, Result<Vec<u8>, ClientError>>,
     broken: Option<String>,
     completions: Vec<Wc>,
@@ -266,33 +266,44 @@ impl RdmaClient {
 
     /// Sends an invocation with an id of the caller's choosing.
     pub fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
-        let size = function.len() + input.len();
         let (Ok(name_len), Ok(input_len)) = (u16::try_from(function.len()), u32::try_from(input.len())) else {
+            return Err(ClientError::TooLarge { size: function.len() + input.len(), limit: self.options.max_frame });
+        };
+        let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len);
+        self.send_frame(header, function.as_bytes(), input)
+    }
+
+    /// Sends one frame of any kind (the lengths in `header` are set from `meta` and `payload`):
+    /// by SEND if it fits a slot, else announced and written into the buffer the process grants.
+    /// Waits only for a credit (and, for a large payload, until the process has taken it).
+    pub(crate) fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {
+        let size = meta.len() + payload.len();
+        let (Ok(meta_len), Ok(payload_len)) = (u16::try_from(meta.len()), u32::try_from(payload.len())) else {
             return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
         };
         if size > self.options.max_frame {
             return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
         }
-        if HEADER_LEN + function.len() > self.slot_size {
-            return Err(ClientError::TooLarge { size: function.len(), limit: self.slot_size - HEADER_LEN });
+        if HEADER_LEN + meta.len() > self.slot_size {
+            return Err(ClientError::TooLarge { size: meta.len(), limit: self.slot_size - HEADER_LEN });
         }
-        let header = Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode();
+        let header = Header { meta_len, payload_len, ..header }.encode();
         let mut deadline = Deadline::new(self.options.timeout);
         if HEADER_LEN + size <= self.slot_size {
-            return self.send_message(Op::Frame, 0, &[&header, function.as_bytes(), input], &mut deadline);
+            return self.send_message(Op::Frame, 0, &[&header, meta, payload], &mut deadline);
         }
-        // Large: register the input where it is, announce it, write it when granted.
-        let registered = Registered::new(&self.pd, input, ACCESS_LOCAL_READ)?;
+        // Large: register the payload where it is, announce it, write it when granted.
+        let registered = Registered::new(&self.pd, payload, ACCESS_LOCAL_READ)?;
         let token = self.next_token;
         self.next_token = self.next_token.wrapping_add(1);
-        self.send_message(Op::Rts, token, &[&header, function.as_bytes()], &mut deadline)?;
+        self.send_message(Op::Rts, token, &[&header, meta], &mut deadline)?;
         let grant = loop {
             if let Some(grant) = self.grants.remove(&token) {
                 break grant;
             }
             self.progress(&mut deadline)?;
         };
-        if grant.len != input_len {
+        if grant.len != payload_len {
             return Err(ClientError::Io(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the process granted another size",
@@ -309,7 +320,7 @@ impl RdmaClient {
                 SendOp::WriteImm { remote_addr: grant.addr, rkey: grant.rkey },
                 imm,
                 registered.mr().addr(),
-                input_len,
+                payload_len,
                 registered.mr().lkey(),
                 false,
                 true,
@@ -366,7 +377,7 @@ impl RdmaClient {
                     return result;
                 }
             }
-            while let Some(c) = self.ready.pop_front() {
+            while let Some(c) = self.ready.pop_front().and_then(completion) {
                 if c.id == id {
                     return c.result;
                 }
@@ -380,8 +391,10 @@ impl RdmaClient {
     pub fn recv(&mut self) -> Result<Completion, ClientError> {
         let mut deadline = Deadline::new(self.options.timeout);
         loop {
-            if let Some(c) = self.ready.pop_front() {
-                return Ok(c);
+            while let Some(frame) = self.ready.pop_front() {
+                if let Some(c) = completion(frame) {
+                    return Ok(c);
+                }
             }
             if let Some(&id) = self.early.keys().next() {
                 let result = self.early.remove(&id).expect("key just seen");
@@ -389,6 +402,25 @@ impl RdmaClient {
             }
             self.progress(&mut deadline)?;
         }
+    }
+
+    /// Waits for the next frame of any kind (answers to `Hello` and `Message` frames), within
+    /// the timeout. Responses to invocations waited for with [`RdmaClient::wait`] are not mixed
+    /// in: a connection used for frames carries nothing else.
+    pub(crate) fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError> {
+        let mut deadline = Deadline::new(self.options.timeout);
+        loop {
+            if let Some(frame) = self.ready.pop_front() {
+                return Ok(frame);
+            }
+            self.progress(&mut deadline)?;
+        }
+    }
+
+    /// Whether the connection still looks usable: no completion reported an error and the
+    /// process has not closed the set-up connection.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.broken.is_none() && self.check_alive().is_ok() && self.broken.is_none()
     }
 
     fn send_message(
@@ -593,11 +625,11 @@ impl RdmaClient {
                 // SAFETY: this slot's receive has completed; it is reposted only after this.
                 let bytes = unsafe { self.recv.read(index as usize * recv_size, len) };
                 match decode_frame(bytes, limits)? {
-                    Decoded::Frame(frame, _) => {
-                        if let Some(c) = completion(frame.header, frame.meta, frame.payload.to_vec()) {
-                            self.ready.push_back(c);
-                        }
-                    }
+                    Decoded::Frame(frame, _) => self.ready.push_back(OwnedFrame {
+                        header: frame.header,
+                        meta: frame.meta.to_vec(),
+                        payload: frame.payload.to_vec(),
+                    }),
                     Decoded::Incomplete(_) => return Err(bad("a SEND that holds part of a frame")),
                 }
             }
@@ -622,10 +654,8 @@ impl RdmaClient {
             Op::Data => {
                 let incoming = self.incoming.remove(&imm.token).ok_or_else(|| bad("a write into no granted buffer"))?;
                 // Revoke the process's access before the bytes are handed out.
-                let output = incoming.buf.into_inner().into_vec();
-                if let Some(c) = completion(incoming.header, &incoming.meta, output) {
-                    self.ready.push_back(c);
-                }
+                let payload = incoming.buf.into_inner().into_vec();
+                self.ready.push_back(OwnedFrame { header: incoming.header, meta: incoming.meta, payload });
             }
         }
         Ok(())
@@ -675,14 +705,15 @@ fn wr_id(kind: u64, index: u32) -> u64 {
 }
 
 /// Turns a response frame into a completion; `None` for frames a client ignores (pongs).
-fn completion(header: Header, meta: &[u8], payload: Vec<u8>) -> Option<Completion> {
+fn completion(frame: OwnedFrame) -> Option<Completion> {
+    let OwnedFrame { header, meta, payload } = frame;
     match header.kind {
         MessageKind::Response => {
             let status = Status::from_code(header.status);
             let result = if status == Status::Ok {
                 Ok(payload)
             } else {
-                Err(ClientError::Remote { status, message: String::from_utf8_lossy(meta).into_owned() })
+                Err(ClientError::Remote { status, message: String::from_utf8_lossy(&meta).into_owned() })
             };
             Some(Completion { id: header.id, result })
         }

@@ -166,6 +166,62 @@ pub fn device_for(ip: IpAddr, preferred: Option<&str>) -> io::Result<(Arc<Contex
     Err(last)
 }
 
+/// Where an RDMA transport listens, as `praas process serve --rdma-listen` and the control
+/// plane's `--process-rdma` say it: `auto` (the IP address of an RDMA device: `PRAAS_RDMA_DEVICE`,
+/// else the first that has one), an IP address (port 0: any free port) or `IP:PORT`.
+pub fn listen_address(spec: &str) -> io::Result<std::net::SocketAddr> {
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    if spec == "auto" {
+        let preferred = std::env::var("PRAAS_RDMA_DEVICE").ok().filter(|d| !d.is_empty());
+        let (_, ip) = device_address(preferred.as_deref())?;
+        return Ok(std::net::SocketAddr::new(ip, 0));
+    }
+    if let Ok(addr) = spec.parse() {
+        return Ok(addr);
+    }
+    let ip: IpAddr = spec.parse().map_err(|_| invalid(format!("{spec:?} is not auto, an IP address or IP:PORT")))?;
+    Ok(std::net::SocketAddr::new(ip, 0))
+}
+
+/// An IP address an RDMA device carries (a RoCE GID; IPv4 first), from sysfs: the device named
+/// `preferred`, else the first device that has one. Returns the device and the address.
+pub fn device_address(preferred: Option<&str>) -> io::Result<(String, IpAddr)> {
+    let names = match preferred {
+        Some(name) => vec![name.to_owned()],
+        None => super::verbs::device_names()?,
+    };
+    for name in &names {
+        let ports = std::path::Path::new("/sys/class/infiniband").join(name).join("ports");
+        let mut found: Vec<IpAddr> = Vec::new();
+        for port in std::fs::read_dir(&ports).into_iter().flatten().flatten() {
+            for gid in std::fs::read_dir(port.path().join("gids")).into_iter().flatten().flatten() {
+                if let Some(ip) = std::fs::read_to_string(gid.path()).ok().and_then(|text| gid_address(&text)) {
+                    found.push(ip);
+                }
+            }
+        }
+        found.sort_by_key(|ip| !ip.is_ipv4());
+        if let Some(ip) = found.first() {
+            return Ok((name.clone(), *ip));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        format!("no RDMA device with an IP address (devices: {names:?}; RoCE devices carry their netdev's addresses)"),
+    ))
+}
+
+/// The IP address in a GID as sysfs shows it (`0000:0000:0000:0000:0000:ffff:0a4d:0001`), if it
+/// holds one: an IPv4-mapped GID, or an IPv6 one that is neither unset nor link-local.
+fn gid_address(text: &str) -> Option<IpAddr> {
+    let ip: std::net::Ipv6Addr = text.trim().parse().ok()?;
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(IpAddr::V4(v4));
+    }
+    let link_local = ip.segments()[0] & 0xffc0 == 0xfe80;
+    (!ip.is_unspecified() && !link_local).then_some(IpAddr::V6(ip))
+}
+
 /// A random first packet sequence number (24 bits).
 pub fn random_psn() -> u32 {
     let mut bytes = [0u8; 4];
@@ -248,6 +304,18 @@ pub fn to_rts(qp: &QueuePair, local: &LocalPort, psn: u32, remote: &Endpoint) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gids_name_their_addresses() {
+        assert_eq!(gid_address("0000:0000:0000:0000:0000:ffff:0a4d:0001\n"), Some("10.77.0.1".parse().unwrap()));
+        assert_eq!(gid_address("fe80:0000:0000:0000:5054:00ff:fe12:3456"), None);
+        assert_eq!(gid_address("0000:0000:0000:0000:0000:0000:0000:0000"), None);
+        assert_eq!(gid_address("2001:0db8:0000:0000:0000:0000:0000:0001"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(gid_address("garbage"), None);
+        assert_eq!(listen_address("10.0.0.1").unwrap(), "10.0.0.1:0".parse().unwrap());
+        assert_eq!(listen_address("10.0.0.1:7").unwrap(), "10.0.0.1:7".parse().unwrap());
+        assert!(listen_address("nowhere").is_err());
+    }
 
     #[test]
     fn endpoints_round_trip_and_foreign_bytes_are_refused() {

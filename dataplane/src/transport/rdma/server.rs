@@ -35,9 +35,10 @@ use super::verbs::{
 use super::PollPolicy;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
-use crate::process::{Dispatched, Process, Response, ResponseSink};
-use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
-use crate::transport::{ServerHandle, Transport};
+use crate::peer::PeerSession;
+use crate::process::{Process, Response, ResponseSink};
+use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, Status, HEADER_LEN};
+use crate::transport::{serve_frame, FrameAction, ServerHandle, Transport};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -133,6 +134,8 @@ impl Transport for RdmaTransport {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let mut event_loop = EventLoop::new(*self, poll, Arc::clone(&stop))?;
+        // This process has a device now: its messages to peers that serve RDMA go over it.
+        event_loop.process.peers().enable_rdma(event_loop.context.name());
         let thread =
             std::thread::Builder::new().name(format!("rdma-io-{}", addr.port())).spawn(move || event_loop.run())?;
         let stopper = move || {
@@ -420,6 +423,8 @@ struct ConnIo {
     grants: IdMap<u16, InGrant>,
     deferred: VecDeque<Deferred>,
     state: State,
+    /// The connection's peer handshake (messages from other processes).
+    peer: PeerSession,
 }
 
 /// One receive buffer of the shared receive queue.
@@ -811,32 +816,26 @@ impl EventLoop {
         }
     }
 
-    fn dispatch(&mut self, id: u32, header: Header, meta: &[u8], body: Payload) {
-        let Some(io) = self.conns.get(&id) else { return };
+    /// Serves one frame as every transport does ([`serve_frame`]); its answer returns the
+    /// request's credit.
+    fn dispatch(&mut self, id: u32, header: Header, meta: &[u8], input: Payload) {
+        let Some(io) = self.conns.get_mut(&id) else { return };
         let conn = Arc::clone(&io.conn);
-        let response = match header.kind {
-            MessageKind::Invoke => match self.process.dispatch(header.id, meta, body, header.timeout_ms, &io.sink) {
-                Dispatched::Queued => return,
-                Dispatched::Done(response) => response,
-            },
-            MessageKind::Ping => {
-                let pong = Header { kind: MessageKind::Pong, meta_len: 0, status: 0, ..header };
-                let copy = self.process.pool().get(body.len()).map(|mut b| {
-                    b.try_extend(&body);
-                    b
-                });
-                let pong = Header { payload_len: copy.as_ref().map_or(0, |c| c.len() as u32), ..pong };
-                let mut tx = conn.tx();
-                conn.send_frame(&mut tx, Out::Frame { header: pong, meta: Vec::new(), payload: copy, release: true });
-                return;
-            }
-            kind => Response {
-                id: header.id,
-                outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
-            },
+        let (frame, close) = match serve_frame(&self.process, &mut io.peer, &io.sink, header, meta, input) {
+            FrameAction::Queued => return,
+            FrameAction::Reply(frame) => (frame, false),
+            FrameAction::ReplyAndClose(frame) => (frame, true),
         };
+        let (header, mut meta, payload) = frame.into_parts();
+        meta.truncate(conn.slot_size - HEADER_LEN);
+        let header = Header { meta_len: meta.len() as u16, ..header };
+        if close {
+            tracing::info!(conn = id, "closing a connection whose peer failed to authenticate");
+            io.state = State::Closing(Instant::now() + self.options.linger);
+        }
         let mut tx = conn.tx();
-        conn.respond(&mut tx, response, true);
+        tx.signal_next |= close;
+        conn.send_frame(&mut tx, Out::Frame { header, meta, payload, release: true });
     }
 
     /// Answers a protocol violation with an error and closes the connection once it is sent.
@@ -981,7 +980,16 @@ impl EventLoop {
         self.poll.registry().register(&mut stream, Token(id as usize), Interest::READABLE)?;
         self.conns.insert(
             id,
-            ConnIo { conn, sink, qpn, stream, grants: IdMap::default(), deferred: VecDeque::new(), state: State::Open },
+            ConnIo {
+                conn,
+                sink,
+                qpn,
+                stream,
+                grants: IdMap::default(),
+                deferred: VecDeque::new(),
+                state: State::Open,
+                peer: PeerSession::default(),
+            },
         );
         std_stream.set_nonblocking(false)?;
         let answered = local.write_to(std_stream);

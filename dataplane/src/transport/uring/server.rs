@@ -1013,7 +1013,8 @@ fn header_id(head: &[u8; HEADER_LEN]) -> u64 {
 }
 
 fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
-    let frame = match serve_frame(process, &mut conn.peer, &conn.sink, header, body) {
+    let (meta, input) = body.split_meta(header.meta_len as usize);
+    let frame = match serve_frame(process, &mut conn.peer, &conn.sink, header, meta, input) {
         FrameAction::Queued => {
             conn.outstanding += 1;
             return;
