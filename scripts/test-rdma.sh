@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the RDMA integration tests (dataplane/tests/rdma.rs, cargo feature `rdma`) and runs them
+# Builds the RDMA integration tests (dataplane/tests/rdma.rs and control/tests/rdma.rs, cargo
+# feature `rdma`, with the praas binary the control-plane test starts) and runs them
 # on SoftRoCE: on this host if its kernel can run rdma_rxe (scripts/softroce-setup.sh --check),
 # else inside the QEMU VM of scripts/rxe-vm.sh. The RDMA tests are never skipped: a missing
 # device, a failed boot or a failed test fails this script.
@@ -22,15 +23,23 @@ test_args=("$@")
 
 log() { printf 'test-rdma: %s\n' "$*" >&2; }
 
-# The test binary: cargo prints its path in the compiler-artifact message of the `rdma` test.
+# The test binaries: cargo prints their paths in the compiler-artifact messages of the `rdma`
+# tests, and the praas binary's in that of the `praas` bin (the control-plane test runs it).
 log "building the RDMA tests (feature rdma)"
-test_bin="$(cargo test -p praas-dataplane --features rdma --test rdma --no-run --message-format=json 2>/dev/null \
-    | jq -r 'select(.reason == "compiler-artifact" and .target.name == "rdma" and .executable != null) | .executable' \
-    | tail -n 1)"
-[[ -n "$test_bin" && -x "$test_bin" ]] || {
-    cargo test -p praas-dataplane --features rdma --test rdma --no-run >&2 || true
-    log "error: building the RDMA test binary failed"; exit 1
+artifacts="$(cargo test -p praas-dataplane --features rdma -p praas-control --test rdma --no-run --message-format=json 2>/dev/null)" || {
+    cargo test -p praas-dataplane --features rdma -p praas-control --test rdma --no-run >&2 || true
+    log "error: building the RDMA test binaries failed"; exit 1
 }
+executable() {
+    jq -r --arg package "$1" --arg target "$2" 'select(.reason == "compiler-artifact" and .target.name == $target
+        and (.package_id | contains($package)) and .executable != null) | .executable' <<<"$artifacts" | tail -n 1
+}
+test_bin="$(executable praas-dataplane rdma)"
+control_test_bin="$(executable praas-control rdma)"
+praas_bin="$(executable praas-control praas)"
+for bin in "$test_bin" "$control_test_bin" "$praas_bin"; do
+    [[ -n "$bin" && -x "$bin" ]] || { log "error: a test binary is missing from the build ($bin)"; exit 1; }
+done
 
 # The example functions the tests load (the guest has no cargo to build them).
 functions="$(cargo build -p praas-example-functions --message-format=json 2>/dev/null \
@@ -43,21 +52,27 @@ status=0
 if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
     log "this host can run rdma_rxe: testing here"
     eval "$(scripts/softroce-setup.sh --dummy)"
-    PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" PRAAS_RDMA_REQUIRED=1 \
-        PRAAS_EXAMPLE_FUNCTIONS="$functions" "$test_bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
-        || status=$?
+    for bin in "$test_bin" "$control_test_bin"; do
+        PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" PRAAS_RDMA_REQUIRED=1 \
+            PRAAS_EXAMPLE_FUNCTIONS="$functions" "$bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
+            || status=$?
+    done
 else
     log "no rdma_rxe in this kernel: testing in the SoftRoCE VM (scripts/rxe-vm.sh)"
     guest_lib=/opt/praas/lib/libpraas_example_functions.so
     quoted_args=""
     for arg in "${test_args[@]+"${test_args[@]}"}"; do quoted_args+=" '${arg//\'/\'\\\'\'}'"; done
+    # The praas binary goes where the control-plane test was built to find it.
     scripts/rxe-vm.sh --timeout "$timeout" \
         --file "$test_bin:/opt/praas/bin/praas-rdma-tests" \
+        --file "$control_test_bin:/opt/praas/bin/praas-control-rdma-tests" \
+        --file "$praas_bin:$praas_bin" \
         --file "$functions:$guest_lib" \
         --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
         --env PRAAS_RDMA_REQUIRED=1 \
         --env RUST_BACKTRACE=1 \
-        -- "praas-rdma-tests --include-ignored --test-threads=2$quoted_args" || status=$?
+        -- "praas-rdma-tests --include-ignored --test-threads=2$quoted_args; s=\$?;
+            praas-control-rdma-tests --include-ignored --test-threads=1$quoted_args || s=1; exit \$s" || status=$?
 fi
 elapsed="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"
 if ((status == 0)); then

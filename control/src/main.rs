@@ -499,17 +499,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     println!("listening on {}", server.local_addr());
     #[cfg(feature = "rdma")]
     let rdma_server = match &args.rdma_listen {
-        Some(spec) => {
-            let addr = praas_dataplane::transport::rdma::connect::listen_address(spec)
-                .map_err(|e| format!("--rdma-listen {spec}: {e}"))?;
-            let options = praas_dataplane::RdmaOptions::default();
-            let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(&process), options)
-                .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
-            let rdma = praas_dataplane::Transport::spawn(Box::new(rdma))
-                .map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
-            println!("rdma listening on rdma://{}", rdma.local_addr());
-            Some(rdma)
-        }
+        Some(spec) => serve_rdma(spec, &process)?,
         None => None,
     };
     #[cfg(feature = "rdma")]
@@ -539,6 +529,28 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         LinkEnd::Refused(reason) => Err(Failure::Refused(reason)),
     }
+}
+
+/// Starts the RDMA transport where `--rdma-listen SPEC` says. With `auto` on a node without an
+/// RDMA device the process serves TCP only (one log line says why), so that one setting serves a
+/// cluster whose nodes differ; an address that cannot be served is an error.
+#[cfg(feature = "rdma")]
+fn serve_rdma(spec: &str, process: &Arc<Process>) -> Result<Option<praas_dataplane::ServerHandle>, String> {
+    let addr = match praas_dataplane::transport::rdma::connect::listen_address(spec) {
+        Ok(addr) => addr,
+        Err(e) if spec == "auto" => {
+            tracing::warn!("--rdma-listen auto: {e}; serving TCP only");
+            println!("rdma: none ({e})");
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("--rdma-listen {spec}: {e}")),
+    };
+    let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(process), praas_dataplane::RdmaOptions::default())
+        .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
+    let rdma =
+        praas_dataplane::Transport::spawn(Box::new(rdma)).map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
+    println!("rdma listening on rdma://{}", rdma.local_addr());
+    Ok(Some(rdma))
 }
 
 fn read_input(spec: &str) -> Result<Vec<u8>, String> {

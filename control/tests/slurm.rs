@@ -86,7 +86,7 @@ fn put(cp: &ControlPlaneProcess, app: &str, name: &str) -> ProcessRecord {
 fn control_plane(mode: &str) -> ControlPlaneProcess {
     let cp = ControlPlaneProcess::start(
         &format!("slurm-{mode}"),
-        &["--backend", "slurm", "--slurm-mode", mode, "--slurm-pool-nodes", "2"],
+        &["--backend", "slurm", "--slurm-mode", mode, "--slurm-pool-nodes", "2", "--process-rdma", "auto"],
     );
     cp.create_example_app("hpc");
     cp
@@ -119,6 +119,19 @@ fn lifecycle(mode: &str) {
     assert!(!addr.starts_with("0.0.0.0"), "a routable data-plane address: {addr}");
     assert_eq!(Client::connect(addr.as_str()).unwrap().invoke("echo", b"direct").unwrap(), b"direct");
     assert_eq!(cp.invoke("hpc", Some("p1"), "counter", b"").unwrap(), b"1");
+    // `--process-rdma auto` reaches the process through srun: it serves RDMA where the node has
+    // a device (and registers the address), else TCP only and says why in its log (which srun
+    // forwards a little later).
+    let expected = if p1.rdma_addr.is_some() { "rdma listening on rdma://" } else { "rdma: none (" };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(cp.data_dir.join("logs/hpc.p1.log")).unwrap_or_default();
+        if log.contains(expected) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {expected:?} in the log of p1 ({:?}): {log}", p1.rdma_addr);
+        thread::sleep(Duration::from_millis(50));
+    }
 
     // Swap out releases the Slurm resources; swap in restores the state.
     let swapped: ProcessRecord = api.post("/apps/hpc/processes/p1/swap").unwrap();

@@ -188,7 +188,8 @@ pub fn listen_address(spec: &str) -> io::Result<std::net::SocketAddr> {
 pub fn device_address(preferred: Option<&str>) -> io::Result<(String, IpAddr)> {
     let names = match preferred {
         Some(name) => vec![name.to_owned()],
-        None => super::verbs::device_names()?,
+        None => super::verbs::device_names()
+            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("no RDMA device on this machine ({e})")))?,
     };
     for name in &names {
         let ports = std::path::Path::new("/sys/class/infiniband").join(name).join("ports");

@@ -1,0 +1,98 @@
+//! The control plane with processes that serve RDMA (`praas control serve --process-rdma auto`):
+//! they register their RDMA address, clients invoke them over it, and they message each other
+//! over it, also after a swap. Needs an RDMA device: `scripts/test-rdma.sh` runs this binary in
+//! the SoftRoCE VM (with `PRAAS_RDMA_ADDR` set and `PRAAS_RDMA_REQUIRED=1`), as it runs the data
+//! plane's RDMA tests; the test is `#[ignore]`d so that a host without a device reports it as
+//! ignored instead of passing it vacuously.
+#![cfg(feature = "rdma")]
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use praas_control::model::{ProcessRecord, ProcessStatus};
+use praas_dataplane::{RdmaClient, RdmaClientOptions};
+use support::ControlPlaneProcess;
+
+/// The RDMA device's address, or `None` (after saying so) where there is none.
+fn rdma_addr() -> Option<IpAddr> {
+    match std::env::var("PRAAS_RDMA_ADDR") {
+        Ok(addr) => Some(addr.parse().expect("PRAAS_RDMA_ADDR is an IP address")),
+        Err(_) if std::env::var_os("PRAAS_RDMA_REQUIRED").is_some() => {
+            panic!("PRAAS_RDMA_REQUIRED is set but PRAAS_RDMA_ADDR is not: no RDMA device to test on")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no RDMA device (PRAAS_RDMA_ADDR unset); scripts/test-rdma.sh runs this on SoftRoCE");
+            None
+        }
+    }
+}
+
+/// Waits until `p` of `app` reports `n` messages delivered over RDMA (metrics come every 50 ms).
+fn wait_for_rdma_messages(cp: &ControlPlaneProcess, app: &str, p: &str, n: u64) -> ProcessRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = cp.process(app, p);
+        let sent = record.metrics.messages_sent;
+        if sent.rdma == n || Instant::now() > deadline {
+            assert_eq!((sent.rdma, sent.tcp), (n, 0), "{app}/{p}'s messages went over RDMA: {record:?}");
+            return record;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn processes_register_their_rdma_address_and_message_each_other_over_rdma_across_a_swap() {
+    let Some(ip) = rdma_addr() else { return };
+    let cp = ControlPlaneProcess::start("rdma", &["--process-rdma", "auto"]);
+    cp.create_example_app("hpc");
+    for p in ["p0", "p1"] {
+        let record = praas_control::cli::process_create(&cp.api, "hpc", p, None).expect("create");
+        assert_eq!(record.status, ProcessStatus::Allocated);
+        let rdma: std::net::SocketAddr =
+            record.rdma_addr.as_deref().expect("an RDMA address in the record").parse().expect("HOST:PORT");
+        assert_eq!(rdma.ip(), ip, "auto picks the device's address");
+        // Clients reach the process over RDMA at the address the control plane lists.
+        let options = RdmaClientOptions { timeout: Duration::from_secs(30), ..RdmaClientOptions::default() };
+        let mut client = RdmaClient::connect_with(rdma, options).expect("connect over RDMA");
+        assert_eq!(client.invoke("process_id", b"").expect("invoke over RDMA"), p.as_bytes());
+    }
+
+    let put = |text: &str| cp.invoke("hpc", Some("p0"), "msg_put", text.as_bytes()).expect("msg_put");
+    let get = || cp.invoke("hpc", Some("p1"), "msg_get", b"p0 k 10000").expect("msg_get");
+    assert_eq!(put("p1 k hello over rdma"), b"stored");
+    assert_eq!(get(), b"p0 hello over rdma");
+    wait_for_rdma_messages(&cp, "hpc", "p0", 1);
+
+    // Swapped out and in, p1 comes back with a new RDMA address; p0 learns it and messages go
+    // over RDMA again. A message stored before the swap survives it.
+    assert_eq!(put("p1 k kept across the swap"), b"stored");
+    let before = cp.process("hpc", "p1").rdma_addr;
+    let swapped: ProcessRecord = cp.api.post("/apps/hpc/processes/p1/swap").expect("swap out");
+    assert_eq!(swapped.status, ProcessStatus::SwappedOut);
+    assert_eq!(swapped.rdma_addr, None, "a swapped-out process has no address");
+    let back: ProcessRecord = cp.api.post("/apps/hpc/processes/p1/swapin").expect("swap in");
+    assert_eq!(back.status, ProcessStatus::Allocated);
+    assert!(back.rdma_addr.is_some() && back.rdma_addr != before, "{:?} after {before:?}", back.rdma_addr);
+    assert_eq!(get(), b"p0 kept across the swap");
+    // p0 hears of p1's new address from the control plane, shortly after p1 registers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match cp.invoke("hpc", Some("p0"), "msg_put", b"p1 k after the swap") {
+            Ok(out) => {
+                assert_eq!(out, b"stored");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("p0 cannot reach p1 after its swap-in: {e}"),
+        }
+    }
+    assert_eq!(get(), b"p0 after the swap");
+    wait_for_rdma_messages(&cp, "hpc", "p0", 3);
+}
