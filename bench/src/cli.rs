@@ -125,6 +125,11 @@ pub struct MessageArgs {
     /// One JSON object per line on stdout (logs go to stderr) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Wire between the two processes: tcp (against raw TCP), or rdma (feature `rdma`: the
+    /// processes serve RDMA and put over it, against perftest's ib_send_lat; needs
+    /// PRAAS_RDMA_DEVICE and PRAAS_RDMA_ADDR, as in the SoftRoCE VM: scripts/bench-rdma.sh message).
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
     /// Pin the processes to CPU 1 and the client to CPU 0 (default: all on CPU 0).
     #[arg(long)]
     pub split: bool,

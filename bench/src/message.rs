@@ -23,7 +23,8 @@ fn free_port() -> Result<SocketAddr, String> {
     listener.local_addr().map_err(|e| e.to_string())
 }
 
-fn counts(size: usize, args: &MessageArgs) -> (u64, u64) {
+/// Warm-up and measured round trips of one size.
+pub fn counts(size: usize, args: &MessageArgs) -> (u64, u64) {
     let iters = args.iters.unwrap_or(match size {
         0..=1024 => 5000,
         1025..=65536 => 1000,
@@ -35,6 +36,12 @@ fn counts(size: usize, args: &MessageArgs) -> (u64, u64) {
 
 /// Runs the whole `message` benchmark.
 pub fn run(args: &MessageArgs) -> Result<(), String> {
+    match args.transport {
+        crate::cli::TransportKind::Tcp => {}
+        #[cfg(feature = "rdma")]
+        crate::cli::TransportKind::Rdma => return crate::rdma::message(args),
+        other => return Err(format!("message over {} is not measured: use tcp or rdma", other.name())),
+    }
     let placement = Placement::new(args.split);
     placement.check(placement::online_cpus())?;
     let info = RunInfo { transport: "tcp", placement: placement.describe(), host: placement::host() };

@@ -51,13 +51,19 @@ fn default_iters(size: usize) -> u64 {
     }
 }
 
-/// Runs the RDMA invoke benchmark.
-pub fn run(args: &InvokeArgs) -> Result<(), String> {
+/// The RDMA device and its address, from `PRAAS_RDMA_DEVICE` and `PRAAS_RDMA_ADDR`.
+fn device_and_addr() -> Result<(String, IpAddr), String> {
     let device = std::env::var("PRAAS_RDMA_DEVICE").map_err(|_| "PRAAS_RDMA_DEVICE is not set (e.g. rxe0)")?;
     let addr: IpAddr = std::env::var("PRAAS_RDMA_ADDR")
         .map_err(|_| "PRAAS_RDMA_ADDR is not set (the RDMA device's IP address)".to_owned())?
         .parse()
         .map_err(|e| format!("PRAAS_RDMA_ADDR: {e}"))?;
+    Ok((device, addr))
+}
+
+/// Runs the RDMA invoke benchmark.
+pub fn run(args: &InvokeArgs) -> Result<(), String> {
+    let (device, addr) = device_and_addr()?;
     let placement = Placement::new(args.split);
     placement.check(placement::online_cpus())?;
     let info = RunInfo { transport: "rdma", placement: placement.describe(), host: placement::host() };
@@ -115,15 +121,107 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
 }
 
 fn serve(manifest: &std::path::Path, addr: IpAddr, cpu: usize) -> Result<(Arc<Process>, ServerHandle), String> {
+    let config = ProcessConfig { id: "bench-rdma".into(), app: "bench".into(), workers: 1, ..ProcessConfig::default() };
+    serve_as(manifest, addr, cpu, config)
+}
+
+/// Starts a process of `config` serving RDMA on `addr`, its threads on `cpu`.
+fn serve_as(
+    manifest: &std::path::Path,
+    addr: IpAddr,
+    cpu: usize,
+    config: ProcessConfig,
+) -> Result<(Arc<Process>, ServerHandle), String> {
     placement::pin_current_thread(cpu)?;
     let manifest = Manifest::from_file(manifest).map_err(|e| e.to_string())?;
     let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
-    let config = ProcessConfig { id: "bench-rdma".into(), app: "bench".into(), workers: 1, ..ProcessConfig::default() };
     let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
     let transport = RdmaTransport::bind(SocketAddr::new(addr, 0), Arc::clone(&process), RdmaOptions::default())
         .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
     let server = Box::new(transport).spawn().map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
     Ok((process, server))
+}
+
+/// `message --transport rdma`: round trips of a message between two processes that serve RDMA
+/// (A puts to B over RDMA, B gets it and puts it back, A gets it; each put returns once its
+/// destination stored the message, so a round trip is two acknowledged RDMA exchanges plus two
+/// mailbox hand-offs), timed inside A by `msg_roundtrip`, beside perftest's `ib_send_lat` round
+/// trip of the same size in the same run. A runs on the client CPU, B on the server CPU, as
+/// perftest's two sides do; each process is driven by an RDMA client of this thread.
+pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
+    let (device, addr) = device_and_addr()?;
+    let placement = Placement::new(true);
+    placement.check(placement::online_cpus())?;
+    let info = RunInfo { transport: "rdma", placement: placement.describe(), host: placement::host() };
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let library = functions::library()?;
+    let manifest = functions::write_manifest(&library)?;
+    let secret = praas_dataplane::auth::new_secret();
+    let mut nodes = Vec::new();
+    for (id, cpu) in [("a", placement.client), ("b", placement.server)] {
+        let path = manifest.path().to_path_buf();
+        let config = ProcessConfig {
+            id: id.into(),
+            app: "bench".into(),
+            secret: secret.clone(),
+            workers: 2,
+            ..ProcessConfig::default()
+        };
+        let node = std::thread::spawn(move || serve_as(&path, addr, cpu, config))
+            .join()
+            .map_err(|_| "the server start-up thread panicked".to_owned())??;
+        nodes.push(node);
+    }
+    let peers: Vec<praas_dataplane::peer::PeerInfo> = nodes
+        .iter()
+        .map(|(process, server)| praas_dataplane::peer::PeerInfo {
+            id: process.id().to_owned(),
+            // Not used: both ends serve RDMA, so puts go over it.
+            addr: "127.0.0.1:1".into(),
+            rdma: Some(server.local_addr().to_string()),
+            status: praas_dataplane::lifecycle::ProcessStatus::Allocated,
+        })
+        .collect();
+    for (process, _) in &nodes {
+        process.peers().update(peers.clone());
+    }
+    let options = RdmaClientOptions { timeout, device: Some(device.clone()), ..RdmaClientOptions::default() };
+    let connect = |server: &ServerHandle| {
+        RdmaClient::connect_with(server.local_addr(), options.clone())
+            .map_err(|e| format!("cannot connect to rdma://{}: {e}", server.local_addr()))
+    };
+    let (mut client_a, mut client_b) = (connect(&nodes[0].1)?, connect(&nodes[1].1)?);
+    eprintln!("praas-bench: processes a and b serve RDMA on {device}, {}, {}", info.placement, info.host);
+    let mut reporter = Reporter::new(args.json);
+    for &size in &args.sizes {
+        let (warmup, iters) = crate::message::counts(size, args);
+        eprintln!("praas-bench: message {size} B over RDMA: {warmup} warm-up + {iters} measured round trips");
+        let base = perftest("ib_send_lat", &device, addr, size, warmup + iters, placement, timeout)?;
+        let total = warmup + iters;
+        let bounce = client_b.submit("msg_bounce", format!("a {total}").as_bytes()).map_err(|e| format!("b: {e}"))?;
+        let times = client_a
+            .invoke("msg_roundtrip", format!("b {total} {size}").as_bytes())
+            .map_err(|e| format!("a: msg_roundtrip: {e}"))?;
+        let bounced = client_b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
+        if bounced != b"bounced" || times.len() as u64 != total * 8 {
+            return Err(format!("the round trips did not complete ({} timings for {total})", times.len() / 8));
+        }
+        let sent = nodes[0].0.peers().delivered();
+        if sent.tcp != 0 || sent.rdma < total {
+            return Err(format!("a's messages did not all go over RDMA: {sent:?}"));
+        }
+        let mut hist = report::histogram();
+        for chunk in times.chunks_exact(8).skip(warmup as usize) {
+            hist.saturating_record(u64::from_le_bytes(chunk.try_into().expect("8 bytes")).max(1));
+        }
+        let record = Record::latency("message", &info, size, warmup, &Summary::of(&hist), "ib_send_lat", &base);
+        reporter.push(record).map_err(|e| format!("cannot print: {e}"))?;
+    }
+    drop((client_a, client_b));
+    for (_, server) in nodes {
+        server.stop().map_err(|e| format!("the RDMA transport failed: {e}"))?;
+    }
+    reporter.finish(&info).map_err(|e| format!("cannot print: {e}"))
 }
 
 /// Blocking `echo` round trips: `warmup` dropped, then `iters` measured; the echo is compared

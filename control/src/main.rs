@@ -547,8 +547,8 @@ fn serve_rdma(spec: &str, process: &Arc<Process>) -> Result<Option<praas_datapla
     };
     let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(process), praas_dataplane::RdmaOptions::default())
         .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
-    let rdma =
-        praas_dataplane::Transport::spawn(Box::new(rdma)).map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
+    let rdma = praas_dataplane::Transport::spawn(Box::new(rdma))
+        .map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
     println!("rdma listening on rdma://{}", rdma.local_addr());
     Ok(Some(rdma))
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN};
+use crate::protocol::{
+    alignment_padding, decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN, PADDING,
+};
 #[cfg(target_os = "linux")]
 use crate::transport::uring::client::UringStream;
 pub use crate::transport::TransportKind;
@@ -194,13 +196,14 @@ impl Client {
             if self.end < self.buf.len() {
                 let id = self.next_id;
                 self.next_id += 1;
-                let header = self.encode_invoke(id, function, input)?;
+                let (header, pad) = self.encode_invoke(id, function, input)?;
                 let deadline = Instant::now() + self.options.timeout;
                 let ring = self.ring.as_mut().expect("checked");
                 let bufs = [
                     IoSlice::new(&self.batch),
                     IoSlice::new(&header),
                     IoSlice::new(function.as_bytes()),
+                    IoSlice::new(pad),
                     IoSlice::new(input),
                 ];
                 let received = ring.send_then_recv(&bufs, &mut self.buf[self.end..], deadline);
@@ -217,17 +220,25 @@ impl Client {
         self.wait(id)
     }
 
-    /// The header of an invocation, after checking its size against the frame limit.
-    fn encode_invoke(&mut self, id: u64, function: &str, input: &[u8]) -> Result<[u8; HEADER_LEN], ClientError> {
-        let size = function.len() + input.len();
-        let (Ok(name_len), Ok(input_len)) = (u16::try_from(function.len()), u32::try_from(input.len())) else {
+    /// The header of an invocation, after checking its size against the frame limit, and the
+    /// NUL padding to send after the function name (a large input leaves aligned like its
+    /// memory: [`alignment_padding`]).
+    fn encode_invoke(
+        &mut self,
+        id: u64,
+        function: &str,
+        input: &[u8],
+    ) -> Result<([u8; HEADER_LEN], &'static [u8]), ClientError> {
+        let pad = alignment_padding(function.len(), input.len(), input.as_ptr() as usize);
+        let size = function.len() + pad + input.len();
+        let (Ok(meta_len), Ok(input_len)) = (u16::try_from(function.len() + pad), u32::try_from(input.len())) else {
             return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
         };
         if size > self.options.max_frame {
             return Err(ClientError::TooLarge { size, limit: self.options.max_frame });
         }
         self.unanswered += 1;
-        Ok(Header::invoke(id, name_len, self.options.invocation_timeout_ms, input_len).encode())
+        Ok((Header::invoke(id, meta_len, self.options.invocation_timeout_ms, input_len).encode(), &PADDING[..pad]))
     }
 
     /// Sends an invocation without waiting; returns its id.
@@ -250,14 +261,15 @@ impl Client {
         // Batched only behind requests still unanswered: a client with requests in flight comes
         // back for their answers, and this one leaves with that call.
         let corked = self.unanswered > 0;
-        let header = self.encode_invoke(id, function, input)?;
+        let (header, pad) = self.encode_invoke(id, function, input)?;
         #[cfg(target_os = "linux")]
         if self.ring.is_some() {
-            let frame_len = HEADER_LEN + function.len() + input.len();
+            let frame_len = HEADER_LEN + function.len() + pad.len() + input.len();
             if corked && frame_len <= BATCH_FRAME && self.batch.len() + frame_len <= BATCH_BYTES {
                 // Sent with the next wait, in the same system call as its receive.
                 self.batch.extend_from_slice(&header);
                 self.batch.extend_from_slice(function.as_bytes());
+                self.batch.extend_from_slice(pad);
                 self.batch.extend_from_slice(input);
                 return Ok(());
             }
@@ -270,7 +282,13 @@ impl Client {
         let batch = Vec::new();
         let written = write_all_vectored(
             &mut self.stream,
-            &mut [IoSlice::new(&batch), IoSlice::new(&header), IoSlice::new(function.as_bytes()), IoSlice::new(input)],
+            &mut [
+                IoSlice::new(&batch),
+                IoSlice::new(&header),
+                IoSlice::new(function.as_bytes()),
+                IoSlice::new(pad),
+                IoSlice::new(input),
+            ],
         );
         #[cfg(target_os = "linux")]
         {
@@ -348,66 +366,64 @@ impl Client {
         }
     }
 
+    /// Receives a frame too large for the read buffer: its metadata (an error text, or padding)
+    /// into a small buffer and its payload straight into the vector the caller gets.
     fn recv_large(&mut self, deadline: Instant, limits: FrameLimits) -> Result<Completion, ClientError> {
         let head = *self.buf[self.start..self.end].first_chunk::<HEADER_LEN>().expect("a large frame's header is here");
         let header = Header::decode(&head, limits)?;
         // Everything buffered belongs to this (incomplete) frame.
         let prefix = &self.buf[self.start + HEADER_LEN..self.end];
+        let (meta_len, payload_len) = (header.meta_len as usize, header.payload_len as usize);
+        let split = prefix.len().min(meta_len);
+        let mut meta = Vec::with_capacity(meta_len);
+        meta.extend_from_slice(&prefix[..split]);
+        let mut payload = Vec::with_capacity(payload_len);
+        payload.extend_from_slice(&prefix[split..]);
+        self.start = 0;
+        self.end = 0;
+        self.flush()?;
+        self.read_into(&mut meta, meta_len, deadline)?;
+        self.read_into(&mut payload, payload_len, deadline)?;
+        if header.kind == MessageKind::Response {
+            self.unanswered = self.unanswered.saturating_sub(1);
+        }
+        if header.kind == MessageKind::Response && header.status == Status::Ok.code() {
+            return Ok(Completion { id: header.id, result: Ok(payload) });
+        }
+        match completion(header, &meta, &payload) {
+            Some(completion) => Ok(completion),
+            None => self.recv_until(deadline),
+        }
+    }
+
+    /// Reads from the connection until `buf` holds `total` bytes (over io_uring into memory
+    /// not zeroed first).
+    fn read_into(&mut self, buf: &mut Vec<u8>, total: usize, deadline: Instant) -> Result<(), ClientError> {
         #[cfg(target_os = "linux")]
         if self.ring.is_some() {
-            // The whole rest of the frame in one receive, into memory not zeroed first.
-            let mut body = Vec::with_capacity(header.body_len());
-            body.extend_from_slice(prefix);
-            self.start = 0;
-            self.end = 0;
-            self.flush()?;
-            while body.len() < header.body_len() {
+            while buf.len() < total {
                 self.arm(deadline)?;
                 let ring = self.ring.as_mut().expect("checked");
-                let want = header.body_len() - body.len();
-                match ring.recv_to_capacity(&mut body, want, deadline) {
+                match ring.recv_to_capacity(buf, total - buf.len(), deadline) {
                     Ok(0) => return Err(ClientError::Closed),
                     Ok(_) => {}
                     Err(e) => return Err(self.read_error(e)),
                 }
             }
-            return self.large_completion(header, body, deadline);
+            return Ok(());
         }
-        let mut body = vec![0u8; header.body_len()];
-        body[..prefix.len()].copy_from_slice(prefix);
-        let mut filled = prefix.len();
-        self.start = 0;
-        self.end = 0;
-        while filled < body.len() {
+        let mut filled = buf.len();
+        buf.resize(total, 0);
+        while filled < total {
             self.arm(deadline)?;
-            match self.stream.read(&mut body[filled..]) {
+            match self.stream.read(&mut buf[filled..]) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(n) => filled += n,
                 Err(e) if self.retry_read(&e, deadline) => {}
                 Err(e) => return Err(self.read_error(e)),
             }
         }
-        self.large_completion(header, body, deadline)
-    }
-
-    /// The completion of a large frame received whole into `body`.
-    fn large_completion(
-        &mut self,
-        header: Header,
-        body: Vec<u8>,
-        deadline: Instant,
-    ) -> Result<Completion, ClientError> {
-        if header.kind == MessageKind::Response {
-            self.unanswered = self.unanswered.saturating_sub(1);
-        }
-        if header.kind == MessageKind::Response && header.status == Status::Ok.code() && header.meta_len == 0 {
-            return Ok(Completion { id: header.id, result: Ok(body) });
-        }
-        let (meta, payload) = body.split_at(header.meta_len as usize);
-        match completion(header, meta, payload) {
-            Some(completion) => Ok(completion),
-            None => self.recv_until(deadline),
-        }
+        Ok(())
     }
 
     /// Reads more bytes into the buffer, compacting it first.
@@ -506,7 +522,8 @@ fn completion(header: Header, meta: &[u8], payload: &[u8]) -> Option<Completion>
             let result = if status == Status::Ok {
                 Ok(payload.to_vec())
             } else {
-                Err(ClientError::Remote { status, message: String::from_utf8_lossy(meta).into_owned() })
+                let text = crate::protocol::unpadded(meta);
+                Err(ClientError::Remote { status, message: String::from_utf8_lossy(text).into_owned() })
             };
             Some(Completion { id: header.id, result })
         }

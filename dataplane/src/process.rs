@@ -337,6 +337,7 @@ impl Process {
         sink: &Arc<dyn ResponseSink>,
     ) -> Dispatched {
         let arrival = Instant::now();
+        let function = crate::protocol::unpadded(function);
         let Some(function) = self.functions.get(function) else {
             let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(self, function));
             return Dispatched::Done(Response { id, outcome });

@@ -319,7 +319,46 @@ fn ping_is_answered_with_pong(kind: TransportKind) {
     assert_eq!((pong.header.kind, pong.header.id, pong.payload), (MessageKind::Pong, 5, &b"are you there"[..]));
 }
 
+/// A request whose function name carries NUL padding runs that function; a large response comes
+/// with padding that aligns its payload, and a small one without.
+fn padding_is_not_part_of_names_and_aligns_large_outputs(kind: TransportKind) {
+    let (_process, server) = start(kind, 1);
+    let mut raw = TcpStream::connect(server.local_addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for (id, size) in [(1u64, 100usize), (2, 1 << 20)] {
+        let input = pattern(size, id);
+        let mut frame = Vec::new();
+        let header = Header::invoke(id, 0, 0, 0);
+        praas_dataplane::protocol::encode_frame(&mut frame, header, b"echo\0\0\0\0\0\0\0", &input).unwrap();
+        raw.write_all(&frame).unwrap();
+        let mut head = [0u8; HEADER_LEN];
+        raw.read_exact(&mut head).unwrap();
+        let header = Header::decode(&head, FrameLimits::default()).unwrap();
+        assert_eq!((header.kind, header.id, header.status), (MessageKind::Response, id, 0), "{header:?}");
+        let mut body = vec![0u8; header.body_len()];
+        raw.read_exact(&mut body).unwrap();
+        let (meta, output) = body.split_at(header.meta_len as usize);
+        assert!(output == &input[..], "the echo of {size} bytes differs");
+        assert!(meta.iter().all(|&b| b == 0), "only padding in a successful response's metadata");
+        if size >= praas_dataplane::protocol::ALIGN_FROM {
+            assert!(meta.len() < praas_dataplane::protocol::PAYLOAD_ALIGN, "{} bytes of padding", meta.len());
+        } else {
+            assert!(meta.is_empty(), "small outputs are not padded");
+        }
+    }
+    // The SDK pads large requests itself and strips the padding of answers.
+    let mut c = client(kind, &server);
+    for size in [(16 << 10) - 1, 16 << 10, (1 << 20) + 3] {
+        let input = pattern(size, 9);
+        assert!(c.invoke("echo", &input).unwrap() == input, "{size} bytes through the SDK");
+    }
+    let (status, text) = remote_status(c.invoke("nope", &pattern(1 << 20, 1)).unwrap_err());
+    assert_eq!(status, Status::UnknownFunction);
+    assert!(text.contains("\"nope\"") && !text.contains('\0'), "{text:?}");
+}
+
 on_both_transports!(
+    padding_is_not_part_of_names_and_aligns_large_outputs,
     hundred_clients_each_pipelining_a_thousand_invocations,
     payloads_from_zero_bytes_to_sixteen_mib_are_byte_exact,
     unknown_function_is_an_error_that_names_it,

@@ -189,12 +189,18 @@ pub struct OutFrame {
 }
 
 impl OutFrame {
-    /// Lays out `response`; an error text longer than the 16-bit length field is cut.
+    /// Lays out `response`; an error text longer than the 16-bit length field is cut. A large
+    /// output gets NUL padding after the text, so that it leaves aligned like its memory
+    /// ([`alignment_padding`](crate::protocol::alignment_padding)).
     pub fn from_response(response: Response) -> Self {
         let outcome = response.outcome;
         let mut meta = outcome.message.into_bytes();
         meta.truncate(u16::MAX as usize);
         let payload_len = outcome.output.as_ref().map_or(0, |b| b.len());
+        if let Some(output) = &outcome.output {
+            let pad = crate::protocol::alignment_padding(meta.len(), payload_len, output.as_ptr() as usize);
+            meta.resize(meta.len() + pad, 0);
+        }
         let header = Header::response(response.id, outcome.status, meta.len() as u16, payload_len as u32);
         Self { header, head: header.encode(), meta, payload: outcome.output, sent: 0 }
     }

@@ -713,7 +713,8 @@ fn completion(frame: OwnedFrame) -> Option<Completion> {
             let result = if status == Status::Ok {
                 Ok(payload)
             } else {
-                Err(ClientError::Remote { status, message: String::from_utf8_lossy(&meta).into_owned() })
+                let text = crate::protocol::unpadded(&meta);
+                Err(ClientError::Remote { status, message: String::from_utf8_lossy(text).into_owned() })
             };
             Some(Completion { id: header.id, result })
         }

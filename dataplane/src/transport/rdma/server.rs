@@ -45,6 +45,8 @@ const WAKER: Token = Token(usize::MAX);
 const CQ: Token = Token(usize::MAX - 2);
 /// Longest sleep of an idle I/O thread: it also looks around (stop, lent buffers) this often.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How often a busy-polling I/O thread looks at its sockets (new connections, closed ones).
+const SOCKET_INTERVAL: Duration = Duration::from_micros(500);
 
 /// Work request kinds, bits 24..32 of a work request id (the connection id is in bits 32..64).
 const WR_RECV: u64 = 1;
@@ -516,6 +518,7 @@ impl EventLoop {
         // When the queue was first seen empty after the last work (read lazily: no clock reads
         // while there is work).
         let mut idle_since: Option<Instant> = None;
+        let mut sockets_seen = Instant::now();
         let mut spins = 0u32;
         while !self.stop.load(Ordering::Acquire) {
             if self.drain_cq()? {
@@ -523,15 +526,23 @@ impl EventLoop {
                 spins = 0;
                 continue;
             }
-            // An empty poll costs little; clocks, sockets and housekeeping are looked at every
-            // 256th (each look is a system call or two, which would delay the next completion).
+            // An empty poll costs little; the clock and housekeeping are looked at every 256th,
+            // the sockets (a system call, which would delay the next completion) at most every
+            // SOCKET_INTERVAL while busy polling.
             spins += 1;
             if !spins.is_multiple_of(256) && self.options.poll != PollPolicy::Events {
                 continue;
             }
             self.housekeeping();
-            let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
+            let now = Instant::now();
+            let idle = now.saturating_duration_since(*idle_since.get_or_insert(now));
             let sleep = self.options.poll.should_sleep(idle);
+            if !sleep && self.options.poll != PollPolicy::Events {
+                if now.saturating_duration_since(sockets_seen) < SOCKET_INTERVAL {
+                    continue;
+                }
+                sockets_seen = now;
+            }
             let timeout = if sleep {
                 // Arm, then look once more: a completion between the last poll and the arm
                 // would otherwise wait for the next one.
