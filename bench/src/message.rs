@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use praas_dataplane::{Client, ClientOptions};
 
 use crate::child::ChildServer;
@@ -21,6 +22,19 @@ use crate::report::{self, Record, Reporter, RunInfo, Summary};
 fn free_port() -> Result<SocketAddr, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
     listener.local_addr().map_err(|e| e.to_string())
+}
+
+/// The measured round trips that `msg_roundtrip` timed (`times`: little-endian nanoseconds, the
+/// first `warmup` dropped), after checking that all `total` of them ran and `msg_bounce` answered.
+pub fn round_trips(times: &[u8], bounced: &[u8], warmup: u64, total: u64) -> Result<Histogram<u64>, String> {
+    if bounced != b"bounced" || times.len() as u64 != total * 8 {
+        return Err(format!("the round trips did not complete ({} timings for {total})", times.len() / 8));
+    }
+    let mut hist = report::histogram();
+    for chunk in times.chunks_exact(8).skip(warmup as usize) {
+        hist.saturating_record(u64::from_le_bytes(chunk.try_into().expect("8 bytes")).max(1));
+    }
+    Ok(hist)
 }
 
 /// Warm-up and measured round trips of one size.
@@ -94,15 +108,7 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
             .invoke("msg_roundtrip", format!("b {total} {size}").as_bytes())
             .map_err(|e| format!("a: msg_roundtrip: {e}"))?;
         let bounced = client_b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
-        if bounced != b"bounced" || times.len() as u64 != total * 8 {
-            return Err(format!("the round trips did not complete ({} timings for {total})", times.len() / 8));
-        }
-        let mut hist = report::histogram();
-        for chunk in times.chunks_exact(8).skip(warmup as usize) {
-            let ns = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            hist.saturating_record(ns.max(1));
-        }
-        let ours = Summary::of(&hist);
+        let ours = Summary::of(&round_trips(&times, &bounced, warmup, total)?);
         let base = Summary::of(&baseline);
         reporter
             .push(Record::latency("message", &info, size, warmup, &ours, "raw-tcp", &base))

@@ -203,16 +203,10 @@ pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
             .invoke("msg_roundtrip", format!("b {total} {size}").as_bytes())
             .map_err(|e| format!("a: msg_roundtrip: {e}"))?;
         let bounced = client_b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
-        if bounced != b"bounced" || times.len() as u64 != total * 8 {
-            return Err(format!("the round trips did not complete ({} timings for {total})", times.len() / 8));
-        }
+        let hist = crate::message::round_trips(&times, &bounced, warmup, total)?;
         let sent = nodes[0].0.peers().delivered();
         if sent.tcp != 0 || sent.rdma < total {
             return Err(format!("a's messages did not all go over RDMA: {sent:?}"));
-        }
-        let mut hist = report::histogram();
-        for chunk in times.chunks_exact(8).skip(warmup as usize) {
-            hist.saturating_record(u64::from_le_bytes(chunk.try_into().expect("8 bytes")).max(1));
         }
         let record = Record::latency("message", &info, size, warmup, &Summary::of(&hist), "ib_send_lat", &base);
         reporter.push(record).map_err(|e| format!("cannot print: {e}"))?;

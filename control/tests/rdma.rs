@@ -8,26 +8,11 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use praas_control::model::{ProcessRecord, ProcessStatus};
 use praas_dataplane::{RdmaClient, RdmaClientOptions};
 use support::ControlPlaneProcess;
-
-/// The RDMA device's address, or `None` (after saying so) where there is none.
-fn rdma_addr() -> Option<IpAddr> {
-    match std::env::var("PRAAS_RDMA_ADDR") {
-        Ok(addr) => Some(addr.parse().expect("PRAAS_RDMA_ADDR is an IP address")),
-        Err(_) if std::env::var_os("PRAAS_RDMA_REQUIRED").is_some() => {
-            panic!("PRAAS_RDMA_REQUIRED is set but PRAAS_RDMA_ADDR is not: no RDMA device to test on")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: no RDMA device (PRAAS_RDMA_ADDR unset); scripts/test-rdma.sh runs this on SoftRoCE");
-            None
-        }
-    }
-}
 
 /// Waits until `p` of `app` reports `n` messages delivered over RDMA (metrics come every 50 ms).
 fn wait_for_rdma_messages(cp: &ControlPlaneProcess, app: &str, p: &str, n: u64) -> ProcessRecord {
@@ -46,7 +31,7 @@ fn wait_for_rdma_messages(cp: &ControlPlaneProcess, app: &str, p: &str, n: u64) 
 #[test]
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn processes_register_their_rdma_address_and_message_each_other_over_rdma_across_a_swap() {
-    let Some(ip) = rdma_addr() else { return };
+    let Some(ip) = praas_dataplane::testing::rdma_test_addr() else { return };
     let cp = ControlPlaneProcess::start("rdma", &["--process-rdma", "auto"]);
     cp.create_example_app("hpc");
     for p in ["p0", "p1"] {

@@ -152,3 +152,63 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Passes `per_key` messages under each of `keys` keys around the ring of three processes
+/// `procs` (ids `p0`, `p1`, `p2`, peers of one another): p0 puts to p1, p1 forwards to p2, p2 back
+/// to p0, each on its own thread per key. Panics if a message arrives out of order per key, from
+/// the wrong process, or not within `timeout`.
+pub fn message_ring(procs: &[Arc<Process>], keys: usize, per_key: usize, timeout: std::time::Duration) {
+    assert_eq!(procs.len(), 3, "a ring of p0, p1, p2");
+    let mut threads = Vec::new();
+    for key in 0..keys {
+        let key = format!("key-{key}");
+        let p0 = Arc::clone(&procs[0]);
+        let k = key.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0..per_key {
+                p0.peers().put("p1", &k, format!("{k}#{i}").as_bytes(), timeout).expect("p0 -> p1");
+            }
+        }));
+        // p1 forwards what it gets from p0 to p2, p2 what it gets from p1 to p0.
+        for (at, from, to) in [(1, "p0", "p2"), (2, "p1", "p0")] {
+            let process = Arc::clone(&procs[at]);
+            let k = key.clone();
+            threads.push(std::thread::spawn(move || {
+                for i in 0..per_key {
+                    let (source, data) = process.mailbox().get(Some(from), &k, timeout).expect("a message to forward");
+                    assert_eq!(source, from);
+                    assert_eq!(data, format!("{k}#{i}").as_bytes(), "{} got key {k} out of order", process.id());
+                    process.peers().put(to, &k, &data, timeout).expect("forward");
+                }
+            }));
+        }
+        // p0 collects them back from p2, in order.
+        let p0 = Arc::clone(&procs[0]);
+        threads.push(std::thread::spawn(move || {
+            for i in 0..per_key {
+                let (source, data) = p0.mailbox().get(Some("p2"), &key, timeout).expect("a message back");
+                assert_eq!(source, "p2");
+                assert_eq!(data, format!("{key}#{i}").as_bytes(), "p0 got key {key} out of order");
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("a ring thread failed");
+    }
+}
+
+/// The address of the RDMA device the RDMA tests run on (`PRAAS_RDMA_ADDR`), or `None` after
+/// saying so where there is none; panics where one is required (`PRAAS_RDMA_REQUIRED`, as
+/// `scripts/test-rdma.sh` sets it) but missing.
+pub fn rdma_test_addr() -> Option<std::net::IpAddr> {
+    match std::env::var("PRAAS_RDMA_ADDR") {
+        Ok(addr) => Some(addr.parse().expect("PRAAS_RDMA_ADDR is an IP address")),
+        Err(_) if std::env::var_os("PRAAS_RDMA_REQUIRED").is_some() => {
+            panic!("PRAAS_RDMA_REQUIRED is set but PRAAS_RDMA_ADDR is not: no RDMA device to test on")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no RDMA device (PRAAS_RDMA_ADDR unset); scripts/test-rdma.sh runs this on SoftRoCE");
+            None
+        }
+    }
+}

@@ -83,43 +83,7 @@ fn ten_thousand_messages_go_around_a_ring_in_order_per_key(kind: TransportKind) 
     let nodes = cluster(kind, &["p0", "p1", "p2"]);
     let procs: Vec<Arc<Process>> = nodes.iter().map(|n| Arc::clone(&n.process)).collect();
     let started = Instant::now();
-    let mut threads = Vec::new();
-    for key in 0..KEYS {
-        let key = format!("key-{key}");
-        // p0 sends every message of this key to p1.
-        let p0 = Arc::clone(&procs[0]);
-        let k = key.clone();
-        threads.push(thread::spawn(move || {
-            for i in 0..PER_KEY {
-                p0.peers().put("p1", &k, format!("{k}#{i}").as_bytes(), LONG).expect("p0 -> p1");
-            }
-        }));
-        // p1 forwards what it gets from p0 to p2, p2 what it gets from p1 to p0.
-        for (at, from, to) in [(1, "p0", "p2"), (2, "p1", "p0")] {
-            let process = Arc::clone(&procs[at]);
-            let k = key.clone();
-            threads.push(thread::spawn(move || {
-                for i in 0..PER_KEY {
-                    let (source, data) = process.mailbox().get(Some(from), &k, LONG).expect("a message to forward");
-                    assert_eq!(source, from);
-                    assert_eq!(data, format!("{k}#{i}").as_bytes(), "{} got key {k} out of order", process.id());
-                    process.peers().put(to, &k, &data, LONG).expect("forward");
-                }
-            }));
-        }
-        // p0 collects them back from p2, in order.
-        let p0 = Arc::clone(&procs[0]);
-        threads.push(thread::spawn(move || {
-            for i in 0..PER_KEY {
-                let (source, data) = p0.mailbox().get(Some("p2"), &key, LONG).expect("a message back");
-                assert_eq!(source, "p2");
-                assert_eq!(data, format!("{key}#{i}").as_bytes(), "p0 got key {key} out of order");
-            }
-        }));
-    }
-    for t in threads {
-        t.join().expect("ring thread");
-    }
+    praas_dataplane::testing::message_ring(&procs, KEYS, PER_KEY, LONG);
     for process in &procs {
         assert!(process.mailbox().is_empty(), "{} has undelivered messages", process.id());
     }

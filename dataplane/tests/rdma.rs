@@ -27,23 +27,9 @@ use praas_dataplane::{
     ServerHandle, Status, Transport,
 };
 
-/// The address of the RDMA device to test on, or `None` (after saying so) where there is none.
-fn rdma_addr() -> Option<IpAddr> {
-    match std::env::var("PRAAS_RDMA_ADDR") {
-        Ok(addr) => Some(addr.parse().expect("PRAAS_RDMA_ADDR is an IP address")),
-        Err(_) if std::env::var_os("PRAAS_RDMA_REQUIRED").is_some() => {
-            panic!("PRAAS_RDMA_REQUIRED is set but PRAAS_RDMA_ADDR is not: no RDMA device to test on")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: no RDMA device (PRAAS_RDMA_ADDR unset); scripts/test-rdma.sh runs this on SoftRoCE");
-            None
-        }
-    }
-}
-
 macro_rules! require_rdma {
     () => {
-        match rdma_addr() {
+        match praas_dataplane::testing::rdma_test_addr() {
             Some(addr) => addr,
             None => return,
         }
@@ -433,40 +419,7 @@ fn messages_between_processes_go_over_rdma_in_order_and_byte_exact() {
     const KEYS: usize = 3;
     const PER_KEY: usize = 300;
     let long = Duration::from_secs(60);
-    let mut threads = Vec::new();
-    for key in 0..KEYS {
-        let key = format!("key-{key}");
-        let p0 = Arc::clone(&procs[0]);
-        let k = key.clone();
-        threads.push(thread::spawn(move || {
-            for i in 0..PER_KEY {
-                p0.peers().put("p1", &k, format!("{k}#{i}").as_bytes(), long).expect("p0 -> p1");
-            }
-        }));
-        for (at, from, to) in [(1, "p0", "p2"), (2, "p1", "p0")] {
-            let process = Arc::clone(&procs[at]);
-            let k = key.clone();
-            threads.push(thread::spawn(move || {
-                for i in 0..PER_KEY {
-                    let (source, data) = process.mailbox().get(Some(from), &k, long).expect("a message to forward");
-                    assert_eq!(source, from);
-                    assert_eq!(data, format!("{k}#{i}").as_bytes(), "{} got key {k} out of order", process.id());
-                    process.peers().put(to, &k, &data, long).expect("forward");
-                }
-            }));
-        }
-        let p0 = Arc::clone(&procs[0]);
-        threads.push(thread::spawn(move || {
-            for i in 0..PER_KEY {
-                let (source, data) = p0.mailbox().get(Some("p2"), &key, long).expect("a message back");
-                assert_eq!(source, "p2");
-                assert_eq!(data, format!("{key}#{i}").as_bytes(), "p0 got key {key} out of order");
-            }
-        }));
-    }
-    for t in threads {
-        t.join().expect("a ring thread failed");
-    }
+    praas_dataplane::testing::message_ring(&procs, KEYS, PER_KEY, long);
     // Sizes across the SEND / rendezvous boundary, byte-exact.
     let slot = RdmaOptions::default().recv_size;
     for (i, size) in [0, 1, slot - 24 - 4, slot, 1 << 20, 4 << 20].into_iter().enumerate() {
