@@ -311,6 +311,10 @@ struct InvokeArgs {
     /// How the client moves bytes: uring (io_uring), mio (plain blocking calls), or auto.
     #[arg(long, default_value = "auto")]
     transport: TransportKind,
+    /// With --app and --process NAME: look the process up and invoke it directly on its data
+    /// plane, over RDMA where it serves RDMA, else over TCP (the fast path, as the SDK takes it).
+    #[arg(long, requires_all = ["app", "process"])]
+    direct: bool,
 }
 
 fn main() -> ExitCode {
@@ -567,10 +571,22 @@ fn read_input(spec: &str) -> Result<Vec<u8>, String> {
 
 fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     let input = read_input(&args.input)?;
-    let output = match (&args.app, &args.process) {
-        (Some(app), process) => api.invoke(app, &args.function, process.as_deref(), &input)?,
+    let direct = match (&args.app, &args.process) {
+        (Some(app), Some(name)) if args.direct => {
+            let record: praas_control::model::ProcessRecord = api.get(&format!("/apps/{app}/processes/{name}"))?;
+            let rdma = record.rdma_addr.as_ref().filter(|_| cfg!(feature = "rdma")).map(|a| format!("rdma://{a}"));
+            Some(rdma.or(record.data_addr).ok_or_else(|| {
+                format!("process {app}/{name} is {} and has no data-plane address", record.status.name())
+            })?)
+        }
+        (Some(_), _) => None,
+        (None, Some(addr)) => Some(addr.clone()),
+        (None, None) => return Err("say where: --process ADDR, or --app APP [--process NAME]".to_owned().into()),
+    };
+    let output = match (direct, &args.app) {
+        (None, Some(app)) => api.invoke(app, &args.function, args.process.as_deref(), &input)?,
         #[cfg(feature = "rdma")]
-        (None, Some(addr)) if addr.starts_with("rdma://") => {
+        (Some(addr), _) if addr.starts_with("rdma://") => {
             let addr = &addr["rdma://".len()..];
             let options = praas_dataplane::RdmaClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
@@ -581,7 +597,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
                 .map_err(|e| format!("cannot connect to rdma://{addr}: {e}"))?;
             client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?
         }
-        (None, Some(addr)) => {
+        (Some(addr), _) => {
             let options = ClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
                 invocation_timeout_ms: args.timeout_ms,
@@ -592,7 +608,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
                 Client::connect_with(addr.as_str(), options).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
             client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?
         }
-        (None, None) => return Err("say where: --process ADDR, or --app APP [--process NAME]".to_owned().into()),
+        (None, None) => unreachable!("handled above"),
     };
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&output).and_then(|()| stdout.flush()).map_err(|e| Failure::Message(e.to_string()))

@@ -53,6 +53,10 @@ fn apps_and_processes_from_the_command_line() {
     assert!(table.contains("SWAPPED_OUT") && table.contains(" B in "), "{table}");
     assert_eq!(json(&cp, &["process", "swapin", "cliapp", "w1"])["status"], "ALLOCATED");
     assert_eq!(ok(&cp, &["invoke", "--app", "cliapp", "--process", "w1", "counter"]), "2");
+    // --direct: looked up, then straight to the process's data plane (it serves no RDMA here).
+    assert_eq!(ok(&cp, &["invoke", "--app", "cliapp", "--process", "w1", "--direct", "counter"]), "3");
+    let out = run(&cp, &["invoke", "--app", "cliapp", "--direct", "counter"]);
+    assert_eq!(out.status.code(), Some(2), "--direct needs a process name");
 
     // Invalid transitions and unknown names: exit code 1 and the reason.
     let out = run(&cp, &["process", "swapin", "cliapp", "w1"]);

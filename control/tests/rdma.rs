@@ -46,6 +46,14 @@ fn processes_register_their_rdma_address_and_message_each_other_over_rdma_across
         assert_eq!(client.invoke("process_id", b"").expect("invoke over RDMA"), p.as_bytes());
     }
 
+    // The CLI's direct path takes the process's RDMA address from the control plane.
+    let out = support::praas()
+        .args(["--control", &cp.http, "invoke", "--app", "hpc", "--process", "p1", "--direct", "process_id"])
+        .output()
+        .expect("praas runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"p1");
+
     let put = |text: &str| cp.invoke("hpc", Some("p0"), "msg_put", text.as_bytes()).expect("msg_put");
     let get = || cp.invoke("hpc", Some("p1"), "msg_get", b"p0 k 10000").expect("msg_get");
     assert_eq!(put("p1 k hello over rdma"), b"stored");
