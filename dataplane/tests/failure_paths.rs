@@ -278,16 +278,35 @@ fn zero_copy_sends_deliver_every_byte() {
         UringOptions { zero_copy_threshold: Some(16 << 10), zero_copy_on_loopback: true, ..UringOptions::default() };
     let transport = UringTransport::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&process), options).unwrap();
     let server = Box::new(transport).spawn().unwrap();
+    let fixed_before = praas_dataplane::transport::uring::fixed_sends();
     let mut client = client(TransportKind::Uring, server.local_addr());
     for (n, size) in [16 << 10, 100_000, 1 << 20, 5 << 20].into_iter().enumerate() {
         let input = pattern(size, 500 + n as u64);
         assert!(client.invoke("echo", &input).unwrap() == input, "{size} bytes");
     }
-    let inputs: Vec<Vec<u8>> = (0..8).map(|i| pattern(300_000 + i * 1000, 600 + i as u64)).collect();
+    // Run as root (as CI does), the large outputs leave from registered buffers.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(praas_dataplane::transport::uring::fixed_sends() > fixed_before, "no send from a registered buffer");
+    }
+    // Large and small responses pipelined: the first large one from a registered buffer, the
+    // ones queued behind it by the ordinary path, in order.
+    let inputs: Vec<Vec<u8>> =
+        (0..8).map(|i| pattern(if i % 3 == 2 { 10 } else { 300_000 + i * 1000 }, 600 + i as u64)).collect();
     let ids: Vec<u64> = inputs.iter().map(|input| client.submit("echo_worker", input).unwrap()).collect();
     for (id, input) in ids.iter().zip(&inputs) {
         assert!(client.wait(*id).unwrap() == *input);
     }
+    // A client that goes away while 8 MiB are on their way: the process serves the next one.
+    let mut raw = TcpStream::connect(server.local_addr()).unwrap();
+    let mut frame = Vec::new();
+    let input = pattern(8 << 20, 7);
+    encode_frame(&mut frame, Header::invoke(1, 0, 0, 0), b"echo", &input).unwrap();
+    raw.write_all(&frame).unwrap();
+    let mut first = [0u8; 4096];
+    raw.read_exact(&mut first).unwrap();
+    drop(raw);
+    assert!(client.invoke("echo", &input).unwrap() == input, "served after a reader went away");
     drop(client);
     wait_for_pool(&process);
 }

@@ -210,6 +210,13 @@ impl OutFrame {
         Self { header, head: header.encode(), meta, payload, sent: 0 }
     }
 
+    /// Header and metadata, and the payload, of a frame nothing of which is sent yet: for a
+    /// transport that sends the payload by another operation than the head.
+    pub(crate) fn unsent_parts(&self) -> Option<([&[u8]; 2], &crate::buffer::PoolBuf)> {
+        let payload = self.payload.as_ref().filter(|_| self.sent == 0)?;
+        Some(([&self.head, &self.meta], payload))
+    }
+
     /// The frame's parts, for transports that lay frames out themselves (RDMA).
     pub fn into_parts(self) -> (Header, Vec<u8>, Option<crate::buffer::PoolBuf>) {
         (self.header, self.meta, self.payload)

@@ -18,6 +18,7 @@
 
 pub mod bufs;
 pub mod client;
+mod fixed;
 pub mod probe;
 pub mod server;
 
@@ -167,4 +168,11 @@ impl Transport for UringTransport {
         };
         Ok(ServerHandle::new(addr, Box::new(stopper), supervisor))
     }
+}
+
+/// Zero-copy sends made from registered (fixed) buffers so far in this OS process: how tests see
+/// that the registered path ran.
+#[doc(hidden)]
+pub fn fixed_sends() -> u64 {
+    fixed::FIXED_SENDS.load(std::sync::atomic::Ordering::Relaxed)
 }

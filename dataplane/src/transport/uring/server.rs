@@ -21,6 +21,7 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::bufs::BufRing;
+use super::fixed::{FixedBuffers, FIXED_SENDS};
 use super::UringOptions;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
@@ -40,6 +41,8 @@ const OP_RECV_LARGE: u8 = 4;
 const OP_SEND: u8 = 5;
 const OP_CANCEL: u8 = 6;
 const OP_CANCEL_ALL: u8 = 7;
+/// The header and metadata of a frame whose payload follows in a linked fixed `SEND_ZC`.
+const OP_SEND_HEAD: u8 = 8;
 
 fn user_data(slot: usize, op: u8) -> u64 {
     ((slot as u64) << 32) | op as u64
@@ -204,6 +207,8 @@ pub(crate) struct EventLoop {
     /// After a failed accept (out of descriptors and the like): not before this time again.
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
+    /// The ring's registered buffers (dropped after the ring, which unregisters them).
+    fixed: FixedBuffers,
 }
 
 /// Slot used in `user_data` for operations that belong to no connection.
@@ -237,6 +242,7 @@ impl EventLoop {
             accept_paused_until: None,
             direct_send: false,
             wake_armed: false,
+            fixed: FixedBuffers::new(&ring),
             ring,
         })
     }
@@ -257,6 +263,31 @@ impl EventLoop {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
                     // The completion queue is full too: make room by handling completions.
+                    self.reap()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if self.options.sqpoll_idle_ms.is_some() {
+                let _ = self.ring.submitter().squeue_wait();
+            }
+        }
+    }
+
+    /// Pushes two linked entries into the same submission (a link never spans two), submitting
+    /// first to make room if needed.
+    ///
+    /// # Safety
+    /// As for [`EventLoop::push`], for both entries.
+    unsafe fn push_linked(&mut self, entries: &[squeue::Entry; 2]) -> io::Result<()> {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push_multiple(entries) }.is_ok() {
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
                     self.reap()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -498,6 +529,17 @@ impl EventLoop {
                 }
             }
             OP_SEND => self.send_done(slot, result, flags),
+            OP_SEND_HEAD => {
+                // The payload's send follows (or is cancelled if this one came back short).
+                conn.in_flight -= 1;
+                if result < 0 {
+                    if result != -libc::ECANCELED {
+                        fail(conn, result);
+                    }
+                } else {
+                    advance_queue(conn, result as usize);
+                }
+            }
             OP_CANCEL => {
                 conn.in_flight -= 1;
                 conn.recv_cancelling = false;
@@ -678,6 +720,9 @@ impl EventLoop {
     }
 
     fn push_send(&mut self, slot: usize) -> io::Result<()> {
+        if self.push_fixed_send(slot)? {
+            return Ok(());
+        }
         let conn = self.conns[slot].as_mut().expect("caller checked");
         let state = &mut *conn.send;
         let mut count = 0;
@@ -733,6 +778,54 @@ impl EventLoop {
         // was sent, and then waits in `zc_hold` while zero-copy notifications are due); the
         // connection outlives every operation in flight.
         unsafe { self.push(&entry) }
+    }
+
+    /// Sends the first queued frame as a header `SENDMSG` linked to a zero-copy `SEND_ZC` of its
+    /// output from a registered buffer, when it is a large output for a zero-copy peer that
+    /// nothing of has left yet; returns whether it did. (The two cannot be one operation:
+    /// `SENDMSG_ZC` takes no buffer index.) A short header send cancels the payload's; what is
+    /// left then goes by the ordinary path.
+    fn push_fixed_send(&mut self, slot: usize) -> io::Result<bool> {
+        let Self { conns, fixed, ring, options, .. } = self;
+        let conn = conns[slot].as_mut().expect("caller checked");
+        let Some(threshold) = options.zero_copy_threshold else { return Ok(false) };
+        if (conn.loopback && !options.zero_copy_on_loopback) || conn.zc_notifs > 0 {
+            return Ok(false);
+        }
+        let Some((head, payload)) = conn.queue.front().and_then(|f| f.unsent_parts()) else { return Ok(false) };
+        if payload.len() < threshold {
+            return Ok(false);
+        }
+        let Some(index) = fixed.index(ring, payload) else { return Ok(false) };
+        let state = &mut *conn.send;
+        for (i, part) in head.iter().enumerate() {
+            state.iov[i] = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+        }
+        state.msg.msg_iov = state.iov.as_mut_ptr();
+        state.msg.msg_iovlen = 2;
+        let fd = Fd(conn.fd.as_raw_fd());
+        let entries = [
+            opcode::SendMsg::new(fd, &state.msg)
+                .flags(send_flags())
+                .build()
+                .flags(squeue::Flags::IO_LINK)
+                .user_data(user_data(slot, OP_SEND_HEAD)),
+            opcode::SendZc::new(fd, payload.as_ptr(), payload.len() as u32)
+                .buf_index(Some(index))
+                .flags(send_flags() as i32)
+                .build()
+                .user_data(user_data(slot, OP_SEND)),
+        ];
+        conn.sending = true;
+        conn.in_flight += 2;
+        FIXED_SENDS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the msghdr and iovecs are boxed in the connection and point into the first
+        // queued frame, as does the payload send; the frame leaves the queue only when these
+        // sends' completions say it was sent, and then waits in `zc_hold` while the payload
+        // send's notification is due; `index` is the registration of this payload's memory
+        // (found by its id), which the frame keeps alive.
+        unsafe { self.push_linked(&entries)? };
+        Ok(true)
     }
 
     /// Closes a connection: cancels what is in flight, and frees it when nothing is.
