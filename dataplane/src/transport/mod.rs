@@ -232,22 +232,19 @@ impl OutFrame {
         self.sent >= self.len()
     }
 
-    /// Adds the unsent parts of this frame to `iov`; returns false if `iov` filled up.
-    pub fn gather<'a>(&'a self, iov: &mut Vec<std::io::IoSlice<'a>>, max: usize) -> bool {
+    /// The unsent parts of this frame (at most three: header, metadata, payload).
+    fn unsent(&self) -> impl Iterator<Item = &[u8]> {
         let mut skip = self.sent;
         let parts: [&[u8]; 3] = [&self.head, &self.meta, self.payload.as_deref().unwrap_or(&[])];
-        for part in parts {
+        parts.into_iter().filter_map(move |part| {
             if skip >= part.len() {
                 skip -= part.len();
-                continue;
+                return None;
             }
-            if iov.len() == max {
-                return false;
-            }
-            iov.push(std::io::IoSlice::new(&part[skip..]));
+            let rest = &part[skip..];
             skip = 0;
-        }
-        true
+            Some(rest)
+        })
     }
 
     /// Records `n` more bytes sent; returns the bytes of `n` beyond this frame's end.
@@ -257,6 +254,62 @@ impl OutFrame {
         self.sent += used;
         n - used
     }
+}
+
+/// Most slices one send gathers.
+pub(crate) const MAX_GATHER: usize = 64;
+/// Sends of at most this many bytes are copied into one buffer and written whole: the kernel
+/// then imports no iovecs (measured: about a tenth of a small round trip's system time).
+pub(crate) const SMALL_SEND: usize = 2048;
+
+/// The unsent bytes at the front of a send queue, as slices for one vectored send.
+pub(crate) struct Gathered<'a> {
+    slices: [std::io::IoSlice<'a>; MAX_GATHER],
+    count: usize,
+    bytes: usize,
+}
+
+impl<'a> Gathered<'a> {
+    /// The unsent parts of `frames`, in order, as many as [`MAX_GATHER`] slices hold.
+    pub(crate) fn of(frames: impl IntoIterator<Item = &'a OutFrame>) -> Self {
+        let mut gathered = Self { slices: [std::io::IoSlice::new(&[]); MAX_GATHER], count: 0, bytes: 0 };
+        'frames: for frame in frames {
+            for part in frame.unsent() {
+                if gathered.count == MAX_GATHER {
+                    break 'frames;
+                }
+                gathered.slices[gathered.count] = std::io::IoSlice::new(part);
+                gathered.count += 1;
+                gathered.bytes += part.len();
+            }
+        }
+        gathered
+    }
+
+    /// The slices.
+    pub(crate) fn slices(&self) -> &[std::io::IoSlice<'a>] {
+        &self.slices[..self.count]
+    }
+
+    /// Bytes in all the slices.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The bytes in one buffer, when they are at most [`SMALL_SEND`].
+    pub(crate) fn flatten<'b>(&self, buf: &'b mut [u8; SMALL_SEND]) -> Option<&'b [u8]> {
+        flatten(self.slices(), buf)
+    }
+}
+
+/// `slices` in one buffer, when they hold at most [`SMALL_SEND`] bytes: what a small send writes.
+pub(crate) fn flatten<'b>(slices: &[std::io::IoSlice<'_>], buf: &'b mut [u8; SMALL_SEND]) -> Option<&'b [u8]> {
+    let mut at = 0;
+    for slice in slices {
+        buf.get_mut(at..at + slice.len())?.copy_from_slice(slice);
+        at += slice.len();
+    }
+    Some(&buf[..at])
 }
 
 /// A frame too large for a transport's receive buffers, received into a pool buffer of its own

@@ -28,7 +28,10 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{accept_waiting, serve_frame, FrameAction, LargeFrame, OutFrame, ReadState, ServerHandle, Transport};
+use super::{
+    accept_waiting, serve_frame, FrameAction, Gathered, LargeFrame, OutFrame, ReadState, ServerHandle, Transport,
+    SMALL_SEND,
+};
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
@@ -37,8 +40,6 @@ use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HE
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
-/// Most iovecs gathered into one vectored write.
-const MAX_IOV: usize = 64;
 
 /// Tuning of the TCP transport.
 #[derive(Debug, Clone)]
@@ -94,13 +95,13 @@ impl WriteQueue {
     /// Writes as much as the socket takes; an error marks the queue failed.
     fn flush(&mut self, stream: &TcpStream) {
         while !self.frames.is_empty() && !self.failed {
-            let mut iov = Vec::with_capacity(MAX_IOV);
-            for frame in &self.frames {
-                if !frame.gather(&mut iov, MAX_IOV) {
-                    break;
-                }
-            }
-            match (&*stream).write_vectored(&iov) {
+            let gathered = Gathered::of(&self.frames);
+            let mut flat = [0u8; SMALL_SEND];
+            let written = match gathered.flatten(&mut flat) {
+                Some(bytes) => (&*stream).write(bytes),
+                None => (&*stream).write_vectored(gathered.slices()),
+            };
+            match written {
                 Ok(0) => self.failed = true,
                 Ok(mut n) => {
                     while n > 0 || self.frames.front().is_some_and(OutFrame::is_empty) {

@@ -28,10 +28,10 @@ use crate::invocation::Outcome;
 use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
-use crate::transport::{serve_frame, FrameAction, LargeFrame, OutFrame, ReadState};
+use crate::transport::{serve_frame, FrameAction, Gathered, LargeFrame, OutFrame, ReadState, SMALL_SEND};
 
 /// Most iovecs in one send.
-const MAX_IOV: usize = 64;
+const MAX_IOV: usize = crate::transport::MAX_GATHER;
 
 /// Operation kinds, the low byte of `user_data`.
 const OP_ACCEPT: u8 = 1;
@@ -725,31 +725,27 @@ impl EventLoop {
         }
         let conn = self.conns[slot].as_mut().expect("caller checked");
         let state = &mut *conn.send;
-        let mut count = 0;
-        let mut bytes = 0;
-        let mut slices = Vec::with_capacity(MAX_IOV);
-        for frame in &conn.queue {
-            if !frame.gather(&mut slices, MAX_IOV) {
-                break;
-            }
+        let gathered = Gathered::of(conn.queue.iter().map(|frame| &**frame));
+        let bytes = gathered.bytes();
+        for (i, slice) in gathered.slices().iter().enumerate() {
+            state.iov[i] = libc::iovec { iov_base: slice.as_ptr() as *mut libc::c_void, iov_len: slice.len() };
         }
-        for slice in &slices {
-            state.iov[count] = libc::iovec { iov_base: slice.as_ptr() as *mut libc::c_void, iov_len: slice.len() };
-            bytes += slice.len();
-            count += 1;
-        }
-        drop(slices);
         state.msg.msg_iov = state.iov.as_mut_ptr();
-        state.msg.msg_iovlen = count as _;
+        state.msg.msg_iovlen = gathered.slices().len() as _;
         let fd = Fd(conn.fd.as_raw_fd());
         let zero_copy = (!conn.loopback || self.options.zero_copy_on_loopback)
             && self.options.zero_copy_threshold.is_some_and(|t| bytes >= t);
         if self.direct_send && !zero_copy && conn.zc_notifs == 0 {
             self.direct_send = false;
-            // SAFETY: the msghdr points to iovecs of live queued frames; the call returns before
-            // anything here changes.
-            let sent =
-                unsafe { libc::sendmsg(conn.fd.as_raw_fd(), &state.msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            let mut flat = [0u8; SMALL_SEND];
+            let sent = match gathered.flatten(&mut flat) {
+                // SAFETY: `small` is initialised memory for the duration of the call.
+                Some(small) => unsafe { libc::send(conn.fd.as_raw_fd(), small.as_ptr().cast(), small.len(), flags) },
+                // SAFETY: the msghdr points to iovecs of live queued frames; the call returns
+                // before anything here changes.
+                None => unsafe { libc::sendmsg(conn.fd.as_raw_fd(), &state.msg, flags) },
+            };
             if sent >= 0 {
                 advance_queue(conn, sent as usize);
                 if conn.queue.is_empty() {
