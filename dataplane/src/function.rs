@@ -146,14 +146,14 @@ impl Function {
 /// The functions of a process, by name.
 #[derive(Debug, Default)]
 pub struct FunctionRegistry {
-    functions: HashMap<Arc<str>, Function>,
+    functions: crate::idmap::IdMap<Arc<str>, Function>,
 }
 
 impl FunctionRegistry {
     /// Loads every function of `manifest`; fails on the first that cannot be loaded, naming it.
     pub fn load(manifest: &Manifest) -> Result<Self, LoadError> {
         let mut libraries: HashMap<PathBuf, Arc<Library>> = HashMap::new();
-        let mut functions = HashMap::new();
+        let mut functions = crate::idmap::IdMap::default();
         for spec in &manifest.functions {
             let path = manifest.base_dir.join(&spec.library);
             let library = match libraries.get(&path) {

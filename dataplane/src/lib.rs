@@ -12,6 +12,7 @@ pub mod buffer;
 pub mod client;
 pub mod control_channel;
 pub mod function;
+pub mod idmap;
 pub mod invocation;
 pub mod lifecycle;
 pub mod mailbox;

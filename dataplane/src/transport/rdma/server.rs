@@ -29,8 +29,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
 use super::flow::{CreditLedger, Grant, IdMap, Imm, Op, GRANT_LEN};
 use super::verbs::{
-    CompletionChannel, CompletionQueue, Context, ProtectionDomain, QueuePair, Registered, SendOp, SharedReceiveQueue,
-    ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
+    CompletionChannel, CompletionQueue, Context, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
+    SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
 use super::PollPolicy;
 use crate::buffer::{Payload, PoolBuf};
@@ -468,9 +468,9 @@ impl EventLoop {
         let channel = CompletionChannel::new(&context)?;
         let srq_target = options.max_connections * options.credits as usize;
         let sq_depth = send_depth(options.credits);
-        let cq_entries = srq_target + options.max_connections * sq_depth as usize + 64;
+        let cq_entries = srq_target + MAX_RECV_BATCH + options.max_connections * sq_depth as usize + 64;
         let cq = CompletionQueue::new(&context, cq_entries, Some(&channel))?;
-        let srq = SharedReceiveQueue::new(&pd, srq_target as u32)?;
+        let srq = SharedReceiveQueue::new(&pd, (srq_target + MAX_RECV_BATCH) as u32)?;
         let mut slots = Vec::with_capacity(2 * srq_target);
         for _ in 0..2 * srq_target {
             let buf = process
@@ -630,26 +630,49 @@ impl EventLoop {
         }
     }
 
+    /// Posts free receive buffers, a batch per call ([`MAX_RECV_BATCH`]: one lock and one
+    /// doorbell), when the shared receive queue is a batch short of its capacity. The capacity is
+    /// the credits of every connection plus one batch, so those are always covered.
     fn refill_srq(&mut self) {
-        while self.srq_posted < self.srq_target {
-            let Some(index) = self.free_slots.pop() else { return };
-            let slot = &mut self.slots[index as usize];
-            debug_assert!(slot.buf.is_unshared() && !slot.posted);
-            let mr = slot.buf.mr();
-            // SAFETY: the slot's buffer is registered for local write on this PD and unshared:
+        let capacity = self.srq_target + MAX_RECV_BATCH;
+        while capacity - self.srq_posted >= MAX_RECV_BATCH || self.srq_posted < self.srq_target {
+            let mut batch = [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; MAX_RECV_BATCH];
+            let mut indices = [0u32; MAX_RECV_BATCH];
+            let mut n = 0;
+            while n < MAX_RECV_BATCH && self.srq_posted + n < capacity {
+                let Some(index) = self.free_slots.pop() else { break };
+                let slot = &self.slots[index as usize];
+                debug_assert!(slot.buf.is_unshared() && !slot.posted);
+                let mr = slot.buf.mr();
+                batch[n] = RecvBuffer {
+                    wr_id: wr_id(0, WR_RECV, index),
+                    addr: mr.addr(),
+                    len: mr.len() as u32,
+                    lkey: mr.lkey(),
+                };
+                indices[n] = index;
+                n += 1;
+            }
+            if n == 0 {
+                return;
+            }
+            // SAFETY: each slot's buffer is registered for local write on this PD and unshared:
             // nothing reads it until its completion, and it lives as long as the SRQ's users
             // (the slots drop after the connections' QPs).
-            let posted = unsafe { self.srq.post_recv(wr_id(0, WR_RECV, index), mr.addr(), mr.len() as u32, mr.lkey()) };
-            match posted {
-                Ok(()) => {
-                    slot.posted = true;
-                    self.srq_posted += 1;
-                }
+            let posted = match unsafe { self.srq.post_recvs(&batch[..n]) } {
+                Ok(posted) => posted,
                 Err(e) => {
-                    tracing::warn!("cannot post a receive buffer: {e}");
-                    self.free_slots.push(index);
-                    return;
+                    tracing::warn!("cannot post receive buffers: {e}");
+                    0
                 }
+            };
+            for &index in &indices[..posted] {
+                self.slots[index as usize].posted = true;
+            }
+            self.srq_posted += posted;
+            self.free_slots.extend_from_slice(&indices[posted..n]);
+            if posted < n {
+                return;
             }
         }
     }
@@ -730,8 +753,7 @@ impl EventLoop {
         if io.state != State::Open {
             return Ok(());
         }
-        let conn = Arc::clone(&io.conn);
-        if !conn.tx().ledger.receive() {
+        if !io.conn.tx().ledger.receive() {
             return Err(violation(format!("message beyond the {} credits granted", self.options.credits)));
         }
         let imm = wc.imm.and_then(Imm::decode).ok_or_else(|| violation("message without a valid header".into()))?;
@@ -773,7 +795,7 @@ impl EventLoop {
                     return Err(violation(format!("announcement {} while one is pending", imm.token)));
                 }
                 io.deferred.push_back(Deferred { token: imm.token, header, meta: buf[HEADER_LEN..].to_vec() });
-                conn.tx().ledger.release();
+                io.conn.tx().ledger.release();
                 self.retry_deferred(id);
             }
             Op::Cts if !wc.is_write_imm() => {
@@ -781,6 +803,7 @@ impl EventLoop {
                 slot.buf.set_len(len);
                 let grant = Grant::decode(&slot.buf.owner()[..len.min(GRANT_LEN + 1)])
                     .ok_or_else(|| violation("a malformed grant".into()))?;
+                let conn = Arc::clone(&self.conns.get(&id).expect("looked up above").conn);
                 let mut tx = conn.tx();
                 tx.ledger.release();
                 let buf = tx.announced.remove(&imm.token).ok_or_else(|| violation("a grant for nothing".into()))?;
@@ -830,20 +853,21 @@ impl EventLoop {
     /// Serves one frame as every transport does ([`serve_frame`]); its answer returns the
     /// request's credit.
     fn dispatch(&mut self, id: u32, header: Header, meta: &[u8], input: Payload) {
-        let Some(io) = self.conns.get_mut(&id) else { return };
-        let conn = Arc::clone(&io.conn);
-        let (frame, close) = match serve_frame(&self.process, &mut io.peer, &io.sink, header, meta, input) {
+        let Self { conns, process, options, .. } = self;
+        let Some(io) = conns.get_mut(&id) else { return };
+        let (frame, close) = match serve_frame(process, &mut io.peer, &io.sink, header, meta, input) {
             FrameAction::Queued => return,
             FrameAction::Reply(frame) => (frame, false),
             FrameAction::ReplyAndClose(frame) => (frame, true),
         };
         let (header, mut meta, payload) = frame.into_parts();
-        meta.truncate(conn.slot_size - HEADER_LEN);
+        meta.truncate(io.conn.slot_size - HEADER_LEN);
         let header = Header { meta_len: meta.len() as u16, ..header };
         if close {
             tracing::info!(conn = id, "closing a connection whose peer failed to authenticate");
-            io.state = State::Closing(Instant::now() + self.options.linger);
+            io.state = State::Closing(Instant::now() + options.linger);
         }
+        let conn = &io.conn;
         let mut tx = conn.tx();
         tx.signal_next |= close;
         conn.send_frame(&mut tx, Out::Frame { header, meta, payload, release: true });

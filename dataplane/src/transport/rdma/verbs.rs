@@ -478,13 +478,65 @@ impl SharedReceiveQueue {
     /// access) under `lkey` on this queue's PD, and stay registered and untouched by the program
     /// until the receive's completion is polled.
     pub unsafe fn post_recv(&self, wr_id: u64, addr: u64, len: u32, lkey: u32) -> io::Result<()> {
-        let mut sge = ibv_sge { addr, length: len, lkey };
-        let mut wr = ibv_recv_wr { wr_id, next: ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
-        let mut bad = ptr::null_mut();
-        // SAFETY: the SRQ is alive; `wr` and `sge` live through the call; the memory contract is
-        // the caller's.
-        check(unsafe { ibv_post_srq_recv(self.ptr.as_ptr(), &mut wr, &mut bad) }, "ibv_post_srq_recv")
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.post_recvs(&[RecvBuffer { wr_id, addr, len, lkey }]) }.map(|_| ())
     }
+
+    /// Posts up to [`MAX_RECV_BATCH`] receive buffers in one call (one lock, one doorbell);
+    /// returns how many were posted: all of them, or on an error those before the one refused
+    /// (then the error, if none was posted).
+    ///
+    /// # Safety
+    /// As for [`SharedReceiveQueue::post_recv`], for every buffer.
+    pub unsafe fn post_recvs(&self, buffers: &[RecvBuffer]) -> io::Result<usize> {
+        let n = buffers.len().min(MAX_RECV_BATCH);
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; MAX_RECV_BATCH];
+        let mut wrs = [const { ibv_recv_wr { wr_id: 0, next: ptr::null_mut(), sg_list: ptr::null_mut(), num_sge: 1 } };
+            MAX_RECV_BATCH];
+        for (i, b) in buffers[..n].iter().enumerate() {
+            sges[i] = ibv_sge { addr: b.addr, length: b.len, lkey: b.lkey };
+        }
+        let wrs_base: *mut ibv_recv_wr = wrs.as_mut_ptr();
+        for i in 0..n {
+            wrs[i].wr_id = buffers[i].wr_id;
+            wrs[i].sg_list = &mut sges[i];
+            // SAFETY: `i + 1 <= n <= MAX_RECV_BATCH`: within `wrs` (or one past its last used entry).
+            wrs[i].next = if i + 1 < n { unsafe { wrs_base.add(i + 1) } } else { ptr::null_mut() };
+        }
+        let mut bad: *mut ibv_recv_wr = ptr::null_mut();
+        // SAFETY: the SRQ is alive; the chained `wrs` and their `sges` live through the call; the
+        // memory contract is the caller's.
+        let status = unsafe { ibv_post_srq_recv(self.ptr.as_ptr(), wrs_base, &mut bad) };
+        if status == 0 {
+            return Ok(n);
+        }
+        // The refused one and those after it were not posted.
+        let posted =
+            if bad.is_null() { 0 } else { (bad as usize - wrs_base as usize) / std::mem::size_of::<ibv_recv_wr>() };
+        if posted == 0 {
+            return check(status, "ibv_post_srq_recv").map(|()| 0);
+        }
+        Ok(posted)
+    }
+}
+
+/// Most receive buffers posted in one call.
+pub const MAX_RECV_BATCH: usize = 16;
+
+/// One receive buffer to post: its work request id and registered memory.
+#[derive(Debug, Clone, Copy)]
+pub struct RecvBuffer {
+    /// The work request id its completion carries.
+    pub wr_id: u64,
+    /// Start of the registered memory.
+    pub addr: u64,
+    /// Bytes.
+    pub len: u32,
+    /// The local key of its registration.
+    pub lkey: u32,
 }
 
 impl Drop for SharedReceiveQueue {
