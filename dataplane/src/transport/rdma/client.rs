@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use super::connect::{self, Endpoint, STATUS_FULL, STATUS_OK};
 use super::flow::{Grant, IdMap, Imm, Op, GRANT_LEN};
 use super::verbs::{
-    Completion as Wc, CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, Registered, SendOp,
+    Completion as Wc, CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
     ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
 };
 use super::PollPolicy;
@@ -104,7 +104,14 @@ pub struct RdmaClient {
     early: IdMap<u64, Result<Vec<u8>, ClientError>>,
     broken: Option<String>,
     completions: Vec<Wc>,
+    /// Receive buffers whose completions were handled, reposted [`REPOST_BATCH`] at a time.
+    repost: [RecvBuffer; REPOST_BATCH],
+    reposts: usize,
 }
+
+/// Receive buffers reposted in one call (one lock, one doorbell); the QP has this many more
+/// receives than the protocol needs, so waiting ones never starve it.
+const REPOST_BATCH: usize = 8;
 
 impl std::fmt::Debug for RdmaClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,10 +159,10 @@ impl RdmaClient {
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
         // Receives: every outstanding request may cause up to three messages (grant, announce,
-        // data); the process grants at most 4096 credits.
+        // data), for at most 64 credits, plus the receives waiting to be reposted in a batch.
         let recv_size = options.recv_size.max(HEADER_LEN + GRANT_LEN + 256);
         let max_credits = 64u32;
-        let recv_count = 3 * max_credits + 8;
+        let recv_count = 3 * max_credits + REPOST_BATCH as u32;
         let cq = CompletionQueue::new(&context, (2 * recv_count + 64) as usize, Some(&channel))?;
         let sq_depth = 2 * max_credits + 4;
         let (qp, inline_max) = match QueuePair::new(&pd, &cq, None, sq_depth, recv_count, 64) {
@@ -236,6 +243,8 @@ impl RdmaClient {
             early: IdMap::default(),
             broken: None,
             completions: Vec::with_capacity(super::verbs::POLL_BATCH),
+            repost: [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; REPOST_BATCH],
+            reposts: 0,
         })
     }
 
@@ -585,9 +594,16 @@ impl RdmaClient {
             WR_RECV => {
                 let result = self.received(index, wc);
                 let addr = self.recv.mr().addr() + (index as usize * self.recv_size) as u64;
-                // SAFETY: as at connection time: the slot lies in `recv`, registered for local
-                // write, and is not read again before its next completion.
-                unsafe { self.qp.post_recv(wc.wr_id, addr, self.recv_size as u32, self.recv.mr().lkey())? };
+                self.repost[self.reposts] =
+                    RecvBuffer { wr_id: wc.wr_id, addr, len: self.recv_size as u32, lkey: self.recv.mr().lkey() };
+                self.reposts += 1;
+                if self.reposts == REPOST_BATCH {
+                    // SAFETY: as at connection time: each slot lies in `recv`, registered for
+                    // local write, and is not read again before its next completion.
+                    let posted = unsafe { self.qp.post_recvs(&self.repost) }?;
+                    self.repost.copy_within(posted.., 0);
+                    self.reposts -= posted;
+                }
                 result?;
             }
             _ => {}

@@ -489,38 +489,52 @@ impl SharedReceiveQueue {
     /// # Safety
     /// As for [`SharedReceiveQueue::post_recv`], for every buffer.
     pub unsafe fn post_recvs(&self, buffers: &[RecvBuffer]) -> io::Result<usize> {
-        let n = buffers.len().min(MAX_RECV_BATCH);
-        if n == 0 {
-            return Ok(0);
-        }
-        let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; MAX_RECV_BATCH];
-        let mut wrs = [const { ibv_recv_wr { wr_id: 0, next: ptr::null_mut(), sg_list: ptr::null_mut(), num_sge: 1 } };
-            MAX_RECV_BATCH];
-        for (i, b) in buffers[..n].iter().enumerate() {
-            sges[i] = ibv_sge { addr: b.addr, length: b.len, lkey: b.lkey };
-        }
-        let wrs_base: *mut ibv_recv_wr = wrs.as_mut_ptr();
-        for i in 0..n {
-            wrs[i].wr_id = buffers[i].wr_id;
-            wrs[i].sg_list = &mut sges[i];
-            // SAFETY: `i + 1 <= n <= MAX_RECV_BATCH`: within `wrs` (or one past its last used entry).
-            wrs[i].next = if i + 1 < n { unsafe { wrs_base.add(i + 1) } } else { ptr::null_mut() };
-        }
-        let mut bad: *mut ibv_recv_wr = ptr::null_mut();
-        // SAFETY: the SRQ is alive; the chained `wrs` and their `sges` live through the call; the
-        // memory contract is the caller's.
-        let status = unsafe { ibv_post_srq_recv(self.ptr.as_ptr(), wrs_base, &mut bad) };
-        if status == 0 {
-            return Ok(n);
-        }
-        // The refused one and those after it were not posted.
-        let posted =
-            if bad.is_null() { 0 } else { (bad as usize - wrs_base as usize) / std::mem::size_of::<ibv_recv_wr>() };
-        if posted == 0 {
-            return check(status, "ibv_post_srq_recv").map(|()| 0);
-        }
-        Ok(posted)
+        // SAFETY: the SRQ is alive; the chain lives through the call; the memory contract is the
+        // caller's.
+        unsafe { post_chain(buffers, "ibv_post_srq_recv", |wrs, bad| ibv_post_srq_recv(self.ptr.as_ptr(), wrs, bad)) }
     }
+}
+
+/// Posts `buffers` (at most [`MAX_RECV_BATCH`]) as one chain of receive work requests with
+/// `post`; returns how many were posted (those before one the provider refused; the error if it
+/// refused the first).
+///
+/// # Safety
+/// `post` must post to a live receive queue; the memory of every buffer must satisfy the
+/// receive queue's contract.
+unsafe fn post_chain(
+    buffers: &[RecvBuffer],
+    what: &str,
+    post: impl FnOnce(*mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> i32,
+) -> io::Result<usize> {
+    let n = buffers.len().min(MAX_RECV_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut sges = [ibv_sge { addr: 0, length: 0, lkey: 0 }; MAX_RECV_BATCH];
+    let mut wrs = [const { ibv_recv_wr { wr_id: 0, next: ptr::null_mut(), sg_list: ptr::null_mut(), num_sge: 1 } };
+        MAX_RECV_BATCH];
+    for (i, b) in buffers[..n].iter().enumerate() {
+        sges[i] = ibv_sge { addr: b.addr, length: b.len, lkey: b.lkey };
+    }
+    let base: *mut ibv_recv_wr = wrs.as_mut_ptr();
+    for i in 0..n {
+        wrs[i].wr_id = buffers[i].wr_id;
+        wrs[i].sg_list = &mut sges[i];
+        // SAFETY: `i + 1 < n <= MAX_RECV_BATCH`: an entry of `wrs`.
+        wrs[i].next = if i + 1 < n { unsafe { base.add(i + 1) } } else { ptr::null_mut() };
+    }
+    let mut bad: *mut ibv_recv_wr = ptr::null_mut();
+    let status = post(base, &mut bad);
+    if status == 0 {
+        return Ok(n);
+    }
+    // The refused request and those after it were not posted.
+    let posted = if bad.is_null() { 0 } else { (bad as usize - base as usize) / std::mem::size_of::<ibv_recv_wr>() };
+    if posted == 0 {
+        return check(status, what).map(|()| 0);
+    }
+    Ok(posted)
 }
 
 /// Most receive buffers posted in one call.
@@ -681,12 +695,18 @@ impl QueuePair {
     /// # Safety
     /// As [`SharedReceiveQueue::post_recv`].
     pub unsafe fn post_recv(&self, wr_id: u64, addr: u64, len: u32, lkey: u32) -> io::Result<()> {
-        let mut sge = ibv_sge { addr, length: len, lkey };
-        let mut wr = ibv_recv_wr { wr_id, next: ptr::null_mut(), sg_list: &mut sge, num_sge: 1 };
-        let mut bad = ptr::null_mut();
-        // SAFETY: the QP is alive; `wr` and `sge` live through the call; the memory contract is
-        // the caller's.
-        check(unsafe { ibv_post_recv(self.ptr.as_ptr(), &mut wr, &mut bad) }, "ibv_post_recv")
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.post_recvs(&[RecvBuffer { wr_id, addr, len, lkey }]) }.map(|_| ())
+    }
+
+    /// Posts up to [`MAX_RECV_BATCH`] receive buffers in one call; returns how many were posted.
+    ///
+    /// # Safety
+    /// As for [`QueuePair::post_recv`], for every buffer.
+    pub unsafe fn post_recvs(&self, buffers: &[RecvBuffer]) -> io::Result<usize> {
+        // SAFETY: the QP is alive; the chain lives through the call; the memory contract is the
+        // caller's.
+        unsafe { post_chain(buffers, "ibv_post_recv", |wrs, bad| ibv_post_recv(self.ptr.as_ptr(), wrs, bad)) }
     }
 }
 
