@@ -54,6 +54,10 @@ const MAX_IDLE_PER_PEER: usize = 8;
 /// acknowledgements carry at most an error text (or a nonce and a proof), never a payload, so a
 /// peer (authenticated or not yet) cannot make us allocate more than this.
 const ANSWER_LIMITS: FrameLimits = FrameLimits { max_frame: u16::MAX as usize + NONCE_LEN + PROOF_LEN };
+/// How long a put over RDMA busy-polls for its acknowledgement before it sleeps on the
+/// completion channel.
+#[cfg(feature = "rdma")]
+const PUT_SPIN: Duration = Duration::from_micros(100);
 /// How long a put may take when the caller gives no deadline of its own.
 pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -602,10 +606,18 @@ impl PeerDirectory {
         use crate::transport::rdma::{RdmaClient, RdmaClientOptions};
         let timeout =
             left(deadline).ok_or_else(|| PeerError::Timeout { dest: dest.to_owned(), timeout: Duration::ZERO })?;
+        // A put waits for one acknowledgement, a few microseconds away on a fabric: spin briefly,
+        // then sleep, so that a worker waiting for it does not keep the core from the I/O thread
+        // that has to run for the answer (`PRAAS_RDMA_POLL` overrides, as everywhere).
+        let poll = std::env::var("PRAAS_RDMA_POLL")
+            .ok()
+            .and_then(|p| crate::transport::rdma::PollPolicy::parse(&p))
+            .unwrap_or(crate::transport::rdma::PollPolicy::Adaptive { spin: PUT_SPIN });
         let options = RdmaClientOptions {
             timeout,
             max_frame: self.limits.max_frame,
             device: Some(device.to_owned()),
+            poll,
             ..RdmaClientOptions::default()
         };
         let client = RdmaClient::connect_with(addr, options).map_err(|e| PeerError::Unreachable {
