@@ -47,6 +47,17 @@ functions="$(cargo build -p praas-example-functions --message-format=json 2>/dev
     | grep '\.so$' | tail -n 1)"
 [[ -n "$functions" && -f "$functions" ]] || { log "error: building the example functions failed"; exit 1; }
 
+# The C client library and the example C client (ffi/client), which the control-plane test runs
+# against a process's rdma:// address; built here, where there is a C compiler.
+client_lib="$(cargo build -p praas-client-c --message-format=json 2>/dev/null \
+    | jq -r 'select(.reason == "compiler-artifact" and .target.name == "praas_client") | .filenames[]' \
+    | grep '\.so$' | tail -n 1)"
+[[ -n "$client_lib" && -f "$client_lib" ]] || { log "error: building the C client library failed"; exit 1; }
+c_invoke="$(dirname "$client_lib")/praas-c-invoke"
+"${CC:-cc}" -O2 -std=c11 -Wall -Wextra -Werror -I ffi/include ffi/client/examples/invoke.c -o "$c_invoke" \
+    -L "$(dirname "$client_lib")" -Wl,-rpath,"$(dirname "$client_lib")" -lpraas_client \
+    || { log "error: compiling the example C client failed"; exit 1; }
+
 start=$(date +%s.%N)
 status=0
 if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
@@ -54,6 +65,7 @@ if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
     eval "$(scripts/softroce-setup.sh --dummy)"
     for bin in "$test_bin" "$control_test_bin"; do
         PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" PRAAS_RDMA_REQUIRED=1 \
+            PRAAS_C_INVOKE="$c_invoke" \
             PRAAS_EXAMPLE_FUNCTIONS="$functions" "$bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
             || status=$?
     done
@@ -67,6 +79,9 @@ else
         --file "$test_bin:/opt/praas/bin/praas-rdma-tests" \
         --file "$control_test_bin:/opt/praas/bin/praas-control-rdma-tests" \
         --file "$praas_bin:$praas_bin" \
+        --file "$client_lib:$client_lib" \
+        --file "$c_invoke:$c_invoke" \
+        --env PRAAS_C_INVOKE="$c_invoke" \
         --file "$functions:$guest_lib" \
         --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
         --env PRAAS_RDMA_REQUIRED=1 \

@@ -46,6 +46,22 @@ fn processes_register_their_rdma_address_and_message_each_other_over_rdma_across
         assert_eq!(client.invoke("process_id", b"").expect("invoke over RDMA"), p.as_bytes());
     }
 
+    // A C program through the C client library (ffi/client), over RDMA: scripts/test-rdma.sh
+    // builds it on the host and names it in PRAAS_C_INVOKE.
+    match std::env::var_os("PRAAS_C_INVOKE") {
+        Some(program) => {
+            let rdma = cp.process("hpc", "p0").rdma_addr.expect("an RDMA address");
+            let out = std::process::Command::new(program)
+                .args([&format!("rdma://{rdma}"), "echo", "from C over RDMA"])
+                .output()
+                .expect("the C client runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(out.stdout, b"from C over RDMA");
+        }
+        None if std::env::var_os("PRAAS_RDMA_REQUIRED").is_some() => panic!("PRAAS_C_INVOKE is not set"),
+        None => eprintln!("the C client over RDMA: skipped (PRAAS_C_INVOKE unset)"),
+    }
+
     // The CLI's direct path takes the process's RDMA address from the control plane.
     let out = support::praas()
         .args(["--control", &cp.http, "invoke", "--app", "hpc", "--process", "p1", "--direct", "process_id"])
