@@ -74,14 +74,17 @@ else
     guest_lib=/opt/praas/lib/libpraas_example_functions.so
     quoted_args=""
     for arg in "${test_args[@]+"${test_args[@]}"}"; do quoted_args+=" '${arg//\'/\'\\\'\'}'"; done
-    # The praas binary goes where the control-plane test was built to find it.
+    # The guest has none of the build's paths (its /tmp is a fresh tmpfs): everything goes under
+    # /opt/praas, and the tests are told where.
     scripts/rxe-vm.sh --timeout "$timeout" \
         --file "$test_bin:/opt/praas/bin/praas-rdma-tests" \
         --file "$control_test_bin:/opt/praas/bin/praas-control-rdma-tests" \
-        --file "$praas_bin:$praas_bin" \
-        --file "$client_lib:$client_lib" \
-        --file "$c_invoke:$c_invoke" \
-        --env PRAAS_C_INVOKE="$c_invoke" \
+        --file "$praas_bin:/opt/praas/bin/praas" \
+        --env PRAAS_BIN=/opt/praas/bin/praas \
+        --file "$client_lib:/opt/praas/lib/libpraas_client.so" \
+        --file "$c_invoke:/opt/praas/bin/praas-c-invoke" \
+        --env PRAAS_C_INVOKE=/opt/praas/bin/praas-c-invoke \
+        --env LD_LIBRARY_PATH=/opt/praas/lib \
         --file "$functions:$guest_lib" \
         --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
         --env PRAAS_RDMA_REQUIRED=1 \
