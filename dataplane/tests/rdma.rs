@@ -100,6 +100,28 @@ fn invocations_from_0_bytes_to_16_mib_are_byte_exact() {
 
 #[test]
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn large_outputs_are_sent_from_cached_registrations() {
+    let ip = require_rdma!();
+    let functions = FunctionRegistry::load(&manifest()).expect("the test manifest loads");
+    let process = Process::start(ProcessConfig::default(), functions).expect("the process starts");
+    let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
+        .expect("bind the RDMA transport");
+    let stats = transport.stats();
+    let server = Box::new(transport).spawn().expect("the transport starts");
+    let mut c = client(server.local_addr());
+    for (i, size) in [(1usize << 20) + 5, 64 << 10, 1 << 20].into_iter().enumerate() {
+        let input = pattern(size, 40 + i as u64);
+        for _ in 0..10 {
+            assert!(c.invoke("echo", &input).unwrap() == input, "{size} bytes byte-exact");
+        }
+    }
+    let made = stats.output_registrations();
+    assert!(made <= 8, "{made} registrations for 30 large outputs: buffers the pool gives again are found again");
+    assert!(made >= 1, "large outputs are registered");
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn sixteen_clients_pipeline_concurrently() {
     let ip = require_rdma!();
     let (_process, server) = serve(ip, RdmaOptions::default());

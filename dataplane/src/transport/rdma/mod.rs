@@ -21,7 +21,7 @@ pub mod verbs;
 use std::time::Duration;
 
 pub use client::{RdmaClient, RdmaClientOptions};
-pub use server::{RdmaOptions, RdmaTransport};
+pub use server::{RdmaOptions, RdmaStats, RdmaTransport};
 
 /// How a thread waits for completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,8 +29,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
 use super::flow::{CreditLedger, Grant, IdMap, Imm, Op, GRANT_LEN};
 use super::verbs::{
-    CompletionChannel, CompletionQueue, Context, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
-    SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
+    CompletionChannel, CompletionQueue, Context, MemoryRegion, ProtectionDomain, QueuePair, RecvBuffer, Registered,
+    SendOp, SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
 use super::PollPolicy;
 use crate::buffer::{Payload, PoolBuf};
@@ -100,6 +100,7 @@ pub struct RdmaTransport {
     options: RdmaOptions,
     context: Arc<Context>,
     port: LocalPort,
+    stats: Arc<RdmaStats>,
 }
 
 impl std::fmt::Debug for RdmaTransport {
@@ -117,7 +118,12 @@ impl RdmaTransport {
     pub fn bind(addr: SocketAddr, process: Arc<Process>, options: RdmaOptions) -> io::Result<Self> {
         let (context, port) = connect::device_for(addr.ip(), options.device.as_deref())?;
         let listener = TcpListener::bind(addr)?;
-        Ok(Self { listener, process, options, context, port })
+        Ok(Self { listener, process, options, context, port, stats: Arc::default() })
+    }
+
+    /// The transport's counters, which stay readable after [`Transport::spawn`].
+    pub fn stats(&self) -> Arc<RdmaStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -154,7 +160,74 @@ impl Transport for RdmaTransport {
 enum Out {
     Frame { header: Header, meta: Vec<u8>, payload: Option<PoolBuf>, release: bool },
     Cts { token: u16, grant: Grant },
-    Write { token: u16, grant: Grant, buf: Registered<PoolBuf> },
+    Write { token: u16, grant: Grant, buf: OutputBuf },
+}
+
+/// A large output and the registration it is sent from (the buffer is kept alive, and so
+/// readable, until its write completes).
+struct OutputBuf {
+    buf: PoolBuf,
+    mr: Arc<MemoryRegion>,
+}
+
+/// Counters of one RDMA transport ([`RdmaTransport::stats`]).
+#[derive(Debug, Default)]
+pub struct RdmaStats {
+    output_registrations: std::sync::atomic::AtomicU64,
+}
+
+impl RdmaStats {
+    /// Large outputs registered so far (the others were sent from a cached registration).
+    pub fn output_registrations(&self) -> u64 {
+        self.output_registrations.load(Ordering::Relaxed)
+    }
+}
+
+/// Registrations of output buffers, by [`PoolBuf::id`], for every connection of the process: a
+/// buffer that comes back from the pool is sent without registering it again. Least recently
+/// used entries go when [`OutputRegions::MAX_ENTRIES`] or [`OutputRegions::MAX_BYTES`] is
+/// reached (a write in flight keeps its own reference).
+struct OutputRegions {
+    entries: IdMap<u64, (Arc<MemoryRegion>, usize, u64)>,
+    bytes: usize,
+    tick: u64,
+    stats: Arc<RdmaStats>,
+}
+
+impl OutputRegions {
+    const MAX_ENTRIES: usize = 64;
+    const MAX_BYTES: usize = 256 << 20;
+
+    fn new(stats: Arc<RdmaStats>) -> Self {
+        Self { entries: IdMap::default(), bytes: 0, tick: 0, stats }
+    }
+
+    /// The registration of `buf`'s memory, made now if there is none.
+    fn get(&mut self, pd: &Arc<ProtectionDomain>, buf: &PoolBuf) -> io::Result<Arc<MemoryRegion>> {
+        self.tick += 1;
+        if let Some((mr, _, last_use)) = self.entries.get_mut(&buf.id()) {
+            *last_use = self.tick;
+            return Ok(Arc::clone(mr));
+        }
+        let (addr, len) = buf.region();
+        self.stats.output_registrations.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: local read only; the transport posts this region's key only in the write of
+        // an `OutputBuf` holding the buffer of this id, alive until the write completes.
+        let mr = Arc::new(unsafe { MemoryRegion::new_for_sends(pd, addr as *const u8, len)? });
+        if len <= Self::MAX_BYTES {
+            while self.entries.len() >= Self::MAX_ENTRIES || self.bytes + len > Self::MAX_BYTES {
+                let Some(oldest) = self.entries.iter().min_by_key(|(_, (_, _, used))| *used).map(|(id, _)| *id) else {
+                    break;
+                };
+                if let Some((_, bytes, _)) = self.entries.remove(&oldest) {
+                    self.bytes -= bytes;
+                }
+            }
+            self.entries.insert(buf.id(), (Arc::clone(&mr), len, self.tick));
+            self.bytes += len;
+        }
+        Ok(mr)
+    }
 }
 
 /// The sending half of a connection, under its lock.
@@ -174,9 +247,9 @@ struct Tx {
     queue: VecDeque<Out>,
     ledger: CreditLedger,
     /// Large outputs announced by `Rts`, waiting for the client's `Cts`.
-    announced: IdMap<u16, Registered<PoolBuf>>,
+    announced: IdMap<u16, OutputBuf>,
     /// Large outputs being written, until the write completes.
-    writing: IdMap<u16, Registered<PoolBuf>>,
+    writing: IdMap<u16, OutputBuf>,
     next_token: u16,
 }
 
@@ -189,6 +262,8 @@ struct Conn {
     slot_size: usize,
     slot_count: u32,
     inline_max: usize,
+    /// The registrations of large outputs, shared by the process's connections.
+    outputs: Arc<Mutex<OutputRegions>>,
     pd: Arc<ProtectionDomain>,
 }
 
@@ -248,9 +323,9 @@ impl Conn {
                         wr_id(self.id, WR_WRITE, u32::from(token)),
                         SendOp::WriteImm { remote_addr: grant.addr, rkey: grant.rkey },
                         imm,
-                        buf.mr().addr(),
+                        buf.buf.as_ptr() as u64,
                         grant.len,
-                        buf.mr().lkey(),
+                        buf.mr.lkey(),
                         false,
                         true,
                     )
@@ -291,8 +366,9 @@ impl Conn {
                 } else {
                     // Large: announce it; the output is written when the client grants a buffer.
                     let payload = payload.expect("a frame larger than a slot has a payload");
-                    let registered = match Registered::new(&self.pd, payload, ACCESS_LOCAL_READ) {
-                        Ok(r) => r,
+                    let registered = self.outputs.lock().unwrap_or_else(|p| p.into_inner()).get(&self.pd, &payload);
+                    let registered = match registered {
+                        Ok(mr) => OutputBuf { buf: payload, mr },
                         Err(e) => {
                             tracing::warn!(conn = self.id, "cannot register a response of {payload_len} bytes: {e}");
                             tx.free_slots.push(slot);
@@ -457,13 +533,14 @@ struct EventLoop {
     srq: Arc<SharedReceiveQueue>,
     cq: Arc<CompletionQueue>,
     channel: Arc<CompletionChannel>,
+    outputs: Arc<Mutex<OutputRegions>>,
     pd: Arc<ProtectionDomain>,
     completions: Vec<super::verbs::Completion>,
 }
 
 impl EventLoop {
     fn new(transport: RdmaTransport, poll: Poll, stop: Arc<AtomicBool>) -> io::Result<Self> {
-        let RdmaTransport { listener, process, options, context, port } = transport;
+        let RdmaTransport { listener, process, options, context, port, stats } = transport;
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
         let srq_target = options.max_connections * options.credits as usize;
@@ -502,6 +579,7 @@ impl EventLoop {
             channel,
             pd,
             completions: Vec::with_capacity(super::verbs::POLL_BATCH),
+            outputs: Arc::new(Mutex::new(OutputRegions::new(stats))),
         };
         event_loop.refill_srq();
         if event_loop.srq_posted < srq_target {
@@ -807,7 +885,7 @@ impl EventLoop {
                 let mut tx = conn.tx();
                 tx.ledger.release();
                 let buf = tx.announced.remove(&imm.token).ok_or_else(|| violation("a grant for nothing".into()))?;
-                if grant.len as usize != buf.owner().len() {
+                if grant.len as usize != buf.buf.len() {
                     return Err(violation("a grant of the wrong size".into()));
                 }
                 conn.send_frame(&mut tx, Out::Write { token: imm.token, grant, buf });
@@ -995,6 +1073,7 @@ impl EventLoop {
             slot_size,
             slot_count,
             inline_max,
+            outputs: Arc::clone(&self.outputs),
             pd: Arc::clone(&self.pd),
         });
         let local = Endpoint {

@@ -751,6 +751,21 @@ impl MemoryRegion {
         Ok(Self { ptr, _pd: Arc::clone(pd) })
     }
 
+    /// Registers `len` bytes at `addr` for the device to read, and only when a work request of
+    /// this side names the region (`ACCESS_LOCAL_READ`): the registration a cache can keep past
+    /// the life of the memory it was made for.
+    ///
+    /// # Safety
+    /// Every work request posted with this region's local key must name memory that is allocated
+    /// and not written until its completion. (The pages are pinned at registration; memory freed
+    /// while the region lives keeps its pages from the system until the region is dropped, and
+    /// the device reads them only for such work requests.)
+    pub unsafe fn new_for_sends(pd: &Arc<ProtectionDomain>, addr: *const u8, len: usize) -> io::Result<Self> {
+        // SAFETY: local read only, so the device touches the memory only for work requests,
+        // which this function's contract covers.
+        unsafe { Self::new(pd, addr.cast_mut(), len.max(1), ACCESS_LOCAL_READ) }
+    }
+
     fn mr(&self) -> &ibv_mr {
         // SAFETY: the region is registered until Drop; its fields are immutable after creation.
         unsafe { self.ptr.as_ref() }
