@@ -24,9 +24,47 @@ fn free_port() -> Result<SocketAddr, String> {
     listener.local_addr().map_err(|e| e.to_string())
 }
 
-/// The measured round trips that `msg_roundtrip` timed (`times`: little-endian nanoseconds, the
-/// first `warmup` dropped), after checking that all `total` of them ran and `msg_bounce` answered.
-pub fn round_trips(times: &[u8], bounced: &[u8], warmup: u64, total: u64) -> Result<Histogram<u64>, String> {
+/// The SDK calls the message benchmark drives its two processes with (TCP and RDMA clients).
+pub trait Driver {
+    /// Sends an invocation; returns its id.
+    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, praas_dataplane::ClientError>;
+    /// Waits for the output of `id`.
+    fn wait(&mut self, id: u64) -> Result<Vec<u8>, praas_dataplane::ClientError>;
+}
+
+impl Driver for Client {
+    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, praas_dataplane::ClientError> {
+        Client::submit(self, function, input)
+    }
+    fn wait(&mut self, id: u64) -> Result<Vec<u8>, praas_dataplane::ClientError> {
+        Client::wait(self, id)
+    }
+}
+
+#[cfg(feature = "rdma")]
+impl Driver for praas_dataplane::RdmaClient {
+    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, praas_dataplane::ClientError> {
+        praas_dataplane::RdmaClient::submit(self, function, input)
+    }
+    fn wait(&mut self, id: u64) -> Result<Vec<u8>, praas_dataplane::ClientError> {
+        praas_dataplane::RdmaClient::wait(self, id)
+    }
+}
+
+/// `total` message round trips of `size` bytes between process a and process b (b bounces with
+/// `msg_bounce`, a times each with `msg_roundtrip`), the first `warmup` dropped, after checking
+/// that all of them ran.
+pub fn round_trips<D: Driver>(
+    a: &mut D,
+    b: &mut D,
+    size: usize,
+    warmup: u64,
+    total: u64,
+) -> Result<Histogram<u64>, String> {
+    let bounce = b.submit("msg_bounce", format!("a {total}").as_bytes()).map_err(|e| format!("b: {e}"))?;
+    let roundtrip = a.submit("msg_roundtrip", format!("b {total} {size}").as_bytes()).map_err(|e| format!("a: {e}"))?;
+    let times = a.wait(roundtrip).map_err(|e| format!("a: msg_roundtrip: {e}"))?;
+    let bounced = b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
     if bounced != b"bounced" || times.len() as u64 != total * 8 {
         return Err(format!("the round trips did not complete ({} timings for {total})", times.len() / 8));
     }
@@ -103,12 +141,7 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
         let payload = raw_tcp::payload(size);
         let baseline = raw_client.latency(&payload, warmup, iters)?;
         let total = warmup + iters;
-        let bounce = client_b.submit("msg_bounce", format!("a {total}").as_bytes()).map_err(|e| format!("b: {e}"))?;
-        let times = client_a
-            .invoke("msg_roundtrip", format!("b {total} {size}").as_bytes())
-            .map_err(|e| format!("a: msg_roundtrip: {e}"))?;
-        let bounced = client_b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
-        let ours = Summary::of(&round_trips(&times, &bounced, warmup, total)?);
+        let ours = Summary::of(&round_trips(&mut client_a, &mut client_b, size, warmup, total)?);
         let base = Summary::of(&baseline);
         reporter
             .push(Record::latency("message", &info, size, warmup, &ours, "raw-tcp", &base))

@@ -198,12 +198,7 @@ pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
         eprintln!("praas-bench: message {size} B over RDMA: {warmup} warm-up + {iters} measured round trips");
         let base = perftest("ib_send_lat", &device, addr, size, warmup + iters, placement, timeout)?;
         let total = warmup + iters;
-        let bounce = client_b.submit("msg_bounce", format!("a {total}").as_bytes()).map_err(|e| format!("b: {e}"))?;
-        let times = client_a
-            .invoke("msg_roundtrip", format!("b {total} {size}").as_bytes())
-            .map_err(|e| format!("a: msg_roundtrip: {e}"))?;
-        let bounced = client_b.wait(bounce).map_err(|e| format!("b: msg_bounce: {e}"))?;
-        let hist = crate::message::round_trips(&times, &bounced, warmup, total)?;
+        let hist = crate::message::round_trips(&mut client_a, &mut client_b, size, warmup, total)?;
         let sent = nodes[0].0.peers().delivered();
         if sent.tcp != 0 || sent.rdma < total {
             return Err(format!("a's messages did not all go over RDMA: {sent:?}"));

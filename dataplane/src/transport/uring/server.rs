@@ -254,32 +254,16 @@ impl EventLoop {
     /// Every buffer and structure `entry` points to must stay valid until its completion (or, for
     /// a zero-copy send, its notification) has been reaped.
     unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
-        loop {
-            // SAFETY: forwarded from this function's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
-                    // The completion queue is full too: make room by handling completions.
-                    self.reap()?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-            if self.options.sqpoll_idle_ms.is_some() {
-                let _ = self.ring.submitter().squeue_wait();
-            }
-        }
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.push_all(std::slice::from_ref(entry)) }
     }
 
-    /// Pushes two linked entries into the same submission (a link never spans two), submitting
-    /// first to make room if needed.
+    /// Pushes `entries` together, into the same submission (so that a link never spans two),
+    /// submitting first to make room if needed.
     ///
     /// # Safety
-    /// As for [`EventLoop::push`], for both entries.
-    unsafe fn push_linked(&mut self, entries: &[squeue::Entry; 2]) -> io::Result<()> {
+    /// As for [`EventLoop::push`], for every entry.
+    unsafe fn push_all(&mut self, entries: &[squeue::Entry]) -> io::Result<()> {
         loop {
             // SAFETY: forwarded from this function's contract.
             if unsafe { self.ring.submission().push_multiple(entries) }.is_ok() {
@@ -288,6 +272,7 @@ impl EventLoop {
             match self.ring.submit() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EAGAIN) => {
+                    // The completion queue is full too: make room by handling completions.
                     self.reap()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -820,7 +805,7 @@ impl EventLoop {
         // sends' completions say it was sent, and then waits in `zc_hold` while the payload
         // send's notification is due; `index` is the registration of this payload's memory
         // (found by its id), which the frame keeps alive.
-        unsafe { self.push_linked(&entries)? };
+        unsafe { self.push_all(&entries)? };
         Ok(true)
     }
 
