@@ -28,7 +28,7 @@ use crate::report::{self, Record, Reporter, RunInfo, Summary};
 const ECHO: &str = "echo";
 const BASELINES: [&str; 2] = ["ib_send_lat", "ib_write_lat"];
 /// Interleaved rounds of baseline and praas measurements per size.
-const ROUNDS: u64 = 3;
+const ROUNDS: u64 = 5;
 
 /// Per figure, the median of the rounds' figures (counts add up).
 fn median(mut rounds: Vec<Summary>) -> Summary {
@@ -95,21 +95,21 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         let warmup = args.warmup.unwrap_or(iters / 10);
         eprintln!("praas-bench: invoke {size} B over RDMA: {warmup} warm-up + {iters} measured round trips each");
         // Interleaved rounds (perftest, praas, perftest, ...), so that drift in a shared, noisy
-        // VM affects both alike: praas's round trips go into one histogram, each baseline's
-        // figures are the median of its rounds.
+        // VM affects both alike; every figure, praas's and each baseline's, is the median of its
+        // rounds, so a round that met a busy host weighs on neither side alone.
         let per_round = iters.div_ceil(ROUNDS);
         let mut bases: Vec<Vec<Summary>> = vec![Vec::new(); BASELINES.len()];
-        let mut ours = report::histogram();
+        let mut ours = Vec::new();
         for round in 0..ROUNDS {
             for (i, tool) in BASELINES.iter().enumerate() {
                 bases[i].push(perftest(tool, &device, addr, size, warmup + per_round, placement, timeout)?);
                 if i == 0 {
                     let warm = if round == 0 { warmup } else { warmup / 4 };
-                    ours.add(latency(&mut client, size, warm, per_round)?).map_err(|e| e.to_string())?;
+                    ours.push(Summary::of(&latency(&mut client, size, warm, per_round)?));
                 }
             }
         }
-        let ours = Summary::of(&ours);
+        let ours = median(ours);
         for (tool, rounds) in BASELINES.iter().zip(bases) {
             let record = Record::latency("invoke", &info, size, warmup, &ours, tool, &median(rounds));
             reporter.push(record).map_err(|e| format!("cannot write the report: {e}"))?;
