@@ -426,6 +426,28 @@ mod tests {
         }
 
         #[test]
+        fn padded_names_decode_to_the_name_and_align_the_payload(
+            name in "[a-z_][a-z0-9_]{0,40}",
+            payload_len in 0usize..(1 << 21),
+            addr in any::<usize>(),
+        ) {
+            let pad = alignment_padding(name.len(), payload_len, addr);
+            prop_assert!(pad < PAYLOAD_ALIGN);
+            if payload_len >= ALIGN_FROM {
+                prop_assert_eq!((HEADER_LEN + name.len() + pad) % PAYLOAD_ALIGN, addr % PAYLOAD_ALIGN);
+            } else {
+                prop_assert_eq!(pad, 0);
+            }
+            let meta = [name.as_bytes(), &PADDING[..pad]].concat();
+            let mut buf = Vec::new();
+            encode_frame(&mut buf, Header::invoke(1, 0, 0, 0), &meta, &[7u8; 3]).unwrap();
+            match decode_frame(&buf, FrameLimits::default()).unwrap() {
+                Decoded::Frame(frame, _) => prop_assert_eq!(unpadded(frame.meta), name.as_bytes()),
+                Decoded::Incomplete(_) => prop_assert!(false, "complete frame decoded as incomplete"),
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..1000) {
             let limits = FrameLimits { max_frame: max };
             if let Ok(Decoded::Frame(frame, used)) = decode_frame(&bytes, limits) {
