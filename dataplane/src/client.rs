@@ -229,7 +229,11 @@ impl Client {
         function: &str,
         input: &[u8],
     ) -> Result<([u8; HEADER_LEN], &'static [u8]), ClientError> {
-        let pad = alignment_padding(function.len(), input.len(), input.as_ptr() as usize);
+        let mut pad = alignment_padding(function.len(), input.len(), input.as_ptr() as usize);
+        if function.len() + pad + input.len() > self.options.max_frame {
+            // Padding never takes a frame past the limit: such an input leaves unaligned.
+            pad = 0;
+        }
         let size = function.len() + pad + input.len();
         let (Ok(meta_len), Ok(input_len)) = (u16::try_from(function.len() + pad), u32::try_from(input.len())) else {
             return Err(ClientError::TooLarge { size, limit: self.options.max_frame });

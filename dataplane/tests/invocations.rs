@@ -355,6 +355,19 @@ fn padding_is_not_part_of_names_and_aligns_large_outputs(kind: TransportKind) {
     let (status, text) = remote_status(c.invoke("nope", &pattern(1 << 20, 1)).unwrap_err());
     assert_eq!(status, Status::UnknownFunction);
     assert!(text.contains("\"nope\"") && !text.contains('\0'), "{text:?}");
+
+    // At the frame limit, padding is left out rather than taking a frame past it.
+    let limit = 1 << 20;
+    let config = ProcessConfig { max_frame: limit, ..config(1) };
+    let (_process, server) = serve_on(kind, &example_manifest(), config);
+    let options = ClientOptions { max_frame: limit, ..options(kind) };
+    let mut c = Client::connect_with(server.local_addr(), options).expect("connect");
+    for size in [limit - 4, limit - 4 - 30, limit - 4 - 63] {
+        let input = pattern(size, size as u64);
+        let output = c.invoke("echo", &input).unwrap_or_else(|e| panic!("{size} bytes at a limit of {limit}: {e}"));
+        assert!(output == input, "{size} bytes byte-exact");
+    }
+    assert!(matches!(c.invoke("echo", &pattern(limit - 3, 0)), Err(ClientError::TooLarge { .. })));
 }
 
 on_both_transports!(

@@ -191,15 +191,18 @@ pub struct OutFrame {
 impl OutFrame {
     /// Lays out `response`; an error text longer than the 16-bit length field is cut. A large
     /// output gets NUL padding after the text, so that it leaves aligned like its memory
-    /// ([`alignment_padding`](crate::protocol::alignment_padding)).
-    pub fn from_response(response: Response) -> Self {
+    /// ([`alignment_padding`](crate::protocol::alignment_padding)), unless the padding would
+    /// take the frame past `max_frame` (the process's frame limit, which its clients share).
+    pub fn from_response(response: Response, max_frame: usize) -> Self {
         let outcome = response.outcome;
         let mut meta = outcome.message.into_bytes();
         meta.truncate(u16::MAX as usize);
         let payload_len = outcome.output.as_ref().map_or(0, |b| b.len());
         if let Some(output) = &outcome.output {
             let pad = crate::protocol::alignment_padding(meta.len(), payload_len, output.as_ptr() as usize);
-            meta.resize(meta.len() + pad, 0);
+            if meta.len() + pad + payload_len <= max_frame {
+                meta.resize(meta.len() + pad, 0);
+            }
         }
         let header = Header::response(response.id, outcome.status, meta.len() as u16, payload_len as u32);
         Self { header, head: header.encode(), meta, payload: outcome.output, sent: 0 }
@@ -376,7 +379,9 @@ pub fn serve_frame(
     match header.kind {
         MessageKind::Invoke => match process.dispatch(header.id, meta, input, header.timeout_ms, sink) {
             Dispatched::Queued => FrameAction::Queued,
-            Dispatched::Done(response) => FrameAction::Reply(OutFrame::from_response(response)),
+            Dispatched::Done(response) => {
+                FrameAction::Reply(OutFrame::from_response(response, process.config().max_frame))
+            }
         },
         MessageKind::Ping => {
             let payload = &input[..];
@@ -400,9 +405,12 @@ pub fn serve_frame(
                 FrameAction::Reply(frame)
             }
         }
-        kind => FrameAction::Reply(OutFrame::from_response(Response {
-            id: header.id,
-            outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
-        })),
+        kind => FrameAction::Reply(OutFrame::from_response(
+            Response {
+                id: header.id,
+                outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
+            },
+            process.config().max_frame,
+        )),
     }
 }

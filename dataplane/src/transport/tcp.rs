@@ -132,6 +132,8 @@ struct Shared {
     attention: AtomicBool,
     closed: AtomicBool,
     notifier: Arc<Notifier>,
+    /// The process's frame limit.
+    max_frame: usize,
 }
 
 impl Shared {
@@ -144,7 +146,7 @@ impl ResponseSink for Shared {
     fn send(&self, response: Response) {
         if !self.closed.load(Ordering::Acquire) {
             let mut queue = self.queue();
-            queue.push(OutFrame::from_response(response));
+            queue.push(OutFrame::from_response(response, self.max_frame));
             queue.flush(&self.stream);
         }
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
@@ -329,6 +331,7 @@ impl EventLoop {
             attention: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             notifier: Arc::clone(&self.notifier),
+            max_frame: self.process.config().max_frame,
         });
         let sink: Arc<dyn ResponseSink> = shared.clone();
         let conn = Connection {
@@ -625,7 +628,7 @@ impl Connection {
         let response = Response { id, outcome: Outcome::error(err.status(), err.to_string()) };
         {
             let mut queue = self.shared.queue();
-            queue.push(OutFrame::from_response(response));
+            queue.push(OutFrame::from_response(response, self.shared.max_frame));
             queue.flush(&self.shared.stream);
         }
         let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);

@@ -569,7 +569,7 @@ impl EventLoop {
                 Some(conn) if conn.generation == generation => {
                     conn.outstanding -= 1;
                     if !conn.closing {
-                        conn.push_frame(OutFrame::from_response(response));
+                        conn.push_frame(OutFrame::from_response(response, self.process.config().max_frame));
                     }
                     self.dirty.push(slot);
                 }
@@ -1108,7 +1108,9 @@ fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
 /// Answers a protocol violation, shuts the sending side once it is out, and lingers.
 fn refuse(conn: &mut Conn, err: FrameError, id: u64, options: &UringOptions) {
     tracing::debug!(id, "closing a connection that broke the protocol: {err}");
-    conn.push_frame(OutFrame::from_response(Response { id, outcome: Outcome::error(err.status(), err.to_string()) }));
+    // An error carries no output, so no padding: no limit to respect.
+    let error = Response { id, outcome: Outcome::error(err.status(), err.to_string()) };
+    conn.push_frame(OutFrame::from_response(error, usize::MAX));
     conn.shutdown_after_flush = true;
     conn.state = ReadState::Lingering(Instant::now() + options.linger);
     conn.assembly = None;
