@@ -609,9 +609,7 @@ impl PeerDirectory {
         // A put waits for one acknowledgement, a few microseconds away on a fabric: spin briefly,
         // then sleep, so that a worker waiting for it does not keep the core from the I/O thread
         // that has to run for the answer (`PRAAS_RDMA_POLL` overrides, as everywhere).
-        let poll = std::env::var("PRAAS_RDMA_POLL")
-            .ok()
-            .and_then(|p| crate::transport::rdma::PollPolicy::parse(&p))
+        let poll = crate::transport::rdma::PollPolicy::from_env()
             .unwrap_or(crate::transport::rdma::PollPolicy::Adaptive { spin: PUT_SPIN });
         let options = RdmaClientOptions {
             timeout,
@@ -620,12 +618,13 @@ impl PeerDirectory {
             poll,
             ..RdmaClientOptions::default()
         };
+        let url = format!("rdma://{addr}");
         let client = RdmaClient::connect_with(addr, options).map_err(|e| PeerError::Unreachable {
             dest: dest.to_owned(),
-            addr: format!("rdma://{addr}"),
+            addr: url.clone(),
             reason: e.to_string(),
         })?;
-        self.authenticate(dest, &format!("rdma://{addr}"), Wire::Rdma(Box::new(client)), deadline)
+        self.authenticate(dest, &url, Wire::Rdma(Box::new(client)), deadline)
     }
 
     /// Opens a TCP connection to `dest` at `addr`.

@@ -54,7 +54,7 @@ impl Default for RdmaClientOptions {
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             device: std::env::var("PRAAS_RDMA_DEVICE").ok().filter(|d| !d.is_empty()),
             recv_size: 8 << 10,
-            poll: std::env::var("PRAAS_RDMA_POLL").ok().and_then(|p| PollPolicy::parse(&p)).unwrap_or_default(),
+            poll: PollPolicy::from_env().unwrap_or_default(),
         }
     }
 }
@@ -429,7 +429,7 @@ impl RdmaClient {
     /// Whether the connection still looks usable: no completion reported an error and the
     /// process has not closed the set-up connection.
     pub(crate) fn alive(&mut self) -> bool {
-        self.broken.is_none() && self.check_alive().is_ok() && self.broken.is_none()
+        self.check_alive().is_ok()
     }
 
     fn send_message(

@@ -45,6 +45,11 @@ impl Default for PollPolicy {
 }
 
 impl PollPolicy {
+    /// The policy `PRAAS_RDMA_POLL` names, if it is set to one.
+    pub fn from_env() -> Option<Self> {
+        std::env::var("PRAAS_RDMA_POLL").ok().and_then(|p| Self::parse(&p))
+    }
+
     /// Parses `busy`, `events`, `adaptive` or `adaptive:MICROS` (the env var and CLI form).
     pub fn parse(text: &str) -> Option<Self> {
         match text {

@@ -87,7 +87,7 @@ impl Default for RdmaOptions {
             recv_size: 8 << 10,
             credits: 16,
             max_connections: 32,
-            poll: std::env::var("PRAAS_RDMA_POLL").ok().and_then(|p| PollPolicy::parse(&p)).unwrap_or_default(),
+            poll: PollPolicy::from_env().unwrap_or_default(),
             linger: Duration::from_secs(2),
         }
     }
@@ -275,11 +275,17 @@ impl Conn {
     /// Sends `response`, returning the credit of the request it answers.
     fn respond(&self, tx: &mut Tx, response: Response, release: bool) {
         let Outcome { status, message, output } = response.outcome;
-        let mut meta = message.into_bytes();
-        meta.truncate(self.slot_size - HEADER_LEN);
         let len = output.as_ref().map_or(0, |o| o.len());
-        let header = Header::response(response.id, status, meta.len() as u16, len as u32);
-        self.send_frame(tx, Out::Frame { header, meta, payload: output, release });
+        let header = Header::response(response.id, status, 0, len as u32);
+        self.send_reply(tx, header, message.into_bytes(), output, release);
+    }
+
+    /// Sends a frame of `header`, `meta` (cut to what fits a send slot beside the header) and
+    /// `payload`; `release` returns the credit of the request it answers.
+    fn send_reply(&self, tx: &mut Tx, header: Header, mut meta: Vec<u8>, payload: Option<PoolBuf>, release: bool) {
+        meta.truncate(self.slot_size - HEADER_LEN);
+        let header = Header { meta_len: meta.len() as u16, ..header };
+        self.send_frame(tx, Out::Frame { header, meta, payload, release });
     }
 
     /// Posts `out` now if there is room, else queues it behind what is already waiting.
@@ -713,7 +719,7 @@ impl EventLoop {
     /// the credits of every connection plus one batch, so those are always covered.
     fn refill_srq(&mut self) {
         let capacity = self.srq_target + MAX_RECV_BATCH;
-        while capacity - self.srq_posted >= MAX_RECV_BATCH || self.srq_posted < self.srq_target {
+        while capacity - self.srq_posted >= MAX_RECV_BATCH {
             let mut batch = [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; MAX_RECV_BATCH];
             let mut indices = [0u32; MAX_RECV_BATCH];
             let mut n = 0;
@@ -938,9 +944,7 @@ impl EventLoop {
             FrameAction::Reply(frame) => (frame, false),
             FrameAction::ReplyAndClose(frame) => (frame, true),
         };
-        let (header, mut meta, payload) = frame.into_parts();
-        meta.truncate(io.conn.slot_size - HEADER_LEN);
-        let header = Header { meta_len: meta.len() as u16, ..header };
+        let (header, meta, payload) = frame.into_parts();
         if close {
             tracing::info!(conn = id, "closing a connection whose peer failed to authenticate");
             io.state = State::Closing(Instant::now() + options.linger);
@@ -948,7 +952,7 @@ impl EventLoop {
         let conn = &io.conn;
         let mut tx = conn.tx();
         tx.signal_next |= close;
-        conn.send_frame(&mut tx, Out::Frame { header, meta, payload, release: true });
+        conn.send_reply(&mut tx, header, meta, payload, true);
     }
 
     /// Answers a protocol violation with an error and closes the connection once it is sent.

@@ -88,8 +88,15 @@ impl FixedBuffers {
                 .enumerate()
                 .filter_map(|(i, e)| e.map(|e| (i, e.last_use)))
                 .min_by_key(|&(_, last_use)| last_use)?;
-            self.clear(ring, victim as u16)?;
-            free = Some(free.unwrap_or(victim));
+            match free {
+                // The entry that takes the new buffer: registering replaces it.
+                None => {
+                    self.forget(victim as u16);
+                    free = Some(victim);
+                }
+                // Only the byte budget: release it.
+                Some(_) => self.clear(ring, victim as u16)?,
+            }
         }
         let index = free.expect("made room above") as u16;
         let iov = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: bytes };
@@ -109,7 +116,7 @@ impl FixedBuffers {
 
     /// Unregisters entry `index` (its pages are unpinned once no operation uses them).
     fn clear(&mut self, ring: &IoUring, index: u16) -> Option<()> {
-        let entry = self.entries[usize::from(index)].take()?;
+        self.forget(index);
         let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
         // SAFETY: an empty iovec registers no memory; it only releases the entry.
         if let Err(e) = unsafe { ring.submitter().register_buffers_update(u32::from(index), &[empty], None) } {
@@ -117,9 +124,15 @@ impl FixedBuffers {
             self.disabled = true;
             return None;
         }
-        self.by_id.remove(&entry.id);
-        self.bytes -= entry.bytes;
         Some(())
+    }
+
+    /// Drops entry `index` from the table's books (the kernel's entry stays until replaced).
+    fn forget(&mut self, index: u16) {
+        if let Some(entry) = self.entries[usize::from(index)].take() {
+            self.by_id.remove(&entry.id);
+            self.bytes -= entry.bytes;
+        }
     }
 
     /// Entries registered now.
