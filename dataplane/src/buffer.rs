@@ -211,7 +211,8 @@ impl Drop for PoolBuf {
         self.pool.outstanding.fetch_sub(size, Ordering::AcqRel);
         let class = class_of(size);
         let queue = &self.pool.free[class];
-        if queue.len() < KEEP_PER_CLASS && queue.len() * size < KEEP_BYTES_PER_CLASS {
+        let kept = queue.len();
+        if kept < KEEP_PER_CLASS && kept * size < KEEP_BYTES_PER_CLASS {
             queue.push((std::mem::take(&mut self.memory), self.id));
         }
     }

@@ -146,7 +146,9 @@ impl Function {
 /// The functions of a process, by name.
 #[derive(Debug, Default)]
 pub struct FunctionRegistry {
-    functions: crate::idmap::IdMap<Arc<str>, Function>,
+    /// Keyed by the name's bytes: a name off the wire is looked up as it arrived, without first
+    /// checking that it is UTF-8 (a name that is not matches no key).
+    functions: crate::idmap::IdMap<Box<[u8]>, Function>,
 }
 
 impl FunctionRegistry {
@@ -184,15 +186,14 @@ impl FunctionRegistry {
                         source,
                     }
                 })?;
-            let name: Arc<str> = spec.name.as_str().into();
             let function = Function {
-                name: Arc::clone(&name),
+                name: spec.name.as_str().into(),
                 mode: spec.mode,
                 timeout: spec.timeout_ms.map(Duration::from_millis),
                 entry,
                 _library: library,
             };
-            if functions.insert(name, function).is_some() {
+            if functions.insert(spec.name.as_bytes().into(), function).is_some() {
                 return Err(LoadError::Duplicate(spec.name.clone()));
             }
         }
@@ -201,12 +202,12 @@ impl FunctionRegistry {
 
     /// The function named `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Function> {
-        std::str::from_utf8(name).ok().and_then(|name| self.functions.get(name))
+        self.functions.get(name)
     }
 
     /// Names of all functions, sorted.
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.functions.keys().map(|k| &**k).collect();
+        let mut names: Vec<&str> = self.functions.values().map(|f| &*f.name).collect();
         names.sort_unstable();
         names
     }

@@ -14,9 +14,17 @@ impl std::hash::Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.write_u64(u64::from_le_bytes(word.try_into().expect("8 bytes")));
         }
+        let mut tail = [0u8; 8];
+        tail[..words.remainder().len()].copy_from_slice(words.remainder());
+        self.write_u64(u64::from_le_bytes(tail));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
     }
 
     fn write_u16(&mut self, n: u16) {
@@ -34,3 +42,25 @@ impl std::hash::Hasher for IdHasher {
 
 /// A hash map with [`IdHasher`].
 pub type IdMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_every_length_are_found_and_tell_apart() {
+        let names: Vec<Box<[u8]>> =
+            (0..40).map(|n| (0..n).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>().into()).collect();
+        let mut map = IdMap::default();
+        for (i, name) in names.iter().enumerate() {
+            map.insert(name.clone(), i);
+        }
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(map.get(&**name), Some(&i));
+        }
+        assert_eq!(map.get(&b"ab\0"[..]), None, "trailing NULs are not the shorter name");
+        let hash = |bytes: &[u8]| std::hash::BuildHasher::hash_one(map.hasher(), bytes);
+        assert_ne!(hash(b"echo"), hash(b"echo\0"));
+        assert_ne!(hash(b"echo_worker"), hash(b"echo_workes"));
+    }
+}

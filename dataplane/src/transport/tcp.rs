@@ -29,8 +29,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{
-    accept_waiting, serve_frame, FrameAction, Gathered, LargeFrame, OutFrame, ReadState, ServerHandle, Transport,
-    SMALL_SEND,
+    accept_waiting, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState, ServerHandle,
+    Transport,
 };
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
@@ -96,7 +96,7 @@ impl WriteQueue {
     fn flush(&mut self, stream: &TcpStream) {
         while !self.frames.is_empty() && !self.failed {
             let gathered = Gathered::of(&self.frames);
-            let mut flat = [0u8; SMALL_SEND];
+            let mut flat = FlatBuf::new();
             let written = match gathered.flatten(&mut flat) {
                 Some(bytes) => (&*stream).write(bytes),
                 None => (&*stream).write_vectored(gathered.slices()),

@@ -5,11 +5,15 @@
 //! kernel consumes descriptors from the head, the transport publishes new ones at the tail. Each
 //! descriptor names a buffer id (`bid`); the [`PoolBuf`] behind each id is owned here while the
 //! kernel may write into it and handed out ([`BufRing::take`]) when a completion names it.
+//!
+//! Buffers travel in the `Arc` that payloads share them through: a buffer whose payloads are all
+//! gone is provided again in the same `Arc`, so a receive allocates nothing.
 
 use std::alloc::{self, Layout};
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
@@ -26,8 +30,8 @@ pub struct BufRing {
     entries: u16,
     /// Our copy of the tail: descriptors published so far (wrapping).
     tail: u16,
-    /// The buffer behind each id while the kernel may fill it.
-    slots: Vec<Option<PoolBuf>>,
+    /// The buffer behind each id while the kernel may fill it (never shared meanwhile).
+    slots: Vec<Option<Arc<PoolBuf>>>,
     /// The buffer group id while registered.
     bgid: Option<u16>,
 }
@@ -84,12 +88,13 @@ impl BufRing {
         self.slots.iter().position(Option::is_none).map(|i| i as u16)
     }
 
-    /// Provides `buf` (its whole capacity) under the empty id `bid`.
-    pub fn provide(&mut self, bid: u16, mut buf: PoolBuf) {
+    /// Provides `buf` (its whole capacity) under the empty id `bid`; `buf` must not be shared.
+    pub fn provide(&mut self, bid: u16, mut buf: Arc<PoolBuf>) {
         let slot = &mut self.slots[bid as usize];
         assert!(slot.is_none(), "buffer id {bid} provided twice");
-        buf.set_len(0);
-        let (addr, len) = buf.region();
+        let unshared = Arc::get_mut(&mut buf).expect("a provided buffer is not shared");
+        unshared.set_len(0);
+        let (addr, len) = unshared.region();
         let index = (self.tail & (self.entries - 1)) as usize;
         // SAFETY: `index < entries`, inside the ring memory. The kernel does not read this
         // descriptor before the tail store below publishes it, and it consumed the descriptor
@@ -107,9 +112,10 @@ impl BufRing {
     }
 
     /// The buffer the kernel filled under `bid`, with `len` bytes of data.
-    pub fn take(&mut self, bid: u16, len: usize) -> Option<PoolBuf> {
+    pub fn take(&mut self, bid: u16, len: usize) -> Option<Arc<PoolBuf>> {
         let mut buf = self.slots.get_mut(bid as usize)?.take()?;
-        buf.set_len(len.min(buf.capacity()));
+        let unshared = Arc::get_mut(&mut buf).expect("a provided buffer is not shared");
+        unshared.set_len(len.min(unshared.capacity()));
         Some(buf)
     }
 }

@@ -114,6 +114,89 @@ pub fn build_ring(config: RingConfig) -> io::Result<IoUring> {
     })
 }
 
+/// `IORING_REGISTER_RING_FDS` and `IORING_UNREGISTER_RING_FDS` (include/uapi/linux/io_uring.h).
+const IORING_REGISTER_RING_FDS: libc::c_long = 20;
+const IORING_UNREGISTER_RING_FDS: libc::c_long = 21;
+/// `IORING_ENTER_GETEVENTS` and `IORING_ENTER_REGISTERED_RING`.
+const IORING_ENTER_GETEVENTS: libc::c_long = 1;
+const IORING_ENTER_REGISTERED_RING: libc::c_long = 1 << 4;
+
+/// `struct io_uring_rsrc_update`.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+/// A ring's descriptor registered with the ring itself, for the thread that registered it:
+/// `io_uring_enter` then names the ring by its index and the kernel skips the descriptor lookup
+/// (and reference count) every call costs otherwise (Linux 5.18).
+#[derive(Debug)]
+pub(crate) struct RegisteredRing {
+    index: u32,
+}
+
+impl RegisteredRing {
+    /// Registers `ring`'s descriptor for this thread; `None` where the kernel refuses.
+    pub(crate) fn register(ring: &IoUring) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        let mut update = RsrcUpdate { offset: u32::MAX, resv: 0, data: ring.as_raw_fd() as u64 };
+        // SAFETY: io_uring_register reads one io_uring_rsrc_update from the live `update` and
+        // writes the index it chose back into it.
+        let registered = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring.as_raw_fd(),
+                IORING_REGISTER_RING_FDS,
+                &mut update as *mut RsrcUpdate,
+                1,
+            )
+        };
+        (registered == 1).then_some(Self { index: update.offset })
+    }
+
+    /// Submits the entries queued on `ring` and waits for at least `want` completions (running
+    /// the ring's deferred task work), like `IoUring::submit_and_wait` without SQPOLL.
+    pub(crate) fn submit_and_wait(&self, ring: &mut IoUring, want: u32) -> io::Result<usize> {
+        let to_submit = ring.submission().len() as libc::c_long;
+        let flags = IORING_ENTER_GETEVENTS | IORING_ENTER_REGISTERED_RING;
+        // SAFETY: enters the ring this thread registered under `index`, with no argument pointer;
+        // the entries it submits were pushed under the contract of their push.
+        let entered = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.index,
+                to_submit,
+                want,
+                flags,
+                std::ptr::null::<libc::c_void>(),
+                0usize,
+            )
+        };
+        if entered < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(entered as usize)
+    }
+
+    /// Unregisters the descriptor (a thread's registrations otherwise end with the thread).
+    pub(crate) fn unregister(self, ring: &IoUring) {
+        use std::os::fd::AsRawFd;
+        let mut update = RsrcUpdate { offset: self.index, resv: 0, data: 0 };
+        // SAFETY: io_uring_unregister reads one io_uring_rsrc_update from the live `update`.
+        unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring.as_raw_fd(),
+                IORING_UNREGISTER_RING_FDS,
+                &mut update as *mut RsrcUpdate,
+                1,
+            )
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ use crate::invocation::Outcome;
 use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
-use crate::transport::{serve_frame, FrameAction, Gathered, LargeFrame, OutFrame, ReadState, SMALL_SEND};
+use crate::transport::{serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState};
 
 /// Most iovecs in one send.
 const MAX_IOV: usize = crate::transport::MAX_GATHER;
@@ -124,7 +124,7 @@ struct Conn {
     sink: Arc<dyn ResponseSink>,
     bufs: BufRing,
     /// Buffers that came back unshared after their data was consumed: provided again first.
-    spare: Vec<PoolBuf>,
+    spare: Vec<Arc<PoolBuf>>,
     /// Received buffers not yet decoded (back-pressure holds them here), and where to resume.
     backlog: VecDeque<(Arc<PoolBuf>, usize)>,
     /// A frame that straddles receive buffers and fits in one: its bytes so far (copied).
@@ -140,6 +140,9 @@ struct Conn {
     /// Invocations at the workers, not yet answered.
     outstanding: usize,
     queue: VecDeque<Box<OutFrame>>,
+    /// Boxes of frames sent, emptied, for the next frames (a response allocates no box).
+    #[allow(clippy::vec_box)]
+    spare_frames: Vec<Box<OutFrame>>,
     queued_bytes: usize,
     send: Box<SendState>,
     sending: bool,
@@ -181,7 +184,14 @@ impl Conn {
 
     fn push_frame(&mut self, frame: OutFrame) {
         self.queued_bytes += frame.len();
-        self.queue.push_back(Box::new(frame));
+        let boxed = match self.spare_frames.pop() {
+            Some(mut spare) => {
+                *spare = frame;
+                spare
+            }
+            None => Box::new(frame),
+        };
+        self.queue.push_back(boxed);
     }
 }
 
@@ -209,7 +219,12 @@ pub(crate) struct EventLoop {
     wake_armed: bool,
     /// The ring's registered buffers (dropped after the ring, which unregisters them).
     fixed: FixedBuffers,
+    /// The ring's own descriptor registered with it (not under SQPOLL): waits skip its lookup.
+    registered: Option<super::probe::RegisteredRing>,
 }
+
+/// Emptied frame boxes a connection keeps for its next responses.
+const SPARE_FRAMES: usize = 4;
 
 /// Slot used in `user_data` for operations that belong to no connection.
 const NO_CONN: usize = u32::MAX as usize;
@@ -227,6 +242,8 @@ impl EventLoop {
             sqpoll_idle_ms: options.sqpoll_idle_ms,
             single_issuer: true,
         })?;
+        let registered =
+            options.sqpoll_idle_ms.is_none().then(|| super::probe::RegisteredRing::register(&ring)).flatten();
         Ok(Self {
             listener,
             process,
@@ -243,6 +260,7 @@ impl EventLoop {
             direct_send: false,
             wake_armed: false,
             fixed: FixedBuffers::new(&ring),
+            registered,
             ring,
         })
     }
@@ -339,7 +357,10 @@ impl EventLoop {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
                 self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
             }
-            None => self.ring.submit_and_wait(1),
+            None => match &self.registered {
+                Some(registered) => registered.submit_and_wait(&mut self.ring, 1),
+                None => self.ring.submit_and_wait(1),
+            },
         };
         match result {
             Ok(_) => Ok(()),
@@ -456,6 +477,7 @@ impl EventLoop {
             large_recv: false,
             outstanding: 0,
             queue: VecDeque::new(),
+            spare_frames: Vec::new(),
             queued_bytes: 0,
             send,
             sending: false,
@@ -489,7 +511,7 @@ impl EventLoop {
                     let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
                     let buf = conn.bufs.take(bid, result as usize).expect("the kernel filled a provided buffer");
                     if !conn.closing {
-                        conn.backlog.push_back((Arc::new(buf), 0));
+                        conn.backlog.push_back((buf, 0));
                     }
                 } else if result == 0 {
                     peer_closed(conn);
@@ -679,7 +701,7 @@ impl EventLoop {
             let buf = match conn.spare.pop() {
                 Some(buf) => buf,
                 None => match self.process.pool().get(self.options.recv_buffer_size) {
-                    Some(buf) => buf,
+                    Some(buf) => Arc::new(buf),
                     None => break,
                 },
             };
@@ -723,7 +745,7 @@ impl EventLoop {
         if self.direct_send && !zero_copy && conn.zc_notifs == 0 {
             self.direct_send = false;
             let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-            let mut flat = [0u8; SMALL_SEND];
+            let mut flat = FlatBuf::new();
             let sent = match gathered.flatten(&mut flat) {
                 // SAFETY: `small` is initialised memory for the duration of the call.
                 Some(small) => unsafe { libc::send(conn.fd.as_raw_fd(), small.as_ptr().cast(), small.len(), flags) },
@@ -836,6 +858,9 @@ impl EventLoop {
     /// Stops: closes every connection and waits (boundedly) for their operations to end.
     fn shutdown(&mut self) -> io::Result<()> {
         let result = self.cancel_and_reap();
+        if let Some(registered) = self.registered.take() {
+            registered.unregister(&self.ring);
+        }
         if result.is_err() {
             // Operations may still be in flight: leak what they point to rather than free it.
             self.leak();
@@ -913,10 +938,13 @@ fn advance_queue(conn: &mut Conn, mut n: usize) {
         if !front.is_empty() {
             break;
         }
-        let frame = conn.queue.pop_front().expect("front exists");
+        let mut frame = conn.queue.pop_front().expect("front exists");
         conn.queued_bytes -= frame.len();
         if conn.zc_notifs > 0 {
             conn.zc_hold.push(frame);
+        } else if conn.spare_frames.len() < SPARE_FRAMES {
+            frame.release();
+            conn.spare_frames.push(frame);
         }
     }
 }
@@ -975,9 +1003,9 @@ fn decode_backlog(conn: &mut Conn, process: &Process, options: &UringOptions) {
 
 /// Drops the front of the backlog; a buffer no payload still holds becomes a spare.
 fn recycle(conn: &mut Conn) {
-    if let Some((done, _)) = conn.backlog.pop_front() {
-        if let Ok(buf) = Arc::try_unwrap(done) {
-            conn.spare.push(buf);
+    if let Some((mut done, _)) = conn.backlog.pop_front() {
+        if Arc::get_mut(&mut done).is_some() {
+            conn.spare.push(done);
         }
     }
 }
