@@ -274,7 +274,9 @@ pub(crate) const SMALL_SEND: usize = 2048;
 
 /// The unsent bytes at the front of a send queue, as slices for one vectored send.
 pub(crate) struct Gathered<'a> {
-    slices: [std::io::IoSlice<'a>; MAX_GATHER],
+    /// The first `count` are initialised (the rest is never read: a send of one small frame
+    /// writes three slices, not sixty-four).
+    slices: [std::mem::MaybeUninit<std::io::IoSlice<'a>>; MAX_GATHER],
     count: usize,
     bytes: usize,
 }
@@ -282,13 +284,13 @@ pub(crate) struct Gathered<'a> {
 impl<'a> Gathered<'a> {
     /// The unsent parts of `frames`, in order, as many as [`MAX_GATHER`] slices hold.
     pub(crate) fn of(frames: impl IntoIterator<Item = &'a OutFrame>) -> Self {
-        let mut gathered = Self { slices: [std::io::IoSlice::new(&[]); MAX_GATHER], count: 0, bytes: 0 };
+        let mut gathered = Self { slices: [std::mem::MaybeUninit::uninit(); MAX_GATHER], count: 0, bytes: 0 };
         'frames: for frame in frames {
             for part in frame.unsent() {
                 if gathered.count == MAX_GATHER {
                     break 'frames;
                 }
-                gathered.slices[gathered.count] = std::io::IoSlice::new(part);
+                gathered.slices[gathered.count].write(std::io::IoSlice::new(part));
                 gathered.count += 1;
                 gathered.bytes += part.len();
             }
@@ -298,7 +300,8 @@ impl<'a> Gathered<'a> {
 
     /// The slices.
     pub(crate) fn slices(&self) -> &[std::io::IoSlice<'a>] {
-        &self.slices[..self.count]
+        // SAFETY: the first `count` slices were written in `of`; MaybeUninit<T> has T's layout.
+        unsafe { std::slice::from_raw_parts(self.slices.as_ptr().cast::<std::io::IoSlice<'a>>(), self.count) }
     }
 
     /// Bytes in all the slices.
