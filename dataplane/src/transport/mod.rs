@@ -380,6 +380,8 @@ pub(crate) fn accept_waiting(listener: &mio::net::TcpListener) -> Vec<(mio::net:
 pub enum FrameAction {
     /// An invocation went to a worker: its response will reach the connection's sink.
     Queued,
+    /// Send this response (each transport lays it out its own way).
+    Respond(Response),
     /// Send this frame.
     Reply(OutFrame),
     /// Send this frame, then shut the connection (a peer that failed to authenticate).
@@ -402,9 +404,7 @@ pub fn serve_frame(
     match header.kind {
         MessageKind::Invoke => match process.dispatch(header.id, meta, input, header.timeout_ms, sink) {
             Dispatched::Queued => FrameAction::Queued,
-            Dispatched::Done(response) => {
-                FrameAction::Reply(OutFrame::from_response(response, process.config().max_frame))
-            }
+            Dispatched::Done(response) => FrameAction::Respond(response),
         },
         MessageKind::Ping => {
             let payload = &input[..];
@@ -428,12 +428,9 @@ pub fn serve_frame(
                 FrameAction::Reply(frame)
             }
         }
-        kind => FrameAction::Reply(OutFrame::from_response(
-            Response {
-                id: header.id,
-                outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
-            },
-            process.config().max_frame,
-        )),
+        kind => FrameAction::Respond(Response {
+            id: header.id,
+            outcome: Outcome::error(Status::Unsupported, format!("{kind:?} frames are not served on this port")),
+        }),
     }
 }

@@ -609,6 +609,9 @@ impl Connection {
         self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
         match action {
             FrameAction::Queued => {}
+            FrameAction::Respond(response) => {
+                self.shared.queue().push(OutFrame::from_response(response, process.config().max_frame))
+            }
             FrameAction::Reply(frame) => self.shared.queue().push(frame),
             FrameAction::ReplyAndClose(frame) => {
                 self.shared.queue().push(frame);

@@ -941,6 +941,12 @@ impl EventLoop {
         let Some(io) = conns.get_mut(&id) else { return };
         let (frame, close) = match serve_frame(process, &mut io.peer, &io.sink, header, meta, input) {
             FrameAction::Queued => return,
+            FrameAction::Respond(response) => {
+                // An invocation's answer goes out as the process left it: no layout in between.
+                let conn = &io.conn;
+                conn.respond(&mut conn.tx(), response, true);
+                return;
+            }
             FrameAction::Reply(frame) => (frame, false),
             FrameAction::ReplyAndClose(frame) => (frame, true),
         };

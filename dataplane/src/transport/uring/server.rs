@@ -1121,6 +1121,7 @@ fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
             conn.outstanding += 1;
             return;
         }
+        FrameAction::Respond(response) => OutFrame::from_response(response, process.config().max_frame),
         FrameAction::Reply(frame) => frame,
         FrameAction::ReplyAndClose(frame) => {
             if conn.state == ReadState::Open {
