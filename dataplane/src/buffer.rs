@@ -17,7 +17,7 @@ use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam::queue::SegQueue;
+use crossbeam::queue::ArrayQueue;
 
 /// Smallest buffer handed out: 4 KiB.
 pub const MIN_BUF: usize = 4 << 10;
@@ -33,7 +33,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub const DEFAULT_BUDGET: usize = 4 << 30;
 
 struct Inner {
-    free: [SegQueue<(Box<[u8]>, u64)>; CLASSES],
+    /// Free buffers per class, as many as [`kept_per_class`] allows (a full list refuses more).
+    free: [ArrayQueue<(Box<[u8]>, u64)>; CLASSES],
     outstanding: AtomicUsize,
     budget: usize,
 }
@@ -71,12 +72,18 @@ fn class_size(class: usize) -> usize {
     MIN_BUF << class
 }
 
+/// Free buffers kept in `class`: [`KEEP_PER_CLASS`], fewer where they would hold more than
+/// [`KEEP_BYTES_PER_CLASS`], at least one.
+fn kept_per_class(class: usize) -> usize {
+    (KEEP_BYTES_PER_CLASS / class_size(class)).clamp(1, KEEP_PER_CLASS)
+}
+
 impl BufferPool {
     /// A pool that hands out at most `budget` bytes at once.
     pub fn new(budget: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                free: std::array::from_fn(|_| SegQueue::new()),
+                free: std::array::from_fn(|class| ArrayQueue::new(kept_per_class(class))),
                 outstanding: AtomicUsize::new(0),
                 budget,
             }),
@@ -211,10 +218,8 @@ impl Drop for PoolBuf {
         self.pool.outstanding.fetch_sub(size, Ordering::AcqRel);
         let class = class_of(size);
         let queue = &self.pool.free[class];
-        let kept = queue.len();
-        if kept < KEEP_PER_CLASS && kept * size < KEEP_BYTES_PER_CLASS {
-            queue.push((std::mem::take(&mut self.memory), self.id));
-        }
+        // A full free list refuses the buffer, which then goes back to the allocator.
+        let _ = queue.push((std::mem::take(&mut self.memory), self.id));
     }
 }
 
@@ -299,6 +304,22 @@ mod tests {
         let fresh: Vec<PoolBuf> = (0..KEEP_PER_CLASS + 8).map(|_| pool.get(1).unwrap()).collect();
         let reused = fresh.iter().filter(|b| ids.contains(&b.id())).count();
         assert_eq!(reused, KEEP_PER_CLASS, "only the kept buffers come back with their ids");
+    }
+
+    #[test]
+    fn large_classes_keep_fewer_buffers_but_at_least_one() {
+        assert_eq!(kept_per_class(class_of(MIN_BUF)), KEEP_PER_CLASS);
+        assert_eq!(kept_per_class(class_of(1 << 20)), KEEP_PER_CLASS);
+        assert_eq!(kept_per_class(class_of(64 << 20)), 4);
+        assert_eq!(kept_per_class(class_of(256 << 20)), 1);
+        assert_eq!(kept_per_class(CLASSES - 1), 1);
+        // A kept 64 MiB buffer comes back; the fifth of five dropped at once does not.
+        let pool = BufferPool::new(1 << 30);
+        let held: Vec<PoolBuf> = (0..5).map(|_| pool.get(64 << 20).unwrap()).collect();
+        let ids: Vec<u64> = held.iter().map(PoolBuf::id).collect();
+        drop(held);
+        let again: Vec<PoolBuf> = (0..5).map(|_| pool.get(64 << 20).unwrap()).collect();
+        assert_eq!(again.iter().filter(|b| ids.contains(&b.id())).count(), 4);
     }
 
     #[test]

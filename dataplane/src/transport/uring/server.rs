@@ -969,44 +969,40 @@ fn decode_backlog(conn: &mut Conn, process: &Process, options: &UringOptions) {
         let LargeFrame { header, body } = conn.large.take().expect("checked");
         dispatch(conn, process, header, Payload::whole(body));
     }
-    loop {
-        let Some((buf, start)) = conn.backlog.front().map(|(b, p)| (Arc::clone(b), *p)) else { break };
+    // The buffer being decoded leaves the backlog meanwhile (and returns to its front if decoding
+    // pauses): no reference is taken just to look at it.
+    while let Some((buf, start)) = conn.backlog.pop_front() {
         if let ReadState::Lingering(_) = conn.state {
             // Discarding: the bytes go nowhere, the buffers back to the ring.
-            drop(buf);
-            recycle(conn);
+            give_back(conn, buf);
             continue;
         }
         if conn.blocked_by_peer(options) {
+            conn.backlog.push_front((buf, start));
             return;
         }
         match ingest(conn, process, limits, &buf, start, options) {
             Ok(Some(next)) => {
                 // Paused (pool spent or back-pressure): keep the rest for later.
-                conn.backlog.front_mut().expect("still there").1 = next;
+                conn.backlog.push_front((buf, next));
                 return;
             }
-            Ok(None) => {
-                drop(buf);
-                recycle(conn);
-            }
+            Ok(None) => give_back(conn, buf),
             Err((err, id)) => {
                 refuse(conn, err, id, options);
-                drop(buf);
-                while !conn.backlog.is_empty() {
-                    recycle(conn);
+                give_back(conn, buf);
+                while let Some((rest, _)) = conn.backlog.pop_front() {
+                    give_back(conn, rest);
                 }
             }
         }
     }
 }
 
-/// Drops the front of the backlog; a buffer no payload still holds becomes a spare.
-fn recycle(conn: &mut Conn) {
-    if let Some((mut done, _)) = conn.backlog.pop_front() {
-        if Arc::get_mut(&mut done).is_some() {
-            conn.spare.push(done);
-        }
+/// A received buffer whose bytes were consumed: a spare for the ring once no payload holds it.
+fn give_back(conn: &mut Conn, mut done: Arc<PoolBuf>) {
+    if Arc::get_mut(&mut done).is_some() {
+        conn.spare.push(done);
     }
 }
 
