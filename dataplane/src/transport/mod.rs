@@ -308,11 +308,15 @@ impl<'a> Gathered<'a> {
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
+}
 
-    /// The bytes in one buffer, when they are at most [`SMALL_SEND`].
-    pub(crate) fn flatten<'b>(&self, buf: &'b mut FlatBuf) -> Option<&'b [u8]> {
-        buf.fill(self.slices())
-    }
+/// The unsent bytes of `frames` in one buffer, when they are at most [`SMALL_SEND`]: a small send
+/// without gathering slices first.
+pub(crate) fn flatten_frames<'a, 'b>(
+    frames: impl IntoIterator<Item = &'a OutFrame>,
+    buf: &'b mut FlatBuf,
+) -> Option<&'b [u8]> {
+    buf.fill_parts(frames.into_iter().flat_map(OutFrame::unsent))
 }
 
 /// The stack buffer a small send is copied into: not zeroed first (only the bytes copied in are
@@ -328,10 +332,15 @@ impl FlatBuf {
     /// `slices` copied into this buffer, when they hold at most [`SMALL_SEND`] bytes: what a
     /// small send writes.
     pub(crate) fn fill<'b>(&'b mut self, slices: &[std::io::IoSlice<'_>]) -> Option<&'b [u8]> {
+        self.fill_parts(slices.iter().map(|slice| &**slice))
+    }
+
+    /// `parts` copied into this buffer, when they hold at most [`SMALL_SEND`] bytes.
+    pub(crate) fn fill_parts<'p, 'b>(&'b mut self, parts: impl IntoIterator<Item = &'p [u8]>) -> Option<&'b [u8]> {
         let mut at = 0;
-        for slice in slices {
-            self.0.get_mut(at..at + slice.len())?.write_copy_of_slice(slice);
-            at += slice.len();
+        for part in parts {
+            self.0.get_mut(at..at + part.len())?.write_copy_of_slice(part);
+            at += part.len();
         }
         // SAFETY: the first `at` bytes were just written (initialised) by the copies above.
         Some(unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), at) })

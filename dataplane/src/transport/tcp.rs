@@ -29,8 +29,8 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{
-    accept_waiting, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState, ServerHandle,
-    Transport,
+    accept_waiting, flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState,
+    ServerHandle, Transport,
 };
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
@@ -95,11 +95,10 @@ impl WriteQueue {
     /// Writes as much as the socket takes; an error marks the queue failed.
     fn flush(&mut self, stream: &TcpStream) {
         while !self.frames.is_empty() && !self.failed {
-            let gathered = Gathered::of(&self.frames);
             let mut flat = FlatBuf::new();
-            let written = match gathered.flatten(&mut flat) {
+            let written = match flatten_frames(&self.frames, &mut flat) {
                 Some(bytes) => (&*stream).write(bytes),
-                None => (&*stream).write_vectored(gathered.slices()),
+                None => (&*stream).write_vectored(Gathered::of(&self.frames).slices()),
             };
             match written {
                 Ok(0) => self.failed = true,

@@ -28,7 +28,7 @@ use crate::invocation::Outcome;
 use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
-use crate::transport::{serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState};
+use crate::transport::{flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState};
 
 /// Most iovecs in one send.
 const MAX_IOV: usize = crate::transport::MAX_GATHER;
@@ -731,6 +731,19 @@ impl EventLoop {
             return Ok(());
         }
         let conn = self.conns[slot].as_mut().expect("caller checked");
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        if self.direct_send && conn.zc_notifs == 0 {
+            // A small queue leaves as one plain send of one buffer, copied straight from its frames.
+            let mut flat = FlatBuf::new();
+            if let Some(small) = flatten_frames(conn.queue.iter().map(|frame| &**frame), &mut flat) {
+                self.direct_send = false;
+                // SAFETY: `small` is initialised memory for the duration of the call.
+                let sent = unsafe { libc::send(conn.fd.as_raw_fd(), small.as_ptr().cast(), small.len(), flags) };
+                if sent_directly(conn, sent) {
+                    return if conn.queue.is_empty() { Ok(()) } else { self.push_send(slot) };
+                }
+            }
+        }
         let state = &mut *conn.send;
         let gathered = Gathered::of(conn.queue.iter().map(|frame| &**frame));
         let bytes = gathered.bytes();
@@ -744,34 +757,20 @@ impl EventLoop {
             && self.options.zero_copy_threshold.is_some_and(|t| bytes >= t);
         if self.direct_send && !zero_copy && conn.zc_notifs == 0 {
             self.direct_send = false;
-            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-            let mut flat = FlatBuf::new();
-            let sent = match gathered.flatten(&mut flat) {
-                // SAFETY: `small` is initialised memory for the duration of the call.
-                Some(small) => unsafe { libc::send(conn.fd.as_raw_fd(), small.as_ptr().cast(), small.len(), flags) },
-                // SAFETY: the msghdr points to iovecs of live queued frames; the call returns
-                // before anything here changes.
-                None => unsafe { libc::sendmsg(conn.fd.as_raw_fd(), &state.msg, flags) },
-            };
-            if sent >= 0 {
-                advance_queue(conn, sent as usize);
-                if conn.queue.is_empty() {
-                    return Ok(());
-                }
-                return self.push_send(slot);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::WouldBlock && err.kind() != io::ErrorKind::Interrupted {
-                fail(conn, -err.raw_os_error().unwrap_or(libc::EIO));
-                return Ok(());
+            // SAFETY: the msghdr points to iovecs of live queued frames; the call returns before
+            // anything here changes.
+            let sent = unsafe { libc::sendmsg(conn.fd.as_raw_fd(), &state.msg, flags) };
+            if sent_directly(conn, sent) {
+                return if conn.queue.is_empty() { Ok(()) } else { self.push_send(slot) };
             }
         }
+        let msg = &conn.send.msg;
         let entry = if zero_copy {
-            opcode::SendMsgZc::new(fd, &state.msg).flags(libc::MSG_NOSIGNAL as u32).build()
+            opcode::SendMsgZc::new(fd, msg).flags(libc::MSG_NOSIGNAL as u32).build()
         } else {
             // MSG_WAITALL: the kernel itself finishes a send the socket takes in parts (one
             // completion instead of one per part); it comes back short only on an error.
-            opcode::SendMsg::new(fd, &state.msg).flags(send_flags()).build()
+            opcode::SendMsg::new(fd, msg).flags(send_flags()).build()
         }
         .user_data(user_data(slot, OP_SEND));
         conn.sending = true;
@@ -947,6 +946,21 @@ fn advance_queue(conn: &mut Conn, mut n: usize) {
             conn.spare_frames.push(frame);
         }
     }
+}
+
+/// Accounts a plain send's result `sent`: whether it is settled (bytes went out, or the
+/// connection failed); `false` when the socket was full and the queue must go through the ring.
+fn sent_directly(conn: &mut Conn, sent: isize) -> bool {
+    if sent >= 0 {
+        advance_queue(conn, sent as usize);
+        return true;
+    }
+    let err = io::Error::last_os_error();
+    if err.kind() == io::ErrorKind::WouldBlock || err.kind() == io::ErrorKind::Interrupted {
+        return false;
+    }
+    fail(conn, -err.raw_os_error().unwrap_or(libc::EIO));
+    true
 }
 
 fn peer_closed(conn: &mut Conn) {
