@@ -96,6 +96,10 @@ pub struct InvokeArgs {
     /// Seconds to wait for any response or server before giving up.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: u64,
+    /// Clients (praas's and the raw baseline's alike) poll their socket this many microseconds
+    /// before blocking on an answer (`ClientOptions::spin`; default 0: block at once).
+    #[arg(long, default_value_t = 0)]
+    pub client_spin_us: u64,
     /// Run the praas server under this command (e.g. "strace -c -f -o /tmp/praas.strace").
     #[arg(long, hide = true)]
     pub wrap_praas: Option<String>,

@@ -43,7 +43,7 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
     }
     let find = |kind: cli::TransportKind| throughputs.iter().find(|(k, _)| *k == kind).map(|(_, t)| t);
     if let (Some(uring), Some(mio)) = (find(cli::TransportKind::Uring), find(cli::TransportKind::Tcp)) {
-        let info = RunInfo { transport: "uring", placement: placement.describe(), host: placement::host() };
+        let info = RunInfo { transport: "uring", placement: describe(&placement, args), host: placement::host() };
         let mut reporter = Reporter::new(args.json);
         for (&(in_flight, ops, warmup, ours), &(_, _, _, base)) in uring.iter().zip(mio) {
             let record = Record::throughput(&info, 8, in_flight, ops, warmup, ours, "tcp", base);
@@ -52,6 +52,14 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         reporter.finish(&info).map_err(|e| format!("cannot write the report: {e}"))?;
     }
     Ok(())
+}
+
+/// The placement as reports name it, with the clients' polling when they poll.
+fn describe(placement: &Placement, args: &InvokeArgs) -> String {
+    match args.client_spin_us {
+        0 => placement.describe(),
+        us => format!("{},client-spin={us}us", placement.describe()),
+    }
 }
 
 /// Throughput runs of one transport: (in flight, operations, warm-up, operations per second).
@@ -63,7 +71,7 @@ fn run_transport(
     transport: cli::TransportKind,
     placement: &Placement,
 ) -> Result<Throughputs, String> {
-    let info = RunInfo { transport: transport.name(), placement: placement.describe(), host: placement::host() };
+    let info = RunInfo { transport: transport.name(), placement: describe(placement, args), host: placement::host() };
     let mut throughputs = Throughputs::new();
 
     let timeout = Duration::from_secs(args.timeout_secs);
@@ -100,9 +108,10 @@ fn run_transport(
         info.placement,
         info.host
     );
-    let mut raw = RawClient::connect(raw_server.addr(), timeout)
+    let spin = Duration::from_micros(args.client_spin_us);
+    let mut raw = RawClient::connect(raw_server.addr(), timeout, spin)
         .map_err(|e| format!("cannot connect to the raw TCP server at {}: {e}", raw_server.addr()))?;
-    let options = ClientOptions { timeout, transport: transport.dataplane(), ..ClientOptions::default() };
+    let options = ClientOptions { timeout, transport: transport.dataplane(), spin, ..ClientOptions::default() };
     let mut praas = Client::connect_with(praas_server.addr(), options)
         .map_err(|e| format!("cannot connect to the praas server at {}: {e}", praas_server.addr()))?;
 

@@ -133,7 +133,8 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
     };
     let mut client_a = Client::connect_with(a.addr(), options.clone()).map_err(|e| format!("process a: {e}"))?;
     let mut client_b = Client::connect_with(b.addr(), options).map_err(|e| format!("process b: {e}"))?;
-    let mut raw_client = RawClient::connect(raw.addr(), timeout).map_err(|e| format!("raw server: {e}"))?;
+    let mut raw_client =
+        RawClient::connect(raw.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}"))?;
     let mut reporter = Reporter::new(args.json);
     for &size in &args.sizes {
         let (warmup, iters) = counts(size, args);

@@ -63,19 +63,61 @@ pub fn message(payload: &[u8]) -> Vec<u8> {
 /// The client side of the baseline: one connection, every read and write bounded by a timeout.
 #[derive(Debug)]
 pub struct RawClient {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<SpinRead>,
     writer: TcpStream,
     /// The last echo received.
     echo: Vec<u8>,
 }
 
+/// The raw client's socket reads: they poll (non-blocking reads, yielding the CPU between them)
+/// for up to `spin` before they block, as a praas client with `ClientOptions::spin` does.
+#[derive(Debug)]
+struct SpinRead {
+    stream: TcpStream,
+    spin: Duration,
+}
+
+impl Read for SpinRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.spin.is_zero() {
+            let started = Instant::now();
+            loop {
+                // SAFETY: recv writes at most `buf.len()` bytes into `buf`, borrowed exclusively
+                // for the call.
+                let n = unsafe {
+                    libc::recv(
+                        std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n >= 0 {
+                    return Ok(n as usize);
+                }
+                let err = io::Error::last_os_error();
+                if !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                    return Err(err);
+                }
+                if started.elapsed() >= self.spin {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+        }
+        self.stream.read(buf)
+    }
+}
+
 impl RawClient {
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
+    /// A connection to the raw echo server at `addr`; waits for answers polling `spin` first.
+    pub fn connect(addr: SocketAddr, timeout: Duration, spin: Duration) -> io::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Self { reader: BufReader::with_capacity(BUF, stream.try_clone()?), writer: stream, echo: Vec::new() })
+        let reader = SpinRead { stream: stream.try_clone()?, spin };
+        Ok(Self { reader: BufReader::with_capacity(BUF, reader), writer: stream, echo: Vec::new() })
     }
 
     /// Sends one prepared [`message`].
@@ -185,7 +227,7 @@ mod tests {
 
     #[test]
     fn echoes_every_size() {
-        let mut client = RawClient::connect(server(), Duration::from_secs(10)).unwrap();
+        let mut client = RawClient::connect(server(), Duration::from_secs(10), Duration::ZERO).unwrap();
         for size in [0, 1, 8, 4096, 65536, 1 << 20] {
             let sent = payload(size);
             let echo = client.round_trip(&message(&sent)).unwrap().to_vec();
@@ -196,7 +238,7 @@ mod tests {
 
     #[test]
     fn latency_and_throughput_run() {
-        let mut client = RawClient::connect(server(), Duration::from_secs(10)).unwrap();
+        let mut client = RawClient::connect(server(), Duration::from_secs(10), Duration::from_micros(100)).unwrap();
         let hist = client.latency(&payload(100), 10, 50).unwrap();
         assert_eq!(hist.len(), 50);
         let rate = client.throughput(&payload(8), 16, 100, 500).unwrap();

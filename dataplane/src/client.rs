@@ -33,6 +33,11 @@ pub struct ClientOptions {
     pub max_frame: usize,
     /// How the connection moves bytes: io_uring where available (`Auto`), or plain blocking calls.
     pub transport: TransportKind,
+    /// How long a wait for an answer polls the socket (non-blocking reads, yielding the CPU
+    /// between them) before it blocks; zero, the default, blocks at once. Polling spares the
+    /// wake-up a blocked thread pays when the answer comes, at the price of a CPU while it polls:
+    /// for clients whose process answers within microseconds on another CPU or host.
+    pub spin: Duration,
 }
 
 impl Default for ClientOptions {
@@ -42,6 +47,7 @@ impl Default for ClientOptions {
             invocation_timeout_ms: 0,
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             transport: TransportKind::Auto,
+            spin: Duration::ZERO,
         }
     }
 }
@@ -462,6 +468,12 @@ impl Client {
                 Err(e) => Err(self.read_error(e)),
             };
         }
+        if !self.options.spin.is_zero() {
+            if let Some(n) = self.spin_read()? {
+                self.end += n;
+                return Ok(());
+            }
+        }
         loop {
             match self.stream.read(&mut self.buf[self.end..]) {
                 Ok(0) => return Err(ClientError::Closed),
@@ -472,6 +484,34 @@ impl Client {
                 Err(e) if self.retry_read(&e, deadline) => self.arm(deadline)?,
                 Err(e) => return Err(self.read_error(e)),
             }
+        }
+    }
+
+    /// Polls the socket with non-blocking reads for up to `options.spin`, yielding the CPU between
+    /// them (to the process itself, when it shares this CPU); returns the bytes read into the
+    /// buffer, or `None` when nothing came in that time.
+    fn spin_read(&mut self) -> Result<Option<usize>, ClientError> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream);
+        let mut started: Option<Instant> = None;
+        loop {
+            let free = &mut self.buf[self.end..];
+            // SAFETY: recv writes at most `free.len()` bytes into `free`, which is borrowed
+            // exclusively and alive for the call.
+            let n = unsafe { libc::recv(fd, free.as_mut_ptr().cast(), free.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                return Ok(Some(n as usize));
+            }
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            let err = io::Error::last_os_error();
+            if !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                return Err(self.read_error(err));
+            }
+            if started.get_or_insert_with(Instant::now).elapsed() >= self.options.spin {
+                return Ok(None);
+            }
+            std::thread::yield_now();
         }
     }
 

@@ -273,6 +273,31 @@ fn the_client_times_out_and_its_connection_stays_usable(kind: TransportKind) {
     assert_eq!(client.invoke("echo", b"then").unwrap(), b"then");
 }
 
+fn a_spinning_client_is_answered_in_order_and_still_times_out(kind: TransportKind) {
+    let (_process, server) = start(kind, 2);
+    let options = ClientOptions {
+        timeout: Duration::from_millis(300),
+        transport: kind,
+        spin: Duration::from_micros(200),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_with(server.local_addr(), options).unwrap();
+    for i in 0..200u32 {
+        let input = pattern(1 + (i as usize * 97) % 70_000, u64::from(i));
+        assert!(client.invoke("echo", &input).unwrap() == input, "round trip {i}");
+    }
+    // Answers that come after the spin are waited for, blocking, as before.
+    assert_eq!(client.invoke("sleep", b"20").unwrap(), b"slept");
+    // The deadline holds whether the wait spins or blocks.
+    let started = Instant::now();
+    let slow = client.submit("sleep", b"800").unwrap();
+    assert!(matches!(client.wait(slow), Err(ClientError::Timeout(_))));
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_millis(790), "waited {waited:?}");
+    client.set_timeout(Duration::from_secs(10));
+    assert_eq!(client.wait(slow).unwrap(), b"slept");
+}
+
 fn c_functions_run_through_the_header_abi(kind: TransportKind) {
     let c = c_functions();
     let rust = example_functions();
@@ -383,6 +408,7 @@ on_both_transports!(
     local_invocations_nest_three_deep_with_one_busy_worker,
     an_invocation_past_its_deadline_times_out_and_the_process_goes_on,
     the_client_times_out_and_its_connection_stays_usable,
+    a_spinning_client_is_answered_in_order_and_still_times_out,
     c_functions_run_through_the_header_abi,
     ping_is_answered_with_pong,
 );
