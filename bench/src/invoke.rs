@@ -54,12 +54,17 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The placement as reports name it, with the clients' polling when they poll.
+/// The placement as reports name it, with the clients' polling and the praas server's
+/// (`PRAAS_URING_SPIN_US`, which the server inherits) when they poll.
 fn describe(placement: &Placement, args: &InvokeArgs) -> String {
-    match args.client_spin_us {
-        0 => placement.describe(),
-        us => format!("{},client-spin={us}us", placement.describe()),
+    let mut described = placement.describe();
+    if args.client_spin_us > 0 {
+        described.push_str(&format!(",client-spin={}us", args.client_spin_us));
     }
+    if let Some(us) = std::env::var("PRAAS_URING_SPIN_US").ok().filter(|us| us.parse::<u64>().is_ok_and(|us| us > 0)) {
+        described.push_str(&format!(",uring-server-spin={us}us"));
+    }
+    described
 }
 
 /// Throughput runs of one transport: (in flight, operations, warm-up, operations per second).

@@ -312,9 +312,10 @@ fn zero_copy_sends_deliver_every_byte() {
 }
 
 /// io_uring only: the transport's options that change its threads and rings (two I/O threads
-/// sharing the listener; kernel-side submission polling) serve the same traffic.
+/// sharing the listener; kernel-side submission polling; I/O threads that poll before they block)
+/// serve the same traffic.
 #[test]
-fn two_io_threads_and_sqpoll_serve_alike() {
+fn two_io_threads_sqpoll_and_polling_serve_alike() {
     use praas_dataplane::transport::uring::{UringOptions, UringTransport};
     if !praas_dataplane::transport::uring_available() {
         eprintln!("skipped: io_uring is unavailable on this kernel");
@@ -323,6 +324,7 @@ fn two_io_threads_and_sqpoll_serve_alike() {
     let variants = [
         UringOptions { threads: 2, ..UringOptions::default() },
         UringOptions { sqpoll_idle_ms: Some(5), ..UringOptions::default() },
+        UringOptions { spin: std::time::Duration::from_micros(300), ..UringOptions::default() },
     ];
     for options in variants {
         let functions = FunctionRegistry::load(&example_manifest()).unwrap();

@@ -57,7 +57,7 @@ impl UringStream {
     /// A single-issuer ring with deferred task work: completions are processed only when this
     /// thread waits for them, without interrupting it otherwise.
     fn ring() -> io::Result<IoUring> {
-        build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer: true })
+        build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer: true, taskrun_flag: false })
     }
 
     /// A client may move to another thread between calls; its ring (idle then) is made anew there.

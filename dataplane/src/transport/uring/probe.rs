@@ -91,6 +91,9 @@ pub struct RingConfig {
     pub sqpoll_idle_ms: Option<u32>,
     /// Only the creating thread submits (allows deferred task work).
     pub single_issuer: bool,
+    /// The kernel flags pending task work in the submission queue (`IORING_SETUP_TASKRUN_FLAG`),
+    /// so that a thread polling the ring sees, without a system call, when to enter it.
+    pub taskrun_flag: bool,
 }
 
 /// A ring for one thread: single issuer and deferred task work where the kernel has them (fewer
@@ -103,6 +106,9 @@ pub fn build_ring(config: RingConfig) -> io::Result<IoUring> {
         builder.setup_sqpoll(idle);
     } else if config.single_issuer {
         builder.setup_single_issuer().setup_defer_taskrun();
+        if config.taskrun_flag {
+            builder.setup_taskrun_flag();
+        }
     } else {
         builder.setup_coop_taskrun();
     }
@@ -228,7 +234,10 @@ mod tests {
                 // This kernel serves: a ring with the transport's flags builds, with and without
                 // single-issuer deferred task work.
                 for single_issuer in [true, false] {
-                    build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer }).unwrap();
+                    for taskrun_flag in [false, true] {
+                        build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer, taskrun_flag })
+                            .unwrap();
+                    }
                 }
             }
             Err(why) => {

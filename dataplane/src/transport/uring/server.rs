@@ -241,6 +241,7 @@ impl EventLoop {
             entries: options.ring_entries,
             sqpoll_idle_ms: options.sqpoll_idle_ms,
             single_issuer: true,
+            taskrun_flag: !options.spin.is_zero(),
         })?;
         let registered =
             options.sqpoll_idle_ms.is_none().then(|| super::probe::RegisteredRing::register(&ring)).flatten();
@@ -351,6 +352,9 @@ impl EventLoop {
     /// would save the second `io_uring_enter` a ping-pong costs; measured on 6.18 it doubled the
     /// round trip instead: `docs/uring.md`.)
     fn wait(&mut self) -> io::Result<()> {
+        if !self.options.spin.is_zero() && self.retry.is_empty() && self.poll_for_work()? {
+            return Ok(());
+        }
         let timeout = self.retry.iter().map(|(at, _)| at.saturating_duration_since(Instant::now())).min();
         let result = match timeout {
             Some(t) => {
@@ -366,6 +370,41 @@ impl EventLoop {
             Ok(_) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what was pushed and polls the ring for up to `options.spin`, yielding the CPU
+    /// between looks; returns whether completions came (else the caller blocks as usual). Deferred
+    /// task work (a receive whose data arrived) is flagged in the submission queue
+    /// (`IORING_SQ_TASKRUN`) and run by entering the ring without waiting.
+    fn poll_for_work(&mut self) -> io::Result<bool> {
+        self.enter_without_waiting()?;
+        let mut started: Option<Instant> = None;
+        loop {
+            if !self.ring.completion().is_empty() {
+                return Ok(true);
+            }
+            if self.ring.submission().taskrun() {
+                self.enter_without_waiting()?;
+                continue;
+            }
+            let polled = started.get_or_insert_with(Instant::now).elapsed();
+            if polled >= self.options.spin || self.shared.stop.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Submits what was pushed and runs the ring's deferred task work, without waiting.
+    fn enter_without_waiting(&mut self) -> io::Result<()> {
+        let entered = match &self.registered {
+            Some(registered) => registered.submit_and_wait(&mut self.ring, 0),
+            None => self.ring.submit(),
+        };
+        match entered {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Err(e),
+            _ => Ok(()),
         }
     }
 
