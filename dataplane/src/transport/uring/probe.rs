@@ -228,6 +228,29 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_entered_by_its_registered_index_submits_and_completes() {
+        if check().is_err() {
+            eprintln!("skipped: io_uring unavailable");
+            return;
+        }
+        let mut ring =
+            build_ring(RingConfig { entries: 8, sqpoll_idle_ms: None, single_issuer: true, taskrun_flag: true })
+                .unwrap();
+        let registered = RegisteredRing::register(&ring).expect("kernels with io_uring 6.0+ register ring fds");
+        for round in 0..3u64 {
+            let nop = opcode::Nop::new().build().user_data(round);
+            // SAFETY: a NOP points to no memory.
+            unsafe { ring.submission().push(&nop).unwrap() };
+            assert!(registered.submit_and_wait(&mut ring, 1).unwrap() >= 1);
+            let done: Vec<u64> = ring.completion().map(|c| c.user_data()).collect();
+            assert_eq!(done, [round]);
+        }
+        // Nothing queued, nothing to wait for: returns at once.
+        assert_eq!(registered.submit_and_wait(&mut ring, 0).unwrap(), 0);
+        registered.unregister(&ring);
+    }
+
+    #[test]
     fn the_probe_verdict_names_its_reason() {
         match check() {
             Ok(()) => {
