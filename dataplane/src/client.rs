@@ -187,6 +187,11 @@ impl Client {
         &self.options
     }
 
+    /// Changes how long a wait for an answer polls before it blocks ([`ClientOptions::spin`]).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.options.spin = spin;
+    }
+
     /// Changes how long to wait for responses.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.options.timeout = timeout;

@@ -43,6 +43,16 @@ praas_client *praas_client_connect(const char *address, uint32_t timeout_ms, cha
 int32_t praas_client_invoke(praas_client *client, const char *function, const uint8_t *input, size_t input_len,
                             uint8_t **output, size_t *output_len, char *err, size_t err_len);
 
+/**
+ * How long, in microseconds, each later wait for an answer polls the connection (non-blocking
+ * reads, yielding the CPU between them) before it blocks (0, the default: block at once). Polling
+ * spares the wake-up of a blocked thread, at the price of a CPU while it polls: for processes
+ * that answer within microseconds on another CPU or host. RDMA connections poll already (their
+ * policy is PRAAS_RDMA_POLL's); for them this changes nothing. PRAAS_OK, or
+ * PRAAS_ERR_INVALID_ARGUMENT for a NULL client.
+ */
+int32_t praas_client_set_spin(praas_client *client, uint32_t spin_us);
+
 /** Frees an output of praas_client_invoke (NULL: nothing). */
 void praas_client_free_output(uint8_t *output, size_t output_len);
 

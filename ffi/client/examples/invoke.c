@@ -4,7 +4,8 @@
  *   invoke ADDRESS FUNCTION [INPUT | @FILE]
  *
  * Writes the function's output to standard output. Exit status: 0, or the praas status code of
- * the failure (the reason on standard error). ADDRESS is HOST:PORT or rdma://HOST:PORT.
+ * the failure (the reason on standard error). ADDRESS is HOST:PORT or rdma://HOST:PORT. With
+ * PRAAS_SPIN_US set, the wait for the answer polls that many microseconds before it blocks.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +63,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err);
         free(owned);
         return PRAAS_ERR_UNAVAILABLE;
+    }
+    const char *spin = getenv("PRAAS_SPIN_US");
+    if (spin != NULL && praas_client_set_spin(client, (uint32_t)strtoul(spin, NULL, 10)) != PRAAS_OK) {
+        fprintf(stderr, "cannot set the polling time\n");
     }
     uint8_t *output = NULL;
     size_t output_len = 0;

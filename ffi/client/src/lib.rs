@@ -132,6 +132,24 @@ pub unsafe extern "C" fn praas_client_connect(
     }
 }
 
+/// Sets how many microseconds each later wait for an answer polls before it blocks (TCP
+/// connections; RDMA ones poll by their own policy). `PRAAS_OK`, or `PRAAS_ERR_INVALID_ARGUMENT`
+/// for a NULL client.
+///
+/// # Safety
+/// `client` is NULL or a live client of `praas_client_connect`, used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn praas_client_set_spin(client: *mut praas_client, spin_us: u32) -> i32 {
+    // SAFETY: the caller's contract: NULL or a live, unshared client.
+    let Some(client) = (unsafe { client.as_mut() }) else { return PRAAS_ERR_INVALID_ARGUMENT };
+    match &mut client.connection {
+        Connection::Tcp(tcp) => tcp.set_spin(Duration::from_micros(spin_us.into())),
+        #[cfg(feature = "rdma")]
+        Connection::Rdma(_) => {}
+    }
+    PRAAS_OK
+}
+
 /// Invokes `function` with `input_len` bytes at `input` (NULL allowed when 0) and waits for its
 /// output. On `PRAAS_OK`, `*output` and `*output_len` hold the output, which the caller frees
 /// with `praas_client_free_output`; otherwise they are set to NULL and 0 and the status code is

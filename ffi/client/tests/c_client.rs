@@ -48,8 +48,16 @@ fn invoke_program() -> PathBuf {
         .clone()
 }
 
+/// The example client as a command: the library it loads is the one built for this run (the
+/// loader's search path, which cargo sets for tests, could name a stale copy before the rpath).
+fn program() -> Command {
+    let mut command = Command::new(invoke_program());
+    command.env("LD_LIBRARY_PATH", library_dir());
+    command
+}
+
 fn invoke(args: &[&str]) -> Output {
-    Command::new(invoke_program()).args(args).output().expect("the C client runs")
+    program().args(args).output().expect("the C client runs")
 }
 
 #[test]
@@ -61,6 +69,15 @@ fn a_c_program_invokes_functions_and_gets_every_status() {
     let out = invoke(&[&addr, "echo", "hello from C"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, b"hello from C");
+
+    // A client that polls before it blocks gets the same answers.
+    let out = program()
+        .args([&addr, "echo", "polling"])
+        .env("PRAAS_SPIN_US", "200")
+        .output()
+        .expect("the C client runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"polling");
 
     // No input, and state kept between invocations of one process.
     for expected in ["1", "2"] {
@@ -93,7 +110,9 @@ fn a_c_program_invokes_functions_and_gets_every_status() {
 
 #[test]
 fn null_arguments_are_errors_not_crashes() {
-    use ::praas_client::{praas_client_close, praas_client_connect, praas_client_free_output, praas_client_invoke};
+    use ::praas_client::{
+        praas_client_close, praas_client_connect, praas_client_free_output, praas_client_invoke, praas_client_set_spin,
+    };
     let mut err = [0 as std::ffi::c_char; 64];
     // SAFETY: NULL and valid pointers as the header allows; `err` holds 64 bytes.
     unsafe {
@@ -115,6 +134,7 @@ fn null_arguments_are_errors_not_crashes() {
         assert_eq!(status, praas_ffi::PRAAS_ERR_INVALID_ARGUMENT);
         assert!(output.is_null() && len == 0, "outputs are reset on failure");
         assert_eq!(std::ffi::CStr::from_ptr(err.as_ptr()).to_bytes(), b"cli", "the reason cut to the buffer");
+        assert_eq!(praas_client_set_spin(std::ptr::null_mut(), 10), praas_ffi::PRAAS_ERR_INVALID_ARGUMENT);
         praas_client_free_output(std::ptr::null_mut(), 0);
         praas_client_close(std::ptr::null_mut());
     }
