@@ -357,6 +357,9 @@ impl Conn {
     /// Lays `out` (a frame, an announcement or a grant) out in `slot` and posts it as a SEND.
     fn post_in_slot(&self, tx: &mut Tx, slot: u32, out: Out) {
         let offset = slot as usize * self.slot_size;
+        // A small frame's output, copied into the slot: given back to the pool only after the
+        // send is posted, so that the answer leaves first.
+        let mut copied = None;
         let (op, token, len) = match out {
             Out::Frame { header, meta, payload, release } => {
                 if release {
@@ -368,6 +371,7 @@ impl Conn {
                     let body: &[u8] = payload.as_deref().unwrap_or(&[]);
                     // SAFETY: a free slot is named by no posted work request.
                     let len = unsafe { self.slots.write(offset, &[&head, &meta, body]) };
+                    copied = payload;
                     (Op::Frame, 0, len)
                 } else {
                     // Large: announce it; the output is written when the client grants a buffer.
@@ -441,6 +445,7 @@ impl Conn {
                 tx.free_slots.push(slot);
             }
         }
+        drop(copied);
     }
 }
 
