@@ -71,11 +71,8 @@ fn a_c_program_invokes_functions_and_gets_every_status() {
     assert_eq!(out.stdout, b"hello from C");
 
     // A client that polls before it blocks gets the same answers.
-    let out = program()
-        .args([&addr, "echo", "polling"])
-        .env("PRAAS_SPIN_US", "200")
-        .output()
-        .expect("the C client runs");
+    let out =
+        program().args([&addr, "echo", "polling"]).env("PRAAS_SPIN_US", "200").output().expect("the C client runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout, b"polling");
 
