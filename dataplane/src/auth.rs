@@ -5,6 +5,10 @@
 //! `HMAC-SHA256(secret, nonce || app || "/" || process)`; the accepting side recomputes it with the
 //! secret it knows for `app` and compares in constant time. A process of one application cannot
 //! answer for another application, nor replay an answer (each nonce is fresh).
+//!
+//! Data-plane clients authenticate the same way with the application's **client key**
+//! ([`client_key`]), derived from the secret by a one-way function: a client holding it can invoke
+//! the application's processes but cannot pass for one of them (nor derive the secret).
 
 use hmac::Mac;
 
@@ -25,6 +29,31 @@ pub fn nonce() -> [u8; NONCE_LEN] {
 /// A fresh random application secret, as hex text.
 pub fn new_secret() -> String {
     nonce().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The application's client key: what its data-plane clients authenticate with (hex text).
+pub fn client_key(secret: &str) -> String {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(b"praas client key");
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a data-plane client presents to a process that requires authentication: its
+/// application, a name (for the process's logs), and the application's [`client_key`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The application whose processes the client invokes.
+    pub app: String,
+    /// The client's name.
+    pub name: String,
+    /// The application's client key.
+    pub key: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("app", &self.app).field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 fn mac(secret: &str, nonce: &[u8], app: &str, process: &str) -> HmacSha256 {
@@ -62,5 +91,19 @@ mod tests {
         assert!(!verify(&secret, &n, "app", "p2", &p));
         assert!(!verify(&secret, &nonce(), "app", "p1", &p), "a proof does not answer another nonce");
         assert!(!verify(&secret, &n, "app", "p1", &p[..16]));
+    }
+
+    #[test]
+    fn the_client_key_is_fixed_per_secret_and_proves_nothing_the_secret_proves() {
+        let secret = new_secret();
+        let key = client_key(&secret);
+        assert_eq!(key, client_key(&secret));
+        assert_eq!(key.len(), 64);
+        assert_ne!(key, client_key(&new_secret()));
+        assert_ne!(key, secret);
+        let n = nonce();
+        assert!(!verify(&secret, &n, "app", "c", &proof(&key, &n, "app", "c")), "the key is not the secret");
+        let credentials = Credentials { app: "app".into(), name: "c".into(), key };
+        assert!(!format!("{credentials:?}").contains(&credentials.key), "Debug keeps the key out of logs");
     }
 }

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::protocol::{
-    alignment_padding, decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status, HEADER_LEN, PADDING,
+    alignment_padding, decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status,
+    HEADER_LEN, PADDING,
 };
 #[cfg(target_os = "linux")]
 use crate::transport::uring::client::UringStream;
@@ -38,6 +39,9 @@ pub struct ClientOptions {
     /// wake-up a blocked thread pays when the answer comes, at the price of a CPU while it polls:
     /// for clients whose process answers within microseconds on another CPU or host.
     pub spin: Duration,
+    /// Authenticate on connecting, for a process that serves authenticated clients only
+    /// (`ProcessConfig::client_auth`); `None`: connect anonymously.
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl Default for ClientOptions {
@@ -48,6 +52,7 @@ impl Default for ClientOptions {
             max_frame: crate::protocol::DEFAULT_MAX_FRAME,
             transport: TransportKind::Auto,
             spin: Duration::ZERO,
+            credentials: None,
         }
     }
 }
@@ -159,7 +164,8 @@ impl Client {
                         TransportKind::Uring => Some(UringStream::new(&stream)?),
                         _ => None,
                     };
-                    return Ok(Self {
+                    let credentials = options.credentials.clone();
+                    let mut client = Self {
                         stream,
                         #[cfg(target_os = "linux")]
                         ring,
@@ -174,7 +180,11 @@ impl Client {
                         early: HashMap::new(),
                         armed: None,
                         fresh: None,
-                    });
+                    };
+                    if let Some(credentials) = &credentials {
+                        crate::peer::authenticate_client(&mut client, credentials)?;
+                    }
+                    return Ok(client);
                 }
                 Err(e) => last = e,
             }
@@ -616,6 +626,40 @@ fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> i
         }
     }
     Ok(())
+}
+
+impl crate::peer::HandshakeWire for Client {
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {
+        let (Ok(meta_len), Ok(payload_len)) = (u16::try_from(meta.len()), u32::try_from(payload.len())) else {
+            return Err(ClientError::TooLarge { size: meta.len() + payload.len(), limit: self.options.max_frame });
+        };
+        let head = Header { meta_len, payload_len, ..header }.encode();
+        let sent =
+            write_all_vectored(&mut self.stream, &mut [IoSlice::new(&head), IoSlice::new(meta), IoSlice::new(payload)]);
+        sent.map_err(|e| self.read_error(e))
+    }
+
+    fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError> {
+        let deadline = self.deadline();
+        let limits = FrameLimits { max_frame: self.options.max_frame };
+        loop {
+            match decode_frame(&self.buf[self.start..self.end], limits)? {
+                Decoded::Frame(frame, used) => {
+                    let owned =
+                        OwnedFrame { header: frame.header, meta: frame.meta.to_vec(), payload: frame.payload.to_vec() };
+                    self.start += used;
+                    return Ok(owned);
+                }
+                Decoded::Incomplete(missing) if self.end - self.start + missing > self.buf.len() => {
+                    return Err(ClientError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a handshake frame larger than the read buffer",
+                    )));
+                }
+                Decoded::Incomplete(_) => self.fill(deadline)?,
+            }
+        }
+    }
 }
 
 impl Drop for Client {

@@ -36,8 +36,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::auth::{self, NONCE_LEN, PROOF_LEN};
+use crate::auth::{self, Credentials, NONCE_LEN, PROOF_LEN};
 use crate::buffer::BufferPool;
+use crate::client::ClientError;
 use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
 use crate::process::Process;
@@ -48,6 +49,9 @@ use crate::transport::OutFrame;
 const SERVER_ROLE: &[u8] = b"praas-server";
 /// Label mixed into the connecting side's proof.
 const CLIENT_ROLE: &[u8] = b"praas-client";
+/// The byte after the nonce of a first `Hello` from a data-plane client (a process sends the nonce
+/// alone): the handshake then runs with the application's client key instead of its secret.
+const CLIENT_MARK: u8 = 1;
 /// Idle connections kept per peer; more concurrent puts open more, closed after use.
 const MAX_IDLE_PER_PEER: usize = 8;
 /// Largest frame accepted from a peer on the sending side: handshake answers and
@@ -706,6 +710,52 @@ impl PeerDirectory {
     }
 }
 
+/// A data-plane client's connection as the client handshake needs it: send one frame, receive
+/// the next (both bounded by the connection's timeout).
+pub(crate) trait HandshakeWire {
+    /// Sends one frame (the lengths in `header` are set from `meta` and `payload`).
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError>;
+    /// Receives the next frame, whatever its kind.
+    fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError>;
+}
+
+/// The client side of the handshake with a process that requires authentication: both sides
+/// prove they hold the application's client key (the process thereby that it belongs to the
+/// application), as processes prove the secret to each other.
+pub(crate) fn authenticate_client(wire: &mut impl HandshakeWire, credentials: &Credentials) -> Result<(), ClientError> {
+    let refused = |message: String| ClientError::Remote { status: Status::Unauthenticated, message };
+    let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
+    let me = identity(&credentials.app, &credentials.name);
+    // 1. Our identity, a fresh nonce for the process to answer, and the client's mark.
+    let nonce_c = auth::nonce();
+    wire.send_frame(hello, &me, &[&nonce_c[..], &[CLIENT_MARK]].concat())?;
+    // 2. The process's identity, its nonce and its proof of the client key.
+    let challenge = wire.recv_frame()?;
+    if challenge.header.status != Status::Ok.code() {
+        return Err(refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
+    }
+    if challenge.header.kind != MessageKind::Hello || challenge.payload.len() != NONCE_LEN + PROOF_LEN {
+        return Err(refused(format!("unexpected {:?} frame in the handshake", challenge.header.kind)));
+    }
+    let claimed = String::from_utf8_lossy(&challenge.meta).into_owned();
+    let process = claimed.strip_prefix(&format!("{}/", credentials.app)).ok_or_else(|| {
+        refused(format!("the process is {claimed:?}, not a process of application {:?}", credentials.app))
+    })?;
+    let (nonce_p, proof_p) = challenge.payload.split_at(NONCE_LEN);
+    if !auth::verify(&credentials.key, &role_nonce(SERVER_ROLE, &nonce_c), &credentials.app, process, proof_p) {
+        return Err(refused(format!("process {claimed:?} could not prove it holds the application's client key")));
+    }
+    // 3. Our proof.
+    let proof_c = auth::proof(&credentials.key, &role_nonce(CLIENT_ROLE, nonce_p), &credentials.app, &credentials.name);
+    wire.send_frame(hello, &me, &proof_c)?;
+    // 4. Accepted, or why not.
+    let verdict = wire.recv_frame()?;
+    if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
+        return Err(refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
+    }
+    Ok(())
+}
+
 /// What the receiving side answers to a `Hello` or `Message` frame.
 #[derive(Debug)]
 pub struct Reply {
@@ -758,10 +808,11 @@ enum SessionState {
     /// No `Hello` yet: invocations only.
     #[default]
     Anonymous,
-    /// Challenge sent to `process`, waiting for its proof.
-    Challenged { process: String, nonce: [u8; NONCE_LEN] },
-    /// Proven to be `process` of this process's application.
-    Authenticated { process: String },
+    /// Challenge sent to `process` (a data-plane client if `client`), waiting for its proof.
+    Challenged { process: String, nonce: [u8; NONCE_LEN], client: bool },
+    /// Proven to be `process` of this process's application, or (`client`) a data-plane client
+    /// of it named so.
+    Authenticated { process: String, client: bool },
     /// Refused; nothing more is served.
     Refused,
 }
@@ -774,12 +825,17 @@ pub struct PeerSession {
 }
 
 impl PeerSession {
-    /// The process this connection proved to be, once authenticated.
+    /// The process this connection proved to be, once authenticated (`None` for a client).
     pub fn identity(&self) -> Option<&str> {
         match &self.state {
-            SessionState::Authenticated { process } => Some(process),
+            SessionState::Authenticated { process, client: false } => Some(process),
             _ => None,
         }
+    }
+
+    /// Whether the connection proved it holds the application's secret or its client key.
+    pub fn authenticated(&self) -> bool {
+        matches!(self.state, SessionState::Authenticated { .. })
     }
 
     /// Serves a `Hello` or `Message` frame of this connection.
@@ -818,24 +874,34 @@ impl PeerSession {
         if app != config.app {
             return Err(format!("process {:?} does not serve processes of another application", config.id));
         }
+        // A process proves the secret; a data-plane client the client key derived from it.
+        let key = |client: bool| if client { auth::client_key(&config.secret) } else { config.secret.clone() };
         match std::mem::take(&mut self.state) {
             SessionState::Anonymous => {
-                if payload.len() != NONCE_LEN {
-                    return Err(format!("a first Hello carries a {NONCE_LEN}-byte nonce, not {} bytes", payload.len()));
-                }
-                let proof = auth::proof(&config.secret, &role_nonce(SERVER_ROLE, payload), &config.app, &config.id);
+                let (their_nonce, client) = match payload {
+                    [nonce @ .., CLIENT_MARK] if nonce.len() == NONCE_LEN => (nonce, true),
+                    nonce if nonce.len() == NONCE_LEN => (nonce, false),
+                    _ => {
+                        return Err(format!(
+                            "a first Hello carries a {NONCE_LEN}-byte nonce (and a client's a mark), not {} bytes",
+                            payload.len()
+                        ))
+                    }
+                };
+                let proof = auth::proof(&key(client), &role_nonce(SERVER_ROLE, their_nonce), &config.app, &config.id);
                 let nonce = auth::nonce();
-                self.state = SessionState::Challenged { process: peer.to_owned(), nonce };
+                self.state = SessionState::Challenged { process: peer.to_owned(), nonce, client };
                 Ok((identity(&config.app, &config.id), [&nonce[..], &proof].concat()))
             }
-            SessionState::Challenged { process: expected, nonce } => {
+            SessionState::Challenged { process: expected, nonce, client } => {
                 if peer != expected {
                     return Err(format!("the handshake began as {expected:?} and went on as {peer:?}"));
                 }
-                if !auth::verify(&config.secret, &role_nonce(CLIENT_ROLE, &nonce), &config.app, peer, payload) {
-                    return Err(format!("{claimed:?} did not prove it holds the secret of application {app:?}"));
+                if !auth::verify(&key(client), &role_nonce(CLIENT_ROLE, &nonce), &config.app, peer, payload) {
+                    let what = if client { "client key" } else { "secret" };
+                    return Err(format!("{claimed:?} did not prove it holds the {what} of application {app:?}"));
                 }
-                self.state = SessionState::Authenticated { process: peer.to_owned() };
+                self.state = SessionState::Authenticated { process: peer.to_owned(), client };
                 Ok((Vec::new(), Vec::new()))
             }
             SessionState::Authenticated { .. } | SessionState::Refused => {
@@ -845,7 +911,7 @@ impl PeerSession {
     }
 
     fn message(&mut self, process: &Process, id: u64, meta: &[u8], payload: &[u8]) -> Reply {
-        let SessionState::Authenticated { process: source } = &self.state else {
+        let SessionState::Authenticated { process: source, client: false } = &self.state else {
             self.state = SessionState::Refused;
             return Reply::refuse(
                 MessageKind::MessageAck,

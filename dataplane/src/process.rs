@@ -43,6 +43,10 @@ pub struct ProcessConfig {
     pub buffer_budget: usize,
     /// Invocations that may wait for a worker before new ones get `Overloaded`.
     pub queue_capacity: usize,
+    /// Serve invocations only on connections that authenticated: with the application's client
+    /// key ([`crate::auth::client_key`]; a client's `ClientOptions::credentials`) or, for other
+    /// processes, its secret. Needs a secret.
+    pub client_auth: bool,
 }
 
 impl Default for ProcessConfig {
@@ -56,6 +60,7 @@ impl Default for ProcessConfig {
             max_frame: DEFAULT_MAX_FRAME,
             buffer_budget: DEFAULT_BUDGET,
             queue_capacity: 1 << 16,
+            client_auth: false,
         }
     }
 }
@@ -201,6 +206,12 @@ impl Process {
     /// Starts a process with `functions`: its worker threads and watchdog run until the last
     /// `Arc<Process>` is dropped.
     pub fn start(config: ProcessConfig, functions: FunctionRegistry) -> std::io::Result<Arc<Self>> {
+        if config.client_auth && config.secret.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "client authentication needs the application's secret: none was given",
+            ));
+        }
         let workers = config.workers.max(1);
         let (jobs, queue) = channel::bounded(config.queue_capacity.max(1));
         let running: Arc<[RunningSlot]> = (0..workers).map(|_| Mutex::new(None)).collect();

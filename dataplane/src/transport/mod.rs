@@ -410,6 +410,18 @@ pub fn serve_frame(
     meta: &[u8],
     input: Payload,
 ) -> FrameAction {
+    if process.config().client_auth
+        && matches!(header.kind, MessageKind::Invoke | MessageKind::Ping)
+        && !peer.authenticated()
+    {
+        let text = format!(
+            "process {:?} serves authenticated clients only: connect with the client key of application {:?}",
+            process.config().id,
+            process.config().app
+        );
+        let refusal = Response { id: header.id, outcome: Outcome::error(Status::Unauthenticated, text) };
+        return FrameAction::ReplyAndClose(OutFrame::from_response(refusal, usize::MAX));
+    }
     match header.kind {
         MessageKind::Invoke => match process.dispatch(header.id, meta, input, header.timeout_ms, sink) {
             Dispatched::Queued => FrameAction::Queued,

@@ -44,6 +44,9 @@ pub struct RdmaClientOptions {
     pub recv_size: usize,
     /// How the client waits for completions.
     pub poll: PollPolicy,
+    /// Authenticate on connecting, for a process that serves authenticated clients only;
+    /// `None`: connect anonymously.
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl Default for RdmaClientOptions {
@@ -55,6 +58,7 @@ impl Default for RdmaClientOptions {
             device: std::env::var("PRAAS_RDMA_DEVICE").ok().filter(|d| !d.is_empty()),
             recv_size: 8 << 10,
             poll: PollPolicy::from_env().unwrap_or_default(),
+            credentials: None,
         }
     }
 }
@@ -216,7 +220,8 @@ impl RdmaClient {
         let slot_count = credits + 4;
         let send =
             Registered::new(&pd, vec![0u8; slot_size * slot_count as usize].into_boxed_slice(), ACCESS_LOCAL_READ)?;
-        Ok(Self {
+        let credentials = options.credentials.clone();
+        let mut client = Self {
             qp,
             incoming: IdMap::default(),
             recv,
@@ -245,7 +250,11 @@ impl RdmaClient {
             completions: Vec::with_capacity(super::verbs::POLL_BATCH),
             repost: [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; REPOST_BATCH],
             reposts: 0,
-        })
+        };
+        if let Some(credentials) = &credentials {
+            crate::peer::authenticate_client(&mut client, credentials)?;
+        }
+        Ok(client)
     }
 
     /// The options in force.
@@ -687,6 +696,16 @@ impl RdmaClient {
                 return;
             }
         }
+    }
+}
+
+impl crate::peer::HandshakeWire for RdmaClient {
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {
+        RdmaClient::send_frame(self, header, meta, payload)
+    }
+
+    fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError> {
+        RdmaClient::recv_frame(self)
     }
 }
 
