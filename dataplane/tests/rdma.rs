@@ -100,6 +100,49 @@ fn invocations_from_0_bytes_to_16_mib_are_byte_exact() {
 
 #[test]
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn a_process_that_requires_authentication_serves_only_clients_with_the_client_key() {
+    let ip = require_rdma!();
+    let secret = praas_dataplane::auth::new_secret();
+    let functions = FunctionRegistry::load(&manifest()).expect("the test manifest loads");
+    let config = ProcessConfig {
+        id: "guarded".into(),
+        app: "guarded-app".into(),
+        secret: secret.clone(),
+        client_auth: true,
+        ..ProcessConfig::default()
+    };
+    let process = Process::start(config, functions).expect("the process starts");
+    let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
+        .expect("bind the RDMA transport");
+    let server = Box::new(transport).spawn().expect("the transport starts");
+    let connect = |key: &str| {
+        let credentials =
+            praas_dataplane::Credentials { app: "guarded-app".into(), name: "tester".into(), key: key.into() };
+        let options = RdmaClientOptions {
+            timeout: Duration::from_secs(30),
+            credentials: Some(credentials),
+            ..RdmaClientOptions::default()
+        };
+        RdmaClient::connect_with(server.local_addr(), options)
+    };
+    // With the client key: small and large invocations.
+    let mut c = connect(&praas_dataplane::auth::client_key(&secret)).expect("authenticated over RDMA");
+    assert_eq!(c.invoke("echo", b"over verbs").unwrap(), b"over verbs");
+    let big = pattern(1 << 20, 5);
+    assert!(c.invoke("echo_worker", &big).unwrap() == big);
+    // With another key: refused at the handshake.
+    let Err(err) = connect(&praas_dataplane::auth::client_key("another secret")) else {
+        panic!("a wrong key is refused")
+    };
+    assert_eq!(err.status(), Some(Status::Unauthenticated), "{err}");
+    // Anonymous: refused at its first invocation.
+    let err = client(server.local_addr()).invoke("echo", b"x").unwrap_err();
+    assert_eq!(err.status(), Some(Status::Unauthenticated), "{err}");
+    assert_eq!(process.metrics().invocations(), 2);
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn large_outputs_are_sent_from_cached_registrations() {
     let ip = require_rdma!();
     let functions = FunctionRegistry::load(&manifest()).expect("the test manifest loads");
