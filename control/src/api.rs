@@ -78,6 +78,7 @@ pub fn router(plane: ControlPlane) -> Router {
     Router::new()
         .route("/apps", get(list_apps))
         .route("/apps/{app}", put(create_app).get(get_app).delete(delete_app))
+        .route("/apps/{app}/client-key", get(client_key))
         .route("/apps/{app}/processes", get(list_processes))
         .route("/apps/{app}/processes/{proc}", put(create_process).get(get_process).delete(delete_process))
         .route("/apps/{app}/processes/{proc}/swap", post(swap))
@@ -103,6 +104,10 @@ async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, 
 
 async fn get_app(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
     blocking(move || plane.get_app(&app)).await
+}
+
+async fn client_key(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
+    blocking(move || plane.client_key(&app)).await
 }
 
 async fn delete_app(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {

@@ -23,7 +23,7 @@ use praas_dataplane::control_channel::{write_json, MetricsReport, PeerList, Regi
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
 use praas_dataplane::swap::SwapStore;
-use praas_dataplane::{Client, ClientError, ClientOptions, Manifest, Status};
+use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
 
 use crate::backend::{Backend, Exit, Launch};
 use crate::model::{valid_name, Application, ProcessRecord, ProcessStatus, Resources, SwapInfo};
@@ -95,6 +95,9 @@ pub struct ControlConfig {
     pub metrics_interval: Duration,
     /// Processes also serve RDMA on this address (`auto`, an IP, IP:PORT); none: TCP only.
     pub process_rdma: Option<String>,
+    /// Processes serve authenticated data-plane clients only (`--client-auth`): clients present
+    /// their application's client key ([`ControlPlane::client_key`]).
+    pub client_auth: bool,
 }
 
 impl ControlConfig {
@@ -109,6 +112,7 @@ impl ControlConfig {
             idle_swap: None,
             metrics_interval: Duration::from_millis(500),
             process_rdma: None,
+            client_auth: false,
         }
     }
 }
@@ -321,6 +325,12 @@ impl ControlPlane {
         registry.apps.values().map(|app| app_view(&registry, app)).collect()
     }
 
+    /// The client key of application `name`: what its data-plane clients authenticate with.
+    pub fn client_key(&self, name: &str) -> Result<serde_json::Value, ApiError> {
+        let secret = self.app_secret(name).ok_or_else(|| ApiError::not_found(format!("no application {name:?}")))?;
+        Ok(serde_json::json!({"app": name, "client_key": praas_dataplane::auth::client_key(&secret)}))
+    }
+
     /// One application.
     pub fn get_app(&self, name: &str) -> Result<AppView, ApiError> {
         let registry = self.registry();
@@ -482,6 +492,7 @@ impl ControlPlane {
             metrics_interval: self.inner.config.metrics_interval,
             slurm: application.slurm.clone(),
             rdma: self.inner.config.process_rdma.clone(),
+            client_auth: self.inner.config.client_auth,
         };
         match self.inner.backend.start(&launch, self.exit_handler(app, name, generation)) {
             Ok(handle) => {
@@ -903,7 +914,14 @@ impl ControlPlane {
         let pooled = self.inner.clients.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&key).and_then(Vec::pop);
         let mut client = match pooled {
             Some(client) => client,
-            None => Client::connect_with(addr, ClientOptions::default())?,
+            None => {
+                // The control plane is a client of the application like any other: it proves the
+                // client key (which a process that requires authentication asks for).
+                let key = self.app_secret(app).map(|secret| praas_dataplane::auth::client_key(&secret));
+                let credentials =
+                    key.map(|key| Credentials { app: app.to_owned(), name: "control-plane".to_owned(), key });
+                Client::connect_with(addr, ClientOptions { credentials, ..ClientOptions::default() })?
+            }
         };
         let result = client.invoke(function, input);
         // A connection that answered can be reused; one that broke is dropped.

@@ -103,6 +103,11 @@ struct ControlServeArgs {
     /// the processes, and messages between processes go over RDMA.
     #[arg(long, env = "PRAAS_PROCESS_RDMA")]
     process_rdma: Option<String>,
+    /// Processes serve authenticated data-plane clients only: an SDK client presents its
+    /// application's client key (`praas app client-key APP`); `praas invoke --direct` and the
+    /// control plane's own invocations authenticate by themselves.
+    #[arg(long, env = "PRAAS_CLIENT_AUTH")]
+    client_auth: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +128,11 @@ enum AppCommand {
     List,
     /// Delete an application without processes.
     Delete {
+        /// Application name.
+        name: String,
+    },
+    /// Print the application's client key: what its data-plane clients authenticate with.
+    ClientKey {
         /// Application name.
         name: String,
     },
@@ -265,6 +275,10 @@ struct ServeArgs {
     #[cfg(feature = "rdma")]
     #[arg(long)]
     rdma_listen: Option<String>,
+    /// Serve invocations only on connections that authenticated with the application's client
+    /// key (needs the secret).
+    #[arg(long)]
+    client_auth: bool,
     /// The control plane's control channel to register with (HOST:PORT).
     #[arg(long)]
     control_channel: Option<SocketAddr>,
@@ -315,6 +329,11 @@ struct InvokeArgs {
     /// plane, over RDMA where it serves RDMA, else over TCP (the fast path, as the SDK takes it).
     #[arg(long, requires_all = ["app", "process"])]
     direct: bool,
+    /// With a data-plane address (--process HOST:PORT): authenticate as a client of application
+    /// APP with its client key (APP:KEY; `praas app client-key APP` prints it). --direct fetches
+    /// the key from the control plane by itself.
+    #[arg(long, env = "PRAAS_CLIENT_CREDENTIALS", hide_env_values = true, conflicts_with = "app")]
+    credentials: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -383,6 +402,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     config.idle_swap = (args.idle_swap_ms > 0).then(|| Duration::from_millis(args.idle_swap_ms));
     config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
     config.process_rdma = args.process_rdma;
+    config.client_auth = args.client_auth;
     let server = server::bind_backend(config, backend, args.listen, args.control_listen)?;
     // Scripts read this line to learn the ports.
     println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
@@ -413,6 +433,10 @@ fn app(api: &Api, command: AppCommand, json: bool) -> Result<(), Failure> {
         AppCommand::Delete { name } => {
             let answer: serde_json::Value = api.delete(&format!("/apps/{name}"))?;
             print(&answer, json, |_, out| writeln!(out, "deleted application {name}"))
+        }
+        AppCommand::ClientKey { name } => {
+            let answer: serde_json::Value = api.get(&format!("/apps/{name}/client-key"))?;
+            print(&answer, json, |a, out| writeln!(out, "{}", a["client_key"].as_str().unwrap_or_default()))
         }
     }
 }
@@ -481,6 +505,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         default_timeout: (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms)),
         max_frame: args.max_frame,
         buffer_budget: args.buffer_budget,
+        client_auth: args.client_auth,
         ..ProcessConfig::default()
     };
     let names = functions.names().join(", ");
@@ -583,6 +608,18 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
         (None, Some(addr)) => Some(addr.clone()),
         (None, None) => return Err("say where: --process ADDR, or --app APP [--process NAME]".to_owned().into()),
     };
+    let credentials = match (&args.app, &args.credentials) {
+        (Some(app), _) if direct.is_some() => {
+            let answer: serde_json::Value = api.get(&format!("/apps/{app}/client-key"))?;
+            let key = answer["client_key"].as_str().ok_or_else(|| "the control plane sent no client key".to_owned())?;
+            Some(praas_dataplane::Credentials { app: app.clone(), name: "praas-cli".into(), key: key.into() })
+        }
+        (_, Some(given)) => {
+            let (app, key) = given.split_once(':').ok_or_else(|| "--credentials takes APP:KEY".to_owned())?;
+            Some(praas_dataplane::Credentials { app: app.into(), name: "praas-cli".into(), key: key.into() })
+        }
+        _ => None,
+    };
     let output = match (direct, &args.app) {
         (None, Some(app)) => api.invoke(app, &args.function, args.process.as_deref(), &input)?,
         #[cfg(feature = "rdma")]
@@ -591,6 +628,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
             let options = praas_dataplane::RdmaClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
                 invocation_timeout_ms: args.timeout_ms,
+                credentials,
                 ..praas_dataplane::RdmaClientOptions::default()
             };
             let mut client = praas_dataplane::RdmaClient::connect_with(addr, options)
@@ -602,6 +640,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
                 invocation_timeout_ms: args.timeout_ms,
                 transport: args.transport,
+                credentials,
                 ..ClientOptions::default()
             };
             let mut client =

@@ -77,3 +77,38 @@ fn apps_and_processes_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the control plane"));
 }
+
+#[test]
+fn with_client_auth_only_clients_with_the_client_key_reach_processes() {
+    let cp = ControlPlaneProcess::start("client-auth", &["--client-auth"]);
+    cp.create_example_app("guarded");
+    let created = json(&cp, &["process", "create", "guarded", "p1"]);
+    assert_eq!(created["status"], "ALLOCATED");
+    let addr = created["data_addr"].as_str().expect("a data-plane address").to_owned();
+
+    // The control plane and `praas invoke --direct` authenticate by themselves.
+    assert_eq!(ok(&cp, &["invoke", "--app", "guarded", "--process", "p1", "counter"]), "1");
+    assert_eq!(ok(&cp, &["invoke", "--app", "guarded", "--process", "p1", "--direct", "counter"]), "2");
+    assert_eq!(ok(&cp, &["invoke", "--app", "guarded", "echo", "--input", "routed"]), "routed");
+
+    // Straight to the process without the key: refused.
+    let out = run(&cp, &["invoke", "--process", &addr, "echo", "--input", "anonymous"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("unauthenticated") && stderr.contains("client key"), "{stderr}");
+
+    // With the key the control plane hands out: served, from the CLI and from the SDK.
+    let key = ok(&cp, &["app", "client-key", "guarded"]).trim().to_owned();
+    assert_eq!(key.len(), 64, "{key}");
+    let credentials = format!("guarded:{key}");
+    assert_eq!(ok(&cp, &["invoke", "--process", &addr, "--credentials", &credentials, "counter"]), "3");
+    let options = praas_dataplane::ClientOptions {
+        credentials: Some(praas_dataplane::Credentials { app: "guarded".into(), name: "sdk".into(), key }),
+        ..praas_dataplane::ClientOptions::default()
+    };
+    let mut client = praas_dataplane::Client::connect_with(addr.as_str(), options).expect("authenticated");
+    assert_eq!(client.invoke("counter", b"").unwrap(), b"4");
+    let out = run(&cp, &["invoke", "--process", &addr, "--credentials", "guarded:0000", "counter"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("unauthenticated"), "{stderr}");
+    assert_eq!(client.invoke("counter", b"").unwrap(), b"5", "the process serves on");
+}

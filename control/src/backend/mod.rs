@@ -57,6 +57,8 @@ pub struct Launch {
     pub slurm: Option<crate::model::SlurmOptions>,
     /// Also serve RDMA on this address (`--rdma-listen`: `auto`, an IP, IP:PORT).
     pub rdma: Option<String>,
+    /// Serve authenticated data-plane clients only (`--client-auth`).
+    pub client_auth: bool,
 }
 
 impl Launch {
@@ -80,6 +82,9 @@ impl Launch {
         args.extend(["--metrics-ms".into(), self.metrics_interval.as_millis().to_string().into()]);
         if let Some(rdma) = &self.rdma {
             args.extend(["--rdma-listen".into(), OsString::from(rdma)]);
+        }
+        if self.client_auth {
+            args.push("--client-auth".into());
         }
         if self.restore {
             args.push("--restore".into());
