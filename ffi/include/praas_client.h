@@ -36,6 +36,15 @@ typedef struct praas_client praas_client;
 praas_client *praas_client_connect(const char *address, uint32_t timeout_ms, char *err, size_t err_len);
 
 /**
+ * Connects as praas_client_connect does and authenticates as client `name` of application `app`
+ * with the application's client key `key` (`praas app client-key APP` prints it), for processes
+ * that serve authenticated clients only. Returns NULL on failure, with the reason in `err` (a
+ * wrong key: the process's refusal).
+ */
+praas_client *praas_client_connect_auth(const char *address, const char *app, const char *name, const char *key,
+                                        uint32_t timeout_ms, char *err, size_t err_len);
+
+/**
  * Invokes `function` with `input_len` bytes at `input` (NULL when 0) and waits for its output.
  * On PRAAS_OK, `*output` and `*output_len` hold the output (free it with
  * praas_client_free_output); otherwise they are NULL and 0 and the status code is returned.

@@ -5,7 +5,8 @@
  *
  * Writes the function's output to standard output. Exit status: 0, or the praas status code of
  * the failure (the reason on standard error). ADDRESS is HOST:PORT or rdma://HOST:PORT. With
- * PRAAS_SPIN_US set, the wait for the answer polls that many microseconds before it blocks.
+ * PRAAS_SPIN_US set, the wait for the answer polls that many microseconds before it blocks; with
+ * PRAAS_CLIENT_CREDENTIALS=APP:KEY set, the client authenticates with application APP's client key.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +59,23 @@ int main(int argc, char **argv) {
     }
 
     char err[512];
-    praas_client *client = praas_client_connect(argv[1], 10000, err, sizeof err);
+    praas_client *client = NULL;
+    const char *credentials = getenv("PRAAS_CLIENT_CREDENTIALS");
+    const char *colon = credentials == NULL ? NULL : strchr(credentials, ':');
+    if (colon != NULL) {
+        char app[256];
+        size_t app_len = (size_t)(colon - credentials);
+        if (app_len >= sizeof app) {
+            fprintf(stderr, "PRAAS_CLIENT_CREDENTIALS: application name too long\n");
+            free(owned);
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        memcpy(app, credentials, app_len);
+        app[app_len] = '\0';
+        client = praas_client_connect_auth(argv[1], app, "invoke.c", colon + 1, 10000, err, sizeof err);
+    } else {
+        client = praas_client_connect(argv[1], 10000, err, sizeof err);
+    }
     if (client == NULL) {
         fprintf(stderr, "%s\n", err);
         free(owned);

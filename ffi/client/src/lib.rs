@@ -14,7 +14,7 @@ use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use praas_dataplane::{Client, ClientError, ClientOptions};
+use praas_dataplane::{Client, ClientError, ClientOptions, Credentials};
 use praas_ffi::{
     PRAAS_ERR_INTERNAL, PRAAS_ERR_INVALID_ARGUMENT, PRAAS_ERR_MALFORMED, PRAAS_ERR_TIMEOUT, PRAAS_ERR_TOO_LARGE,
     PRAAS_ERR_UNAVAILABLE, PRAAS_OK,
@@ -80,11 +80,11 @@ unsafe fn utf8<'a>(text: *const c_char, what: &str) -> Result<&'a str, String> {
     unsafe { CStr::from_ptr(text) }.to_str().map_err(|_| format!("{what} is not UTF-8"))
 }
 
-fn connect(address: &str, timeout: Duration) -> Result<Connection, String> {
+fn connect(address: &str, timeout: Duration, credentials: Option<Credentials>) -> Result<Connection, String> {
     if let Some(rest) = address.strip_prefix("rdma://") {
         #[cfg(feature = "rdma")]
         {
-            let options = praas_dataplane::RdmaClientOptions { timeout, ..Default::default() };
+            let options = praas_dataplane::RdmaClientOptions { timeout, credentials, ..Default::default() };
             return praas_dataplane::RdmaClient::connect_with(rest, options)
                 .map(|c| Connection::Rdma(Box::new(c)))
                 .map_err(|e| format!("cannot connect to {address}: {e}"));
@@ -92,7 +92,7 @@ fn connect(address: &str, timeout: Duration) -> Result<Connection, String> {
         #[cfg(not(feature = "rdma"))]
         return Err(format!("cannot connect to {address}: this library was built without RDMA ({rest})"));
     }
-    let options = ClientOptions { timeout, ..ClientOptions::default() };
+    let options = ClientOptions { timeout, credentials, ..ClientOptions::default() };
     Client::connect_with(address, options)
         .map(|c| Connection::Tcp(Box::new(c)))
         .map_err(|e| format!("cannot connect to {address}: {e}"))
@@ -111,11 +111,55 @@ pub unsafe extern "C" fn praas_client_connect(
     err: *mut c_char,
     err_len: usize,
 ) -> *mut praas_client {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { connect_entry(timeout_ms, err, err_len, || Ok((utf8(address, "the address")?, None))) }
+}
+
+/// Connects as [`praas_client_connect`] does and authenticates as client `name` of application
+/// `app` with the application's client key `key`, for processes that serve authenticated clients
+/// only. Returns NULL on failure, with the reason (a refusal: the process's) in `err`.
+///
+/// # Safety
+/// `address`, `app`, `name` and `key` are NULL or NUL-terminated strings; `err` is NULL or holds
+/// `err_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn praas_client_connect_auth(
+    address: *const c_char,
+    app: *const c_char,
+    name: *const c_char,
+    key: *const c_char,
+    timeout_ms: u32,
+    err: *mut c_char,
+    err_len: usize,
+) -> *mut praas_client {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        connect_entry(timeout_ms, err, err_len, || {
+            let credentials = Credentials {
+                app: utf8(app, "the application")?.to_owned(),
+                name: utf8(name, "the client name")?.to_owned(),
+                key: utf8(key, "the client key")?.to_owned(),
+            };
+            Ok((utf8(address, "the address")?, Some(credentials)))
+        })
+    }
+}
+
+/// Both connect entries: the address and credentials `args` gives, the timeout, the reason of a
+/// failure into `err`, no panic across the C boundary.
+///
+/// # Safety
+/// `err` is NULL or holds `err_len` bytes; `args` reads only what its caller's contract allows.
+unsafe fn connect_entry<'a>(
+    timeout_ms: u32,
+    err: *mut c_char,
+    err_len: usize,
+    args: impl FnOnce() -> Result<(&'a str, Option<Credentials>), String> + std::panic::UnwindSafe,
+) -> *mut praas_client {
     let result = catch_unwind(|| {
-        // SAFETY: forwarded from this function's contract.
-        let address = unsafe { utf8(address, "the address") }?;
+        let (address, credentials) = args()?;
         let timeout = if timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(timeout_ms.into()) };
-        connect(address, timeout)
+        connect(address, timeout, credentials)
     });
     match result {
         Ok(Ok(connection)) => Box::into_raw(Box::new(praas_client { connection })),

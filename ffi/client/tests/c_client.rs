@@ -106,9 +106,38 @@ fn a_c_program_invokes_functions_and_gets_every_status() {
 }
 
 #[test]
+fn a_c_program_authenticates_with_the_client_key() {
+    let secret = praas_dataplane::auth::new_secret();
+    let config =
+        ProcessConfig { app: "c-app".into(), secret: secret.clone(), client_auth: true, ..ProcessConfig::default() };
+    let (_process, server) = serve(&example_manifest(), config);
+    let addr = server.local_addr().to_string();
+    let with = |credentials: &str| {
+        program().args([&addr, "echo", "signed"]).env("PRAAS_CLIENT_CREDENTIALS", credentials).output().unwrap()
+    };
+
+    let out = with(&format!("c-app:{}", praas_dataplane::auth::client_key(&secret)));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"signed");
+    // A wrong key: refused at connection, the process's reason on standard error.
+    let out = with("c-app:not-the-key");
+    assert_eq!(out.status.code(), Some(praas_ffi::PRAAS_ERR_UNAVAILABLE));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client key"), "{}", String::from_utf8_lossy(&out.stderr));
+    // No key: the invocation is refused with the status of praas.h.
+    let out = invoke(&[&addr, "echo", "anonymous"]);
+    assert_eq!(
+        out.status.code(),
+        Some(praas_ffi::PRAAS_ERR_UNAUTHENTICATED),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn null_arguments_are_errors_not_crashes() {
     use ::praas_client::{
-        praas_client_close, praas_client_connect, praas_client_free_output, praas_client_invoke, praas_client_set_spin,
+        praas_client_close, praas_client_connect, praas_client_connect_auth, praas_client_free_output,
+        praas_client_invoke, praas_client_set_spin,
     };
     let mut err = [0 as std::ffi::c_char; 64];
     // SAFETY: NULL and valid pointers as the header allows; `err` holds 64 bytes.
@@ -116,6 +145,19 @@ fn null_arguments_are_errors_not_crashes() {
         assert!(praas_client_connect(std::ptr::null(), 0, err.as_mut_ptr(), err.len()).is_null());
         let text = std::ffi::CStr::from_ptr(err.as_ptr()).to_str().unwrap();
         assert_eq!(text, "the address is NULL");
+        let key = c"key".as_ptr();
+        assert!(praas_client_connect_auth(
+            c"127.0.0.1:1".as_ptr(),
+            std::ptr::null(),
+            key,
+            key,
+            0,
+            err.as_mut_ptr(),
+            err.len()
+        )
+        .is_null());
+        let text = std::ffi::CStr::from_ptr(err.as_ptr()).to_str().unwrap();
+        assert_eq!(text, "the application is NULL");
         let mut output: *mut u8 = std::ptr::dangling_mut();
         let mut len = 7usize;
         let status = praas_client_invoke(
