@@ -629,6 +629,8 @@ fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> i
 }
 
 impl crate::peer::HandshakeWire for Client {
+    type Error = ClientError;
+
     fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {
         let (Ok(meta_len), Ok(payload_len)) = (u16::try_from(meta.len()), u32::try_from(payload.len())) else {
             return Err(ClientError::TooLarge { size: meta.len() + payload.len(), limit: self.options.max_frame });

@@ -660,100 +660,134 @@ impl PeerDirectory {
     /// Runs the handshake with `dest` (at `addr`) over `wire`: both sides prove they hold the
     /// application's secret.
     fn authenticate(&self, dest: &str, addr: &str, wire: Wire, deadline: Instant) -> Result<PeerConnection, PeerError> {
-        let unreachable =
-            |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason };
         let started = Instant::now();
-        let timeout_error = || PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started };
         let mut conn = PeerConnection { wire, next_id: 1 };
-        let wire = |err: WireError| match err {
-            WireError::Timeout => timeout_error(),
-            WireError::Io(reason) => unreachable(reason),
-        };
-        let refused = |reason: String| PeerError::Unauthenticated { dest: dest.to_owned(), reason };
-        let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
-        let me = identity(&self.app, &self.id);
-
-        // 1. Our identity and a fresh nonce for the peer to answer.
-        let nonce_a = auth::nonce();
-        conn.wire.send(hello, &me, &nonce_a, deadline).map_err(wire)?;
-        // 2. The peer's identity, its nonce and its proof of the secret.
-        let challenge = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
-        if challenge.header.status != Status::Ok.code() {
-            return Err(refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
+        let introduction =
+            Introduction { app: &self.app, me: &self.id, key: &self.secret, client: false, to: Some(dest) };
+        match introduce(&mut TimedWire { conn: &mut conn, deadline }, &introduction) {
+            Ok(()) => Ok(conn),
+            Err(HandshakeError::Refused(reason)) => {
+                Err(PeerError::Unauthenticated { dest: dest.to_owned(), reason: format!("at {addr}: {reason}") })
+            }
+            Err(HandshakeError::Wire(WireError::Timeout)) => {
+                Err(PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started })
+            }
+            Err(HandshakeError::Wire(WireError::Io(reason))) => {
+                Err(PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason })
+            }
         }
-        if challenge.header.kind != MessageKind::Hello || challenge.payload.len() != NONCE_LEN + PROOF_LEN {
-            return Err(refused(format!("unexpected {:?} frame in the handshake", challenge.header.kind)));
-        }
-        if challenge.meta != identity(&self.app, dest) {
-            return Err(refused(format!(
-                "the process at {addr} is {:?}, not {:?}",
-                String::from_utf8_lossy(&challenge.meta),
-                String::from_utf8_lossy(&identity(&self.app, dest))
-            )));
-        }
-        let (nonce_b, proof_b) = challenge.payload.split_at(NONCE_LEN);
-        if !auth::verify(&self.secret, &role_nonce(SERVER_ROLE, &nonce_a), &self.app, dest, proof_b) {
-            return Err(refused(format!(
-                "the process at {addr} could not prove it holds the secret of application {:?}",
-                self.app
-            )));
-        }
-        // 3. Our proof.
-        let proof_a = auth::proof(&self.secret, &role_nonce(CLIENT_ROLE, nonce_b), &self.app, &self.id);
-        conn.wire.send(hello, &me, &proof_a, deadline).map_err(wire)?;
-        // 4. Accepted, or why not.
-        let verdict = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
-        if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
-            return Err(refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
-        }
-        Ok(conn)
     }
 }
 
-/// A data-plane client's connection as the client handshake needs it: send one frame, receive
-/// the next (both bounded by the connection's timeout).
+/// A connection as the connecting side of the handshake needs it: send one frame, receive the
+/// next (both bounded by the connection's deadline or timeout).
 pub(crate) trait HandshakeWire {
+    /// What a failed send or receive says.
+    type Error;
     /// Sends one frame (the lengths in `header` are set from `meta` and `payload`).
-    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError>;
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), Self::Error>;
     /// Receives the next frame, whatever its kind.
-    fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError>;
+    fn recv_frame(&mut self) -> Result<OwnedFrame, Self::Error>;
+}
+
+/// A peer connection with the deadline of its handshake.
+struct TimedWire<'a> {
+    conn: &'a mut PeerConnection,
+    deadline: Instant,
+}
+
+impl HandshakeWire for TimedWire<'_> {
+    type Error = WireError;
+
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), WireError> {
+        self.conn.wire.send(header, meta, payload, self.deadline)
+    }
+
+    fn recv_frame(&mut self) -> Result<OwnedFrame, WireError> {
+        self.conn.wire.recv(ANSWER_LIMITS, self.deadline)
+    }
+}
+
+/// Who connects, proving which key, to whom.
+struct Introduction<'a> {
+    app: &'a str,
+    /// The connecting side's name: a process id, or a client's name.
+    me: &'a str,
+    /// The application's secret (a process), or its client key (a client).
+    key: &'a str,
+    /// A data-plane client (its first nonce carries the client mark).
+    client: bool,
+    /// The process it means to reach, if it knows which.
+    to: Option<&'a str>,
+}
+
+/// Why the connecting side's handshake failed.
+enum HandshakeError<E> {
+    /// The connection failed.
+    Wire(E),
+    /// The other side refused, or could not prove the key: why.
+    Refused(String),
+}
+
+/// The connecting side of the handshake: both sides prove they hold the key (the secret between
+/// processes, the client key between a client and a process), which never travels.
+fn introduce<W: HandshakeWire>(wire: &mut W, who: &Introduction<'_>) -> Result<(), HandshakeError<W::Error>> {
+    let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
+    let me = identity(who.app, who.me);
+    let what = if who.client { "client key" } else { "secret" };
+    // 1. Our identity and a fresh nonce for the other side to answer (a client's marked).
+    let nonce = auth::nonce();
+    let mark: &[u8] = if who.client { &[CLIENT_MARK] } else { &[] };
+    wire.send_frame(hello, &me, &[&nonce[..], mark].concat()).map_err(HandshakeError::Wire)?;
+    // 2. The other side's identity, its nonce and its proof of the key.
+    let challenge = wire.recv_frame().map_err(HandshakeError::Wire)?;
+    if challenge.header.status != Status::Ok.code() {
+        return Err(HandshakeError::Refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
+    }
+    if challenge.header.kind != MessageKind::Hello || challenge.payload.len() != NONCE_LEN + PROOF_LEN {
+        return Err(HandshakeError::Refused(format!("unexpected {:?} frame in the handshake", challenge.header.kind)));
+    }
+    let claimed = String::from_utf8_lossy(&challenge.meta).into_owned();
+    let process = match (who.to, claimed.strip_prefix(&format!("{}/", who.app))) {
+        (Some(to), Some(process)) if process == to => process,
+        (None, Some(process)) => process,
+        _ => {
+            let wanted =
+                who.to.map_or_else(|| format!("a process of application {:?}", who.app), |to| format!("{to:?}"));
+            return Err(HandshakeError::Refused(format!("the process is {claimed:?}, not {wanted}")));
+        }
+    };
+    let (their_nonce, their_proof) = challenge.payload.split_at(NONCE_LEN);
+    if !auth::verify(who.key, &role_nonce(SERVER_ROLE, &nonce), who.app, process, their_proof) {
+        return Err(HandshakeError::Refused(format!(
+            "process {claimed:?} could not prove it holds the {what} of application {:?}",
+            who.app
+        )));
+    }
+    // 3. Our proof.
+    let proof = auth::proof(who.key, &role_nonce(CLIENT_ROLE, their_nonce), who.app, who.me);
+    wire.send_frame(hello, &me, &proof).map_err(HandshakeError::Wire)?;
+    // 4. Accepted, or why not.
+    let verdict = wire.recv_frame().map_err(HandshakeError::Wire)?;
+    if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
+        return Err(HandshakeError::Refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
+    }
+    Ok(())
 }
 
 /// The client side of the handshake with a process that requires authentication: both sides
 /// prove they hold the application's client key (the process thereby that it belongs to the
-/// application), as processes prove the secret to each other.
-pub(crate) fn authenticate_client(wire: &mut impl HandshakeWire, credentials: &Credentials) -> Result<(), ClientError> {
-    let refused = |message: String| ClientError::Remote { status: Status::Unauthenticated, message };
-    let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
-    let me = identity(&credentials.app, &credentials.name);
-    // 1. Our identity, a fresh nonce for the process to answer, and the client's mark.
-    let nonce_c = auth::nonce();
-    wire.send_frame(hello, &me, &[&nonce_c[..], &[CLIENT_MARK]].concat())?;
-    // 2. The process's identity, its nonce and its proof of the client key.
-    let challenge = wire.recv_frame()?;
-    if challenge.header.status != Status::Ok.code() {
-        return Err(refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
-    }
-    if challenge.header.kind != MessageKind::Hello || challenge.payload.len() != NONCE_LEN + PROOF_LEN {
-        return Err(refused(format!("unexpected {:?} frame in the handshake", challenge.header.kind)));
-    }
-    let claimed = String::from_utf8_lossy(&challenge.meta).into_owned();
-    let process = claimed.strip_prefix(&format!("{}/", credentials.app)).ok_or_else(|| {
-        refused(format!("the process is {claimed:?}, not a process of application {:?}", credentials.app))
-    })?;
-    let (nonce_p, proof_p) = challenge.payload.split_at(NONCE_LEN);
-    if !auth::verify(&credentials.key, &role_nonce(SERVER_ROLE, &nonce_c), &credentials.app, process, proof_p) {
-        return Err(refused(format!("process {claimed:?} could not prove it holds the application's client key")));
-    }
-    // 3. Our proof.
-    let proof_c = auth::proof(&credentials.key, &role_nonce(CLIENT_ROLE, nonce_p), &credentials.app, &credentials.name);
-    wire.send_frame(hello, &me, &proof_c)?;
-    // 4. Accepted, or why not.
-    let verdict = wire.recv_frame()?;
-    if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
-        return Err(refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
-    }
-    Ok(())
+/// application).
+pub(crate) fn authenticate_client(
+    wire: &mut impl HandshakeWire<Error = ClientError>,
+    credentials: &Credentials,
+) -> Result<(), ClientError> {
+    let who =
+        Introduction { app: &credentials.app, me: &credentials.name, key: &credentials.key, client: true, to: None };
+    introduce(wire, &who).map_err(|err| match err {
+        HandshakeError::Wire(err) => err,
+        HandshakeError::Refused(message) => ClientError::Remote { status: Status::Unauthenticated, message },
+    })
 }
 
 /// What the receiving side answers to a `Hello` or `Message` frame.

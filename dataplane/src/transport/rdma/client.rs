@@ -700,6 +700,8 @@ impl RdmaClient {
 }
 
 impl crate::peer::HandshakeWire for RdmaClient {
+    type Error = ClientError;
+
     fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {
         RdmaClient::send_frame(self, header, meta, payload)
     }
