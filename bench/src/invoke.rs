@@ -61,8 +61,10 @@ fn describe(placement: &Placement, args: &InvokeArgs) -> String {
     if args.client_spin_us > 0 {
         described.push_str(&format!(",client-spin={}us", args.client_spin_us));
     }
-    if let Some(us) = std::env::var("PRAAS_URING_SPIN_US").ok().filter(|us| us.parse::<u64>().is_ok_and(|us| us > 0)) {
-        described.push_str(&format!(",uring-server-spin={us}us"));
+    // The server reads the same variable through the same default.
+    let server_spin = praas_dataplane::transport::uring::UringOptions::default().spin;
+    if !server_spin.is_zero() {
+        described.push_str(&format!(",uring-server-spin={}us", server_spin.as_micros()));
     }
     described
 }

@@ -361,10 +361,7 @@ impl EventLoop {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
                 self.ring.submitter().submit_with_args(1, &SubmitArgs::new().timespec(&ts))
             }
-            None => match &self.registered {
-                Some(registered) => registered.submit_and_wait(&mut self.ring, 1),
-                None => self.ring.submit_and_wait(1),
-            },
+            None => self.submit_and_wait(1),
         };
         match result {
             Ok(_) => Ok(()),
@@ -398,13 +395,18 @@ impl EventLoop {
 
     /// Submits what was pushed and runs the ring's deferred task work, without waiting.
     fn enter_without_waiting(&mut self) -> io::Result<()> {
-        let entered = match &self.registered {
-            Some(registered) => registered.submit_and_wait(&mut self.ring, 0),
-            None => self.ring.submit(),
-        };
-        match entered {
+        match self.submit_and_wait(0) {
             Err(e) if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// Submits what was pushed and waits for `want` completions, naming the ring by its
+    /// registered index where it has one.
+    fn submit_and_wait(&mut self, want: u32) -> io::Result<usize> {
+        match &self.registered {
+            Some(registered) => registered.submit_and_wait(&mut self.ring, want),
+            None => self.ring.submit_and_wait(want as usize),
         }
     }
 
