@@ -608,7 +608,7 @@ run_vm() {
     # timeout(1) kills QEMU at the deadline; -no-reboot with panic=1 makes a
     # kernel panic (e.g. init died) end QEMU instead of rebooting forever.
     timeout -k 5 "$TIMEOUT" qemu-system-x86_64 \
-        -accel tcg,thread=multi -cpu max -smp 2 -m "$VM_MEM_MB" \
+        -accel tcg,thread=multi -cpu "${RXE_VM_CPU:-max}" -smp 2 -m "$VM_MEM_MB" \
         -nographic -nic none -no-reboot -no-user-config \
         -kernel "$VMLINUX" -initrd "$RUN_DIR/initrd.cpio" -append "$append" \
         </dev/null >"$RUN_DIR/console" 2>"$RUN_DIR/qemu.stderr" &

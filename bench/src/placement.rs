@@ -43,6 +43,12 @@ impl Placement {
 
 /// Pins the calling thread to `cpu`; threads it spawns afterwards inherit the mask.
 pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
+    pin(0, cpu)
+}
+
+/// Pins thread (or single-threaded process) `tid` to `cpu`; 0 is the calling thread.
+pub fn pin(tid: u32, cpu: usize) -> Result<(), String> {
+    let tid = libc::pid_t::try_from(tid).map_err(|_| format!("no thread {tid}"))?;
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(format!("CPU {cpu} is beyond the largest CPU set"));
     }
@@ -50,8 +56,8 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: `cpu` is below CPU_SETSIZE (checked above), so the bit lies inside `set`.
     unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t and the size passed is its size; pid 0 is this thread.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    // SAFETY: `set` is a valid cpu_set_t and the size passed is its size.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
         return Err(format!("cannot pin to CPU {cpu}: {}", io::Error::last_os_error()));
     }

@@ -8,8 +8,7 @@
 //! should not share a CPU: run with `--split`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,24 +235,28 @@ fn latency(client: &mut RdmaClient, size: usize, warmup: u64, iters: u64) -> Res
     Ok(hist)
 }
 
-/// A perftest command pinned to `cpu`.
-fn perftest_command(tool: &str, device: &str, size: usize, iters: u64, cpu: usize) -> Command {
+/// Starts a perftest program pinned to `cpu` (pinned right after it starts, long before it
+/// measures: spawning without a `pre_exec` hook lets the standard library use `posix_spawn`, so
+/// the child never runs on a forked copy of this process, whose registered pages it would lack).
+fn perftest_spawn(
+    tool: &str,
+    device: &str,
+    size: usize,
+    iters: u64,
+    cpu: usize,
+    server: Option<IpAddr>,
+) -> Result<Child, String> {
     let mut command = Command::new(tool);
     command.args(["-d", device, "-s", &size.to_string(), "-n", &iters.to_string()]);
+    command.args(server.map(|a| a.to_string()));
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: between fork and exec the closure only fills a stack cpu_set_t and makes one
-    // system call (sched_setaffinity is async-signal-safe); it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    command
+    let mut child = command.spawn().map_err(|e| format!("cannot run {tool} (is perftest installed?): {e}"))?;
+    if let Err(e) = placement::pin(child.id(), cpu) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("{tool}: {e}"));
+    }
+    Ok(child)
 }
 
 /// Runs `tool`'s server and client on `device` and returns its round trips (twice the one-way
@@ -268,15 +271,12 @@ fn perftest(
     timeout: Duration,
 ) -> Result<Summary, String> {
     let deadline = Instant::now() + timeout;
-    let mut server = perftest_command(tool, device, size, iters, placement.server)
-        .spawn()
-        .map_err(|e| format!("cannot run {tool} (is perftest installed?): {e}"))?;
+    let mut server = perftest_spawn(tool, device, size, iters, placement.server, None)?;
     // The server needs a moment to listen; the client retries until it is there.
     let output = loop {
         std::thread::sleep(Duration::from_millis(300));
-        let output = perftest_command(tool, device, size, iters, placement.client)
-            .arg(addr.to_string())
-            .output()
+        let output = perftest_spawn(tool, device, size, iters, placement.client, Some(addr))?
+            .wait_with_output()
             .map_err(|e| format!("cannot run {tool}: {e}"))?;
         if output.status.success() || Instant::now() >= deadline {
             break output;

@@ -33,7 +33,7 @@ use super::verbs::{
     SendOp, SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
 use super::PollPolicy;
-use crate::buffer::{Payload, PoolBuf};
+use crate::buffer::{Pages, Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
@@ -258,7 +258,7 @@ struct Conn {
     id: u32,
     // Field order is drop order: the lock (with the QP) before the slot memory it names.
     tx: Mutex<Tx>,
-    slots: Registered<Box<[u8]>>,
+    slots: Registered<Pages>,
     slot_size: usize,
     slot_count: u32,
     inline_max: usize,
@@ -554,13 +554,13 @@ impl EventLoop {
         let RdmaTransport { listener, process, options, context, port, stats } = transport;
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
-        let srq_target = options.max_connections * options.credits as usize;
+        let srq_capacity = options.max_connections * options.credits as usize;
         let sq_depth = send_depth(options.credits);
-        let cq_entries = srq_target + MAX_RECV_BATCH + options.max_connections * sq_depth as usize + 64;
+        let cq_entries = srq_capacity + MAX_RECV_BATCH + options.max_connections * sq_depth as usize + 64;
         let cq = CompletionQueue::new(&context, cq_entries, Some(&channel))?;
-        let srq = SharedReceiveQueue::new(&pd, (srq_target + MAX_RECV_BATCH) as u32)?;
-        let mut slots = Vec::with_capacity(2 * srq_target);
-        for _ in 0..2 * srq_target {
+        let srq = SharedReceiveQueue::new(&pd, (srq_capacity + MAX_RECV_BATCH) as u32)?;
+        let mut slots = Vec::with_capacity(2 * srq_capacity);
+        for _ in 0..2 * srq_capacity {
             let buf = process
                 .pool()
                 .get(options.recv_size)
@@ -583,7 +583,7 @@ impl EventLoop {
             slots,
             free_slots,
             lent: Vec::new(),
-            srq_target,
+            srq_target: 0,
             srq_posted: 0,
             srq,
             cq,
@@ -593,9 +593,6 @@ impl EventLoop {
             outputs: Arc::new(Mutex::new(OutputRegions::new(stats))),
         };
         event_loop.refill_srq();
-        if event_loop.srq_posted < srq_target {
-            return Err(io::Error::other("could not post the shared receive queue's buffers"));
-        }
         Ok(event_loop)
     }
 
@@ -719,12 +716,14 @@ impl EventLoop {
         }
     }
 
-    /// Posts free receive buffers, a batch per call ([`MAX_RECV_BATCH`]: one lock and one
-    /// doorbell), when the shared receive queue is a batch short of its capacity. The capacity is
-    /// the credits of every connection plus one batch, so those are always covered.
+    /// Posts free receive buffers, a batch at a time ([`MAX_RECV_BATCH`]: one lock and one
+    /// doorbell), while the shared receive queue is a batch short of its target: the credits of
+    /// the connections there are plus one batch, so those are always covered. Only that many:
+    /// the queue is consumed in order, and the fewer buffers it cycles through, the warmer they
+    /// stay in caches.
     fn refill_srq(&mut self) {
         let capacity = self.srq_target + MAX_RECV_BATCH;
-        while capacity - self.srq_posted >= MAX_RECV_BATCH {
+        while capacity.saturating_sub(self.srq_posted) >= MAX_RECV_BATCH {
             let mut batch = [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; MAX_RECV_BATCH];
             let mut indices = [0u32; MAX_RECV_BATCH];
             let mut n = 0;
@@ -1002,6 +1001,9 @@ impl EventLoop {
     fn close(&mut self, id: u32) {
         let Some(mut io) = self.conns.remove(&id) else { return };
         self.by_qpn.remove(&io.qpn);
+        // Its receives are no longer needed: those posted for it are used by the others or
+        // stay posted until they are.
+        self.srq_target -= self.options.credits as usize;
         {
             let mut tx = io.conn.tx();
             if let Some(qp) = tx.qp.take() {
@@ -1061,11 +1063,7 @@ impl EventLoop {
         };
         let psn = connect::random_psn();
         connect::bring_up(&qp, &port, psn, remote)?;
-        let slots = Registered::new(
-            &self.pd,
-            vec![0u8; slot_size * slot_count as usize].into_boxed_slice(),
-            ACCESS_LOCAL_READ,
-        )?;
+        let slots = Registered::new(&self.pd, Pages::zeroed(slot_size * slot_count as usize), ACCESS_LOCAL_READ)?;
         let id = self.next_conn;
         self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
         let qpn = qp.qp_num();
@@ -1120,6 +1118,11 @@ impl EventLoop {
                 peer: PeerSession::default(),
             },
         );
+        // Its credits' receives are posted before the answer too. (Should functions hold so
+        // many receive buffers that not all can be posted, its messages wait in the device's
+        // RNR retries until they are, never lost.)
+        self.srq_target += credits as usize;
+        self.refill_srq();
         std_stream.set_nonblocking(false)?;
         let answered = local.write_to(std_stream);
         let _ = std_stream.set_nonblocking(true);
