@@ -537,3 +537,31 @@ fn over_rdma_a_process_of_another_application_is_refused_and_a_peer_without_rdma
         assert_eq!(b.process.mailbox().get(Some("a"), "k", Duration::from_secs(5)).unwrap().1, expected);
     }
 }
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn a_serving_process_can_fork_and_exec_children() {
+    use std::os::unix::process::CommandExt;
+    let ip = require_rdma!();
+    // Small buffers: registered memory then comes from the allocator's heap, beside other data,
+    // unless the transport keeps it on pages of its own.
+    let options = RdmaOptions { recv_size: 1024, max_connections: 2, ..RdmaOptions::default() };
+    let (_process, server) = serve(ip, options);
+    let client_options =
+        RdmaClientOptions { timeout: Duration::from_secs(30), recv_size: 1024, ..RdmaClientOptions::default() };
+    let mut c = RdmaClient::connect_with(server.local_addr(), client_options).expect("connect over RDMA");
+    let big = pattern(20 << 10, 5);
+    assert_eq!(c.invoke("echo_worker", &big).expect("echo"), big);
+    for i in 0..20 {
+        // A pre_exec hook makes the standard library fork and exec (not posix_spawn): the child
+        // runs on a copy of this process, without the pages fork protection keeps out of it.
+        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        command.args(["--list", "--ignored"]).stdout(Stdio::null()).stderr(Stdio::null());
+        // SAFETY: the hook does nothing (it only forces fork and exec).
+        unsafe { command.pre_exec(|| Ok(())) };
+        let status = command.status().unwrap_or_else(|e| panic!("fork and exec #{i} failed: {e}"));
+        assert!(status.success(), "child #{i}: {status}");
+        assert_eq!(c.invoke("echo", b"after a child").expect("still served"), b"after a child");
+    }
+    assert_eq!(c.invoke("echo_worker", &big).expect("large after children"), big);
+}
