@@ -275,15 +275,35 @@ impl Conn {
     /// Sends `response`, returning the credit of the request it answers.
     fn respond(&self, tx: &mut Tx, response: Response, release: bool) {
         let Outcome { status, message, output } = response.outcome;
-        let len = output.as_ref().map_or(0, |o| o.len());
-        let header = Header::response(response.id, status, 0, len as u32);
+        let body: &[u8] = output.as_deref().unwrap_or(&[]);
+        let header = Header::response(response.id, status, message.len() as u16, body.len() as u32);
+        // The common case, an answer that fits a slot with nothing queued before it, is laid
+        // out and posted here, from where it is (the output returns to the pool after the post).
+        if tx.qp.is_some()
+            && tx.queue.is_empty()
+            && tx.sq_room > 0
+            && HEADER_LEN + message.len() + body.len() <= self.slot_size
+            && message.len() <= usize::from(u16::MAX)
+        {
+            if let Some(slot) = tx.free_slots.pop() {
+                if release {
+                    tx.ledger.release();
+                }
+                // SAFETY: a free slot is named by no posted work request.
+                let len = unsafe {
+                    self.slots.write(slot as usize * self.slot_size, &[&header.encode(), message.as_bytes(), body])
+                };
+                self.post_slot(tx, slot, Op::Frame, 0, len);
+                return;
+            }
+        }
         self.send_reply(tx, header, message.into_bytes(), output, release);
     }
 
     /// Sends a frame of `header`, `meta` (cut to what fits a send slot beside the header) and
     /// `payload`; `release` returns the credit of the request it answers.
     fn send_reply(&self, tx: &mut Tx, header: Header, mut meta: Vec<u8>, payload: Option<PoolBuf>, release: bool) {
-        meta.truncate(self.slot_size - HEADER_LEN);
+        meta.truncate((self.slot_size - HEADER_LEN).min(usize::from(u16::MAX)));
         let header = Header { meta_len: meta.len() as u16, ..header };
         self.send_frame(tx, Out::Frame { header, meta, payload, release });
     }
@@ -410,9 +430,20 @@ impl Conn {
             }
             Out::Write { .. } => unreachable!("writes use no slot"),
         };
+        self.post_slot(tx, slot, op, token, len);
+        drop(copied);
+    }
+
+    /// Posts the `len` bytes laid out in `slot` as a SEND of `op` (returning the credits due);
+    /// on failure the slot is free again.
+    fn post_slot(&self, tx: &mut Tx, slot: u32, op: Op, token: u16, len: usize) {
+        let offset = slot as usize * self.slot_size;
         let credits = tx.ledger.take_returnable();
         let imm = Imm::new(op, credits, token).encode();
-        let Some(qp) = tx.qp.as_ref() else { return };
+        let Some(qp) = tx.qp.as_ref() else {
+            tx.free_slots.push(slot);
+            return;
+        };
         let addr = self.slots.mr().addr() + offset as u64;
         // Signal every 8th send, and every send while slots or queue room run low, so that a
         // completion is always on its way when something waits for one.
@@ -445,7 +476,6 @@ impl Conn {
                 tx.free_slots.push(slot);
             }
         }
-        drop(copied);
     }
 }
 
@@ -865,7 +895,7 @@ impl EventLoop {
                 }
                 let meta_end = HEADER_LEN + header.meta_len as usize;
                 let input = Payload::new(Arc::clone(&buf), meta_end..len);
-                self.dispatch(id, header, &buf[HEADER_LEN..meta_end], input);
+                Self::dispatch(io, &self.process, self.options.linger, header, &buf[HEADER_LEN..meta_end], input);
             }
             Op::Rts if !wc.is_write_imm() => {
                 let slot = &mut self.slots[index as usize];
@@ -909,7 +939,7 @@ impl EventLoop {
                 }
                 // Revoke the peer's access before the function sees the bytes.
                 let payload = Payload::whole(grant.buf.into_inner());
-                self.dispatch(id, grant.header, &grant.meta, payload);
+                Self::dispatch(io, &self.process, self.options.linger, grant.header, &grant.meta, payload);
             }
             op => return Err(violation(format!("{op:?} by the wrong verb"))),
         }
@@ -938,11 +968,9 @@ impl EventLoop {
         }
     }
 
-    /// Serves one frame as every transport does ([`serve_frame`]); its answer returns the
-    /// request's credit.
-    fn dispatch(&mut self, id: u32, header: Header, meta: &[u8], input: Payload) {
-        let Self { conns, process, options, .. } = self;
-        let Some(io) = conns.get_mut(&id) else { return };
+    /// Serves one frame of connection `io` as every transport does ([`serve_frame`]); its
+    /// answer returns the request's credit.
+    fn dispatch(io: &mut ConnIo, process: &Process, linger: Duration, header: Header, meta: &[u8], input: Payload) {
         let (frame, close) = match serve_frame(process, &mut io.peer, &io.sink, header, meta, input) {
             FrameAction::Queued => return,
             FrameAction::Respond(response) => {
@@ -956,8 +984,8 @@ impl EventLoop {
         };
         let (header, meta, payload) = frame.into_parts();
         if close {
-            tracing::info!(conn = id, "closing a connection whose peer failed to authenticate");
-            io.state = State::Closing(Instant::now() + options.linger);
+            tracing::info!(conn = io.conn.id, "closing a connection whose peer failed to authenticate");
+            io.state = State::Closing(Instant::now() + linger);
         }
         let conn = &io.conn;
         let mut tx = conn.tx();
