@@ -93,6 +93,7 @@ Guest: PATH=$GUEST_PATH (busybox applets run first: call
 Environment: PRAAS_VM_CACHE (cache folder, default \$REPO/.vm),
   RXE_VM_VERBOSE=1 (show the whole console, kernel boot included),
   RXE_VM_MEM_MB (guest memory, default 1024),
+  RXE_VM_CPU (QEMU's -cpu model, default max; e.g. max,-erms,-fsrm),
   PRAAS_VM_KERNEL_PKG (use this linux-image package instead of the one
   linux-image-amd64 depends on).
 Exit status: COMMAND's; 124 on timeout; 125 if the VM did not boot or

@@ -27,7 +27,7 @@ use crate::report::{self, Record, Reporter, RunInfo, Summary};
 const ECHO: &str = "echo";
 const BASELINES: [&str; 2] = ["ib_send_lat", "ib_write_lat"];
 /// Interleaved rounds of baseline and praas measurements per size.
-const ROUNDS: u64 = 5;
+const ROUNDS: u64 = 9;
 
 /// Per figure, the median of the rounds' figures (counts add up).
 fn median(mut rounds: Vec<Summary>) -> Summary {
