@@ -163,8 +163,8 @@ impl RdmaClient {
         let port = if port.gid == [0; 16] { connect::local_port(&context, ip)? } else { port };
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
-        // Receives: every outstanding request may cause up to three messages (grant, announce,
-        // data), for at most 64 credits, plus the receives waiting to be reposted in a batch.
+        // The queue pair has room for the receives of at most 64 credits (`recv_count`); those
+        // of the credits granted are posted once the process has answered.
         let recv_size = options.recv_size.max(HEADER_LEN + GRANT_LEN + 256);
         let max_credits = 64u32;
         let max_recvs = recv_count(max_credits);
