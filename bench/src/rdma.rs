@@ -275,13 +275,25 @@ fn perftest(
     // The server needs a moment to listen; the client retries until it is there.
     let output = loop {
         std::thread::sleep(Duration::from_millis(300));
-        let output = perftest_spawn(tool, device, size, iters, placement.client, Some(addr))?
-            .wait_with_output()
-            .map_err(|e| format!("cannot run {tool}: {e}"))?;
+        let output = perftest_spawn(tool, device, size, iters, placement.client, Some(addr))
+            .and_then(|client| client.wait_with_output().map_err(|e| format!("cannot run {tool}: {e}")));
+        let output = match output {
+            Ok(output) => output,
+            Err(e) => {
+                // No server left behind, waiting for a client that will not come.
+                let _ = server.kill();
+                let _ = server.wait();
+                return Err(e);
+            }
+        };
         if output.status.success() || Instant::now() >= deadline {
             break output;
         }
     };
+    if !output.status.success() {
+        // The client never got through: the server would wait for it forever.
+        let _ = server.kill();
+    }
     let server_status = server.wait().map_err(|e| format!("{tool} server: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() || !server_status.success() {
