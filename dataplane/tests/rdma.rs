@@ -555,7 +555,26 @@ fn over_rdma_a_process_of_another_application_is_refused_and_a_peer_without_rdma
 #[test]
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn a_serving_process_can_fork_and_exec_children() {
+    require_rdma!();
+    // In a process of its own: a fork while other tests of this binary have messages in flight
+    // lost one of theirs on rxe now and then (docs/rdma.md, fork safety).
+    let output = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "forking_process_for_the_fork_test", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .env("PRAAS_RDMA_FORK_TEST", "1")
+        .output()
+        .expect("run the forking process");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the forking process failed:\n{text}");
+    assert!(text.contains("20 children forked"), "the forking process ran:\n{text}");
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn forking_process_for_the_fork_test() {
     use std::os::unix::process::CommandExt;
+    if std::env::var_os("PRAAS_RDMA_FORK_TEST").is_none() {
+        return;
+    }
     let ip = require_rdma!();
     // Small buffers: registered memory then comes from the allocator's heap, beside other data,
     // unless the transport keeps it on pages of its own.
@@ -578,4 +597,5 @@ fn a_serving_process_can_fork_and_exec_children() {
         assert_eq!(c.invoke("echo", b"after a child").expect("still served"), b"after a child");
     }
     assert_eq!(c.invoke("echo_worker", &big).expect("large after children"), big);
+    println!("20 children forked");
 }

@@ -289,10 +289,7 @@ impl Conn {
                 if release {
                     tx.ledger.release();
                 }
-                // SAFETY: a free slot is named by no posted work request.
-                let len = unsafe {
-                    self.slots.write(slot as usize * self.slot_size, &[&header.encode(), message.as_bytes(), body])
-                };
+                let len = self.write_frame(slot, &header, message.as_bytes(), body);
                 self.post_slot(tx, slot, Op::Frame, 0, len);
                 return;
             }
@@ -376,7 +373,6 @@ impl Conn {
 
     /// Lays `out` (a frame, an announcement or a grant) out in `slot` and posts it as a SEND.
     fn post_in_slot(&self, tx: &mut Tx, slot: u32, out: Out) {
-        let offset = slot as usize * self.slot_size;
         // A small frame's output, copied into the slot: given back to the pool only after the
         // send is posted, so that the answer leaves first.
         let mut copied = None;
@@ -387,10 +383,7 @@ impl Conn {
                 }
                 let payload_len = payload.as_ref().map_or(0, |p| p.len());
                 if HEADER_LEN + meta.len() + payload_len <= self.slot_size {
-                    let head = header.encode();
-                    let body: &[u8] = payload.as_deref().unwrap_or(&[]);
-                    // SAFETY: a free slot is named by no posted work request.
-                    let len = unsafe { self.slots.write(offset, &[&head, &meta, body]) };
+                    let len = self.write_frame(slot, &header, &meta, payload.as_deref().unwrap_or(&[]));
                     copied = payload;
                     (Op::Frame, 0, len)
                 } else {
@@ -418,20 +411,26 @@ impl Conn {
                     };
                     let token = free_token(tx);
                     tx.announced.insert(token, registered);
-                    // SAFETY: a free slot is named by no posted work request.
-                    let len = unsafe { self.slots.write(offset, &[&header.encode(), &meta]) };
+                    let len = self.write_frame(slot, &header, &meta, &[]);
                     (Op::Rts, token, len)
                 }
             }
             Out::Cts { token, grant } => {
                 // SAFETY: a free slot is named by no posted work request.
-                let len = unsafe { self.slots.write(offset, &[&grant.encode()]) };
+                let len = unsafe { self.slots.write(slot as usize * self.slot_size, &[&grant.encode()]) };
                 (Op::Cts, token, len)
             }
             Out::Write { .. } => unreachable!("writes use no slot"),
         };
         self.post_slot(tx, slot, op, token, len);
         drop(copied);
+    }
+
+    /// Lays a frame (or, with an empty `body`, an announcement) out in `slot`, which the caller
+    /// has just taken from the free slots; returns its length.
+    fn write_frame(&self, slot: u32, header: &Header, meta: &[u8], body: &[u8]) -> usize {
+        // SAFETY: a slot taken from the free list is named by no posted work request.
+        unsafe { self.slots.write(slot as usize * self.slot_size, &[&header.encode(), meta, body]) }
     }
 
     /// Posts the `len` bytes laid out in `slot` as a SEND of `op` (returning the credits due);
