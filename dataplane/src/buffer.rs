@@ -12,10 +12,8 @@
 //! out would exceed it, and the transports answer that with back-pressure (they stop reading) rather
 //! than by failing or growing without bound.
 
-use std::alloc::Layout;
 use std::fmt;
-use std::ops::{Deref, DerefMut, Range};
-use std::ptr::NonNull;
+use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -36,7 +34,7 @@ pub const DEFAULT_BUDGET: usize = 4 << 30;
 
 struct Inner {
     /// Free buffers per class, as many as [`kept_per_class`] allows (a full list refuses more).
-    free: [ArrayQueue<(Pages, u64)>; CLASSES],
+    free: [ArrayQueue<(Box<[u8]>, u64)>; CLASSES],
     outstanding: AtomicUsize,
     budget: usize,
 }
@@ -117,7 +115,7 @@ impl BufferPool {
         }
         let (memory, id) = self.inner.free[class]
             .pop()
-            .unwrap_or_else(|| (Pages::zeroed(size), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+            .unwrap_or_else(|| (vec![0u8; size].into_boxed_slice(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         Some(PoolBuf { memory, id, len: 0, pool: Arc::clone(&self.inner) })
     }
 
@@ -135,7 +133,7 @@ impl BufferPool {
 /// A buffer from a [`BufferPool`]: `capacity()` bytes of memory of which the first `len()` hold
 /// data. Returns to the pool when dropped.
 pub struct PoolBuf {
-    memory: Pages,
+    memory: Box<[u8]>,
     id: u64,
     len: usize,
     pool: Arc<Inner>,
@@ -225,83 +223,6 @@ impl Drop for PoolBuf {
     }
 }
 
-/// Zeroed memory that starts on a page boundary and has its pages to itself (its allocation is
-/// rounded up to whole pages): registering it with a device covers no other allocation's bytes,
-/// and neither does the `madvise(MADV_DONTFORK)` with which libibverbs keeps registered pages
-/// out of forked children. Pool buffers and the RDMA transport's own regions are `Pages`.
-pub struct Pages {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: `Pages` owns its allocation exclusively, like a `Box<[u8]>`.
-unsafe impl Send for Pages {}
-// SAFETY: shared access only reads, like `&[u8]`.
-unsafe impl Sync for Pages {}
-
-impl Pages {
-    /// `len` zeroed bytes, page-aligned, the allocation rounded up to whole pages.
-    pub fn zeroed(len: usize) -> Self {
-        let Some(layout) = Self::layout(len) else { return Self::default() };
-        // SAFETY: the layout has a non-zero size (`layout` returns None for 0).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(ptr) else { std::alloc::handle_alloc_error(layout) };
-        Self { ptr, len }
-    }
-
-    /// The size of a page (`sysconf(_SC_PAGESIZE)`, read once).
-    pub fn page_size() -> usize {
-        static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        // SAFETY: sysconf has no preconditions.
-        *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(4096))
-    }
-
-    /// The allocation behind `len` bytes; `None` for none.
-    fn layout(len: usize) -> Option<Layout> {
-        let page = Self::page_size();
-        let size = len.checked_next_multiple_of(page).expect("an allocation larger than the address space");
-        (size > 0).then(|| Layout::from_size_align(size, page).expect("a page-aligned layout"))
-    }
-}
-
-impl Default for Pages {
-    /// No memory.
-    fn default() -> Self {
-        Self { ptr: NonNull::dangling(), len: 0 }
-    }
-}
-
-impl Drop for Pages {
-    fn drop(&mut self) {
-        if let Some(layout) = Self::layout(self.len) {
-            // SAFETY: allocated in `zeroed` with this same layout (the page size never changes).
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
-        }
-    }
-}
-
-impl Deref for Pages {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: `ptr` holds `len` initialized (zeroed, then written) bytes owned by `self`, or
-        // is dangling (and aligned) with `len` 0.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl DerefMut for Pages {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and `&mut self` makes this the only access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl fmt::Debug for Pages {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pages").field("len", &self.len).finish()
-    }
-}
-
 /// Bytes of a shared [`PoolBuf`]: how a frame received into a transport's read buffer reaches a
 /// function on another thread without being copied. Cheap to clone.
 #[derive(Clone)]
@@ -352,30 +273,6 @@ impl Deref for Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pages_are_zeroed_page_aligned_and_their_own() {
-        let page = Pages::page_size();
-        for len in [1, 100, page, page + 1, 3 * page] {
-            let mut pages = Pages::zeroed(len);
-            assert_eq!(pages.len(), len);
-            assert_eq!(pages.as_ptr() as usize % page, 0, "{len} bytes start on a page");
-            assert!(pages.iter().all(|&b| b == 0));
-            pages[len - 1] = 7;
-            assert_eq!(pages[len - 1], 7);
-            // Whatever is allocated next does not share the last page.
-            let next = Pages::zeroed(1);
-            let end = pages.as_ptr() as usize + len;
-            assert!(
-                next.as_ptr() as usize >= end.next_multiple_of(page)
-                    || (next.as_ptr() as usize) < pages.as_ptr() as usize
-            );
-        }
-        assert!(Pages::zeroed(0).is_empty());
-        assert!(Pages::default().is_empty());
-        let pool = BufferPool::new(1 << 20);
-        assert_eq!(pool.get(10).unwrap().region().0 % page, 0, "pool buffers are pages");
-    }
 
     #[test]
     fn buffers_are_reused_and_accounted() {

@@ -21,7 +21,6 @@ use super::verbs::{
     ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
 };
 use super::PollPolicy;
-use crate::buffer::Pages;
 use crate::client::{ClientError, Completion};
 use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 
@@ -76,8 +75,8 @@ pub struct RdmaClient {
     // Field order is drop order: the QP first, so nothing is posted on the memory below.
     qp: QueuePair,
     incoming: IdMap<u16, Incoming>,
-    recv: Registered<Pages>,
-    send: Registered<Pages>,
+    recv: Registered<Box<[u8]>>,
+    send: Registered<Box<[u8]>>,
     cq: Arc<CompletionQueue>,
     channel: Arc<CompletionChannel>,
     pd: Arc<ProtectionDomain>,
@@ -211,7 +210,7 @@ impl RdmaClient {
         // (a receive queue is consumed in order).
         let credits = remote.credits.min(max_credits);
         let recvs = recv_count(credits);
-        let recv = Registered::new(&pd, Pages::zeroed(recv_size * recvs as usize), ACCESS_LOCAL_WRITE)?;
+        let recv = Registered::new(&pd, vec![0u8; recv_size * recvs as usize].into_boxed_slice(), ACCESS_LOCAL_WRITE)?;
         for i in 0..recvs {
             let addr = recv.mr().addr() + (i as usize * recv_size) as u64;
             // SAFETY: the slot lies in `recv`, registered for local write on this PD; the program
@@ -222,7 +221,8 @@ impl RdmaClient {
         stream.set_nonblocking(true)?;
         let slot_size = (remote.recv_size as usize).max(HEADER_LEN + GRANT_LEN);
         let slot_count = credits + 4;
-        let send = Registered::new(&pd, Pages::zeroed(slot_size * slot_count as usize), ACCESS_LOCAL_READ)?;
+        let send =
+            Registered::new(&pd, vec![0u8; slot_size * slot_count as usize].into_boxed_slice(), ACCESS_LOCAL_READ)?;
         let credentials = options.credentials.clone();
         let mut client = Self {
             qp,

@@ -33,7 +33,7 @@ use super::verbs::{
     SendOp, SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
 use super::PollPolicy;
-use crate::buffer::{Pages, Payload, PoolBuf};
+use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
@@ -258,7 +258,7 @@ struct Conn {
     id: u32,
     // Field order is drop order: the lock (with the QP) before the slot memory it names.
     tx: Mutex<Tx>,
-    slots: Registered<Pages>,
+    slots: Registered<Box<[u8]>>,
     slot_size: usize,
     slot_count: u32,
     inline_max: usize,
@@ -1090,7 +1090,11 @@ impl EventLoop {
         };
         let psn = connect::random_psn();
         connect::bring_up(&qp, &port, psn, remote)?;
-        let slots = Registered::new(&self.pd, Pages::zeroed(slot_size * slot_count as usize), ACCESS_LOCAL_READ)?;
+        let slots = Registered::new(
+            &self.pd,
+            vec![0u8; slot_size * slot_count as usize].into_boxed_slice(),
+            ACCESS_LOCAL_READ,
+        )?;
         let id = self.next_conn;
         self.next_conn = self.next_conn.checked_add(1).unwrap_or(1);
         let qpn = qp.qp_num();

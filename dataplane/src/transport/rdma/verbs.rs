@@ -30,7 +30,7 @@ use rdma_sys::{
     ibv_srq_init_attr, ibv_wc, ibv_wc_flags, ibv_wc_opcode, ibv_wc_status, ibv_wc_status_str, ibv_wr_opcode,
 };
 
-use crate::buffer::{Pages, PoolBuf};
+use crate::buffer::PoolBuf;
 
 /// `IBV_LINK_LAYER_ETHERNET` (a `#define` that bindgen does not carry over).
 pub const LINK_LAYER_ETHERNET: u8 = 2;
@@ -827,15 +827,7 @@ unsafe impl StableMemory for Box<[u8]> {
     }
 }
 
-// SAFETY: `Pages` never move or change length; we own them exclusively.
-unsafe impl StableMemory for Pages {
-    const WRITABLE: bool = true;
-    fn region(&mut self) -> (*mut u8, usize) {
-        (self.as_mut_ptr(), self.len())
-    }
-}
-
-// SAFETY: a PoolBuf's memory is `Pages` that stays put for the buffer's life.
+// SAFETY: a PoolBuf's memory is a boxed slice that stays put for the buffer's life.
 unsafe impl StableMemory for PoolBuf {
     const WRITABLE: bool = true;
     fn region(&mut self) -> (*mut u8, usize) {
@@ -904,7 +896,7 @@ impl<T: StableMemory> Registered<T> {
     }
 }
 
-impl Registered<Pages> {
+impl Registered<Box<[u8]>> {
     /// Reads `len` bytes at `offset`.
     ///
     /// # Safety
@@ -925,7 +917,7 @@ impl Registered<Pages> {
         assert!(offset + total <= self.mr.len(), "write outside the registered memory");
         let mut at = self.mr.addr() as *mut u8;
         // SAFETY: in bounds (checked); exclusively ours for now (caller). The memory is owned by
-        // the pages, reached through the registration's address, and no reference to it is alive.
+        // the box, reached through the registration's address, and no reference to it is alive.
         unsafe {
             at = at.add(offset);
             for part in parts {
