@@ -9,6 +9,9 @@
 #   (default timeout 280 s for the VM; arguments after -- go to the test binary, e.g. a filter)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The data-plane tests print the transport's log lines of a failing test (not the praas
+# processes the control-plane test starts: they would log to the terminal).
+log_filter="${RUST_LOG:-praas_dataplane=debug}"
 
 timeout=280
 while (($#)); do
@@ -64,9 +67,11 @@ if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
     log "this host can run rdma_rxe: testing here"
     eval "$(scripts/softroce-setup.sh --dummy)"
     for bin in "$test_bin" "$control_test_bin"; do
-        PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" PRAAS_RDMA_REQUIRED=1 \
-            PRAAS_C_INVOKE="$c_invoke" \
-            PRAAS_EXAMPLE_FUNCTIONS="$functions" "$bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
+        log_env=()
+        [[ $bin != "$test_bin" ]] || log_env=(RUST_LOG="$log_filter")
+        env "${log_env[@]+"${log_env[@]}"}" PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" \
+            PRAAS_RDMA_REQUIRED=1 PRAAS_C_INVOKE="$c_invoke" PRAAS_EXAMPLE_FUNCTIONS="$functions" \
+            "$bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
             || status=$?
     done
 else
@@ -89,7 +94,7 @@ else
         --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
         --env PRAAS_RDMA_REQUIRED=1 \
         --env RUST_BACKTRACE=1 \
-        -- "praas-rdma-tests --include-ignored --test-threads=2$quoted_args; s=\$?;
+        -- "RUST_LOG='$log_filter' praas-rdma-tests --include-ignored --test-threads=2$quoted_args; s=\$?;
             praas-control-rdma-tests --include-ignored --test-threads=1$quoted_args || s=1; exit \$s" || status=$?
 fi
 elapsed="$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')"

@@ -28,12 +28,18 @@ use praas_dataplane::{
 };
 
 macro_rules! require_rdma {
-    () => {
+    () => {{
+        // The process's and the client's log lines (as `RUST_LOG` picks them, which
+        // `scripts/test-rdma.sh` sets) appear in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         match praas_dataplane::testing::rdma_test_addr() {
             Some(addr) => addr,
             None => return,
         }
-    };
+    }};
 }
 
 fn manifest() -> Manifest {
@@ -247,6 +253,70 @@ fn a_client_killed_mid_transfer_leaves_the_process_serving() {
     eprintln!("kill test: child reaped");
     assert!(!status.success(), "the child was killed");
     assert_serving(addr);
+}
+
+/// The client half of the next test, in a process of its own (so that it can be stopped).
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn child_client_for_the_late_wake_test() {
+    let Ok(addr) = std::env::var("PRAAS_RDMA_LATE_WAKE_ADDR") else { return };
+    let options = RdmaClientOptions {
+        timeout: Duration::from_secs(10),
+        poll: praas_dataplane::transport::rdma::PollPolicy::Events,
+        ..RdmaClientOptions::default()
+    };
+    let mut c = RdmaClient::connect_with(addr.parse::<SocketAddr>().expect("a socket address"), options)
+        .expect("connect over RDMA");
+    let id = c.submit("sleep", b"300").expect("submit");
+    println!("waiting");
+    match c.wait(id) {
+        Ok(out) => println!("answer {}", String::from_utf8_lossy(&out)),
+        Err(e) => println!("error {e}"),
+    }
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn an_answer_that_arrives_with_the_close_is_still_delivered() {
+    // A client thread that wakes up (here: is continued) only after its answer and the
+    // process's close have both arrived must return the answer, not wait for its deadline.
+    let ip = require_rdma!();
+    let (process, server) = serve(ip, RdmaOptions::default());
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "child_client_for_the_late_wake_test",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PRAAS_RDMA_LATE_WAKE_ADDR", server.local_addr().to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child client");
+    let pid = child.id() as libc::pid_t;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    // (libtest prints the test's name on the line of its first output.)
+    while !lines.next().expect("the child talks").expect("utf-8").ends_with("waiting") {}
+    // The child is asleep on its completion channel now; stop it until the answer has been
+    // sent and the process has closed the connection.
+    thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "stop the child");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while process.metrics().invocations() < 1 {
+        assert!(Instant::now() < deadline, "the invocation finished");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
+    server.stop().expect("the transport stops");
+    thread::sleep(Duration::from_millis(200));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "continue the child");
+    let result = lines.find_map(|l| l.ok().filter(|l| l.starts_with("answer") || l.starts_with("error")));
+    let status = child.wait().expect("reap the child");
+    assert_eq!(result.as_deref(), Some("answer slept"), "the child got its answer");
+    assert!(status.success(), "the child client exits cleanly");
 }
 
 #[test]

@@ -108,6 +108,9 @@ pub struct RdmaClient {
     early: IdMap<u64, Result<Vec<u8>, ClientError>>,
     broken: Option<String>,
     completions: Vec<Wc>,
+    /// Completions handled so far, wherever they were polled: [`RdmaClient::progress`] returns
+    /// when this moves, also when a look at the set-up socket polled them.
+    handled: u64,
     /// Receive buffers whose completions were handled, reposted [`REPOST_BATCH`] at a time.
     repost: [RecvBuffer; REPOST_BATCH],
     reposts: usize,
@@ -248,6 +251,7 @@ impl RdmaClient {
             early: IdMap::default(),
             broken: None,
             completions: Vec::with_capacity(super::verbs::POLL_BATCH),
+            handled: 0,
             repost: [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; REPOST_BATCH],
             reposts: 0,
         };
@@ -497,8 +501,11 @@ impl RdmaClient {
     fn progress(&mut self, deadline: &mut Deadline) -> Result<(), ClientError> {
         let mut started: Option<Instant> = None;
         let mut spins = 0u32;
+        let handled = self.handled;
         loop {
-            if self.poll_once()? {
+            // Also when the completions were taken in `check_alive` (the process answered and
+            // closed before this thread looked): the caller finds them in `ready`.
+            if self.poll_once()? || self.handled != handled {
                 return Ok(());
             }
             // Clocks and the socket are looked at every 256th empty poll (a clock read can be a
@@ -520,7 +527,7 @@ impl RdmaClient {
                 }
                 self.sleep(deadline)?;
                 self.cq.take_events();
-                if deadline.passed() && !self.poll_once()? {
+                if deadline.passed() && !self.poll_once()? && self.handled == handled {
                     return Err(ClientError::Timeout(self.options.timeout));
                 }
             }
@@ -576,6 +583,7 @@ impl RdmaClient {
         let mut batch = std::mem::take(&mut self.completions);
         batch.clear();
         let n = self.cq.poll(&mut batch)?;
+        self.handled += n as u64;
         let mut result = Ok(());
         for wc in &batch {
             if let Err(e) = self.completion(wc) {
