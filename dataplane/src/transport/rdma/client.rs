@@ -165,26 +165,18 @@ impl RdmaClient {
         let port = if port.gid == [0; 16] { connect::local_port(&context, ip)? } else { port };
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
-        // Receives: every outstanding request may cause up to three messages (grant, announce,
-        // data), for at most 64 credits, plus the receives waiting to be reposted in a batch.
+        // The queue pair has room for the receives of at most 64 credits (`recv_count`); those
+        // of the credits granted are posted once the process has answered.
         let recv_size = options.recv_size.max(HEADER_LEN + GRANT_LEN + 256);
         let max_credits = 64u32;
-        let recv_count = 3 * max_credits + REPOST_BATCH as u32;
-        let cq = CompletionQueue::new(&context, (2 * recv_count + 64) as usize, Some(&channel))?;
+        let max_recvs = recv_count(max_credits);
+        let cq = CompletionQueue::new(&context, (2 * max_recvs + 64) as usize, Some(&channel))?;
         let sq_depth = 2 * max_credits + 4;
-        let (qp, inline_max) = match QueuePair::new(&pd, &cq, None, sq_depth, recv_count, 64) {
+        let (qp, inline_max) = match QueuePair::new(&pd, &cq, None, sq_depth, max_recvs, 64) {
             Ok(qp) => (qp, 64),
-            Err(_) => (QueuePair::new(&pd, &cq, None, sq_depth, recv_count, 0)?, 0),
+            Err(_) => (QueuePair::new(&pd, &cq, None, sq_depth, max_recvs, 0)?, 0),
         };
         connect::to_init(&qp, &port)?;
-        let recv =
-            Registered::new(&pd, vec![0u8; recv_size * recv_count as usize].into_boxed_slice(), ACCESS_LOCAL_WRITE)?;
-        for i in 0..recv_count {
-            let addr = recv.mr().addr() + (i as usize * recv_size) as u64;
-            // SAFETY: the slot lies in `recv`, registered for local write on this PD; the program
-            // reads it only after its completion and `recv` outlives the QP (field order).
-            unsafe { qp.post_recv(wr_id(WR_RECV, i), addr, recv_size as u32, recv.mr().lkey())? };
-        }
         let psn = connect::random_psn();
         let local = Endpoint {
             mtu: port.mtu,
@@ -216,9 +208,20 @@ impl RdmaClient {
                 })
             }
         }
+        // As many receives as the credits granted can need, posted before the queue pair can
+        // receive: the fewer buffers the receives cycle through, the warmer they stay in caches
+        // (a receive queue is consumed in order).
+        let credits = remote.credits.min(max_credits);
+        let recvs = recv_count(credits);
+        let recv = Registered::new(&pd, vec![0u8; recv_size * recvs as usize].into_boxed_slice(), ACCESS_LOCAL_WRITE)?;
+        for i in 0..recvs {
+            let addr = recv.mr().addr() + (i as usize * recv_size) as u64;
+            // SAFETY: the slot lies in `recv`, registered for local write on this PD; the program
+            // reads it only after its completion and `recv` outlives the QP (field order).
+            unsafe { qp.post_recv(wr_id(WR_RECV, i), addr, recv_size as u32, recv.mr().lkey())? };
+        }
         connect::to_rts(&qp, &port, psn, &remote)?;
         stream.set_nonblocking(true)?;
-        let credits = remote.credits.min(max_credits);
         let slot_size = (remote.recv_size as usize).max(HEADER_LEN + GRANT_LEN);
         let slot_count = credits + 4;
         let send =
@@ -743,6 +746,12 @@ impl Deadline {
     fn left(&mut self) -> Duration {
         self.at().saturating_duration_since(Instant::now())
     }
+}
+
+/// Receives a client with `credits` keeps posted: up to three messages per request it may have
+/// outstanding, and those waiting to be reposted in a batch.
+fn recv_count(credits: u32) -> u32 {
+    3 * credits + REPOST_BATCH as u32
 }
 
 fn wr_id(kind: u64, index: u32) -> u64 {

@@ -275,15 +275,32 @@ impl Conn {
     /// Sends `response`, returning the credit of the request it answers.
     fn respond(&self, tx: &mut Tx, response: Response, release: bool) {
         let Outcome { status, message, output } = response.outcome;
-        let len = output.as_ref().map_or(0, |o| o.len());
-        let header = Header::response(response.id, status, 0, len as u32);
+        let body: &[u8] = output.as_deref().unwrap_or(&[]);
+        let header = Header::response(response.id, status, message.len() as u16, body.len() as u32);
+        // The common case, an answer that fits a slot with nothing queued before it, is laid
+        // out and posted here, from where it is (the output returns to the pool after the post).
+        if tx.qp.is_some()
+            && tx.queue.is_empty()
+            && tx.sq_room > 0
+            && HEADER_LEN + message.len() + body.len() <= self.slot_size
+            && message.len() <= usize::from(u16::MAX)
+        {
+            if let Some(slot) = tx.free_slots.pop() {
+                if release {
+                    tx.ledger.release();
+                }
+                let len = self.write_frame(slot, &header, message.as_bytes(), body);
+                self.post_slot(tx, slot, Op::Frame, 0, len);
+                return;
+            }
+        }
         self.send_reply(tx, header, message.into_bytes(), output, release);
     }
 
     /// Sends a frame of `header`, `meta` (cut to what fits a send slot beside the header) and
     /// `payload`; `release` returns the credit of the request it answers.
     fn send_reply(&self, tx: &mut Tx, header: Header, mut meta: Vec<u8>, payload: Option<PoolBuf>, release: bool) {
-        meta.truncate(self.slot_size - HEADER_LEN);
+        meta.truncate((self.slot_size - HEADER_LEN).min(usize::from(u16::MAX)));
         let header = Header { meta_len: meta.len() as u16, ..header };
         self.send_frame(tx, Out::Frame { header, meta, payload, release });
     }
@@ -356,7 +373,6 @@ impl Conn {
 
     /// Lays `out` (a frame, an announcement or a grant) out in `slot` and posts it as a SEND.
     fn post_in_slot(&self, tx: &mut Tx, slot: u32, out: Out) {
-        let offset = slot as usize * self.slot_size;
         // A small frame's output, copied into the slot: given back to the pool only after the
         // send is posted, so that the answer leaves first.
         let mut copied = None;
@@ -367,10 +383,7 @@ impl Conn {
                 }
                 let payload_len = payload.as_ref().map_or(0, |p| p.len());
                 if HEADER_LEN + meta.len() + payload_len <= self.slot_size {
-                    let head = header.encode();
-                    let body: &[u8] = payload.as_deref().unwrap_or(&[]);
-                    // SAFETY: a free slot is named by no posted work request.
-                    let len = unsafe { self.slots.write(offset, &[&head, &meta, body]) };
+                    let len = self.write_frame(slot, &header, &meta, payload.as_deref().unwrap_or(&[]));
                     copied = payload;
                     (Op::Frame, 0, len)
                 } else {
@@ -398,21 +411,38 @@ impl Conn {
                     };
                     let token = free_token(tx);
                     tx.announced.insert(token, registered);
-                    // SAFETY: a free slot is named by no posted work request.
-                    let len = unsafe { self.slots.write(offset, &[&header.encode(), &meta]) };
+                    let len = self.write_frame(slot, &header, &meta, &[]);
                     (Op::Rts, token, len)
                 }
             }
             Out::Cts { token, grant } => {
                 // SAFETY: a free slot is named by no posted work request.
-                let len = unsafe { self.slots.write(offset, &[&grant.encode()]) };
+                let len = unsafe { self.slots.write(slot as usize * self.slot_size, &[&grant.encode()]) };
                 (Op::Cts, token, len)
             }
             Out::Write { .. } => unreachable!("writes use no slot"),
         };
+        self.post_slot(tx, slot, op, token, len);
+        drop(copied);
+    }
+
+    /// Lays a frame (or, with an empty `body`, an announcement) out in `slot`, which the caller
+    /// has just taken from the free slots; returns its length.
+    fn write_frame(&self, slot: u32, header: &Header, meta: &[u8], body: &[u8]) -> usize {
+        // SAFETY: a slot taken from the free list is named by no posted work request.
+        unsafe { self.slots.write(slot as usize * self.slot_size, &[&header.encode(), meta, body]) }
+    }
+
+    /// Posts the `len` bytes laid out in `slot` as a SEND of `op` (returning the credits due);
+    /// on failure the slot is free again.
+    fn post_slot(&self, tx: &mut Tx, slot: u32, op: Op, token: u16, len: usize) {
+        let offset = slot as usize * self.slot_size;
         let credits = tx.ledger.take_returnable();
         let imm = Imm::new(op, credits, token).encode();
-        let Some(qp) = tx.qp.as_ref() else { return };
+        let Some(qp) = tx.qp.as_ref() else {
+            tx.free_slots.push(slot);
+            return;
+        };
         let addr = self.slots.mr().addr() + offset as u64;
         // Signal every 8th send, and every send while slots or queue room run low, so that a
         // completion is always on its way when something waits for one.
@@ -445,7 +475,6 @@ impl Conn {
                 tx.free_slots.push(slot);
             }
         }
-        drop(copied);
     }
 }
 
@@ -554,13 +583,13 @@ impl EventLoop {
         let RdmaTransport { listener, process, options, context, port, stats } = transport;
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
-        let srq_target = options.max_connections * options.credits as usize;
+        let srq_capacity = options.max_connections * options.credits as usize;
         let sq_depth = send_depth(options.credits);
-        let cq_entries = srq_target + MAX_RECV_BATCH + options.max_connections * sq_depth as usize + 64;
+        let cq_entries = srq_capacity + MAX_RECV_BATCH + options.max_connections * sq_depth as usize + 64;
         let cq = CompletionQueue::new(&context, cq_entries, Some(&channel))?;
-        let srq = SharedReceiveQueue::new(&pd, (srq_target + MAX_RECV_BATCH) as u32)?;
-        let mut slots = Vec::with_capacity(2 * srq_target);
-        for _ in 0..2 * srq_target {
+        let srq = SharedReceiveQueue::new(&pd, (srq_capacity + MAX_RECV_BATCH) as u32)?;
+        let mut slots = Vec::with_capacity(2 * srq_capacity);
+        for _ in 0..2 * srq_capacity {
             let buf = process
                 .pool()
                 .get(options.recv_size)
@@ -583,7 +612,7 @@ impl EventLoop {
             slots,
             free_slots,
             lent: Vec::new(),
-            srq_target,
+            srq_target: 0,
             srq_posted: 0,
             srq,
             cq,
@@ -593,9 +622,6 @@ impl EventLoop {
             outputs: Arc::new(Mutex::new(OutputRegions::new(stats))),
         };
         event_loop.refill_srq();
-        if event_loop.srq_posted < srq_target {
-            return Err(io::Error::other("could not post the shared receive queue's buffers"));
-        }
         Ok(event_loop)
     }
 
@@ -719,12 +745,14 @@ impl EventLoop {
         }
     }
 
-    /// Posts free receive buffers, a batch per call ([`MAX_RECV_BATCH`]: one lock and one
-    /// doorbell), when the shared receive queue is a batch short of its capacity. The capacity is
-    /// the credits of every connection plus one batch, so those are always covered.
+    /// Posts free receive buffers, a batch at a time ([`MAX_RECV_BATCH`]: one lock and one
+    /// doorbell), while the shared receive queue is a batch short of its target: the credits of
+    /// the connections there are plus one batch, so those are always covered. Only that many:
+    /// the queue is consumed in order, and the fewer buffers it cycles through, the warmer they
+    /// stay in caches.
     fn refill_srq(&mut self) {
         let capacity = self.srq_target + MAX_RECV_BATCH;
-        while capacity - self.srq_posted >= MAX_RECV_BATCH {
+        while capacity.saturating_sub(self.srq_posted) >= MAX_RECV_BATCH {
             let mut batch = [RecvBuffer { wr_id: 0, addr: 0, len: 0, lkey: 0 }; MAX_RECV_BATCH];
             let mut indices = [0u32; MAX_RECV_BATCH];
             let mut n = 0;
@@ -866,7 +894,7 @@ impl EventLoop {
                 }
                 let meta_end = HEADER_LEN + header.meta_len as usize;
                 let input = Payload::new(Arc::clone(&buf), meta_end..len);
-                self.dispatch(id, header, &buf[HEADER_LEN..meta_end], input);
+                Self::dispatch(io, &self.process, self.options.linger, header, &buf[HEADER_LEN..meta_end], input);
             }
             Op::Rts if !wc.is_write_imm() => {
                 let slot = &mut self.slots[index as usize];
@@ -910,7 +938,7 @@ impl EventLoop {
                 }
                 // Revoke the peer's access before the function sees the bytes.
                 let payload = Payload::whole(grant.buf.into_inner());
-                self.dispatch(id, grant.header, &grant.meta, payload);
+                Self::dispatch(io, &self.process, self.options.linger, grant.header, &grant.meta, payload);
             }
             op => return Err(violation(format!("{op:?} by the wrong verb"))),
         }
@@ -939,11 +967,9 @@ impl EventLoop {
         }
     }
 
-    /// Serves one frame as every transport does ([`serve_frame`]); its answer returns the
-    /// request's credit.
-    fn dispatch(&mut self, id: u32, header: Header, meta: &[u8], input: Payload) {
-        let Self { conns, process, options, .. } = self;
-        let Some(io) = conns.get_mut(&id) else { return };
+    /// Serves one frame of connection `io` as every transport does ([`serve_frame`]); its
+    /// answer returns the request's credit.
+    fn dispatch(io: &mut ConnIo, process: &Process, linger: Duration, header: Header, meta: &[u8], input: Payload) {
         let (frame, close) = match serve_frame(process, &mut io.peer, &io.sink, header, meta, input) {
             FrameAction::Queued => return,
             FrameAction::Respond(response) => {
@@ -957,8 +983,8 @@ impl EventLoop {
         };
         let (header, meta, payload) = frame.into_parts();
         if close {
-            tracing::info!(conn = id, "closing a connection whose peer failed to authenticate");
-            io.state = State::Closing(Instant::now() + options.linger);
+            tracing::info!(conn = io.conn.id, "closing a connection whose peer failed to authenticate");
+            io.state = State::Closing(Instant::now() + linger);
         }
         let conn = &io.conn;
         let mut tx = conn.tx();
@@ -1002,6 +1028,9 @@ impl EventLoop {
     fn close(&mut self, id: u32) {
         let Some(mut io) = self.conns.remove(&id) else { return };
         self.by_qpn.remove(&io.qpn);
+        // Its receives are no longer needed: those posted for it are used by the others or
+        // stay posted until they are.
+        self.srq_target -= self.options.credits as usize;
         {
             let mut tx = io.conn.tx();
             if let Some(qp) = tx.qp.take() {
@@ -1120,6 +1149,11 @@ impl EventLoop {
                 peer: PeerSession::default(),
             },
         );
+        // Its credits' receives are posted before the answer too. (Should functions hold so
+        // many receive buffers that not all can be posted, its messages wait in the device's
+        // RNR retries until they are, never lost.)
+        self.srq_target += credits as usize;
+        self.refill_srq();
         std_stream.set_nonblocking(false)?;
         let answered = local.write_to(std_stream);
         let _ = std_stream.set_nonblocking(true);
