@@ -376,7 +376,14 @@ ulimit -l unlimited 2>/dev/null
 echo 4 >/proc/sys/kernel/printk
 cd /tmp
 marker START
-sh /etc/praas/run.sh </dev/null
+# The command's standard error leaves on the second serial port (the host's stderr), so that
+# its standard output reaches the host's stdout alone (JSON lines stay parseable).
+if [ -c /dev/ttyS1 ]; then
+    stty -F /dev/ttyS1 raw -echo 2>/dev/null
+    sh /etc/praas/run.sh </dev/null 2>/dev/ttyS1
+else
+    sh /etc/praas/run.sh </dev/null
+fi
 status=\$?
 marker "EXIT:\$status"
 sync
@@ -552,6 +559,7 @@ build_run_layer() {
 
 QEMU_PID=""
 FILTER_PID=""
+STDERR_PID=""
 RUN_DIR=""
 
 # Stops what this run started (timeout(1) passes the signal on to QEMU)
@@ -565,6 +573,10 @@ cleanup() {
     if [[ -n "$FILTER_PID" ]]; then
         kill "$FILTER_PID" 2>/dev/null || true
         wait "$FILTER_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$STDERR_PID" ]]; then
+        kill "$STDERR_PID" 2>/dev/null || true
+        wait "$STDERR_PID" 2>/dev/null || true
     fi
     [[ -n "$RUN_DIR" ]] && rm -rf "$RUN_DIR"
     return 0
@@ -605,23 +617,33 @@ run_vm() {
     # emulates is the host's, constant and monotonic, as on the clusters praas targets.
     local append="console=ttyS0 quiet loglevel=4 panic=1 mitigations=off clocksource=tsc tsc=reliable"
     append+=" rdinit=/init i8042.noaux i8042.nopnp random.trust_cpu=on"
-    mkfifo "$RUN_DIR/console"
+    mkfifo "$RUN_DIR/console" "$RUN_DIR/stderr"
     # timeout(1) kills QEMU at the deadline; -no-reboot with panic=1 makes a
     # kernel panic (e.g. init died) end QEMU instead of rebooting forever.
     timeout -k 5 "$TIMEOUT" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu "${RXE_VM_CPU:-max}" -smp 2 -m "$VM_MEM_MB" \
         -nographic -nic none -no-reboot -no-user-config \
         -kernel "$VMLINUX" -initrd "$RUN_DIR/initrd.cpio" -append "$append" \
+        -serial mon:stdio -chardev file,id=stderr,path="$RUN_DIR/stderr" -serial chardev:stderr \
         </dev/null >"$RUN_DIR/console" 2>"$RUN_DIR/qemu.stderr" &
     QEMU_PID=$!
     filter_console <"$RUN_DIR/console" &
     FILTER_PID=$!
+    # The guest's ttyS1: the command's standard error, to ours as it comes.
+    tr -d '\r' <"$RUN_DIR/stderr" >&2 &
+    STDERR_PID=$!
     # `wait` (unlike a foreground command) lets the INT/TERM trap run at once.
     QEMU_RC=0
     wait "$QEMU_PID" || QEMU_RC=$?
     QEMU_PID=""
     wait "$FILTER_PID" || true
     FILTER_PID=""
+    # It ends with QEMU's end of the file; should QEMU have stopped before opening it, the
+    # reader would wait for a writer forever.
+    for _ in {1..20}; do kill -0 "$STDERR_PID" 2>/dev/null || break; sleep 0.1; done
+    kill "$STDERR_PID" 2>/dev/null || true
+    wait "$STDERR_PID" 2>/dev/null || true
+    STDERR_PID=""
 }
 
 # Maps what happened in the VM to this script's exit status.
