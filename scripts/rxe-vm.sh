@@ -73,7 +73,9 @@ Usage: scripts/rxe-vm.sh [--timeout SECS] [--file HOSTPATH[:GUESTPATH]]...
 Boots a QEMU (TCG) VM with Debian 12's kernel and a SoftRoCE device
 ($RXE_DEVICE on $RXE_NETDEV, address $GUEST_ADDR/$GUEST_PREFIX, which exists only
 inside the VM), runs COMMAND there with busybox sh, prints its output and
-exits with its exit status.
+exits with its exit status. COMMAND's standard output comes back on this
+script's standard output and its standard error on this script's standard
+error (the guest's second serial port), so that e.g. JSON lines stay clean.
 
   --timeout SECS   kill the VM after SECS seconds (default 300); exit 124
   --file H[:G]     copy host file H into the guest at G (default
