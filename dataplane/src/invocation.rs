@@ -16,6 +16,7 @@ use praas_ffi::{
 };
 
 use crate::buffer::{PoolBuf, MIN_BUF};
+use crate::clock::Tick;
 use crate::function::{ExecutionMode, Function};
 use crate::peer::{mailbox_status, DEFAULT_PUT_TIMEOUT};
 use crate::process::Process;
@@ -48,11 +49,35 @@ impl Outcome {
     }
 }
 
+/// When an invocation must have finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Never.
+    None,
+    /// At this instant.
+    At(Instant),
+    /// This long after this tick: an inline invocation's, turned into an instant only when a
+    /// function needs it (a local invocation, a message), so that the inline path reads no
+    /// monotonic clock.
+    After(Tick, Duration),
+}
+
+impl Deadline {
+    /// The deadline as an instant (`None`: never).
+    pub fn instant(self) -> Option<Instant> {
+        match self {
+            Deadline::None => None,
+            Deadline::At(at) => Some(at),
+            Deadline::After(start, timeout) => Some(start.to_instant() + timeout),
+        }
+    }
+}
+
 /// Runtime-side state of a running invocation, reached through `praas_context::runtime`.
 struct Invocation<'p> {
     process: &'p Process,
     function: &'p str,
-    deadline: Option<Instant>,
+    deadline: Deadline,
     depth: u32,
     error: Option<String>,
     /// Runs on the transport's I/O thread (an inline function, or one it invoked locally): it
@@ -87,7 +112,7 @@ impl Lent {
 }
 
 /// Runs `function` on this thread with `input`; never unwinds.
-pub fn execute(process: &Process, function: &Function, input: &[u8], deadline: Option<Instant>) -> Outcome {
+pub fn execute(process: &Process, function: &Function, input: &[u8], deadline: Deadline) -> Outcome {
     execute_nested(process, function, input, deadline, 0, function.mode == ExecutionMode::Inline)
 }
 
@@ -95,7 +120,7 @@ fn execute_nested(
     process: &Process,
     function: &Function,
     input: &[u8],
-    deadline: Option<Instant>,
+    deadline: Deadline,
     depth: u32,
     inline: bool,
 ) -> Outcome {
@@ -317,7 +342,7 @@ unsafe extern "C" fn invoke(
         if invocation.depth + 1 >= MAX_LOCAL_DEPTH {
             return fail(PRAAS_ERR_INVALID_ARGUMENT, format!("local invocations nested deeper than {MAX_LOCAL_DEPTH}"));
         }
-        if invocation.deadline.is_some_and(|d| Instant::now() >= d) {
+        if invocation.deadline.instant().is_some_and(|d| Instant::now() >= d) {
             return fail(PRAAS_ERR_TIMEOUT, format!("deadline passed before {:?} could be invoked", callee.name));
         }
         // The callee runs right here, on the caller's thread: a local invocation needs no free
@@ -442,7 +467,7 @@ unsafe extern "C" fn put(
             );
             return fail_into(error, Status::Unsupported, text);
         }
-        let timeout = match invocation.deadline {
+        let timeout = match invocation.deadline.instant() {
             Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(DEFAULT_PUT_TIMEOUT),
             None => DEFAULT_PUT_TIMEOUT,
         };
@@ -492,7 +517,7 @@ unsafe extern "C" fn get(
             return fail_into(message, Status::Unsupported, text);
         }
         let asked = Duration::from_millis(timeout_ms);
-        let left = invocation.deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let left = invocation.deadline.instant().map(|d| d.saturating_duration_since(Instant::now()));
         let wait = left.map_or(asked, |left| left.min(asked));
         match invocation.process.mailbox().get(source, key, wait) {
             Ok((sender, bytes)) => {

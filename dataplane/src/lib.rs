@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod buffer;
 pub mod client;
+pub mod clock;
 pub mod control_channel;
 pub mod function;
 pub mod idmap;

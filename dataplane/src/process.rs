@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
 use crate::buffer::{BufferPool, Payload, DEFAULT_BUDGET};
+use crate::clock::Tick;
 use crate::control_channel::PeerList;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
-use crate::invocation::{execute, unknown_function_message, Outcome};
+use crate::invocation::{execute, unknown_function_message, Deadline, Outcome};
 use crate::mailbox::Mailbox;
 use crate::peer::PeerDirectory;
 use crate::protocol::{Status, DEFAULT_MAX_FRAME};
@@ -96,10 +97,9 @@ pub struct Metrics {
     invocations: AtomicU64,
     local_invocations: AtomicU64,
     compute_ns: AtomicU64,
-    last_invocation_ns: AtomicU64,
-    /// A monotonic instant and the wall-clock time (ns since the epoch) it corresponds to: wall
-    /// times of invocations are derived from their monotonic ones, with no second clock read.
-    epoch: (Instant, u64),
+    /// When the last client invocation finished: a [`Tick`]'s raw value plus one (0: never),
+    /// turned into wall-clock time when read.
+    last_invocation: AtomicU64,
 }
 
 impl Metrics {
@@ -108,17 +108,15 @@ impl Metrics {
             invocations: AtomicU64::new(0),
             local_invocations: AtomicU64::new(0),
             compute_ns: AtomicU64::new(0),
-            last_invocation_ns: AtomicU64::new(0),
-            epoch: (Instant::now(), now_ns()),
+            last_invocation: AtomicU64::new(0),
         }
     }
 
-    fn record(&self, started: Instant, finished: Instant) {
+    /// Counts one client invocation that ran for `ran` and finished at `finished`.
+    fn record(&self, ran: Duration, finished: Tick) {
         self.invocations.fetch_add(1, Ordering::Relaxed);
-        self.compute_ns.fetch_add(finished.saturating_duration_since(started).as_nanos() as u64, Ordering::Relaxed);
-        let (epoch, epoch_ns) = self.epoch;
-        let wall = epoch_ns + finished.saturating_duration_since(epoch).as_nanos() as u64;
-        self.last_invocation_ns.store(wall, Ordering::Relaxed);
+        self.compute_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        self.last_invocation.store(finished.raw() + 1, Ordering::Relaxed);
     }
 
     /// Counts one local invocation.
@@ -143,7 +141,10 @@ impl Metrics {
 
     /// When the last client invocation finished (ns since the Unix epoch; 0: never).
     pub fn last_invocation_ns(&self) -> u64 {
-        self.last_invocation_ns.load(Ordering::Relaxed)
+        match self.last_invocation.load(Ordering::Relaxed) {
+            0 => 0,
+            raw => now_ns().saturating_sub(Tick::from_raw(raw - 1).elapsed().as_nanos() as u64),
+        }
     }
 }
 
@@ -206,6 +207,8 @@ impl Process {
     /// Starts a process with `functions`: its worker threads and watchdog run until the last
     /// `Arc<Process>` is dropped.
     pub fn start(config: ProcessConfig, functions: FunctionRegistry) -> std::io::Result<Arc<Self>> {
+        // Once per OS process, here rather than at the first invocation.
+        crate::clock::calibrate();
         if config.client_auth && config.secret.is_empty() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -329,12 +332,13 @@ impl Process {
         self.draining.store(false, Ordering::SeqCst);
     }
 
-    fn deadline(&self, function: &Function, timeout_ms: u32, arrival: Instant) -> Option<Instant> {
-        let timeout = match timeout_ms {
+    /// How long an invocation of `function` may take: the request's `timeout_ms`, else the
+    /// function's, else the process's default.
+    fn timeout(&self, function: &Function, timeout_ms: u32) -> Option<Duration> {
+        match timeout_ms {
             0 => function.timeout.or(self.config.default_timeout),
             ms => Some(Duration::from_millis(ms.into())),
-        };
-        timeout.map(|t| arrival + t)
+        }
     }
 
     /// Runs or queues the invocation `id` of `function` with `input`. Inline functions run here
@@ -347,7 +351,7 @@ impl Process {
         timeout_ms: u32,
         sink: &Arc<dyn ResponseSink>,
     ) -> Dispatched {
-        let arrival = Instant::now();
+        let arrival = Tick::now();
         let function = crate::protocol::unpadded(function);
         let Some(function) = self.functions.get(function) else {
             let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(self, function));
@@ -361,14 +365,15 @@ impl Process {
             let message = format!("process {} is swapping out: retry through the control plane", self.config.id);
             return Dispatched::Done(Response { id, outcome: Outcome::error(Status::Overloaded, message) });
         }
-        let deadline = self.deadline(function, timeout_ms, arrival);
+        let timeout = self.timeout(function, timeout_ms);
         match function.mode {
             ExecutionMode::Inline => {
-                let outcome = self.run(function, &input, arrival, deadline);
+                let outcome = self.run_inline(function, &input, arrival, timeout);
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 Dispatched::Done(Response { id, outcome })
             }
             ExecutionMode::Worker => {
+                let deadline = timeout.map(|t| arrival.to_instant() + t);
                 let pending =
                     Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
                 let job = Job { function: function.clone(), input, pending };
@@ -394,12 +399,30 @@ impl Process {
         }
     }
 
-    /// Runs `function` on this thread from `started` (a clock reading the caller already took),
-    /// accounting it and applying its deadline: one more clock reading per invocation.
-    fn run(&self, function: &Function, input: &[u8], started: Instant, deadline: Option<Instant>) -> Outcome {
+    /// Runs an inline `function` on this (the I/O) thread for the invocation that arrived at
+    /// `arrival`, accounting it and applying its timeout: one more clock reading per invocation,
+    /// both on the cheap clock ([`crate::clock`]; the deadline becomes an instant only if the
+    /// function asks for it).
+    fn run_inline(&self, function: &Function, input: &[u8], arrival: Tick, timeout: Option<Duration>) -> Outcome {
+        let deadline = timeout.map_or(Deadline::None, |t| Deadline::After(arrival, t));
         let outcome = execute(self, function, input, deadline);
+        let finished = Tick::now();
+        let ran = finished.duration_since(arrival);
+        self.metrics.record(ran, finished);
+        match timeout {
+            Some(timeout) if ran > timeout => {
+                Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
+            }
+            _ => outcome,
+        }
+    }
+
+    /// Runs `function` on this (a worker) thread from `started` (a clock reading the caller
+    /// already took), accounting it and applying its deadline.
+    fn run(&self, function: &Function, input: &[u8], started: Instant, deadline: Option<Instant>) -> Outcome {
+        let outcome = execute(self, function, input, deadline.map_or(Deadline::None, Deadline::At));
         let finished = Instant::now();
-        self.metrics.record(started, finished);
+        self.metrics.record(finished.saturating_duration_since(started), Tick::now());
         match deadline {
             Some(deadline) if finished > deadline => Outcome::error(
                 Status::Timeout,

@@ -262,6 +262,39 @@ fn an_invocation_past_its_deadline_times_out_and_the_process_goes_on(kind: Trans
     assert_eq!(client.invoke("sleep", b"1").unwrap(), b"slept");
 }
 
+fn an_inline_invocation_past_its_deadline_is_answered_timeout_and_counted(kind: TransportKind) {
+    // Inline invocations are timed on the cheap clock (praas_dataplane::clock): their deadline,
+    // the process's metrics and the deadline a local invocation inherits come from it.
+    let lib = example_functions();
+    let mut manifest = example_manifest();
+    manifest.functions.push(spec("inline_sleep", &lib, Some("sleep"), ExecutionMode::Inline));
+    manifest.functions.push(spec("inline_call", &lib, Some("call"), ExecutionMode::Inline));
+    let (process, server) = serve_on(kind, &manifest, config(1));
+    let options = ClientOptions {
+        invocation_timeout_ms: 100,
+        timeout: Duration::from_secs(30),
+        transport: kind,
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_with(server.local_addr(), options).unwrap();
+    let wall = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let before = wall(std::time::SystemTime::now());
+    let (status, message) = remote_status(client.invoke("inline_sleep", b"250").unwrap_err());
+    assert_eq!(status, Status::Timeout, "{message}");
+    assert!(message.contains("past its deadline"), "{message}");
+    let after = wall(std::time::SystemTime::now());
+    let metrics = process.metrics();
+    assert_eq!(metrics.invocations(), 1);
+    assert!(metrics.compute_ns() >= 249_000_000, "ran 250 ms, counted {} ns", metrics.compute_ns());
+    assert!(metrics.compute_ns() < after - before + 1_000_000, "counted {} ns", metrics.compute_ns());
+    let last = metrics.last_invocation_ns();
+    assert!(last >= before && last <= after + 1_000_000, "{before} <= {last} <= {after}");
+    // Within its deadline, an inline function runs, and so does what it invokes locally.
+    assert_eq!(client.invoke("inline_sleep", b"1").unwrap(), b"slept");
+    assert_eq!(client.invoke("inline_call", b"echo").unwrap(), b"");
+    assert_eq!(metrics.invocations(), 3);
+}
+
 fn the_client_times_out_and_its_connection_stays_usable(kind: TransportKind) {
     let (_process, server) = start(kind, 2);
     let options = ClientOptions { timeout: Duration::from_millis(300), transport: kind, ..ClientOptions::default() };
@@ -407,6 +440,7 @@ on_both_transports!(
     state_is_shared_across_invocations_and_clients,
     local_invocations_nest_three_deep_with_one_busy_worker,
     an_invocation_past_its_deadline_times_out_and_the_process_goes_on,
+    an_inline_invocation_past_its_deadline_is_answered_timeout_and_counted,
     the_client_times_out_and_its_connection_stays_usable,
     a_spinning_client_is_answered_in_order_and_still_times_out,
     c_functions_run_through_the_header_abi,
