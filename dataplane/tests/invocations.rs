@@ -36,6 +36,17 @@ fn client(kind: TransportKind, server: &ServerHandle) -> Client {
     Client::connect_with(server.local_addr(), options).expect("connect")
 }
 
+/// A client whose invocations carry a deadline of `ms` milliseconds.
+fn client_with_deadline(kind: TransportKind, server: &ServerHandle, ms: u32) -> Client {
+    let options = ClientOptions {
+        invocation_timeout_ms: ms,
+        timeout: Duration::from_secs(30),
+        transport: kind,
+        ..ClientOptions::default()
+    };
+    Client::connect_with(server.local_addr(), options).expect("connect")
+}
+
 fn remote_status(err: ClientError) -> (Status, String) {
     match err {
         ClientError::Remote { status, message } => (status, message),
@@ -246,13 +257,7 @@ fn local_invocations_nest_three_deep_with_one_busy_worker(kind: TransportKind) {
 
 fn an_invocation_past_its_deadline_times_out_and_the_process_goes_on(kind: TransportKind) {
     let (_process, server) = start(kind, 2);
-    let options = ClientOptions {
-        invocation_timeout_ms: 200,
-        timeout: Duration::from_secs(30),
-        transport: kind,
-        ..ClientOptions::default()
-    };
-    let mut client = Client::connect_with(server.local_addr(), options).unwrap();
+    let mut client = client_with_deadline(kind, &server, 200);
     let started = Instant::now();
     let (status, message) = remote_status(client.invoke("sleep", b"3000").unwrap_err());
     assert_eq!(status, Status::Timeout, "{message}");
@@ -270,13 +275,7 @@ fn an_inline_invocation_past_its_deadline_is_answered_timeout_and_counted(kind: 
     manifest.functions.push(spec("inline_sleep", &lib, Some("sleep"), ExecutionMode::Inline));
     manifest.functions.push(spec("inline_call", &lib, Some("call"), ExecutionMode::Inline));
     let (process, server) = serve_on(kind, &manifest, config(1));
-    let options = ClientOptions {
-        invocation_timeout_ms: 100,
-        timeout: Duration::from_secs(30),
-        transport: kind,
-        ..ClientOptions::default()
-    };
-    let mut client = Client::connect_with(server.local_addr(), options).unwrap();
+    let mut client = client_with_deadline(kind, &server, 100);
     let wall = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let before = wall(std::time::SystemTime::now());
     let (status, message) = remote_status(client.invoke("inline_sleep", b"250").unwrap_err());
