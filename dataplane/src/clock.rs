@@ -42,11 +42,6 @@ pub fn calibrate() {
     clock();
 }
 
-/// Whether ticks come from the time-stamp counter (else from the monotonic clock).
-pub fn uses_counter() -> bool {
-    clock().ns_per_tick.is_some()
-}
-
 impl Tick {
     /// The current time.
     #[inline]

@@ -408,13 +408,7 @@ impl Process {
         let outcome = execute(self, function, input, deadline);
         let finished = Tick::now();
         let ran = finished.duration_since(arrival);
-        self.metrics.record(ran, finished);
-        match timeout {
-            Some(timeout) if ran > timeout => {
-                Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
-            }
-            _ => outcome,
-        }
+        self.finish(function, outcome, ran, finished, timeout.is_some_and(|timeout| ran > timeout))
     }
 
     /// Runs `function` on this (a worker) thread from `started` (a clock reading the caller
@@ -422,13 +416,18 @@ impl Process {
     fn run(&self, function: &Function, input: &[u8], started: Instant, deadline: Option<Instant>) -> Outcome {
         let outcome = execute(self, function, input, deadline.map_or(Deadline::None, Deadline::At));
         let finished = Instant::now();
-        self.metrics.record(finished.saturating_duration_since(started), Tick::now());
-        match deadline {
-            Some(deadline) if finished > deadline => Outcome::error(
-                Status::Timeout,
-                format!("function {:?} ran {:?}, past its deadline", function.name, finished - started),
-            ),
-            _ => outcome,
+        let ran = finished.saturating_duration_since(started);
+        self.finish(function, outcome, ran, Tick::now(), deadline.is_some_and(|deadline| finished > deadline))
+    }
+
+    /// Accounts an invocation of `function` that ran for `ran` until `finished`: its `outcome`,
+    /// or `Timeout` if it `overran` its deadline (a function cannot be stopped, only disowned).
+    fn finish(&self, function: &Function, outcome: Outcome, ran: Duration, finished: Tick, overran: bool) -> Outcome {
+        self.metrics.record(ran, finished);
+        if overran {
+            Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
+        } else {
+            outcome
         }
     }
 
