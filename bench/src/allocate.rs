@@ -25,6 +25,8 @@ struct ControlPlane {
     child: Child,
     http: String,
     agent: ureq::Agent,
+    /// `Bearer TOKEN`: the API's token, read from the data folder.
+    authorization: String,
     _data: tempfile::TempDir,
 }
 
@@ -39,12 +41,15 @@ fn praas_binary() -> Result<PathBuf, String> {
 }
 
 impl ControlPlane {
-    fn start(backend_args: &[&str]) -> Result<Self, String> {
+    /// Starts `praas control serve` whose manifests may name libraries inside `function_root`.
+    fn start(backend_args: &[&str], function_root: &std::path::Path) -> Result<Self, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
         let pool_name = pool_name(data.path());
         let mut child = Command::new(praas_binary()?)
             .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "1000", "--data-dir"])
             .arg(data.path())
+            .arg("--function-root")
+            .arg(function_root)
             .args(backend_args)
             .args(["--slurm-pool-name", &pool_name])
             .env("RUST_LOG", "warn")
@@ -66,15 +71,19 @@ impl ControlPlane {
             .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        Ok(Self { child, http, agent, _data: data })
+        let token_file = data.path().join("api-token");
+        let token = std::fs::read_to_string(&token_file).map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let authorization = format!("Bearer {}", token.trim());
+        Ok(Self { child, http, agent, authorization, _data: data })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
         let url = format!("{}{path}", self.http);
+        let auth = self.authorization.as_str();
         let response = match (method, body) {
-            ("PUT", Some(body)) => self.agent.put(&url).send_json(body),
-            ("POST", _) => self.agent.post(&url).send_empty(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", Some(body)) => self.agent.put(&url).header("Authorization", auth).send_json(body),
+            ("POST", _) => self.agent.post(&url).header("Authorization", auth).send_empty(),
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", auth).call(),
             _ => unreachable!("only the calls below"),
         };
         let mut response = response.map_err(|e| format!("{method} {path}: {e}"))?;
@@ -159,11 +168,12 @@ fn measure_backend(
     backend_args: &[&str],
     interleave: bool,
 ) -> Result<(Summary, Option<Summary>), String> {
-    let cp = ControlPlane::start(backend_args)?;
     let library = functions::library()?;
+    let root = library.parent().ok_or("the functions library has no folder")?;
+    let cp = ControlPlane::start(backend_args, root)?;
     let manifest = functions::manifest_text(&library)?;
     let resources = serde_json::json!({ "vcpus": 1, "memory_mb": 256 });
-    let app = serde_json::json!({ "manifest": manifest, "manifest_dir": "/", "resources": resources });
+    let app = serde_json::json!({ "manifest": manifest, "resources": resources });
     cp.call("PUT", "/apps/bench", Some(app))?;
     let mut hist = report::histogram();
     let mut base = report::histogram();

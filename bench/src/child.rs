@@ -29,6 +29,18 @@ impl ChildServer {
     /// Starts `current_exe() args...` (under `wrapper`, a command line, if given) and waits at
     /// most `timeout` for its address.
     pub fn spawn(name: &str, args: &[OsString], wrapper: Option<&str>, timeout: Duration) -> Result<Self, String> {
+        Self::spawn_with_env(name, args, &[], wrapper, timeout)
+    }
+
+    /// [`ChildServer::spawn`] with `env` added to the child's environment: what must not be on
+    /// its command line, which every user of the machine can read (`ps`), such as a secret.
+    pub fn spawn_with_env(
+        name: &str,
+        args: &[OsString],
+        env: &[(&str, &str)],
+        wrapper: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find the bench executable: {e}"))?;
         let mut command = match wrapper.map(|w| w.split_whitespace().collect::<Vec<_>>()) {
             Some(words) if !words.is_empty() => {
@@ -38,7 +50,12 @@ impl ChildServer {
             }
             _ => Command::new(&exe),
         };
-        command.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = command.spawn().map_err(|e| format!("cannot start the {name}: {e}"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stdin = child.stdin.take();

@@ -187,9 +187,6 @@ pub struct ServePraasArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
-    /// The application's secret, shared with the peers.
-    #[arg(long, default_value = "")]
-    pub secret: String,
     /// A peer of the same application, `ID=HOST:PORT` (repeatable).
     #[arg(long)]
     pub peer: Vec<String>,

@@ -116,14 +116,14 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
             id.into(),
             "--listen".into(),
             listen.to_string().into(),
-            "--secret".into(),
-            secret.clone().into(),
             "--peer".into(),
             other,
         ]
     };
-    let a = ChildServer::spawn("process a", &process("a", addr_a, peer("b", addr_b)), None, timeout)?;
-    let b = ChildServer::spawn("process b", &process("b", addr_b, peer("a", addr_a)), None, timeout)?;
+    // The secret goes through the environment: a command line is visible to every user (`ps`).
+    let env = [(crate::serve::SECRET_VAR, secret.as_str())];
+    let a = ChildServer::spawn_with_env("process a", &process("a", addr_a, peer("b", addr_b)), &env, None, timeout)?;
+    let b = ChildServer::spawn_with_env("process b", &process("b", addr_b, peer("a", addr_a)), &env, None, timeout)?;
     let raw =
         ChildServer::spawn("raw TCP echo server", &["serve-raw".into(), "--cpu".into(), cpu.clone()], None, timeout)?;
     let options = ClientOptions {

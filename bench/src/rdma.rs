@@ -156,14 +156,14 @@ pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout_secs);
     let library = functions::library()?;
     let manifest = functions::write_manifest(&library)?;
-    let secret = praas_dataplane::auth::new_secret();
+    let secret = praas_dataplane::Secret::random();
     let mut nodes = Vec::new();
     for (id, cpu) in [("a", placement.client), ("b", placement.server)] {
         let path = manifest.path().to_path_buf();
         let config = ProcessConfig {
             id: id.into(),
             app: "bench".into(),
-            secret: secret.clone(),
+            secret: Some(secret.clone()),
             workers: 2,
             ..ProcessConfig::default()
         };

@@ -13,9 +13,14 @@ use crate::child::{announce, wait_for_stdin_close};
 use crate::cli::{ServePraasArgs, ServeRawArgs};
 use crate::placement::pin_current_thread;
 
+/// The environment variable a `serve-praas` child takes the application's secret from (absent or
+/// empty: none, and the process refuses every peer).
+pub const SECRET_VAR: &str = "PRAAS_SECRET";
+
 const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// `serve-praas`: a process with one worker serving the manifest's functions.
+/// `serve-praas`: a process with one worker serving the manifest's functions, with the
+/// application's secret from [`SECRET_VAR`].
 pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
     pin_current_thread(args.cpu)?;
     let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
@@ -23,7 +28,7 @@ pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
     let config = ProcessConfig {
         id: args.id.clone(),
         app: "bench".into(),
-        secret: args.secret.clone(),
+        secret: std::env::var(SECRET_VAR).ok().and_then(|secret| praas_dataplane::Secret::new(secret).ok()),
         workers: 1,
         ..ProcessConfig::default()
     };

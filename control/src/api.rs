@@ -1,31 +1,71 @@
-//! The control plane's REST/JSON API (axum). Every handler runs its control-plane operation on
-//! the blocking pool and answers exactly once: the result as JSON, or `{"error": ..., "status": ...}`
-//! with 400, 404, 409, 500, 503 or 504.
+//! The control plane's REST/JSON API (axum). Every request must present the API's bearer token
+//! ([`crate::api_token`]); one without it is answered 401 before its body is read. Every handler
+//! runs its control-plane operation on the blocking pool and answers exactly once: the result as
+//! JSON, or `{"error": ..., "status": ...}` with 400, 401, 404, 409, 413, 500, 503 or 504.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::api_token::ApiToken;
+use crate::application::Upload;
 use crate::controller::{ApiError, ControlPlane};
 use crate::model::Resources;
+
+/// Largest body of `PUT /apps/{app}` (the manifest and its libraries, base64-encoded).
+pub const MAX_APP_BODY: usize = crate::application::MAX_UPLOAD_BYTES / 3 * 4 + (1 << 20);
 
 /// Body of `PUT /apps/{app}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateApp {
-    /// The functions manifest, TOML text.
+    /// The functions manifest, TOML text. Each library is a file of `files` (by its relative
+    /// path) or lies inside a `--function-root` of the control plane.
     pub manifest: String,
-    /// Folder relative library paths of the manifest resolve against.
-    pub manifest_dir: String,
+    /// Files uploaded with the manifest: its libraries.
+    #[serde(default)]
+    pub files: Vec<UploadedFile>,
     /// Default resources of its processes.
     #[serde(default)]
     pub resources: Option<Resources>,
     /// Slurm settings of its processes (Slurm backend, job mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<crate::model::SlurmOptions>,
+}
+
+/// A file uploaded with a manifest.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct UploadedFile {
+    /// Its path relative to the application's folder, as the manifest names it.
+    pub path: String,
+    /// Its content, base64 (standard alphabet, padded).
+    pub content: String,
+}
+
+impl std::fmt::Debug for UploadedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadedFile").field("path", &self.path).field("base64_len", &self.content.len()).finish()
+    }
+}
+
+impl UploadedFile {
+    /// A file to upload.
+    pub fn new(path: String, bytes: &[u8]) -> Self {
+        use base64::Engine;
+        Self { path, content: base64::engine::general_purpose::STANDARD.encode(bytes) }
+    }
+
+    fn decode(self) -> Result<Upload, ApiError> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(self.content.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("uploaded file {:?}: invalid base64: {e}", self.path)))?;
+        Ok(Upload { path: self.path, bytes })
+    }
 }
 
 /// Body of `PUT /apps/{app}/processes/{proc}` (optional).
@@ -73,11 +113,29 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// The API's routes.
-pub fn router(plane: ControlPlane) -> Router {
+/// Answers 401 to a request without the API's token, before anything reads its body.
+async fn authenticate(State(token): State<ApiToken>, request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|value| value.as_bytes());
+    if token.admits(authorization) {
+        return next.run(request).await;
+    }
+    let error = ApiError::unauthorized(
+        "this control plane's API needs its bearer token (Authorization: Bearer TOKEN): the praas CLI and \
+         SDKs of the user who started it find it by themselves; it is in DATA/api-token",
+    );
+    let mut response = error_response(error);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"praas\""));
+    response
+}
+
+/// The API's routes, every one behind the bearer `token`.
+pub fn router(plane: ControlPlane, token: ApiToken) -> Router {
     Router::new()
         .route("/apps", get(list_apps))
-        .route("/apps/{app}", put(create_app).get(get_app).delete(delete_app))
+        .route(
+            "/apps/{app}",
+            put(create_app).layer(DefaultBodyLimit::max(MAX_APP_BODY)).get(get_app).delete(delete_app),
+        )
         .route("/apps/{app}/client-key", get(client_key))
         .route("/apps/{app}/processes", get(list_processes))
         .route("/apps/{app}/processes/{proc}", put(create_process).get(get_process).delete(delete_process))
@@ -87,6 +145,7 @@ pub fn router(plane: ControlPlane) -> Router {
         .route("/apps/{app}/invoke/{function}", post(invoke))
         .fallback(|| async { error_response(ApiError::not_found("no such route")) })
         .with_state(plane)
+        .layer(middleware::from_fn_with_state(token, authenticate))
 }
 
 async fn list_apps(State(plane): State<ControlPlane>) -> Response {
@@ -97,7 +156,8 @@ async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, 
     blocking(move || {
         let request: CreateApp = parse(&body)?;
         let resources = request.resources.unwrap_or_default();
-        plane.create_app(&app, &request.manifest, &request.manifest_dir, resources, request.slurm)
+        let uploads = request.files.into_iter().map(UploadedFile::decode).collect::<Result<Vec<_>, _>>()?;
+        plane.create_app(&app, &request.manifest, uploads, resources, request.slurm)
     })
     .await
 }

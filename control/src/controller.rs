@@ -26,13 +26,13 @@ use praas_dataplane::swap::SwapStore;
 use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
 
 use crate::backend::{Backend, Exit, Launch};
-use crate::model::{valid_name, Application, ProcessRecord, ProcessStatus, Resources, SwapInfo};
+use crate::model::{valid_name, Application, ProcessRecord, ProcessStatus, Resources, SwapInfo, NAME_RULE};
 use crate::store::Store;
 
 /// An error answered by the API: an HTTP status and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// 400, 404, 409, 500, 503, 504.
+    /// 400, 401, 404, 409, 500, 503, 504.
     pub status: u16,
     /// What went wrong.
     pub message: String,
@@ -53,6 +53,10 @@ impl ApiError {
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, message)
+    }
+    /// 401.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, message)
     }
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -98,6 +102,9 @@ pub struct ControlConfig {
     /// Processes serve authenticated data-plane clients only (`--client-auth`): clients present
     /// their application's client key ([`ControlPlane::client_key`]).
     pub client_auth: bool,
+    /// Folders whose libraries manifests may name in place (`--function-root`), canonical;
+    /// otherwise libraries must be uploaded with the manifest ([`crate::application`]).
+    pub function_roots: Vec<PathBuf>,
 }
 
 impl ControlConfig {
@@ -113,6 +120,7 @@ impl ControlConfig {
             metrics_interval: Duration::from_millis(500),
             process_rdma: None,
             client_auth: false,
+            function_roots: Vec::new(),
         }
     }
 }
@@ -199,8 +207,8 @@ impl ControlPlane {
     /// Opens the control plane's data folder and recovers what it held: applications, and
     /// processes (running ones are watched again and re-register through the control channel).
     pub fn open(config: ControlConfig, backend: Box<dyn Backend>) -> Result<Self, ApiError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| ApiError::internal(format!("{}: {e}", config.data_dir.display())))?;
+        // Owner-only: the database holds every application's secret.
+        crate::api_token::private_dir(&config.data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let store = Store::open(&config.data_dir.join("control.redb"))?;
         let mut registry = Registry::default();
         for app in store.apps()? {
@@ -281,42 +289,52 @@ impl ControlPlane {
 
     // ----- applications -----
 
-    /// Creates an application from a functions manifest (TOML); relative library paths resolve
-    /// against `manifest_dir`.
+    /// Creates an application from a functions manifest (TOML) and the files uploaded with it:
+    /// every library must be one of them or lie inside a function root ([`crate::application`]).
     pub fn create_app(
         &self,
         name: &str,
         manifest: &str,
-        manifest_dir: &str,
+        uploads: Vec<crate::application::Upload>,
         resources: Resources,
         slurm: Option<crate::model::SlurmOptions>,
     ) -> Result<AppView, ApiError> {
         if !valid_name(name) {
-            return Err(ApiError::bad_request(format!("invalid application name {name:?}")));
+            return Err(ApiError::bad_request(format!("invalid application name {name:?}: {NAME_RULE}")));
         }
-        let parsed = Manifest::from_toml(manifest, Path::new(manifest_dir))
-            .map_err(|e| ApiError::bad_request(format!("invalid functions manifest: {e}")))?;
-        if parsed.functions.is_empty() {
-            return Err(ApiError::bad_request("the manifest declares no function"));
-        }
-        if resources.vcpus == 0 || resources.memory_mb == 0 {
-            return Err(ApiError::bad_request("vcpus and memory_mb must be positive"));
-        }
+        self.check_resources(&resources, slurm.as_ref())?;
+        let dir = crate::application::app_dir(&self.inner.config.data_dir, name);
+        let deployment =
+            crate::application::Deployment::resolve(manifest, uploads, &dir, &self.inner.config.function_roots)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let mut registry = self.registry();
         if registry.apps.contains_key(name) {
             return Err(ApiError::conflict(format!("application {name:?} exists")));
         }
+        deployment.install(&dir).map_err(|e| ApiError::internal(e.to_string()))?;
         let app = Application {
             name: name.into(),
-            manifest: manifest.into(),
-            manifest_dir: manifest_dir.into(),
+            manifest: deployment.manifest,
             resources,
             secret: praas_dataplane::auth::new_secret(),
             slurm,
         };
-        self.inner.store.put_app(&app)?;
+        if let Err(e) = self.inner.store.put_app(&app) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
         registry.apps.insert(name.into(), app.clone());
         Ok(app_view(&registry, &app))
+    }
+
+    /// Refuses resources that are not positive or exceed what one node of the backend offers.
+    fn check_resources(
+        &self,
+        resources: &Resources,
+        slurm: Option<&crate::model::SlurmOptions>,
+    ) -> Result<(), ApiError> {
+        let capacity = self.inner.backend.capacity(slurm).map_err(|e| ApiError::unavailable(e.reason))?;
+        resources.check(&capacity).map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     /// Every application.
@@ -350,6 +368,12 @@ impl ControlPlane {
         }
         self.inner.store.remove_app(name)?;
         registry.apps.remove(name);
+        let dir = crate::application::app_dir(&self.inner.config.data_dir, name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("deleted application {name:?} left {}: {e}", dir.display());
+            }
+        }
         Ok(())
     }
 
@@ -386,15 +410,19 @@ impl ControlPlane {
         resources: Option<Resources>,
     ) -> Result<ProcessRecord, ApiError> {
         if !valid_name(name) {
-            return Err(ApiError::bad_request(format!("invalid process name {name:?}")));
+            return Err(ApiError::bad_request(format!("invalid process name {name:?}: {NAME_RULE}")));
         }
         {
-            let mut registry = self.registry();
+            let registry = self.registry();
             let application =
                 registry.apps.get(app).ok_or_else(|| ApiError::not_found(format!("no application {app:?}")))?;
             let resources = resources.unwrap_or(application.resources);
-            if resources.vcpus == 0 || resources.memory_mb == 0 {
-                return Err(ApiError::bad_request("vcpus and memory_mb must be positive"));
+            let slurm = application.slurm.clone();
+            drop(registry);
+            self.check_resources(&resources, slurm.as_ref())?;
+            let mut registry = self.registry();
+            if !registry.apps.contains_key(app) {
+                return Err(ApiError::not_found(format!("no application {app:?}")));
             }
             let key = (app.to_owned(), name.to_owned());
             if let Some(existing) = registry.processes.get(&key) {
@@ -429,35 +457,14 @@ impl ControlPlane {
         }
     }
 
+    /// Writes the manifest the application's processes load (0600): the stored one, already
+    /// resolved to absolute library paths and written by the TOML library at creation.
     fn manifest_path(&self, app: &Application) -> Result<PathBuf, ApiError> {
-        // Library paths stay relative to the folder the client named: resolve them now.
-        let parsed = Manifest::from_toml(&app.manifest, Path::new(&app.manifest_dir))
-            .map_err(|e| ApiError::internal(format!("stored manifest of {}: {e}", app.name)))?;
-        let mut text = String::new();
-        for f in &parsed.functions {
-            let library = parsed.base_dir.join(&f.library);
-            text.push_str(&format!(
-                "[[function]]\nname = {:?}\nlibrary = {:?}\n",
-                f.name,
-                library.display().to_string()
-            ));
-            if let Some(symbol) = &f.symbol {
-                text.push_str(&format!("symbol = {symbol:?}\n"));
-            }
-            let mode = match f.mode {
-                praas_dataplane::function::ExecutionMode::Inline => "inline",
-                praas_dataplane::function::ExecutionMode::Worker => "worker",
-            };
-            text.push_str(&format!("mode = {mode:?}\n"));
-            if let Some(ms) = f.timeout_ms {
-                text.push_str(&format!("timeout_ms = {ms}\n"));
-            }
-            text.push('\n');
-        }
-        let dir = self.inner.config.data_dir.join("apps").join(&app.name);
-        std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
+        let dir = crate::application::app_dir(&self.inner.config.data_dir, &app.name);
+        let internal = |e: crate::api_token::TokenError| ApiError::internal(e.to_string());
+        crate::api_token::private_dir(&dir).map_err(internal)?;
         let path = dir.join("functions.toml");
-        std::fs::write(&path, text).map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+        crate::api_token::write_private(&path, app.manifest.as_bytes()).map_err(internal)?;
         Ok(path)
     }
 

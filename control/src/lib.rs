@@ -6,11 +6,14 @@
 //! - [`backend`]: where processes run ([`backend::LocalBackend`]: child OS processes;
 //!   [`backend::SlurmBackend`]: Slurm jobs or job steps on a cluster);
 //! - [`channel`]: the authenticated control channel processes register through;
-//! - [`api`]: the HTTP API; [`server`]: starts all of it;
+//! - [`api`]: the HTTP API, behind the bearer token of [`api_token`]; [`server`]: starts all of it;
+//! - [`application`]: where an application's libraries may come from (uploads, function roots);
 //! - [`store`]: the embedded database that makes it survive restarts;
 //! - [`cli`]: the client side of the `praas` tool.
 
 pub mod api;
+pub mod api_token;
+pub mod application;
 pub mod backend;
 pub mod channel;
 pub mod cli;

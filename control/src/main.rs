@@ -108,6 +108,10 @@ struct ControlServeArgs {
     /// control plane's own invocations authenticate by themselves.
     #[arg(long, env = "PRAAS_CLIENT_AUTH")]
     client_auth: bool,
+    /// A folder whose libraries manifests may name in place (repeatable); without one, every
+    /// library is uploaded with its manifest (`praas app create` does).
+    #[arg(long)]
+    function_root: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +127,10 @@ enum AppCommand {
         resources: ResourceArgs,
         #[command(flatten)]
         slurm: AppSlurmArgs,
+        /// Do not upload the libraries: the control plane uses them where the manifest names
+        /// them, inside one of its `--function-root` folders.
+        #[arg(long)]
+        in_place: bool,
     },
     /// List applications.
     List,
@@ -282,9 +290,11 @@ struct ServeArgs {
     /// The control plane's control channel to register with (HOST:PORT).
     #[arg(long)]
     control_channel: Option<SocketAddr>,
-    /// The application's secret (prefer the environment variable).
-    #[arg(long, env = "PRAAS_SECRET", default_value = "", hide_env_values = true)]
-    secret: String,
+    /// A file holding the application's secret (surrounding whitespace is dropped). Without it
+    /// the secret comes from the environment variable PRAAS_SECRET, never from the command line;
+    /// absent or empty: the process has none and refuses every peer and authenticated client.
+    #[arg(long)]
+    secret_file: Option<PathBuf>,
     /// Root of the swap store.
     #[arg(long)]
     swap_dir: Option<PathBuf>,
@@ -403,11 +413,15 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
     config.process_rdma = args.process_rdma;
     config.client_auth = args.client_auth;
-    let server = server::bind_backend(config, backend, args.listen, args.control_listen)?;
+    for root in &args.function_root {
+        let canonical = root.canonicalize().map_err(|e| format!("--function-root {}: {e}", root.display()))?;
+        config.function_roots.push(canonical);
+    }
+    let server = server::bind_backend(config, backend, args.listen, args.control_listen).map_err(|e| e.to_string())?;
     // Scripts read this line to learn the ports.
     println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
     std::io::stdout().flush().map_err(|e| e.to_string())?;
-    server.run().map_err(Failure::from)
+    server.run().map_err(|e| Failure::Message(e.to_string()))
 }
 
 fn print<T: serde::Serialize>(
@@ -422,8 +436,8 @@ fn print<T: serde::Serialize>(
 
 fn app(api: &Api, command: AppCommand, json: bool) -> Result<(), Failure> {
     match command {
-        AppCommand::Create { name, manifest, resources, slurm } => {
-            let app = cli::app_create_with(api, &name, &manifest, resources.get(), slurm.get())?;
+        AppCommand::Create { name, manifest, resources, slurm, in_place } => {
+            let app = cli::app_create_with(api, &name, &manifest, resources.get(), slurm.get(), !in_place)?;
             print(&app, json, |a, out| cli::print_apps(std::slice::from_ref(a), out))
         }
         AppCommand::List => {
@@ -494,13 +508,33 @@ fn apply_resources(cpus: Option<&str>, memory_mb: Option<u64>) -> Result<(), Str
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
+    // The application's secret: the content of --secret-file (trimmed), else PRAAS_SECRET; never
+    // a command-line value (others see command lines in `ps`). Absent or empty: none.
+    let secret = match &args.secret_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => match std::env::var("PRAAS_SECRET") {
+            Ok(value) => value,
+            Err(std::env::VarError::NotPresent) => String::new(),
+            Err(std::env::VarError::NotUnicode(_)) => return Err("PRAAS_SECRET is not UTF-8".to_owned().into()),
+        },
+    };
+    let secret = praas_dataplane::Secret::new(secret).ok();
+    if secret.is_none() && args.control_channel.is_some() {
+        return Err(Failure::Message(
+            "--control-channel needs the application's secret (PRAAS_SECRET or --secret-file): none was given"
+                .to_owned(),
+        ));
+    }
     apply_resources(args.cpus.as_deref(), args.memory_mb)?;
     let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
     let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
     let config = ProcessConfig {
         id: args.id.clone(),
         app: args.app.clone(),
-        secret: args.secret.clone(),
+        secret,
         workers: args.workers,
         default_timeout: (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms)),
         max_frame: args.max_frame,

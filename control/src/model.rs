@@ -22,10 +22,9 @@ impl Default for Resources {
 pub struct Application {
     /// Its name.
     pub name: String,
-    /// The functions manifest (TOML), with library paths absolute or relative to `manifest_dir`.
+    /// The functions manifest (TOML) its processes load, every library an absolute path inside
+    /// its own folder or a function root ([`crate::application`]).
     pub manifest: String,
-    /// Folder relative library paths resolve against.
-    pub manifest_dir: String,
     /// Resources of processes created without their own.
     pub resources: Resources,
     /// The secret its processes authenticate with; never shown by the API.
@@ -131,12 +130,83 @@ impl ProcessRecord {
     }
 }
 
-/// Checks a name used in URLs and folder names.
+/// The rule names of applications and processes follow, for error messages.
+pub const NAME_RULE: &str = "1 to 64 ASCII letters, digits, '_', '.' and '-', beginning with a letter, a digit or '_'";
+
+/// Checks a name used in URLs, folder names and child command lines ([`NAME_RULE`]): it can be
+/// neither a path component such as `..` nor an option such as `--help`.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
+        && bytes.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+impl Resources {
+    /// Checks these resources against what one node offers: both positive, neither above it.
+    pub fn check(&self, capacity: &Capacity) -> Result<(), ResourceError> {
+        if self.vcpus == 0 {
+            return Err(ResourceError::NoCpu);
+        }
+        if self.memory_mb == 0 {
+            return Err(ResourceError::NoMemory);
+        }
+        if self.vcpus > capacity.cpus {
+            return Err(ResourceError::TooManyCpus { asked: self.vcpus, limit: capacity.cpus, node: capacity.what });
+        }
+        if self.memory_mb > capacity.memory_mb {
+            return Err(ResourceError::TooMuchMemory {
+                asked: self.memory_mb,
+                limit: capacity.memory_mb,
+                node: capacity.what,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What one node of a backend offers a process: the most CPUs and memory it can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// CPUs of the node.
+    pub cpus: u32,
+    /// Memory of the node, MiB.
+    pub memory_mb: u64,
+    /// What the figures are of, for messages ("this node", "the largest node of the partition").
+    pub what: &'static str,
+}
+
+/// Why resources were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceError {
+    /// vcpus = 0.
+    #[error("vcpus must be positive")]
+    NoCpu,
+    /// memory_mb = 0.
+    #[error("memory_mb must be positive")]
+    NoMemory,
+    /// More vCPUs than a node has.
+    #[error("vcpus = {asked} is more than the {limit} CPUs of {node}")]
+    TooManyCpus {
+        /// What was asked.
+        asked: u32,
+        /// The limit.
+        limit: u32,
+        /// Whose limit.
+        node: &'static str,
+    },
+    /// More memory than a node has.
+    #[error("memory_mb = {asked} is more than the {limit} MiB of {node}")]
+    TooMuchMemory {
+        /// What was asked.
+        asked: u64,
+        /// The limit.
+        limit: u64,
+        /// Whose limit.
+        node: &'static str,
+    },
 }
 
 #[cfg(test)]
@@ -146,9 +216,23 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(valid_name("app-1.v2_x"));
-        assert!(!valid_name(""));
-        assert!(!valid_name(".."));
-        assert!(!valid_name("a/b"));
+        assert!(valid_name("_x"));
+        assert!(valid_name(&"x".repeat(64)));
+        for bad in ["", "..", ".x", "a/b", "-rf", "--help", "a b", "a\u{7f}", "e\u{301}", "a\u{200b}", "\u{e9}"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
         assert!(!valid_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn resources_are_checked_against_the_node() {
+        let node = Capacity { cpus: 2, memory_mb: 24_000, what: "this node" };
+        assert_eq!(Resources { vcpus: 2, memory_mb: 24_000 }.check(&node), Ok(()));
+        assert_eq!(Resources { vcpus: 0, memory_mb: 1 }.check(&node), Err(ResourceError::NoCpu));
+        assert_eq!(Resources { vcpus: 1, memory_mb: 0 }.check(&node), Err(ResourceError::NoMemory));
+        let error = Resources { vcpus: u32::MAX, memory_mb: 1 }.check(&node).unwrap_err();
+        assert_eq!(error.to_string(), "vcpus = 4294967295 is more than the 2 CPUs of this node");
+        let error = Resources { vcpus: 1, memory_mb: u64::MAX }.check(&node).unwrap_err();
+        assert!(error.to_string().contains("24000 MiB"), "{error}");
     }
 }

@@ -1,12 +1,51 @@
-//! Starts a control plane: opens its data folder, binds the control channel (on the same port
-//! as last time, so processes that outlive a restart find it again) and serves the HTTP API.
+//! Starts a control plane: opens its data folder (owner-only), binds the control channel (on the
+//! same port as last time, so processes that outlive a restart find it again) and serves the HTTP
+//! API behind its bearer token, which it publishes for its user's CLI ([`crate::api_token`]).
 
 use std::net::SocketAddr;
 
+use thiserror::Error;
+
+use crate::api_token::{ApiToken, Publication, TokenError};
 use crate::backend::{Backend, LocalBackend};
-use crate::controller::{ControlConfig, ControlPlane};
+use crate::controller::{ApiError, ControlConfig, ControlPlane};
 
 const CONTROL_ADDR_SETTING: &str = "control_addr";
+
+/// Why a control plane could not start or stopped serving.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The praas binary (started for each process) is not found.
+    #[error("cannot find the praas binary: {0}")]
+    Binary(#[source] std::io::Error),
+    /// The data folder or its database could not be opened.
+    #[error("cannot open the control plane: {0}")]
+    Open(#[source] ApiError),
+    /// The API token could not be read or made.
+    #[error("the API token: {0}")]
+    Token(#[source] TokenError),
+    /// A port could not be bound.
+    #[error("cannot listen {what} on {addr}: {source}")]
+    Listen {
+        /// Which port.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime, a signal handler or the HTTP server failed.
+    #[error("{what}: {source}")]
+    Serve {
+        /// What failed.
+        what: &'static str,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A control plane ready to serve.
 #[derive(Debug)]
@@ -17,13 +56,24 @@ pub struct Server {
     pub http: std::net::TcpListener,
     /// The control channel's address.
     pub control_addr: SocketAddr,
+    /// The API's bearer token (also in `DATA/api-token`).
+    pub token: ApiToken,
+    /// Where the token is published for the CLI (none when this user has no runtime folder).
+    pub publication: Option<Publication>,
 }
 
 /// Opens the control plane and binds its ports. `control` overrides the control-channel address;
 /// otherwise the one used last time with this data folder is reused (or a free port on first use).
-pub fn bind(config: ControlConfig, http: SocketAddr, control: Option<SocketAddr>) -> Result<Server, String> {
-    let praas = std::env::current_exe().map_err(|e| format!("cannot find the praas binary: {e}"))?;
+pub fn bind(config: ControlConfig, http: SocketAddr, control: Option<SocketAddr>) -> Result<Server, ServerError> {
+    let praas = std::env::current_exe().map_err(ServerError::Binary)?;
     bind_backend(config, Box::new(LocalBackend::new(praas)), http, control)
+}
+
+/// Makes every file and folder this OS process and its children create owner-only (umask 077):
+/// the data folder, logs, process folders and the swap store hold state and secrets.
+fn private_umask() {
+    // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
 }
 
 /// [`bind`] with a given backend. A control channel bound to an unspecified address (`0.0.0.0`)
@@ -33,21 +83,40 @@ pub fn bind_backend(
     backend: Box<dyn Backend>,
     http: SocketAddr,
     control: Option<SocketAddr>,
-) -> Result<Server, String> {
-    let plane = ControlPlane::open(config, backend).map_err(|e| e.to_string())?;
+) -> Result<Server, ServerError> {
+    private_umask();
+    let plane = ControlPlane::open(config, backend).map_err(ServerError::Open)?;
+    let token = ApiToken::load_or_create(&plane.config().data_dir).map_err(ServerError::Token)?;
     let remembered = plane
         .store()
         .setting(CONTROL_ADDR_SETTING)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| ServerError::Open(e.into()))?
         .and_then(|addr| addr.parse::<SocketAddr>().ok());
     let wanted = control.or(remembered).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let control_addr = crate::channel::listen(plane.clone(), wanted)
-        .map_err(|e| format!("cannot listen for processes on {wanted}: {e}"))?;
-    plane.store().put_setting(CONTROL_ADDR_SETTING, &control_addr.to_string()).map_err(|e| e.to_string())?;
+    let control_addr = crate::channel::listen(plane.clone(), wanted).map_err(|source| ServerError::Listen {
+        what: "for processes",
+        addr: wanted,
+        source,
+    })?;
+    plane
+        .store()
+        .put_setting(CONTROL_ADDR_SETTING, &control_addr.to_string())
+        .map_err(|e| ServerError::Open(e.into()))?;
     plane.set_control_addr(crate::backend::routable(control_addr).to_string());
-    let http = std::net::TcpListener::bind(http).map_err(|e| format!("cannot listen on {http}: {e}"))?;
-    http.set_nonblocking(true).map_err(|e| e.to_string())?;
-    Ok(Server { plane, http, control_addr })
+    let listen = |source| ServerError::Listen { what: "for the API", addr: http, source };
+    let listener = std::net::TcpListener::bind(http).map_err(listen)?;
+    listener.set_nonblocking(true).map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    let publication = match crate::api_token::publish(bound, &token) {
+        Ok(publication) => Some(publication),
+        Err(e) => {
+            tracing::warn!(
+                "cannot publish the API token for the CLI ({e}): clients need PRAAS_TOKEN_FILE=DATA/api-token"
+            );
+            None
+        }
+    };
+    Ok(Server { plane, http: listener, control_addr, token, publication })
 }
 
 static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -56,9 +125,10 @@ extern "C" fn request_stop(_signal: libc::c_int) {
     STOP_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-/// On SIGTERM or SIGINT: releases the backend's own resources (a Slurm pool) and exits with 0.
-/// Processes are not stopped (a restarted control plane adopts them, as after a crash).
-fn shutdown_on_signals(plane: ControlPlane) -> Result<(), String> {
+/// On SIGTERM or SIGINT: withdraws the published token, releases the backend's own resources (a
+/// Slurm pool) and exits with 0. Processes are not stopped (a restarted control plane adopts
+/// them, as after a crash).
+fn shutdown_on_signals(plane: ControlPlane, publication: Option<Publication>) -> Result<(), ServerError> {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic (async-signal-safe); `action` is a fully
         // initialised sigaction that outlives the call.
@@ -69,7 +139,10 @@ fn shutdown_on_signals(plane: ControlPlane) -> Result<(), String> {
             libc::sigaction(signal, &action, std::ptr::null_mut())
         };
         if status != 0 {
-            return Err(format!("cannot handle signal {signal}: {}", std::io::Error::last_os_error()));
+            return Err(ServerError::Serve {
+                what: "cannot handle SIGTERM/SIGINT",
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     std::thread::Builder::new()
@@ -79,11 +152,14 @@ fn shutdown_on_signals(plane: ControlPlane) -> Result<(), String> {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             tracing::info!("stopping on request");
+            if let Some(publication) = &publication {
+                publication.withdraw();
+            }
             plane.shutdown();
             std::process::exit(0);
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start the shutdown thread: {e}"))
+        .map_err(|source| ServerError::Serve { what: "cannot start the shutdown thread", source })
 }
 
 impl Server {
@@ -93,17 +169,21 @@ impl Server {
     }
 
     /// Serves until the process ends.
-    pub fn run(self) -> Result<(), String> {
+    pub fn run(self) -> Result<(), ServerError> {
         self.plane.run_downscaler();
-        shutdown_on_signals(self.plane.clone())?;
+        shutdown_on_signals(self.plane.clone(), self.publication)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            .map_err(|source| ServerError::Serve { what: "cannot start the runtime", source })?;
+        let (plane, token) = (self.plane, self.token);
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(self.http).map_err(|e| e.to_string())?;
-            axum::serve(listener, crate::api::router(self.plane)).await.map_err(|e| e.to_string())
+            let listener = tokio::net::TcpListener::from_std(self.http)
+                .map_err(|source| ServerError::Serve { what: "the API's listener", source })?;
+            axum::serve(listener, crate::api::router(plane, token))
+                .await
+                .map_err(|source| ServerError::Serve { what: "the HTTP API", source })
         })
     }
 }

@@ -32,8 +32,14 @@ fn process_key(app: &str, name: &str) -> String {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`.
+    /// Opens (or creates) the database at `path`, owner-only (0600) whatever the umask: it holds
+    /// every application's secret.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
+        file.and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| err(format!("{}: {e}", path.display())))?;
         let db = Database::create(path).map_err(err)?;
         let txn = db.begin_write().map_err(err)?;
         {
@@ -129,7 +135,6 @@ mod tests {
             let app = Application {
                 name: "a".into(),
                 manifest: "".into(),
-                manifest_dir: "/".into(),
                 resources: Resources::default(),
                 secret: "s".into(),
                 slurm: None,

@@ -259,8 +259,8 @@ fn control_address(cp: &ControlPlaneProcess) -> String {
     let pid = cp.process("alpha", "a1").pid.unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let at = args.iter().position(|a| a == "--control-channel").expect("--control-channel on the command line");
-    args[at + 1].clone()
+    let value = args.iter().find_map(|a| a.strip_prefix("--control-channel="));
+    value.expect("--control-channel=ADDR on the command line").to_owned()
 }
 
 #[test]

@@ -284,7 +284,8 @@ fn application_settings_reach_the_job(mode: &str) {
         time_limit: Some("7".into()),
         ..Default::default()
     };
-    let app = praas_control::cli::app_create_with(&cp.api, "tagged", &manifest, None, Some(options.clone())).unwrap();
+    let app =
+        praas_control::cli::app_create_with(&cp.api, "tagged", &manifest, None, Some(options.clone()), true).unwrap();
     assert_eq!(app.slurm, Some(options));
     let p = put(&cp, "tagged", "t");
     let job = p.job.unwrap();

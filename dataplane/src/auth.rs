@@ -11,6 +11,7 @@
 //! the application's processes but cannot pass for one of them (nor derive the secret).
 
 use hmac::Mac;
+use thiserror::Error;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -29,6 +30,49 @@ pub fn nonce() -> [u8; NONCE_LEN] {
 /// A fresh random application secret, as hex text.
 pub fn new_secret() -> String {
     nonce().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An application's secret as a process holds it: never empty (a process without one holds
+/// `None`, and then authenticates nobody), and never printed (its `Debug` shows no byte of it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// A secret was empty: an empty secret would authenticate anyone who sends the empty string.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("an application secret cannot be empty")]
+pub struct EmptySecret;
+
+impl Secret {
+    /// The secret `value`; empty is refused.
+    pub fn new(value: impl Into<String>) -> Result<Self, EmptySecret> {
+        let value = value.into();
+        if value.is_empty() {
+            Err(EmptySecret)
+        } else {
+            Ok(Self(value))
+        }
+    }
+
+    /// A fresh random secret ([`new_secret`]).
+    pub fn random() -> Self {
+        Self(new_secret())
+    }
+
+    /// The secret's text, for the HMAC functions of this module. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The application's [`client_key`] derived from this secret.
+    pub fn client_key(&self) -> String {
+        client_key(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// The application's client key: what its data-plane clients authenticate with (hex text).
@@ -105,5 +149,17 @@ mod tests {
         assert!(!verify(&secret, &n, "app", "c", &proof(&key, &n, "app", "c")), "the key is not the secret");
         let credentials = Credentials { app: "app".into(), name: "c".into(), key };
         assert!(!format!("{credentials:?}").contains(&credentials.key), "Debug keeps the key out of logs");
+    }
+
+    #[test]
+    fn a_secret_is_never_empty_and_never_printed() {
+        assert_eq!(Secret::new(""), Err(EmptySecret));
+        assert_eq!(Secret::new(String::new()), Err(EmptySecret));
+        let secret = Secret::new("hunter2").unwrap();
+        assert_eq!(secret.expose(), "hunter2");
+        assert_eq!(secret.client_key(), client_key("hunter2"));
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
+        assert_eq!(format!("{:?}", Some(Secret::random())), "Some(Secret(..))");
+        assert_ne!(Secret::random(), Secret::random());
     }
 }

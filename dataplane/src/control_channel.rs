@@ -241,8 +241,14 @@ pub enum LinkEnd {
 }
 
 /// Runs the process's side of the control channel until the process swaps out or is refused;
-/// reconnects with back-off whenever the connection breaks.
+/// reconnects with back-off whenever the connection breaks. A process without an application
+/// secret cannot prove who it is: it is refused at once, without connecting.
 pub fn run_control_link(process: &Arc<Process>, options: &ControlLinkOptions) -> LinkEnd {
+    if process.config().secret.is_none() {
+        return LinkEnd::Refused(
+            "this process has no application secret: it cannot register with the control plane".to_owned(),
+        );
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         match TcpStream::connect_timeout(&options.control_addr, Duration::from_secs(5)) {
@@ -276,12 +282,13 @@ fn metrics(process: &Process) -> MetricsReport {
 
 fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: FrameStream) -> io::Result<LinkEnd> {
     let config = process.config();
+    let secret = config.secret.as_ref().ok_or_else(|| io::Error::other("this process has no application secret"))?;
     let challenge = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
     if challenge.header.kind != MessageKind::Hello {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the control plane did not start with Hello"));
     }
     let hello = HelloMessage {
-        proof: hex(&auth::proof(&config.secret, &challenge.payload, &config.app, &config.id)),
+        proof: hex(&auth::proof(secret.expose(), &challenge.payload, &config.app, &config.id)),
         registration: Registration {
             app: config.app.clone(),
             process: config.id.clone(),

@@ -25,7 +25,7 @@ pub mod swap;
 pub mod testing;
 pub mod transport;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, Secret};
 pub use client::{Client, ClientError, ClientOptions, Completion};
 pub use function::{FunctionRegistry, Manifest};
 pub use process::{Process, ProcessConfig};

@@ -36,12 +36,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::auth::{self, Credentials, NONCE_LEN, PROOF_LEN};
+use crate::auth::{self, Credentials, Secret, NONCE_LEN, PROOF_LEN};
 use crate::buffer::BufferPool;
 use crate::client::ClientError;
 use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
-use crate::process::Process;
+use crate::process::{Process, NO_SECRET};
 use crate::protocol::{FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 use crate::transport::OutFrame;
 
@@ -152,6 +152,13 @@ pub enum PeerError {
     /// A put to this process itself failed.
     #[error("put to this process: {0}")]
     Local(#[from] MailboxError),
+    /// This process has no application secret, so it cannot prove to another process that it
+    /// belongs to the application: it puts messages to itself only.
+    #[error("cannot put a message to process {dest:?}: this process has no application secret")]
+    NoSecret {
+        /// The destination.
+        dest: String,
+    },
 }
 
 impl PeerError {
@@ -160,7 +167,7 @@ impl PeerError {
         match self {
             Self::UnknownPeer { .. } => Status::NotFound,
             Self::SwappedOut { .. } | Self::NotRunning { .. } | Self::Unreachable { .. } => Status::Unavailable,
-            Self::Unauthenticated { .. } => Status::Unauthenticated,
+            Self::Unauthenticated { .. } | Self::NoSecret { .. } => Status::Unauthenticated,
             Self::Timeout { .. } => Status::Timeout,
             Self::Refused { status, .. } => *status,
             Self::TooLarge { .. } => Status::TooLarge,
@@ -238,7 +245,8 @@ struct Entry {
 pub struct PeerDirectory {
     app: String,
     id: String,
-    secret: String,
+    /// `None`: no put leaves this process.
+    secret: Option<Secret>,
     limits: FrameLimits,
     mailbox: Arc<Mailbox>,
     peers: RwLock<HashMap<String, Entry>>,
@@ -423,11 +431,12 @@ fn role_nonce(role: &[u8], nonce: &[u8]) -> Vec<u8> {
 impl PeerDirectory {
     /// The directory of process `id` of `app`, which authenticates with `secret` and delivers
     /// messages to itself into `mailbox`. It knows no peer until [`PeerDirectory::update`].
-    pub fn new(app: &str, id: &str, secret: &str, max_frame: usize, mailbox: Arc<Mailbox>) -> Self {
+    /// Without a secret, every put to another process fails with [`PeerError::NoSecret`].
+    pub fn new(app: &str, id: &str, secret: Option<Secret>, max_frame: usize, mailbox: Arc<Mailbox>) -> Self {
         Self {
             app: app.to_owned(),
             id: id.to_owned(),
-            secret: secret.to_owned(),
+            secret,
             limits: FrameLimits { max_frame },
             mailbox,
             peers: RwLock::new(HashMap::new()),
@@ -510,6 +519,9 @@ impl PeerDirectory {
         if dest == self.id {
             return Ok(self.mailbox.put(&self.id, key, data.to_vec())?);
         }
+        let Some(secret) = &self.secret else {
+            return Err(PeerError::NoSecret { dest: dest.to_owned() });
+        };
         let size = key.len() + data.len();
         if size > self.limits.max_frame || key.len() > u16::MAX as usize || data.len() > u32::MAX as usize {
             return Err(PeerError::TooLarge { size, limit: self.limits.max_frame });
@@ -544,7 +556,7 @@ impl PeerDirectory {
         };
         let mut conn = match reused {
             Some(conn) => conn,
-            None => self.open(dest, &peer, deadline)?,
+            None => self.open(dest, &peer, secret, deadline)?,
         };
         let id = conn.next_id;
         conn.next_id += 1;
@@ -585,17 +597,17 @@ impl PeerDirectory {
 
     /// Opens and authenticates a connection to `dest`: over RDMA when both ends serve it (over
     /// TCP if that fails for another reason than the peer's refusal), else over TCP.
-    fn open(&self, dest: &str, peer: &Peer, deadline: Instant) -> Result<PeerConnection, PeerError> {
+    fn open(&self, dest: &str, peer: &Peer, secret: &Secret, deadline: Instant) -> Result<PeerConnection, PeerError> {
         #[cfg(feature = "rdma")]
         if let (Some(device), Some(rdma)) = (self.rdma_device.get(), &peer.rdma) {
-            match self.connect_rdma(dest, rdma, device, deadline) {
+            match self.connect_rdma(dest, rdma, device, secret, deadline) {
                 Ok(conn) => return Ok(conn),
                 Err(err @ (PeerError::Unauthenticated { .. } | PeerError::Timeout { .. })) => return Err(err),
                 Err(err) => tracing::warn!(dest, "messages go over TCP: {err}"),
             }
         }
         let wire = self.connect_tcp(dest, &peer.addr, deadline)?;
-        self.authenticate(dest, &peer.addr, wire, deadline)
+        self.authenticate(dest, &peer.addr, wire, secret, deadline)
     }
 
     /// Opens an RDMA connection to `dest`'s RDMA transport at `addr`, on `device`.
@@ -605,6 +617,7 @@ impl PeerDirectory {
         dest: &str,
         addr: &str,
         device: &str,
+        secret: &Secret,
         deadline: Instant,
     ) -> Result<PeerConnection, PeerError> {
         use crate::transport::rdma::{RdmaClient, RdmaClientOptions};
@@ -628,7 +641,7 @@ impl PeerDirectory {
             addr: url.clone(),
             reason: e.to_string(),
         })?;
-        self.authenticate(dest, &url, Wire::Rdma(Box::new(client)), deadline)
+        self.authenticate(dest, &url, Wire::Rdma(Box::new(client)), secret, deadline)
     }
 
     /// Opens a TCP connection to `dest` at `addr`.
@@ -658,12 +671,19 @@ impl PeerDirectory {
     }
 
     /// Runs the handshake with `dest` (at `addr`) over `wire`: both sides prove they hold the
-    /// application's secret.
-    fn authenticate(&self, dest: &str, addr: &str, wire: Wire, deadline: Instant) -> Result<PeerConnection, PeerError> {
+    /// application's `secret`.
+    fn authenticate(
+        &self,
+        dest: &str,
+        addr: &str,
+        wire: Wire,
+        secret: &Secret,
+        deadline: Instant,
+    ) -> Result<PeerConnection, PeerError> {
         let started = Instant::now();
         let mut conn = PeerConnection { wire, next_id: 1 };
         let introduction =
-            Introduction { app: &self.app, me: &self.id, key: &self.secret, client: false, to: Some(dest) };
+            Introduction { app: &self.app, me: &self.id, key: secret.expose(), client: false, to: Some(dest) };
         match introduce(&mut TimedWire { conn: &mut conn, deadline }, &introduction) {
             Ok(()) => Ok(conn),
             Err(HandshakeError::Refused(reason)) => {
@@ -901,6 +921,11 @@ impl PeerSession {
     /// One step of the handshake: the answer's metadata and payload, or why it is refused.
     fn handshake(&mut self, process: &Process, meta: &[u8], payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
         let config = process.config();
+        // Without a secret there is no key to prove or check: nobody is authenticated (an empty
+        // key would let in anyone who computes the proofs with the empty string).
+        let Some(secret) = &config.secret else {
+            return Err(NO_SECRET.to_owned());
+        };
         let claimed = String::from_utf8_lossy(meta).into_owned();
         let Some((app, peer)) = claimed.split_once('/') else {
             return Err(format!("a Hello names \"APP/PROCESS\", not {claimed:?}"));
@@ -909,7 +934,7 @@ impl PeerSession {
             return Err(format!("process {:?} does not serve processes of another application", config.id));
         }
         // A process proves the secret; a data-plane client the client key derived from it.
-        let key = |client: bool| if client { auth::client_key(&config.secret) } else { config.secret.clone() };
+        let key = |client: bool| if client { secret.client_key() } else { secret.expose().to_owned() };
         match std::mem::take(&mut self.state) {
             SessionState::Anonymous => {
                 let (their_nonce, client) = match payload {
@@ -993,6 +1018,7 @@ mod tests {
             (PeerError::Refused { dest: dest(), status: Status::Overloaded, message: "m".into() }, Status::Overloaded),
             (PeerError::TooLarge { size: 2, limit: 1 }, Status::TooLarge),
             (PeerError::Local(MailboxError::Paused), Status::Overloaded),
+            (PeerError::NoSecret { dest: dest() }, Status::Unauthenticated),
         ];
         for (err, status) in cases {
             assert_eq!(err.status(), status, "{err}");
@@ -1002,7 +1028,7 @@ mod tests {
     #[test]
     fn a_put_to_itself_needs_no_peer_and_large_messages_are_refused_before_sending() {
         let mailbox = Arc::new(Mailbox::new());
-        let peers = PeerDirectory::new("app", "me", "secret", 16, Arc::clone(&mailbox));
+        let peers = PeerDirectory::new("app", "me", Secret::new("secret").ok(), 16, Arc::clone(&mailbox));
         peers.put("me", "k", b"local", Duration::ZERO).unwrap();
         assert_eq!(mailbox.get(Some("me"), "k", Duration::ZERO).unwrap().1, b"local");
         peers.update(vec![PeerInfo {
@@ -1014,5 +1040,28 @@ mod tests {
         let err = peers.put("far", "k", &[0; 16], Duration::from_secs(1)).unwrap_err();
         assert!(matches!(err, PeerError::TooLarge { size: 17, limit: 16 }), "{err}");
         assert_eq!(peers.known(), ["far"]);
+    }
+
+    #[test]
+    fn without_a_secret_puts_to_other_processes_fail_before_connecting() {
+        let mailbox = Arc::new(Mailbox::new());
+        let peers = PeerDirectory::new("app", "me", None, 1 << 20, Arc::clone(&mailbox));
+        // A listener that would see a connection if the put tried one.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        peers.update(vec![PeerInfo {
+            id: "far".into(),
+            addr: listener.local_addr().unwrap().to_string(),
+            rdma: None,
+            status: ProcessStatus::Allocated,
+        }]);
+        let err = peers.put("far", "k", b"x", Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(&err, PeerError::NoSecret { dest } if dest == "far"), "{err}");
+        assert_eq!(err.status(), Status::Unauthenticated);
+        assert!(err.to_string().contains("no application secret"), "{err}");
+        assert_eq!(listener.accept().unwrap_err().kind(), io::ErrorKind::WouldBlock, "no connection was opened");
+        // Its own mailbox needs no secret.
+        peers.put("me", "k", b"local", Duration::ZERO).unwrap();
+        assert_eq!(mailbox.len(), 1);
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
+use crate::auth::Secret;
 use crate::buffer::{BufferPool, Payload, DEFAULT_BUDGET};
 use crate::clock::Tick;
 use crate::control_channel::PeerList;
@@ -25,6 +26,9 @@ use crate::peer::PeerDirectory;
 use crate::protocol::{Status, DEFAULT_MAX_FRAME};
 use crate::state::{now_ns, StateStore};
 
+/// What a process without an application secret says when it refuses a handshake.
+pub const NO_SECRET: &str = "this process has no application secret: it accepts no peer or authenticated client";
+
 /// How a process runs.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -32,8 +36,10 @@ pub struct ProcessConfig {
     pub id: String,
     /// The application the process belongs to.
     pub app: String,
-    /// The application's secret: peers and the control plane authenticate with it.
-    pub secret: String,
+    /// The application's secret: peers and the control plane authenticate with it. `None`: the
+    /// process authenticates nobody, so it refuses every peer and every client presenting a
+    /// client key, puts no message to another process, and cannot register with a control plane.
+    pub secret: Option<Secret>,
     /// Threads of the worker pool (at least 1).
     pub workers: usize,
     /// Deadline of invocations whose request and function set none; `None`: no deadline.
@@ -55,7 +61,7 @@ impl Default for ProcessConfig {
         Self {
             id: "process".into(),
             app: "default".into(),
-            secret: String::new(),
+            secret: None,
             workers: 4,
             default_timeout: Some(Duration::from_secs(60)),
             max_frame: DEFAULT_MAX_FRAME,
@@ -209,11 +215,18 @@ impl Process {
     pub fn start(config: ProcessConfig, functions: FunctionRegistry) -> std::io::Result<Arc<Self>> {
         // Once per OS process, here rather than at the first invocation.
         crate::clock::calibrate();
-        if config.client_auth && config.secret.is_empty() {
+        if config.client_auth && config.secret.is_none() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "client authentication needs the application's secret: none was given",
             ));
+        }
+        if config.secret.is_none() {
+            tracing::warn!(
+                process = %config.id,
+                "no application secret: this process refuses every peer connection and authenticated client, \
+                 and puts no message to another process"
+            );
         }
         let workers = config.workers.max(1);
         let (jobs, queue) = channel::bounded(config.queue_capacity.max(1));
@@ -221,7 +234,8 @@ impl Process {
         let watchdog_next = Arc::new(AtomicU64::new(u64::MAX));
         let epoch = Instant::now();
         let mailbox = Arc::new(Mailbox::new());
-        let peers = PeerDirectory::new(&config.app, &config.id, &config.secret, config.max_frame, Arc::clone(&mailbox));
+        let peers =
+            PeerDirectory::new(&config.app, &config.id, config.secret.clone(), config.max_frame, Arc::clone(&mailbox));
         let watchdog = {
             let running = Arc::clone(&running);
             let next = Arc::clone(&watchdog_next);

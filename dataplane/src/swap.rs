@@ -13,9 +13,14 @@
 //! A snapshot is written into a fresh temporary folder, every file synced, then renamed into
 //! place: a crash mid-swap leaves only a temporary folder, which swap-in ignores (and the next
 //! swap removes). Swap-in checks every size and checksum before anything is restored.
+//!
+//! A process's state is its owner's alone, also on a shared machine: every folder the store
+//! creates is `0700` and every file it writes `0600`, whatever the umask, and the folders of an
+//! application and of a process are set to `0700` at every swap. Restored state files too.
 
-use std::fs::{self, File};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -32,6 +37,10 @@ const STATE_FILE: &str = "state.bin";
 const MAILBOX_FILE: &str = "mailbox.bin";
 const FILES_DIR: &str = "files";
 const IO_CHUNK: usize = 1 << 20;
+/// Mode of every folder the store creates: its owner's only.
+const DIR_MODE: u32 = 0o700;
+/// Mode of every file the store writes: its owner's only.
+const FILE_MODE: u32 = 0o600;
 /// Values start at file offsets aligned to this (small values) ...
 const VALUE_ALIGN_SMALL: u64 = 64;
 /// ... or this (values of 64 KiB and more): the kernel copies page-aligned data between the page
@@ -150,10 +159,12 @@ impl Snapshot {
             let rel = &entry.path["files/".len()..];
             let target = dest.join(rel);
             if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(io_at(parent))?;
+                create_private_dirs(parent)?;
             }
             let source = self.files_dir.join(rel);
-            bytes += fs::copy(&source, &target).map_err(io_at(&source))?;
+            let mut input = File::open(&source).map_err(io_at(&source))?;
+            let mut output = open_private(&target, false)?;
+            bytes += io::copy(&mut input, &mut output).map_err(io_at(&target))?;
         }
         Ok(bytes)
     }
@@ -224,9 +235,14 @@ impl SwapStore {
     ) -> Result<SwapReport, SwapError> {
         let started = Instant::now();
         let folder = self.folder(app, process)?;
-        fs::create_dir_all(&folder).map_err(io_at(&folder))?;
+        create_private_dirs(&folder)?;
+        // The application's and the process's folders are the store's own: owner-only even if
+        // they were made before (by an older build, or by hand).
+        for own in [folder.parent().unwrap_or(&folder), &folder] {
+            fs::set_permissions(own, Permissions::from_mode(DIR_MODE)).map_err(io_at(own))?;
+        }
         let tmp = folder.join(format!(".tmp-{}-{}", std::process::id(), crate::state::now_ns()));
-        fs::create_dir(&tmp).map_err(io_at(&tmp))?;
+        create_private_dir(&tmp)?;
         let result = write_snapshot(&tmp, app, process, state, mailbox, files);
         let manifest = match result {
             Ok(manifest) => manifest,
@@ -329,8 +345,46 @@ fn sync_dir(dir: &Path) -> Result<(), SwapError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_at(dir))
 }
 
+/// Creates the folder `path`, owner-only ([`DIR_MODE`] whatever the umask); its parent exists.
+fn create_private_dir(path: &Path) -> Result<(), SwapError> {
+    DirBuilder::new().mode(DIR_MODE).create(path).map_err(io_at(path))?;
+    // The umask may have taken bits off the owner's: set the mode itself.
+    fs::set_permissions(path, Permissions::from_mode(DIR_MODE)).map_err(io_at(path))
+}
+
+/// Creates the folder `path` and those above it that are missing, each owner-only; folders that
+/// exist are left as they are.
+fn create_private_dirs(path: &Path) -> Result<(), SwapError> {
+    if path.as_os_str().is_empty() || path.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        create_private_dirs(parent)?;
+    }
+    match create_private_dir(path) {
+        // Created meanwhile by someone else (another swap of the same application).
+        Err(SwapError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        other => other,
+    }
+}
+
+/// Opens `path` for writing, owner-only ([`FILE_MODE`] whatever the umask), without following a
+/// symbolic link there: a new file (`new`), or one replaced from its first byte.
+fn open_private(path: &Path, new: bool) -> Result<File, SwapError> {
+    let mut options = OpenOptions::new();
+    options.write(true).mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    let file = options.open(path).map_err(io_at(path))?;
+    file.set_permissions(Permissions::from_mode(FILE_MODE)).map_err(io_at(path))?;
+    Ok(file)
+}
+
 fn create_checked(path: &Path) -> Result<Checked<BufWriter<File>>, SwapError> {
-    let file = File::create(path).map_err(io_at(path))?;
+    let file = open_private(path, true)?;
     Ok(Checked { inner: BufWriter::with_capacity(IO_CHUNK, file), crc: crc32fast::Hasher::new(), bytes: 0 })
 }
 
@@ -397,14 +451,15 @@ fn write_snapshot(
     let path = dir.join(MANIFEST);
     let text =
         serde_json::to_vec_pretty(&manifest).map_err(|e| SwapError::Io { path: path.clone(), source: e.into() })?;
-    let mut file = File::create(&path).map_err(io_at(&path))?;
+    let mut file = open_private(&path, true)?;
     file.write_all(&text).and_then(|()| file.sync_all()).map_err(io_at(&path))?;
     sync_dir(dir)?;
     Ok(manifest)
 }
 
 fn copy_tree(from: &Path, to: &Path, rel: &str, entries: &mut Vec<ManifestEntry>) -> Result<(), SwapError> {
-    fs::create_dir_all(to).map_err(io_at(to))?;
+    // `to` is new: in the snapshot's fresh temporary folder.
+    create_private_dir(to)?;
     let mut children: Vec<_> =
         fs::read_dir(from).map_err(io_at(from))?.collect::<Result<_, _>>().map_err(io_at(from))?;
     children.sort_by_key(|e| e.file_name());
@@ -601,6 +656,76 @@ mod tests {
         assert!(!store.exists("app", "p"));
         assert!(matches!(store.read("app", "p"), Err(SwapError::Missing(_))));
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Sets the process's umask to `mask` until dropped, then puts the previous one back.
+    struct Umask(libc::mode_t);
+
+    impl Umask {
+        fn set(mask: libc::mode_t) -> Self {
+            // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+            Self(unsafe { libc::umask(mask) })
+        }
+    }
+
+    impl Drop for Umask {
+        fn drop(&mut self) {
+            // SAFETY: as in `Umask::set`.
+            unsafe { libc::umask(self.0) };
+        }
+    }
+
+    /// Every folder and file under `dir` (and `dir` itself) with its permission bits.
+    fn modes(dir: &Path, out: &mut Vec<(PathBuf, bool, u32)>) {
+        let meta = fs::symlink_metadata(dir).unwrap();
+        out.push((dir.to_path_buf(), meta.is_dir(), meta.permissions().mode() & 0o7777));
+        if meta.is_dir() {
+            for entry in fs::read_dir(dir).unwrap() {
+                modes(&entry.unwrap().path(), out);
+            }
+        }
+    }
+
+    #[test]
+    fn snapshot_folders_and_files_are_owner_only_whatever_the_umask() {
+        let base = temp("modes");
+        let files = base.join("files-src");
+        fs::create_dir_all(files.join("sub/deeper")).unwrap();
+        fs::write(files.join("a.txt"), b"alpha").unwrap();
+        fs::write(files.join("sub/deeper/b.bin"), b"beta").unwrap();
+        fs::set_permissions(files.join("a.txt"), Permissions::from_mode(0o666)).unwrap();
+        // A store whose root the store makes, and one whose application folder exists already,
+        // open to everyone (made by an older build, or by hand).
+        let fresh = SwapStore::new(base.join("fresh/root"));
+        let older = SwapStore::new(base.join("older"));
+        fs::create_dir_all(base.join("older/app")).unwrap();
+        fs::set_permissions(base.join("older/app"), Permissions::from_mode(0o777)).unwrap();
+        let state = StateStore::default();
+        state.put("k", b"v".to_vec()).unwrap();
+        let dest = base.join("restored/files");
+        {
+            // Nothing masked: a folder or file the store did not make owner-only itself would be
+            // readable and writable by everyone.
+            let _umask = Umask::set(0);
+            fresh.write("app", "p", &state, b"mail", Some(&files)).unwrap();
+            // Again: the second snapshot replaces the first, through a new temporary folder.
+            fresh.write("app", "p", &state, b"mail", Some(&files)).unwrap();
+            fresh.read("app", "p").unwrap().restore_files(&dest).unwrap();
+            older.write("app", "q", &state, b"", None).unwrap();
+        }
+        let (mut written, mut restored) = (Vec::new(), Vec::new());
+        modes(&base.join("fresh"), &mut written);
+        modes(&base.join("older/app"), &mut written);
+        modes(&base.join("restored"), &mut restored);
+        let count = |list: &[(PathBuf, bool, u32)]| list.iter().filter(|(_, dir, _)| !dir).count();
+        // Two snapshots of p (state, mailbox, manifest, two state files), one of q (three files).
+        assert_eq!(count(&written), 2 * 5 + 3, "{written:?}");
+        assert_eq!(count(&restored), 2, "{restored:?}");
+        for (path, dir, mode) in written.iter().chain(&restored) {
+            let want = if *dir { DIR_MODE } else { FILE_MODE };
+            assert_eq!(*mode, want, "{} is {mode:o}, not {want:o}", path.display());
+        }
+        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

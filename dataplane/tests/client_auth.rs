@@ -12,7 +12,8 @@ use praas_dataplane::protocol::{Header, MessageKind};
 use praas_dataplane::testing::{example_manifest, pattern, serve_on};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
-    Client, ClientError, ClientOptions, Credentials, FunctionRegistry, Process, ProcessConfig, ServerHandle, Status,
+    Client, ClientError, ClientOptions, Credentials, FunctionRegistry, Process, ProcessConfig, Secret, ServerHandle,
+    Status,
 };
 
 const APP: &str = "guarded-app";
@@ -22,7 +23,7 @@ fn config() -> ProcessConfig {
     ProcessConfig {
         id: "guarded".into(),
         app: APP.into(),
-        secret: SECRET.into(),
+        secret: Secret::new(SECRET).ok(),
         client_auth: true,
         workers: 2,
         ..ProcessConfig::default()
@@ -111,6 +112,6 @@ on_both_transports!(
 #[test]
 fn client_authentication_needs_a_secret() {
     let functions = FunctionRegistry::load(&example_manifest()).unwrap();
-    let err = Process::start(ProcessConfig { secret: String::new(), ..config() }, functions).unwrap_err();
+    let err = Process::start(ProcessConfig { secret: None, ..config() }, functions).unwrap_err();
     assert!(err.to_string().contains("secret"), "{err}");
 }

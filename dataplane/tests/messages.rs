@@ -20,14 +20,20 @@ use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::testing::{c_functions, example_manifest, serve_on, spec};
 use praas_dataplane::transport::TransportKind;
-use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, ServerHandle, Status};
+use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, Secret, ServerHandle, Status};
 
 const APP: &str = "ring-app";
 const SECRET: &str = "a secret only ring-app's processes know";
 const LONG: Duration = Duration::from_secs(30);
 
 fn config(id: &str, app: &str, secret: &str) -> ProcessConfig {
-    ProcessConfig { id: id.into(), app: app.into(), secret: secret.into(), workers: 4, ..ProcessConfig::default() }
+    ProcessConfig {
+        id: id.into(),
+        app: app.into(),
+        secret: Secret::new(secret).ok(),
+        workers: 4,
+        ..ProcessConfig::default()
+    }
 }
 
 struct Node {
@@ -238,6 +244,76 @@ fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages(kind: Tran
     assert_eq!(node.client().invoke("echo", b"still serving").unwrap(), b"still serving");
 }
 
+/// What a process without a secret answers every handshake with.
+const NO_SECRET: &str = "this process has no application secret: it accepts no peer or authenticated client";
+
+fn a_process_without_a_secret_refuses_every_peer_even_one_proving_the_empty_secret(kind: TransportKind) {
+    let nodes = cluster(kind, &["n0", "n1"]);
+    // The empty secret is no secret (`config` turns "" into `None`).
+    let open = Node::start(kind, "n2", APP, "");
+    assert!(open.process.config().secret.is_none());
+    let everyone: Vec<PeerInfo> = nodes.iter().chain([&open]).map(Node::info).collect();
+    for node in nodes.iter().chain([&open]) {
+        node.process.peers().update(everyone.clone());
+    }
+
+    // A peer that runs the whole handshake with the empty secret, as the process would have
+    // accepted before: refused at its first Hello, so it never gets a challenge to answer.
+    let mut raw = Raw::connect(&open);
+    let nonce_a = auth::nonce();
+    raw.send(MessageKind::Hello, 1, format!("{APP}/n0").as_bytes(), &nonce_a);
+    let (header, meta, payload) = raw.recv();
+    assert_eq!((header.kind, header.status), (MessageKind::Hello, Status::Unauthenticated.code()));
+    assert_eq!(String::from_utf8_lossy(&meta), NO_SECRET);
+    assert!(payload.is_empty(), "no nonce, no proof derived from the empty secret");
+    // It sends its proof and its forged message anyway: nothing is served, the connection closes.
+    let proof = auth::proof("", &[&b"praas-client"[..], &auth::nonce()].concat(), APP, "n0");
+    raw.send(MessageKind::Hello, 2, format!("{APP}/n0").as_bytes(), &proof);
+    raw.send(MessageKind::Message, 3, b"k", b"forged");
+    assert!(raw.closed());
+    // Straight to the message, no handshake: refused as always.
+    let mut raw = Raw::connect(&open);
+    raw.send(MessageKind::Message, 4, b"k", b"forged");
+    assert_eq!(raw.recv().0.status, Status::Unauthenticated.code());
+    assert!(raw.closed());
+    // A data-plane client with the client key of the empty secret: refused the same way.
+    let options = ClientOptions {
+        timeout: LONG,
+        transport: kind,
+        credentials: Some(praas_dataplane::Credentials {
+            app: APP.into(),
+            name: "c".into(),
+            key: auth::client_key(""),
+        }),
+        ..ClientOptions::default()
+    };
+    match Client::connect_with(open.server.local_addr(), options) {
+        Err(ClientError::Remote { status: Status::Unauthenticated, message }) => assert_eq!(message, NO_SECRET),
+        other => panic!("expected an Unauthenticated refusal, got {:?}", other.map(|_| "a client")),
+    }
+    // A real member, with the real secret, is refused too: the process cannot check its proof.
+    let err = nodes[0].process.peers().put("n2", "k", b"from a member", LONG).unwrap_err();
+    assert!(matches!(err, PeerError::Unauthenticated { .. }), "{err}");
+    assert!(err.to_string().contains(NO_SECRET), "{err}");
+    assert!(open.process.mailbox().is_empty(), "nothing was delivered");
+
+    // Nor does it put to anyone: it fails before connecting, and nothing arrives.
+    let err = open.process.peers().put("n1", "k", b"from no member", LONG).unwrap_err();
+    assert!(matches!(&err, PeerError::NoSecret { dest } if dest == "n1"), "{err}");
+    assert_eq!(err.status(), Status::Unauthenticated);
+    assert!(nodes[1].process.mailbox().is_empty());
+    // Its own mailbox and anonymous invocations need no secret.
+    open.process.peers().put("n2", "self", b"mine", LONG).unwrap();
+    assert_eq!(open.process.mailbox().len(), 1);
+    assert_eq!(open.client().invoke("echo", b"still serving").unwrap(), b"still serving");
+
+    // The processes with the secret still accept their real peers.
+    nodes[0].process.peers().put("n1", "k", b"member", LONG).unwrap();
+    assert_eq!(nodes[1].process.mailbox().get(Some("n0"), "k", Duration::ZERO).unwrap().1, b"member");
+    nodes[1].process.peers().put("n0", "k", b"back", LONG).unwrap();
+    assert_eq!(nodes[0].process.mailbox().get(Some("n1"), "k", Duration::ZERO).unwrap().1, b"back");
+}
+
 fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly(kind: TransportKind) {
     let nodes = cluster(kind, &["e0", "e1"]);
     let sender = Arc::clone(&nodes[0].process);
@@ -437,6 +513,7 @@ on_both_transports!(
     get_times_out_and_takes_from_any_source_oldest_first,
     a_process_of_another_application_or_with_a_wrong_secret_is_refused,
     the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages,
+    a_process_without_a_secret_refuses_every_peer_even_one_proving_the_empty_secret,
     unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly,
     a_swapping_process_refuses_puts_and_its_snapshot_keeps_every_message,
     functions_put_and_get_through_the_abi_in_rust_and_c,

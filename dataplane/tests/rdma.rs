@@ -113,7 +113,7 @@ fn a_process_that_requires_authentication_serves_only_clients_with_the_client_ke
     let config = ProcessConfig {
         id: "guarded".into(),
         app: "guarded-app".into(),
-        secret: secret.clone(),
+        secret: praas_dataplane::Secret::new(secret.clone()).ok(),
         client_auth: true,
         ..ProcessConfig::default()
     };
@@ -527,7 +527,7 @@ impl Peer {
         let config = ProcessConfig {
             id: id.into(),
             app: app.into(),
-            secret: secret.into(),
+            secret: praas_dataplane::Secret::new(secret).ok(),
             workers: 4,
             ..ProcessConfig::default()
         };

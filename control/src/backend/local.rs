@@ -131,6 +131,11 @@ impl Backend for LocalBackend {
         handle.parse().is_ok_and(alive)
     }
 
+    fn capacity(&self, _slurm: Option<&crate::model::SlurmOptions>) -> Result<crate::model::Capacity, BackendError> {
+        super::this_node()
+            .map_err(|e| BackendError { process: String::new(), reason: format!("this node's size: {e}") })
+    }
+
     fn adopt(&self, handle: &str, on_exit: ExitHandler) {
         let Ok(pid) = handle.parse::<u32>() else {
             return on_exit(Exit { handle: handle.into(), description: "not a process id".into(), success: false });

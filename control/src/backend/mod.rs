@@ -26,7 +26,7 @@ use thiserror::Error;
 pub use local::{alive, LocalBackend};
 pub use slurm::{default_pool_name, job_state, SlurmBackend, SlurmConfig, SlurmMode};
 
-use crate::model::Resources;
+use crate::model::{Capacity, Resources};
 
 /// Everything needed to start one cloud process.
 #[derive(Debug, Clone)]
@@ -70,18 +70,24 @@ impl Launch {
     /// The arguments of `praas process serve` for this launch, listening on `listen` with
     /// `workers` workers (the backend adds its own: placement, limits).
     pub fn serve_args(&self, listen: &str, workers: u32) -> Vec<OsString> {
-        let mut args: Vec<OsString> =
-            ["process", "serve", "--listen", listen, "--id", &self.process, "--app", &self.app]
-                .map(OsString::from)
-                .into();
-        args.extend([OsString::from("--manifest"), self.manifest.clone().into_os_string()]);
-        args.extend(["--control-channel".into(), OsString::from(&self.control_addr)]);
-        args.extend([OsString::from("--swap-dir"), self.swap_dir.clone().into_os_string()]);
-        args.extend([OsString::from("--files-dir"), self.files_dir.clone().into_os_string()]);
-        args.extend(["--workers".into(), workers.max(1).to_string().into()]);
-        args.extend(["--metrics-ms".into(), self.metrics_interval.as_millis().to_string().into()]);
+        // Every value travels as `--option=VALUE`: no name or path can pass for an option.
+        let pair = |option: &str, value: &std::ffi::OsStr| {
+            let mut arg = OsString::from(format!("--{option}="));
+            arg.push(value);
+            arg
+        };
+        let mut args: Vec<OsString> = vec!["process".into(), "serve".into()];
+        args.push(pair("listen", listen.as_ref()));
+        args.push(pair("id", self.process.as_ref()));
+        args.push(pair("app", self.app.as_ref()));
+        args.push(pair("manifest", self.manifest.as_os_str()));
+        args.push(pair("control-channel", self.control_addr.as_ref()));
+        args.push(pair("swap-dir", self.swap_dir.as_os_str()));
+        args.push(pair("files-dir", self.files_dir.as_os_str()));
+        args.push(pair("workers", workers.max(1).to_string().as_ref()));
+        args.push(pair("metrics-ms", self.metrics_interval.as_millis().to_string().as_ref()));
         if let Some(rdma) = &self.rdma {
-            args.extend(["--rdma-listen".into(), OsString::from(rdma)]);
+            args.push(pair("rdma-listen", rdma.as_ref()));
         }
         if self.client_auth {
             args.push("--client-auth".into());
@@ -92,15 +98,18 @@ impl Launch {
         args
     }
 
-    /// Creates the process's working folder and its log's folder, and opens the log (appending)
-    /// twice: for the process's standard output and error.
+    /// Creates the process's working folder and its log's folder (owner-only, 0700), and opens
+    /// the log (appending, 0600) twice: for the process's standard output and error.
     pub fn prepare(&self) -> Result<(File, File), BackendError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let io = |path: &Path, e: std::io::Error| self.error(format!("{}: {e}", path.display()));
-        fs::create_dir_all(&self.files_dir).map_err(|e| io(&self.files_dir, e))?;
+        let private_dir = |path: &Path| fs::DirBuilder::new().recursive(true).mode(0o700).create(path);
+        private_dir(&self.files_dir).map_err(|e| io(&self.files_dir, e))?;
         if let Some(parent) = self.log.parent() {
-            fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+            private_dir(parent).map_err(|e| io(parent, e))?;
         }
-        let log = File::options().create(true).append(true).open(&self.log).map_err(|e| io(&self.log, e))?;
+        let log =
+            File::options().create(true).append(true).mode(0o600).open(&self.log).map_err(|e| io(&self.log, e))?;
         let log_err = log.try_clone().map_err(|e| io(&self.log, e))?;
         Ok((log, log_err))
     }
@@ -157,6 +166,9 @@ pub trait Backend: Send + Sync {
     fn placement(&self, _handle: &str) -> Option<Placement> {
         None
     }
+    /// What one node offers a process: requests for more CPUs or memory are refused (400).
+    /// `slurm` is the application's Slurm settings (its partition).
+    fn capacity(&self, slurm: Option<&crate::model::SlurmOptions>) -> Result<Capacity, BackendError>;
     /// Releases what the backend holds for itself (a Slurm pool) when the control plane stops
     /// on request; processes of the local backend live on.
     fn shutdown(&self) {}
@@ -179,6 +191,19 @@ pub fn routable(addr: SocketAddr) -> SocketAddr {
         .or_else(|| resolved.first())
         .copied()
         .unwrap_or_else(|| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+}
+
+/// What this machine offers one process: the CPUs this process may run on and the memory
+/// `/proc/meminfo` reports.
+pub fn this_node() -> std::io::Result<Capacity> {
+    let cpus = std::thread::available_parallelism()?.get();
+    let meminfo = fs::read_to_string("/proc/meminfo")?;
+    let kib = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| std::io::Error::other("/proc/meminfo has no MemTotal"))?;
+    Ok(Capacity { cpus: u32::try_from(cpus).unwrap_or(u32::MAX), memory_mb: kib / 1024, what: "this node" })
 }
 
 /// This host's name.

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Backend, BackendError, Exit, ExitHandler, Launch, Placement};
-use crate::model::SlurmOptions;
+use crate::model::{Capacity, SlurmOptions};
 
 /// How processes get their Slurm resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,9 +296,37 @@ impl Drop for SlurmBackend {
     }
 }
 
+/// The largest CPU count and memory (MiB) over the lines `CPUS MEMORY` that `sinfo -N -o "%c %m"`
+/// prints (memory may carry a `+` when nodes differ).
+fn largest_node(sinfo: &str) -> Option<(u32, u64)> {
+    sinfo
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let cpus = words.next()?.trim_end_matches('+').parse::<u32>().ok()?;
+            let memory = words.next()?.trim_end_matches('+').parse::<u64>().ok()?;
+            Some((cpus, memory))
+        })
+        .reduce(|(c1, m1), (c2, m2)| (c1.max(c2), m1.max(m2)))
+}
+
 impl Backend for SlurmBackend {
     fn name(&self) -> &'static str {
         "slurm"
+    }
+
+    fn capacity(&self, slurm: Option<&crate::model::SlurmOptions>) -> Result<Capacity, BackendError> {
+        let partition = slurm.and_then(|s| s.partition.clone()).or_else(|| self.config.partition.clone());
+        let mut args: Vec<String> = ["-h", "-N", "-o", "%c %m"].map(String::from).into();
+        if let Some(partition) = &partition {
+            args.extend(["-p".into(), partition.clone()]);
+        }
+        let error = |reason: String| BackendError { process: String::new(), reason };
+        let out = slurm_command("sinfo", &args).map_err(error)?;
+        let (cpus, memory_mb) = largest_node(&out).ok_or_else(|| {
+            error(format!("sinfo lists no node{}", partition.map(|p| format!(" in {p}")).unwrap_or_default()))
+        })?;
+        Ok(Capacity { cpus, memory_mb, what: "the largest node of the Slurm partition" })
     }
 
     fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
@@ -453,6 +481,13 @@ impl SlurmBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_node_bounds_resources() {
+        assert_eq!(largest_node("2 1000\n4 512\n"), Some((4, 1000)));
+        assert_eq!(largest_node("8+ 64000+\n"), Some((8, 64000)));
+        assert_eq!(largest_node(""), None);
+    }
 
     #[test]
     fn modes_and_placement_arguments() {

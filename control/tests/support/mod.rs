@@ -55,6 +55,12 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
     (child, http)
 }
 
+/// An API client with the token in the control plane's data folder.
+pub fn api_of(http: &str, data_dir: &Path) -> Api {
+    let token = praas_control::api_token::ApiToken::read(&data_dir.join("api-token")).expect("the API token");
+    Api::with_token(http, Duration::from_secs(120), Some(token))
+}
+
 impl ControlPlaneProcess {
     pub fn start(name: &str, extra_args: &[&str]) -> Self {
         Self::start_in(temp_dir(name), extra_args)
@@ -63,7 +69,7 @@ impl ControlPlaneProcess {
     pub fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let (child, http) = spawn(&data_dir, &extra_args);
-        let api = Api::new(&http, Duration::from_secs(120));
+        let api = api_of(&http, &data_dir);
         Self { child, http, data_dir, api, extra_args }
     }
 
@@ -77,7 +83,7 @@ impl ControlPlaneProcess {
     pub fn restart(&mut self) {
         let (child, http) = spawn(&self.data_dir, &self.extra_args);
         self.child = child;
-        self.api = Api::new(&http, Duration::from_secs(120));
+        self.api = api_of(&http, &self.data_dir);
         self.http = http;
     }
 

@@ -236,21 +236,86 @@ fn checksum(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result
     out.extend_from_slice(format!("{} {:016x}", value.len(), fnv1a(&value)).as_bytes())
 }
 
-/// Input `name content`: writes a state file in the process's working folder.
-fn file_write(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
-    let text = text(input)?;
-    let (name, content) = text.split_once(' ').ok_or_else(|| Error::new("want: name content"))?;
-    if name.contains('/') || name.starts_with('.') {
-        return Err(Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, "a plain file name"));
+/// Longest state-file name `file_write` and `file_read` take, in bytes (the usual file-system limit).
+const MAX_FILE_NAME: usize = 255;
+
+/// `name` if it names a file directly in the process's working folder (its state-files folder):
+/// not empty, at most [`MAX_FILE_NAME`] bytes, no `/`, no NUL, not starting with `.` (so neither
+/// `..` nor hidden files). Anything else is `PRAAS_ERR_INVALID_ARGUMENT`, saying why.
+fn state_file_name(name: &str) -> Result<&str> {
+    let problem = if name.is_empty() {
+        Some("it is empty".to_owned())
+    } else if name.len() > MAX_FILE_NAME {
+        Some(format!("it is {} bytes long, more than {MAX_FILE_NAME}", name.len()))
+    } else if name.contains('/') {
+        Some("it holds '/'".to_owned())
+    } else if name.contains('\0') {
+        Some("it holds a NUL byte".to_owned())
+    } else if name.starts_with('.') {
+        Some("it starts with '.'".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(name),
+        Some(problem) => Err(Error::with_status(
+            praas_ffi::PRAAS_ERR_INVALID_ARGUMENT,
+            format!(
+                "{name:?} is not a state file name: {problem}; a state file name is a plain file name \
+                 (1 to {MAX_FILE_NAME} bytes, no '/', no NUL, not starting with '.') in the process's \
+                 state-files folder"
+            ),
+        )),
     }
-    std::fs::write(name, content)?;
+}
+
+/// Opens the state file `name` (checked by [`state_file_name`]) with `options`, refusing a
+/// symbolic link there (`O_NOFOLLOW`) and anything but a regular file.
+fn open_state_file(name: &str, options: &mut std::fs::OpenOptions) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = state_file_name(name)?;
+    // O_NONBLOCK: opening a FIFO planted under the name must not block the invocation; it has no
+    // effect on regular files.
+    let file = options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(name).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Error::with_status(
+                praas_ffi::PRAAS_ERR_INVALID_ARGUMENT,
+                format!("state file {name:?} is a symbolic link: state files are never followed elsewhere"),
+            )
+        } else {
+            Error::new(format!("state file {name:?}: {e}"))
+        }
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(Error::with_status(
+            praas_ffi::PRAAS_ERR_INVALID_ARGUMENT,
+            format!("state file {name:?} is not a regular file"),
+        ));
+    }
+    Ok(file)
+}
+
+/// Input `name content`: writes the state file `name` in the process's working folder, its
+/// state-files folder (owner-only, `0600`).
+fn file_write(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = text(input)?;
+    let (name, content) = text
+        .split_once(' ')
+        .ok_or_else(|| Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, "want: name content"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(0o600);
+    open_state_file(name, &mut options)?.write_all(content.as_bytes())?;
     out.extend_from_slice(b"written")
 }
 
-/// Input `name`: returns a state file's content.
+/// Input `name`: returns the content of the state file `name` in the process's working folder.
 fn file_read(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
-    let name = text(input)?;
-    out.extend_from_slice(&std::fs::read(name)?)
+    use std::io::Read;
+    let mut content = Vec::new();
+    open_state_file(text(input)?, std::fs::OpenOptions::new().read(true))?.read_to_end(&mut content)?;
+    out.extend_from_slice(&content)
 }
 
 /// Input `ms`: sleeps, then increments the state counter `slow` and returns its new value. The

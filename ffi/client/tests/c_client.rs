@@ -108,8 +108,12 @@ fn a_c_program_invokes_functions_and_gets_every_status() {
 #[test]
 fn a_c_program_authenticates_with_the_client_key() {
     let secret = praas_dataplane::auth::new_secret();
-    let config =
-        ProcessConfig { app: "c-app".into(), secret: secret.clone(), client_auth: true, ..ProcessConfig::default() };
+    let config = ProcessConfig {
+        app: "c-app".into(),
+        secret: praas_dataplane::Secret::new(secret.clone()).ok(),
+        client_auth: true,
+        ..ProcessConfig::default()
+    };
     let (_process, server) = serve(&example_manifest(), config);
     let addr = server.local_addr().to_string();
     let with = |credentials: &str| {

@@ -1,0 +1,291 @@
+//! Deploying an application's functions: its processes load libraries only from where its owner
+//! put them.
+//!
+//! A manifest names each function's library by a path. The control plane accepts that path in
+//! two cases, and refuses the application (400, naming the path) otherwise:
+//!
+//! - **uploaded**: the path is relative (no `..`, no leading `/`) and names a file uploaded with
+//!   the manifest (`praas app create` uploads every library its manifest names); the file is kept
+//!   in the application's own folder `DATA/apps/APP/files/` (0700, files 0600);
+//! - **inside a function root**: `praas control serve --function-root DIR` (repeatable) names
+//!   folders whose libraries may be used in place; the path, absolute or relative to the root,
+//!   must resolve (symbolic links followed) to a file inside one of them.
+//!
+//! The manifest the processes load is written by the TOML library from the resolved manifest
+//! ([`praas_dataplane::Manifest::to_toml`]), never by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use praas_dataplane::Manifest;
+use thiserror::Error;
+
+use crate::api_token::{private_dir, write_private};
+
+/// Most files one application may upload.
+pub const MAX_FILES: usize = 64;
+/// Most bytes one application may upload, all files together.
+pub const MAX_UPLOAD_BYTES: usize = 512 << 20;
+
+/// A file uploaded with a manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    /// Its path relative to the application's folder, as the manifest names it.
+    pub path: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
+}
+
+/// Why an application's functions cannot be deployed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// The manifest does not parse, or names a function badly.
+    #[error("invalid functions manifest: {0}")]
+    Manifest(#[source] praas_dataplane::function::ManifestError),
+    /// The manifest declares no function.
+    #[error("the manifest declares no function")]
+    NoFunction,
+    /// An uploaded file's path is not a plain relative path.
+    #[error("uploaded file {path:?}: a relative path of plain names is expected (no '..', no leading '/')")]
+    UploadPath {
+        /// The path as given.
+        path: String,
+    },
+    /// Two uploaded files share a path.
+    #[error("uploaded file {path:?} is given twice")]
+    UploadTwice {
+        /// The path.
+        path: String,
+    },
+    /// An uploaded file is named by no function.
+    #[error("uploaded file {path:?} is the library of no function of the manifest")]
+    UploadUnused {
+        /// The path.
+        path: String,
+    },
+    /// Too many files, or too many bytes.
+    #[error("at most {MAX_FILES} files and {MAX_UPLOAD_BYTES} bytes may be uploaded with a manifest")]
+    UploadTooLarge,
+    /// A library is neither uploaded nor inside a function root.
+    #[error(
+        "function {function:?}: library {path} is neither uploaded with the manifest nor inside a \
+         --function-root of this control plane{roots}"
+    )]
+    LibraryOutside {
+        /// The function.
+        function: String,
+        /// The library's path as the manifest names it.
+        path: PathBuf,
+        /// The function roots, for the message (empty when there are none).
+        roots: String,
+    },
+    /// The application's folder could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A plain relative path: only normal components, each a non-empty name without NUL.
+fn plain_relative(path: &str) -> Option<PathBuf> {
+    let candidate = Path::new(path);
+    if path.is_empty() || path.contains('\0') || path.len() > 1024 {
+        return None;
+    }
+    candidate.components().all(|c| matches!(c, Component::Normal(_))).then(|| candidate.to_path_buf())
+}
+
+/// An application's functions, resolved: the manifest its processes load (every library an
+/// absolute path) and the uploaded files to keep in its folder.
+#[derive(Debug)]
+pub struct Deployment {
+    /// The manifest with absolute library paths, as TOML written by the TOML library.
+    pub manifest: String,
+    /// Uploaded files by their path relative to the application's `files/` folder.
+    files: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+/// The folder of application `app` in the data folder `data_dir`.
+pub fn app_dir(data_dir: &Path, app: &str) -> PathBuf {
+    data_dir.join("apps").join(app)
+}
+
+impl Deployment {
+    /// Resolves `manifest` (TOML) for the application whose folder is `app_dir`, with the files
+    /// uploaded with it and the control plane's function roots (canonical paths).
+    pub fn resolve(
+        manifest: &str,
+        uploads: Vec<Upload>,
+        app_dir: &Path,
+        roots: &[PathBuf],
+    ) -> Result<Self, DeployError> {
+        let files_dir = app_dir.join("files");
+        let mut parsed = Manifest::from_toml(manifest, &files_dir).map_err(DeployError::Manifest)?;
+        if parsed.functions.is_empty() {
+            return Err(DeployError::NoFunction);
+        }
+        if uploads.len() > MAX_FILES || uploads.iter().map(|u| u.bytes.len()).sum::<usize>() > MAX_UPLOAD_BYTES {
+            return Err(DeployError::UploadTooLarge);
+        }
+        let mut files = BTreeMap::new();
+        for upload in uploads {
+            let path =
+                plain_relative(&upload.path).ok_or_else(|| DeployError::UploadPath { path: upload.path.clone() })?;
+            if files.insert(path, upload.bytes).is_some() {
+                return Err(DeployError::UploadTwice { path: upload.path });
+            }
+        }
+        let mut used = BTreeSet::new();
+        for function in &mut parsed.functions {
+            let named = function.library.clone();
+            let uploaded = named.to_str().and_then(plain_relative).filter(|p| files.contains_key(p));
+            let resolved = match uploaded {
+                Some(relative) => {
+                    let resolved = files_dir.join(&relative);
+                    used.insert(relative);
+                    resolved
+                }
+                None => inside_roots(&named, roots).ok_or_else(|| DeployError::LibraryOutside {
+                    function: function.name.clone(),
+                    path: named.clone(),
+                    roots: if roots.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))
+                    },
+                })?,
+            };
+            function.library = resolved;
+        }
+        if let Some(unused) = files.keys().find(|p| !used.contains(*p)) {
+            return Err(DeployError::UploadUnused { path: unused.display().to_string() });
+        }
+        parsed.base_dir = PathBuf::from("/");
+        let manifest = parsed.to_toml().map_err(DeployError::Manifest)?;
+        Ok(Self { manifest, files })
+    }
+
+    /// Writes the uploaded files into the application's folder `app_dir` (replacing whatever a
+    /// deleted application of the same name left there): into a temporary folder first, renamed
+    /// into place, so that a failure leaves no half-written application.
+    pub fn install(&self, app_dir: &Path) -> Result<(), DeployError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DeployError::Io { path, source }
+        };
+        let token_io = |e: crate::api_token::TokenError| match e {
+            crate::api_token::TokenError::Io { path, source } => DeployError::Io { path, source },
+            other => DeployError::Io { path: app_dir.to_owned(), source: std::io::Error::other(other.to_string()) },
+        };
+        let parent = app_dir.parent().unwrap_or(Path::new("/"));
+        private_dir(parent).map_err(token_io)?;
+        let name = app_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let written = (|| {
+            let files_dir = tmp.join("files");
+            private_dir(&files_dir).map_err(token_io)?;
+            for (path, bytes) in &self.files {
+                let target = files_dir.join(path);
+                if let Some(folder) = target.parent() {
+                    private_dir(folder).map_err(token_io)?;
+                }
+                write_private(&target, bytes).map_err(token_io)?;
+            }
+            if app_dir.exists() {
+                fs::remove_dir_all(app_dir).map_err(io(app_dir))?;
+            }
+            fs::rename(&tmp, app_dir).map_err(io(app_dir))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        written
+    }
+}
+
+/// `named` resolved inside one of `roots` (canonical): the canonical path of an existing file.
+fn inside_roots(named: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
+    roots.iter().find_map(|root| {
+        let candidate = fs::canonicalize(root.join(named)).ok()?;
+        (candidate.starts_with(root) && candidate.is_file()).then_some(candidate)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(library: &str) -> String {
+        format!("[[function]]\nname = \"f\"\nlibrary = \"{library}\"\n")
+    }
+
+    fn upload(path: &str) -> Upload {
+        Upload { path: path.into(), bytes: b"\x7fELF".to_vec() }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("praas-deploy-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_uploaded_library_resolves_into_the_application_folder() {
+        let dir = temp("upload");
+        let app = dir.join("apps").join("a");
+        let deployment = Deployment::resolve(&manifest("lib/libf.so"), vec![upload("lib/libf.so")], &app, &[]).unwrap();
+        let reparsed = Manifest::from_toml(&deployment.manifest, Path::new("/")).unwrap();
+        assert_eq!(reparsed.functions[0].library, app.join("files/lib/libf.so"));
+        deployment.install(&app).unwrap();
+        assert_eq!(fs::read(app.join("files/lib/libf.so")).unwrap(), b"\x7fELF");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(app.join("files/lib/libf.so")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(app.join("files")).unwrap().permissions().mode() & 0o777, 0o700);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn libraries_outside_uploads_and_roots_are_refused_by_path() {
+        let app = Path::new("/nonexistent/apps/a");
+        for library in ["/usr/lib/x86_64-linux-gnu/libc.so.6", "../../evil.so", "libmissing.so"] {
+            let error = Deployment::resolve(&manifest(library), vec![], app, &[]).unwrap_err();
+            assert!(matches!(error, DeployError::LibraryOutside { .. }), "{library}: {error}");
+            assert!(error.to_string().contains(library), "{error}");
+        }
+        let error = Deployment::resolve(&manifest("../x.so"), vec![upload("../x.so")], app, &[]).unwrap_err();
+        assert!(matches!(error, DeployError::UploadPath { .. }), "{error}");
+        let error = Deployment::resolve(&manifest("/etc/x.so"), vec![upload("/etc/x.so")], app, &[]).unwrap_err();
+        assert!(matches!(error, DeployError::UploadPath { .. }), "{error}");
+        let error = Deployment::resolve(&manifest("a.so"), vec![upload("a.so"), upload("b.so")], app, &[]).unwrap_err();
+        assert!(matches!(error, DeployError::UploadUnused { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_function_root_admits_what_resolves_inside_it_only() {
+        let dir = temp("roots");
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("libin.so"), b"x").unwrap();
+        fs::write(dir.join("libout.so"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.join("libout.so"), root.join("liblink.so")).unwrap();
+        let roots = [fs::canonicalize(&root).unwrap()];
+        let app = dir.join("apps/a");
+        let ok = Deployment::resolve(&manifest("libin.so"), vec![], &app, &roots).unwrap();
+        assert!(ok.manifest.contains(&roots[0].join("libin.so").display().to_string()));
+        let absolute = roots[0].join("libin.so").display().to_string();
+        assert!(Deployment::resolve(&manifest(&absolute), vec![], &app, &roots).is_ok());
+        for outside in ["../libout.so", "liblink.so", &dir.join("libout.so").display().to_string()] {
+            let error = Deployment::resolve(&manifest(outside), vec![], &app, &roots).unwrap_err();
+            assert!(matches!(error, DeployError::LibraryOutside { .. }), "{outside}: {error}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
