@@ -10,10 +10,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup.sh
 echo "==> building (release)" >&2
-cargo build --release --quiet -p praas-control -p praas-example-functions
+# Build outputs are found through cargo (honouring CARGO_TARGET_DIR), not guessed.
+artifacts="$(cargo build --release -p praas-control -p praas-example-functions --message-format=json 2>/dev/null)" || {
+    cargo build --release -p praas-control -p praas-example-functions >&2 || true
+    echo "demo: error: the release build failed" >&2; exit 1
+}
+praas="$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "praas" and .executable != null) | .executable' <<<"$artifacts" | tail -n 1)"
+functions="$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "praas_example_functions") | .filenames[]' <<<"$artifacts" | grep '\.so$' | tail -n 1)"
+[[ -x "$praas" && -f "$functions" ]] || { echo "demo: error: build artifacts not found" >&2; exit 1; }
 
-praas="$PWD/target/release/praas"
 work="$(mktemp -d)"
+# The example manifest, its library paths pointing at this build's library (`praas app create`
+# uploads it with the manifest).
+sed "s|^library = .*|library = \"$functions\"|" examples/functions/functions.toml >"$work/functions.toml"
 control_pid=""
 cleanup() {
     if [ -n "$control_pid" ]; then
@@ -50,7 +59,7 @@ export PRAAS_CONTROL
 echo "==> control plane at $PRAAS_CONTROL (data in $work/data)"
 
 step "an application from the example functions' manifest"
-"$praas" app create demo --manifest examples/functions/functions.toml --vcpus 1 --memory-mb 4096
+"$praas" app create demo --manifest "$work/functions.toml" --vcpus 1 --memory-mb 4096
 
 step "three cloud processes (each answers once ALLOCATED)"
 for p in p1 p2 p3; do timed "create $p" quiet "$praas" process create demo "$p"; done

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what praas needs to build and test on Debian 12, and nothing twice:
-# system packages with apt-get (only the missing ones) and cargo-fuzz from crates.io.
+# system packages with apt-get (only the missing ones), cargo-fuzz from crates.io, and the
+# unprivileged user `praas-other` that control/tests/security.rs runs as (another user of a
+# shared login node, who must be refused by the control plane's API).
 # The Rust toolchain itself comes with the machine.
 #
 # Usage: scripts/setup.sh
@@ -9,6 +11,8 @@ set -euo pipefail
 PACKAGES=(
     # building: C compiler for the C example functions, bindgen for rdma-sys
     gcc g++ make pkg-config clang libclang-dev
+    # the scripts find build outputs in cargo's JSON messages
+    jq
     # RDMA user space: verbs and rdma_cm headers and libraries, the rxe provider, tools, perftest
     libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest iproute2
     # the SoftRoCE VM on hosts whose kernel has no rdma_rxe (scripts/rxe-vm.sh)
@@ -47,5 +51,20 @@ install_cargo_fuzz() {
     cargo install --quiet --locked cargo-fuzz
 }
 
+ensure_other_user() {
+    if id -u praas-other >/dev/null 2>&1; then
+        return
+    fi
+    if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
+        echo "setup: cannot create the test user praas-other (not root, no sudo)" >&2
+        return
+    fi
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    echo "setup: creating the unprivileged test user praas-other" >&2
+    "${sudo[@]}" useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin praas-other
+}
+
 install_packages
 install_cargo_fuzz
+ensure_other_user

@@ -99,6 +99,11 @@ fn paths_hidden_files_and_symbolic_links_out_are_refused(kind: TransportKind) {
     assert_eq!(std::fs::read(folders.files.join("../x")).unwrap(), b"the parent's file");
     assert!(!folders.files.join("../escaped").exists());
     assert_eq!(std::fs::read(folders.files.join(".hidden")).unwrap(), b"hidden");
+    // A plain name that is not there is not found.
+    match client.invoke("file_read", b"absent.txt") {
+        Err(ClientError::Remote { status: Status::NotFound, message }) => assert!(message.contains("absent.txt")),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
     // A function that cannot split its input says so the same way.
     invalid(client.invoke("file_write", b"no-content"), "file_write without content");
     // The process serves on.

@@ -170,9 +170,17 @@ impl Raw {
     }
 
     fn send(&mut self, kind: MessageKind, id: u64, meta: &[u8], payload: &[u8]) {
+        self.send_all(&[(kind, id, meta, payload)]);
+    }
+
+    /// Sends frames in one write (the process may close the connection after the first: a
+    /// second write would fail).
+    fn send_all(&mut self, frames: &[(MessageKind, u64, &[u8], &[u8])]) {
         let mut bytes = Vec::new();
-        let header = Header { kind, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
-        encode_frame(&mut bytes, header, meta, payload).unwrap();
+        for &(kind, id, meta, payload) in frames {
+            let header = Header { kind, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
+            encode_frame(&mut bytes, header, meta, payload).unwrap();
+        }
         self.0.write_all(&bytes).unwrap();
     }
 
@@ -187,10 +195,14 @@ impl Raw {
         (header, meta, payload)
     }
 
-    /// Whether the process closed the connection (reads end) instead of serving on.
+    /// Whether the process closed the connection (reads end, or it reset the connection because
+    /// bytes came after it closed) instead of serving on.
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        self.0.read_to_end(&mut rest).is_ok()
+        match self.0.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
 
@@ -268,8 +280,8 @@ fn a_process_without_a_secret_refuses_every_peer_even_one_proving_the_empty_secr
     assert!(payload.is_empty(), "no nonce, no proof derived from the empty secret");
     // It sends its proof and its forged message anyway: nothing is served, the connection closes.
     let proof = auth::proof("", &[&b"praas-client"[..], &auth::nonce()].concat(), APP, "n0");
-    raw.send(MessageKind::Hello, 2, format!("{APP}/n0").as_bytes(), &proof);
-    raw.send(MessageKind::Message, 3, b"k", b"forged");
+    let me = format!("{APP}/n0");
+    raw.send_all(&[(MessageKind::Hello, 2, me.as_bytes(), &proof), (MessageKind::Message, 3, b"k", b"forged")]);
     assert!(raw.closed());
     // Straight to the message, no handshake: refused as always.
     let mut raw = Raw::connect(&open);

@@ -73,6 +73,17 @@ impl ControlPlaneProcess {
         Self { child, http, data_dir, api, extra_args }
     }
 
+    /// Takes over a control plane a test started itself (killed with its processes when dropped).
+    pub fn adopt(child: Child, http: String, data_dir: PathBuf) -> Self {
+        let api = api_of(&http, &data_dir);
+        Self { child, http, data_dir, api, extra_args: Vec::new() }
+    }
+
+    /// Whether the control plane's OS process still runs.
+    pub fn child_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Kills the control plane with SIGKILL (its processes live on).
     pub fn kill9(&mut self) {
         self.child.kill().unwrap();

@@ -282,6 +282,8 @@ fn open_state_file(name: &str, options: &mut std::fs::OpenOptions) -> Result<std
                 praas_ffi::PRAAS_ERR_INVALID_ARGUMENT,
                 format!("state file {name:?} is a symbolic link: state files are never followed elsewhere"),
             )
+        } else if e.kind() == std::io::ErrorKind::NotFound {
+            Error::with_status(praas_ffi::PRAAS_ERR_NOT_FOUND, format!("no state file {name:?}"))
         } else {
             Error::new(format!("state file {name:?}: {e}"))
         }
