@@ -340,10 +340,27 @@ struct InvokeArgs {
     #[arg(long, requires_all = ["app", "process"])]
     direct: bool,
     /// With a data-plane address (--process HOST:PORT): authenticate as a client of application
-    /// APP with its client key (APP:KEY; `praas app client-key APP` prints it). --direct fetches
-    /// the key from the control plane by itself.
-    #[arg(long, env = "PRAAS_CLIENT_CREDENTIALS", hide_env_values = true, conflicts_with = "app")]
-    credentials: Option<String>,
+    /// APP with its client key, read from FILE holding `APP:KEY` (`praas app client-key APP`
+    /// prints the key), or from the environment variable PRAAS_CLIENT_CREDENTIALS=APP:KEY; never
+    /// on the command line, where `ps` would show it. --direct fetches the key by itself.
+    #[arg(long, value_name = "FILE", conflicts_with = "app")]
+    credentials_file: Option<PathBuf>,
+}
+
+/// The `APP:KEY` a data-plane client authenticates with: from `--credentials-file`, else from
+/// `PRAAS_CLIENT_CREDENTIALS`.
+fn given_credentials(file: Option<&std::path::Path>) -> Result<Option<praas_dataplane::Credentials>, String> {
+    let text = match file {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("--credentials-file {}: {e}", path.display()))?
+        }
+        None => match std::env::var("PRAAS_CLIENT_CREDENTIALS") {
+            Ok(text) if !text.is_empty() => text,
+            _ => return Ok(None),
+        },
+    };
+    let (app, key) = text.trim().split_once(':').ok_or_else(|| "client credentials are APP:KEY".to_owned())?;
+    Ok(Some(praas_dataplane::Credentials { app: app.into(), name: "praas-cli".into(), key: key.into() }))
 }
 
 fn main() -> ExitCode {
@@ -578,7 +595,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         control_addr,
         data_addr: praas_control::backend::routable(server.local_addr()).to_string(),
         rdma_addr,
-        swap_store: swap_store.unwrap_or_else(|| SwapStore::new(std::env::temp_dir().join("praas-swap"))),
+        swap_store: match swap_store {
+            Some(store) => store,
+            None => SwapStore::new(private_swap_default()?),
+        },
         files_dir: args.files_dir.clone(),
         metrics_interval: Duration::from_millis(args.metrics_ms.max(10)),
         drain_timeout: Duration::from_secs(120),
@@ -592,6 +612,25 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         LinkEnd::Refused(reason) => Err(Failure::Refused(reason)),
     }
+}
+
+/// The swap store of a process started without `--swap-dir`: `TMP/praas-swap-UID`, created
+/// owner-only; refused if another user made it first (it would see, or plant, snapshots).
+fn private_swap_default() -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let path = std::env::temp_dir().join(format!("praas-swap-{uid}"));
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&path) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(format!("{}: {e}", path.display()));
+        }
+    }
+    let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(format!("{} is not a folder of this user with mode 0700: give --swap-dir", path.display()));
+    }
+    Ok(path)
 }
 
 /// Starts the RDMA transport where `--rdma-listen SPEC` says. With `auto` on a node without an
@@ -642,17 +681,14 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
         (None, Some(addr)) => Some(addr.clone()),
         (None, None) => return Err("say where: --process ADDR, or --app APP [--process NAME]".to_owned().into()),
     };
-    let credentials = match (&args.app, &args.credentials) {
-        (Some(app), _) if direct.is_some() => {
+    let credentials = match &args.app {
+        Some(app) if direct.is_some() => {
             let answer: serde_json::Value = api.get(&format!("/apps/{app}/client-key"))?;
             let key = answer["client_key"].as_str().ok_or_else(|| "the control plane sent no client key".to_owned())?;
             Some(praas_dataplane::Credentials { app: app.clone(), name: "praas-cli".into(), key: key.into() })
         }
-        (_, Some(given)) => {
-            let (app, key) = given.split_once(':').ok_or_else(|| "--credentials takes APP:KEY".to_owned())?;
-            Some(praas_dataplane::Credentials { app: app.into(), name: "praas-cli".into(), key: key.into() })
-        }
-        _ => None,
+        Some(_) => None,
+        None => given_credentials(args.credentials_file.as_deref())?,
     };
     let output = match (direct, &args.app) {
         (None, Some(app)) => api.invoke(app, &args.function, args.process.as_deref(), &input)?,

@@ -99,15 +99,24 @@ fn with_client_auth_only_clients_with_the_client_key_reach_processes() {
     // With the key the control plane hands out: served, from the CLI and from the SDK.
     let key = ok(&cp, &["app", "client-key", "guarded"]).trim().to_owned();
     assert_eq!(key.len(), 64, "{key}");
-    let credentials = format!("guarded:{key}");
-    assert_eq!(ok(&cp, &["invoke", "--process", &addr, "--credentials", &credentials, "counter"]), "3");
+    // From a file (never on the command line), and from the environment.
+    let file = cp.data_dir.join("credentials");
+    std::fs::write(&file, format!("guarded:{key}\n")).unwrap();
+    assert_eq!(ok(&cp, &["invoke", "--process", &addr, "--credentials-file", file.to_str().unwrap(), "counter"]), "3");
+    let out = praas()
+        .args(["--control", &cp.http, "invoke", "--process", &addr, "noop"])
+        .env("PRAAS_CLIENT_CREDENTIALS", format!("guarded:{key}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let options = praas_dataplane::ClientOptions {
         credentials: Some(praas_dataplane::Credentials { app: "guarded".into(), name: "sdk".into(), key }),
         ..praas_dataplane::ClientOptions::default()
     };
     let mut client = praas_dataplane::Client::connect_with(addr.as_str(), options).expect("authenticated");
     assert_eq!(client.invoke("counter", b"").unwrap(), b"4");
-    let out = run(&cp, &["invoke", "--process", &addr, "--credentials", "guarded:0000", "counter"]);
+    std::fs::write(&file, "guarded:0000").unwrap();
+    let out = run(&cp, &["invoke", "--process", &addr, "--credentials-file", file.to_str().unwrap(), "counter"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("unauthenticated"), "{stderr}");
     assert_eq!(client.invoke("counter", b"").unwrap(), b"5", "the process serves on");

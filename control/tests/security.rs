@@ -187,7 +187,8 @@ fn libraries_load_only_from_uploads_and_function_roots() {
     let inside = root.join("libfunctions.so").display().to_string();
     for (app, library) in [("rooted", inside.as_str()), ("relative", "libfunctions.so")] {
         let manifest = format!("[[function]]\nname = \"echo\"\nlibrary = \"{library}\"\nmode = \"inline\"\n");
-        let _: serde_json::Value = cp.api.put(&format!("/apps/{app}"), &serde_json::json!({"manifest": manifest})).unwrap();
+        let _: serde_json::Value =
+            cp.api.put(&format!("/apps/{app}"), &serde_json::json!({"manifest": manifest})).unwrap();
         let _: ProcessRecord = cp.api.put(&format!("/apps/{app}/processes/p"), &serde_json::json!({})).unwrap();
         assert_eq!(cp.invoke(app, Some("p"), "echo", b"in place").unwrap(), b"in place");
     }
@@ -212,7 +213,11 @@ fn the_example_file_functions_stay_in_the_state_folder() {
     let _: ProcessRecord = cp.api.put("/apps/files/processes/p", &serde_json::json!({})).unwrap();
     for name in ["/etc/shadow", "../../../control.redb", "../../../api-token", ".hidden", "a/b"] {
         let result = cp.invoke("files", Some("p"), "file_read", name.as_bytes());
-        assert!(result.is_err(), "file_read {name:?} answered {:?}", result.map(|b| String::from_utf8_lossy(&b).into_owned()));
+        assert!(
+            result.is_err(),
+            "file_read {name:?} answered {:?}",
+            result.map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
     }
     assert_eq!(cp.invoke("files", Some("p"), "file_write", b"notes.txt kept").unwrap(), b"written");
     assert_eq!(cp.invoke("files", Some("p"), "file_read", b"notes.txt").unwrap(), b"kept");
@@ -336,7 +341,8 @@ fn names_that_could_become_options_or_break_manifests_are_refused() {
     cp.create_example_app("ok");
     let manifest = "[[function]]\nname = \"echo\"\nlibrary = \"libx.so\"\n";
     for app in ["-rf", "--help", "..", ".hidden", "a%20b", "%C3%A9"] {
-        let result = cp.api.put::<serde_json::Value>(&format!("/apps/{app}"), &serde_json::json!({"manifest": manifest}));
+        let result =
+            cp.api.put::<serde_json::Value>(&format!("/apps/{app}"), &serde_json::json!({"manifest": manifest}));
         assert_eq!(status_of(result), 400, "application {app:?}");
     }
     for process in ["--help", "-rf", "-", "a%7Fb"] {
@@ -384,7 +390,8 @@ fn resources_beyond_the_node_are_refused_with_the_limit() {
         (serde_json::json!({"vcpus": 1, "memory_mb": 0}), "positive"),
     ];
     for (resources, limit) in &huge {
-        let result = cp.api.put::<ProcessRecord>("/apps/sized/processes/p", &serde_json::json!({"resources": resources}));
+        let result =
+            cp.api.put::<ProcessRecord>("/apps/sized/processes/p", &serde_json::json!({"resources": resources}));
         let error = result.as_ref().unwrap_err().clone();
         assert_eq!(status_of(result), 400, "{resources}");
         assert!(error.contains(limit), "{resources}: {error}");
@@ -450,8 +457,10 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             serde_json::to_vec(&serde_json::json!({"resources": {"vcpus": v, "memory_mb": m}})).unwrap()
         }),
         ("[ -~\n]{0,200}", number).prop_map(|(manifest, v)| {
-            serde_json::to_vec(&serde_json::json!({"manifest": manifest, "files": [{"path": manifest, "content": "!!"}],
-                "resources": {"vcpus": v, "memory_mb": 1}}))
+            serde_json::to_vec(
+                &serde_json::json!({"manifest": manifest, "files": [{"path": manifest, "content": "!!"}],
+                "resources": {"vcpus": v, "memory_mb": 1}}),
+            )
             .unwrap()
         }),
         Just(b"{\"manifest\": 1}".to_vec()),
