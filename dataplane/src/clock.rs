@@ -112,8 +112,9 @@ mod counter {
             let ticks = read();
             let after = Instant::now();
             let gap = after.duration_since(before);
-            if best.map_or(true, |(tightest, _, _)| gap < tightest) {
-                best = Some((gap, before + gap / 2, ticks));
+            match best {
+                Some((tightest, _, _)) if tightest <= gap => {}
+                _ => best = Some((gap, before + gap / 2, ticks)),
             }
         }
         let (_, at, ticks) = best.expect("sixteen tries");
