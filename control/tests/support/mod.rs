@@ -133,13 +133,12 @@ impl ControlPlaneProcess {
         std::fs::write(&file, manifest).unwrap();
         // Library paths are relative to the manifest's folder: put the library beside it.
         std::fs::copy(&lib, dir.join(lib.file_name().unwrap())).unwrap();
-        praas_control::cli::app_create(
-            &self.api,
-            app,
-            &file,
-            Some(praas_control::model::Resources { vcpus: 2, memory_mb: 8192 }),
-        )
-        .unwrap();
+        // 8 GiB where the node has it (the SoftRoCE VM has less): resources above the node's
+        // are refused.
+        let node = praas_control::backend::this_node().unwrap();
+        let resources =
+            praas_control::model::Resources { vcpus: 2.min(node.cpus), memory_mb: 8192.min(node.memory_mb) };
+        praas_control::cli::app_create(&self.api, app, &file, Some(resources)).unwrap();
     }
 
     pub fn process(&self, app: &str, name: &str) -> ProcessRecord {
