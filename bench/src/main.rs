@@ -29,6 +29,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Invoke(args) => invoke::run(args),
         Command::Swap(args) => swap::run(args),
+        #[cfg(feature = "rdma")]
+        Command::Message(args) if args.transport == cli::TransportKind::Rdma => rdma::message(args),
         Command::Message(args) => message::run(args),
         Command::Allocate(args) => allocate::run(args),
         Command::ServePraas(args) => serve::praas(args),

@@ -182,7 +182,7 @@ impl Client {
                         fresh: None,
                     };
                     if let Some(credentials) = &credentials {
-                        crate::peer::authenticate_client(&mut client, credentials)?;
+                        authenticate_client(&mut client, credentials)?;
                     }
                     return Ok(client);
                 }
@@ -628,7 +628,7 @@ fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> i
     Ok(())
 }
 
-impl crate::peer::HandshakeWire for Client {
+impl crate::handshake::HandshakeWire for Client {
     type Error = ClientError;
 
     fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {
@@ -669,4 +669,20 @@ impl Drop for Client {
         // Requests batched and never waited for still go out (best effort).
         let _ = self.flush();
     }
+}
+
+/// The client side of the handshake with a process that requires authentication: both sides
+/// prove they hold the application's client key (the process thereby that it belongs to the
+/// application).
+pub(crate) fn authenticate_client(
+    wire: &mut impl crate::handshake::HandshakeWire<Error = ClientError>,
+    credentials: &crate::auth::Credentials,
+) -> Result<(), ClientError> {
+    use crate::handshake::{introduce, HandshakeError, Introduction};
+    let who =
+        Introduction { app: &credentials.app, me: &credentials.name, key: &credentials.key, client: true, to: None };
+    introduce(wire, &who).map_err(|err| match err {
+        HandshakeError::Wire(err) => err,
+        HandshakeError::Refused(message) => ClientError::Remote { status: Status::Unauthenticated, message },
+    })
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::auth;
-use crate::peer::PeerInfo;
+pub use crate::peer::PeerList;
 use crate::process::Process;
 use crate::protocol::{decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status};
 use crate::swap::{SwapReport, SwapStore};
@@ -79,13 +79,6 @@ pub struct MetricsReport {
     /// Messages this process delivered to its peers, by wire.
     #[serde(default)]
     pub messages_sent: crate::peer::DeliveryCounts,
-}
-
-/// The peers of the application.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerList {
-    /// Every other process of the application the control plane knows.
-    pub peers: Vec<PeerInfo>,
 }
 
 /// The answer to a swap request.

@@ -18,8 +18,8 @@ use praas_ffi::{
 use crate::buffer::{PoolBuf, MIN_BUF};
 use crate::clock::Tick;
 use crate::function::{ExecutionMode, Function};
-use crate::peer::{mailbox_status, DEFAULT_PUT_TIMEOUT};
-use crate::process::Process;
+use crate::peer::DEFAULT_PUT_TIMEOUT;
+use crate::process_core::ProcessCore;
 use crate::protocol::Status;
 use crate::state::validate_key;
 
@@ -75,7 +75,7 @@ impl Deadline {
 
 /// Runtime-side state of a running invocation, reached through `praas_context::runtime`.
 struct Invocation<'p> {
-    process: &'p Process,
+    process: &'p ProcessCore,
     function: &'p str,
     deadline: Deadline,
     depth: u32,
@@ -112,12 +112,12 @@ impl Lent {
 }
 
 /// Runs `function` on this thread with `input`; never unwinds.
-pub fn execute(process: &Process, function: &Function, input: &[u8], deadline: Deadline) -> Outcome {
+pub fn execute(process: &ProcessCore, function: &Function, input: &[u8], deadline: Deadline) -> Outcome {
     execute_nested(process, function, input, deadline, 0, function.mode == ExecutionMode::Inline)
 }
 
 fn execute_nested(
-    process: &Process,
+    process: &ProcessCore,
     function: &Function,
     input: &[u8],
     deadline: Deadline,
@@ -532,14 +532,14 @@ unsafe extern "C" fn get(
                 if wait < asked {
                     text.push_str(" (the invocation's deadline came first)");
                 }
-                fail_into(message, mailbox_status(&err), text)
+                fail_into(message, crate::mailbox::MailboxError::status(&err), text)
             }
         }
     })
 }
 
 /// The error text for a function that is not there, listing those that are.
-pub fn unknown_function_message(process: &Process, name: &[u8]) -> String {
+pub fn unknown_function_message(process: &ProcessCore, name: &[u8]) -> String {
     format!("unknown function {:?}: this process has {:?}", String::from_utf8_lossy(name), process.functions().names())
 }
 

@@ -80,6 +80,18 @@ pub enum MailboxError {
     },
 }
 
+impl MailboxError {
+    /// The status a function (or a peer's sender) sees for this error.
+    pub fn status(&self) -> crate::protocol::Status {
+        use crate::protocol::Status;
+        match self {
+            MailboxError::Timeout { .. } => Status::Timeout,
+            MailboxError::Paused | MailboxError::Full { .. } => Status::Overloaded,
+            MailboxError::NameTooLong { .. } => Status::InvalidArgument,
+        }
+    }
+}
+
 /// Why a snapshot did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SnapshotError {

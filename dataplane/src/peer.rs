@@ -1,5 +1,6 @@
-//! Messages between the processes of one application: the sending side ([`PeerDirectory`]) and
-//! the receiving side of a connection ([`PeerSession`]).
+//! Messages between the processes of one application, the sending side: the [`PeerDirectory`]
+//! of the application's other processes and the connections to them. The receiving side of a
+//! connection is [`crate::session::PeerSession`]; the handshake of both is [`crate::handshake`].
 //!
 //! A process learns its peers (id, data-plane address, status) from the control plane and keeps
 //! them in its [`PeerDirectory`]. [`PeerDirectory::put`] connects to a peer lazily, on the first
@@ -36,22 +37,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::auth::{self, Credentials, Secret, NONCE_LEN, PROOF_LEN};
-use crate::buffer::BufferPool;
-use crate::client::ClientError;
+use crate::auth::{Secret, NONCE_LEN, PROOF_LEN};
+use crate::handshake::{introduce, HandshakeError, HandshakeWire, Introduction};
 use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
-use crate::process::{Process, NO_SECRET};
 use crate::protocol::{FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
-use crate::transport::OutFrame;
 
-/// Label mixed into the accepting side's proof.
-const SERVER_ROLE: &[u8] = b"praas-server";
-/// Label mixed into the connecting side's proof.
-const CLIENT_ROLE: &[u8] = b"praas-client";
-/// The byte after the nonce of a first `Hello` from a data-plane client (a process sends the nonce
-/// alone): the handshake then runs with the application's client key instead of its secret.
-const CLIENT_MARK: u8 = 1;
 /// Idle connections kept per peer; more concurrent puts open more, closed after use.
 const MAX_IDLE_PER_PEER: usize = 8;
 /// Largest frame accepted from a peer on the sending side: handshake answers and
@@ -64,6 +55,13 @@ const ANSWER_LIMITS: FrameLimits = FrameLimits { max_frame: u16::MAX as usize + 
 const PUT_SPIN: Duration = Duration::from_micros(100);
 /// How long a put may take when the caller gives no deadline of its own.
 pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The peers of the application.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerList {
+    /// Every other process of the application the control plane knows.
+    pub peers: Vec<PeerInfo>,
+}
 
 /// One process of the application, as the control plane last announced it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,17 +169,8 @@ impl PeerError {
             Self::Timeout { .. } => Status::Timeout,
             Self::Refused { status, .. } => *status,
             Self::TooLarge { .. } => Status::TooLarge,
-            Self::Local(err) => mailbox_status(err),
+            Self::Local(err) => err.status(),
         }
-    }
-}
-
-/// The status of a mailbox error, as a sender sees it.
-pub fn mailbox_status(err: &MailboxError) -> Status {
-    match err {
-        MailboxError::Timeout { .. } => Status::Timeout,
-        MailboxError::Paused | MailboxError::Full { .. } => Status::Overloaded,
-        MailboxError::NameTooLong { .. } => Status::InvalidArgument,
     }
 }
 
@@ -420,12 +409,22 @@ impl TcpWire {
     }
 }
 
-fn identity(app: &str, process: &str) -> Vec<u8> {
-    format!("{app}/{process}").into_bytes()
+/// A peer connection with the deadline of its handshake.
+struct TimedWire<'a> {
+    conn: &'a mut PeerConnection,
+    deadline: Instant,
 }
 
-fn role_nonce(role: &[u8], nonce: &[u8]) -> Vec<u8> {
-    [role, nonce].concat()
+impl HandshakeWire for TimedWire<'_> {
+    type Error = WireError;
+
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), WireError> {
+        self.conn.wire.send(header, meta, payload, self.deadline)
+    }
+
+    fn recv_frame(&mut self) -> Result<OwnedFrame, WireError> {
+        self.conn.wire.recv(ANSWER_LIMITS, self.deadline)
+    }
 }
 
 impl PeerDirectory {
@@ -694,308 +693,6 @@ impl PeerDirectory {
             }
             Err(HandshakeError::Wire(WireError::Io(reason))) => {
                 Err(PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason })
-            }
-        }
-    }
-}
-
-/// A connection as the connecting side of the handshake needs it: send one frame, receive the
-/// next (both bounded by the connection's deadline or timeout).
-pub(crate) trait HandshakeWire {
-    /// What a failed send or receive says.
-    type Error;
-    /// Sends one frame (the lengths in `header` are set from `meta` and `payload`).
-    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), Self::Error>;
-    /// Receives the next frame, whatever its kind.
-    fn recv_frame(&mut self) -> Result<OwnedFrame, Self::Error>;
-}
-
-/// A peer connection with the deadline of its handshake.
-struct TimedWire<'a> {
-    conn: &'a mut PeerConnection,
-    deadline: Instant,
-}
-
-impl HandshakeWire for TimedWire<'_> {
-    type Error = WireError;
-
-    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), WireError> {
-        self.conn.wire.send(header, meta, payload, self.deadline)
-    }
-
-    fn recv_frame(&mut self) -> Result<OwnedFrame, WireError> {
-        self.conn.wire.recv(ANSWER_LIMITS, self.deadline)
-    }
-}
-
-/// Who connects, proving which key, to whom.
-struct Introduction<'a> {
-    app: &'a str,
-    /// The connecting side's name: a process id, or a client's name.
-    me: &'a str,
-    /// The application's secret (a process), or its client key (a client).
-    key: &'a str,
-    /// A data-plane client (its first nonce carries the client mark).
-    client: bool,
-    /// The process it means to reach, if it knows which.
-    to: Option<&'a str>,
-}
-
-/// Why the connecting side's handshake failed.
-enum HandshakeError<E> {
-    /// The connection failed.
-    Wire(E),
-    /// The other side refused, or could not prove the key: why.
-    Refused(String),
-}
-
-/// The connecting side of the handshake: both sides prove they hold the key (the secret between
-/// processes, the client key between a client and a process), which never travels.
-fn introduce<W: HandshakeWire>(wire: &mut W, who: &Introduction<'_>) -> Result<(), HandshakeError<W::Error>> {
-    let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
-    let me = identity(who.app, who.me);
-    let what = if who.client { "client key" } else { "secret" };
-    // 1. Our identity and a fresh nonce for the other side to answer (a client's marked).
-    let nonce = auth::nonce();
-    let mark: &[u8] = if who.client { &[CLIENT_MARK] } else { &[] };
-    wire.send_frame(hello, &me, &[&nonce[..], mark].concat()).map_err(HandshakeError::Wire)?;
-    // 2. The other side's identity, its nonce and its proof of the key.
-    let challenge = wire.recv_frame().map_err(HandshakeError::Wire)?;
-    if challenge.header.status != Status::Ok.code() {
-        return Err(HandshakeError::Refused(String::from_utf8_lossy(&challenge.meta).into_owned()));
-    }
-    if challenge.header.kind != MessageKind::Hello || challenge.payload.len() != NONCE_LEN + PROOF_LEN {
-        return Err(HandshakeError::Refused(format!("unexpected {:?} frame in the handshake", challenge.header.kind)));
-    }
-    let claimed = String::from_utf8_lossy(&challenge.meta).into_owned();
-    let process = match (who.to, claimed.strip_prefix(&format!("{}/", who.app))) {
-        (Some(to), Some(process)) if process == to => process,
-        (None, Some(process)) => process,
-        _ => {
-            let wanted =
-                who.to.map_or_else(|| format!("a process of application {:?}", who.app), |to| format!("{to:?}"));
-            return Err(HandshakeError::Refused(format!("the process is {claimed:?}, not {wanted}")));
-        }
-    };
-    let (their_nonce, their_proof) = challenge.payload.split_at(NONCE_LEN);
-    if !auth::verify(who.key, &role_nonce(SERVER_ROLE, &nonce), who.app, process, their_proof) {
-        return Err(HandshakeError::Refused(format!(
-            "process {claimed:?} could not prove it holds the {what} of application {:?}",
-            who.app
-        )));
-    }
-    // 3. Our proof.
-    let proof = auth::proof(who.key, &role_nonce(CLIENT_ROLE, their_nonce), who.app, who.me);
-    wire.send_frame(hello, &me, &proof).map_err(HandshakeError::Wire)?;
-    // 4. Accepted, or why not.
-    let verdict = wire.recv_frame().map_err(HandshakeError::Wire)?;
-    if verdict.header.status != Status::Ok.code() || verdict.header.kind != MessageKind::Hello {
-        return Err(HandshakeError::Refused(String::from_utf8_lossy(&verdict.meta).into_owned()));
-    }
-    Ok(())
-}
-
-/// The client side of the handshake with a process that requires authentication: both sides
-/// prove they hold the application's client key (the process thereby that it belongs to the
-/// application).
-pub(crate) fn authenticate_client(
-    wire: &mut impl HandshakeWire<Error = ClientError>,
-    credentials: &Credentials,
-) -> Result<(), ClientError> {
-    let who =
-        Introduction { app: &credentials.app, me: &credentials.name, key: &credentials.key, client: true, to: None };
-    introduce(wire, &who).map_err(|err| match err {
-        HandshakeError::Wire(err) => err,
-        HandshakeError::Refused(message) => ClientError::Remote { status: Status::Unauthenticated, message },
-    })
-}
-
-/// What the receiving side answers to a `Hello` or `Message` frame.
-#[derive(Debug)]
-pub struct Reply {
-    /// The header (lengths are filled in by [`Reply::into_frame`]).
-    pub header: Header,
-    /// Metadata: an identity or an error text.
-    pub meta: Vec<u8>,
-    /// Payload: a nonce and a proof, or nothing.
-    pub payload: Vec<u8>,
-    /// Close the connection after sending this (authentication failed).
-    pub close: bool,
-}
-
-impl Reply {
-    fn answer(kind: MessageKind, id: u64, status: Status, meta: Vec<u8>, payload: Vec<u8>) -> Self {
-        let header = Header { kind, meta_len: 0, status: status.code(), id, timeout_ms: 0, payload_len: 0 };
-        Self { header, meta, payload, close: false }
-    }
-
-    fn refuse(kind: MessageKind, id: u64, status: Status, text: String) -> Self {
-        Self { close: true, ..Self::answer(kind, id, status, text.into_bytes(), Vec::new()) }
-    }
-
-    /// Lays the reply out for a transport, its payload in a buffer of `pool` (an `Overloaded`
-    /// answer if the pool is spent).
-    pub fn into_frame(self, pool: &BufferPool) -> OutFrame {
-        let mut meta = self.meta;
-        meta.truncate(u16::MAX as usize);
-        let mut header = Header { meta_len: meta.len() as u16, payload_len: 0, ..self.header };
-        if self.payload.is_empty() {
-            return OutFrame::raw(header, meta, None);
-        }
-        match pool.get(self.payload.len()) {
-            Some(mut buf) => {
-                buf.try_extend(&self.payload);
-                header.payload_len = self.payload.len() as u32;
-                OutFrame::raw(header, meta, Some(buf))
-            }
-            None => {
-                let text = b"no buffer for the answer: the process's buffer budget is spent".to_vec();
-                let header = Header { status: Status::Overloaded.code(), meta_len: text.len() as u16, ..header };
-                OutFrame::raw(header, text, None)
-            }
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-enum SessionState {
-    /// No `Hello` yet: invocations only.
-    #[default]
-    Anonymous,
-    /// Challenge sent to `process` (a data-plane client if `client`), waiting for its proof.
-    Challenged { process: String, nonce: [u8; NONCE_LEN], client: bool },
-    /// Proven to be `process` of this process's application, or (`client`) a data-plane client
-    /// of it named so.
-    Authenticated { process: String, client: bool },
-    /// Refused; nothing more is served.
-    Refused,
-}
-
-/// The receiving side of one connection: its handshake and the identity it proved. A transport
-/// keeps one per connection and hands it every `Hello` and `Message` frame.
-#[derive(Debug, Default)]
-pub struct PeerSession {
-    state: SessionState,
-}
-
-impl PeerSession {
-    /// The process this connection proved to be, once authenticated (`None` for a client).
-    pub fn identity(&self) -> Option<&str> {
-        match &self.state {
-            SessionState::Authenticated { process, client: false } => Some(process),
-            _ => None,
-        }
-    }
-
-    /// Whether the connection proved it holds the application's secret or its client key.
-    pub fn authenticated(&self) -> bool {
-        matches!(self.state, SessionState::Authenticated { .. })
-    }
-
-    /// Serves a `Hello` or `Message` frame of this connection.
-    pub fn serve(&mut self, process: &Process, header: &Header, meta: &[u8], payload: &[u8]) -> Reply {
-        match header.kind {
-            MessageKind::Hello => self.hello(process, header.id, meta, payload),
-            MessageKind::Message => self.message(process, header.id, meta, payload),
-            kind => Reply::answer(
-                MessageKind::Response,
-                header.id,
-                Status::Unsupported,
-                format!("{kind:?} frames are not served by a peer session").into_bytes(),
-                Vec::new(),
-            ),
-        }
-    }
-
-    fn hello(&mut self, process: &Process, id: u64, meta: &[u8], payload: &[u8]) -> Reply {
-        match self.handshake(process, meta, payload) {
-            Ok((meta, payload)) => Reply::answer(MessageKind::Hello, id, Status::Ok, meta, payload),
-            Err(text) => {
-                tracing::debug!(process = %process.id(), "refusing a peer connection: {text}");
-                self.state = SessionState::Refused;
-                Reply::refuse(MessageKind::Hello, id, Status::Unauthenticated, text)
-            }
-        }
-    }
-
-    /// One step of the handshake: the answer's metadata and payload, or why it is refused.
-    fn handshake(&mut self, process: &Process, meta: &[u8], payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
-        let config = process.config();
-        // Without a secret there is no key to prove or check: nobody is authenticated (an empty
-        // key would let in anyone who computes the proofs with the empty string).
-        let Some(secret) = &config.secret else {
-            return Err(NO_SECRET.to_owned());
-        };
-        let claimed = String::from_utf8_lossy(meta).into_owned();
-        let Some((app, peer)) = claimed.split_once('/') else {
-            return Err(format!("a Hello names \"APP/PROCESS\", not {claimed:?}"));
-        };
-        if app != config.app {
-            return Err(format!("process {:?} does not serve processes of another application", config.id));
-        }
-        // A process proves the secret; a data-plane client the client key derived from it.
-        let key = |client: bool| if client { secret.client_key() } else { secret.expose().to_owned() };
-        match std::mem::take(&mut self.state) {
-            SessionState::Anonymous => {
-                let (their_nonce, client) = match payload {
-                    [nonce @ .., CLIENT_MARK] if nonce.len() == NONCE_LEN => (nonce, true),
-                    nonce if nonce.len() == NONCE_LEN => (nonce, false),
-                    _ => {
-                        return Err(format!(
-                            "a first Hello carries a {NONCE_LEN}-byte nonce (and a client's a mark), not {} bytes",
-                            payload.len()
-                        ))
-                    }
-                };
-                let proof = auth::proof(&key(client), &role_nonce(SERVER_ROLE, their_nonce), &config.app, &config.id);
-                let nonce = auth::nonce();
-                self.state = SessionState::Challenged { process: peer.to_owned(), nonce, client };
-                Ok((identity(&config.app, &config.id), [&nonce[..], &proof].concat()))
-            }
-            SessionState::Challenged { process: expected, nonce, client } => {
-                if peer != expected {
-                    return Err(format!("the handshake began as {expected:?} and went on as {peer:?}"));
-                }
-                if !auth::verify(&key(client), &role_nonce(CLIENT_ROLE, &nonce), &config.app, peer, payload) {
-                    let what = if client { "client key" } else { "secret" };
-                    return Err(format!("{claimed:?} did not prove it holds the {what} of application {app:?}"));
-                }
-                self.state = SessionState::Authenticated { process: peer.to_owned(), client };
-                Ok((Vec::new(), Vec::new()))
-            }
-            SessionState::Authenticated { .. } | SessionState::Refused => {
-                Err("this connection already completed its handshake".to_owned())
-            }
-        }
-    }
-
-    fn message(&mut self, process: &Process, id: u64, meta: &[u8], payload: &[u8]) -> Reply {
-        let SessionState::Authenticated { process: source, client: false } = &self.state else {
-            self.state = SessionState::Refused;
-            return Reply::refuse(
-                MessageKind::MessageAck,
-                id,
-                Status::Unauthenticated,
-                "messages are accepted only from processes of the same application, after a Hello handshake".into(),
-            );
-        };
-        let Ok(key) = std::str::from_utf8(meta) else {
-            return Reply::answer(
-                MessageKind::MessageAck,
-                id,
-                Status::InvalidArgument,
-                b"message key is not UTF-8".to_vec(),
-                Vec::new(),
-            );
-        };
-        match process.mailbox().put(source, key, payload.to_vec()) {
-            Ok(()) => Reply::answer(MessageKind::MessageAck, id, Status::Ok, Vec::new(), Vec::new()),
-            Err(err) => {
-                let text = match &err {
-                    MailboxError::Paused => format!("process {:?} is swapping out: retry later", process.id()),
-                    other => format!("process {:?}: {other}", process.id()),
-                };
-                Reply::answer(MessageKind::MessageAck, id, mailbox_status(&err), text.into_bytes(), Vec::new())
             }
         }
     }

@@ -15,62 +15,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
-use crate::auth::Secret;
-use crate::buffer::{BufferPool, Payload, DEFAULT_BUDGET};
+use crate::buffer::{BufferPool, Payload};
 use crate::clock::Tick;
-use crate::control_channel::PeerList;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
 use crate::invocation::{execute, unknown_function_message, Deadline, Outcome};
 use crate::mailbox::Mailbox;
 use crate::peer::PeerDirectory;
-use crate::protocol::{Status, DEFAULT_MAX_FRAME};
-use crate::state::{now_ns, StateStore};
+use crate::peer::PeerList;
+use crate::protocol::Status;
+use crate::state::StateStore;
 
-/// What a process without an application secret says when it refuses a handshake.
-pub const NO_SECRET: &str = "this process has no application secret: it accepts no peer or authenticated client";
-
-/// How a process runs.
-#[derive(Debug, Clone)]
-pub struct ProcessConfig {
-    /// The process id, as functions and the control plane see it.
-    pub id: String,
-    /// The application the process belongs to.
-    pub app: String,
-    /// The application's secret: peers and the control plane authenticate with it. `None`: the
-    /// process authenticates nobody, so it refuses every peer and every client presenting a
-    /// client key, puts no message to another process, and cannot register with a control plane.
-    pub secret: Option<Secret>,
-    /// Threads of the worker pool (at least 1).
-    pub workers: usize,
-    /// Deadline of invocations whose request and function set none; `None`: no deadline.
-    pub default_timeout: Option<Duration>,
-    /// Largest frame (metadata plus payload) accepted or produced, in bytes.
-    pub max_frame: usize,
-    /// Bytes of buffers the process may hand out at once.
-    pub buffer_budget: usize,
-    /// Invocations that may wait for a worker before new ones get `Overloaded`.
-    pub queue_capacity: usize,
-    /// Serve invocations only on connections that authenticated: with the application's client
-    /// key ([`crate::auth::client_key`]; a client's `ClientOptions::credentials`) or, for other
-    /// processes, its secret. Needs a secret.
-    pub client_auth: bool,
-}
-
-impl Default for ProcessConfig {
-    fn default() -> Self {
-        Self {
-            id: "process".into(),
-            app: "default".into(),
-            secret: None,
-            workers: 4,
-            default_timeout: Some(Duration::from_secs(60)),
-            max_frame: DEFAULT_MAX_FRAME,
-            buffer_budget: DEFAULT_BUDGET,
-            queue_capacity: 1 << 16,
-            client_auth: false,
-        }
-    }
-}
+pub use crate::handshake::NO_SECRET;
+pub use crate::process_core::{Metrics, ProcessConfig, ProcessCore};
 
 /// The answer to one invocation, ready for a transport to send.
 #[derive(Debug)]
@@ -95,63 +51,6 @@ pub enum Dispatched {
     Done(Response),
     /// Queued to a worker; the response will reach the sink.
     Queued,
-}
-
-/// Counters the control plane reads.
-#[derive(Debug)]
-pub struct Metrics {
-    invocations: AtomicU64,
-    local_invocations: AtomicU64,
-    compute_ns: AtomicU64,
-    /// When the last client invocation finished: a [`Tick`]'s raw value plus one (0: never),
-    /// turned into wall-clock time when read.
-    last_invocation: AtomicU64,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        Self {
-            invocations: AtomicU64::new(0),
-            local_invocations: AtomicU64::new(0),
-            compute_ns: AtomicU64::new(0),
-            last_invocation: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts one client invocation that ran for `ran` and finished at `finished`.
-    fn record(&self, ran: Duration, finished: Tick) {
-        self.invocations.fetch_add(1, Ordering::Relaxed);
-        self.compute_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
-        self.last_invocation.store(finished.raw() + 1, Ordering::Relaxed);
-    }
-
-    /// Counts one local invocation.
-    pub fn record_local(&self) {
-        self.local_invocations.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Invocations from clients completed so far.
-    pub fn invocations(&self) -> u64 {
-        self.invocations.load(Ordering::Relaxed)
-    }
-
-    /// Local invocations (function to function) completed so far.
-    pub fn local_invocations(&self) -> u64 {
-        self.local_invocations.load(Ordering::Relaxed)
-    }
-
-    /// Nanoseconds spent running functions for clients.
-    pub fn compute_ns(&self) -> u64 {
-        self.compute_ns.load(Ordering::Relaxed)
-    }
-
-    /// When the last client invocation finished (ns since the Unix epoch; 0: never).
-    pub fn last_invocation_ns(&self) -> u64 {
-        match self.last_invocation.load(Ordering::Relaxed) {
-            0 => 0,
-            raw => now_ns().saturating_sub(Tick::from_raw(raw - 1).elapsed().as_nanos() as u64),
-        }
-    }
 }
 
 /// An invocation handed to a worker; answered exactly once, by the worker or the watchdog.
@@ -181,11 +80,8 @@ type RunningSlot = Mutex<Option<Arc<Pending>>>;
 
 /// A cloud process.
 pub struct Process {
-    config: ProcessConfig,
-    functions: FunctionRegistry,
-    state: StateStore,
-    pool: BufferPool,
-    metrics: Metrics,
+    /// What its invocations run against.
+    core: ProcessCore,
     jobs: Sender<Job>,
     running: Arc<[RunningSlot]>,
     watchdog: Thread,
@@ -197,15 +93,14 @@ pub struct Process {
     in_flight: AtomicUsize,
     /// Set while swapping out: new invocations are refused with a retryable error.
     draining: AtomicBool,
-    /// Messages put to this process, not yet got.
-    mailbox: Arc<Mailbox>,
-    /// The application's other processes and the connections to them, for messages.
-    peers: PeerDirectory,
 }
 
 impl std::fmt::Debug for Process {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Process").field("id", &self.config.id).field("functions", &self.functions.names()).finish()
+        f.debug_struct("Process")
+            .field("id", &self.core.id())
+            .field("functions", &self.core.functions().names())
+            .finish()
     }
 }
 
@@ -233,9 +128,6 @@ impl Process {
         let running: Arc<[RunningSlot]> = (0..workers).map(|_| Mutex::new(None)).collect();
         let watchdog_next = Arc::new(AtomicU64::new(u64::MAX));
         let epoch = Instant::now();
-        let mailbox = Arc::new(Mailbox::new());
-        let peers =
-            PeerDirectory::new(&config.app, &config.id, config.secret.clone(), config.max_frame, Arc::clone(&mailbox));
         let watchdog = {
             let running = Arc::clone(&running);
             let next = Arc::clone(&watchdog_next);
@@ -244,11 +136,7 @@ impl Process {
                 .spawn(move || watchdog_loop(&running, &next, epoch))?
         };
         let process = Arc::new(Self {
-            pool: BufferPool::new(config.buffer_budget),
-            config,
-            functions,
-            state: StateStore::default(),
-            metrics: Metrics::new(),
+            core: ProcessCore::new(config, functions),
             jobs,
             running,
             watchdog: watchdog.thread().clone(),
@@ -257,8 +145,6 @@ impl Process {
             threads: Mutex::new(vec![watchdog]),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
-            mailbox,
-            peers,
         });
         for index in 0..workers {
             let weak = Arc::downgrade(&process);
@@ -271,54 +157,59 @@ impl Process {
         Ok(process)
     }
 
+    /// What its invocations run against.
+    pub fn core(&self) -> &ProcessCore {
+        &self.core
+    }
+
     /// The process id.
     pub fn id(&self) -> &str {
-        &self.config.id
+        self.core.id()
     }
 
     /// The configuration it runs with.
     pub fn config(&self) -> &ProcessConfig {
-        &self.config
+        self.core.config()
     }
 
     /// Its functions.
     pub fn functions(&self) -> &FunctionRegistry {
-        &self.functions
+        self.core.functions()
     }
 
     /// Its state.
     pub fn state(&self) -> &StateStore {
-        &self.state
+        self.core.state()
     }
 
     /// Its buffer pool, shared with its transports.
     pub fn pool(&self) -> &BufferPool {
-        &self.pool
+        self.core.pool()
     }
 
     /// Its counters.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        self.core.metrics()
     }
 
     /// Its mailbox: messages put to it and not yet got (`docs/messages.md`).
     pub fn mailbox(&self) -> &Mailbox {
-        &self.mailbox
+        self.core.mailbox()
     }
 
     /// Its peers: the other processes of its application, to put messages to.
     pub fn peers(&self) -> &PeerDirectory {
-        &self.peers
+        self.core.peers()
     }
 
     /// Takes the control plane's list of this application's processes (a `PeerUpdate`).
     pub fn set_peers(&self, list: PeerList) {
-        self.peers.update(list.peers.into_iter().filter(|p| p.id != self.config.id).collect());
+        self.core.peers().update(list.peers.into_iter().filter(|p| p.id != self.core.id()).collect());
     }
 
     /// Puts back the undelivered messages of a snapshot (swap-in, before serving).
     pub fn restore_mailbox(&self, encoded: &[u8]) -> Result<usize, String> {
-        self.mailbox.load(encoded).map_err(|e| e.to_string())
+        self.core.mailbox().load(encoded).map_err(|e| e.to_string())
     }
 
     /// Client invocations accepted and not yet finished.
@@ -350,7 +241,7 @@ impl Process {
     /// function's, else the process's default.
     fn timeout(&self, function: &Function, timeout_ms: u32) -> Option<Duration> {
         match timeout_ms {
-            0 => function.timeout.or(self.config.default_timeout),
+            0 => function.timeout.or(self.core.config().default_timeout),
             ms => Some(Duration::from_millis(ms.into())),
         }
     }
@@ -367,8 +258,8 @@ impl Process {
     ) -> Dispatched {
         let arrival = Tick::now();
         let function = crate::protocol::unpadded(function);
-        let Some(function) = self.functions.get(function) else {
-            let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(self, function));
+        let Some(function) = self.core.functions().get(function) else {
+            let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(&self.core, function));
             return Dispatched::Done(Response { id, outcome });
         };
         // Counted before the drain flag is read: a swap that sets the flag and then sees no
@@ -376,7 +267,7 @@ impl Process {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         if self.draining.load(Ordering::SeqCst) {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            let message = format!("process {} is swapping out: retry through the control plane", self.config.id);
+            let message = format!("process {} is swapping out: retry through the control plane", self.core.id());
             return Dispatched::Done(Response { id, outcome: Outcome::error(Status::Overloaded, message) });
         }
         let timeout = self.timeout(function, timeout_ms);
@@ -401,7 +292,7 @@ impl Process {
                         id,
                         outcome: Outcome::error(
                             Status::Overloaded,
-                            format!("{} invocations already wait for a worker", self.config.queue_capacity),
+                            format!("{} invocations already wait for a worker", self.core.config().queue_capacity),
                         ),
                     }),
                     Err(TrySendError::Disconnected(_)) => Dispatched::Done(Response {
@@ -419,7 +310,7 @@ impl Process {
     /// function asks for it).
     fn run_inline(&self, function: &Function, input: &[u8], arrival: Tick, timeout: Option<Duration>) -> Outcome {
         let deadline = timeout.map_or(Deadline::None, |t| Deadline::After(arrival, t));
-        let outcome = execute(self, function, input, deadline);
+        let outcome = execute(&self.core, function, input, deadline);
         let finished = Tick::now();
         let ran = finished.duration_since(arrival);
         self.finish(function, outcome, ran, finished, timeout.is_some_and(|timeout| ran > timeout))
@@ -428,7 +319,7 @@ impl Process {
     /// Runs `function` on this (a worker) thread from `started` (a clock reading the caller
     /// already took), accounting it and applying its deadline.
     fn run(&self, function: &Function, input: &[u8], started: Instant, deadline: Option<Instant>) -> Outcome {
-        let outcome = execute(self, function, input, deadline.map_or(Deadline::None, Deadline::At));
+        let outcome = execute(&self.core, function, input, deadline.map_or(Deadline::None, Deadline::At));
         let finished = Instant::now();
         let ran = finished.saturating_duration_since(started);
         self.finish(function, outcome, ran, Tick::now(), deadline.is_some_and(|deadline| finished > deadline))
@@ -437,7 +328,7 @@ impl Process {
     /// Accounts an invocation of `function` that ran for `ran` until `finished`: its `outcome`,
     /// or `Timeout` if it `overran` its deadline (a function cannot be stopped, only disowned).
     fn finish(&self, function: &Function, outcome: Outcome, ran: Duration, finished: Tick, overran: bool) -> Outcome {
-        self.metrics.record(ran, finished);
+        self.core.metrics().record(ran, finished);
         if overran {
             Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
         } else {

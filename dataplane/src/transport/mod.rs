@@ -27,9 +27,9 @@ use std::sync::Arc;
 
 use crate::buffer::Payload;
 use crate::invocation::Outcome;
-use crate::peer::PeerSession;
 use crate::process::{Dispatched, Process, Response, ResponseSink};
 use crate::protocol::{Header, MessageKind, Status, HEADER_LEN};
+use crate::session::PeerSession;
 
 /// Which TCP data-plane transport a process serves with, or a client connects with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

@@ -34,9 +34,9 @@ use super::{
 };
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
-use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
+use crate::session::PeerSession;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);

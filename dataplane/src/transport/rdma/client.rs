@@ -259,7 +259,7 @@ impl RdmaClient {
             reposts: 0,
         };
         if let Some(credentials) = &credentials {
-            crate::peer::authenticate_client(&mut client, credentials)?;
+            crate::client::authenticate_client(&mut client, credentials)?;
         }
         Ok(client)
     }
@@ -710,7 +710,7 @@ impl RdmaClient {
     }
 }
 
-impl crate::peer::HandshakeWire for RdmaClient {
+impl crate::handshake::HandshakeWire for RdmaClient {
     type Error = ClientError;
 
     fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), ClientError> {

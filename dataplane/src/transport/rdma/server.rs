@@ -35,9 +35,9 @@ use super::verbs::{
 use super::PollPolicy;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
-use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, Status, HEADER_LEN};
+use crate::session::PeerSession;
 use crate::transport::{serve_frame, FrameAction, ServerHandle, Transport};
 
 const LISTENER: Token = Token(usize::MAX - 1);

@@ -25,9 +25,9 @@ use super::fixed::{FixedBuffers, FIXED_SENDS};
 use super::UringOptions;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
-use crate::peer::PeerSession;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
+use crate::session::PeerSession;
 use crate::transport::{flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState};
 
 /// Most iovecs in one send.
