@@ -5,7 +5,7 @@
 # --check), else inside the QEMU VM of scripts/rxe-vm.sh, where perftest's ib_send_lat /
 # ib_write_lat run beside it as baselines. PRAAS_RDMA_POLL (busy, events, adaptive[:US]) is passed on.
 #   scripts/bench-rdma.sh [invoke|message] [--json] [--sizes 8,1024]
-# Output contract: /work/shared/notes/benchmark-output.md (a table by default, JSON lines with --json).
+# Output contract: docs/benchmarks.md (a table by default, JSON lines with --json).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

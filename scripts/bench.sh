@@ -2,7 +2,7 @@
 # Builds the release benchmark and the example functions it serves, then runs
 # `praas-bench invoke` with this script's arguments, e.g.
 #   scripts/bench.sh --json --sizes 8,1024
-# Output contract: /work/shared/notes/benchmark-output.md (a table by default, JSON lines with --json).
+# Output contract: docs/benchmarks.md (a table by default, JSON lines with --json).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,5 +1,5 @@
 //! Results: one [`Record`] per measured line, printed as a JSON line or as a row of the table
-//! (`docs`: /work/shared/notes/benchmark-output.md is the contract of the fields).
+//! (docs/benchmarks.md is the contract of the fields).
 
 use std::io::{self, Write};
 use std::time::Duration;
