@@ -1,7 +1,9 @@
 //! The control plane's REST/JSON API (axum). Every request must present the API's bearer token
 //! ([`crate::api_token`]); one without it is answered 401 before its body is read. Every handler
 //! runs its control-plane operation on the blocking pool and answers exactly once: the result as
-//! JSON, or `{"error": ..., "status": ...}` with 400, 401, 404, 409, 413, 500, 503 or 504.
+//! JSON, or `{"error": ..., "status": ...}` with 400, 401, 404, 409, 500, 503 or 504 (413 for a
+//! body over its route's limit comes from axum's body limit). This module alone says which HTTP
+//! status answers which [`ControlError`]; the paths are [`crate::routes`]'.
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -10,12 +12,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use praas_dataplane::Status;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 use crate::api_token::ApiToken;
 use crate::application::Upload;
-use crate::controller::{ApiError, ControlPlane};
+use crate::controller::{ControlError, ControlPlane};
 use crate::model::Resources;
+use crate::routes;
 
 /// Largest body of `PUT /apps/{app}` (the manifest and its libraries, base64-encoded).
 pub const MAX_APP_BODY: usize = crate::application::MAX_UPLOAD_BYTES / 3 * 4 + (1 << 20);
@@ -59,12 +64,12 @@ impl UploadedFile {
         Self { path, content: base64::engine::general_purpose::STANDARD.encode(bytes) }
     }
 
-    fn decode(self) -> Result<Upload, ApiError> {
+    fn decode(self) -> Result<Upload, HttpError> {
         use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(self.content.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("uploaded file {:?}: invalid base64: {e}", self.path)))?;
-        Ok(Upload { path: self.path, bytes })
+        match base64::engine::general_purpose::STANDARD.decode(self.content.as_bytes()) {
+            Ok(bytes) => Ok(Upload { path: self.path, bytes }),
+            Err(source) => Err(HttpError::InvalidBase64 { path: self.path, source }),
+        }
     }
 }
 
@@ -76,7 +81,7 @@ pub struct CreateProcess {
     pub resources: Option<Resources>,
 }
 
-/// Query of the invoke route.
+/// Query of the invoke route ([`routes::INVOKE_PROCESS`] names its one parameter).
 #[derive(Debug, Deserialize)]
 pub struct InvokeQuery {
     /// The process to run on; the control plane picks one when absent.
@@ -92,25 +97,112 @@ pub struct ErrorBody {
     pub status: u16,
 }
 
-fn error_response(e: ApiError) -> Response {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(ErrorBody { error: e.message, status: e.status })).into_response()
+/// Why a request is answered with an error: the control plane's, or one of the API's own.
+#[derive(Debug, Error)]
+enum HttpError {
+    /// The control plane refused or failed.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The body is not the JSON the route takes.
+    #[error("invalid JSON body: {0}")]
+    InvalidJson(#[source] serde_json::Error),
+    /// An uploaded file's content is not base64.
+    #[error("uploaded file {path:?}: invalid base64: {source}")]
+    InvalidBase64 {
+        /// The file's path.
+        path: String,
+        /// The decoder's error.
+        #[source]
+        source: base64::DecodeError,
+    },
+    /// The request did not present the API's token.
+    #[error(
+        "this control plane's API needs its bearer token (Authorization: Bearer TOKEN): the praas CLI and \
+         SDKs of the user who started it find it by themselves; it is in DATA/api-token"
+    )]
+    Unauthorized,
+    /// No route has the request's path.
+    #[error("no such route")]
+    NoRoute,
+    /// The handler's blocking task panicked (`operation` or `invocation`).
+    #[error("the {0} panicked")]
+    Panicked(&'static str),
 }
 
-async fn blocking<T, F>(f: F) -> Response
-where
-    T: Serialize + Send + 'static,
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Json(value).into_response(),
-        Ok(Err(e)) => error_response(e),
-        Err(_) => error_response(ApiError::internal("the operation panicked")),
+impl HttpError {
+    /// The HTTP status that answers this error.
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Control(e) => control_status(e),
+            Self::InvalidJson(_) | Self::InvalidBase64 { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+/// The HTTP status of each control-plane error.
+fn control_status(e: &ControlError) -> StatusCode {
+    match e {
+        ControlError::NoApplication { .. } | ControlError::NoProcess { .. } => StatusCode::NOT_FOUND,
+        ControlError::InvalidName { .. } | ControlError::Resources(_) | ControlError::Deploy(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        ControlError::AppExists { .. }
+        | ControlError::AppHasProcesses { .. }
+        | ControlError::ProcessExists { .. }
+        | ControlError::InvalidTransition { .. } => StatusCode::CONFLICT,
+        ControlError::Unsettled { .. }
+        | ControlError::Capacity(_)
+        | ControlError::Launch(_)
+        | ControlError::NoControlChannel { .. }
+        | ControlError::SwapFailed { .. }
+        | ControlError::LostWhileSwapping { .. }
+        | ControlError::NoDataAddress { .. }
+        | ControlError::Unreachable { .. }
+        | ControlError::StayedBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        ControlError::Function { status, .. } => function_status(*status),
+        ControlError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
+        ControlError::Store(_)
+        | ControlError::PrivateFiles(_)
+        | ControlError::Install(_)
+        | ControlError::SwapStore(_)
+        | ControlError::SnapshotMissing { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The HTTP status of a function's (or its process's) error answer.
+fn function_status(status: Status) -> StatusCode {
+    match status {
+        Status::UnknownFunction | Status::NotFound => StatusCode::NOT_FOUND,
+        Status::InvalidArgument | Status::TooLarge | Status::Malformed => StatusCode::BAD_REQUEST,
+        Status::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Status::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_response(e: HttpError) -> Response {
+    let status = e.status();
+    (status, Json(ErrorBody { error: e.to_string(), status: status.as_u16() })).into_response()
+}
+
+async fn blocking<T, E, F>(f: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    E: Into<HttpError> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(e)) => error_response(e.into()),
+        Err(_) => error_response(HttpError::Panicked("operation")),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(HttpError::InvalidJson)
 }
 
 /// Answers 401 to a request without the API's token, before anything reads its body.
@@ -119,11 +211,7 @@ async fn authenticate(State(token): State<ApiToken>, request: Request, next: Nex
     if token.admits(authorization) {
         return next.run(request).await;
     }
-    let error = ApiError::unauthorized(
-        "this control plane's API needs its bearer token (Authorization: Bearer TOKEN): the praas CLI and \
-         SDKs of the user who started it find it by themselves; it is in DATA/api-token",
-    );
-    let mut response = error_response(error);
+    let mut response = error_response(HttpError::Unauthorized);
     response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"praas\""));
     response
 }
@@ -131,25 +219,22 @@ async fn authenticate(State(token): State<ApiToken>, request: Request, next: Nex
 /// The API's routes, every one behind the bearer `token`.
 pub fn router(plane: ControlPlane, token: ApiToken) -> Router {
     Router::new()
-        .route("/apps", get(list_apps))
-        .route(
-            "/apps/{app}",
-            put(create_app).layer(DefaultBodyLimit::max(MAX_APP_BODY)).get(get_app).delete(delete_app),
-        )
-        .route("/apps/{app}/client-key", get(client_key))
-        .route("/apps/{app}/processes", get(list_processes))
-        .route("/apps/{app}/processes/{proc}", put(create_process).get(get_process).delete(delete_process))
-        .route("/apps/{app}/processes/{proc}/swap", post(swap))
-        .route("/apps/{app}/processes/{proc}/swapin", post(swap_in))
-        .route("/apps/{app}/processes/{proc}/stop", post(stop))
-        .route("/apps/{app}/invoke/{function}", post(invoke))
-        .fallback(|| async { error_response(ApiError::not_found("no such route")) })
+        .route(routes::APPS, get(list_apps))
+        .route(routes::APP, put(create_app).layer(DefaultBodyLimit::max(MAX_APP_BODY)).get(get_app).delete(delete_app))
+        .route(routes::CLIENT_KEY, get(client_key))
+        .route(routes::PROCESSES, get(list_processes))
+        .route(routes::PROCESS, put(create_process).get(get_process).delete(delete_process))
+        .route(routes::SWAP, post(swap))
+        .route(routes::SWAP_IN, post(swap_in))
+        .route(routes::STOP, post(stop))
+        .route(routes::INVOKE, post(invoke))
+        .fallback(|| async { error_response(HttpError::NoRoute) })
         .with_state(plane)
         .layer(middleware::from_fn_with_state(token, authenticate))
 }
 
 async fn list_apps(State(plane): State<ControlPlane>) -> Response {
-    blocking(move || Ok(plane.list_apps())).await
+    blocking(move || Ok::<_, HttpError>(plane.list_apps())).await
 }
 
 async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, body: Bytes) -> Response {
@@ -157,7 +242,7 @@ async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, 
         let request: CreateApp = parse(&body)?;
         let resources = request.resources.unwrap_or_default();
         let uploads = request.files.into_iter().map(UploadedFile::decode).collect::<Result<Vec<_>, _>>()?;
-        plane.create_app(&app, &request.manifest, uploads, resources, request.slurm)
+        Ok::<_, HttpError>(plane.create_app(&app, &request.manifest, uploads, resources, request.slurm)?)
     })
     .await
 }
@@ -185,7 +270,7 @@ async fn create_process(
 ) -> Response {
     blocking(move || {
         let request: CreateProcess = if body.is_empty() { CreateProcess::default() } else { parse(&body)? };
-        plane.create_process(&app, &name, request.resources)
+        Ok::<_, HttpError>(plane.create_process(&app, &name, request.resources)?)
     })
     .await
 }
@@ -220,7 +305,66 @@ async fn invoke(
         tokio::task::spawn_blocking(move || plane.invoke(&app, &function, query.process.as_deref(), &body)).await;
     match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/octet-stream")], output).into_response(),
-        Ok(Err(e)) => error_response(e),
-        Err(_) => error_response(ApiError::internal("the invocation panicked")),
+        Ok(Err(e)) => error_response(e.into()),
+        Err(_) => error_response(HttpError::Panicked("invocation")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::Operation;
+    use crate::model::ProcessStatus;
+
+    fn status_of(e: impl Into<HttpError>) -> u16 {
+        e.into().status().as_u16()
+    }
+
+    #[test]
+    fn each_error_answers_with_its_status_and_message() {
+        let (app, name) = ("a".to_owned(), "p".to_owned());
+        let conflict = ControlError::InvalidTransition {
+            app: app.clone(),
+            name: name.clone(),
+            status: ProcessStatus::Allocated,
+            operation: Operation::SwapIn,
+        };
+        assert_eq!(conflict.to_string(), "process a/p is ALLOCATED: only a SWAPPED_OUT process can swap in");
+        assert_eq!(status_of(conflict), 409);
+        assert_eq!(status_of(ControlError::NoApplication { app: app.clone() }), 404);
+        assert_eq!(status_of(ControlError::NoProcess { app: app.clone(), name: name.clone() }), 404);
+        let invalid = ControlError::InvalidName { kind: "process", name: "-x".into() };
+        assert_eq!(invalid.to_string(), format!("invalid process name \"-x\": {}", crate::model::NAME_RULE));
+        assert_eq!(status_of(invalid), 400);
+        assert_eq!(status_of(ControlError::Resources(crate::model::ResourceError::NoCpu)), 400);
+        let timed_out = ControlError::TimedOut {
+            app: app.clone(),
+            name: name.clone(),
+            status: ProcessStatus::SwappingIn,
+            after: std::time::Duration::from_secs(1),
+        };
+        assert_eq!(status_of(timed_out), 504);
+        assert_eq!(status_of(ControlError::StayedBusy { app: app.clone(), name: name.clone() }), 503);
+        assert_eq!(status_of(ControlError::SnapshotMissing { app, name }), 500);
+        let function = |status| ControlError::Function { status, message: "m".into() };
+        assert_eq!(function(Status::UnknownFunction).to_string(), "unknown function: m");
+        for (status, http) in [
+            (Status::UnknownFunction, 404),
+            (Status::NotFound, 404),
+            (Status::InvalidArgument, 400),
+            (Status::TooLarge, 400),
+            (Status::Malformed, 400),
+            (Status::Overloaded, 503),
+            (Status::Timeout, 504),
+            (Status::FunctionFailed, 500),
+            (Status::Unavailable, 500),
+        ] {
+            assert_eq!(status_of(function(status)), http, "{status:?}");
+        }
+        assert_eq!(status_of(HttpError::Unauthorized), 401);
+        assert_eq!(status_of(HttpError::NoRoute), 404);
+        assert_eq!(HttpError::Panicked("invocation").to_string(), "the invocation panicked");
+        let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        assert_eq!(status_of(HttpError::InvalidJson(json)), 400);
     }
 }

@@ -94,8 +94,8 @@ fn handshake(
     // other threads' peer updates, which must not reach the process before its answer.
     let shared = Arc::clone(&writer);
     let answering = writer.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(reason) = plane.on_register(registration, Link { id: link_id, writer: shared }) {
-        respond(channel, Status::InvalidArgument, &reason)?;
+    if let Err(refusal) = plane.on_register(registration, Link { id: link_id, writer: shared }) {
+        respond(channel, Status::InvalidArgument, &refusal.to_string())?;
         return Ok(None);
     }
     respond(channel, Status::Ok, "")?;

@@ -5,16 +5,112 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use praas_dataplane::function::{LoadError, ManifestError};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use thiserror::Error;
 
 use crate::api::{CreateApp, CreateProcess, ErrorBody, UploadedFile};
 use crate::api_token::ApiToken;
 use crate::controller::AppView;
 use crate::model::{ProcessRecord, ProcessStatus, Resources};
+use crate::routes;
 
 /// Largest invocation output the CLI reads.
 const MAX_OUTPUT: u64 = 1 << 30;
+
+/// Why a call of the control plane's API failed, or its request could not be made.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ApiCallError {
+    /// No answer: the control plane is not there, or the connection broke.
+    #[error("cannot reach the control plane at {base}: {source}")]
+    Unreachable {
+        /// The API's address (`http://HOST:PORT`).
+        base: String,
+        /// The HTTP client's error.
+        #[source]
+        source: ureq::Error,
+    },
+    /// The answer could not be read.
+    #[error("reading the answer: {0}")]
+    Read(#[source] ureq::Error),
+    /// The control plane refused the request: its HTTP status and message.
+    #[error("{message} (HTTP {status}{})", token_hint(.no_token_for))]
+    Refused {
+        /// The HTTP status (400, 401, 404, 409, 500, 503, 504, ...).
+        status: u16,
+        /// The control plane's message.
+        message: String,
+        /// The API's address, when a 401 came to a request without a token (the message then
+        /// says where tokens come from).
+        no_token_for: Option<String>,
+    },
+    /// The answer is not the JSON expected.
+    #[error("unexpected answer ({source}): {text}")]
+    Answer {
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+        /// The answer's text.
+        text: String,
+    },
+    /// The manifest could not be read or parsed.
+    #[error(transparent)]
+    Manifest(LoadError),
+    /// The manifest could not be written back for the upload.
+    #[error("{}: {source}", path.display())]
+    ManifestWrite {
+        /// The manifest file.
+        path: PathBuf,
+        /// The TOML library's error.
+        #[source]
+        source: ManifestError,
+    },
+    /// A function's library is not found.
+    #[error("function {function:?}: library {}: {source}", path.display())]
+    Library {
+        /// The function.
+        function: String,
+        /// The library's path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file (the manifest, a library) could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread sending the swap request panicked.
+    #[error("the swap request panicked")]
+    SwapPanicked,
+}
+
+impl ApiCallError {
+    /// The HTTP status of a refusal (none for the other errors).
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// What a 401 without a token adds after the status.
+fn token_hint(no_token_for: &Option<String>) -> String {
+    match no_token_for {
+        Some(base) => format!(
+            "; no token found for {base}: run as the user who started the control plane, or set PRAAS_TOKEN_FILE"
+        ),
+        None => String::new(),
+    }
+}
 
 /// A connection to a control plane's API.
 #[derive(Debug)]
@@ -52,68 +148,61 @@ impl Api {
         }
     }
 
-    fn refusal(&self, status: u16, message: String) -> String {
-        if status == 401 && self.authorization.is_none() {
-            return format!(
-                "{message} (HTTP 401; no token found for {}: run as the user who started the control plane, \
-                 or set PRAAS_TOKEN_FILE)",
-                self.base
-            );
-        }
-        format!("{message} (HTTP {status})")
+    fn refusal(&self, status: u16, message: String) -> ApiCallError {
+        let no_token_for = (status == 401 && self.authorization.is_none()).then(|| self.base.clone());
+        ApiCallError::Refused { status, message, no_token_for }
+    }
+
+    fn unreachable(&self, source: ureq::Error) -> ApiCallError {
+        ApiCallError::Unreachable { base: self.base.clone(), source }
     }
 
     fn finish<T: DeserializeOwned>(
         &self,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, String> {
-        let mut response = response.map_err(|e| format!("cannot reach the control plane at {}: {e}", self.base))?;
+    ) -> Result<T, ApiCallError> {
+        let mut response = response.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().map_err(|e| format!("reading the answer: {e}"))?;
+        let text = response.body_mut().read_to_string().map_err(ApiCallError::Read)?;
         if status >= 400 {
             let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
             return Err(self.refusal(status, message));
         }
-        serde_json::from_str(&text).map_err(|e| format!("unexpected answer ({e}): {text}"))
+        serde_json::from_str(&text).map_err(|source| ApiCallError::Answer { source, text })
     }
 
-    /// `GET path`.
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    /// `GET path` (a path of [`crate::routes`]).
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiCallError> {
         self.finish(self.authorized(self.agent.get(&self.url(path))).call())
     }
 
     /// `PUT path` with a JSON body.
-    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T, String> {
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T, ApiCallError> {
         self.finish(self.authorized(self.agent.put(&self.url(path))).send_json(body))
     }
 
     /// `POST path` with no body.
-    pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiCallError> {
         self.finish(self.authorized(self.agent.post(&self.url(path))).send_empty())
     }
 
     /// `DELETE path`.
-    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiCallError> {
         self.finish(self.authorized(self.agent.delete(&self.url(path))).call())
     }
 
     /// Invokes a function through the control plane; returns its output bytes.
-    pub fn invoke(&self, app: &str, function: &str, process: Option<&str>, input: &[u8]) -> Result<Vec<u8>, String> {
-        let mut url = self.url(&format!("/apps/{app}/invoke/{function}"));
-        if let Some(process) = process {
-            url.push_str(&format!("?process={process}"));
-        }
-        let mut response = self
-            .authorized(self.agent.post(&url))
-            .send(input)
-            .map_err(|e| format!("cannot reach the control plane at {}: {e}", self.base))?;
+    pub fn invoke(
+        &self,
+        app: &str,
+        function: &str,
+        process: Option<&str>,
+        input: &[u8],
+    ) -> Result<Vec<u8>, ApiCallError> {
+        let url = self.url(&routes::invoke(app, function, process));
+        let mut response = self.authorized(self.agent.post(&url)).send(input).map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_OUTPUT)
-            .read_to_vec()
-            .map_err(|e| format!("reading the answer: {e}"))?;
+        let body = response.body_mut().with_config().limit(MAX_OUTPUT).read_to_vec().map_err(ApiCallError::Read)?;
         if status >= 400 {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|b| b.error)
@@ -125,7 +214,12 @@ impl Api {
 }
 
 /// Creates an application from a manifest file, uploading the libraries it names.
-pub fn app_create(api: &Api, name: &str, manifest: &Path, resources: Option<Resources>) -> Result<AppView, String> {
+pub fn app_create(
+    api: &Api,
+    name: &str,
+    manifest: &Path,
+    resources: Option<Resources>,
+) -> Result<AppView, ApiCallError> {
     app_create_with(api, name, manifest, resources, None, true)
 }
 
@@ -140,26 +234,29 @@ pub fn app_create_with(
     resources: Option<Resources>,
     slurm: Option<crate::model::SlurmOptions>,
     upload: bool,
-) -> Result<AppView, String> {
+) -> Result<AppView, ApiCallError> {
     let (text, files) = if upload {
         manifest_with_uploads(manifest)?
     } else {
-        (std::fs::read_to_string(manifest).map_err(|e| format!("cannot read {}: {e}", manifest.display()))?, Vec::new())
+        let read = std::fs::read_to_string(manifest);
+        (read.map_err(|source| ApiCallError::Io { path: manifest.to_owned(), source })?, Vec::new())
     };
-    api.put(&format!("/apps/{name}"), &CreateApp { manifest: text, files, resources, slurm })
+    api.put(&routes::app(name), &CreateApp { manifest: text, files, resources, slurm })
 }
 
 /// Reads a manifest and the libraries it names: the manifest rewritten (by the TOML library) to
 /// name each library by its upload path, its file name (`N/NAME` where two differ in folder).
-fn manifest_with_uploads(path: &Path) -> Result<(String, Vec<UploadedFile>), String> {
-    let mut manifest = praas_dataplane::Manifest::from_file(path).map_err(|e| e.to_string())?;
+fn manifest_with_uploads(path: &Path) -> Result<(String, Vec<UploadedFile>), ApiCallError> {
+    let mut manifest = praas_dataplane::Manifest::from_file(path).map_err(ApiCallError::Manifest)?;
     let mut uploads: Vec<(PathBuf, String)> = Vec::new();
     let mut files = Vec::new();
     for function in &mut manifest.functions {
         let source = manifest.base_dir.join(&function.library);
-        let source = source
-            .canonicalize()
-            .map_err(|e| format!("function {:?}: library {}: {e}", function.name, source.display()))?;
+        let source = source.canonicalize().map_err(|e| ApiCallError::Library {
+            function: function.name.clone(),
+            path: source.clone(),
+            source: e,
+        })?;
         let upload = match uploads.iter().find(|(s, _)| *s == source) {
             Some((_, upload)) => upload.clone(),
             None => {
@@ -170,7 +267,7 @@ fn manifest_with_uploads(path: &Path) -> Result<(String, Vec<UploadedFile>), Str
                 } else {
                     file_name
                 };
-                let bytes = std::fs::read(&source).map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+                let bytes = std::fs::read(&source).map_err(|e| ApiCallError::Io { path: source.clone(), source: e })?;
                 files.push(UploadedFile::new(upload.clone(), &bytes));
                 uploads.push((source, upload.clone()));
                 upload
@@ -178,21 +275,27 @@ fn manifest_with_uploads(path: &Path) -> Result<(String, Vec<UploadedFile>), Str
         };
         function.library = PathBuf::from(upload);
     }
-    let text = manifest.to_toml().map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = manifest.to_toml().map_err(|source| ApiCallError::ManifestWrite { path: path.to_owned(), source })?;
     Ok((text, files))
 }
 
 /// Creates a process.
-pub fn process_create(api: &Api, app: &str, name: &str, resources: Option<Resources>) -> Result<ProcessRecord, String> {
-    api.put(&format!("/apps/{app}/processes/{name}"), &CreateProcess { resources })
+pub fn process_create(
+    api: &Api,
+    app: &str,
+    name: &str,
+    resources: Option<Resources>,
+) -> Result<ProcessRecord, ApiCallError> {
+    api.put(&routes::process(app, name), &CreateProcess { resources })
 }
 
 /// Swaps a process out, showing a progress bar while the swap writes (the total is the state
 /// size the process last reported).
-pub fn process_swap(api: &Api, app: &str, name: &str, show_progress: bool) -> Result<ProcessRecord, String> {
-    let before: ProcessRecord = api.get(&format!("/apps/{app}/processes/{name}"))?;
+pub fn process_swap(api: &Api, app: &str, name: &str, show_progress: bool) -> Result<ProcessRecord, ApiCallError> {
+    let record = routes::process(app, name);
+    let before: ProcessRecord = api.get(&record)?;
     let total = before.metrics.state_bytes;
-    let path = format!("/apps/{app}/processes/{name}/swap");
+    let path = routes::swap(app, name);
     if !show_progress || total < (64 << 20) {
         return api.post(&path);
     }
@@ -204,14 +307,14 @@ pub fn process_swap(api: &Api, app: &str, name: &str, show_progress: bool) -> Re
     let result = std::thread::scope(|scope| {
         let swap = scope.spawn(|| api.post::<ProcessRecord>(&path));
         while !swap.is_finished() {
-            if let Ok(record) = api.get::<ProcessRecord>(&format!("/apps/{app}/processes/{name}")) {
+            if let Ok(record) = api.get::<ProcessRecord>(&record) {
                 if let Some(progress) = record.swap_progress {
                     bar.set_position(progress.min(total));
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        swap.join().unwrap_or_else(|_| Err("the swap request panicked".into()))
+        swap.join().unwrap_or(Err(ApiCallError::SwapPanicked))
     });
     bar.finish_and_clear();
     result
@@ -271,4 +374,25 @@ pub fn print_processes(processes: &[ProcessRecord], out: &mut impl Write) -> std
 pub fn print_json(value: &impl serde::Serialize, out: &mut impl Write) -> std::io::Result<()> {
     let value: Value = serde_json::to_value(value).map_err(std::io::Error::other)?;
     writeln!(out, "{value}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_before() {
+        let api = Api::with_token("http://127.0.0.1:9/", Duration::from_secs(1), None);
+        let refused = api.refusal(409, "process a/p exists (ALLOCATED)".into());
+        assert_eq!(refused.to_string(), "process a/p exists (ALLOCATED) (HTTP 409)");
+        assert_eq!(refused.status(), Some(409));
+        assert_eq!(
+            api.refusal(401, "needs its token".into()).to_string(),
+            "needs its token (HTTP 401; no token found for http://127.0.0.1:9: run as the user who started the \
+             control plane, or set PRAAS_TOKEN_FILE)"
+        );
+        let token = Api::with_token("http://h:1", Duration::from_secs(1), Some(ApiToken::generate()));
+        assert_eq!(token.refusal(401, "wrong token".into()).to_string(), "wrong token (HTTP 401)");
+        assert_eq!(ApiCallError::SwapPanicked.status(), None);
+    }
 }

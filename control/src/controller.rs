@@ -11,7 +11,7 @@
 //!                                CLOSING ─exit─▶ CLOSED ─DELETE─▶ (gone)     (gone, swap data removed)
 //! any running status ─unexpected exit─▶ FAILURE ─DELETE─▶ (gone)
 //! ```
-//! Any other request is refused with 409 and changes nothing.
+//! Any other request is refused ([`ControlError::InvalidTransition`]) and changes nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
@@ -22,64 +22,264 @@ use std::time::{Duration, Instant};
 use praas_dataplane::control_channel::{write_json, MetricsReport, PeerList, Registration, SwapConfirmation};
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
-use praas_dataplane::swap::SwapStore;
+use praas_dataplane::swap::{SwapError, SwapStore};
 use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
+use thiserror::Error;
 
-use crate::backend::{Backend, Exit, Launch};
-use crate::model::{valid_name, Application, ProcessRecord, ProcessStatus, Resources, SwapInfo, NAME_RULE};
-use crate::store::Store;
+use crate::api_token::TokenError;
+use crate::application::DeployError;
+use crate::backend::{Backend, BackendError, Exit, Launch};
+use crate::model::{
+    valid_name, Application, ProcessRecord, ProcessStatus, ResourceError, Resources, SwapInfo, NAME_RULE,
+};
+use crate::store::{Store, StoreError};
 
-/// An error answered by the API: an HTTP status and a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// 400, 401, 404, 409, 500, 503, 504.
-    pub status: u16,
-    /// What went wrong.
-    pub message: String,
+/// What went wrong in the control plane, in its own words; the HTTP API ([`crate::api`]) alone
+/// says which HTTP status each answers with.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No application of that name.
+    #[error("no application {app:?}")]
+    NoApplication {
+        /// The name asked for.
+        app: String,
+    },
+    /// No process of that name in the application.
+    #[error("no process {app}/{name}")]
+    NoProcess {
+        /// The application.
+        app: String,
+        /// The process name asked for.
+        name: String,
+    },
+    /// A name that breaks [`NAME_RULE`].
+    #[error("invalid {kind} name {name:?}: {NAME_RULE}")]
+    InvalidName {
+        /// `application` or `process`.
+        kind: &'static str,
+        /// The name as given.
+        name: String,
+    },
+    /// Resources that are not positive or exceed what one node offers.
+    #[error(transparent)]
+    Resources(ResourceError),
+    /// The application's functions cannot be deployed: its manifest or its files.
+    #[error(transparent)]
+    Deploy(DeployError),
+    /// An application of that name exists.
+    #[error("application {app:?} exists")]
+    AppExists {
+        /// The application.
+        app: String,
+    },
+    /// An application still has processes.
+    #[error("application {app:?} has {count} processes: delete them first")]
+    AppHasProcesses {
+        /// The application.
+        app: String,
+        /// How many.
+        count: usize,
+    },
+    /// A process of that name exists.
+    #[error("process {app}/{name} exists ({})", .status.name())]
+    ProcessExists {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// Its status.
+        status: ProcessStatus,
+    },
+    /// A request the process's status does not allow (the lifecycle in this module's
+    /// documentation); nothing changed.
+    #[error("process {app}/{name} is {}{}", .status.name(), .operation.refusal())]
+    InvalidTransition {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// Its status.
+        status: ProcessStatus,
+        /// What was asked.
+        operation: Operation,
+    },
+    /// The process did not reach the status a request waited for (it failed, or stopped).
+    #[error("process {app}/{name} is {}: {reason}", .status.name())]
+    Unsettled {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// The status it has.
+        status: ProcessStatus,
+        /// Why, as its record says (empty when it says nothing).
+        reason: String,
+    },
+    /// The backend cannot say what a node offers.
+    #[error("{}", .0.cause())]
+    Capacity(#[source] BackendError),
+    /// The backend could not start the process.
+    #[error(transparent)]
+    Launch(BackendError),
+    /// The process has no control channel (it has not registered again since a restart).
+    #[error("process {app}/{name} has no control channel right now")]
+    NoControlChannel {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+    },
+    /// A swap out failed; the process serves on where it can.
+    #[error("swap of {app}/{name} failed: {cause}")]
+    SwapFailed {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// Why.
+        #[source]
+        cause: SwapFailure,
+    },
+    /// The process left SWAPPING_OUT other than by its swap's confirmation (it died).
+    #[error("process {app}/{name} became {} while swapping out", .status.name())]
+    LostWhileSwapping {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// The status it became.
+        status: ProcessStatus,
+    },
+    /// An ALLOCATED process without a data-plane address.
+    #[error("no data-plane address")]
+    NoDataAddress {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+    },
+    /// The process could not be reached on its data plane, or broke the connection.
+    #[error("process {app}/{name}: {source}")]
+    Unreachable {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// The data-plane client's error.
+        #[source]
+        source: ClientError,
+    },
+    /// The process kept refusing the invocation because it was swapping.
+    #[error("process {app}/{name} stayed busy swapping")]
+    StayedBusy {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+    },
+    /// The function (or the process running it) answered with an error.
+    #[error("{status}: {message}")]
+    Function {
+        /// The data-plane status.
+        status: Status,
+        /// The process's explanation.
+        message: String,
+    },
+    /// The process did not reach the awaited status in time.
+    #[error("process {app}/{name} still {} after {after:?}", .status.name())]
+    TimedOut {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// The status it is still in.
+        status: ProcessStatus,
+        /// How long the request waited.
+        after: Duration,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data folder, or a file of it, could not be made or written owner-only.
+    #[error(transparent)]
+    PrivateFiles(TokenError),
+    /// The application's files could not be installed in its folder.
+    #[error(transparent)]
+    Install(DeployError),
+    /// The swap store failed.
+    #[error(transparent)]
+    SwapStore(SwapError),
+    /// A swapped-out process's snapshot is not in the swap store.
+    #[error("the snapshot of {app}/{name} is missing from the swap store")]
+    SnapshotMissing {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+    },
 }
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.message, self.status)
+/// A lifecycle request on a process, as [`ControlError::InvalidTransition`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Operation {
+    /// `swap`: ALLOCATED only.
+    SwapOut,
+    /// `swapin`: SWAPPED_OUT only.
+    SwapIn,
+    /// `stop`: ALLOCATED only.
+    Stop,
+    /// `DELETE`: a process that is not running.
+    Delete,
+    /// An invocation: a process that is or can become ALLOCATED.
+    Invoke,
+}
+
+impl Operation {
+    /// What the refusal adds after the status.
+    fn refusal(self) -> &'static str {
+        match self {
+            Self::SwapOut => ": only an ALLOCATED process can swap out",
+            Self::SwapIn => ": only a SWAPPED_OUT process can swap in",
+            Self::Stop => ": only an ALLOCATED process can stop",
+            Self::Delete => ": stop or swap it out first",
+            Self::Invoke => "",
+        }
     }
 }
 
-impl std::error::Error for ApiError {}
-
-impl ApiError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
-    }
-    /// 400.
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, message)
-    }
-    /// 401.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(401, message)
-    }
-    /// 404.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, message)
-    }
-    /// 409.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(409, message)
-    }
-    /// 500.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, message)
-    }
-    /// 503.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(503, message)
-    }
+/// Why a swap out failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SwapFailure {
+    /// The swap request could not be sent on the control channel.
+    #[error("cannot reach the process: {0}")]
+    Unreachable(#[source] std::io::Error),
+    /// The process reported a failure (its own words, from the control channel).
+    #[error("{0}")]
+    Reported(String),
+    /// No confirmation came within the swap timeout.
+    #[error("no confirmation within the swap timeout")]
+    NoConfirmation,
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        Self::internal(e.to_string())
-    }
+/// Why the control channel refuses a process's registration (the text goes back to it).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RegisterError {
+    /// Not a process of this control plane.
+    #[error(transparent)]
+    Unknown(ControlError),
+    /// Its record's status does not take a registration (CLOSED, SWAPPED_OUT, FAILURE).
+    #[error("process is {} and cannot register", .0.name())]
+    Status(ProcessStatus),
+    /// Another OS process is registered under its name.
+    #[error("process is already registered with pid {0}")]
+    AlreadyRegistered(u32),
+    /// The registration could not be written to the database.
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 /// Settings of a control plane.
@@ -206,9 +406,9 @@ fn function_names(manifest: &str) -> Vec<String> {
 impl ControlPlane {
     /// Opens the control plane's data folder and recovers what it held: applications, and
     /// processes (running ones are watched again and re-register through the control channel).
-    pub fn open(config: ControlConfig, backend: Box<dyn Backend>) -> Result<Self, ApiError> {
+    pub fn open(config: ControlConfig, backend: Box<dyn Backend>) -> Result<Self, ControlError> {
         // Owner-only: the database holds every application's secret.
-        crate::api_token::private_dir(&config.data_dir).map_err(|e| ApiError::internal(e.to_string()))?;
+        crate::api_token::private_dir(&config.data_dir).map_err(ControlError::PrivateFiles)?;
         let store = Store::open(&config.data_dir.join("control.redb"))?;
         let mut registry = Registry::default();
         for app in store.apps()? {
@@ -281,7 +481,7 @@ impl ControlPlane {
     }
 
     /// Writes a record through and wakes everyone waiting for a change.
-    fn save(&self, entry: &Entry) -> Result<(), ApiError> {
+    fn save(&self, entry: &Entry) -> Result<(), StoreError> {
         self.inner.store.put_process(&entry.record)?;
         self.inner.changed.notify_all();
         Ok(())
@@ -298,20 +498,20 @@ impl ControlPlane {
         uploads: Vec<crate::application::Upload>,
         resources: Resources,
         slurm: Option<crate::model::SlurmOptions>,
-    ) -> Result<AppView, ApiError> {
+    ) -> Result<AppView, ControlError> {
         if !valid_name(name) {
-            return Err(ApiError::bad_request(format!("invalid application name {name:?}: {NAME_RULE}")));
+            return Err(ControlError::InvalidName { kind: "application", name: name.into() });
         }
         self.check_resources(&resources, slurm.as_ref())?;
         let dir = crate::application::app_dir(&self.inner.config.data_dir, name);
         let deployment =
             crate::application::Deployment::resolve(manifest, uploads, &dir, &self.inner.config.function_roots)
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                .map_err(ControlError::Deploy)?;
         let mut registry = self.registry();
         if registry.apps.contains_key(name) {
-            return Err(ApiError::conflict(format!("application {name:?} exists")));
+            return Err(ControlError::AppExists { app: name.into() });
         }
-        deployment.install(&dir).map_err(|e| ApiError::internal(e.to_string()))?;
+        deployment.install(&dir).map_err(ControlError::Install)?;
         let app = Application {
             name: name.into(),
             manifest: deployment.manifest,
@@ -332,9 +532,9 @@ impl ControlPlane {
         &self,
         resources: &Resources,
         slurm: Option<&crate::model::SlurmOptions>,
-    ) -> Result<(), ApiError> {
-        let capacity = self.inner.backend.capacity(slurm).map_err(|e| ApiError::unavailable(e.reason))?;
-        resources.check(&capacity).map_err(|e| ApiError::bad_request(e.to_string()))
+    ) -> Result<(), ControlError> {
+        let capacity = self.inner.backend.capacity(slurm).map_err(ControlError::Capacity)?;
+        resources.check(&capacity).map_err(ControlError::Resources)
     }
 
     /// Every application.
@@ -344,27 +544,27 @@ impl ControlPlane {
     }
 
     /// The client key of application `name`: what its data-plane clients authenticate with.
-    pub fn client_key(&self, name: &str) -> Result<serde_json::Value, ApiError> {
-        let secret = self.app_secret(name).ok_or_else(|| ApiError::not_found(format!("no application {name:?}")))?;
+    pub fn client_key(&self, name: &str) -> Result<serde_json::Value, ControlError> {
+        let secret = self.app_secret(name).ok_or_else(|| no_application(name))?;
         Ok(serde_json::json!({"app": name, "client_key": praas_dataplane::auth::client_key(&secret)}))
     }
 
     /// One application.
-    pub fn get_app(&self, name: &str) -> Result<AppView, ApiError> {
+    pub fn get_app(&self, name: &str) -> Result<AppView, ControlError> {
         let registry = self.registry();
-        let app = registry.apps.get(name).ok_or_else(|| ApiError::not_found(format!("no application {name:?}")))?;
+        let app = registry.apps.get(name).ok_or_else(|| no_application(name))?;
         Ok(app_view(&registry, app))
     }
 
     /// Deletes an application that has no processes.
-    pub fn delete_app(&self, name: &str) -> Result<(), ApiError> {
+    pub fn delete_app(&self, name: &str) -> Result<(), ControlError> {
         let mut registry = self.registry();
         if !registry.apps.contains_key(name) {
-            return Err(ApiError::not_found(format!("no application {name:?}")));
+            return Err(no_application(name));
         }
         let count = registry.processes.keys().filter(|(app, _)| app == name).count();
         if count > 0 {
-            return Err(ApiError::conflict(format!("application {name:?} has {count} processes: delete them first")));
+            return Err(ControlError::AppHasProcesses { app: name.into(), count });
         }
         self.inner.store.remove_app(name)?;
         registry.apps.remove(name);
@@ -385,16 +585,16 @@ impl ControlPlane {
     // ----- processes -----
 
     /// Every process of an application.
-    pub fn list_processes(&self, app: &str) -> Result<Vec<ProcessRecord>, ApiError> {
+    pub fn list_processes(&self, app: &str) -> Result<Vec<ProcessRecord>, ControlError> {
         let registry = self.registry();
         if !registry.apps.contains_key(app) {
-            return Err(ApiError::not_found(format!("no application {app:?}")));
+            return Err(no_application(app));
         }
         Ok(registry.processes.iter().filter(|((a, _), _)| a == app).map(|(_, e)| e.record.clone()).collect())
     }
 
     /// One process; while it swaps out, with the bytes of its snapshot written so far.
-    pub fn get_process(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+    pub fn get_process(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         let mut record = lookup(&self.registry(), app, name)?.record.clone();
         if record.status == ProcessStatus::SwappingOut {
             record.swap_progress = self.swap_store().folder(app, name).ok().map(|folder| bytes_under(&folder, ".tmp-"));
@@ -408,28 +608,28 @@ impl ControlPlane {
         app: &str,
         name: &str,
         resources: Option<Resources>,
-    ) -> Result<ProcessRecord, ApiError> {
+    ) -> Result<ProcessRecord, ControlError> {
         if !valid_name(name) {
-            return Err(ApiError::bad_request(format!("invalid process name {name:?}: {NAME_RULE}")));
+            return Err(ControlError::InvalidName { kind: "process", name: name.into() });
         }
         {
             let registry = self.registry();
-            let application =
-                registry.apps.get(app).ok_or_else(|| ApiError::not_found(format!("no application {app:?}")))?;
+            let application = registry.apps.get(app).ok_or_else(|| no_application(app))?;
             let resources = resources.unwrap_or(application.resources);
             let slurm = application.slurm.clone();
             drop(registry);
             self.check_resources(&resources, slurm.as_ref())?;
             let mut registry = self.registry();
             if !registry.apps.contains_key(app) {
-                return Err(ApiError::not_found(format!("no application {app:?}")));
+                return Err(no_application(app));
             }
             let key = (app.to_owned(), name.to_owned());
             if let Some(existing) = registry.processes.get(&key) {
-                return Err(ApiError::conflict(format!(
-                    "process {app}/{name} exists ({})",
-                    existing.record.status.name()
-                )));
+                return Err(ControlError::ProcessExists {
+                    app: app.into(),
+                    name: name.into(),
+                    status: existing.record.status,
+                });
             }
             let entry = Entry {
                 record: ProcessRecord::new(app, name, resources),
@@ -447,24 +647,23 @@ impl ControlPlane {
     }
 
     /// Returns the record if it reached `want`, else the error that explains why not.
-    fn settled(&self, app: &str, name: &str, want: ProcessStatus) -> Result<ProcessRecord, ApiError> {
+    fn settled(&self, app: &str, name: &str, want: ProcessStatus) -> Result<ProcessRecord, ControlError> {
         let record = self.get_process(app, name)?;
         if record.status == want {
             Ok(record)
         } else {
-            let why = record.error.clone().unwrap_or_default();
-            Err(ApiError::unavailable(format!("process {app}/{name} is {}: {why}", record.status.name())))
+            let reason = record.error.clone().unwrap_or_default();
+            Err(ControlError::Unsettled { app: app.into(), name: name.into(), status: record.status, reason })
         }
     }
 
     /// Writes the manifest the application's processes load (0600): the stored one, already
     /// resolved to absolute library paths and written by the TOML library at creation.
-    fn manifest_path(&self, app: &Application) -> Result<PathBuf, ApiError> {
+    fn manifest_path(&self, app: &Application) -> Result<PathBuf, ControlError> {
         let dir = crate::application::app_dir(&self.inner.config.data_dir, &app.name);
-        let internal = |e: crate::api_token::TokenError| ApiError::internal(e.to_string());
-        crate::api_token::private_dir(&dir).map_err(internal)?;
+        crate::api_token::private_dir(&dir).map_err(ControlError::PrivateFiles)?;
         let path = dir.join("functions.toml");
-        crate::api_token::write_private(&path, app.manifest.as_bytes()).map_err(internal)?;
+        crate::api_token::write_private(&path, app.manifest.as_bytes()).map_err(ControlError::PrivateFiles)?;
         Ok(path)
     }
 
@@ -475,10 +674,10 @@ impl ControlPlane {
     }
 
     /// Starts the OS process of a record that is ALLOCATING or SWAPPING_IN.
-    fn launch(&self, app: &str, name: &str, restore: bool) -> Result<(), ApiError> {
+    fn launch(&self, app: &str, name: &str, restore: bool) -> Result<(), ControlError> {
         let (application, resources, generation) = {
             let mut registry = self.registry();
-            let application = registry.apps.get(app).cloned().ok_or_else(|| ApiError::not_found(app.to_owned()))?;
+            let application = registry.apps.get(app).cloned().ok_or_else(|| no_application(app))?;
             let entry = lookup_mut(&mut registry, app, name)?;
             entry.generation += 1;
             (application, entry.record.resources, entry.generation)
@@ -521,19 +720,19 @@ impl ControlPlane {
                 entry.record.status = ProcessStatus::Failure;
                 entry.record.error = Some(e.to_string());
                 self.save(entry)?;
-                Err(ApiError::unavailable(e.to_string()))
+                Err(ControlError::Launch(e))
             }
         }
     }
 
-    /// Waits until the process's status satisfies `done`, or `timeout` passes (504 then).
+    /// Waits until the process's status satisfies `done`, or `timeout` passes ([`ControlError::TimedOut`] then).
     fn wait_for(
         &self,
         app: &str,
         name: &str,
         timeout: Duration,
         done: impl Fn(ProcessStatus) -> bool,
-    ) -> Result<ProcessStatus, ApiError> {
+    ) -> Result<ProcessStatus, ControlError> {
         let deadline = Instant::now() + timeout;
         let mut registry = self.registry();
         loop {
@@ -543,30 +742,28 @@ impl ControlPlane {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ApiError::new(
-                    504,
-                    format!("process {app}/{name} still {} after {timeout:?}", status.name()),
-                ));
+                return Err(ControlError::TimedOut { app: app.into(), name: name.into(), status, after: timeout });
             }
             registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
     /// Called by the control channel when a process authenticated; returns an error to refuse it.
-    pub fn on_register(&self, registration: &Registration, link: Link) -> Result<(), String> {
+    pub fn on_register(&self, registration: &Registration, link: Link) -> Result<(), RegisterError> {
         let mut registry = self.registry();
-        let entry = lookup_mut(&mut registry, &registration.app, &registration.process).map_err(|e| e.message)?;
+        let entry =
+            lookup_mut(&mut registry, &registration.app, &registration.process).map_err(RegisterError::Unknown)?;
         match entry.record.status {
             ProcessStatus::Allocating | ProcessStatus::SwappingIn | ProcessStatus::Allocated => {}
             // A process that re-registers after a control plane restart while it was being
             // swapped or stopped: the request that was under way is lost; it serves on.
             ProcessStatus::SwappingOut | ProcessStatus::Closing => {}
-            other => return Err(format!("process is {} and cannot register", other.name())),
+            other => return Err(RegisterError::Status(other)),
         }
         if entry.record.pid.is_some_and(|pid| pid != registration.pid)
             && entry.record.status == ProcessStatus::Allocated
         {
-            return Err(format!("process is already registered with pid {}", entry.record.pid.unwrap_or(0)));
+            return Err(RegisterError::AlreadyRegistered(entry.record.pid.unwrap_or(0)));
         }
         entry.record.status = ProcessStatus::Allocated;
         entry.record.data_addr = Some(registration.data_addr.clone());
@@ -579,7 +776,7 @@ impl ControlPlane {
         }
         entry.link = Some(link);
         entry.since = Instant::now();
-        self.save(entry).map_err(|e| e.message)
+        self.save(entry).map_err(RegisterError::Store)
     }
 
     /// Tells every running process of `app` about the others (the control channel calls it
@@ -676,19 +873,16 @@ impl ControlPlane {
     }
 
     /// Swaps a process out: it drains, writes its snapshot, exits. Answers once SWAPPED_OUT.
-    pub fn swap_out(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+    pub fn swap_out(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         let started = Instant::now();
         let link = {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             if entry.record.status != ProcessStatus::Allocated {
-                return Err(ApiError::conflict(format!(
-                    "process {app}/{name} is {}: only an ALLOCATED process can swap out",
-                    entry.record.status.name()
-                )));
+                return Err(invalid_transition(app, name, entry.record.status, Operation::SwapOut));
             }
             let Some(link) = entry.link.clone() else {
-                return Err(ApiError::unavailable(format!("process {app}/{name} has no control channel right now")));
+                return Err(ControlError::NoControlChannel { app: app.into(), name: name.into() });
             };
             entry.record.status = ProcessStatus::SwappingOut;
             entry.swap_result = None;
@@ -697,15 +891,15 @@ impl ControlPlane {
         };
         self.announce_peers(app);
         if let Err(e) = link.send(MessageKind::SwapRequest, &()) {
-            return self.swap_failed(app, name, format!("cannot reach the process: {e}"));
+            return self.swap_failed(app, name, SwapFailure::Unreachable(e));
         }
         let deadline = Instant::now() + self.inner.config.swap_timeout;
         let mut registry = self.registry();
         loop {
             let entry = lookup_mut(&mut registry, app, name)?;
             if entry.record.status != ProcessStatus::SwappingOut {
-                let status = entry.record.status.name();
-                return Err(ApiError::unavailable(format!("process {app}/{name} became {status} while swapping out")));
+                let status = entry.record.status;
+                return Err(ControlError::LostWhileSwapping { app: app.into(), name: name.into(), status });
             }
             match entry.swap_result.take() {
                 Some(Ok(report)) => {
@@ -728,14 +922,14 @@ impl ControlPlane {
                 }
                 Some(Err(reason)) => {
                     drop(registry);
-                    return self.swap_failed(app, name, reason);
+                    return self.swap_failed(app, name, SwapFailure::Reported(reason));
                 }
                 None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 drop(registry);
-                return self.swap_failed(app, name, "no confirmation within the swap timeout".into());
+                return self.swap_failed(app, name, SwapFailure::NoConfirmation);
             }
             registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
         }
@@ -757,29 +951,26 @@ impl ControlPlane {
         }
     }
 
-    fn swap_failed(&self, app: &str, name: &str, reason: String) -> Result<ProcessRecord, ApiError> {
+    fn swap_failed(&self, app: &str, name: &str, cause: SwapFailure) -> Result<ProcessRecord, ControlError> {
         let mut registry = self.registry();
         let entry = lookup_mut(&mut registry, app, name)?;
         if entry.record.status == ProcessStatus::SwappingOut {
             entry.record.status = ProcessStatus::Allocated;
             self.save(entry)?;
         }
-        Err(ApiError::unavailable(format!("swap of {app}/{name} failed: {reason}")))
+        Err(ControlError::SwapFailed { app: app.into(), name: name.into(), cause })
     }
 
     /// Swaps a process back in from its snapshot; answers once ALLOCATED.
-    pub fn swap_in(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+    pub fn swap_in(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             if entry.record.status != ProcessStatus::SwappedOut {
-                return Err(ApiError::conflict(format!(
-                    "process {app}/{name} is {}: only a SWAPPED_OUT process can swap in",
-                    entry.record.status.name()
-                )));
+                return Err(invalid_transition(app, name, entry.record.status, Operation::SwapIn));
             }
             if !self.swap_store().exists(app, name) {
-                return Err(ApiError::internal(format!("the snapshot of {app}/{name} is missing from the swap store")));
+                return Err(ControlError::SnapshotMissing { app: app.into(), name: name.into() });
             }
             entry.record.status = ProcessStatus::SwappingIn;
             // From here on a late exit of the swapped-out process is an older generation's.
@@ -792,15 +983,12 @@ impl ControlPlane {
     }
 
     /// Stops a process; answers once CLOSED.
-    pub fn stop(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+    pub fn stop(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         let handle = {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             if entry.record.status != ProcessStatus::Allocated {
-                return Err(ApiError::conflict(format!(
-                    "process {app}/{name} is {}: only an ALLOCATED process can stop",
-                    entry.record.status.name()
-                )));
+                return Err(invalid_transition(app, name, entry.record.status, Operation::Stop));
             }
             entry.record.status = ProcessStatus::Closing;
             self.save(entry)?;
@@ -822,16 +1010,13 @@ impl ControlPlane {
     }
 
     /// Deletes a process that is not running, and its swap data.
-    pub fn delete_process(&self, app: &str, name: &str) -> Result<(), ApiError> {
+    pub fn delete_process(&self, app: &str, name: &str) -> Result<(), ControlError> {
         let mut registry = self.registry();
         let entry = lookup(&registry, app, name)?;
         if entry.record.status.is_running() {
-            return Err(ApiError::conflict(format!(
-                "process {app}/{name} is {}: stop or swap it out first",
-                entry.record.status.name()
-            )));
+            return Err(invalid_transition(app, name, entry.record.status, Operation::Delete));
         }
-        self.swap_store().delete(app, name).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.swap_store().delete(app, name).map_err(ControlError::SwapStore)?;
         self.inner.store.remove_process(app, name)?;
         registry.processes.remove(&(app.to_owned(), name.to_owned()));
         let folder = self.inner.config.data_dir.join("processes").join(app).join(name);
@@ -844,7 +1029,13 @@ impl ControlPlane {
 
     /// Invokes `function` of `app`: on `process` if named (swapping it in when swapped out),
     /// else on an idle ALLOCATED process, a swapped-out one, or a new one (FaaS mode).
-    pub fn invoke(&self, app: &str, function: &str, process: Option<&str>, input: &[u8]) -> Result<Vec<u8>, ApiError> {
+    pub fn invoke(
+        &self,
+        app: &str,
+        function: &str,
+        process: Option<&str>,
+        input: &[u8],
+    ) -> Result<Vec<u8>, ControlError> {
         let name = match process {
             Some(name) => name.to_owned(),
             None => self.pick_process(app)?,
@@ -853,40 +1044,41 @@ impl ControlPlane {
         // running them: wait for it to settle, swap it back in, and try again.
         for _ in 0..3 {
             let record = self.ready(app, &name)?;
-            let addr = record.data_addr.clone().ok_or_else(|| ApiError::unavailable("no data-plane address"))?;
+            let addr = record
+                .data_addr
+                .clone()
+                .ok_or_else(|| ControlError::NoDataAddress { app: app.into(), name: name.clone() })?;
             match self.call(app, &name, &addr, function, input) {
                 Err(ClientError::Remote { status, .. }) if status.is_retryable() => {
                     self.wait_for(app, &name, self.inner.config.swap_timeout, |s| !s.is_transient())?;
                 }
-                Err(ClientError::Remote { status, message }) => {
-                    return Err(ApiError::new(remote_http_status(status), format!("{status}: {message}")));
-                }
-                Err(e) => return Err(ApiError::unavailable(format!("process {app}/{name}: {e}"))),
+                Err(ClientError::Remote { status, message }) => return Err(ControlError::Function { status, message }),
+                Err(source) => return Err(ControlError::Unreachable { app: app.into(), name, source }),
                 Ok(output) => return Ok(output),
             }
         }
-        Err(ApiError::unavailable(format!("process {app}/{name} stayed busy swapping")))
+        Err(ControlError::StayedBusy { app: app.into(), name })
     }
 
     /// Brings a named process to ALLOCATED: waits out transitions, swaps it in if needed.
-    fn ready(&self, app: &str, name: &str) -> Result<ProcessRecord, ApiError> {
+    fn ready(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         let status = self.wait_for(app, name, self.inner.config.swap_timeout, |s| !s.is_transient())?;
         match status {
             ProcessStatus::Allocated => self.get_process(app, name),
             ProcessStatus::SwappedOut => match self.swap_in(app, name) {
                 // Another request swapped it in meanwhile.
-                Err(e) if e.status == 409 => self.settled(app, name, ProcessStatus::Allocated),
+                Err(ControlError::InvalidTransition { .. }) => self.settled(app, name, ProcessStatus::Allocated),
                 other => other,
             },
-            other => Err(ApiError::conflict(format!("process {app}/{name} is {}", other.name()))),
+            other => Err(invalid_transition(app, name, other, Operation::Invoke)),
         }
     }
 
-    fn pick_process(&self, app: &str) -> Result<String, ApiError> {
+    fn pick_process(&self, app: &str) -> Result<String, ControlError> {
         {
             let registry = self.registry();
             if !registry.apps.contains_key(app) {
-                return Err(ApiError::not_found(format!("no application {app:?}")));
+                return Err(no_application(app));
             }
             let mine = || registry.processes.iter().filter(|((a, _), _)| a == app);
             let idle = mine()
@@ -1008,16 +1200,6 @@ fn bytes_under(folder: &Path, prefix: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn remote_http_status(status: Status) -> u16 {
-    match status {
-        Status::UnknownFunction | Status::NotFound => 404,
-        Status::InvalidArgument | Status::TooLarge | Status::Malformed => 400,
-        Status::Overloaded => 503,
-        Status::Timeout => 504,
-        _ => 500,
-    }
-}
-
 fn app_view(registry: &Registry, app: &Application) -> AppView {
     AppView {
         name: app.name.clone(),
@@ -1028,22 +1210,28 @@ fn app_view(registry: &Registry, app: &Application) -> AppView {
     }
 }
 
-fn lookup<'r>(registry: &'r Registry, app: &str, name: &str) -> Result<&'r Entry, ApiError> {
-    if !registry.apps.contains_key(app) {
-        return Err(ApiError::not_found(format!("no application {app:?}")));
-    }
-    registry
-        .processes
-        .get(&(app.to_owned(), name.to_owned()))
-        .ok_or_else(|| ApiError::not_found(format!("no process {app}/{name}")))
+fn no_application(app: &str) -> ControlError {
+    ControlError::NoApplication { app: app.into() }
 }
 
-fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&'r mut Entry, ApiError> {
+fn no_process(app: &str, name: &str) -> ControlError {
+    ControlError::NoProcess { app: app.into(), name: name.into() }
+}
+
+fn invalid_transition(app: &str, name: &str, status: ProcessStatus, operation: Operation) -> ControlError {
+    ControlError::InvalidTransition { app: app.into(), name: name.into(), status, operation }
+}
+
+fn lookup<'r>(registry: &'r Registry, app: &str, name: &str) -> Result<&'r Entry, ControlError> {
     if !registry.apps.contains_key(app) {
-        return Err(ApiError::not_found(format!("no application {app:?}")));
+        return Err(no_application(app));
     }
-    registry
-        .processes
-        .get_mut(&(app.to_owned(), name.to_owned()))
-        .ok_or_else(|| ApiError::not_found(format!("no process {app}/{name}")))
+    registry.processes.get(&(app.to_owned(), name.to_owned())).ok_or_else(|| no_process(app, name))
+}
+
+fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&'r mut Entry, ControlError> {
+    if !registry.apps.contains_key(app) {
+        return Err(no_application(app));
+    }
+    registry.processes.get_mut(&(app.to_owned(), name.to_owned())).ok_or_else(|| no_process(app, name))
 }

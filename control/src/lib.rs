@@ -6,10 +6,12 @@
 //! - [`backend`]: where processes run ([`backend::LocalBackend`]: child OS processes;
 //!   [`backend::SlurmBackend`]: Slurm jobs or job steps on a cluster);
 //! - [`channel`]: the authenticated control channel processes register through;
-//! - [`api`]: the HTTP API, behind the bearer token of [`api_token`]; [`server`]: starts all of it;
+//! - [`api`]: the HTTP API, behind the bearer token of [`api_token`], at the paths of [`routes`];
+//!   [`server`]: starts all of it;
 //! - [`application`]: where an application's libraries may come from (uploads, function roots);
 //! - [`store`]: the embedded database that makes it survive restarts;
-//! - [`cli`]: the client side of the `praas` tool.
+//! - [`cli`]: the client side of the `praas` tool;
+//! - [`process_main`]: the start-up of a cloud process (`praas process serve`).
 
 pub mod api;
 pub mod api_token;
@@ -19,7 +21,9 @@ pub mod channel;
 pub mod cli;
 pub mod controller;
 pub mod model;
+pub mod process_main;
+pub mod routes;
 pub mod server;
 pub mod store;
 
-pub use controller::{ApiError, ControlConfig, ControlPlane};
+pub use controller::{ControlConfig, ControlError, ControlPlane};

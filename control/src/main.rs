@@ -6,16 +6,14 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use praas_control::cli::{self, Api};
+use praas_control::cli::{self, Api, ApiCallError};
 use praas_control::model::Resources;
-use praas_control::{server, ControlConfig};
-use praas_dataplane::control_channel::{run_control_link, ControlLinkOptions, LinkEnd};
-use praas_dataplane::swap::SwapStore;
-use praas_dataplane::{Client, ClientOptions, FunctionRegistry, Manifest, Process, ProcessConfig, TransportKind};
+use praas_control::process_main::{self, ProcessMainError, ServeOptions};
+use praas_control::{routes, server, ControlConfig};
+use praas_dataplane::{Client, ClientOptions, TransportKind};
 
 /// praas: Process-as-a-Service for HPC clusters.
 #[derive(Debug, Parser)]
@@ -315,6 +313,33 @@ struct ServeArgs {
     metrics_ms: u64,
 }
 
+impl ServeArgs {
+    fn options(self) -> ServeOptions {
+        ServeOptions {
+            manifest: self.manifest,
+            listen: self.listen,
+            workers: self.workers,
+            id: self.id,
+            app: self.app,
+            default_timeout: (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms)),
+            max_frame: self.max_frame,
+            buffer_budget: self.buffer_budget,
+            transport: self.transport,
+            #[cfg(feature = "rdma")]
+            rdma_listen: self.rdma_listen,
+            client_auth: self.client_auth,
+            control_channel: self.control_channel,
+            secret_file: self.secret_file,
+            swap_dir: self.swap_dir,
+            files_dir: self.files_dir,
+            restore: self.restore,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            metrics_interval: Duration::from_millis(self.metrics_ms.max(10)),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct InvokeArgs {
     /// Without --app: the data-plane address of the process (HOST:PORT, or rdma://HOST:PORT for
@@ -374,7 +399,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Control(ControlCommand::Serve(args)) => control_serve(args),
         Command::App(command) => app(&api(), command, json),
-        Command::Process(ProcessCommand::Serve(args)) => serve(*args),
+        Command::Process(ProcessCommand::Serve(args)) => process_main::serve(args.options()).map_err(Failure::from),
         Command::Process(command) => process(&api(), command, json),
         Command::Invoke(args) => invoke(&api(), args),
     };
@@ -399,6 +424,27 @@ enum Failure {
 impl From<String> for Failure {
     fn from(message: String) -> Self {
         Failure::Message(message)
+    }
+}
+
+impl From<ApiCallError> for Failure {
+    fn from(e: ApiCallError) -> Self {
+        Failure::Message(e.to_string())
+    }
+}
+
+impl From<praas_control::backend::SlurmError> for Failure {
+    fn from(e: praas_control::backend::SlurmError) -> Self {
+        Failure::Message(e.to_string())
+    }
+}
+
+impl From<ProcessMainError> for Failure {
+    fn from(e: ProcessMainError) -> Self {
+        match e {
+            ProcessMainError::Refused(reason) => Failure::Refused(reason),
+            other => Failure::Message(other.to_string()),
+        }
     }
 }
 
@@ -458,15 +504,15 @@ fn app(api: &Api, command: AppCommand, json: bool) -> Result<(), Failure> {
             print(&app, json, |a, out| cli::print_apps(std::slice::from_ref(a), out))
         }
         AppCommand::List => {
-            let apps: Vec<praas_control::controller::AppView> = api.get("/apps")?;
+            let apps: Vec<praas_control::controller::AppView> = api.get(&routes::apps())?;
             print(&apps, json, |a, out| cli::print_apps(a, out))
         }
         AppCommand::Delete { name } => {
-            let answer: serde_json::Value = api.delete(&format!("/apps/{name}"))?;
+            let answer: serde_json::Value = api.delete(&routes::app(&name))?;
             print(&answer, json, |_, out| writeln!(out, "deleted application {name}"))
         }
         AppCommand::ClientKey { name } => {
-            let answer: serde_json::Value = api.get(&format!("/apps/{name}/client-key"))?;
+            let answer: serde_json::Value = api.get(&routes::client_key(&name))?;
             print(&answer, json, |a, out| writeln!(out, "{}", a["client_key"].as_str().unwrap_or_default()))
         }
     }
@@ -480,179 +526,17 @@ fn process(api: &Api, command: ProcessCommand, json: bool) -> Result<(), Failure
         ProcessCommand::Serve(_) => unreachable!("handled in main"),
         ProcessCommand::Create { app, name, resources } => one(cli::process_create(api, &app, &name, resources.get())?),
         ProcessCommand::List { app } => {
-            let processes: Vec<praas_control::model::ProcessRecord> = api.get(&format!("/apps/{app}/processes"))?;
+            let processes: Vec<praas_control::model::ProcessRecord> = api.get(&routes::processes(&app))?;
             print(&processes, json, |p, out| cli::print_processes(p, out))
         }
         ProcessCommand::Swap { app, name } => one(cli::process_swap(api, &app, &name, !json)?),
-        ProcessCommand::Swapin { app, name } => one(api.post(&format!("/apps/{app}/processes/{name}/swapin"))?),
-        ProcessCommand::Stop { app, name } => one(api.post(&format!("/apps/{app}/processes/{name}/stop"))?),
+        ProcessCommand::Swapin { app, name } => one(api.post(&routes::swap_in(&app, &name))?),
+        ProcessCommand::Stop { app, name } => one(api.post(&routes::stop(&app, &name))?),
         ProcessCommand::Delete { app, name } => {
-            let answer: serde_json::Value = api.delete(&format!("/apps/{app}/processes/{name}"))?;
+            let answer: serde_json::Value = api.delete(&routes::process(&app, &name))?;
             print(&answer, json, |_, out| writeln!(out, "deleted process {app}/{name}"))
         }
     }
-}
-
-/// Applies CPU placement and the memory limit to this process before any thread starts.
-fn apply_resources(cpus: Option<&str>, memory_mb: Option<u64>) -> Result<(), String> {
-    if let Some(list) = cpus {
-        let cpus: Vec<usize> = list
-            .split(',')
-            .map(|c| c.trim().parse().map_err(|_| format!("bad CPU {c:?} in --cpus")))
-            .collect::<Result<_, _>>()?;
-        // SAFETY: `set` is a plain bit set on the stack; sched_setaffinity reads
-        // `size_of::<cpu_set_t>()` bytes from it and affects only this process.
-        let status = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in &cpus {
-                libc::CPU_SET(*cpu, &mut set);
-            }
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        if status != 0 {
-            return Err(format!("cannot pin to CPUs {list}: {}", std::io::Error::last_os_error()));
-        }
-    }
-    if let Some(mb) = memory_mb {
-        let bytes = mb.saturating_mul(1 << 20);
-        let limit = libc::rlimit { rlim_cur: bytes, rlim_max: bytes };
-        // SAFETY: `limit` is a valid rlimit for the duration of the call.
-        if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
-            return Err(format!("cannot limit memory to {mb} MiB: {}", std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-fn serve(args: ServeArgs) -> Result<(), Failure> {
-    // The application's secret: the content of --secret-file (trimmed), else PRAAS_SECRET; never
-    // a command-line value (others see command lines in `ps`). Absent or empty: none.
-    let secret = match &args.secret_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?
-            .trim()
-            .to_owned(),
-        None => match std::env::var("PRAAS_SECRET") {
-            Ok(value) => value,
-            Err(std::env::VarError::NotPresent) => String::new(),
-            Err(std::env::VarError::NotUnicode(_)) => return Err("PRAAS_SECRET is not UTF-8".to_owned().into()),
-        },
-    };
-    let secret = praas_dataplane::Secret::new(secret).ok();
-    if secret.is_none() && args.control_channel.is_some() {
-        return Err(Failure::Message(
-            "--control-channel needs the application's secret (PRAAS_SECRET or --secret-file): none was given"
-                .to_owned(),
-        ));
-    }
-    apply_resources(args.cpus.as_deref(), args.memory_mb)?;
-    let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
-    let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
-    let config = ProcessConfig {
-        id: args.id.clone(),
-        app: args.app.clone(),
-        secret,
-        workers: args.workers,
-        default_timeout: (args.timeout_ms > 0).then(|| Duration::from_millis(args.timeout_ms)),
-        max_frame: args.max_frame,
-        buffer_budget: args.buffer_budget,
-        client_auth: args.client_auth,
-        ..ProcessConfig::default()
-    };
-    let names = functions.names().join(", ");
-    let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
-    let swap_store = args.swap_dir.as_ref().map(SwapStore::new);
-    if args.restore {
-        let store = swap_store.as_ref().ok_or_else(|| "--restore needs --swap-dir".to_owned())?;
-        let snapshot = store.read(&args.app, &args.id).map_err(|e| format!("cannot swap in: {e}"))?;
-        snapshot.restore_state(process.state());
-        process.restore_mailbox(&snapshot.mailbox).map_err(|e| format!("cannot swap in the messages: {e}"))?;
-        if let Some(files) = &args.files_dir {
-            snapshot.restore_files(files).map_err(|e| format!("cannot swap in the state files: {e}"))?;
-        }
-        tracing::info!(keys = snapshot.state.len(), bytes = snapshot.manifest.bytes(), "swapped in");
-    }
-    let transport = praas_dataplane::transport::bind(args.transport, args.listen, Arc::clone(&process))
-        .map_err(|e| format!("cannot listen on {} ({} transport): {e}", args.listen, args.transport))?;
-    let server = transport.spawn().map_err(|e| format!("cannot start the transport: {e}"))?;
-    // Scripts read this line to learn the port.
-    println!("listening on {}", server.local_addr());
-    #[cfg(feature = "rdma")]
-    let rdma_server = match &args.rdma_listen {
-        Some(spec) => serve_rdma(spec, &process)?,
-        None => None,
-    };
-    #[cfg(feature = "rdma")]
-    let rdma_addr = rdma_server.as_ref().map(|r| praas_control::backend::routable(r.local_addr()).to_string());
-    #[cfg(not(feature = "rdma"))]
-    let rdma_addr = None;
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
-    tracing::info!(process = process.id(), functions = %names, "serving");
-    let Some(control_addr) = args.control_channel else {
-        return server.join().map_err(|e| format!("transport failed: {e}").into());
-    };
-    let options = ControlLinkOptions {
-        control_addr,
-        data_addr: praas_control::backend::routable(server.local_addr()).to_string(),
-        rdma_addr,
-        swap_store: match swap_store {
-            Some(store) => store,
-            None => SwapStore::new(private_swap_default()?),
-        },
-        files_dir: args.files_dir.clone(),
-        metrics_interval: Duration::from_millis(args.metrics_ms.max(10)),
-        drain_timeout: Duration::from_secs(120),
-        restored: args.restore,
-    };
-    match run_control_link(&process, &options) {
-        LinkEnd::SwappedOut(report) => {
-            tracing::info!(bytes = report.bytes, secs = report.secs, "swapped out; exiting");
-            let _ = server.stop();
-            Ok(())
-        }
-        LinkEnd::Refused(reason) => Err(Failure::Refused(reason)),
-    }
-}
-
-/// The swap store of a process started without `--swap-dir`: `TMP/praas-swap-UID`, created
-/// owner-only; refused if another user made it first (it would see, or plant, snapshots).
-fn private_swap_default() -> Result<PathBuf, String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let path = std::env::temp_dir().join(format!("praas-swap-{uid}"));
-    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&path) {
-        if e.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(format!("{}: {e}", path.display()));
-        }
-    }
-    let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(format!("{} is not a folder of this user with mode 0700: give --swap-dir", path.display()));
-    }
-    Ok(path)
-}
-
-/// Starts the RDMA transport where `--rdma-listen SPEC` says. With `auto` on a node without an
-/// RDMA device the process serves TCP only (one log line says why), so that one setting serves a
-/// cluster whose nodes differ; an address that cannot be served is an error.
-#[cfg(feature = "rdma")]
-fn serve_rdma(spec: &str, process: &Arc<Process>) -> Result<Option<praas_dataplane::ServerHandle>, String> {
-    let addr = match praas_dataplane::transport::rdma::connect::listen_address(spec) {
-        Ok(addr) => addr,
-        Err(e) if spec == "auto" => {
-            tracing::warn!("--rdma-listen auto: {e}; serving TCP only");
-            println!("rdma: none ({e})");
-            return Ok(None);
-        }
-        Err(e) => return Err(format!("--rdma-listen {spec}: {e}")),
-    };
-    let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(process), praas_dataplane::RdmaOptions::default())
-        .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
-    let rdma = praas_dataplane::Transport::spawn(Box::new(rdma))
-        .map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
-    println!("rdma listening on rdma://{}", rdma.local_addr());
-    Ok(Some(rdma))
 }
 
 fn read_input(spec: &str) -> Result<Vec<u8>, String> {
@@ -671,7 +555,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     let input = read_input(&args.input)?;
     let direct = match (&args.app, &args.process) {
         (Some(app), Some(name)) if args.direct => {
-            let record: praas_control::model::ProcessRecord = api.get(&format!("/apps/{app}/processes/{name}"))?;
+            let record: praas_control::model::ProcessRecord = api.get(&routes::process(app, name))?;
             let rdma = record.rdma_addr.as_ref().filter(|_| cfg!(feature = "rdma")).map(|a| format!("rdma://{a}"));
             Some(rdma.or(record.data_addr).ok_or_else(|| {
                 format!("process {app}/{name} is {} and has no data-plane address", record.status.name())
@@ -683,7 +567,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     };
     let credentials = match &args.app {
         Some(app) if direct.is_some() => {
-            let answer: serde_json::Value = api.get(&format!("/apps/{app}/client-key"))?;
+            let answer: serde_json::Value = api.get(&routes::client_key(app))?;
             let key = answer["client_key"].as_str().ok_or_else(|| "the control plane sent no client key".to_owned())?;
             Some(praas_dataplane::Credentials { app: app.clone(), name: "praas-cli".into(), key: key.into() })
         }

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::api_token::{ApiToken, Publication, TokenError};
 use crate::backend::{Backend, LocalBackend};
-use crate::controller::{ApiError, ControlConfig, ControlPlane};
+use crate::controller::{ControlConfig, ControlError, ControlPlane};
 
 const CONTROL_ADDR_SETTING: &str = "control_addr";
 
@@ -21,7 +21,7 @@ pub enum ServerError {
     Binary(#[source] std::io::Error),
     /// The data folder or its database could not be opened.
     #[error("cannot open the control plane: {0}")]
-    Open(#[source] ApiError),
+    Open(#[source] ControlError),
     /// The API token could not be read or made.
     #[error("the API token: {0}")]
     Token(#[source] TokenError),

@@ -1,7 +1,7 @@
 //! Persistence of the control plane: applications and processes in an embedded redb database in
 //! the data folder, written through on every change, read back at start.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use thiserror::Error;
@@ -12,13 +12,37 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const PROCESSES: TableDefinition<&str, &[u8]> = TableDefinition::new("processes");
 const SETTINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("settings");
 
-/// A database failure.
+/// A database failure: redb's own error, kept as the source.
 #[derive(Debug, Error)]
-#[error("control plane database: {0}")]
-pub struct StoreError(String);
-
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file could not be created or made owner-only.
+    #[error("control plane database: {}: {source}", path.display())]
+    File {
+        /// The database file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened.
+    #[error("control plane database: {0}")]
+    Open(#[from] redb::DatabaseError),
+    /// A transaction could not begin.
+    #[error("control plane database: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    /// A table could not be opened.
+    #[error("control plane database: {0}")]
+    Table(#[from] redb::TableError),
+    /// Reading or writing a table failed.
+    #[error("control plane database: {0}")]
+    Storage(#[from] redb::StorageError),
+    /// A transaction could not commit.
+    #[error("control plane database: {0}")]
+    Commit(#[from] redb::CommitError),
+    /// A record could not be encoded, or a stored one decoded.
+    #[error("control plane database: {0}")]
+    Record(#[from] serde_json::Error),
 }
 
 /// The control plane's database.
@@ -39,47 +63,49 @@ impl Store {
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
         file.and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
-            .map_err(|e| err(format!("{}: {e}", path.display())))?;
-        let db = Database::create(path).map_err(err)?;
-        let txn = db.begin_write().map_err(err)?;
+            .map_err(|source| StoreError::File { path: path.to_owned(), source })?;
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
         {
-            txn.open_table(APPS).map_err(err)?;
-            txn.open_table(PROCESSES).map_err(err)?;
-            txn.open_table(SETTINGS).map_err(err)?;
+            txn.open_table(APPS)?;
+            txn.open_table(PROCESSES)?;
+            txn.open_table(SETTINGS)?;
         }
-        txn.commit().map_err(err)?;
+        txn.commit()?;
         Ok(Self { db })
     }
 
     fn put(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        txn.open_table(table).map_err(err)?.insert(key, value).map_err(err)?;
-        txn.commit().map_err(err)
+        let txn = self.db.begin_write()?;
+        txn.open_table(table)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
     }
 
     fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(err)?;
-        txn.open_table(table).map_err(err)?.remove(key).map_err(err)?;
-        txn.commit().map_err(err)
+        let txn = self.db.begin_write()?;
+        txn.open_table(table)?.remove(key)?;
+        txn.commit()?;
+        Ok(())
     }
 
     fn all<T: for<'de> serde::Deserialize<'de>>(
         &self,
         table: TableDefinition<&str, &[u8]>,
     ) -> Result<Vec<T>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(table).map_err(err)?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(table)?;
         let mut out = Vec::new();
-        for row in table.iter().map_err(err)? {
-            let (_, value) = row.map_err(err)?;
-            out.push(serde_json::from_slice(value.value()).map_err(err)?);
+        for row in table.iter()? {
+            let (_, value) = row?;
+            out.push(serde_json::from_slice(value.value())?);
         }
         Ok(out)
     }
 
     /// Saves an application.
     pub fn put_app(&self, app: &Application) -> Result<(), StoreError> {
-        self.put(APPS, &app.name, &serde_json::to_vec(app).map_err(err)?)
+        self.put(APPS, &app.name, &serde_json::to_vec(app)?)
     }
 
     /// Removes an application.
@@ -94,7 +120,7 @@ impl Store {
 
     /// Saves a process.
     pub fn put_process(&self, record: &ProcessRecord) -> Result<(), StoreError> {
-        self.put(PROCESSES, &process_key(&record.app, &record.name), &serde_json::to_vec(record).map_err(err)?)
+        self.put(PROCESSES, &process_key(&record.app, &record.name), &serde_json::to_vec(record)?)
     }
 
     /// Removes a process.
@@ -114,9 +140,9 @@ impl Store {
 
     /// Reads a setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(SETTINGS).map_err(err)?;
-        Ok(table.get(key).map_err(err)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SETTINGS)?;
+        Ok(table.get(key)?.map(|v| String::from_utf8_lossy(v.value()).into_owned()))
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use praas_dataplane::testing::example_functions;
+use praas_testkit::example_functions;
 
 /// A `praas process serve` child, killed when dropped.
 struct Served {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use praas_dataplane::function::ExecutionMode;
 use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::peer::{PeerError, PeerInfo};
-use praas_dataplane::testing::{example_functions, spec};
 use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig, Secret};
+use praas_testkit::{example_functions, spec};
 
 const APP: &str = "secret-app";
 const ID: &str = "served";

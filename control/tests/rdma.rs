@@ -31,7 +31,7 @@ fn wait_for_rdma_messages(cp: &ControlPlaneProcess, app: &str, p: &str, n: u64) 
 #[test]
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn processes_register_their_rdma_address_and_message_each_other_over_rdma_across_a_swap() {
-    let Some(ip) = praas_dataplane::testing::rdma_test_addr() else { return };
+    let Some(ip) = praas_testkit::rdma_test_addr() else { return };
     let cp = ControlPlaneProcess::start("rdma", &["--process-rdma", "auto"]);
     cp.create_example_app("hpc");
     for p in ["p0", "p1"] {

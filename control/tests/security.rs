@@ -12,15 +12,14 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use praas_control::api_token::ApiToken;
-use praas_control::cli::Api;
+use praas_control::cli::{Api, ApiCallError};
 use praas_control::model::{ProcessRecord, ProcessStatus};
 use proptest::prelude::*;
 use support::{api_of, praas, temp_dir, ControlPlaneProcess};
 
-fn status_of<T: std::fmt::Debug>(result: Result<T, String>) -> u16 {
+fn status_of<T: std::fmt::Debug>(result: Result<T, ApiCallError>) -> u16 {
     let error = result.expect_err("the request should have been refused");
-    let at = error.rfind("(HTTP ").unwrap_or_else(|| panic!("no HTTP status in {error:?}"));
-    error[at + 6..at + 9].parse().unwrap_or_else(|_| panic!("no HTTP status in {error:?}"))
+    error.status().unwrap_or_else(|| panic!("no HTTP status in {error}"))
 }
 
 /// An API client that presents no token, or a wrong one.
@@ -170,13 +169,13 @@ fn libraries_load_only_from_uploads_and_function_roots() {
     let marker = outside.join("constructor-ran");
     let evil = constructor_library(&outside, &marker);
     let root = temp_dir("sec-root");
-    std::fs::copy(praas_dataplane::testing::example_functions(), root.join("libfunctions.so")).unwrap();
+    std::fs::copy(praas_testkit::example_functions(), root.join("libfunctions.so")).unwrap();
 
     let cp = ControlPlaneProcess::start("sec-library", &["--function-root", root.to_str().unwrap()]);
     for library in [evil.display().to_string(), "../../../../../../../../tmp/libevil.so".into(), "libevil.so".into()] {
         let manifest = format!("[[function]]\nname = \"evil\"\nlibrary = \"{library}\"\n");
         let result = cp.api.put::<serde_json::Value>("/apps/x", &serde_json::json!({"manifest": manifest}));
-        let error = result.as_ref().unwrap_err().clone();
+        let error = result.as_ref().unwrap_err().to_string();
         assert_eq!(status_of(result), 400);
         assert!(error.contains(&library), "the refusal names the path: {error}");
     }
@@ -351,7 +350,7 @@ fn names_that_could_become_options_or_break_manifests_are_refused() {
     }
     // Function names with a control, combining or invisible character are refused with the
     // application, not at every process start.
-    let library = praas_dataplane::testing::example_functions();
+    let library = praas_testkit::example_functions();
     let bytes = std::fs::read(&library).unwrap();
     for name in ["ec\u{7f}ho", "e\u{301}cho", "ec\u{200b}ho", "-echo", "two words", ""] {
         let manifest = toml_manifest(name);
@@ -392,7 +391,7 @@ fn resources_beyond_the_node_are_refused_with_the_limit() {
     for (resources, limit) in &huge {
         let result =
             cp.api.put::<ProcessRecord>("/apps/sized/processes/p", &serde_json::json!({"resources": resources}));
-        let error = result.as_ref().unwrap_err().clone();
+        let error = result.as_ref().unwrap_err().to_string();
         assert_eq!(status_of(result), 400, "{resources}");
         assert!(error.contains(limit), "{resources}: {error}");
         if *limit == "CPUs" {
@@ -508,7 +507,7 @@ fn requests_of_any_shape_never_abort_the_control_plane() {
     // One control plane for every generated case, with an application `fuzz` of two short
     // functions and a process `p` for the generated requests to reach.
     let mut cp = ControlPlaneProcess::start("sec-fuzz", &[]);
-    let library = praas_dataplane::testing::example_functions();
+    let library = praas_testkit::example_functions();
     let manifest = "[[function]]\nname = \"echo\"\nlibrary = \"libf.so\"\nmode = \"inline\"\n\n\
                     [[function]]\nname = \"counter\"\nlibrary = \"libf.so\"\n";
     let upload = praas_control::api::UploadedFile::new("libf.so".into(), &std::fs::read(library).unwrap());

@@ -231,7 +231,7 @@ fn scancel_gives_failure(mode: &str) {
     }
     let (result, waited) = pending.join().unwrap();
     let err = result.unwrap_err();
-    assert!(err.contains("HTTP 503"), "{err}");
+    assert_eq!(err.status(), Some(503), "{err}");
     assert!(waited < Duration::from_secs(5), "the pending invocation failed at once");
     let _: serde_json::Value = cp.api.delete("/apps/hpc/processes/victim").unwrap();
     eprintln!("{mode} mode: scancel {job} -> FAILURE in {took:?} ({error})");

@@ -45,15 +45,17 @@ impl LocalBackend {
     }
 
     /// Puts `pid` in a cgroup of its own with `memory.max` (and `cpu.max` for `vcpus`).
-    fn confine(&self, launch: &Launch, pid: u32) -> Result<(), String> {
+    fn confine(&self, launch: &Launch, pid: u32) -> Result<(), BackendError> {
         let Some(root) = &self.cgroups else { return Ok(()) };
+        let fail =
+            |what: String, e: std::io::Error| launch.error_from(format!("cannot apply its resources: {what}"), e);
         let group = root.join(format!("{}.{}", launch.app, launch.process));
-        fs::create_dir_all(&group).map_err(|e| format!("{}: {e}", group.display()))?;
+        fs::create_dir_all(&group).map_err(|e| fail(group.display().to_string(), e))?;
         let memory = launch.resources.memory_mb.saturating_mul(1 << 20).to_string();
-        fs::write(group.join("memory.max"), memory).map_err(|e| format!("memory.max: {e}"))?;
+        fs::write(group.join("memory.max"), memory).map_err(|e| fail("memory.max".into(), e))?;
         // vcpus whole CPUs per 100 ms period; absent without the cpu controller.
         let _ = fs::write(group.join("cpu.max"), format!("{} 100000", u64::from(launch.resources.vcpus) * 100_000));
-        fs::write(group.join("cgroup.procs"), pid.to_string()).map_err(|e| format!("cgroup.procs: {e}"))
+        fs::write(group.join("cgroup.procs"), pid.to_string()).map_err(|e| fail("cgroup.procs".into(), e))
     }
 
     fn cpus_for(&self, vcpus: u32) -> String {
@@ -77,7 +79,6 @@ impl Backend for LocalBackend {
     }
 
     fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
-        let fail = |reason: String| launch.error(reason);
         let (log, log_err) = launch.prepare()?;
         let mut command = Command::new(&self.praas);
         command
@@ -91,12 +92,12 @@ impl Backend for LocalBackend {
         if self.cgroups.is_none() {
             command.args(["--memory-mb", &launch.resources.memory_mb.to_string()]);
         }
-        let mut child = command.spawn().map_err(|e| fail(format!("{}: {e}", self.praas.display())))?;
+        let mut child = command.spawn().map_err(|e| launch.error_from(self.praas.display().to_string(), e))?;
         let pid = child.id();
-        if let Err(reason) = self.confine(launch, pid) {
+        if let Err(e) = self.confine(launch, pid) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(fail(format!("cannot apply its resources: {reason}")));
+            return Err(e);
         }
         std::thread::Builder::new()
             .name(format!("praas-exit-{pid}"))
@@ -115,7 +116,7 @@ impl Backend for LocalBackend {
                 let success = description == "exit status 0";
                 on_exit(Exit { handle: pid.to_string(), description, success });
             })
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| launch.error_from("", e))?;
         Ok(pid.to_string())
     }
 
@@ -132,8 +133,7 @@ impl Backend for LocalBackend {
     }
 
     fn capacity(&self, _slurm: Option<&crate::model::SlurmOptions>) -> Result<crate::model::Capacity, BackendError> {
-        super::this_node()
-            .map_err(|e| BackendError { process: String::new(), reason: format!("this node's size: {e}") })
+        super::this_node().map_err(|e| BackendError::new("", "this node's size").with_source(e))
     }
 
     fn adopt(&self, handle: &str, on_exit: ExitHandler) {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use local::{alive, LocalBackend};
-pub use slurm::{default_pool_name, job_state, SlurmBackend, SlurmConfig, SlurmMode};
+pub use slurm::{default_pool_name, job_state, SlurmBackend, SlurmCommandError, SlurmConfig, SlurmError, SlurmMode};
 
 use crate::model::{Capacity, Resources};
 
@@ -64,7 +64,16 @@ pub struct Launch {
 impl Launch {
     /// An error about this launch.
     pub fn error(&self, reason: impl Into<String>) -> BackendError {
-        BackendError { process: self.process.clone(), reason: reason.into() }
+        BackendError::new(&self.process, reason)
+    }
+
+    /// An error about this launch caused by `source` (an `io::Error`, a Slurm command's failure).
+    pub fn error_from(
+        &self,
+        reason: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> BackendError {
+        BackendError::new(&self.process, reason).with_source(source)
     }
 
     /// The arguments of `praas process serve` for this launch, listening on `listen` with
@@ -102,7 +111,7 @@ impl Launch {
     /// the log (appending, 0600) twice: for the process's standard output and error.
     pub fn prepare(&self) -> Result<(File, File), BackendError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let io = |path: &Path, e: std::io::Error| self.error(format!("{}: {e}", path.display()));
+        let io = |path: &Path, e: std::io::Error| self.error_from(path.display().to_string(), e);
         let private_dir = |path: &Path| fs::DirBuilder::new().recursive(true).mode(0o700).create(path);
         private_dir(&self.files_dir).map_err(|e| io(&self.files_dir, e))?;
         if let Some(parent) = self.log.parent() {
@@ -115,14 +124,44 @@ impl Launch {
     }
 }
 
-/// Why a process could not be started.
+/// Why a process could not be started, or the backend cannot say what a node offers.
 #[derive(Debug, Error)]
-#[error("cannot start process {process}: {reason}")]
+#[error("cannot start process {process}: {}", cause(.reason, .source))]
 pub struct BackendError {
-    /// The process.
+    /// The process (empty when the error is about no process).
     pub process: String,
-    /// Why.
+    /// Why, in the backend's words (without the text of `source`).
     pub reason: String,
+    /// The failure underneath, when there is one: an `io::Error` (its kind kept), a Slurm
+    /// command's failure.
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// `reason`, then `: SOURCE` when there is a source (the source alone for an empty reason).
+fn cause(reason: &str, source: &Option<Box<dyn std::error::Error + Send + Sync>>) -> String {
+    match source {
+        Some(source) if reason.is_empty() => source.to_string(),
+        Some(source) => format!("{reason}: {source}"),
+        None => reason.to_owned(),
+    }
+}
+
+impl BackendError {
+    /// An error about `process` (empty: about none).
+    pub fn new(process: &str, reason: impl Into<String>) -> Self {
+        Self { process: process.to_owned(), reason: reason.into(), source: None }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Why, with the failure underneath: the message without the process.
+    pub fn cause(&self) -> String {
+        cause(&self.reason, &self.source)
+    }
 }
 
 /// How a started process ended.

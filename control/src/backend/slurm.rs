@@ -22,13 +22,64 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use thiserror::Error;
+
 use super::{Backend, BackendError, Exit, ExitHandler, Launch, Placement};
 use crate::model::{Capacity, SlurmOptions};
+
+/// Why a Slurm command (`sinfo`, `squeue`, `salloc`, `scancel`, ...) failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SlurmCommandError {
+    /// The command could not be run at all.
+    #[error("cannot run {program}: {source}")]
+    Run {
+        /// The program as run (`timeout sinfo`, `salloc`).
+        program: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command gave no answer in time (Slurm's clients retry for minutes without slurmctld).
+    #[error("{command}: no answer within 15 s (is slurmctld up?)")]
+    NoAnswer {
+        /// The command line.
+        command: String,
+    },
+    /// The program is not installed.
+    #[error("cannot run {program}: not found (are the Slurm client tools installed?)")]
+    NotInstalled {
+        /// The program.
+        program: String,
+    },
+    /// The command ran and failed.
+    #[error("{command}: {status} {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+}
+
+/// Why the Slurm backend could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SlurmError {
+    /// The cluster does not answer (`sinfo` failed).
+    #[error("the Slurm backend cannot reach its cluster: {0}")]
+    Unreachable(#[source] SlurmCommandError),
+    /// The pool's allocation was not granted (`salloc` failed).
+    #[error(transparent)]
+    Pool(SlurmCommandError),
+}
 
 /// How processes get their Slurm resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,22 +180,23 @@ pub struct SlurmBackend {
 
 /// Runs a Slurm command and returns its standard output, or why it failed. Bounded by
 /// `timeout`: Slurm's clients retry for a minute and more when slurmctld is away.
-fn slurm_command(program: &str, args: &[String]) -> Result<String, String> {
+fn slurm_command(program: &str, args: &[String]) -> Result<String, SlurmCommandError> {
     let out = Command::new("timeout")
         .args(["--kill-after=2", "15", program])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run timeout {program}: {e}"))?;
+        .map_err(|source| SlurmCommandError::Run { program: format!("timeout {program}"), source })?;
+    let command = || format!("{program} {}", args.join(" "));
     if out.status.code() == Some(124) {
-        return Err(format!("{program} {}: no answer within 15 s (is slurmctld up?)", args.join(" ")));
+        return Err(SlurmCommandError::NoAnswer { command: command() });
     }
     if out.status.code() == Some(127) {
-        return Err(format!("cannot run {program}: not found (are the Slurm client tools installed?)"));
+        return Err(SlurmCommandError::NotInstalled { program: program.to_owned() });
     }
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{program} {}: {} {}", args.join(" "), out.status, stderr.trim()));
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        return Err(SlurmCommandError::Failed { command: command(), status: out.status, stderr });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -193,10 +245,9 @@ fn final_job_state(job: &str) -> String {
 impl SlurmBackend {
     /// A backend starting `praas` (its path on the nodes: the shared filesystem or the same
     /// install everywhere). In pool mode this waits until the pool's allocation is granted.
-    pub fn new(praas: PathBuf, config: SlurmConfig) -> Result<Self, String> {
+    pub fn new(praas: PathBuf, config: SlurmConfig) -> Result<Self, SlurmError> {
         // A clear refusal at start beats a FAILURE at the first process.
-        slurm_command("sinfo", &["-h".into(), "-o".into(), "%P".into()])
-            .map_err(|e| format!("the Slurm backend cannot reach its cluster: {e}"))?;
+        slurm_command("sinfo", &["-h".into(), "-o".into(), "%P".into()]).map_err(SlurmError::Unreachable)?;
         let stamp = praas_dataplane::state::now_ns() % 1_000_000_000;
         let prefix = format!("praas-{}-{stamp}", std::process::id());
         let pool = match config.mode {
@@ -208,7 +259,7 @@ impl SlurmBackend {
                         tracing::info!(job, name, "reusing the running Slurm pool");
                         Some(job)
                     }
-                    None => Some(Self::allocate_pool(&config, &name)?),
+                    None => Some(Self::allocate_pool(&config, &name).map_err(SlurmError::Pool)?),
                 }
             }
         };
@@ -222,7 +273,7 @@ impl SlurmBackend {
     }
 
     /// `salloc --no-shell`: a standing allocation of whole nodes; returns its job id.
-    fn allocate_pool(config: &SlurmConfig, name: &str) -> Result<String, String> {
+    fn allocate_pool(config: &SlurmConfig, name: &str) -> Result<String, SlurmCommandError> {
         let mut args = vec![
             "--no-shell".to_owned(),
             format!("--nodes={}", config.pool_nodes.max(1)),
@@ -236,13 +287,17 @@ impl SlurmBackend {
             .env_remove("SLURM_JOBID")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| format!("cannot run salloc: {e}"))?;
+            .map_err(|source| SlurmCommandError::Run { program: "salloc".into(), source })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         let job = stderr
             .lines()
             .find_map(|line| line.split("Granted job allocation ").nth(1))
             .map(|id| id.trim().to_owned())
-            .ok_or_else(|| format!("salloc {}: {} {}", args.join(" "), out.status, stderr.trim()))?;
+            .ok_or_else(|| SlurmCommandError::Failed {
+                command: format!("salloc {}", args.join(" ")),
+                status: out.status,
+                stderr: stderr.trim().to_owned(),
+            })?;
         tracing::info!(job, nodes = config.pool_nodes, "Slurm pool allocated");
         Ok(job)
     }
@@ -321,16 +376,15 @@ impl Backend for SlurmBackend {
         if let Some(partition) = &partition {
             args.extend(["-p".into(), partition.clone()]);
         }
-        let error = |reason: String| BackendError { process: String::new(), reason };
-        let out = slurm_command("sinfo", &args).map_err(error)?;
+        let out = slurm_command("sinfo", &args).map_err(|e| BackendError::new("", "").with_source(e))?;
         let (cpus, memory_mb) = largest_node(&out).ok_or_else(|| {
-            error(format!("sinfo lists no node{}", partition.map(|p| format!(" in {p}")).unwrap_or_default()))
+            let partition = partition.map(|p| format!(" in {p}")).unwrap_or_default();
+            BackendError::new("", format!("sinfo lists no node{partition}"))
         })?;
         Ok(Capacity { cpus, memory_mb, what: "the largest node of the Slurm partition" })
     }
 
     fn start(&self, launch: &Launch, on_exit: ExitHandler) -> Result<String, BackendError> {
-        let fail = |reason: String| launch.error(reason);
         let (log, log_err) = launch.prepare()?;
         let logs = launch.log.parent().map(PathBuf::from).unwrap_or_default();
         let handle = format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed));
@@ -348,7 +402,7 @@ impl Backend for SlurmBackend {
             (SlurmMode::Pool, Some(pool)) => {
                 command.arg(format!("--jobid={pool}")).arg("--exact");
             }
-            (SlurmMode::Pool, None) => return Err(fail("the Slurm pool was released".into())),
+            (SlurmMode::Pool, None) => return Err(launch.error("the Slurm pool was released")),
             (SlurmMode::Job, _) => {
                 command
                     .args(self.config.placement_args(launch.slurm.as_ref()))
@@ -371,7 +425,7 @@ impl Backend for SlurmBackend {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let mut child = command.spawn().map_err(|e| fail(format!("cannot run srun: {e}")))?;
+        let mut child = command.spawn().map_err(|e| launch.error_from("cannot run srun", e))?;
         self.running().insert(handle.clone(), Running { placement: placement.clone(), srun: child.id() });
         let mode = self.config.mode;
         let watched = handle.clone();
@@ -402,7 +456,7 @@ impl Backend for SlurmBackend {
                 };
                 on_exit(Exit { handle: watched, description, success });
             })
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| launch.error_from("", e))?;
         Ok(handle)
     }
 

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use praas_control::cli::Api;
+use praas_control::cli::{Api, ApiCallError};
 use praas_control::model::{ProcessRecord, ProcessStatus};
-use praas_dataplane::testing::example_functions;
+use praas_control::routes;
+use praas_testkit::example_functions;
 
 /// A control plane child process, killed (with its processes) when dropped.
 pub struct ControlPlaneProcess {
@@ -142,7 +143,7 @@ impl ControlPlaneProcess {
     }
 
     pub fn process(&self, app: &str, name: &str) -> ProcessRecord {
-        self.api.get(&format!("/apps/{app}/processes/{name}")).unwrap()
+        self.api.get(&routes::process(app, name)).unwrap()
     }
 
     /// Waits until a process reaches `status`.
@@ -162,7 +163,13 @@ impl ControlPlaneProcess {
         }
     }
 
-    pub fn invoke(&self, app: &str, process: Option<&str>, function: &str, input: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn invoke(
+        &self,
+        app: &str,
+        process: Option<&str>,
+        function: &str,
+        input: &[u8],
+    ) -> Result<Vec<u8>, ApiCallError> {
         self.api.invoke(app, function, process, input)
     }
 }
@@ -170,9 +177,9 @@ impl ControlPlaneProcess {
 impl Drop for ControlPlaneProcess {
     fn drop(&mut self) {
         // Stop the processes it started, then the control plane itself.
-        if let Ok(apps) = self.api.get::<Vec<praas_control::controller::AppView>>("/apps") {
+        if let Ok(apps) = self.api.get::<Vec<praas_control::controller::AppView>>(&routes::apps()) {
             for app in apps {
-                if let Ok(processes) = self.api.get::<Vec<ProcessRecord>>(&format!("/apps/{}/processes", app.name)) {
+                if let Ok(processes) = self.api.get::<Vec<ProcessRecord>>(&routes::processes(&app.name)) {
                     for p in processes {
                         if let Some(pid) = p.pid {
                             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
