@@ -341,12 +341,6 @@ impl Client {
         Ok(())
     }
 
-    /// Sends bytes as they are: for tests of how a process treats a broken peer.
-    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.flush()?;
-        self.stream.write_all(bytes).map_err(|e| self.read_error(e))
-    }
-
     /// Waits for the response to `id`, keeping responses to other ids for later.
     pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
         // (An empty map is not hashed into: most waits find nothing early.)

@@ -25,7 +25,6 @@ pub mod protocol;
 pub mod session;
 pub mod state;
 pub mod swap;
-pub mod testing;
 pub mod transport;
 
 pub use auth::{Credentials, Secret};

@@ -41,7 +41,7 @@ use crate::auth::{Secret, NONCE_LEN, PROOF_LEN};
 use crate::handshake::{introduce, HandshakeError, HandshakeWire, Introduction};
 use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
-use crate::protocol::{FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
+use crate::protocol::{FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 
 /// Idle connections kept per peer; more concurrent puts open more, closed after use.
 const MAX_IDLE_PER_PEER: usize = 8;
@@ -271,9 +271,36 @@ fn rearm(set: Option<Duration>, left: Duration) -> bool {
     !matches!(set, Some(set) if set <= left && set >= left / 2)
 }
 
+/// Why a frame did not cross a peer connection. Only its text reaches the
+/// [`PeerError`] (`Unreachable::reason`); the I/O error stays its source until then.
+#[derive(Debug, thiserror::Error)]
 enum WireError {
+    /// The deadline passed.
+    #[error("timed out")]
     Timeout,
-    Io(String),
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    /// The socket failed while `doing` this.
+    #[error("{doing}: {source}")]
+    While {
+        /// `sending`, `receiving`.
+        doing: &'static str,
+        /// What failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer sent what is not the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] FrameError),
+    /// The peer's answer is larger than an answer may be.
+    #[cfg(feature = "rdma")]
+    #[error("protocol error: an answer of {0} bytes")]
+    AnswerTooLarge(usize),
+    /// The RDMA connection failed.
+    #[cfg(feature = "rdma")]
+    #[error(transparent)]
+    Rdma(crate::client::ClientError),
 }
 
 impl Wire {
@@ -299,7 +326,7 @@ impl Wire {
                 client.set_timeout(left(deadline).ok_or(WireError::Timeout)?);
                 let frame = client.recv_frame().map_err(WireError::from)?;
                 if frame.meta.len() + frame.payload.len() > limits.max_frame {
-                    return Err(WireError::Io(format!("protocol error: an answer of {} bytes", frame.payload.len())));
+                    return Err(WireError::AnswerTooLarge(frame.payload.len()));
                 }
                 Ok(frame)
             }
@@ -329,7 +356,7 @@ impl From<crate::client::ClientError> for WireError {
     fn from(err: crate::client::ClientError) -> Self {
         match err {
             crate::client::ClientError::Timeout(_) => Self::Timeout,
-            other => Self::Io(other.to_string()),
+            other => Self::Rdma(other),
         }
     }
 }
@@ -344,7 +371,7 @@ impl TcpWire {
         while sent < total {
             let left = left(deadline).ok_or(WireError::Timeout)?;
             if rearm(self.write_timeout, left) {
-                self.stream.set_write_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+                self.stream.set_write_timeout(Some(left)).map_err(WireError::Io)?;
                 self.write_timeout = Some(left);
             }
             let mut skip = sent;
@@ -358,11 +385,14 @@ impl TcpWire {
                 skip = 0;
             }
             match self.stream.write_vectored(&iov) {
-                Ok(0) => return Err(WireError::Io("sending: the connection takes no more bytes".into())),
+                Ok(0) => {
+                    let source = io::Error::new(io::ErrorKind::WriteZero, "the connection takes no more bytes");
+                    return Err(WireError::While { doing: "sending", source });
+                }
                 Ok(n) => sent += n,
                 // The socket's timeout passed: look at the deadline again.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted || timed_out(&e) => {}
-                Err(e) => return Err(WireError::Io(format!("sending: {e}"))),
+                Err(source) => return Err(WireError::While { doing: "sending", source }),
             }
         }
         Ok(())
@@ -373,15 +403,18 @@ impl TcpWire {
         while filled < buf.len() {
             let left = left(deadline).ok_or(WireError::Timeout)?;
             if rearm(self.read_timeout, left) {
-                self.stream.set_read_timeout(Some(left)).map_err(|e| WireError::Io(e.to_string()))?;
+                self.stream.set_read_timeout(Some(left)).map_err(WireError::Io)?;
                 self.read_timeout = Some(left);
             }
             match self.stream.read(&mut buf[filled..]) {
-                Ok(0) => return Err(WireError::Io("the peer closed the connection".into())),
+                Ok(0) => {
+                    let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection");
+                    return Err(WireError::Io(closed));
+                }
                 Ok(n) => filled += n,
                 // The socket's timeout passed: look at the deadline again.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted || timed_out(&e) => {}
-                Err(e) => return Err(WireError::Io(format!("receiving: {e}"))),
+                Err(source) => return Err(WireError::While { doing: "receiving", source }),
             }
         }
         Ok(())
@@ -390,7 +423,7 @@ impl TcpWire {
     fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<OwnedFrame, WireError> {
         let mut head = [0u8; HEADER_LEN];
         self.read_exact(&mut head, deadline)?;
-        let header = Header::decode(&head, limits).map_err(|e| WireError::Io(format!("protocol error: {e}")))?;
+        let header = Header::decode(&head, limits)?;
         let mut body = vec![0u8; header.body_len()];
         self.read_exact(&mut body, deadline)?;
         let payload = body.split_off(header.meta_len as usize);
@@ -562,7 +595,7 @@ impl PeerDirectory {
         let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
         let wire = |err: WireError| match err {
             WireError::Timeout => timeout_error(),
-            WireError::Io(reason) => unreachable(reason),
+            err => unreachable(err.to_string()),
         };
         conn.wire.send(header, key.as_bytes(), data, deadline).map_err(wire)?;
         let ack = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
@@ -691,8 +724,8 @@ impl PeerDirectory {
             Err(HandshakeError::Wire(WireError::Timeout)) => {
                 Err(PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started })
             }
-            Err(HandshakeError::Wire(WireError::Io(reason))) => {
-                Err(PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason })
+            Err(HandshakeError::Wire(err)) => {
+                Err(PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason: err.to_string() })
             }
         }
     }
@@ -760,5 +793,19 @@ mod tests {
         // Its own mailbox needs no secret.
         peers.put("me", "k", b"local", Duration::ZERO).unwrap();
         assert_eq!(mailbox.len(), 1);
+    }
+
+    #[test]
+    fn wire_errors_keep_the_io_error_and_read_as_they_did() {
+        use std::error::Error as _;
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        let err = WireError::While { doing: "sending", source: reset };
+        assert_eq!(err.to_string(), format!("sending: {}", io::Error::from(io::ErrorKind::ConnectionReset)));
+        let source = err.source().and_then(|s| s.downcast_ref::<io::Error>()).expect("the io::Error is the source");
+        assert_eq!(source.kind(), io::ErrorKind::ConnectionReset);
+        let closed = WireError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed the connection"));
+        assert_eq!(closed.to_string(), "the peer closed the connection");
+        let bad = WireError::from(FrameError::BadVersion(9));
+        assert_eq!(bad.to_string(), format!("protocol error: {}", FrameError::BadVersion(9)));
     }
 }

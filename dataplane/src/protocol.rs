@@ -160,6 +160,7 @@ impl std::fmt::Display for Status {
 
 /// Why a header was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The first two bytes were not `PR`.
     #[error("bad magic {0:02x?}: not a praas frame")]
@@ -278,6 +279,13 @@ impl Header {
         }
         Ok(header)
     }
+}
+
+/// The id field of the header that starts `bytes`, whatever the rest of the header holds (0 when
+/// `bytes` end before it): the id the answer to a frame that failed to decode names.
+#[inline]
+pub fn header_id(bytes: &[u8]) -> u64 {
+    bytes.get(8..16).and_then(|id| <[u8; 8]>::try_from(id).ok()).map_or(0, u64::from_le_bytes)
 }
 
 /// A whole frame decoded from a contiguous buffer, borrowing its metadata and payload.
@@ -470,6 +478,17 @@ mod tests {
         encode_frame(&mut response, Header::response(7, Status::Ok, 0, 0), b"", b"hi").unwrap();
         assert_eq!(response[..4], [0x50, 0x52, 0x01, 0x02]);
         assert_eq!(response[20..], [0x02, 0, 0, 0, b'h', b'i']);
+    }
+
+    #[test]
+    fn the_id_of_a_broken_header_is_read_where_it_would_be() {
+        let mut head = Header::invoke(0xfeed_beef_0000_0001, 3, 0, 0).encode();
+        head[0] = 0;
+        head[3] = 99;
+        assert_eq!(header_id(&head), 0xfeed_beef_0000_0001);
+        assert_eq!(header_id(&head[..16]), 0xfeed_beef_0000_0001);
+        assert_eq!(header_id(&head[..15]), 0, "too short to hold an id");
+        assert_eq!(header_id(&[]), 0);
     }
 
     #[test]

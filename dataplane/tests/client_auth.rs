@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use praas_dataplane::auth;
 use praas_dataplane::protocol::{Header, MessageKind};
-use praas_dataplane::testing::{example_manifest, pattern, serve_on};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     Client, ClientError, ClientOptions, Credentials, FunctionRegistry, Process, ProcessConfig, Secret, ServerHandle,
     Status,
 };
+use praas_testkit::raw::RawConnection;
+use praas_testkit::{example_manifest, pattern, serve_on};
 
 const APP: &str = "guarded-app";
 const SECRET: &str = "the secret of guarded-app";
@@ -94,12 +95,20 @@ fn a_wrong_key_the_secret_itself_or_another_application_is_refused(kind: Transpo
 
 fn a_client_cannot_pass_for_a_process(kind: TransportKind) {
     let (process, server) = start(kind);
-    let mut client = connect(kind, &server, Some(credentials(&auth::client_key(SECRET)))).unwrap();
-    // A message to the process's mailbox is what only processes of the application may send.
+    // An authenticated client (the handshake the SDK runs, over a plain socket)...
+    let mut raw = RawConnection::connect(server.local_addr(), Duration::from_secs(10)).unwrap();
+    raw.authenticate(&credentials(&auth::client_key(SECRET))).expect("the client key is accepted");
+    // ...sends a message to the process's mailbox: what only processes of the application may send.
     let header = Header { kind: MessageKind::Message, meta_len: 3, status: 0, id: 7, timeout_ms: 0, payload_len: 4 };
-    client.send_raw(&[&header.encode()[..], b"key", b"data"].concat()).unwrap();
-    assert!(client.invoke("echo", b"x").is_err(), "refused and closed");
+    raw.send(&[&header.encode()[..], b"key", b"data"].concat()).unwrap();
+    let frames = raw.frames_until_closed(Duration::from_secs(10));
+    let [refusal] = &frames[..] else { panic!("one refusal before the close, got {frames:?}") };
+    assert_eq!((refusal.header.kind, refusal.header.id), (MessageKind::MessageAck, 7), "{refusal:?}");
+    assert_eq!(Status::from_code(refusal.header.status), Status::Unauthenticated, "{refusal:?}");
     assert!(process.mailbox().is_empty(), "nothing reached the mailbox");
+    // The process serves the others on.
+    let mut client = connect(kind, &server, Some(credentials(&auth::client_key(SECRET)))).unwrap();
+    assert_eq!(client.invoke("echo", b"after").unwrap(), b"after");
 }
 
 on_both_transports!(

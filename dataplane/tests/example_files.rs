@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use praas_dataplane::testing::{example_manifest, serve_on};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{Client, ClientError, ClientOptions, ProcessConfig, ServerHandle, Status};
+use praas_testkit::{example_manifest, serve_on};
 
 /// The state-files folder the processes of this binary run in, and a folder beside it (outside)
 /// holding a file no function may read or write.
@@ -35,7 +35,7 @@ fn folders() -> &'static Folders {
         std::fs::write(outside.join("private.txt"), b"not for functions").unwrap();
         std::fs::write(base.join("x"), b"the parent's file").unwrap();
         // Before any process of this binary starts: the example library is built by absolute path.
-        let _ = praas_dataplane::testing::example_functions();
+        let _ = praas_testkit::example_functions();
         std::env::set_current_dir(&files).unwrap();
         Folders { files, outside }
     })

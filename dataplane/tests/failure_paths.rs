@@ -13,12 +13,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::protocol::{decode_frame, encode_frame, Decoded, FrameLimits, Header, MessageKind, HEADER_LEN};
-use praas_dataplane::testing::pattern;
-use praas_dataplane::testing::{example_manifest, serve_on};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     Client, ClientError, ClientOptions, FunctionRegistry, Process, ProcessConfig, Status, Transport,
 };
+use praas_testkit::{example_manifest, linux, pattern, serve_on, wait_until};
 
 fn config(workers: usize) -> ProcessConfig {
     ProcessConfig { id: "failure-paths".into(), workers, ..ProcessConfig::default() }
@@ -94,16 +93,23 @@ fn a_peer_reset_mid_frame_leaks_nothing(kind: TransportKind) {
         large[..(600 << 10)].to_vec(),
         [invoke_frame(3, "echo", b"a"), invoke_frame(4, "sleep", b"200"), large[..5000].to_vec()].concat(),
     ];
+    let sleep_case = cases.len() - 1;
     for (n, bytes) in cases.iter().enumerate() {
+        let finished = process.metrics().invocations();
         let mut raw = TcpStream::connect(addr).unwrap();
         raw.write_all(bytes).unwrap();
-        thread::sleep(Duration::from_millis(20));
+        // The process has read every byte sent (and, in the last case, taken up both whole
+        // invocations: the `sleep` is on its worker or already done) before the reset.
+        wait_until(Duration::from_secs(10), format_args!("the process to read the bytes of reset case {n}"), || {
+            linux::unread_by_peer(&raw).unwrap() == Some(0)
+                && (n != sleep_case || process.in_flight() + (process.metrics().invocations() - finished) as usize >= 2)
+        });
         reset(raw);
         let mut next = client(kind, addr);
         assert_eq!(next.invoke("echo", b"still serving").unwrap(), b"still serving", "after reset case {n}");
     }
     // The worker answers the reset peer's `sleep` into the void; the process goes on.
-    thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(10), "the reset peer's `sleep` to finish", || process.in_flight() == 0);
     let mut next = client(kind, addr);
     assert_eq!(next.invoke("echo_worker", b"after").unwrap(), b"after");
     drop(next);
@@ -277,8 +283,8 @@ fn zero_copy_sends_deliver_every_byte() {
     let options =
         UringOptions { zero_copy_threshold: Some(16 << 10), zero_copy_on_loopback: true, ..UringOptions::default() };
     let transport = UringTransport::bind("127.0.0.1:0".parse().unwrap(), Arc::clone(&process), options).unwrap();
+    let stats = transport.stats();
     let server = Box::new(transport).spawn().unwrap();
-    let fixed_before = praas_dataplane::transport::uring::fixed_sends();
     let mut client = client(TransportKind::Uring, server.local_addr());
     for (n, size) in [16 << 10, 100_000, 1 << 20, 5 << 20].into_iter().enumerate() {
         let input = pattern(size, 500 + n as u64);
@@ -287,7 +293,7 @@ fn zero_copy_sends_deliver_every_byte() {
     // Run as root (as CI does), the large outputs leave from registered buffers.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
-        assert!(praas_dataplane::transport::uring::fixed_sends() > fixed_before, "no send from a registered buffer");
+        assert!(stats.fixed_sends() > 0, "no send from a registered buffer");
     }
     // Large and small responses pipelined: the first large one from a registered buffer, the
     // ones queued behind it by the ordinary path, in order.

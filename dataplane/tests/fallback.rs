@@ -6,9 +6,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use praas_dataplane::testing::{example_manifest, serve_on};
 use praas_dataplane::transport::{uring, uring_available, TransportKind};
 use praas_dataplane::{Client, ClientOptions, ProcessConfig};
+use praas_testkit::{example_manifest, serve_on};
 
 const CHILD: &str = "PRAAS_TEST_FORBID_IO_URING";
 
@@ -73,7 +73,7 @@ fn auto_falls_back_to_mio_where_seccomp_forbids_io_uring() {
         return;
     }
     // Build the example functions here, so that the child finds them built.
-    let _ = praas_dataplane::testing::example_functions();
+    let _ = praas_testkit::example_functions();
     let output = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_serves_over_mio_when_io_uring_is_forbidden", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")

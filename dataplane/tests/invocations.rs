@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, HEADER_LEN};
-use praas_dataplane::testing::pattern;
-use praas_dataplane::testing::{c_functions, example_functions, example_manifest, serve_on, spec};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     Client, ClientError, ClientOptions, FunctionRegistry, Process, ProcessConfig, ServerHandle, Status,
 };
+use praas_testkit::pattern;
+use praas_testkit::{c_functions, example_functions, example_manifest, serve_on, spec};
 
 fn config(workers: usize) -> ProcessConfig {
     ProcessConfig { id: "test-process".into(), workers, ..ProcessConfig::default() }

@@ -18,9 +18,9 @@ use praas_dataplane::mailbox::{Mailbox, MailboxError};
 use praas_dataplane::peer::{PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
 use praas_dataplane::swap::SwapStore;
-use praas_dataplane::testing::{c_functions, example_manifest, serve_on, spec};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, Secret, ServerHandle, Status};
+use praas_testkit::{c_functions, example_manifest, linux, serve_on, spec, wait_until};
 
 const APP: &str = "ring-app";
 const SECRET: &str = "a secret only ring-app's processes know";
@@ -89,7 +89,7 @@ fn ten_thousand_messages_go_around_a_ring_in_order_per_key(kind: TransportKind) 
     let nodes = cluster(kind, &["p0", "p1", "p2"]);
     let procs: Vec<Arc<Process>> = nodes.iter().map(|n| Arc::clone(&n.process)).collect();
     let started = Instant::now();
-    praas_dataplane::testing::message_ring(&procs, KEYS, PER_KEY, LONG);
+    praas_testkit::message_ring(&procs, KEYS, PER_KEY, LONG);
     for process in &procs {
         assert!(process.mailbox().is_empty(), "{} has undelivered messages", process.id());
     }
@@ -132,14 +132,24 @@ fn get_times_out_and_takes_from_any_source_oldest_first(kind: TransportKind) {
     assert_eq!(mailbox.get(None, "k", LONG).unwrap(), ("b0".into(), b"from b0".to_vec()));
     assert_eq!(mailbox.get(None, "k", LONG).unwrap(), ("b2".into(), b"from b2".to_vec()));
     // A get waiting for a source is woken by that source only.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let waiter = {
         let process = Arc::clone(&nodes[1].process);
-        thread::spawn(move || process.mailbox().get(Some("b2"), "later", LONG))
+        thread::spawn(move || {
+            tid_tx.send(linux::current_tid()).unwrap();
+            process.mailbox().get(Some("b2"), "later", LONG)
+        })
     };
+    let waiter_tid = tid_rx.recv().unwrap();
+    let asleep = || linux::thread_state(std::process::id(), waiter_tid) == Some('S');
+    wait_until(LONG, "the get for b2's message to wait", asleep);
     nodes[0].process.peers().put("b1", "later", b"not this", LONG).unwrap();
-    thread::sleep(Duration::from_millis(20));
+    // Whether or not b0's message woke it, the get waits on for b2's.
+    wait_until(LONG, "the get for b2's message to wait again after b0's arrived", asleep);
+    assert!(!waiter.is_finished(), "the get for b2's message returned on b0's");
     nodes[2].process.peers().put("b1", "later", b"this", LONG).unwrap();
     assert_eq!(waiter.join().unwrap().unwrap(), ("b2".into(), b"this".to_vec()));
+    assert_eq!(mailbox.get(Some("b0"), "later", Duration::ZERO).unwrap().1, b"not this", "b0's message kept");
 }
 
 fn a_process_of_another_application_or_with_a_wrong_secret_is_refused(kind: TransportKind) {
@@ -500,7 +510,7 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
             Client::connect_with(addr, options).unwrap().invoke("msg_get", b"g0 wait 10000")
         })
     };
-    thread::sleep(Duration::from_millis(50));
+    wait_until(LONG, "the msg_get on g1 to be in flight", || nodes[1].process.in_flight() == 1);
     assert_eq!(c0.invoke("msg_put", b"g1 wait woke").unwrap(), b"stored");
     assert_eq!(waiter.join().unwrap().unwrap(), b"g0 woke");
 

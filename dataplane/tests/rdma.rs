@@ -20,12 +20,12 @@ use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::peer::{DeliveryCounts, PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header};
-use praas_dataplane::testing::{pattern, spec};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     ClientError, FunctionRegistry, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport,
     ServerHandle, Status, Transport,
 };
+use praas_testkit::{linux, pattern, spec, wait_until};
 
 macro_rules! require_rdma {
     () => {{
@@ -35,7 +35,7 @@ macro_rules! require_rdma {
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .try_init();
-        match praas_dataplane::testing::rdma_test_addr() {
+        match praas_testkit::rdma_test_addr() {
             Some(addr) => addr,
             None => return,
         }
@@ -43,7 +43,7 @@ macro_rules! require_rdma {
 }
 
 fn manifest() -> Manifest {
-    let lib = praas_dataplane::testing::example_functions();
+    let lib = praas_testkit::example_functions();
     let functions = vec![
         spec("echo", &lib, None, ExecutionMode::Inline),
         spec("noop", &lib, None, ExecutionMode::Inline),
@@ -268,7 +268,7 @@ fn child_client_for_the_late_wake_test() {
     let mut c = RdmaClient::connect_with(addr.parse::<SocketAddr>().expect("a socket address"), options)
         .expect("connect over RDMA");
     let id = c.submit("sleep", b"300").expect("submit");
-    println!("waiting");
+    println!("waiting on thread {}", linux::current_tid());
     match c.wait(id) {
         Ok(out) => println!("answer {}", String::from_utf8_lossy(&out)),
         Err(e) => println!("error {e}"),
@@ -297,20 +297,38 @@ fn an_answer_that_arrives_with_the_close_is_still_delivered() {
     let pid = child.id() as libc::pid_t;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     // (libtest prints the test's name on the line of its first output.)
-    while !lines.next().expect("the child talks").expect("utf-8").ends_with("waiting") {}
-    // The child is asleep on its completion channel now; stop it until the answer has been
-    // sent and the process has closed the connection.
-    thread::sleep(Duration::from_millis(100));
+    let tid: u32 = loop {
+        let line = lines.next().expect("the child talks").expect("utf-8");
+        if let Some((_, tid)) = line.split_once("waiting on thread ") {
+            break tid.trim().parse().expect("a thread id");
+        }
+    };
+    let child_state = || linux::thread_state(child.id(), tid);
+    // The request reached the process (so the acknowledgement of its send reached the child) and
+    // the child's thread is asleep in its wait, on the completion channel and the socket, with no
+    // event pending: stop it there until the answer and the close have both arrived.
+    let events = linux::files_of(child.id(), |file| file == "anon_inode:[infinibandevent]").expect("the child's files");
+    assert!(!events.is_empty(), "the child has a completion channel");
+    let pending = || events.iter().any(|fd| linux::readable(fd).expect("poll the child's event files"));
+    wait_until(Duration::from_secs(20), "the child's request to reach the process", || {
+        process.in_flight() == 1 || process.metrics().invocations() == 1
+    });
+    wait_until(Duration::from_secs(20), "the child asleep in its wait with no event pending", || {
+        child_state() == Some('S') && !pending()
+    });
     // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "stop the child");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while process.metrics().invocations() < 1 {
-        assert!(Instant::now() < deadline, "the invocation finished");
-        thread::sleep(Duration::from_millis(20));
-    }
-    thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(20), "the child stopped", || child_state() == Some('T'));
+    wait_until(Duration::from_secs(20), "the invocation to finish", || process.metrics().invocations() == 1);
+    // The answer has arrived when its completion is on the child's channel (armed before it slept).
+    wait_until(Duration::from_secs(20), "the answer on the stopped child's completion channel", pending);
+    let addr = server.local_addr();
     server.stop().expect("the transport stops");
-    thread::sleep(Duration::from_millis(200));
+    // The close has arrived when the child's set-up socket has the process's FIN.
+    wait_until(Duration::from_secs(20), "the process's close at the stopped child's set-up socket", || {
+        let sockets = linux::tcp_sockets().expect("the TCP sockets");
+        sockets.iter().any(|s| s.remote == addr && s.state == linux::TcpState::CloseWait)
+    });
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0, "continue the child");
     let result = lines.find_map(|l| l.ok().filter(|l| l.starts_with("answer") || l.starts_with("error")));
@@ -443,7 +461,10 @@ fn an_idle_process_sleeps_on_the_completion_channel() {
         let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     };
-    thread::sleep(Duration::from_millis(50));
+    let tid = server_tid(&server);
+    wait_until(Duration::from_secs(10), "the idle I/O thread to go to sleep", || {
+        linux::thread_state(std::process::id(), tid) == Some('S')
+    });
     if let Some(before) = cpu() {
         thread::sleep(Duration::from_secs(1));
         let after = cpu().expect("the thread still exists");
@@ -497,7 +518,7 @@ fn small_invocation_round_trip_report() {
     }
     // The same over TCP (mio), for scale.
     let config = ProcessConfig { id: "tcp-compare".into(), ..ProcessConfig::default() };
-    let (_tcp_process, tcp_server) = praas_dataplane::testing::serve(&manifest(), config);
+    let (_tcp_process, tcp_server) = praas_testkit::serve(&manifest(), config);
     let mut tcp = praas_dataplane::Client::connect(tcp_server.local_addr()).expect("tcp connect");
     let input = pattern(8, 1);
     let mut times: Vec<Duration> = (0..300)
@@ -531,7 +552,7 @@ impl Peer {
             workers: 4,
             ..ProcessConfig::default()
         };
-        let (process, tcp) = praas_dataplane::testing::serve_on(TransportKind::Mio, &manifest(), config);
+        let (process, tcp) = praas_testkit::serve_on(TransportKind::Mio, &manifest(), config);
         let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
             .expect("bind the RDMA transport");
         let rdma = Box::new(transport).spawn().expect("the RDMA transport starts");
@@ -568,7 +589,7 @@ fn messages_between_processes_go_over_rdma_in_order_and_byte_exact() {
     const KEYS: usize = 3;
     const PER_KEY: usize = 300;
     let long = Duration::from_secs(60);
-    praas_dataplane::testing::message_ring(&procs, KEYS, PER_KEY, long);
+    praas_testkit::message_ring(&procs, KEYS, PER_KEY, long);
     // Sizes across the SEND / rendezvous boundary, byte-exact.
     let slot = RdmaOptions::default().recv_size;
     for (i, size) in [0, 1, slot - 24 - 4, slot, 1 << 20, 4 << 20].into_iter().enumerate() {

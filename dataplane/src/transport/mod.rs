@@ -13,6 +13,7 @@
 //! default where the kernel allows it ([`TransportKind::Auto`], `docs/uring.md`). A transport runs
 //! on its own thread ([`Transport::spawn`]) and stops through the [`ServerHandle`] it returns.
 
+pub mod policy;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod tcp;
@@ -30,6 +31,8 @@ use crate::invocation::Outcome;
 use crate::process::{Dispatched, Process, Response, ResponseSink};
 use crate::protocol::{Header, MessageKind, Status, HEADER_LEN};
 use crate::session::PeerSession;
+
+pub use policy::ConnectionOptions;
 
 /// Which TCP data-plane transport a process serves with, or a client connects with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -70,16 +73,21 @@ impl std::fmt::Display for TransportKind {
 }
 
 impl std::str::FromStr for TransportKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownTransport;
+    fn from_str(s: &str) -> Result<Self, UnknownTransport> {
         match s {
             "auto" => Ok(Self::Auto),
             "uring" | "io_uring" | "io-uring" => Ok(Self::Uring),
             "mio" | "tcp" | "epoll" => Ok(Self::Mio),
-            other => Err(format!("unknown transport {other:?}: expected uring, mio or auto")),
+            other => Err(UnknownTransport(other.to_owned())),
         }
     }
 }
+
+/// A transport name [`TransportKind`] does not know (the name given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown transport {0:?}: expected uring, mio or auto")]
+pub struct UnknownTransport(pub String);
 
 /// Whether io_uring serves here: probed once per process; the first negative answer logs why.
 pub fn uring_available() -> bool {
@@ -353,17 +361,6 @@ impl FlatBuf {
 pub(crate) struct LargeFrame {
     pub(crate) header: Header,
     pub(crate) body: crate::buffer::PoolBuf,
-}
-
-/// Where a byte-stream transport is in reading a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReadState {
-    /// Reading frames.
-    Open,
-    /// The peer closed its side; answer what is pending, then close.
-    Draining,
-    /// The peer broke the protocol; discard its input until it closes or the deadline passes.
-    Lingering(std::time::Instant),
 }
 
 /// Accepts every connection waiting on a non-blocking listener (edge-triggered readiness: until

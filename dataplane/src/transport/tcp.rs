@@ -28,12 +28,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState, Refusal};
 use super::{
-    accept_waiting, flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState,
-    ServerHandle, Transport,
+    accept_waiting, flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ServerHandle,
+    Transport,
 };
 use crate::buffer::{Payload, PoolBuf};
-use crate::invocation::Outcome;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
 use crate::session::PeerSession;
@@ -46,22 +46,13 @@ const WAKER: Token = Token(usize::MAX);
 pub struct TcpOptions {
     /// Size of each connection's read chunk; larger frames get a buffer of their own.
     pub read_chunk: usize,
-    /// Invocations of one connection at the workers before it stops being read.
-    pub max_outstanding: usize,
-    /// Response bytes queued for one connection before it stops being read.
-    pub max_queued_bytes: usize,
-    /// How long a connection that broke the protocol may keep sending before it is closed.
-    pub linger: Duration,
+    /// Back-pressure, and the linger of a connection that broke the protocol.
+    pub connection: ConnectionOptions,
 }
 
 impl Default for TcpOptions {
     fn default() -> Self {
-        Self {
-            read_chunk: 256 << 10,
-            max_outstanding: 4096,
-            max_queued_bytes: 64 << 20,
-            linger: Duration::from_secs(2),
-        }
+        Self { read_chunk: 256 << 10, connection: ConnectionOptions::default() }
     }
 }
 
@@ -343,7 +334,7 @@ impl EventLoop {
             paused: false,
             hup: false,
             peer: PeerSession::default(),
-            linger: self.options.linger,
+            linger: self.options.connection.linger,
         };
         self.connections.insert(token, conn);
         Ok(())
@@ -409,17 +400,13 @@ impl Connection {
         if queue.failed {
             return true;
         }
-        match self.state {
-            ReadState::Draining => queue.frames.is_empty() && self.shared.outstanding.load(Ordering::Acquire) == 0,
-            ReadState::Lingering(until) => Instant::now() >= until,
-            ReadState::Open => false,
-        }
+        let drained = || queue.frames.is_empty() && self.shared.outstanding.load(Ordering::Acquire) == 0;
+        self.state.finished(Delivery::PeerClose, drained)
     }
 
     /// Whether the peer is the reason to stop reading: too much work or output outstanding.
     fn blocked_by_peer(&self, options: &TcpOptions) -> bool {
-        self.shared.outstanding.load(Ordering::Acquire) >= options.max_outstanding
-            || self.shared.queue().bytes >= options.max_queued_bytes
+        options.connection.blocked(self.shared.outstanding.load(Ordering::Acquire), || self.shared.queue().bytes)
     }
 
     /// Stops reading while the peer has too much outstanding; the workers' answers (which see
@@ -460,7 +447,7 @@ impl Connection {
                 self.paused = true;
                 return Step::Idle;
             }
-            Err(err) => return self.refuse(err, options),
+            Err(err) => return self.refuse(err),
         }
         if !self.make_room(process) {
             self.paused = true;
@@ -483,7 +470,7 @@ impl Connection {
                             Step::Idle
                         }
                         Ok(_) => Step::Idle,
-                        Err(err) => self.refuse(err, options),
+                        Err(err) => self.refuse(err),
                     }
                 } else {
                     Step::More
@@ -606,36 +593,13 @@ impl Connection {
             return;
         }
         self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-        match action {
-            FrameAction::Queued => {}
-            FrameAction::Respond(response) => {
-                self.shared.queue().push(OutFrame::from_response(response, process.config().max_frame))
-            }
-            FrameAction::Reply(frame) => self.shared.queue().push(frame),
-            FrameAction::ReplyAndClose(frame) => {
-                self.shared.queue().push(frame);
-                self.shared.queue().flush(&self.shared.stream);
-                let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
-                self.state = ReadState::Lingering(Instant::now() + self.linger);
-                self.start = self.chunk.len();
-            }
-        }
+        policy::act(self, action);
     }
 
-    /// Answers a protocol violation with an error and starts lingering.
-    fn refuse(&mut self, err: FrameError, options: &TcpOptions) -> Step {
-        let available = &self.chunk[self.start..];
-        let id = available.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-        tracing::debug!(id, "closing a connection that broke the protocol: {err}");
-        let response = Response { id, outcome: Outcome::error(err.status(), err.to_string()) };
-        {
-            let mut queue = self.shared.queue();
-            queue.push(OutFrame::from_response(response, self.shared.max_frame));
-            queue.flush(&self.shared.stream);
-        }
-        let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
-        self.state = ReadState::Lingering(Instant::now() + options.linger);
-        self.start = self.chunk.len();
+    /// Answers a protocol violation in the undecoded bytes as the policy says, and lingers.
+    fn refuse(&mut self, err: FrameError) -> Step {
+        let refusal = Refusal::frame(err, &self.chunk[self.start..]);
+        policy::refuse(self, refusal);
         Step::More
     }
 
@@ -656,5 +620,41 @@ impl Connection {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::More,
             Err(_) => Step::Close,
         }
+    }
+}
+
+/// How a mio connection moves bytes for the [policy](super::policy): responses and replies join
+/// its write queue (flushed after each batch of frames); a last frame is flushed at once and the
+/// sending side shut behind it.
+impl Link for Connection {
+    #[inline]
+    fn respond(&mut self, response: Response) {
+        self.shared.queue().push(OutFrame::from_response(response, self.shared.max_frame));
+    }
+
+    #[inline]
+    fn reply(&mut self, frame: OutFrame) {
+        self.shared.queue().push(frame);
+    }
+
+    fn reply_last(&mut self, frame: OutFrame, _: End) {
+        {
+            let mut queue = self.shared.queue();
+            queue.push(frame);
+            queue.flush(&self.shared.stream);
+        }
+        let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn discard_input(&mut self) {
+        self.start = self.chunk.len();
+    }
+
+    fn state(&mut self) -> &mut ReadState {
+        &mut self.state
+    }
+
+    fn linger(&self) -> Duration {
+        self.linger
     }
 }

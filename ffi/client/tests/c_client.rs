@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use praas_dataplane::testing::{example_manifest, pattern, serve, workspace_root};
 use praas_dataplane::ProcessConfig;
+use praas_testkit::{example_manifest, pattern, serve, workspace_root};
 
 /// Folder of the library cargo built for this test run (the test binary's own `deps` folder).
 fn library_dir() -> PathBuf {

@@ -20,14 +20,10 @@ use super::verbs::{
     Completion as Wc, CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
     ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
 };
+use super::window::{wr_id, wr_parts, Receives, SendWindow, Sends, TransferError, WR_RECV, WR_SLOT, WR_WRITE};
 use super::PollPolicy;
 use crate::client::{ClientError, Completion};
 use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
-
-/// Work request kinds (bits 24..32 of the id; the index is below).
-const WR_RECV: u64 = 1;
-const WR_SLOT: u64 = 2;
-const WR_WRITE: u64 = 3;
 
 /// Settings of an RDMA client connection.
 #[derive(Debug, Clone)]
@@ -74,7 +70,8 @@ struct Incoming {
 pub struct RdmaClient {
     // Field order is drop order: the QP first, so nothing is posted on the memory below.
     qp: QueuePair,
-    incoming: IdMap<u16, Incoming>,
+    /// Large responses: granted a buffer here, until the process's write fills it.
+    receives: Receives<(), Incoming>,
     recv: Registered<Box<[u8]>>,
     send: Registered<Box<[u8]>>,
     cq: Arc<CompletionQueue>,
@@ -86,21 +83,13 @@ pub struct RdmaClient {
     slot_size: usize,
     /// Bytes of one of our receive buffers.
     recv_size: usize,
-    free_slots: Vec<u32>,
-    sq_room: u32,
-    /// Send work requests posted and not yet known complete, in post order (only some are
-    /// signaled: a signaled completion retires everything posted before it too).
-    posted: VecDeque<u64>,
-    /// Unsignaled requests posted since the last signaled one.
-    unsignaled_run: u32,
+    /// The send slots, the send queue's room, and the sends in flight.
+    window: SendWindow,
     credits: u32,
     inline_max: usize,
     next_id: u64,
-    next_token: u16,
-    /// Grants received for our announcements, by token.
-    grants: IdMap<u16, Grant>,
-    /// Writes posted and not yet complete, by token.
-    writing: IdMap<u16, bool>,
+    /// Large inputs: announced, granted by the process, written until the write completes.
+    sends: Sends<()>,
     /// Announcements of the process waiting for a credit to answer them.
     to_grant: VecDeque<(u16, Grant)>,
     /// Frames received and not yet asked for.
@@ -125,12 +114,10 @@ impl std::fmt::Debug for RdmaClient {
         f.debug_struct("RdmaClient")
             .field("qpn", &self.qp.qp_num())
             .field("credits", &self.credits)
-            .field("free_slots", &self.free_slots.len())
-            .field("sq_room", &self.sq_room)
+            .field("free_slots", &self.window.free_slots())
+            .field("sq_room", &self.window.room())
             .field("to_grant", &self.to_grant.len())
-            .field("grants", &self.grants.len())
-            .field("incoming", &self.incoming.len())
-            .field("writing", &self.writing)
+            .field("sends", &self.sends.len())
             .field("ready", &self.ready.len())
             .field("early", &self.early.len())
             .field("broken", &self.broken)
@@ -218,7 +205,7 @@ impl RdmaClient {
             let addr = recv.mr().addr() + (i as usize * recv_size) as u64;
             // SAFETY: the slot lies in `recv`, registered for local write on this PD; the program
             // reads it only after its completion and `recv` outlives the QP (field order).
-            unsafe { qp.post_recv(wr_id(WR_RECV, i), addr, recv_size as u32, recv.mr().lkey())? };
+            unsafe { qp.post_recv(wr_id(0, WR_RECV, i), addr, recv_size as u32, recv.mr().lkey())? };
         }
         connect::to_rts(&qp, &port, psn, &remote)?;
         stream.set_nonblocking(true)?;
@@ -229,7 +216,7 @@ impl RdmaClient {
         let credentials = options.credentials.clone();
         let mut client = Self {
             qp,
-            incoming: IdMap::default(),
+            receives: Receives::default(),
             recv,
             send,
             cq,
@@ -239,16 +226,11 @@ impl RdmaClient {
             options,
             slot_size,
             recv_size,
-            free_slots: (0..slot_count).rev().collect(),
-            sq_room: sq_depth,
-            posted: VecDeque::new(),
-            unsignaled_run: 0,
+            window: SendWindow::new(0, slot_count, sq_depth),
             credits,
             inline_max,
             next_id: 1,
-            next_token: 0,
-            grants: IdMap::default(),
-            writing: IdMap::default(),
+            sends: Sends::default(),
             to_grant: VecDeque::new(),
             ready: VecDeque::new(),
             early: IdMap::default(),
@@ -319,46 +301,41 @@ impl RdmaClient {
         }
         // Large: register the payload where it is, announce it, write it when granted.
         let registered = Registered::new(&self.pd, payload, ACCESS_LOCAL_READ)?;
-        let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1);
-        self.send_message(Op::Rts, token, &[&header, meta], &mut deadline)?;
+        let token = self.sends.announce((), payload_len);
+        if let Err(e) = self.send_message(Op::Rts, token, &[&header, meta], &mut deadline) {
+            self.sends.remove(token);
+            return Err(e);
+        }
+        // (The grant's size is checked as it arrives.)
         let grant = loop {
-            if let Some(grant) = self.grants.remove(&token) {
+            if let Some((_, grant)) = self.sends.granted(token) {
                 break grant;
             }
             self.progress(&mut deadline)?;
         };
-        if grant.len != payload_len {
-            return Err(ClientError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the process granted another size",
-            )));
-        }
         self.wait_for_credit_and_room(&mut deadline, false)?;
         let imm = Imm::new(Op::Data, 0, token).encode();
+        let post = self.window.write_send(token);
         // SAFETY: `registered` is registered on this PD and is kept alive (below) until this
         // write's completion has been polled, or the connection is broken (then dropped only
         // with the client, after the QP).
         unsafe {
             self.qp.post_send(
-                wr_id(WR_WRITE, u32::from(token)),
+                post.id,
                 SendOp::WriteImm { remote_addr: grant.addr, rkey: grant.rkey },
                 imm,
                 registered.mr().addr(),
                 payload_len,
                 registered.mr().lkey(),
                 false,
-                true,
+                post.signaled,
             )?
         };
         self.credits -= 1;
-        self.sq_room -= 1;
-        self.posted.push_back(wr_id(WR_WRITE, u32::from(token)));
-        self.unsignaled_run = 0;
-        self.writing.insert(token, false);
+        self.window.write_posted(post);
+        self.sends.writing(token);
         let result = loop {
-            if self.writing.get(&token) == Some(&true) {
-                self.writing.remove(&token);
+            if !self.sends.is_writing(token) {
                 break Ok(());
             }
             if let Err(e) = self.progress(&mut deadline) {
@@ -370,10 +347,10 @@ impl RdmaClient {
             // is gone. Moving the QP to the error state flushes it; wait for that.
             let _ = self.qp.set_error();
             let flush_deadline = Instant::now() + Duration::from_secs(5);
-            while self.writing.get(&token) == Some(&false) && Instant::now() < flush_deadline {
+            while self.sends.is_writing(token) && Instant::now() < flush_deadline {
                 let _ = self.poll_once();
             }
-            if self.writing.get(&token) == Some(&false) {
+            if self.sends.is_writing(token) {
                 // Never completed: leak the registration rather than let the device touch freed
                 // or reused memory.
                 std::mem::forget(registered);
@@ -383,7 +360,9 @@ impl RdmaClient {
     }
 
     /// Sends bytes as one frame message, ignoring the frame format: for tests of how a process
-    /// treats a broken peer. With `ignore_credits`, sends even without a credit.
+    /// treats a broken peer. With `ignore_credits`, sends even without a credit. Only with the
+    /// feature `test-hooks`, which only dev-dependencies enable.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn send_raw(&mut self, bytes: &[u8], ignore_credits: bool) -> Result<(), ClientError> {
         let mut deadline = Deadline::new(self.options.timeout);
@@ -456,45 +435,40 @@ impl RdmaClient {
         deadline: &mut Deadline,
     ) -> Result<(), ClientError> {
         self.wait_for_credit_and_room(deadline, true)?;
-        let slot = self.free_slots.pop().expect("waited for a slot");
+        let slot = self.window.take_slot().expect("waited for a slot");
         let offset = slot as usize * self.slot_size;
         let total: usize = parts.iter().map(|p| p.len()).sum();
         assert!(total <= self.slot_size, "message larger than a send slot");
         // SAFETY: a free slot is named by no posted work request.
         let len = unsafe { self.send.write(offset, parts) };
         let imm = Imm::new(op, 0, token).encode();
-        // Signal every 8th send, and every send while slots or queue room run low, so that a
-        // completion is always on its way when the client would wait for one.
-        let signaled = self.unsignaled_run >= 7 || self.free_slots.len() < 2 || self.sq_room <= 4;
-        let id = wr_id(WR_SLOT, slot);
+        let post = self.window.slot_send(slot);
         // SAFETY: the slot lies in `send`, registered on this PD, and stays unused until the
         // completion of this send or a later one returns it to the free list; `send` outlives
         // the QP.
         let posted = unsafe {
             self.qp.post_send(
-                id,
+                post.id,
                 SendOp::SendImm,
                 imm,
                 self.send.mr().addr() + offset as u64,
                 len as u32,
                 self.send.mr().lkey(),
                 len <= self.inline_max,
-                signaled,
+                post.signaled,
             )
         };
         if let Err(e) = posted {
-            self.free_slots.push(slot);
+            self.window.give_back(slot);
             return Err(ClientError::Io(e));
         }
         self.credits -= 1;
-        self.sq_room -= 1;
-        self.posted.push_back(id);
-        self.unsignaled_run = if signaled { 0 } else { self.unsignaled_run + 1 };
+        self.window.slot_posted(post);
         Ok(())
     }
 
     fn wait_for_credit_and_room(&mut self, deadline: &mut Deadline, slot: bool) -> Result<(), ClientError> {
-        while self.credits == 0 || self.sq_room == 0 || (slot && self.free_slots.is_empty()) {
+        while self.credits == 0 || !(if slot { self.window.can_send() } else { self.window.has_room() }) {
             self.progress(deadline)?;
         }
         Ok(())
@@ -599,10 +573,13 @@ impl RdmaClient {
     }
 
     fn completion(&mut self, wc: &Wc) -> Result<(), ClientError> {
-        let kind = (wc.wr_id >> 24) & 0xff;
-        let index = (wc.wr_id & 0x00ff_ffff) as u32;
+        let (_, kind, index) = wr_parts(wc.wr_id);
         if kind != WR_RECV {
-            self.retire(wc.wr_id);
+            // A send completed: it and every send posted before it are done.
+            let Self { window, sends, .. } = self;
+            window.retire(wc.wr_id, |token| {
+                sends.written(token);
+            });
         }
         if !wc.ok() {
             let why = format!("RDMA work failed: {}", wc.status_text());
@@ -631,26 +608,9 @@ impl RdmaClient {
         Ok(())
     }
 
-    /// A send completed: it and every send posted before it are done.
-    fn retire(&mut self, done: u64) {
-        while let Some(id) = self.posted.pop_front() {
-            let index = (id & 0x00ff_ffff) as u32;
-            match (id >> 24) & 0xff {
-                WR_SLOT => self.free_slots.push(index),
-                WR_WRITE => {
-                    self.writing.insert(index as u16, true);
-                }
-                _ => {}
-            }
-            self.sq_room += 1;
-            if id == done {
-                return;
-            }
-        }
-    }
-
     fn received(&mut self, index: u32, wc: &Wc) -> Result<(), ClientError> {
         let bad = |what: &str| ClientError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()));
+        let broken = |e: TransferError| ClientError::Io(io::Error::new(io::ErrorKind::InvalidData, e));
         let imm = wc.imm.and_then(Imm::decode).ok_or_else(|| bad("a message without a valid header"))?;
         self.credits += imm.credits;
         let len = wc.byte_len as usize;
@@ -678,17 +638,20 @@ impl RdmaClient {
                 let buf = vec![0u8; header.payload_len as usize].into_boxed_slice();
                 let buf = Registered::new(&self.pd, buf, ACCESS_REMOTE_WRITE)?;
                 let grant = Grant { addr: buf.mr().addr(), rkey: buf.mr().rkey(), len: header.payload_len };
-                self.incoming.insert(imm.token, Incoming { header, meta, buf });
+                self.receives.announce_granted(imm.token, Incoming { header, meta, buf }).map_err(broken)?;
                 self.to_grant.push_back((imm.token, grant));
             }
             Op::Cts => {
                 // SAFETY: as above.
                 let bytes = unsafe { self.recv.read(index as usize * recv_size, len) };
                 let grant = Grant::decode(bytes).ok_or_else(|| bad("a malformed grant"))?;
-                self.grants.insert(imm.token, grant);
+                self.sends.grant(imm.token, grant).map_err(broken)?;
             }
             Op::Data => {
-                let incoming = self.incoming.remove(&imm.token).ok_or_else(|| bad("a write into no granted buffer"))?;
+                let incoming = self
+                    .receives
+                    .written(imm.token, len, |incoming| incoming.header.payload_len as usize)
+                    .map_err(broken)?;
                 // Revoke the process's access before the bytes are handed out.
                 let payload = incoming.buf.into_inner().into_vec();
                 self.ready.push_back(OwnedFrame { header: incoming.header, meta: incoming.meta, payload });
@@ -699,7 +662,7 @@ impl RdmaClient {
 
     /// Answers the process's announcements for which there are credits and room.
     fn post_grants(&mut self) {
-        while self.credits > 0 && self.sq_room > 0 && !self.free_slots.is_empty() {
+        while self.credits > 0 && self.window.can_send() {
             let Some((token, grant)) = self.to_grant.pop_front() else { return };
             let mut far = Deadline::new(self.options.timeout);
             if let Err(e) = self.send_message(Op::Cts, token, &[&grant.encode()], &mut far) {
@@ -752,10 +715,6 @@ impl Deadline {
 /// outstanding, and those waiting to be reposted in a batch.
 fn recv_count(credits: u32) -> u32 {
     3 * credits + REPOST_BATCH as u32
-}
-
-fn wr_id(kind: u64, index: u32) -> u64 {
-    kind << 24 | u64::from(index & 0x00ff_ffff)
 }
 
 /// Turns a response frame into a completion; `None` for frames a client ignores (pongs).

@@ -32,13 +32,15 @@ use super::verbs::{
     CompletionChannel, CompletionQueue, Context, MemoryRegion, ProtectionDomain, QueuePair, RecvBuffer, Registered,
     SendOp, SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
+use super::window::{wr_id, wr_parts, Receives, SendWindow, Sends, WR_RECV, WR_SLOT, WR_WRITE};
 use super::PollPolicy;
 use crate::buffer::{Payload, PoolBuf};
 use crate::invocation::Outcome;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, Status, HEADER_LEN};
 use crate::session::PeerSession;
-use crate::transport::{serve_frame, FrameAction, ServerHandle, Transport};
+use crate::transport::policy::{self, Delivery, End, Link, ReadState, Refusal};
+use crate::transport::{serve_frame, OutFrame, ServerHandle, Transport};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -47,19 +49,6 @@ const CQ: Token = Token(usize::MAX - 2);
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// How often a busy-polling I/O thread looks at its sockets (new connections, closed ones).
 const SOCKET_INTERVAL: Duration = Duration::from_micros(500);
-
-/// Work request kinds, bits 24..32 of a work request id (the connection id is in bits 32..64).
-const WR_RECV: u64 = 1;
-const WR_SLOT: u64 = 2;
-const WR_WRITE: u64 = 3;
-
-fn wr_id(conn: u32, kind: u64, index: u32) -> u64 {
-    u64::from(conn) << 32 | kind << 24 | u64::from(index & 0x00ff_ffff)
-}
-
-fn wr_parts(id: u64) -> (u32, u64, u32) {
-    ((id >> 32) as u32, (id >> 24) & 0xff, (id & 0x00ff_ffff) as u32)
-}
 
 /// Tuning of the RDMA transport.
 #[derive(Debug, Clone)]
@@ -88,7 +77,7 @@ impl Default for RdmaOptions {
             credits: 16,
             max_connections: 32,
             poll: PollPolicy::from_env().unwrap_or_default(),
-            linger: Duration::from_secs(2),
+            linger: crate::transport::ConnectionOptions::default().linger,
         }
     }
 }
@@ -156,11 +145,12 @@ impl Transport for RdmaTransport {
     }
 }
 
-/// A frame waiting for a send slot or room in the send queue.
+/// A frame waiting for a send slot or room in the send queue (a `Write` is that of a granted
+/// large output, which waits in the connection's [`Sends`]).
 enum Out {
     Frame { header: Header, meta: Vec<u8>, payload: Option<PoolBuf>, release: bool },
     Cts { token: u16, grant: Grant },
-    Write { token: u16, grant: Grant, buf: OutputBuf },
+    Write { token: u16 },
 }
 
 /// A large output and the registration it is sent from (the buffer is kept alive, and so
@@ -234,23 +224,13 @@ impl OutputRegions {
 struct Tx {
     /// `None` once the connection is closed: nothing more is posted.
     qp: Option<QueuePair>,
-    free_slots: Vec<u32>,
-    /// Send work requests that may still be posted.
-    sq_room: u32,
-    /// Send work requests posted and not yet known complete, in post order (only some are
-    /// signaled: a signaled completion retires everything posted before it too).
-    posted: VecDeque<u64>,
-    /// Unsignaled requests posted since the last signaled one.
-    unsignaled_run: u32,
-    /// Signal the next send (an error before closing: its completion says it went out).
-    signal_next: bool,
+    /// The send slots, the send queue's room, and the sends in flight.
+    window: SendWindow,
     queue: VecDeque<Out>,
     ledger: CreditLedger,
-    /// Large outputs announced by `Rts`, waiting for the client's `Cts`.
-    announced: IdMap<u16, OutputBuf>,
-    /// Large outputs being written, until the write completes.
-    writing: IdMap<u16, OutputBuf>,
-    next_token: u16,
+    /// Large outputs: announced by `Rts`, granted by the client's `Cts`, written until the write
+    /// completes.
+    sends: Sends<OutputBuf>,
 }
 
 /// One client connection; workers answer through it ([`ResponseSink`]).
@@ -260,7 +240,6 @@ struct Conn {
     tx: Mutex<Tx>,
     slots: Registered<Box<[u8]>>,
     slot_size: usize,
-    slot_count: u32,
     inline_max: usize,
     /// The registrations of large outputs, shared by the process's connections.
     outputs: Arc<Mutex<OutputRegions>>,
@@ -281,11 +260,10 @@ impl Conn {
         // out and posted here, from where it is (the output returns to the pool after the post).
         if tx.qp.is_some()
             && tx.queue.is_empty()
-            && tx.sq_room > 0
             && HEADER_LEN + message.len() + body.len() <= self.slot_size
             && message.len() <= usize::from(u16::MAX)
         {
-            if let Some(slot) = tx.free_slots.pop() {
+            if let Some(slot) = tx.window.take_slot() {
                 if release {
                     tx.ledger.release();
                 }
@@ -331,40 +309,41 @@ impl Conn {
 
     /// Posts one item; gives it back if there is no room yet.
     fn try_post(&self, tx: &mut Tx, out: Out) -> Result<(), Out> {
-        if tx.sq_room == 0 {
+        if !tx.window.has_room() {
             return Err(out);
         }
         match out {
-            Out::Write { token, grant, buf } => {
+            Out::Write { token } => {
                 let credits = tx.ledger.take_returnable();
                 let imm = Imm::new(Op::Data, credits, token).encode();
                 let Some(qp) = tx.qp.as_ref() else { return Ok(()) };
-                // SAFETY: `buf` is registered on this connection's PD and stays in `writing`
+                let Some((buf, grant)) = tx.sends.granted(token) else { return Ok(()) };
+                let post = tx.window.write_send(token);
+                // SAFETY: `buf` is registered on this connection's PD and stays in `sends`
                 // (alive, registered) until the write's completion or the QP's destruction.
                 let posted = unsafe {
                     qp.post_send(
-                        wr_id(self.id, WR_WRITE, u32::from(token)),
+                        post.id,
                         SendOp::WriteImm { remote_addr: grant.addr, rkey: grant.rkey },
                         imm,
                         buf.buf.as_ptr() as u64,
                         grant.len,
                         buf.mr.lkey(),
                         false,
-                        true,
+                        post.signaled,
                     )
                 };
                 if let Err(e) = posted {
                     tracing::debug!(conn = self.id, "posting a write failed: {e}");
+                    tx.sends.remove(token);
                     return Ok(());
                 }
-                tx.sq_room -= 1;
-                tx.posted.push_back(wr_id(self.id, WR_WRITE, u32::from(token)));
-                tx.unsignaled_run = 0;
-                tx.writing.insert(token, buf);
+                tx.window.write_posted(post);
+                tx.sends.writing(token);
                 Ok(())
             }
             out => {
-                let Some(slot) = tx.free_slots.pop() else { return Err(out) };
+                let Some(slot) = tx.window.take_slot() else { return Err(out) };
                 self.post_in_slot(tx, slot, out);
                 Ok(())
             }
@@ -394,7 +373,7 @@ impl Conn {
                         Ok(mr) => OutputBuf { buf: payload, mr },
                         Err(e) => {
                             tracing::warn!(conn = self.id, "cannot register a response of {payload_len} bytes: {e}");
-                            tx.free_slots.push(slot);
+                            tx.window.give_back(slot);
                             let error = Header { status: Status::Internal.code(), payload_len: 0, ..header };
                             let text = format!("the transport could not register the output: {e}");
                             self.send_frame(
@@ -409,8 +388,7 @@ impl Conn {
                             return;
                         }
                     };
-                    let token = free_token(tx);
-                    tx.announced.insert(token, registered);
+                    let token = tx.sends.announce(registered, payload_len as u32);
                     let len = self.write_frame(slot, &header, &meta, &[]);
                     (Op::Rts, token, len)
                 }
@@ -440,68 +418,41 @@ impl Conn {
         let credits = tx.ledger.take_returnable();
         let imm = Imm::new(op, credits, token).encode();
         let Some(qp) = tx.qp.as_ref() else {
-            tx.free_slots.push(slot);
+            tx.window.give_back(slot);
             return;
         };
         let addr = self.slots.mr().addr() + offset as u64;
-        // Signal every 8th send, and every send while slots or queue room run low, so that a
-        // completion is always on its way when something waits for one.
-        let signaled = tx.signal_next || tx.unsignaled_run >= 7 || tx.free_slots.len() < 2 || tx.sq_room <= 4;
-        let id = wr_id(self.id, WR_SLOT, slot);
+        let post = tx.window.slot_send(slot);
         // SAFETY: the slot lies in `slots`, registered on this PD, and is not reused before the
         // completion of this send or a later one frees it (or the QP is destroyed, before
         // `slots` is dropped).
         let posted = unsafe {
             qp.post_send(
-                id,
+                post.id,
                 SendOp::SendImm,
                 imm,
                 addr,
                 len as u32,
                 self.slots.mr().lkey(),
                 len <= self.inline_max,
-                signaled,
+                post.signaled,
             )
         };
         match posted {
-            Ok(()) => {
-                tx.sq_room -= 1;
-                tx.posted.push_back(id);
-                tx.unsignaled_run = if signaled { 0 } else { tx.unsignaled_run + 1 };
-                tx.signal_next = false;
-            }
+            Ok(()) => tx.window.slot_posted(post),
             Err(e) => {
                 tracing::debug!(conn = self.id, "posting a send failed: {e}");
-                tx.free_slots.push(slot);
+                tx.window.give_back(slot);
             }
         }
     }
 }
 
-/// A send completed: it and every send posted before it on the connection are done.
+/// A send completed: it and every send posted before it on the connection are done (the large
+/// outputs written among them go back to the pool).
 fn retire(tx: &mut Tx, done: u64) {
-    while let Some(id) = tx.posted.pop_front() {
-        let (_, kind, index) = wr_parts(id);
-        if kind == WR_SLOT {
-            tx.free_slots.push(index);
-        } else {
-            tx.writing.remove(&(index as u16));
-        }
-        tx.sq_room += 1;
-        if id == done {
-            return;
-        }
-    }
-}
-
-fn free_token(tx: &mut Tx) -> u16 {
-    loop {
-        let token = tx.next_token;
-        tx.next_token = tx.next_token.wrapping_add(1);
-        if !tx.announced.contains_key(&token) && !tx.writing.contains_key(&token) {
-            return token;
-        }
-    }
+    let Tx { window, sends, .. } = tx;
+    window.retire(done, |token| drop(sends.written(token)));
 }
 
 impl ResponseSink for Conn {
@@ -520,16 +471,8 @@ struct InGrant {
 
 /// An `Rts` the pool had no buffer for yet.
 struct Deferred {
-    token: u16,
     header: Header,
     meta: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Open,
-    /// Broke the protocol: its error is on the way; closed when sent or at the deadline.
-    Closing(Instant),
 }
 
 /// The I/O thread's half of a connection.
@@ -538,9 +481,11 @@ struct ConnIo {
     sink: Arc<dyn ResponseSink>,
     qpn: u32,
     stream: TcpStream,
-    grants: IdMap<u16, InGrant>,
-    deferred: VecDeque<Deferred>,
-    state: State,
+    /// Large payloads of the client: announced, waiting for a buffer, then granted one.
+    receives: Receives<Deferred, InGrant>,
+    /// `Lingering` once its last frame is on the way (it broke the protocol, or failed to
+    /// authenticate): closed when that is sent, or at the deadline.
+    state: ReadState,
     /// The connection's peer handshake (messages from other processes).
     peer: PeerSession,
 }
@@ -697,13 +642,13 @@ impl EventLoop {
 
     /// Sleep no longer than the next piece of timed work.
     fn next_timeout(&self) -> Option<Duration> {
-        let waiting = !self.lent.is_empty() || self.conns.values().any(|c| !c.deferred.is_empty());
+        let waiting = !self.lent.is_empty() || self.conns.values().any(|c| c.receives.has_waiting());
         let closing = self
             .conns
             .values()
             .filter_map(|c| match c.state {
-                State::Closing(at) => Some(at.saturating_duration_since(Instant::now())),
-                State::Open => None,
+                ReadState::Lingering(at) => Some(at.saturating_duration_since(Instant::now())),
+                _ => None,
             })
             .min();
         let retry = waiting.then_some(Duration::from_millis(1));
@@ -728,19 +673,19 @@ impl EventLoop {
         let ids: Vec<u32> = self
             .conns
             .iter()
-            .filter(|(_, c)| !c.deferred.is_empty() || c.state != State::Open)
+            .filter(|(_, c)| c.receives.has_waiting() || c.state != ReadState::Open)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
             self.retry_deferred(id);
             let Some(io) = self.conns.get(&id) else { continue };
-            if let State::Closing(deadline) = io.state {
+            // Its last frame is out once the send queue is empty and every slot is free.
+            let drained = || {
                 let tx = io.conn.tx();
-                let drained = tx.queue.is_empty() && tx.free_slots.len() == io.conn.slot_count as usize;
-                drop(tx);
-                if drained || Instant::now() >= deadline {
-                    self.close(id);
-                }
+                tx.queue.is_empty() && tx.window.slots_idle()
+            };
+            if io.state.finished(Delivery::Completion, drained) {
+                self.close(id);
             }
         }
     }
@@ -851,8 +796,8 @@ impl EventLoop {
             }
             None => Ok(()),
         };
-        if let (Err((status, message, id)), Some(conn)) = (outcome, conn_id) {
-            self.refuse(conn, id, status, message);
+        if let (Err(refusal), Some(conn)) = (outcome, conn_id) {
+            self.refuse(conn, refusal);
         }
         if self.slots[index as usize].buf.is_unshared() {
             self.free_slots.push(index);
@@ -863,17 +808,16 @@ impl EventLoop {
     }
 
     /// Handles one message from connection `id` in receive slot `index`. A protocol violation
-    /// comes back as the status, text and request id of the error to answer with.
-    fn message(&mut self, id: u32, index: u32, wc: &super::verbs::Completion) -> Result<(), (Status, String, u64)> {
-        let violation = |text: String| (Status::Malformed, text, 0);
+    /// comes back as the refusal to answer it with.
+    fn message(&mut self, id: u32, index: u32, wc: &super::verbs::Completion) -> Result<(), Refusal> {
         let Some(io) = self.conns.get_mut(&id) else { return Ok(()) };
-        if io.state != State::Open {
+        if !io.state.serves() {
             return Ok(());
         }
         if !io.conn.tx().ledger.receive() {
-            return Err(violation(format!("message beyond the {} credits granted", self.options.credits)));
+            return Err(Refusal::malformed(format!("message beyond the {} credits granted", self.options.credits)));
         }
-        let imm = wc.imm.and_then(Imm::decode).ok_or_else(|| violation("message without a valid header".into()))?;
+        let imm = wc.imm.and_then(Imm::decode).ok_or_else(|| Refusal::malformed("message without a valid header"))?;
         let limits = FrameLimits { max_frame: self.process.config().max_frame };
         let len = wc.byte_len as usize;
         match imm.op {
@@ -881,16 +825,13 @@ impl EventLoop {
                 let slot = &mut self.slots[index as usize];
                 slot.buf.set_len(len);
                 let buf = slot.buf.share();
-                let decoded = decode_frame(&buf, limits).map_err(|e| {
-                    let id = buf.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-                    (e.status(), e.to_string(), id)
-                })?;
+                let decoded = decode_frame(&buf, limits).map_err(|e| Refusal::frame(e, &buf))?;
                 let (header, used) = match decoded {
                     Decoded::Frame(frame, used) => (frame.header, used),
-                    Decoded::Incomplete(_) => return Err(violation("a SEND that holds part of a frame".into())),
+                    Decoded::Incomplete(_) => return Err(Refusal::malformed("a SEND that holds part of a frame")),
                 };
                 if used != len {
-                    return Err(violation("a SEND that holds more than one frame".into()));
+                    return Err(Refusal::malformed("a SEND that holds more than one frame"));
                 }
                 let meta_end = HEADER_LEN + header.meta_len as usize;
                 let input = Payload::new(Arc::clone(&buf), meta_end..len);
@@ -900,18 +841,14 @@ impl EventLoop {
                 let slot = &mut self.slots[index as usize];
                 slot.buf.set_len(len);
                 let buf = slot.buf.share();
-                let head = buf.first_chunk::<HEADER_LEN>().ok_or_else(|| violation("a short announcement".into()))?;
-                let header = crate::protocol::Header::decode(head, limits).map_err(|e| {
-                    (e.status(), e.to_string(), u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")))
-                })?;
+                let head = buf.first_chunk::<HEADER_LEN>().ok_or_else(|| Refusal::malformed("a short announcement"))?;
+                let header = Header::decode(head, limits).map_err(|e| Refusal::frame(e, head))?;
                 if len != HEADER_LEN + header.meta_len as usize || header.payload_len == 0 {
-                    return Err(violation("an announcement that is not a header and metadata".into()));
+                    return Err(Refusal::malformed("an announcement that is not a header and metadata"));
                 }
                 let io = self.conns.get_mut(&id).expect("looked up above");
-                if io.grants.contains_key(&imm.token) || io.deferred.iter().any(|d| d.token == imm.token) {
-                    return Err(violation(format!("announcement {} while one is pending", imm.token)));
-                }
-                io.deferred.push_back(Deferred { token: imm.token, header, meta: buf[HEADER_LEN..].to_vec() });
+                let deferred = Deferred { header, meta: buf[HEADER_LEN..].to_vec() };
+                io.receives.announce(imm.token, deferred).map_err(|e| Refusal::malformed(e.to_string()))?;
                 io.conn.tx().ledger.release();
                 self.retry_deferred(id);
             }
@@ -919,28 +856,24 @@ impl EventLoop {
                 let slot = &mut self.slots[index as usize];
                 slot.buf.set_len(len);
                 let grant = Grant::decode(&slot.buf.owner()[..len.min(GRANT_LEN + 1)])
-                    .ok_or_else(|| violation("a malformed grant".into()))?;
+                    .ok_or_else(|| Refusal::malformed("a malformed grant"))?;
                 let conn = Arc::clone(&self.conns.get(&id).expect("looked up above").conn);
                 let mut tx = conn.tx();
                 tx.ledger.release();
-                let buf = tx.announced.remove(&imm.token).ok_or_else(|| violation("a grant for nothing".into()))?;
-                if grant.len as usize != buf.buf.len() {
-                    return Err(violation("a grant of the wrong size".into()));
-                }
-                conn.send_frame(&mut tx, Out::Write { token: imm.token, grant, buf });
+                tx.sends.grant(imm.token, grant).map_err(|e| Refusal::malformed(e.to_string()))?;
+                conn.send_frame(&mut tx, Out::Write { token: imm.token });
             }
             Op::Data if wc.is_write_imm() => {
                 let io = self.conns.get_mut(&id).expect("looked up above");
-                let grant =
-                    io.grants.remove(&imm.token).ok_or_else(|| violation("a write into no granted buffer".into()))?;
-                if len != grant.buf.owner().len() {
-                    return Err(violation("a write of another size than granted".into()));
-                }
+                let grant = io
+                    .receives
+                    .written(imm.token, len, |grant| grant.buf.owner().len())
+                    .map_err(|e| Refusal::malformed(e.to_string()))?;
                 // Revoke the peer's access before the function sees the bytes.
                 let payload = Payload::whole(grant.buf.into_inner());
                 Self::dispatch(io, &self.process, self.options.linger, grant.header, &grant.meta, payload);
             }
-            op => return Err(violation(format!("{op:?} by the wrong verb"))),
+            op => return Err(Refusal::malformed(format!("{op:?} by the wrong verb"))),
         }
         Ok(())
     }
@@ -948,7 +881,7 @@ impl EventLoop {
     /// Grants buffers to the announcements of `id` that the pool can now hold.
     fn retry_deferred(&mut self, id: u32) {
         let Some(io) = self.conns.get_mut(&id) else { return };
-        while let Some(d) = io.deferred.front() {
+        while let Some(d) = io.receives.next_waiting() {
             let Some(mut buf) = self.process.pool().get(d.header.payload_len as usize) else { return };
             buf.set_len(d.header.payload_len as usize);
             let buf = match Registered::new(&self.pd, buf, ACCESS_REMOTE_WRITE) {
@@ -958,52 +891,30 @@ impl EventLoop {
                     return;
                 }
             };
-            let d = io.deferred.pop_front().expect("front seen above");
-            let grant = Grant { addr: buf.mr().addr(), rkey: buf.mr().rkey(), len: d.header.payload_len };
-            io.grants.insert(d.token, InGrant { header: d.header, meta: d.meta, buf });
+            let (token, granted) = io
+                .receives
+                .grant_next(|d| InGrant { header: d.header, meta: d.meta, buf })
+                .expect("an announcement seen above");
+            let grant =
+                Grant { addr: granted.buf.mr().addr(), rkey: granted.buf.mr().rkey(), len: granted.header.payload_len };
             let conn = Arc::clone(&io.conn);
             let mut tx = conn.tx();
-            conn.send_frame(&mut tx, Out::Cts { token: d.token, grant });
+            conn.send_frame(&mut tx, Out::Cts { token, grant });
         }
     }
 
     /// Serves one frame of connection `io` as every transport does ([`serve_frame`]); its
     /// answer returns the request's credit.
     fn dispatch(io: &mut ConnIo, process: &Process, linger: Duration, header: Header, meta: &[u8], input: Payload) {
-        let (frame, close) = match serve_frame(process, &mut io.peer, &io.sink, header, meta, input) {
-            FrameAction::Queued => return,
-            FrameAction::Respond(response) => {
-                // An invocation's answer goes out as the process left it: no layout in between.
-                let conn = &io.conn;
-                conn.respond(&mut conn.tx(), response, true);
-                return;
-            }
-            FrameAction::Reply(frame) => (frame, false),
-            FrameAction::ReplyAndClose(frame) => (frame, true),
-        };
-        let (header, meta, payload) = frame.into_parts();
-        if close {
-            tracing::info!(conn = io.conn.id, "closing a connection whose peer failed to authenticate");
-            io.state = State::Closing(Instant::now() + linger);
-        }
-        let conn = &io.conn;
-        let mut tx = conn.tx();
-        tx.signal_next |= close;
-        conn.send_reply(&mut tx, header, meta, payload, true);
+        let action = serve_frame(process, &mut io.peer, &io.sink, header, meta, input);
+        policy::act(&mut Serving { io, linger }, action);
     }
 
-    /// Answers a protocol violation with an error and closes the connection once it is sent.
-    fn refuse(&mut self, id: u32, request: u64, status: Status, message: String) {
+    /// Answers a protocol violation as the policy says; the connection closes once it is sent.
+    fn refuse(&mut self, id: u32, refusal: Refusal) {
+        let linger = self.options.linger;
         let Some(io) = self.conns.get_mut(&id) else { return };
-        if io.state != State::Open {
-            return;
-        }
-        tracing::info!(conn = id, "closing a connection that broke the protocol: {message}");
-        io.state = State::Closing(Instant::now() + self.options.linger);
-        let conn = Arc::clone(&io.conn);
-        let mut tx = conn.tx();
-        tx.signal_next = true;
-        conn.respond(&mut tx, Response { id: request, outcome: Outcome::error(status, message) }, false);
+        policy::refuse(&mut Serving { io, linger }, refusal);
     }
 
     fn socket_event(&mut self, id: u32) {
@@ -1014,7 +925,7 @@ impl EventLoop {
                 tracing::debug!(conn = id, "the client closed its connection");
                 self.close(id);
             }
-            Ok(_) => self.refuse(id, 0, Status::Malformed, "bytes on the set-up connection after set-up".into()),
+            Ok(_) => self.refuse(id, Refusal::malformed("bytes on the set-up connection after set-up")),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::debug!(conn = id, "the set-up connection failed: {e}");
@@ -1038,10 +949,9 @@ impl EventLoop {
                 drop(qp);
             }
             tx.queue.clear();
-            tx.announced.clear();
-            tx.writing.clear();
+            tx.sends.clear();
         }
-        io.grants.clear();
+        io.receives.clear();
         let fd = io.stream.as_raw_fd();
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         tracing::debug!(conn = id, "connection closed");
@@ -1102,20 +1012,13 @@ impl EventLoop {
             id,
             tx: Mutex::new(Tx {
                 qp: Some(qp),
-                free_slots: (0..slot_count).rev().collect(),
-                sq_room: sq_depth,
-                posted: VecDeque::new(),
-                unsignaled_run: 0,
-                signal_next: false,
+                window: SendWindow::new(id, slot_count, sq_depth),
                 queue: VecDeque::new(),
                 ledger: CreditLedger::new(credits),
-                announced: IdMap::default(),
-                writing: IdMap::default(),
-                next_token: 0,
+                sends: Sends::default(),
             }),
             slots,
             slot_size,
-            slot_count,
             inline_max,
             outputs: Arc::clone(&self.outputs),
             pd: Arc::clone(&self.pd),
@@ -1143,9 +1046,8 @@ impl EventLoop {
                 sink,
                 qpn,
                 stream,
-                grants: IdMap::default(),
-                deferred: VecDeque::new(),
-                state: State::Open,
+                receives: Receives::default(),
+                state: ReadState::Open,
                 peer: PeerSession::default(),
             },
         );
@@ -1169,4 +1071,50 @@ impl EventLoop {
 /// Send work requests of one connection: its slots, plus one write per credit.
 fn send_depth(credits: u32) -> u32 {
     3 * credits + 4
+}
+
+/// A connection of the I/O thread, as the [policy](crate::transport::policy) sees it.
+struct Serving<'a> {
+    io: &'a mut ConnIo,
+    linger: Duration,
+}
+
+/// How an RDMA connection moves bytes for the policy: a frame is posted from a send slot at once,
+/// or queued behind what waits for room; its answer returns the credit of the request it answers.
+/// A last frame's send is signaled: its completion frees the last slot, and the connection closes.
+impl Link for Serving<'_> {
+    #[inline]
+    fn respond(&mut self, response: Response) {
+        // An invocation's answer goes out as the process left it: no layout in between.
+        let conn = &self.io.conn;
+        conn.respond(&mut conn.tx(), response, true);
+    }
+
+    fn reply(&mut self, frame: OutFrame) {
+        let (header, meta, payload) = frame.into_parts();
+        let conn = &self.io.conn;
+        conn.send_reply(&mut conn.tx(), header, meta, payload, true);
+    }
+
+    fn reply_last(&mut self, frame: OutFrame, end: End) {
+        let (header, meta, payload) = frame.into_parts();
+        let conn = &self.io.conn;
+        let mut tx = conn.tx();
+        tx.window.signal_next();
+        // A refused message's credit is not returned: the connection closes.
+        conn.send_reply(&mut tx, header, meta, payload, end == End::Answered);
+    }
+
+    fn discard_input(&mut self) {
+        // Nothing waits: the messages of a connection that does not serve are dropped as they come.
+    }
+
+    #[inline]
+    fn state(&mut self) -> &mut ReadState {
+        &mut self.io.state
+    }
+
+    fn linger(&self) -> Duration {
+        self.linger
+    }
 }

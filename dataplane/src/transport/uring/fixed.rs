@@ -10,14 +10,10 @@
 //! was registered for (looked up by id), while that buffer is alive.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 
 use io_uring::IoUring;
 
 use crate::buffer::PoolBuf;
-
-/// Sends from registered buffers so far, in this OS process (for tests and diagnostics).
-pub(crate) static FIXED_SENDS: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

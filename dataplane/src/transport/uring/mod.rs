@@ -20,6 +20,7 @@ pub mod bufs;
 pub mod client;
 mod fixed;
 pub mod probe;
+mod recv;
 pub mod server;
 
 use std::io;
@@ -50,12 +51,8 @@ pub struct UringOptions {
     pub zero_copy_threshold: Option<usize>,
     /// Use `SENDMSG_ZC` for loopback peers too (for tests of that path).
     pub zero_copy_on_loopback: bool,
-    /// Invocations of one connection at the workers before it stops being read.
-    pub max_outstanding: usize,
-    /// Response bytes queued for one connection before it stops being read.
-    pub max_queued_bytes: usize,
-    /// How long a connection that broke the protocol may keep sending before it is closed.
-    pub linger: Duration,
+    /// Back-pressure, and the linger of a connection that broke the protocol.
+    pub connection: super::ConnectionOptions,
     /// How long an I/O thread with nothing to do polls its ring (yielding the CPU between looks)
     /// before it blocks; zero blocks at once. Polling spares the wake-up of a blocked thread when
     /// the next request comes, at the price of a CPU while it polls. Default: `PRAAS_URING_SPIN_US`
@@ -73,9 +70,7 @@ impl Default for UringOptions {
             recv_buffer_size: 128 << 10,
             zero_copy_threshold: DEFAULT_ZERO_COPY_THRESHOLD,
             zero_copy_on_loopback: false,
-            max_outstanding: 4096,
-            max_queued_bytes: 64 << 20,
-            linger: Duration::from_secs(2),
+            connection: super::ConnectionOptions::default(),
             spin: spin_from_env(),
         }
     }
@@ -97,6 +92,21 @@ pub struct UringTransport {
     listener: TcpListener,
     process: Arc<Process>,
     options: UringOptions,
+    stats: Arc<UringStats>,
+}
+
+/// Counters of one io_uring transport ([`UringTransport::stats`]).
+#[derive(Debug, Default)]
+pub struct UringStats {
+    fixed_sends: std::sync::atomic::AtomicU64,
+}
+
+impl UringStats {
+    /// Zero-copy sends made from registered (fixed) buffers so far (the other large outputs
+    /// pinned their pages for each send).
+    pub fn fixed_sends(&self) -> u64 {
+        self.fixed_sends.load(Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for UringTransport {
@@ -110,7 +120,12 @@ impl UringTransport {
     pub fn bind(addr: SocketAddr, process: Arc<Process>, options: UringOptions) -> io::Result<Self> {
         probe::check().map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         let listener = TcpListener::bind(addr)?;
-        Ok(Self { listener, process, options })
+        Ok(Self { listener, process, options, stats: Arc::default() })
+    }
+
+    /// The transport's counters, which stay readable after [`Transport::spawn`].
+    pub fn stats(&self) -> Arc<UringStats> {
+        Arc::clone(&self.stats)
     }
 }
 
@@ -127,8 +142,9 @@ impl Transport for UringTransport {
         let addr = self.local_addr();
         let listener = Arc::new(self.listener);
         let threads = self.options.threads.max(1);
-        let shared: Vec<Arc<server::LoopShared>> =
-            (0..threads).map(|_| server::LoopShared::new().map(Arc::new)).collect::<io::Result<_>>()?;
+        let shared: Vec<Arc<server::LoopShared>> = (0..threads)
+            .map(|_| server::LoopShared::new(Arc::clone(&self.stats)).map(Arc::new))
+            .collect::<io::Result<_>>()?;
         // Each loop builds its ring on its own thread (a single-issuer ring belongs to its
         // creator); the first error of any of them is the transport's.
         let mut handles: Vec<std::thread::JoinHandle<io::Result<()>>> = Vec::with_capacity(threads);
@@ -182,11 +198,4 @@ impl Transport for UringTransport {
         };
         Ok(ServerHandle::new(addr, Box::new(stopper), supervisor))
     }
-}
-
-/// Zero-copy sends made from registered (fixed) buffers so far in this OS process: how tests see
-/// that the registered path ran.
-#[doc(hidden)]
-pub fn fixed_sends() -> u64 {
-    fixed::FIXED_SENDS.load(std::sync::atomic::Ordering::Relaxed)
 }

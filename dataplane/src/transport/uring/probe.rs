@@ -8,25 +8,30 @@
 //! transport and the client use, or a reason why not.
 
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use io_uring::{opcode, IoUring};
 
-/// Why io_uring cannot serve here.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why io_uring cannot serve here. (The I/O errors are shared: the verdict is computed once and
+/// handed to every caller.)
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum Unavailable {
     /// `kernel.io_uring_disabled` forbids it for this process.
     #[error("kernel.io_uring_disabled is {0}")]
     Disabled(String),
     /// `io_uring_setup` failed: no io_uring in this kernel, or a seccomp filter forbids it.
     #[error("io_uring_setup failed ({0}): kernel without io_uring or a seccomp filter")]
-    Setup(String),
+    Setup(#[source] Arc<io::Error>),
+    /// Probing the opcodes of a new ring failed.
+    #[error("io_uring_setup failed (probe: {0}): kernel without io_uring or a seccomp filter")]
+    Probe(#[source] Arc<io::Error>),
     /// An opcode the transport needs is missing.
     #[error("the kernel lacks io_uring opcode {0}")]
     MissingOpcode(&'static str),
     /// Registering a provided-buffer ring failed (kernel older than 5.19).
     #[error("provided-buffer rings unavailable ({0})")]
-    BufRing(String),
+    BufRing(#[source] Arc<io::Error>),
 }
 
 /// Opcodes the transport and the client use, by name.
@@ -68,16 +73,16 @@ fn probe() -> Result<(), Unavailable> {
             return Err(Unavailable::Disabled(value.into()));
         }
     }
-    let ring: IoUring = IoUring::new(8).map_err(|e| Unavailable::Setup(e.to_string()))?;
+    let ring: IoUring = IoUring::new(8).map_err(|e| Unavailable::Setup(Arc::new(e)))?;
     let mut probe = io_uring::Probe::new();
-    ring.submitter().register_probe(&mut probe).map_err(|e| Unavailable::Setup(format!("probe: {e}")))?;
+    ring.submitter().register_probe(&mut probe).map_err(|e| Unavailable::Probe(Arc::new(e)))?;
     for (code, name) in NEEDED {
         if !probe.is_supported(code) {
             return Err(Unavailable::MissingOpcode(name));
         }
     }
-    let mut bufs = super::bufs::BufRing::new(1).map_err(|e| Unavailable::BufRing(e.to_string()))?;
-    bufs.register(&ring, 0).map_err(|e| Unavailable::BufRing(e.to_string()))?;
+    let mut bufs = super::bufs::BufRing::new(1).map_err(|e| Unavailable::BufRing(Arc::new(e)))?;
+    bufs.register(&ring, 0).map_err(|e| Unavailable::BufRing(Arc::new(e)))?;
     bufs.unregister(&ring);
     Ok(())
 }
@@ -219,7 +224,9 @@ mod tests {
         ] {
             assert_eq!(text.parse::<TransportKind>().unwrap(), kind);
         }
-        assert!("rdma".parse::<TransportKind>().unwrap_err().contains("uring, mio or auto"));
+        let err = "rdma".parse::<TransportKind>().unwrap_err();
+        assert_eq!(err, crate::transport::UnknownTransport("rdma".into()));
+        assert!(err.to_string().contains("uring, mio or auto"), "{err}");
         assert_eq!(TransportKind::Auto.to_string(), "auto");
         let expected = if check().is_ok() { TransportKind::Uring } else { TransportKind::Mio };
         assert_eq!(TransportKind::Auto.resolve(), expected);
@@ -268,5 +275,16 @@ mod tests {
                 assert!(!why.to_string().is_empty());
             }
         }
+    }
+
+    #[test]
+    fn a_failed_setup_keeps_its_io_error() {
+        use std::error::Error as _;
+        let denied = Unavailable::Setup(Arc::new(io::Error::from_raw_os_error(libc::EPERM)));
+        let source = denied.source().and_then(|s| s.downcast_ref::<Arc<io::Error>>()).expect("the source");
+        assert_eq!(source.kind(), io::ErrorKind::PermissionDenied);
+        assert!(denied.to_string().starts_with("io_uring_setup failed ("), "{denied}");
+        let probe = Unavailable::Probe(Arc::new(io::Error::from_raw_os_error(libc::EINVAL)));
+        assert!(probe.to_string().starts_with("io_uring_setup failed (probe: "), "{probe}");
     }
 }

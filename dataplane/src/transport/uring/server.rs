@@ -21,14 +21,15 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 use super::bufs::BufRing;
-use super::fixed::{FixedBuffers, FIXED_SENDS};
-use super::UringOptions;
+use super::fixed::FixedBuffers;
+use super::recv::{self, Frames, Intake, Partial, Receiving, RecvStep};
+use super::{UringOptions, UringStats};
 use crate::buffer::{Payload, PoolBuf};
-use crate::invocation::Outcome;
 use crate::process::{Process, Response, ResponseSink};
-use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
+use crate::protocol::{FrameLimits, Header};
 use crate::session::PeerSession;
-use crate::transport::{flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ReadState};
+use crate::transport::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState};
+use crate::transport::{flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, OutFrame};
 
 /// Most iovecs in one send.
 const MAX_IOV: usize = crate::transport::MAX_GATHER;
@@ -62,11 +63,13 @@ pub(crate) struct LoopShared {
     notified: AtomicBool,
     /// Set to stop the loop.
     pub stop: AtomicBool,
+    /// The counters of the transport this loop serves.
+    pub stats: Arc<UringStats>,
 }
 
 impl LoopShared {
-    /// A queue and its eventfd.
-    pub fn new() -> io::Result<Self> {
+    /// A queue and its eventfd, for a loop of the transport that counts into `stats`.
+    pub fn new(stats: Arc<UringStats>) -> io::Result<Self> {
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -74,7 +77,13 @@ impl LoopShared {
         }
         // SAFETY: `fd` is a fresh descriptor owned by nothing else.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { responses: SegQueue::new(), eventfd, notified: AtomicBool::new(false), stop: AtomicBool::new(false) })
+        Ok(Self {
+            responses: SegQueue::new(),
+            eventfd,
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stats,
+        })
     }
 
     /// Wakes the loop whatever the loop last saw (to stop it).
@@ -127,16 +136,11 @@ struct Conn {
     spare: Vec<Arc<PoolBuf>>,
     /// Received buffers not yet decoded (back-pressure holds them here), and where to resume.
     backlog: VecDeque<(Arc<PoolBuf>, usize)>,
-    /// A frame that straddles receive buffers and fits in one: its bytes so far (copied).
-    assembly: Option<PoolBuf>,
-    large: Option<LargeFrame>,
+    /// The frame received in part (assembled by copying, or a large frame in its own buffer).
+    partial: Partial,
     state: ReadState,
-    /// A multishot receive is armed.
-    recv_armed: bool,
-    /// A cancel of the multishot receive is in flight.
-    recv_cancelling: bool,
-    /// A direct receive into `large` is in flight.
-    large_recv: bool,
+    /// The receive operations in flight.
+    receiving: Receiving,
     /// Invocations at the workers, not yet answered.
     outstanding: usize,
     queue: VecDeque<Box<OutFrame>>,
@@ -164,22 +168,19 @@ struct Conn {
     starved: bool,
     /// The peer-process handshake and identity of this connection (`Hello`, `Message` frames).
     peer: PeerSession,
-    /// How long to keep reading (and discarding) after refusing the connection.
-    linger: Duration,
+    /// Back-pressure, and how long to keep reading (and discarding) after refusing the connection.
+    limits: ConnectionOptions,
 }
 
 impl Conn {
-    fn blocked_by_peer(&self, options: &UringOptions) -> bool {
-        self.outstanding >= options.max_outstanding || self.queued_bytes >= options.max_queued_bytes
+    #[inline]
+    fn blocked_by_peer(&self) -> bool {
+        self.limits.blocked(self.outstanding, || self.queued_bytes)
     }
 
     fn finished(&self) -> bool {
-        let idle = self.queue.is_empty() && !self.sending;
-        match self.state {
-            ReadState::Draining => idle && self.outstanding == 0,
-            ReadState::Lingering(until) => Instant::now() >= until,
-            ReadState::Open => false,
-        }
+        let drained = || self.queue.is_empty() && !self.sending && self.outstanding == 0;
+        self.state.finished(Delivery::PeerClose, drained)
     }
 
     fn push_frame(&mut self, frame: OutFrame) {
@@ -510,12 +511,9 @@ impl EventLoop {
             bufs,
             spare: Vec::new(),
             backlog: VecDeque::new(),
-            assembly: None,
-            large: None,
+            partial: Partial::default(),
             state: ReadState::Open,
-            recv_armed: false,
-            recv_cancelling: false,
-            large_recv: false,
+            receiving: Receiving::default(),
             outstanding: 0,
             queue: VecDeque::new(),
             spare_frames: Vec::new(),
@@ -531,7 +529,7 @@ impl EventLoop {
             cancel_all_sent: false,
             starved: false,
             peer: PeerSession::default(),
-            linger: self.options.linger,
+            limits: self.options.connection,
         });
         self.dirty.push(slot);
         Ok(())
@@ -546,7 +544,7 @@ impl EventLoop {
             OP_RECV => {
                 if !cqueue::more(flags) {
                     conn.in_flight -= 1;
-                    conn.recv_armed = false;
+                    conn.receiving.multishot_ended();
                 }
                 if result > 0 {
                     let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
@@ -564,12 +562,9 @@ impl EventLoop {
             }
             OP_RECV_LARGE => {
                 conn.in_flight -= 1;
-                conn.large_recv = false;
+                conn.receiving.large_done();
                 if result > 0 {
-                    if let Some(large) = conn.large.as_mut() {
-                        let filled = large.body.len() + result as usize;
-                        large.body.set_len(filled);
-                    }
+                    conn.partial.large_received(result as usize);
                 } else if result == 0 {
                     peer_closed(conn);
                 } else if result != -libc::ECANCELED {
@@ -590,7 +585,7 @@ impl EventLoop {
             }
             OP_CANCEL => {
                 conn.in_flight -= 1;
-                conn.recv_cancelling = false;
+                conn.receiving.cancel_done();
             }
             OP_CANCEL_ALL => conn.in_flight -= 1,
             _ => tracing::error!(op, "completion of an unknown operation"),
@@ -677,7 +672,12 @@ impl EventLoop {
     fn pump(&mut self, slot: usize) -> io::Result<()> {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return Ok(()) };
         if !conn.closing {
-            decode_backlog(conn, &self.process, &self.options);
+            let intake = Intake {
+                pool: self.process.pool(),
+                limits: FrameLimits { max_frame: self.process.config().max_frame },
+                buffer_size: self.options.recv_buffer_size,
+            };
+            recv::decode_backlog(&mut Serving { conn, process: &self.process }, intake);
             if conn.finished() {
                 conn.closing = true;
             }
@@ -696,7 +696,7 @@ impl EventLoop {
             unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR) };
         }
         // Receives.
-        let blocked_by_peer = conn.blocked_by_peer(&self.options);
+        let blocked_by_peer = conn.blocked_by_peer();
         let blocked = blocked_by_peer || !conn.backlog.is_empty();
         if let ReadState::Lingering(until) = conn.state {
             self.retry.push((until, slot));
@@ -708,32 +708,33 @@ impl EventLoop {
         if conn.state == ReadState::Draining || blocked {
             return Ok(());
         }
-        if conn.large.is_some() {
-            if conn.recv_armed {
-                if !conn.recv_cancelling {
+        if conn.partial.large_waiting() {
+            let step = conn.receiving.next(true);
+            match step {
+                RecvStep::Cancel => {
                     // The rest of a large frame goes straight into its own buffer: stop the
                     // multishot receive first, so bytes cannot land in two places.
                     let entry = opcode::AsyncCancel::new(user_data(slot, OP_RECV))
                         .build()
                         .user_data(user_data(slot, OP_CANCEL));
-                    conn.recv_cancelling = true;
+                    conn.receiving.submitted(step);
                     conn.in_flight += 1;
                     // SAFETY: a cancel points to no memory.
                     unsafe { self.push(&entry)? };
                 }
-            } else if let (false, Some(large)) = (conn.large_recv, conn.large.as_mut()) {
-                let filled = large.body.len();
-                let want = large.header.body_len() - filled;
-                let spare = &mut large.body.spare_mut()[..want];
-                let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), spare.as_mut_ptr(), want as u32)
-                    .flags(libc::MSG_WAITALL)
-                    .build()
-                    .user_data(user_data(slot, OP_RECV_LARGE));
-                conn.large_recv = true;
-                conn.in_flight += 1;
-                // SAFETY: the large frame's buffer stays in the connection (it is neither taken
-                // nor dropped while `large_recv` is set) until this receive completes.
-                unsafe { self.push(&entry)? };
+                RecvStep::Large => {
+                    let room = conn.partial.large_room().expect("a large frame waits");
+                    let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), room.as_mut_ptr(), room.len() as u32)
+                        .flags(libc::MSG_WAITALL)
+                        .build()
+                        .user_data(user_data(slot, OP_RECV_LARGE));
+                    conn.receiving.submitted(step);
+                    conn.in_flight += 1;
+                    // SAFETY: the large frame's buffer stays in the connection (it is neither taken
+                    // nor dropped while the direct receive is in flight) until this receive completes.
+                    unsafe { self.push(&entry)? };
+                }
+                RecvStep::Multishot | RecvStep::Wait => {}
             }
             return Ok(());
         }
@@ -754,11 +755,11 @@ impl EventLoop {
             self.retry.push((Instant::now() + Duration::from_millis(1), slot));
             return Ok(());
         }
-        if !conn.recv_armed && !conn.recv_cancelling {
+        if let step @ RecvStep::Multishot = conn.receiving.next(false) {
             let entry = opcode::RecvMulti::new(Fd(conn.fd.as_raw_fd()), slot as u16)
                 .build()
                 .user_data(user_data(slot, OP_RECV));
-            conn.recv_armed = true;
+            conn.receiving.submitted(step);
             conn.in_flight += 1;
             // SAFETY: the receive writes only into buffers provided through the connection's
             // buffer ring, which stays registered until the connection's last operation completed.
@@ -861,7 +862,7 @@ impl EventLoop {
         ];
         conn.sending = true;
         conn.in_flight += 2;
-        FIXED_SENDS.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.fixed_sends.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the msghdr and iovecs are boxed in the connection and point into the first
         // queued frame, as does the payload send; the frame leaves the queue only when these
         // sends' completions say it was sent, and then waits in `zc_hold` while the payload
@@ -1008,8 +1009,7 @@ fn peer_closed(conn: &mut Conn) {
     // Draining also ends lingering: the error response goes out, then the connection closes.
     conn.state = ReadState::Draining;
     // A frame cut short by the close is dropped with its buffer.
-    conn.assembly = None;
-    conn.large = None;
+    conn.partial.clear();
 }
 
 fn fail(conn: &mut Conn, result: i32) {
@@ -1017,184 +1017,78 @@ fn fail(conn: &mut Conn, result: i32) {
     conn.closing = true;
 }
 
-/// Decodes and dispatches received bytes as far as back-pressure and the pool allow.
-fn decode_backlog(conn: &mut Conn, process: &Process, options: &UringOptions) {
-    let limits = FrameLimits { max_frame: process.config().max_frame };
-    if conn.large.as_ref().is_some_and(|l| l.body.len() == l.header.body_len()) {
-        let LargeFrame { header, body } = conn.large.take().expect("checked");
-        dispatch(conn, process, header, Payload::whole(body));
-    }
-    // The buffer being decoded leaves the backlog meanwhile (and returns to its front if decoding
-    // pauses): no reference is taken just to look at it.
-    while let Some((buf, start)) = conn.backlog.pop_front() {
-        if let ReadState::Lingering(_) = conn.state {
-            // Discarding: the bytes go nowhere, the buffers back to the ring.
-            give_back(conn, buf);
-            continue;
-        }
-        if conn.blocked_by_peer(options) {
-            conn.backlog.push_front((buf, start));
-            return;
-        }
-        match ingest(conn, process, limits, &buf, start, options) {
-            Ok(Some(next)) => {
-                // Paused (pool spent or back-pressure): keep the rest for later.
-                conn.backlog.push_front((buf, next));
-                return;
-            }
-            Ok(None) => give_back(conn, buf),
-            Err((err, id)) => {
-                refuse(conn, err, id, options);
-                give_back(conn, buf);
-                while let Some((rest, _)) = conn.backlog.pop_front() {
-                    give_back(conn, rest);
-                }
-            }
-        }
-    }
+/// A connection with the process it serves: how the [receive path](recv) and the
+/// [policy](policy) see it.
+struct Serving<'a> {
+    conn: &'a mut Conn,
+    process: &'a Process,
 }
 
-/// A received buffer whose bytes were consumed: a spare for the ring once no payload holds it.
-fn give_back(conn: &mut Conn, mut done: Arc<PoolBuf>) {
-    if Arc::get_mut(&mut done).is_some() {
-        conn.spare.push(done);
+/// How an io_uring connection moves bytes for the policy: everything joins its send queue, which
+/// goes out in one operation when the connection is pumped; a last frame also shuts the sending
+/// side once the queue is flushed.
+impl Link for Serving<'_> {
+    #[inline]
+    fn respond(&mut self, response: Response) {
+        self.conn.push_frame(OutFrame::from_response(response, self.process.config().max_frame));
+    }
+
+    #[inline]
+    fn reply(&mut self, frame: OutFrame) {
+        self.conn.push_frame(frame);
+    }
+
+    fn reply_last(&mut self, frame: OutFrame, _: End) {
+        self.conn.push_frame(frame);
+        self.conn.shutdown_after_flush = true;
+    }
+
+    fn discard_input(&mut self) {
+        self.conn.partial.clear();
+    }
+
+    #[inline]
+    fn state(&mut self) -> &mut ReadState {
+        &mut self.conn.state
+    }
+
+    fn linger(&self) -> Duration {
+        self.conn.limits.linger
     }
 }
 
-/// Consumes `buf[start..]`: completes a pending frame, dispatches every frame wholly inside the
-/// buffer as a slice of it (no copy), and keeps a cut-off tail. Returns where it stopped (the end
-/// when everything was consumed), or the protocol error and the id to answer it with.
-fn ingest(
-    conn: &mut Conn,
-    process: &Process,
-    limits: FrameLimits,
-    buf: &Arc<PoolBuf>,
-    start: usize,
-    options: &UringOptions,
-) -> Result<Option<usize>, (FrameError, u64)> {
-    let end = buf.len();
-    let mut pos = start;
-    while pos < end {
-        if let ReadState::Lingering(_) = conn.state {
-            // Refused mid-buffer (a peer that failed to authenticate): serve nothing more.
-            return Ok(None);
-        }
-        if conn.blocked_by_peer(options) {
-            return Ok(Some(pos));
-        }
-        if let Some(large) = conn.large.as_mut() {
-            // Bytes that arrived before the multishot receive stopped: copy them over.
-            let want = large.header.body_len() - large.body.len();
-            let take = want.min(end - pos);
-            assert!(large.body.try_extend(&buf[pos..pos + take]), "a large frame's buffer holds its body");
-            pos += take;
-            if large.body.len() == large.header.body_len() {
-                let LargeFrame { header, body } = conn.large.take().expect("checked");
-                dispatch(conn, process, header, Payload::whole(body));
-            }
-            continue;
-        }
-        if let Some(assembly) = conn.assembly.as_mut() {
-            let have = assembly.len();
-            if have < HEADER_LEN {
-                let take = (HEADER_LEN - have).min(end - pos);
-                assembly.try_extend(&buf[pos..pos + take]);
-                pos += take;
-                if assembly.len() < HEADER_LEN {
-                    continue;
-                }
-            }
-            let head = *assembly.first_chunk::<HEADER_LEN>().expect("checked length");
-            let header = Header::decode(&head, limits).map_err(|e| (e, header_id(&head)))?;
-            let total = HEADER_LEN + header.body_len();
-            if total > assembly.capacity() {
-                let Some(mut body) = process.pool().get(header.body_len()) else { return Ok(Some(pos)) };
-                body.try_extend(&assembly[HEADER_LEN..]);
-                conn.assembly = None;
-                conn.large = Some(LargeFrame { header, body });
-                continue;
-            }
-            let take = (total - assembly.len()).min(end - pos);
-            assembly.try_extend(&buf[pos..pos + take]);
-            pos += take;
-            if assembly.len() == total {
-                let assembly = Arc::new(conn.assembly.take().expect("checked"));
-                dispatch(conn, process, header, Payload::new(assembly, HEADER_LEN..total));
-            }
-            continue;
-        }
-        let available = &buf[pos..end];
-        match decode_frame(available, limits) {
-            Ok(Decoded::Frame(frame, used)) => {
-                let header = frame.header;
-                dispatch(conn, process, header, Payload::new(Arc::clone(buf), pos + HEADER_LEN..pos + used));
-                pos += used;
-            }
-            Ok(Decoded::Incomplete(_)) => {
-                // A frame cut off at the end of this buffer.
-                let body_len = match available.first_chunk::<HEADER_LEN>() {
-                    Some(head) => Some(Header::decode(head, limits).map_err(|e| (e, header_id(head)))?),
-                    None => None,
-                };
-                match body_len {
-                    Some(header) if HEADER_LEN + header.body_len() > options.recv_buffer_size => {
-                        let Some(mut body) = process.pool().get(header.body_len()) else { return Ok(Some(pos)) };
-                        body.try_extend(&available[HEADER_LEN..]);
-                        conn.large = Some(LargeFrame { header, body });
-                    }
-                    _ => {
-                        let Some(mut assembly) = process.pool().get(options.recv_buffer_size) else {
-                            return Ok(Some(pos));
-                        };
-                        assembly.try_extend(available);
-                        conn.assembly = Some(assembly);
-                    }
-                }
-                pos = end;
-            }
-            Err(e) => {
-                let id = available.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-                return Err((e, id));
-            }
+impl Frames for Serving<'_> {
+    #[inline]
+    fn partial(&mut self) -> &mut Partial {
+        &mut self.conn.partial
+    }
+
+    #[inline]
+    fn backlog(&mut self) -> &mut VecDeque<(Arc<PoolBuf>, usize)> {
+        &mut self.conn.backlog
+    }
+
+    #[inline]
+    fn give_back(&mut self, mut done: Arc<PoolBuf>) {
+        if Arc::get_mut(&mut done).is_some() {
+            self.conn.spare.push(done);
         }
     }
-    Ok(None)
-}
 
-fn header_id(head: &[u8; HEADER_LEN]) -> u64 {
-    u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"))
-}
+    #[inline]
+    fn blocked(&self) -> bool {
+        self.conn.blocked_by_peer()
+    }
 
-fn dispatch(conn: &mut Conn, process: &Process, header: Header, body: Payload) {
-    let (meta, input) = body.split_meta(header.meta_len as usize);
-    let frame = match serve_frame(process, &mut conn.peer, &conn.sink, header, meta, input) {
-        FrameAction::Queued => {
-            conn.outstanding += 1;
-            return;
+    #[inline]
+    fn dispatch(&mut self, header: Header, body: Payload) {
+        let conn = &mut *self.conn;
+        let (meta, input) = body.split_meta(header.meta_len as usize);
+        match serve_frame(self.process, &mut conn.peer, &conn.sink, header, meta, input) {
+            FrameAction::Queued => conn.outstanding += 1,
+            action => policy::act(self, action),
         }
-        FrameAction::Respond(response) => OutFrame::from_response(response, process.config().max_frame),
-        FrameAction::Reply(frame) => frame,
-        FrameAction::ReplyAndClose(frame) => {
-            if conn.state == ReadState::Open {
-                conn.shutdown_after_flush = true;
-                conn.state = ReadState::Lingering(Instant::now() + conn.linger);
-            }
-            frame
-        }
-    };
-    conn.push_frame(frame);
-}
-
-/// Answers a protocol violation, shuts the sending side once it is out, and lingers.
-fn refuse(conn: &mut Conn, err: FrameError, id: u64, options: &UringOptions) {
-    tracing::debug!(id, "closing a connection that broke the protocol: {err}");
-    // An error carries no output, so no padding: no limit to respect.
-    let error = Response { id, outcome: Outcome::error(err.status(), err.to_string()) };
-    conn.push_frame(OutFrame::from_response(error, usize::MAX));
-    conn.shutdown_after_flush = true;
-    conn.state = ReadState::Lingering(Instant::now() + options.linger);
-    conn.assembly = None;
-    conn.large = None;
+    }
 }
 
 fn send_flags() -> u32 {

@@ -1,17 +1,30 @@
-//! Helpers for this repository's tests and benchmarks: build the example function libraries and
-//! start a real process on a real socket. Not part of the SDK's stable surface.
+//! Scaffolding for this workspace's tests, never part of a production build (a dev-dependency
+//! of the crates whose tests use it, `publish = false`): build the example function libraries,
+//! start a real process on a real socket ([`serve`]), speak raw bytes to one ([`raw`]), and wait
+//! for a condition with a deadline instead of sleeping ([`wait_until`], [`linux`]).
+//!
+//! Environment variables honoured: `PRAAS_EXAMPLE_FUNCTIONS` (the example library to use instead
+//! of building it, as in the SoftRoCE VM), `CARGO`, `CARGO_TARGET_DIR`, `CC`, `PRAAS_RDMA_ADDR`
+//! and `PRAAS_RDMA_REQUIRED` ([`rdma_test_addr`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use crate::function::{ExecutionMode, FunctionSpec, Manifest};
-use crate::transport::TransportKind;
-use crate::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
+use praas_dataplane::function::{ExecutionMode, FunctionSpec, Manifest};
+use praas_dataplane::transport::TransportKind;
+use praas_dataplane::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
+
+#[cfg(target_os = "linux")]
+pub mod linux;
+pub mod raw;
+mod wait;
+
+pub use wait::{wait_for, wait_until};
 
 /// The workspace's root folder.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("dataplane/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ has a parent").to_path_buf()
 }
 
 /// Folder for libraries built by tests: beside, not inside, the target dir cargo is using, so a
@@ -133,7 +146,7 @@ pub fn serve_on(kind: TransportKind, manifest: &Manifest, config: ProcessConfig)
         TransportKind::Mio => {
             Box::new(TcpTransport::bind(addr, Arc::clone(&process), TcpOptions::default()).expect("bind loopback"))
         }
-        kind => crate::transport::bind(kind, addr, Arc::clone(&process)).expect("bind loopback"),
+        kind => praas_dataplane::transport::bind(kind, addr, Arc::clone(&process)).expect("bind loopback"),
     };
     let server = transport.spawn().expect("the transport starts");
     (process, server)
