@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of praas, failing on the first failure:
-#   formatting, clippy with warnings denied, all unit, integration and property tests of the
+#   formatting, no module cycle in any crate, clippy with warnings denied, all unit, integration
+#   and property tests of the
 #   workspace, a short run of every fuzz target, and the SoftRoCE harness self-test (perftest over
 #   rxe0 inside the QEMU VM of scripts/rxe-vm.sh).
 #
@@ -19,6 +20,10 @@ scripts/setup.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
+
+step "module cycles (none in any crate; the check's self-test makes one on purpose)"
+python3 scripts/check-module-cycles.py --self-test
+python3 scripts/check-module-cycles.py
 
 step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -181,7 +181,9 @@ fn kill_9_of_a_process_gives_failure_and_errors_for_its_invocations() {
         let started = Instant::now();
         (api.invoke("fragile", "sleep", Some("p"), b"20000"), started.elapsed())
     });
-    thread::sleep(Duration::from_millis(300));
+    praas_testkit::wait_until(Duration::from_secs(20), "the sleep to be in flight on the process", || {
+        cp.process("fragile", "p").metrics.in_flight == 1
+    });
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     let failed = cp.wait_status("fragile", "p", ProcessStatus::Failure, Duration::from_secs(5));
     assert!(failed.error.unwrap().contains("signal 9"));

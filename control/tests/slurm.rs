@@ -220,7 +220,9 @@ fn scancel_gives_failure(mode: &str) {
         let started = Instant::now();
         (api.invoke("hpc", "sleep", Some("victim"), b"20000"), started.elapsed())
     });
-    thread::sleep(Duration::from_millis(300));
+    praas_testkit::wait_until(Duration::from_secs(20), "the sleep to be in flight on the process", || {
+        cp.process("hpc", "victim").metrics.in_flight == 1
+    });
     let cancelled = Instant::now();
     slurm("scancel", &[&job]);
     let failed = cp.wait_status("hpc", "victim", ProcessStatus::Failure, Duration::from_secs(2));

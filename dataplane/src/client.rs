@@ -19,9 +19,9 @@ use crate::protocol::{
     alignment_padding, decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status,
     HEADER_LEN, PADDING,
 };
+pub use crate::transport::kind::TransportKind;
 #[cfg(target_os = "linux")]
 use crate::transport::uring::client::UringStream;
-pub use crate::transport::TransportKind;
 
 /// Settings of a client connection.
 #[derive(Debug, Clone)]
@@ -606,7 +606,7 @@ fn completion(header: Header, meta: &[u8], payload: &[u8]) -> Option<Completion>
 /// A small frame is copied into one buffer and written with `write`: the kernel then imports no
 /// iovecs (measured: about a tenth of a small send's system time).
 fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    let mut flat = crate::transport::FlatBuf::new();
+    let mut flat = crate::flat::FlatBuf::new();
     if let Some(small) = flat.fill(bufs) {
         return stream.write_all(small);
     }

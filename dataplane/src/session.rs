@@ -3,11 +3,11 @@
 //! Every transport keeps one [`PeerSession`] per connection.
 
 use crate::buffer::BufferPool;
+use crate::frame::OutFrame;
 use crate::handshake::{Acceptance, Acceptor};
 use crate::mailbox::MailboxError;
 use crate::process::Process;
 use crate::protocol::{Header, MessageKind, Status};
-use crate::transport::OutFrame;
 
 /// What the receiving side answers to a `Hello` or `Message` frame.
 #[derive(Debug)]

@@ -3,13 +3,14 @@
 //! connection whose frame ends it sends last, and when a connection closes.
 //!
 //! A transport implements [`Link`] (how it moves the bytes of one connection) and calls [`act`]
-//! with what [`serve_frame`](super::serve_frame) decided and [`refuse`] with a protocol violation;
+//! with what [`serve_frame`](crate::dispatch::serve_frame) decided and [`refuse`] with a protocol violation;
 //! the decisions are made here. Everything is generic (no dynamic dispatch) and inlined into the
 //! transports' receive paths.
 
 use std::time::{Duration, Instant};
 
-use super::{FrameAction, OutFrame};
+use crate::dispatch::FrameAction;
+use crate::frame::OutFrame;
 use crate::invocation::Outcome;
 use crate::process::Response;
 use crate::protocol::{header_id, FrameError, Status};
@@ -111,7 +112,7 @@ pub(crate) trait Link {
     fn linger(&self) -> Duration;
 }
 
-/// Carries out what [`serve_frame`](super::serve_frame) decided for one frame; `Queued` needs
+/// Carries out what [`serve_frame`](crate::dispatch::serve_frame) decided for one frame; `Queued` needs
 /// nothing (the transport counts it).
 #[inline]
 pub(crate) fn act<L: Link>(link: &mut L, action: FrameAction) {

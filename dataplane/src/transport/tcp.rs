@@ -28,12 +28,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::handle::{accept_waiting, ServerHandle, Transport};
 use super::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState, Refusal};
-use super::{
-    accept_waiting, flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, LargeFrame, OutFrame, ServerHandle,
-    Transport,
-};
 use crate::buffer::{Payload, PoolBuf};
+use crate::dispatch::{serve_frame, FrameAction};
+use crate::frame::{flatten_frames, FlatBuf, Gathered, LargeFrame, OutFrame};
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
 use crate::session::PeerSession;

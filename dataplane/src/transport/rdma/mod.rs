@@ -7,7 +7,7 @@
 //! - [`flow`]: the immediate-data header of every message, grants, and the credit ledger.
 //! - [`window`]: the send window (slots, signalling, retire, work request ids) and the large
 //!   transfers' states, as pure logic used by both ends.
-//! - [`server`]: [`RdmaTransport`], the process side, behind the [`Transport`](super::Transport) seam.
+//! - [`server`]: [`RdmaTransport`], the process side, behind the [`Transport`](super::handle::Transport) seam.
 //! - [`client`]: [`RdmaClient`], the SDK side, with the API of [`Client`](crate::Client).
 //!
 //! Completions are polled by the policy [`PollPolicy`]: busy polling, blocking on the completion

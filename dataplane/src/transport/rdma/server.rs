@@ -35,12 +35,14 @@ use super::verbs::{
 use super::window::{wr_id, wr_parts, Receives, SendWindow, Sends, WR_RECV, WR_SLOT, WR_WRITE};
 use super::PollPolicy;
 use crate::buffer::{Payload, PoolBuf};
+use crate::dispatch::serve_frame;
+use crate::frame::OutFrame;
 use crate::invocation::Outcome;
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, Status, HEADER_LEN};
 use crate::session::PeerSession;
+use crate::transport::handle::{ServerHandle, Transport};
 use crate::transport::policy::{self, Delivery, End, Link, ReadState, Refusal};
-use crate::transport::{serve_frame, OutFrame, ServerHandle, Transport};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -77,7 +79,7 @@ impl Default for RdmaOptions {
             credits: 16,
             max_connections: 32,
             poll: PollPolicy::from_env().unwrap_or_default(),
-            linger: crate::transport::ConnectionOptions::default().linger,
+            linger: crate::transport::policy::ConnectionOptions::default().linger,
         }
     }
 }
@@ -958,7 +960,7 @@ impl EventLoop {
     }
 
     fn accept(&mut self) {
-        for (stream, peer) in crate::transport::accept_waiting(&self.listener) {
+        for (stream, peer) in crate::transport::handle::accept_waiting(&self.listener) {
             if let Err(e) = self.add(stream) {
                 tracing::warn!(%peer, "RDMA connection set-up failed: {e}");
             }

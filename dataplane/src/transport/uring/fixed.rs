@@ -167,7 +167,7 @@ mod tests {
     use crate::buffer::BufferPool;
 
     fn ring() -> Option<IoUring> {
-        if !crate::transport::uring_available() {
+        if !crate::transport::kind::uring_available() {
             eprintln!("skipped: io_uring is unavailable on this kernel");
             return None;
         }

@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ServerHandle, Transport};
+use super::handle::{ServerHandle, Transport};
 use crate::process::Process;
 
 /// Tuning of the io_uring transport.
@@ -52,7 +52,7 @@ pub struct UringOptions {
     /// Use `SENDMSG_ZC` for loopback peers too (for tests of that path).
     pub zero_copy_on_loopback: bool,
     /// Back-pressure, and the linger of a connection that broke the protocol.
-    pub connection: super::ConnectionOptions,
+    pub connection: super::policy::ConnectionOptions,
     /// How long an I/O thread with nothing to do polls its ring (yielding the CPU between looks)
     /// before it blocks; zero blocks at once. Polling spares the wake-up of a blocked thread when
     /// the next request comes, at the price of a CPU while it polls. Default: `PRAAS_URING_SPIN_US`
@@ -70,7 +70,7 @@ impl Default for UringOptions {
             recv_buffer_size: 128 << 10,
             zero_copy_threshold: DEFAULT_ZERO_COPY_THRESHOLD,
             zero_copy_on_loopback: false,
-            connection: super::ConnectionOptions::default(),
+            connection: super::policy::ConnectionOptions::default(),
             spin: spin_from_env(),
         }
     }

@@ -211,7 +211,7 @@ impl RegisteredRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::TransportKind;
+    use crate::transport::kind::TransportKind;
 
     #[test]
     fn transport_names_parse_and_auto_resolves_to_what_the_probe_says() {
@@ -225,7 +225,7 @@ mod tests {
             assert_eq!(text.parse::<TransportKind>().unwrap(), kind);
         }
         let err = "rdma".parse::<TransportKind>().unwrap_err();
-        assert_eq!(err, crate::transport::UnknownTransport("rdma".into()));
+        assert_eq!(err, crate::transport::kind::UnknownTransport("rdma".into()));
         assert!(err.to_string().contains("uring, mio or auto"), "{err}");
         assert_eq!(TransportKind::Auto.to_string(), "auto");
         let expected = if check().is_ok() { TransportKind::Uring } else { TransportKind::Mio };

@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::buffer::{BufferPool, Payload, PoolBuf};
+use crate::frame::LargeFrame;
 use crate::protocol::{decode_frame, Decoded, FrameLimits, Header, HEADER_LEN};
 use crate::transport::policy::{self, Link, Refusal};
-use crate::transport::LargeFrame;
 
 /// A frame received in part: at most one of the two is set.
 #[derive(Debug, Default)]
@@ -313,10 +313,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::frame::OutFrame;
     use crate::process::Response;
     use crate::protocol::{encode_frame, MessageKind, Status};
     use crate::transport::policy::{End, ReadState};
-    use crate::transport::OutFrame;
 
     const BUFFER: usize = 4096;
 

@@ -25,14 +25,15 @@ use super::fixed::FixedBuffers;
 use super::recv::{self, Frames, Intake, Partial, Receiving, RecvStep};
 use super::{UringOptions, UringStats};
 use crate::buffer::{Payload, PoolBuf};
+use crate::dispatch::{serve_frame, FrameAction};
+use crate::frame::{flatten_frames, FlatBuf, Gathered, OutFrame};
 use crate::process::{Process, Response, ResponseSink};
 use crate::protocol::{FrameLimits, Header};
 use crate::session::PeerSession;
 use crate::transport::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState};
-use crate::transport::{flatten_frames, serve_frame, FlatBuf, FrameAction, Gathered, OutFrame};
 
 /// Most iovecs in one send.
-const MAX_IOV: usize = crate::transport::MAX_GATHER;
+const MAX_IOV: usize = crate::frame::MAX_GATHER;
 
 /// Operation kinds, the low byte of `user_data`.
 const OP_ACCEPT: u8 = 1;

@@ -1,0 +1,93 @@
+//! A transport as the process's start-up sees it: bound, spawned on its thread, stopped through
+//! its [`ServerHandle`]; and accepting the connections a listener has waiting.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+/// A transport serving one process.
+pub trait Transport: Send + 'static {
+    /// Short name: `tcp`, `uring`, `rdma`.
+    fn name(&self) -> &'static str;
+    /// The address clients connect to.
+    fn local_addr(&self) -> SocketAddr;
+    /// Serves on a new thread until the returned handle stops it.
+    fn spawn(self: Box<Self>) -> std::io::Result<ServerHandle>;
+}
+
+/// A running transport; stops it when told to (or when dropped).
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: Option<Box<dyn FnOnce() + Send>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle").field("addr", &self.addr).finish()
+    }
+}
+
+impl ServerHandle {
+    /// Wraps a transport's thread and the closure that makes it stop.
+    pub fn new(addr: SocketAddr, stop: Box<dyn FnOnce() + Send>, thread: JoinHandle<std::io::Result<()>>) -> Self {
+        Self { addr, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until the transport stops by itself (an error) or forever.
+    pub fn join(mut self) -> std::io::Result<()> {
+        self.stop = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("transport thread panicked")),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the transport and waits for its thread.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("transport thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.stop.is_some() {
+            let _ = self.shutdown();
+        }
+    }
+}
+
+/// Accepts every connection waiting on a non-blocking listener (edge-triggered readiness: until
+/// it would block). Another error (out of descriptors, say) is logged and ends the round: the
+/// connection stays queued and comes with the next readiness event.
+pub(crate) fn accept_waiting(listener: &mio::net::TcpListener) -> Vec<(mio::net::TcpStream, SocketAddr)> {
+    let mut accepted = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok(connection) => accepted.push(connection),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                return accepted;
+            }
+        }
+    }
+}
