@@ -672,11 +672,11 @@ pub(crate) fn authenticate_client(
     wire: &mut impl crate::handshake::HandshakeWire<Error = ClientError>,
     credentials: &crate::auth::Credentials,
 ) -> Result<(), ClientError> {
-    use crate::handshake::{introduce, HandshakeError, Introduction};
+    use crate::handshake::{introduce, Introduction};
     let who =
         Introduction { app: &credentials.app, me: &credentials.name, key: &credentials.key, client: true, to: None };
-    introduce(wire, &who).map_err(|err| match err {
-        HandshakeError::Wire(err) => err,
-        HandshakeError::Refused(message) => ClientError::Remote { status: Status::Unauthenticated, message },
+    introduce(wire, &who).map_err(|err| match err.wire_or_refusal() {
+        Ok(err) => err,
+        Err(message) => ClientError::Remote { status: Status::Unauthenticated, message },
     })
 }

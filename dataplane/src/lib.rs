@@ -7,24 +7,20 @@
 //!
 //! `docs/architecture.md` follows one invocation through these modules end to end.
 
-pub mod auth;
+pub use praas_wire::{auth, flat, handshake, idmap, lifecycle, protocol};
+
 pub mod buffer;
 pub mod client;
 pub mod clock;
 pub mod control_channel;
 pub mod dispatch;
-pub mod flat;
 pub mod frame;
 pub mod function;
-pub mod handshake;
-pub mod idmap;
 pub mod invocation;
-pub mod lifecycle;
 pub mod mailbox;
 pub mod peer;
 pub mod process;
 pub mod process_core;
-pub mod protocol;
 pub mod session;
 pub mod state;
 pub mod swap;

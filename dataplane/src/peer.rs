@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::{Secret, NONCE_LEN, PROOF_LEN};
-use crate::handshake::{introduce, HandshakeError, HandshakeWire, Introduction};
+use crate::handshake::{introduce, HandshakeWire, Introduction};
 use crate::lifecycle::ProcessStatus;
 use crate::mailbox::{Mailbox, MailboxError};
 use crate::protocol::{FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
@@ -716,18 +716,15 @@ impl PeerDirectory {
         let mut conn = PeerConnection { wire, next_id: 1 };
         let introduction =
             Introduction { app: &self.app, me: &self.id, key: secret.expose(), client: false, to: Some(dest) };
-        match introduce(&mut TimedWire { conn: &mut conn, deadline }, &introduction) {
-            Ok(()) => Ok(conn),
-            Err(HandshakeError::Refused(reason)) => {
-                Err(PeerError::Unauthenticated { dest: dest.to_owned(), reason: format!("at {addr}: {reason}") })
-            }
-            Err(HandshakeError::Wire(WireError::Timeout)) => {
-                Err(PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started })
-            }
-            Err(HandshakeError::Wire(err)) => {
-                Err(PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason: err.to_string() })
-            }
-        }
+        let failed = match introduce(&mut TimedWire { conn: &mut conn, deadline }, &introduction) {
+            Ok(()) => return Ok(conn),
+            Err(failed) => failed,
+        };
+        Err(match failed.wire_or_refusal() {
+            Err(reason) => PeerError::Unauthenticated { dest: dest.to_owned(), reason: format!("at {addr}: {reason}") },
+            Ok(WireError::Timeout) => PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started },
+            Ok(err) => PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason: err.to_string() },
+        })
     }
 }
 

@@ -73,6 +73,17 @@ pub enum HandshakeError<E> {
     Refused(String),
 }
 
+impl<E> HandshakeError<E> {
+    /// The failed connection's error (`Ok`), or why the other side refused (`Err`): for callers
+    /// outside this crate, which cannot match every variant of this non-exhaustive enum.
+    pub fn wire_or_refusal(self) -> Result<E, String> {
+        match self {
+            HandshakeError::Wire(e) => Ok(e),
+            HandshakeError::Refused(text) => Err(text),
+        }
+    }
+}
+
 /// The connecting side of the handshake: both sides prove they hold the key (the secret between
 /// processes, the client key between a client and a process), which never travels.
 pub fn introduce<W: HandshakeWire>(wire: &mut W, who: &Introduction<'_>) -> Result<(), HandshakeError<W::Error>> {
