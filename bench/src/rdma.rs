@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use praas_dataplane::clock::Tick;
 use praas_dataplane::{
-    FunctionRegistry, Manifest, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport,
-    ServerHandle, Transport,
+    FunctionRegistry, Manifest, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, ServerHandle,
+    Transport,
 };
 
 use crate::cli::InvokeArgs;
@@ -136,8 +136,12 @@ fn serve_as(
     let manifest = Manifest::from_file(manifest).map_err(|e| e.to_string())?;
     let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
     let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
-    let transport = RdmaTransport::bind(SocketAddr::new(addr, 0), Arc::clone(&process), RdmaOptions::default())
-        .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
+    let transport = praas_dataplane::transport::rdma::bind_with_peers(
+        SocketAddr::new(addr, 0),
+        Arc::clone(&process),
+        RdmaOptions::default(),
+    )
+    .map_err(|e| format!("cannot serve RDMA on {addr}: {e}"))?;
     let server = Box::new(transport).spawn().map_err(|e| format!("cannot start the RDMA transport: {e}"))?;
     Ok((process, server))
 }

@@ -356,8 +356,12 @@ fn serve_rdma(spec: &str, process: &Arc<Process>) -> Result<Option<praas_datapla
         }
         Err(source) => return Err(ProcessMainError::RdmaAddress { spec: spec.to_owned(), source }),
     };
-    let rdma = praas_dataplane::RdmaTransport::bind(addr, Arc::clone(process), praas_dataplane::RdmaOptions::default())
-        .map_err(|source| ProcessMainError::RdmaListen { addr, source })?;
+    let rdma = praas_dataplane::transport::rdma::bind_with_peers(
+        addr,
+        Arc::clone(process),
+        praas_dataplane::RdmaOptions::default(),
+    )
+    .map_err(|source| ProcessMainError::RdmaListen { addr, source })?;
     let rdma = praas_dataplane::Transport::spawn(Box::new(rdma)).map_err(ProcessMainError::RdmaTransport)?;
     println!("rdma listening on rdma://{}", rdma.local_addr());
     Ok(Some(rdma))

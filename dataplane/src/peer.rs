@@ -49,10 +49,6 @@ const MAX_IDLE_PER_PEER: usize = 8;
 /// acknowledgements carry at most an error text (or a nonce and a proof), never a payload, so a
 /// peer (authenticated or not yet) cannot make us allocate more than this.
 const ANSWER_LIMITS: FrameLimits = FrameLimits { max_frame: u16::MAX as usize + NONCE_LEN + PROOF_LEN };
-/// How long a put over RDMA busy-polls for its acknowledgement before it sleeps on the
-/// completion channel.
-#[cfg(feature = "rdma")]
-const PUT_SPIN: Duration = Duration::from_micros(100);
 /// How long a put may take when the caller gives no deadline of its own.
 pub const DEFAULT_PUT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -185,8 +181,47 @@ enum Wire {
     /// A blocking TCP stream to the peer's data-plane port.
     Tcp(TcpWire),
     /// A queue pair to the peer's RDMA transport.
-    #[cfg(feature = "rdma")]
-    Rdma(Box<crate::transport::rdma::RdmaClient>),
+    Rdma(Box<dyn RdmaLink>),
+}
+
+/// A connection to a peer's RDMA transport, as the peer directory uses one. The data-plane
+/// client's `RdmaClient` is one; an [`RdmaDialer`] opens them. (The directory lives below the
+/// client and the RDMA transport, so it reaches RDMA through this seam, given to it by the
+/// process's start-up: [`PeerDirectory::enable_rdma`].)
+pub trait RdmaLink: Send {
+    /// Bounds the next send or receive.
+    fn set_timeout(&mut self, timeout: Duration);
+    /// Sends one frame (the lengths in `header` are those of `meta` and `payload`).
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), LinkError>;
+    /// Receives the next frame.
+    fn recv_frame(&mut self) -> Result<OwnedFrame, LinkError>;
+    /// Whether the connection still looks usable.
+    fn alive(&mut self) -> bool;
+}
+
+/// Why an RDMA link failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// Its timeout passed.
+    #[error("timed out")]
+    Timeout,
+    /// It failed otherwise.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Opens RDMA links to the peers that serve RDMA.
+pub trait RdmaDialer: Send + Sync + std::fmt::Debug {
+    /// Connects from the RDMA device `device` to the RDMA transport at `addr` within `timeout`,
+    /// for frames of at most `max_frame` bytes.
+    fn dial(
+        &self,
+        addr: &str,
+        device: &str,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Box<dyn RdmaLink>, LinkError>;
 }
 
 /// A blocking TCP stream and the socket timeouts last set on it.
@@ -240,7 +275,8 @@ pub struct PeerDirectory {
     mailbox: Arc<Mailbox>,
     peers: RwLock<HashMap<String, Entry>>,
     /// The RDMA device this process serves on: set, puts to peers that serve RDMA use it.
-    rdma_device: std::sync::OnceLock<String>,
+    /// The RDMA device and the dialer puts to peers that serve RDMA use, once enabled.
+    rdma: std::sync::OnceLock<(String, Arc<dyn RdmaDialer>)>,
     delivered_tcp: AtomicU64,
     delivered_rdma: AtomicU64,
 }
@@ -294,13 +330,11 @@ enum WireError {
     #[error("protocol error: {0}")]
     Protocol(#[from] FrameError),
     /// The peer's answer is larger than an answer may be.
-    #[cfg(feature = "rdma")]
     #[error("protocol error: an answer of {0} bytes")]
     AnswerTooLarge(usize),
     /// The RDMA connection failed.
-    #[cfg(feature = "rdma")]
     #[error(transparent)]
-    Rdma(crate::client::ClientError),
+    Rdma(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Wire {
@@ -309,7 +343,6 @@ impl Wire {
         let header = Header { meta_len: meta.len() as u16, payload_len: payload.len() as u32, ..header };
         match self {
             Self::Tcp(tcp) => tcp.send(header, meta, payload, deadline),
-            #[cfg(feature = "rdma")]
             Self::Rdma(client) => {
                 client.set_timeout(left(deadline).ok_or(WireError::Timeout)?);
                 client.send_frame(header, meta, payload).map_err(WireError::from)
@@ -321,7 +354,6 @@ impl Wire {
     fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<OwnedFrame, WireError> {
         match self {
             Self::Tcp(tcp) => tcp.recv(limits, deadline),
-            #[cfg(feature = "rdma")]
             Self::Rdma(client) => {
                 client.set_timeout(left(deadline).ok_or(WireError::Timeout)?);
                 let frame = client.recv_frame().map_err(WireError::from)?;
@@ -337,7 +369,6 @@ impl Wire {
     fn alive(&mut self) -> bool {
         match self {
             Self::Tcp(tcp) => tcp.alive(),
-            #[cfg(feature = "rdma")]
             Self::Rdma(client) => client.alive(),
         }
     }
@@ -345,18 +376,16 @@ impl Wire {
     fn kind(&self) -> PeerWire {
         match self {
             Self::Tcp(_) => PeerWire::Tcp,
-            #[cfg(feature = "rdma")]
             Self::Rdma(_) => PeerWire::Rdma,
         }
     }
 }
 
-#[cfg(feature = "rdma")]
-impl From<crate::client::ClientError> for WireError {
-    fn from(err: crate::client::ClientError) -> Self {
+impl From<LinkError> for WireError {
+    fn from(err: LinkError) -> Self {
         match err {
-            crate::client::ClientError::Timeout(_) => Self::Timeout,
-            other => Self::Rdma(other),
+            LinkError::Timeout => Self::Timeout,
+            LinkError::Failed(source) => Self::Rdma(source),
         }
     }
 }
@@ -472,22 +501,22 @@ impl PeerDirectory {
             limits: FrameLimits { max_frame },
             mailbox,
             peers: RwLock::new(HashMap::new()),
-            rdma_device: std::sync::OnceLock::new(),
+            rdma: std::sync::OnceLock::new(),
             delivered_tcp: AtomicU64::new(0),
             delivered_rdma: AtomicU64::new(0),
         }
     }
 
     /// Says that this process serves RDMA on `device`: from now on, puts to peers that serve RDMA
-    /// too go over RDMA (over TCP if that connection cannot be opened, with a log line). The
-    /// RDMA transport calls it when it starts; the first device named stays.
-    pub fn enable_rdma(&self, device: &str) {
-        let _ = self.rdma_device.set(device.to_owned());
+    /// too go over RDMA links `dialer` opens (over TCP if one cannot be opened, with a log line).
+    /// The process's start-up calls it with the RDMA transport; the first device named stays.
+    pub fn enable_rdma(&self, device: &str, dialer: Arc<dyn RdmaDialer>) {
+        let _ = self.rdma.set((device.to_owned(), dialer));
     }
 
     /// The RDMA device puts use, if this process serves RDMA.
     pub fn rdma_device(&self) -> Option<&str> {
-        self.rdma_device.get().map(String::as_str)
+        self.rdma.get().map(|(device, _)| device.as_str())
     }
 
     /// Messages this process's puts delivered to peers so far, by wire.
@@ -630,9 +659,8 @@ impl PeerDirectory {
     /// Opens and authenticates a connection to `dest`: over RDMA when both ends serve it (over
     /// TCP if that fails for another reason than the peer's refusal), else over TCP.
     fn open(&self, dest: &str, peer: &Peer, secret: &Secret, deadline: Instant) -> Result<PeerConnection, PeerError> {
-        #[cfg(feature = "rdma")]
-        if let (Some(device), Some(rdma)) = (self.rdma_device.get(), &peer.rdma) {
-            match self.connect_rdma(dest, rdma, device, secret, deadline) {
+        if let (Some((device, dialer)), Some(rdma)) = (self.rdma.get(), &peer.rdma) {
+            match self.connect_rdma(dest, rdma, device, dialer.as_ref(), secret, deadline) {
                 Ok(conn) => return Ok(conn),
                 Err(err @ (PeerError::Unauthenticated { .. } | PeerError::Timeout { .. })) => return Err(err),
                 Err(err) => tracing::warn!(dest, "messages go over TCP: {err}"),
@@ -643,37 +671,24 @@ impl PeerDirectory {
     }
 
     /// Opens an RDMA connection to `dest`'s RDMA transport at `addr`, on `device`.
-    #[cfg(feature = "rdma")]
     fn connect_rdma(
         &self,
         dest: &str,
         addr: &str,
         device: &str,
+        dialer: &dyn RdmaDialer,
         secret: &Secret,
         deadline: Instant,
     ) -> Result<PeerConnection, PeerError> {
-        use crate::transport::rdma::{RdmaClient, RdmaClientOptions};
         let timeout =
             left(deadline).ok_or_else(|| PeerError::Timeout { dest: dest.to_owned(), timeout: Duration::ZERO })?;
-        // A put waits for one acknowledgement, a few microseconds away on a fabric: spin briefly,
-        // then sleep, so that a worker waiting for it does not keep the core from the I/O thread
-        // that has to run for the answer (`PRAAS_RDMA_POLL` overrides, as everywhere).
-        let poll = crate::transport::rdma::PollPolicy::from_env()
-            .unwrap_or(crate::transport::rdma::PollPolicy::Adaptive { spin: PUT_SPIN });
-        let options = RdmaClientOptions {
-            timeout,
-            max_frame: self.limits.max_frame,
-            device: Some(device.to_owned()),
-            poll,
-            ..RdmaClientOptions::default()
-        };
         let url = format!("rdma://{addr}");
-        let client = RdmaClient::connect_with(addr, options).map_err(|e| PeerError::Unreachable {
+        let link = dialer.dial(addr, device, timeout, self.limits.max_frame).map_err(|e| PeerError::Unreachable {
             dest: dest.to_owned(),
             addr: url.clone(),
             reason: e.to_string(),
         })?;
-        self.authenticate(dest, &url, Wire::Rdma(Box::new(client)), secret, deadline)
+        self.authenticate(dest, &url, Wire::Rdma(link), secret, deadline)
     }
 
     /// Opens a TCP connection to `dest` at `addr`.

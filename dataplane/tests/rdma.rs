@@ -22,8 +22,8 @@ use praas_dataplane::peer::{DeliveryCounts, PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
-    ClientError, FunctionRegistry, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, RdmaTransport,
-    ServerHandle, Status, Transport,
+    ClientError, FunctionRegistry, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, ServerHandle,
+    Status, Transport,
 };
 use praas_testkit::{linux, pattern, spec, wait_until};
 
@@ -59,7 +59,8 @@ fn serve(ip: IpAddr, options: RdmaOptions) -> (Arc<Process>, ServerHandle) {
     let config = ProcessConfig { id: "rdma-test".into(), workers: 4, ..ProcessConfig::default() };
     let process = Process::start(config, functions).expect("the process starts");
     let transport =
-        RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), options).expect("bind the RDMA transport");
+        praas_dataplane::transport::rdma::bind_with_peers(SocketAddr::new(ip, 0), Arc::clone(&process), options)
+            .expect("bind the RDMA transport");
     let server = Box::new(transport).spawn().expect("the transport starts");
     (process, server)
 }
@@ -118,8 +119,12 @@ fn a_process_that_requires_authentication_serves_only_clients_with_the_client_ke
         ..ProcessConfig::default()
     };
     let process = Process::start(config, functions).expect("the process starts");
-    let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
-        .expect("bind the RDMA transport");
+    let transport = praas_dataplane::transport::rdma::bind_with_peers(
+        SocketAddr::new(ip, 0),
+        Arc::clone(&process),
+        RdmaOptions::default(),
+    )
+    .expect("bind the RDMA transport");
     let server = Box::new(transport).spawn().expect("the transport starts");
     let connect = |key: &str| {
         let credentials =
@@ -153,8 +158,12 @@ fn large_outputs_are_sent_from_cached_registrations() {
     let ip = require_rdma!();
     let functions = FunctionRegistry::load(&manifest()).expect("the test manifest loads");
     let process = Process::start(ProcessConfig::default(), functions).expect("the process starts");
-    let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
-        .expect("bind the RDMA transport");
+    let transport = praas_dataplane::transport::rdma::bind_with_peers(
+        SocketAddr::new(ip, 0),
+        Arc::clone(&process),
+        RdmaOptions::default(),
+    )
+    .expect("bind the RDMA transport");
     let stats = transport.stats();
     let server = Box::new(transport).spawn().expect("the transport starts");
     let mut c = client(server.local_addr());
@@ -553,8 +562,12 @@ impl Peer {
             ..ProcessConfig::default()
         };
         let (process, tcp) = praas_testkit::serve_on(TransportKind::Mio, &manifest(), config);
-        let transport = RdmaTransport::bind(SocketAddr::new(ip, 0), Arc::clone(&process), RdmaOptions::default())
-            .expect("bind the RDMA transport");
+        let transport = praas_dataplane::transport::rdma::bind_with_peers(
+            SocketAddr::new(ip, 0),
+            Arc::clone(&process),
+            RdmaOptions::default(),
+        )
+        .expect("bind the RDMA transport");
         let rdma = Box::new(transport).spawn().expect("the RDMA transport starts");
         Self { process, tcp, rdma }
     }

@@ -734,3 +734,61 @@ fn completion(frame: OwnedFrame) -> Option<Completion> {
         _ => None,
     }
 }
+
+impl crate::peer::RdmaLink for RdmaClient {
+    fn set_timeout(&mut self, timeout: Duration) {
+        RdmaClient::set_timeout(self, timeout);
+    }
+
+    fn send_frame(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> Result<(), crate::peer::LinkError> {
+        RdmaClient::send_frame(self, header, meta, payload).map_err(link_error)
+    }
+
+    fn recv_frame(&mut self) -> Result<OwnedFrame, crate::peer::LinkError> {
+        RdmaClient::recv_frame(self).map_err(link_error)
+    }
+
+    fn alive(&mut self) -> bool {
+        RdmaClient::alive(self)
+    }
+}
+
+fn link_error(err: ClientError) -> crate::peer::LinkError {
+    match err {
+        ClientError::Timeout(_) => crate::peer::LinkError::Timeout,
+        other => crate::peer::LinkError::Failed(Box::new(other)),
+    }
+}
+
+/// How long a put over RDMA busy-polls for its acknowledgement before it sleeps on the
+/// completion channel.
+const PUT_SPIN: Duration = Duration::from_micros(100);
+
+/// Opens the RDMA links a process's puts to its peers go over: RDMA clients of the peers'
+/// RDMA transports ([`crate::peer::PeerDirectory::enable_rdma`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeerDialer;
+
+impl crate::peer::RdmaDialer for PeerDialer {
+    fn dial(
+        &self,
+        addr: &str,
+        device: &str,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Box<dyn crate::peer::RdmaLink>, crate::peer::LinkError> {
+        // A put waits for one acknowledgement, a few microseconds away on a fabric: spin briefly,
+        // then sleep, so that a worker waiting for it does not keep the core from the I/O thread
+        // that has to run for the answer (`PRAAS_RDMA_POLL` overrides, as everywhere).
+        let poll = super::PollPolicy::from_env().unwrap_or(super::PollPolicy::Adaptive { spin: PUT_SPIN });
+        let options = RdmaClientOptions {
+            timeout,
+            max_frame,
+            device: Some(device.to_owned()),
+            poll,
+            ..RdmaClientOptions::default()
+        };
+        let client = RdmaClient::connect_with(addr, options).map_err(link_error)?;
+        Ok(Box::new(client))
+    }
+}

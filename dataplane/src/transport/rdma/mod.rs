@@ -23,7 +23,20 @@ pub mod window;
 
 use std::time::Duration;
 
-pub use client::{RdmaClient, RdmaClientOptions};
+pub use client::{PeerDialer, RdmaClient, RdmaClientOptions};
+
+/// Binds the RDMA transport for `process` on `addr` ([`RdmaTransport::bind`]) and lets the
+/// process's puts to peers that serve RDMA go over it too ([`PeerDialer`]): how a process's
+/// start-up serves RDMA.
+pub fn bind_with_peers(
+    addr: std::net::SocketAddr,
+    process: std::sync::Arc<crate::process::Process>,
+    options: RdmaOptions,
+) -> std::io::Result<RdmaTransport> {
+    let transport = RdmaTransport::bind(addr, std::sync::Arc::clone(&process), options)?;
+    process.peers().enable_rdma(transport.device(), std::sync::Arc::new(PeerDialer));
+    Ok(transport)
+}
 pub use server::{RdmaOptions, RdmaStats, RdmaTransport};
 
 /// How a thread waits for completions.

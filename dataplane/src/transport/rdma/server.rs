@@ -112,6 +112,11 @@ impl RdmaTransport {
         Ok(Self { listener, process, options, context, port, stats: Arc::default() })
     }
 
+    /// The RDMA device it serves on.
+    pub fn device(&self) -> &str {
+        self.context.name()
+    }
+
     /// The transport's counters, which stay readable after [`Transport::spawn`].
     pub fn stats(&self) -> Arc<RdmaStats> {
         Arc::clone(&self.stats)
@@ -133,8 +138,6 @@ impl Transport for RdmaTransport {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stop = Arc::new(AtomicBool::new(false));
         let mut event_loop = EventLoop::new(*self, poll, Arc::clone(&stop))?;
-        // This process has a device now: its messages to peers that serve RDMA go over it.
-        event_loop.process.peers().enable_rdma(event_loop.context.name());
         let thread =
             std::thread::Builder::new().name(format!("rdma-io-{}", addr.port())).spawn(move || event_loop.run())?;
         let stopper = move || {
