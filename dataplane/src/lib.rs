@@ -1,30 +1,43 @@
-//! The praas cloud process runtime.
+//! The praas data plane at one set of paths: the crates it is made of, re-exported.
 //!
-//! A [`Process`](process::Process) loads functions from shared libraries
-//! ([`function`]), keeps per-process state ([`state`]) and serves invocations that arrive through a
-//! [`Transport`](transport::Transport) speaking the wire [`protocol`]. Payloads live in buffers of
-//! the process's [`buffer`] pool from the socket to the function and back. [`client`] is the SDK.
+//! The layers, each using only those below it (`docs/architecture.md`):
+//! - `praas-wire` ([`protocol`], [`auth`], [`handshake`], [`lifecycle`], [`idmap`], [`flat`]):
+//!   what crosses a connection;
+//! - `praas-runtime` ([`process`], [`invocation`], [`function`], [`state`], [`mailbox`],
+//!   [`swap`], [`peer`], [`dispatch`], ...): the cloud process, below every transport;
+//! - `praas-transport` ([`transport`]): TCP over mio and io_uring, RDMA verbs;
+//! - `praas-client` ([`client`]): the SDK.
 //!
-//! `docs/architecture.md` follows one invocation through these modules end to end.
+//! A [`Process`](process::Process) loads functions from shared libraries ([`function`]), keeps
+//! per-process state ([`state`]) and serves invocations that arrive through a
+//! [`Transport`](transport::Transport) speaking the wire [`protocol`].
 
+pub use praas_client as client;
+pub use praas_runtime::{
+    buffer, clock, control_channel, dispatch, frame, function, invocation, mailbox, peer, process, process_core,
+    session, state, swap,
+};
 pub use praas_wire::{auth, flat, handshake, idmap, lifecycle, protocol};
 
-pub mod buffer;
-pub mod client;
-pub mod clock;
-pub mod control_channel;
-pub mod dispatch;
-pub mod frame;
-pub mod function;
-pub mod invocation;
-pub mod mailbox;
-pub mod peer;
-pub mod process;
-pub mod process_core;
-pub mod session;
-pub mod state;
-pub mod swap;
-pub mod transport;
+/// The transports, and the client ends of io_uring and RDMA beside them.
+pub mod transport {
+    pub use praas_transport::*;
+
+    /// The io_uring transport, and the client's io_uring stream (`client`).
+    #[cfg(target_os = "linux")]
+    pub mod uring {
+        pub use praas_client::uring as client;
+        pub use praas_transport::uring::*;
+    }
+
+    /// The RDMA verbs transport, and the client's end of it (`client`, [`RdmaClient`]).
+    #[cfg(feature = "rdma")]
+    pub mod rdma {
+        pub use praas_client::rdma as client;
+        pub use praas_client::rdma::{bind_with_peers, PeerDialer, RdmaClient, RdmaClientOptions};
+        pub use praas_transport::rdma::*;
+    }
+}
 
 pub use auth::{Credentials, Secret};
 pub use client::{Client, ClientError, ClientOptions, Completion};

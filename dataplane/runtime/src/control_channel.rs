@@ -1,0 +1,374 @@
+//! The control channel: one authenticated TCP connection from each process to the control plane.
+//!
+//! Frames are those of `docs/protocol.md`; their payloads here are JSON (the channel is off the
+//! invocation path, so readability wins). The conversation:
+//!
+//! 1. control plane → process: `Hello`, payload = a fresh nonce;
+//! 2. process → control plane: `Hello`, meta = `APP/PROCESS`, payload = [`HelloMessage`] with the
+//!    proof of the application's secret ([`praas_wire::auth`]) and the process's [`Registration`];
+//! 3. control plane → process: `Response`, status `Ok` (registered) or an error (refused);
+//! 4. then, any time: process → control plane `Metrics` ([`MetricsReport`]) every interval;
+//!    control plane → process `PeerUpdate` ([`PeerList`]) and `SwapRequest`, answered by
+//!    `SwapConfirm` ([`SwapConfirmation`]) after which a swapped-out process exits.
+//!
+//! A process whose channel breaks keeps serving and reconnects with back-off: a control plane
+//! that restarts finds its processes registering again.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::peer::PeerList;
+use crate::process::Process;
+use crate::swap::{SwapReport, SwapStore};
+use praas_wire::auth;
+use praas_wire::protocol::{decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status};
+
+/// Largest control frame.
+const MAX_CONTROL_FRAME: usize = 16 << 20;
+
+/// Who a process is and where clients reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// Application.
+    pub app: String,
+    /// Process id.
+    pub process: String,
+    /// Data-plane address (`HOST:PORT`).
+    pub data_addr: String,
+    /// RDMA address (`HOST:PORT` of the RDMA transport's set-up port), if it serves RDMA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma_addr: Option<String>,
+    /// OS process id on its host.
+    pub pid: u32,
+    /// Whether it started from a swapped-out snapshot.
+    pub restored: bool,
+}
+
+/// The process's half of the handshake.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloMessage {
+    /// Hex of the HMAC proof.
+    pub proof: String,
+    /// The registration.
+    pub registration: Registration,
+}
+
+/// Counters a process reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    /// Client invocations completed.
+    pub invocations: u64,
+    /// Local invocations completed.
+    pub local_invocations: u64,
+    /// Nanoseconds spent in functions.
+    pub compute_ns: u64,
+    /// Last invocation end, ns since the epoch (0: none).
+    pub last_invocation_ns: u64,
+    /// Invocations running now.
+    pub in_flight: u64,
+    /// State keys.
+    pub state_keys: u64,
+    /// Bytes of state values.
+    pub state_bytes: u64,
+    /// Messages this process delivered to its peers, by wire.
+    #[serde(default)]
+    pub messages_sent: crate::peer::DeliveryCounts,
+}
+
+/// The answer to a swap request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapConfirmation {
+    /// What was written, or why nothing was.
+    pub result: Result<SwapReport, String>,
+}
+
+/// A frame read whole from a blocking stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedFrame {
+    /// Its header.
+    pub header: Header,
+    /// Its metadata.
+    pub meta: Vec<u8>,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+impl OwnedFrame {
+    /// Decodes the JSON payload.
+    pub fn json<T: for<'de> Deserialize<'de>>(&self) -> io::Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+/// Blocking frame I/O over a TCP stream, for the control channel (both ends).
+#[derive(Debug)]
+pub struct FrameStream {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl FrameStream {
+    /// Wraps a connected stream.
+    pub fn new(stream: TcpStream) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self { stream, buf: Vec::new() }
+    }
+
+    /// The underlying stream (to clone a writer or shut it down).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, header: Header, meta: &[u8], payload: &[u8]) -> io::Result<()> {
+        write_frame(&mut self.stream, header, meta, payload)
+    }
+
+    /// Reads one frame, waiting at most `timeout`; `Ok(None)` when it passes with no whole frame.
+    pub fn recv(&mut self, timeout: Duration) -> io::Result<Option<OwnedFrame>> {
+        let deadline = Instant::now() + timeout;
+        let limits = FrameLimits { max_frame: MAX_CONTROL_FRAME };
+        loop {
+            match decode_frame(&self.buf, limits).map_err(invalid)? {
+                Decoded::Frame(frame, used) => {
+                    let owned =
+                        OwnedFrame { header: frame.header, meta: frame.meta.to_vec(), payload: frame.payload.to_vec() };
+                    self.buf.drain(..used);
+                    return Ok(Some(owned));
+                }
+                Decoded::Incomplete(missing) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    self.stream.set_read_timeout(Some(left))?;
+                    let start = self.buf.len();
+                    self.buf.resize(start + missing.max(4096), 0);
+                    match self.stream.read(&mut self.buf[start..]) {
+                        Ok(0) => {
+                            self.buf.truncate(start);
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
+                        Ok(n) => self.buf.truncate(start + n),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => self.buf.truncate(start),
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                            self.buf.truncate(start);
+                            return Ok(None);
+                        }
+                        Err(e) => {
+                            self.buf.truncate(start);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn invalid(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Writes a frame with a JSON payload.
+pub fn write_json<T: Serialize>(out: &mut impl Write, kind: MessageKind, meta: &[u8], value: &T) -> io::Result<()> {
+    let payload = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let header = Header { kind, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
+    write_frame(out, header, meta, &payload)
+}
+
+/// Writes one whole frame.
+pub fn write_frame(out: &mut impl Write, header: Header, meta: &[u8], payload: &[u8]) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    encode_frame(&mut bytes, header, meta, payload).map_err(invalid)?;
+    out.write_all(&bytes)
+}
+
+/// Hex text of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Bytes of hex text; `None` if it is not hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// How a process reaches its control plane.
+#[derive(Debug, Clone)]
+pub struct ControlLinkOptions {
+    /// The control plane's control-channel address.
+    pub control_addr: SocketAddr,
+    /// This process's data-plane address, announced at registration.
+    pub data_addr: String,
+    /// This process's RDMA address, announced at registration, if it serves RDMA.
+    pub rdma_addr: Option<String>,
+    /// Where swaps are written.
+    pub swap_store: SwapStore,
+    /// The process's state files (its working folder), swapped with it.
+    pub files_dir: Option<PathBuf>,
+    /// How often metrics are sent.
+    pub metrics_interval: Duration,
+    /// Longest wait for invocations in flight before a swap gives up.
+    pub drain_timeout: Duration,
+    /// Whether the process started from a snapshot.
+    pub restored: bool,
+}
+
+/// Why the control link ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEnd {
+    /// The process swapped out: it should exit.
+    SwappedOut(SwapReport),
+    /// The control plane refused the process (wrong secret, unknown process): it should exit.
+    Refused(String),
+}
+
+/// Runs the process's side of the control channel until the process swaps out or is refused;
+/// reconnects with back-off whenever the connection breaks. A process without an application
+/// secret cannot prove who it is: it is refused at once, without connecting.
+pub fn run_control_link(process: &Arc<Process>, options: &ControlLinkOptions) -> LinkEnd {
+    if process.config().secret.is_none() {
+        return LinkEnd::Refused(
+            "this process has no application secret: it cannot register with the control plane".to_owned(),
+        );
+    }
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match TcpStream::connect_timeout(&options.control_addr, Duration::from_secs(5)) {
+            Ok(stream) => {
+                backoff = Duration::from_millis(50);
+                match session(process, options, FrameStream::new(stream)) {
+                    Ok(end) => return end,
+                    Err(e) => tracing::warn!("control channel to {} broke: {e}; reconnecting", options.control_addr),
+                }
+            }
+            Err(e) => tracing::debug!("control plane {} unreachable: {e}", options.control_addr),
+        }
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+fn metrics(process: &Process) -> MetricsReport {
+    let m = process.metrics();
+    MetricsReport {
+        invocations: m.invocations(),
+        local_invocations: m.local_invocations(),
+        compute_ns: m.compute_ns(),
+        last_invocation_ns: m.last_invocation_ns(),
+        in_flight: process.in_flight() as u64,
+        state_keys: process.state().len() as u64,
+        state_bytes: process.state().value_bytes(),
+        messages_sent: process.peers().delivered(),
+    }
+}
+
+fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: FrameStream) -> io::Result<LinkEnd> {
+    let config = process.config();
+    let secret = config.secret.as_ref().ok_or_else(|| io::Error::other("this process has no application secret"))?;
+    let challenge = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
+    if challenge.header.kind != MessageKind::Hello {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the control plane did not start with Hello"));
+    }
+    let hello = HelloMessage {
+        proof: hex(&auth::proof(secret.expose(), &challenge.payload, &config.app, &config.id)),
+        registration: Registration {
+            app: config.app.clone(),
+            process: config.id.clone(),
+            data_addr: options.data_addr.clone(),
+            rdma_addr: options.rdma_addr.clone(),
+            pid: std::process::id(),
+            restored: options.restored,
+        },
+    };
+    let who = format!("{}/{}", config.app, config.id);
+    write_json(&mut channel.stream, MessageKind::Hello, who.as_bytes(), &hello)?;
+    let answer = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
+    if answer.header.kind != MessageKind::Response {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the control plane did not answer the registration"));
+    }
+    if answer.header.status != Status::Ok.code() {
+        return Ok(LinkEnd::Refused(String::from_utf8_lossy(&answer.meta).into_owned()));
+    }
+    tracing::info!(control = %options.control_addr, "registered with the control plane");
+    let mut next_metrics = Instant::now();
+    loop {
+        if Instant::now() >= next_metrics {
+            write_json(&mut channel.stream, MessageKind::Metrics, b"", &metrics(process))?;
+            next_metrics = Instant::now() + options.metrics_interval;
+        }
+        let wait = next_metrics.saturating_duration_since(Instant::now());
+        let Some(frame) = channel.recv(wait)? else { continue };
+        match frame.header.kind {
+            MessageKind::SwapRequest => {
+                let confirmation = swap_out(process, options);
+                write_json(&mut channel.stream, MessageKind::SwapConfirm, b"", &confirmation)?;
+                if let Ok(report) = confirmation.result {
+                    return Ok(LinkEnd::SwappedOut(report));
+                }
+            }
+            MessageKind::PeerUpdate => {
+                let peers: PeerList = frame.json()?;
+                process.set_peers(peers);
+            }
+            MessageKind::Ping => {
+                let pong = Header { kind: MessageKind::Pong, ..frame.header };
+                channel.send(pong, &[], &frame.payload)?;
+            }
+            other => tracing::warn!("unexpected {other:?} frame on the control channel"),
+        }
+    }
+}
+
+/// Drains the process and writes its snapshot; on failure the process serves on.
+///
+/// Order matters: the mailbox stops taking messages (senders get a clear "swapping out" error
+/// instead of a message that would be lost), the invocations in flight finish (they may still
+/// get messages), and only then are state and messages written.
+fn swap_out(process: &Process, options: &ControlLinkOptions) -> SwapConfirmation {
+    let config = process.config();
+    process.mailbox().pause();
+    let resume = || {
+        process.mailbox().resume();
+        process.resume();
+    };
+    if !process.drain(options.drain_timeout) {
+        resume();
+        let busy = process.in_flight();
+        return SwapConfirmation {
+            result: Err(format!("{busy} invocations still running after {:?}", options.drain_timeout)),
+        };
+    }
+    let mailbox = process.mailbox().snapshot();
+    let result = options
+        .swap_store
+        .write(&config.app, &config.id, process.state(), &mailbox, options.files_dir.as_deref())
+        .map_err(|e| e.to_string());
+    if result.is_err() {
+        resume();
+    }
+    SwapConfirmation { result }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        assert_eq!(unhex("000fff"), Some(vec![0, 15, 255]));
+        assert_eq!(unhex("0g"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+}

@@ -1,0 +1,501 @@
+//! Functions: the TOML manifest that lists them and the registry of loaded functions.
+//!
+//! ```toml
+//! [[function]]
+//! name = "echo"                               # what clients invoke
+//! library = "libpraas_example_functions.so"   # relative to the manifest's folder, or absolute
+//! symbol = "echo"                             # exported C symbol; defaults to `name`
+//! mode = "inline"                             # "inline": runs on the I/O thread; "worker" (default)
+//! timeout_ms = 5000                           # optional default deadline of this function
+//! ```
+//!
+//! A function name is 1 to 64 bytes of ASCII letters, digits, `_`, `.` and `-`, and does not
+//! start with `-` or `.` ([`check_function_name`]); a `symbol` is a C identifier; no two functions
+//! share a name. [`Manifest::to_toml`] writes a manifest that [`Manifest::from_toml`] reads back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libloading::Library;
+use praas_ffi::praas_function;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Where an invocation of a function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionMode {
+    /// To completion on the I/O thread that received the request: no thread hand-off. For short
+    /// functions only: the connection's other requests wait meanwhile.
+    Inline,
+    /// On the process's worker pool: one hand-off, and the I/O thread keeps serving.
+    #[default]
+    Worker,
+}
+
+/// One function entry of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// Name clients invoke it by ([`check_function_name`]).
+    pub name: String,
+    /// Shared library that exports it.
+    pub library: PathBuf,
+    /// Exported symbol, a C identifier; defaults to `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    /// Where it runs.
+    #[serde(default)]
+    pub mode: ExecutionMode,
+    /// Its default deadline in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Longest function name, in bytes.
+pub const MAX_FUNCTION_NAME: usize = 64;
+
+/// The rule every function name follows, as error messages state it.
+pub const FUNCTION_NAME_RULE: &str =
+    "a function name is 1 to 64 bytes of ASCII letters, digits, '_', '.' and '-', not starting with '-' or '.'";
+
+/// What is wrong with a function name.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameProblem {
+    /// It is empty.
+    #[error("it is empty")]
+    Empty,
+    /// It is longer than [`MAX_FUNCTION_NAME`] bytes.
+    #[error("it is {0} bytes long")]
+    TooLong(usize),
+    /// It starts with `-` or `.`.
+    #[error("it starts with {0:?}")]
+    Leading(char),
+    /// It holds a character outside the allowed set.
+    #[error("it holds {character:?} at byte {at}")]
+    Character {
+        /// The first character not allowed.
+        character: char,
+        /// Its byte offset in the name.
+        at: usize,
+    },
+}
+
+/// Checks `name` against [`FUNCTION_NAME_RULE`].
+pub fn check_function_name(name: &str) -> Result<(), NameProblem> {
+    if name.is_empty() {
+        return Err(NameProblem::Empty);
+    }
+    if let Some((at, character)) =
+        name.char_indices().find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(NameProblem::Character { character, at });
+    }
+    if name.len() > MAX_FUNCTION_NAME {
+        return Err(NameProblem::TooLong(name.len()));
+    }
+    match name.chars().next() {
+        Some(first @ ('-' | '.')) => Err(NameProblem::Leading(first)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `symbol` is a C identifier: a letter or `_`, then letters, digits or `_` (ASCII).
+pub fn is_c_identifier(symbol: &str) -> bool {
+    let mut chars = symbol.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Why a manifest was refused, or could not be written.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    /// The text is not valid TOML of the manifest's shape.
+    #[error("{0}")]
+    Toml(Box<toml::de::Error>),
+    /// A function name breaks [`FUNCTION_NAME_RULE`].
+    #[error("function name {name:?} is not allowed: {problem}; {FUNCTION_NAME_RULE}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        problem: NameProblem,
+    },
+    /// A function's symbol is not a C identifier.
+    #[error(
+        "function {function:?}: symbol {symbol:?} is not a C identifier (a letter or '_', then letters, digits or '_')"
+    )]
+    InvalidSymbol {
+        /// The function.
+        function: String,
+        /// Its symbol.
+        symbol: String,
+    },
+    /// Two functions share a name.
+    #[error("function {0:?} is declared twice")]
+    Duplicate(String),
+    /// The manifest could not be written as TOML (a library path that is not UTF-8, a
+    /// `timeout_ms` beyond TOML's integers).
+    #[error("cannot write the manifest as TOML: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+/// The functions of a process, as read from a TOML manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The functions.
+    #[serde(rename = "function", default)]
+    pub functions: Vec<FunctionSpec>,
+    /// Folder relative library paths are resolved against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Why functions could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The manifest file could not be read.
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        /// The manifest's path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest is not valid TOML of the expected shape, or breaks a rule of manifests.
+    #[error("invalid manifest {path}: {source}")]
+    Parse {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What is wrong.
+        source: ManifestError,
+    },
+    /// A manifest built in code breaks a rule of manifests.
+    #[error("invalid manifest: {0}")]
+    Invalid(#[from] ManifestError),
+    /// Two functions share a name.
+    #[error("function {0:?} is declared twice")]
+    Duplicate(String),
+    /// A shared library could not be opened.
+    #[error("function {function:?}: cannot load library {library}: {source}")]
+    Library {
+        /// The function being loaded.
+        function: String,
+        /// Its library.
+        library: PathBuf,
+        /// The loader's error.
+        source: libloading::Error,
+    },
+    /// The library does not export the symbol.
+    #[error("function {function:?}: library {library} has no symbol {symbol:?}: {source}")]
+    Symbol {
+        /// The function being loaded.
+        function: String,
+        /// Its library.
+        library: PathBuf,
+        /// The missing symbol.
+        symbol: String,
+        /// The loader's error.
+        source: libloading::Error,
+    },
+}
+
+impl Manifest {
+    /// Reads a manifest file; relative library paths resolve against its folder.
+    pub fn from_file(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &base).map_err(|source| LoadError::Parse { path: path.into(), source })
+    }
+
+    /// Parses a manifest from TOML text and checks its rules ([`Manifest::validate`]); relative
+    /// library paths will resolve against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, ManifestError> {
+        let mut manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Toml(Box::new(e)))?;
+        manifest.validate()?;
+        manifest.base_dir = base_dir.to_path_buf();
+        Ok(manifest)
+    }
+
+    /// Writes the manifest as TOML (by the TOML library, so every value is quoted as TOML
+    /// wants), after checking its rules: [`Manifest::from_toml`] reads back the same manifest.
+    /// `base_dir` is not written: the reader gives its own.
+    pub fn to_toml(&self) -> Result<String, ManifestError> {
+        self.validate()?;
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Checks the rules of manifests: valid function names ([`check_function_name`]), symbols
+    /// that are C identifiers, no name declared twice.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let mut seen = std::collections::HashSet::with_capacity(self.functions.len());
+        for spec in &self.functions {
+            check_function_name(&spec.name)
+                .map_err(|problem| ManifestError::InvalidName { name: spec.name.clone(), problem })?;
+            if let Some(symbol) = spec.symbol.as_ref().filter(|s| !is_c_identifier(s)) {
+                return Err(ManifestError::InvalidSymbol { function: spec.name.clone(), symbol: symbol.clone() });
+            }
+            if !seen.insert(spec.name.as_str()) {
+                return Err(ManifestError::Duplicate(spec.name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A loaded function.
+#[derive(Debug, Clone)]
+pub struct Function {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Where it runs.
+    pub mode: ExecutionMode,
+    /// Its default deadline, if the manifest set one.
+    pub timeout: Option<Duration>,
+    entry: praas_function,
+    // Keeps the library mapped while `entry` may be called.
+    _library: Arc<Library>,
+}
+
+impl Function {
+    /// The entry point; valid while `self` lives (it holds the library).
+    pub fn entry(&self) -> praas_function {
+        self.entry
+    }
+}
+
+/// The functions of a process, by name.
+#[derive(Debug, Default)]
+pub struct FunctionRegistry {
+    /// Keyed by the name's bytes: a name off the wire is looked up as it arrived, without first
+    /// checking that it is UTF-8 (a name that is not matches no key).
+    functions: praas_wire::idmap::IdMap<Box<[u8]>, Function>,
+}
+
+impl FunctionRegistry {
+    /// Loads every function of `manifest`; fails on the first that cannot be loaded, naming it.
+    pub fn load(manifest: &Manifest) -> Result<Self, LoadError> {
+        manifest.validate()?;
+        let mut libraries: HashMap<PathBuf, Arc<Library>> = HashMap::new();
+        let mut functions = praas_wire::idmap::IdMap::default();
+        for spec in &manifest.functions {
+            let path = manifest.base_dir.join(&spec.library);
+            let library = match libraries.get(&path) {
+                Some(lib) => Arc::clone(lib),
+                None => {
+                    // SAFETY: loading a library runs its initialisers; function libraries are
+                    // trusted code of the application, loaded once at process start.
+                    let lib = unsafe { Library::new(&path) }.map_err(|source| LoadError::Library {
+                        function: spec.name.clone(),
+                        library: path.clone(),
+                        source,
+                    })?;
+                    let lib = Arc::new(lib);
+                    libraries.insert(path.clone(), Arc::clone(&lib));
+                    lib
+                }
+            };
+            let symbol = spec.symbol.clone().unwrap_or_else(|| spec.name.clone());
+            // SAFETY: the manifest declares that `symbol` is a praas function, so it has the
+            // `praas_function` signature; the `Arc<Library>` stored beside the pointer keeps the
+            // code mapped for as long as the pointer can be called.
+            let entry =
+                unsafe { library.get::<praas_function>(symbol.as_bytes()) }.map(|sym| *sym).map_err(|source| {
+                    LoadError::Symbol {
+                        function: spec.name.clone(),
+                        library: path.clone(),
+                        symbol: symbol.clone(),
+                        source,
+                    }
+                })?;
+            let function = Function {
+                name: spec.name.as_str().into(),
+                mode: spec.mode,
+                timeout: spec.timeout_ms.map(Duration::from_millis),
+                entry,
+                _library: library,
+            };
+            if functions.insert(spec.name.as_bytes().into(), function).is_some() {
+                return Err(LoadError::Duplicate(spec.name.clone()));
+            }
+        }
+        Ok(Self { functions })
+    }
+
+    /// The function named `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&Function> {
+        self.functions.get(name)
+    }
+
+    /// Names of all functions, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.functions.values().map(|f| &*f.name).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_parses_with_defaults() {
+        let m = Manifest::from_toml(
+            "[[function]]\nname = \"a\"\nlibrary = \"x.so\"\n[[function]]\nname = \"b\"\nlibrary = \"/y.so\"\nsymbol = \"bb\"\nmode = \"inline\"\ntimeout_ms = 10\n",
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(m.functions.len(), 2);
+        assert_eq!(m.functions[0].mode, ExecutionMode::Worker);
+        assert_eq!(m.functions[1].mode, ExecutionMode::Inline);
+        assert_eq!(m.functions[1].symbol.as_deref(), Some("bb"));
+        assert_eq!(m.base_dir.join(&m.functions[1].library), Path::new("/y.so"));
+    }
+
+    #[test]
+    fn manifest_rejects_unknown_fields() {
+        assert!(Manifest::from_toml("[[function]]\nname = \"a\"\nlibrary = \"x\"\nbogus = 1\n", Path::new("")).is_err());
+    }
+
+    /// A manifest text of one function, as a user could write it (bypassing `to_toml`'s checks;
+    /// the strings quoted by the TOML library).
+    fn one(name: &str, symbol: Option<&str>) -> String {
+        let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        let symbol = symbol.map(|s| format!("symbol = {}\n", quoted(s))).unwrap_or_default();
+        format!("[[function]]\nname = {}\nlibrary = \"x.so\"\n{symbol}", quoted(name))
+    }
+
+    #[test]
+    fn function_names_outside_the_rule_are_refused_naming_the_function_and_the_rule() {
+        let long = "a".repeat(MAX_FUNCTION_NAME + 1);
+        let cases: [(&str, NameProblem); 9] = [
+            ("", NameProblem::Empty),
+            ("del\u{7f}", NameProblem::Character { character: '\u{7f}', at: 3 }),
+            ("e\u{301}", NameProblem::Character { character: '\u{301}', at: 1 }),
+            ("zero\u{200b}width", NameProblem::Character { character: '\u{200b}', at: 4 }),
+            ("with space", NameProblem::Character { character: ' ', at: 4 }),
+            ("slash/name", NameProblem::Character { character: '/', at: 5 }),
+            ("-leading", NameProblem::Leading('-')),
+            (".hidden", NameProblem::Leading('.')),
+            (&long, NameProblem::TooLong(MAX_FUNCTION_NAME + 1)),
+        ];
+        for (name, problem) in cases {
+            assert_eq!(check_function_name(name), Err(problem.clone()), "{name:?}");
+            let err = Manifest::from_toml(&one(name, None), Path::new("")).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::InvalidName { name: n, problem: p } if n == name && *p == problem),
+                "{name:?}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&format!("{name:?}")) && text.contains(FUNCTION_NAME_RULE), "{text}");
+        }
+        for name in ["a", "echo", "a.b-c_d", "0start", "UPPER_lower.9", &"z".repeat(MAX_FUNCTION_NAME)] {
+            assert_eq!(check_function_name(name), Ok(()), "{name:?}");
+            Manifest::from_toml(&one(name, None), Path::new("")).unwrap();
+        }
+    }
+
+    #[test]
+    fn symbols_must_be_c_identifiers() {
+        for symbol in ["", "1abc", "a-b", "a.b", "sp ace", "é"] {
+            let err = Manifest::from_toml(&one("f", Some(symbol)), Path::new("")).unwrap_err();
+            assert!(
+                matches!(&err, ManifestError::InvalidSymbol { function, symbol: s } if function == "f" && s == symbol),
+                "{symbol:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("C identifier"), "{err}");
+        }
+        for symbol in ["a", "_", "_a1", "praas_echo", "Z9"] {
+            assert!(is_c_identifier(symbol), "{symbol:?}");
+            Manifest::from_toml(&one("f", Some(symbol)), Path::new("")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_name_declared_twice_is_refused_by_the_parser_and_the_loader() {
+        let text = format!("{}{}", one("twice", None), one("twice", Some("other")));
+        let err = Manifest::from_toml(&text, Path::new("")).unwrap_err();
+        assert!(matches!(&err, ManifestError::Duplicate(name) if name == "twice"), "{err:?}");
+        let spec = FunctionSpec {
+            name: "twice".into(),
+            library: "/nonexistent.so".into(),
+            symbol: None,
+            mode: ExecutionMode::Worker,
+            timeout_ms: None,
+        };
+        let built = Manifest { functions: vec![spec.clone(), spec], base_dir: PathBuf::new() };
+        let err = FunctionRegistry::load(&built).unwrap_err();
+        assert!(matches!(err, LoadError::Invalid(ManifestError::Duplicate(_))), "{err}");
+        assert!(matches!(built.to_toml(), Err(ManifestError::Duplicate(_))));
+    }
+
+    #[test]
+    fn to_toml_writes_what_from_toml_reads_and_refuses_what_it_would_not() {
+        let m = Manifest::from_toml(
+            "[[function]]\nname = \"a\"\nlibrary = \"x.so\"\n[[function]]\nname = \"b\"\nlibrary = \"/a \\\"q\\\"\\n dir/y.so\"\nsymbol = \"bb\"\nmode = \"inline\"\ntimeout_ms = 10\n",
+            Path::new("/base"),
+        )
+        .unwrap();
+        let text = m.to_toml().unwrap();
+        assert_eq!(Manifest::from_toml(&text, Path::new("/base")).unwrap(), m, "{text}");
+        assert!(!text.contains("base_dir"), "{text}");
+        let mut bad = m.clone();
+        bad.functions[0].name = "a b".into();
+        assert!(matches!(bad.to_toml(), Err(ManifestError::InvalidName { .. })));
+        let mut huge = m;
+        huge.functions[0].timeout_ms = Some(u64::MAX);
+        assert!(matches!(huge.to_toml(), Err(ManifestError::Serialize(_))));
+    }
+
+    mod round_trip {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn spec() -> impl Strategy<Value = FunctionSpec> {
+            (
+                "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}",
+                any::<String>(),
+                proptest::option::of("[A-Za-z_][A-Za-z0-9_]{0,40}"),
+                prop_oneof![Just(ExecutionMode::Inline), Just(ExecutionMode::Worker)],
+                proptest::option::of(0..=i64::MAX as u64),
+            )
+                .prop_map(|(name, library, symbol, mode, timeout_ms)| FunctionSpec {
+                    name,
+                    library: library.into(),
+                    symbol,
+                    mode,
+                    timeout_ms,
+                })
+        }
+
+        fn manifest() -> impl Strategy<Value = Manifest> {
+            proptest::collection::vec(spec(), 0..8).prop_map(|specs| {
+                let mut seen = std::collections::HashSet::new();
+                let functions = specs.into_iter().filter(|s| seen.insert(s.name.clone())).collect();
+                Manifest { functions, base_dir: PathBuf::from("/where/it/was/read") }
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn every_valid_manifest_round_trips_through_toml(manifest in manifest()) {
+                let text = manifest.to_toml().unwrap();
+                let back = Manifest::from_toml(&text, &manifest.base_dir).unwrap();
+                prop_assert_eq!(back, manifest, "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn missing_library_names_the_function() {
+        let m = Manifest::from_toml("[[function]]\nname = \"f\"\nlibrary = \"/nonexistent/lib.so\"\n", Path::new(""))
+            .unwrap();
+        let err = FunctionRegistry::load(&m).unwrap_err().to_string();
+        assert!(err.contains("\"f\"") && err.contains("/nonexistent/lib.so"), "{err}");
+    }
+}

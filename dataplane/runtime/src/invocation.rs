@@ -1,0 +1,561 @@
+//! One invocation of a function: the context handed to it through the C ABI, the output buffer it
+//! writes into, and the runtime's side of every [`praas_api`] entry.
+//!
+//! [`execute`] runs a function on the calling thread. The function reads its input in place (a
+//! slice of the buffer the transport received it into) and writes its output into a
+//! [`PoolBuf`] from the process's pool, which the transport then sends as it is.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use praas_ffi::{
+    praas_api, praas_bytes, praas_context, praas_output, PRAAS_ABI_VERSION, PRAAS_ERR_INTERNAL,
+    PRAAS_ERR_INVALID_ARGUMENT, PRAAS_ERR_NOT_FOUND, PRAAS_ERR_OVERLOADED, PRAAS_ERR_TIMEOUT, PRAAS_ERR_TOO_LARGE,
+    PRAAS_ERR_UNKNOWN_FUNCTION, PRAAS_LOG_DEBUG, PRAAS_LOG_ERROR, PRAAS_LOG_INFO, PRAAS_LOG_WARN, PRAAS_OK,
+};
+
+use crate::buffer::{PoolBuf, MIN_BUF};
+use crate::clock::Tick;
+use crate::function::{ExecutionMode, Function};
+use crate::peer::DEFAULT_PUT_TIMEOUT;
+use crate::process_core::ProcessCore;
+use crate::state::validate_key;
+use praas_wire::protocol::Status;
+
+/// Deepest chain of local invocations (a function invoking a function invoking ...).
+pub const MAX_LOCAL_DEPTH: u32 = 64;
+
+/// The result of one invocation.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Success or why not.
+    pub status: Status,
+    /// The error text when `status` is not `Ok`.
+    pub message: String,
+    /// The output when `status` is `Ok`.
+    pub output: Option<PoolBuf>,
+}
+
+impl Outcome {
+    /// A failed outcome.
+    pub fn error(status: Status, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), output: None }
+    }
+
+    /// A successful outcome.
+    pub fn ok(output: PoolBuf) -> Self {
+        Self { status: Status::Ok, message: String::new(), output: Some(output) }
+    }
+}
+
+/// When an invocation must have finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Never.
+    None,
+    /// At this instant.
+    At(Instant),
+    /// This long after this tick: an inline invocation's, turned into an instant only when a
+    /// function needs it (a local invocation, a message), so that the inline path reads no
+    /// monotonic clock.
+    After(Tick, Duration),
+}
+
+impl Deadline {
+    /// The deadline as an instant (`None`: never).
+    pub fn instant(self) -> Option<Instant> {
+        match self {
+            Deadline::None => None,
+            Deadline::At(at) => Some(at),
+            Deadline::After(start, timeout) => Some(start.to_instant() + timeout),
+        }
+    }
+}
+
+/// Runtime-side state of a running invocation, reached through `praas_context::runtime`.
+struct Invocation<'p> {
+    process: &'p ProcessCore,
+    function: &'p str,
+    deadline: Deadline,
+    depth: u32,
+    error: Option<String>,
+    /// Runs on the transport's I/O thread (an inline function, or one it invoked locally): it
+    /// must not block on other processes.
+    inline: bool,
+}
+
+/// What `praas_bytes::owner` points to: bytes the runtime lends to a function.
+enum Lent {
+    Shared(Arc<Vec<u8>>),
+    Buffer(PoolBuf),
+    Owned(Vec<u8>),
+}
+
+impl Lent {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Lent::Shared(v) => v,
+            Lent::Buffer(b) => b,
+            Lent::Owned(v) => v,
+        }
+    }
+
+    fn lend(self, out: *mut praas_bytes) {
+        let boxed = Box::new(self);
+        let bytes = boxed.bytes();
+        let (data, len) = (bytes.as_ptr(), bytes.len());
+        // SAFETY: callers pass a non-null `out` the function gave us (checked by `non_null`);
+        // the heap bytes stay put until `release` reconstructs and drops the box.
+        unsafe { out.write(praas_bytes { data, len, owner: Box::into_raw(boxed).cast() }) };
+    }
+}
+
+/// Runs `function` on this thread with `input`; never unwinds.
+pub fn execute(process: &ProcessCore, function: &Function, input: &[u8], deadline: Deadline) -> Outcome {
+    execute_nested(process, function, input, deadline, 0, function.mode == ExecutionMode::Inline)
+}
+
+fn execute_nested(
+    process: &ProcessCore,
+    function: &Function,
+    input: &[u8],
+    deadline: Deadline,
+    depth: u32,
+    inline: bool,
+) -> Outcome {
+    let Some(mut buffer) = process.pool().get(MIN_BUF.max(input.len())) else {
+        return Outcome::error(Status::Overloaded, "no buffer for the output: the process's buffer budget is spent");
+    };
+    let mut invocation = Invocation { process, function: &function.name, deadline, depth, error: None, inline };
+    let mut context = praas_context { api: &API, runtime: (&mut invocation as *mut Invocation<'_>).cast() };
+    let mut output = praas_output {
+        data: buffer.memory_mut().as_mut_ptr(),
+        len: 0,
+        capacity: buffer.capacity(),
+        handle: (&mut buffer as *mut PoolBuf).cast(),
+    };
+    let entry = function.entry();
+    // SAFETY: `entry` has the praas_function signature (the manifest says so, see
+    // `FunctionRegistry::load`) and its library is kept loaded by `function`. The input slice, the
+    // context and the output (whose `data`/`capacity` describe `buffer`'s memory, and whose
+    // `handle` points to `buffer`) all live until the call returns.
+    let result =
+        catch_unwind(AssertUnwindSafe(|| unsafe { entry(&mut context, input.as_ptr(), input.len(), &mut output) }));
+    let status = match result {
+        Ok(code) => code,
+        Err(_) => {
+            invocation.error = Some(format!("function {:?} unwound into the runtime", function.name));
+            praas_ffi::PRAAS_ERR_PANICKED
+        }
+    };
+    if status != PRAAS_OK {
+        let status = Status::from_abi(status);
+        let message =
+            invocation.error.take().unwrap_or_else(|| format!("function {:?} failed: {status}", function.name));
+        return Outcome::error(status, message);
+    }
+    if output.len > buffer.capacity() {
+        return Outcome::error(
+            Status::Internal,
+            format!(
+                "function {:?} set output length {} beyond its capacity {}",
+                function.name,
+                output.len,
+                buffer.capacity()
+            ),
+        );
+    }
+    buffer.set_len(output.len);
+    Outcome::ok(buffer)
+}
+
+/// Runs `f` with the invocation behind `ctx`, turning a panic of the runtime's own code into an
+/// internal error instead of unwinding through the function's C frames.
+fn with_invocation(ctx: *mut praas_context, f: impl FnOnce(&mut Invocation<'_>) -> i32) -> i32 {
+    if ctx.is_null() {
+        return PRAAS_ERR_INVALID_ARGUMENT;
+    }
+    // SAFETY: a non-null `ctx` is the context `execute_nested` created for the running invocation;
+    // its `runtime` points to that invocation's `Invocation`, alive and not otherwise borrowed
+    // while the function (the only holder of `ctx`) calls back into us.
+    let invocation = unsafe { &mut *(*ctx).runtime.cast::<Invocation<'_>>() };
+    catch_unwind(AssertUnwindSafe(|| f(invocation))).unwrap_or(PRAAS_ERR_INTERNAL)
+}
+
+/// Borrows `len` bytes at `ptr` as a slice; a null pointer is only valid with length 0.
+///
+/// # Safety
+/// If non-null, `ptr` must point to `len` readable bytes that stay valid for `'a`.
+unsafe fn slice<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        Some(&[])
+    } else if ptr.is_null() {
+        None
+    } else {
+        // SAFETY: guaranteed by the caller.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+unsafe extern "C" fn output_reserve(ctx: *mut praas_context, out: *mut praas_output, additional: usize) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if out.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        // SAFETY: `out` is the output `execute_nested` passed to this invocation (non-null,
+        // checked), exclusively the function's, which is blocked in this call.
+        let out = unsafe { &mut *out };
+        // SAFETY: `handle` was set by `execute_nested` to the invocation's live `PoolBuf`.
+        let buffer = unsafe { &mut *out.handle.cast::<PoolBuf>() };
+        if out.len > buffer.capacity() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        let Some(needed) = out.len.checked_add(additional) else {
+            return PRAAS_ERR_TOO_LARGE;
+        };
+        if needed <= buffer.capacity() {
+            return PRAAS_OK;
+        }
+        if needed > invocation.process.config().max_frame {
+            return PRAAS_ERR_TOO_LARGE;
+        }
+        let Some(mut grown) = invocation.process.pool().get(needed.max(buffer.capacity() * 2)) else {
+            return PRAAS_ERR_OVERLOADED;
+        };
+        grown.memory_mut()[..out.len].copy_from_slice(&buffer.memory_mut()[..out.len]);
+        *buffer = grown;
+        out.data = buffer.memory_mut().as_mut_ptr();
+        out.capacity = buffer.capacity();
+        PRAAS_OK
+    })
+}
+
+unsafe extern "C" fn state_put(
+    ctx: *mut praas_context,
+    key: *const u8,
+    key_len: usize,
+    value: *const u8,
+    value_len: usize,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        // SAFETY: the ABI requires `key`/`value` to point to `key_len`/`value_len` readable bytes.
+        let (Some(key), Some(value)) = (unsafe { slice(key, key_len) }, unsafe { slice(value, value_len) }) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        let Ok(key) = validate_key(key) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        match invocation.process.state().put(key, value.to_vec()) {
+            Ok(_) => PRAAS_OK,
+            Err(_) => PRAAS_ERR_INVALID_ARGUMENT,
+        }
+    })
+}
+
+unsafe extern "C" fn state_get(
+    ctx: *mut praas_context,
+    key: *const u8,
+    key_len: usize,
+    value: *mut praas_bytes,
+    timestamp_ns: *mut u64,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        // SAFETY: the ABI requires `key` to point to `key_len` readable bytes.
+        let Some(key) = (unsafe { slice(key, key_len) }) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        if value.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        let Ok(key) = validate_key(key) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        let Some(entry) = invocation.process.state().get(key) else {
+            return PRAAS_ERR_NOT_FOUND;
+        };
+        if !timestamp_ns.is_null() {
+            // SAFETY: a non-null `timestamp_ns` points to a writable u64 (ABI contract).
+            unsafe { timestamp_ns.write(entry.timestamp_ns) };
+        }
+        Lent::Shared(entry.value).lend(value);
+        PRAAS_OK
+    })
+}
+
+unsafe extern "C" fn state_delete(ctx: *mut praas_context, key: *const u8, key_len: usize) -> i32 {
+    with_invocation(ctx, |invocation| {
+        // SAFETY: the ABI requires `key` to point to `key_len` readable bytes.
+        let Some(key) = (unsafe { slice(key, key_len) }) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        let Ok(key) = validate_key(key) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        if invocation.process.state().delete(key) {
+            PRAAS_OK
+        } else {
+            PRAAS_ERR_NOT_FOUND
+        }
+    })
+}
+
+unsafe extern "C" fn state_keys(ctx: *mut praas_context, keys: *mut praas_bytes) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if keys.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        let mut encoded = Vec::new();
+        for (key, ts) in invocation.process.state().keys() {
+            praas_ffi::encode_key(&mut encoded, &key, ts);
+        }
+        Lent::Owned(encoded).lend(keys);
+        PRAAS_OK
+    })
+}
+
+unsafe extern "C" fn invoke(
+    ctx: *mut praas_context,
+    function: *const u8,
+    function_len: usize,
+    input: *const u8,
+    input_len: usize,
+    output: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        // SAFETY: the ABI requires both pointers to address their lengths of readable bytes.
+        let (Some(name), Some(input)) = (unsafe { slice(function, function_len) }, unsafe { slice(input, input_len) })
+        else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        if output.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        let process = invocation.process;
+        let fail = |status: i32, message: String| {
+            Lent::Owned(message.into_bytes()).lend(output);
+            status
+        };
+        let Some(callee) = process.functions().get(name) else {
+            return fail(PRAAS_ERR_UNKNOWN_FUNCTION, unknown_function_message(process, name));
+        };
+        if invocation.depth + 1 >= MAX_LOCAL_DEPTH {
+            return fail(PRAAS_ERR_INVALID_ARGUMENT, format!("local invocations nested deeper than {MAX_LOCAL_DEPTH}"));
+        }
+        if invocation.deadline.instant().is_some_and(|d| Instant::now() >= d) {
+            return fail(PRAAS_ERR_TIMEOUT, format!("deadline passed before {:?} could be invoked", callee.name));
+        }
+        // The callee runs right here, on the caller's thread: a local invocation needs no free
+        // worker, so it cannot deadlock however busy the pool is.
+        let outcome =
+            execute_nested(process, callee, input, invocation.deadline, invocation.depth + 1, invocation.inline);
+        process.metrics().record_local();
+        match outcome.output {
+            Some(buffer) if outcome.status == Status::Ok => {
+                Lent::Buffer(buffer).lend(output);
+                PRAAS_OK
+            }
+            _ => fail(outcome.status.code() as i32, outcome.message),
+        }
+    })
+}
+
+unsafe extern "C" fn process_id(ctx: *mut praas_context, id: *mut praas_bytes) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if id.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        let text = invocation.process.id();
+        // SAFETY: `id` is non-null and writable (ABI contract); the id string lives as long as
+        // the process, so nothing needs releasing (null owner).
+        unsafe { id.write(praas_bytes { data: text.as_ptr(), len: text.len(), owner: std::ptr::null_mut() }) };
+        PRAAS_OK
+    })
+}
+
+unsafe extern "C" fn log(ctx: *mut praas_context, level: i32, message: *const u8, message_len: usize) {
+    with_invocation(ctx, |invocation| {
+        // SAFETY: the ABI requires `message` to point to `message_len` readable bytes.
+        let Some(bytes) = (unsafe { slice(message, message_len) }) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        let text = String::from_utf8_lossy(bytes);
+        let (process, function) = (invocation.process.id(), invocation.function);
+        match level {
+            PRAAS_LOG_ERROR => tracing::error!(target: "praas::function", process, function, "{text}"),
+            PRAAS_LOG_WARN => tracing::warn!(target: "praas::function", process, function, "{text}"),
+            PRAAS_LOG_INFO => tracing::info!(target: "praas::function", process, function, "{text}"),
+            PRAAS_LOG_DEBUG => tracing::debug!(target: "praas::function", process, function, "{text}"),
+            _ => tracing::trace!(target: "praas::function", process, function, "{text}"),
+        }
+        PRAAS_OK
+    });
+}
+
+unsafe extern "C" fn set_error(ctx: *mut praas_context, message: *const u8, message_len: usize) {
+    with_invocation(ctx, |invocation| {
+        // SAFETY: the ABI requires `message` to point to `message_len` readable bytes.
+        let Some(bytes) = (unsafe { slice(message, message_len) }) else {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        };
+        invocation.error = Some(String::from_utf8_lossy(bytes).into_owned());
+        PRAAS_OK
+    });
+}
+
+unsafe extern "C" fn release(_ctx: *mut praas_context, bytes: *mut praas_bytes) {
+    if bytes.is_null() {
+        return;
+    }
+    // SAFETY: a non-null `bytes` was filled by `Lent::lend` (or has a null owner); taking the
+    // owner out first makes a second release of the same `praas_bytes` a no-op.
+    let owner = unsafe { std::mem::replace(&mut (*bytes).owner, std::ptr::null_mut()) };
+    if !owner.is_null() {
+        // SAFETY: `owner` came from `Box::into_raw` in `Lent::lend` and is released only once.
+        drop(unsafe { Box::from_raw(owner.cast::<Lent>()) });
+    }
+    // SAFETY: `bytes` is non-null and writable; clear it so stale use sees an empty value.
+    unsafe {
+        (*bytes).data = std::ptr::null();
+        (*bytes).len = 0;
+    }
+}
+
+/// Lends `text` through `out` if it is non-null; returns `status`.
+fn fail_into(out: *mut praas_bytes, status: Status, text: String) -> i32 {
+    if !out.is_null() {
+        Lent::Owned(text.into_bytes()).lend(out);
+    }
+    status.code() as i32
+}
+
+/// Clears an optional out-parameter, so that releasing it is a no-op whatever happens next.
+fn clear(out: *mut praas_bytes) {
+    if !out.is_null() {
+        // SAFETY: a non-null out-parameter is writable (ABI contract).
+        unsafe { out.write(praas_bytes::empty()) };
+    }
+}
+
+unsafe extern "C" fn put(
+    ctx: *mut praas_context,
+    dest: *const u8,
+    dest_len: usize,
+    key: *const u8,
+    key_len: usize,
+    data: *const u8,
+    data_len: usize,
+    error: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        clear(error);
+        // SAFETY: the ABI requires each pointer to address its length of readable bytes.
+        let (Some(dest), Some(key), Some(data)) =
+            (unsafe { slice(dest, dest_len) }, unsafe { slice(key, key_len) }, unsafe { slice(data, data_len) })
+        else {
+            return fail_into(error, Status::InvalidArgument, "put: a null pointer with a non-zero length".into());
+        };
+        let (Ok(dest), Ok(key)) = (std::str::from_utf8(dest), validate_key(key)) else {
+            return fail_into(error, Status::InvalidArgument, "put: destination and key must be UTF-8".into());
+        };
+        let process = invocation.process;
+        if invocation.inline && dest != process.id() {
+            let text = format!(
+                "put to process {dest:?} waits for its answer, which would block the I/O thread: declare \
+                 function {:?} with mode = \"worker\"",
+                invocation.function
+            );
+            return fail_into(error, Status::Unsupported, text);
+        }
+        let timeout = match invocation.deadline.instant() {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(DEFAULT_PUT_TIMEOUT),
+            None => DEFAULT_PUT_TIMEOUT,
+        };
+        if timeout.is_zero() {
+            return fail_into(error, Status::Timeout, format!("deadline passed before the put to {dest:?}"));
+        }
+        match process.peers().put(dest, key, data, timeout) {
+            Ok(()) => PRAAS_OK,
+            Err(err) => fail_into(error, err.status(), err.to_string()),
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn get(
+    ctx: *mut praas_context,
+    source: *const u8,
+    source_len: usize,
+    key: *const u8,
+    key_len: usize,
+    timeout_ms: u64,
+    message: *mut praas_bytes,
+    from: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if message.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        clear(message);
+        clear(from);
+        // SAFETY: the ABI requires a non-null `source` to address `source_len` readable bytes.
+        let source = if source.is_null() { Some(&[][..]) } else { unsafe { slice(source, source_len) } };
+        // SAFETY: the ABI requires `key` to address `key_len` readable bytes.
+        let (Some(source), Some(key)) = (source, unsafe { slice(key, key_len) }) else {
+            return fail_into(message, Status::InvalidArgument, "get: a null key with a non-zero length".into());
+        };
+        let (Ok(source), Ok(key)) = (std::str::from_utf8(source), validate_key(key)) else {
+            return fail_into(message, Status::InvalidArgument, "get: source and key must be UTF-8".into());
+        };
+        let source = Some(source).filter(|s| !s.is_empty());
+        if invocation.inline && timeout_ms > 0 {
+            let text = format!(
+                "get with a timeout would block the I/O thread: declare function {:?} with mode = \"worker\", \
+                 or get with timeout 0 to only look",
+                invocation.function
+            );
+            return fail_into(message, Status::Unsupported, text);
+        }
+        let asked = Duration::from_millis(timeout_ms);
+        let left = invocation.deadline.instant().map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = left.map_or(asked, |left| left.min(asked));
+        match invocation.process.mailbox().get(source, key, wait) {
+            Ok((sender, bytes)) => {
+                Lent::Owned(bytes).lend(message);
+                if !from.is_null() {
+                    Lent::Owned(sender.into_bytes()).lend(from);
+                }
+                PRAAS_OK
+            }
+            Err(err) => {
+                let mut text = err.to_string();
+                if wait < asked {
+                    text.push_str(" (the invocation's deadline came first)");
+                }
+                fail_into(message, crate::mailbox::MailboxError::status(&err), text)
+            }
+        }
+    })
+}
+
+/// The error text for a function that is not there, listing those that are.
+pub fn unknown_function_message(process: &ProcessCore, name: &[u8]) -> String {
+    format!("unknown function {:?}: this process has {:?}", String::from_utf8_lossy(name), process.functions().names())
+}
+
+/// The runtime's function table, shared by every invocation.
+static API: praas_api = praas_api {
+    abi_version: PRAAS_ABI_VERSION,
+    output_reserve,
+    state_put,
+    state_get,
+    state_delete,
+    state_keys,
+    invoke,
+    process_id,
+    log,
+    set_error,
+    release,
+    put,
+    get,
+};

@@ -1,0 +1,24 @@
+//! The praas cloud process runtime, below every transport.
+//!
+//! A [`Process`](process::Process) loads functions from shared libraries ([`function`]), keeps
+//! per-process state ([`state`]) and a [`mailbox`], runs invocations inline or on its workers
+//! ([`invocation`], over its [`process_core`]), swaps out and in ([`swap`]), talks to its control
+//! plane ([`control_channel`]) and puts messages to its peers ([`peer`]). Every transport hands
+//! each decoded frame to the one seam, [`dispatch::serve_frame`], and sends what comes back as
+//! [`frame::OutFrame`]s; payloads live in buffers of the process's [`buffer`] pool from the
+//! socket to the function and back.
+
+pub mod buffer;
+pub mod clock;
+pub mod control_channel;
+pub mod dispatch;
+pub mod frame;
+pub mod function;
+pub mod invocation;
+pub mod mailbox;
+pub mod peer;
+pub mod process;
+pub mod process_core;
+pub mod session;
+pub mod state;
+pub mod swap;

@@ -1,0 +1,188 @@
+//! What an invocation runs against: a process's configuration, functions, state, buffer pool,
+//! counters, mailbox and peers. The [`crate::process::Process`] adds its workers, watchdog and
+//! drain around one; [`crate::invocation`] needs nothing more than this.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::buffer::{BufferPool, DEFAULT_BUDGET};
+use crate::clock::Tick;
+use crate::function::FunctionRegistry;
+use crate::mailbox::Mailbox;
+use crate::peer::PeerDirectory;
+use crate::state::{now_ns, StateStore};
+use praas_wire::auth::Secret;
+use praas_wire::protocol::DEFAULT_MAX_FRAME;
+
+/// How a process runs.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The process id, as functions and the control plane see it.
+    pub id: String,
+    /// The application the process belongs to.
+    pub app: String,
+    /// The application's secret: peers and the control plane authenticate with it. `None`: the
+    /// process authenticates nobody, so it refuses every peer and every client presenting a
+    /// client key, puts no message to another process, and cannot register with a control plane.
+    pub secret: Option<Secret>,
+    /// Threads of the worker pool (at least 1).
+    pub workers: usize,
+    /// Deadline of invocations whose request and function set none; `None`: no deadline.
+    pub default_timeout: Option<Duration>,
+    /// Largest frame (metadata plus payload) accepted or produced, in bytes.
+    pub max_frame: usize,
+    /// Bytes of buffers the process may hand out at once.
+    pub buffer_budget: usize,
+    /// Invocations that may wait for a worker before new ones get `Overloaded`.
+    pub queue_capacity: usize,
+    /// Serve invocations only on connections that authenticated: with the application's client
+    /// key ([`praas_wire::auth::client_key`]; a client's `ClientOptions::credentials`) or, for other
+    /// processes, its secret. Needs a secret.
+    pub client_auth: bool,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            id: "process".into(),
+            app: "default".into(),
+            secret: None,
+            workers: 4,
+            default_timeout: Some(Duration::from_secs(60)),
+            max_frame: DEFAULT_MAX_FRAME,
+            buffer_budget: DEFAULT_BUDGET,
+            queue_capacity: 1 << 16,
+            client_auth: false,
+        }
+    }
+}
+
+/// Counters the control plane reads.
+#[derive(Debug)]
+pub struct Metrics {
+    invocations: AtomicU64,
+    local_invocations: AtomicU64,
+    compute_ns: AtomicU64,
+    /// When the last client invocation finished: a [`Tick`]'s raw value plus one (0: never),
+    /// turned into wall-clock time when read.
+    last_invocation: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        Self {
+            invocations: AtomicU64::new(0),
+            local_invocations: AtomicU64::new(0),
+            compute_ns: AtomicU64::new(0),
+            last_invocation: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one client invocation that ran for `ran` and finished at `finished`.
+    pub(crate) fn record(&self, ran: Duration, finished: Tick) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
+        self.compute_ns.fetch_add(ran.as_nanos() as u64, Ordering::Relaxed);
+        self.last_invocation.store(finished.raw() + 1, Ordering::Relaxed);
+    }
+
+    /// Counts one local invocation.
+    pub fn record_local(&self) {
+        self.local_invocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Invocations from clients completed so far.
+    pub fn invocations(&self) -> u64 {
+        self.invocations.load(Ordering::Relaxed)
+    }
+
+    /// Local invocations (function to function) completed so far.
+    pub fn local_invocations(&self) -> u64 {
+        self.local_invocations.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds spent running functions for clients.
+    pub fn compute_ns(&self) -> u64 {
+        self.compute_ns.load(Ordering::Relaxed)
+    }
+
+    /// When the last client invocation finished (ns since the Unix epoch; 0: never).
+    pub fn last_invocation_ns(&self) -> u64 {
+        match self.last_invocation.load(Ordering::Relaxed) {
+            0 => 0,
+            raw => now_ns().saturating_sub(Tick::from_raw(raw - 1).elapsed().as_nanos() as u64),
+        }
+    }
+}
+
+/// A process's resources, shared by every invocation it runs.
+#[derive(Debug)]
+pub struct ProcessCore {
+    config: ProcessConfig,
+    functions: FunctionRegistry,
+    state: StateStore,
+    pool: BufferPool,
+    metrics: Metrics,
+    /// Messages put to this process, not yet got.
+    mailbox: Arc<Mailbox>,
+    /// The application's other processes and the connections to them, for messages.
+    peers: PeerDirectory,
+}
+
+impl ProcessCore {
+    /// The resources of a process configured by `config` serving `functions`.
+    pub fn new(config: ProcessConfig, functions: FunctionRegistry) -> Self {
+        let mailbox = Arc::new(Mailbox::new());
+        let peers =
+            PeerDirectory::new(&config.app, &config.id, config.secret.clone(), config.max_frame, Arc::clone(&mailbox));
+        Self {
+            pool: BufferPool::new(config.buffer_budget),
+            config,
+            functions,
+            state: StateStore::default(),
+            metrics: Metrics::new(),
+            mailbox,
+            peers,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ProcessConfig {
+        &self.config
+    }
+
+    /// Its functions.
+    pub fn functions(&self) -> &FunctionRegistry {
+        &self.functions
+    }
+
+    /// Its state.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// Its buffer pool, shared with its transports.
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Its mailbox: messages put to it and not yet got (`docs/messages.md`).
+    pub fn mailbox(&self) -> &Mailbox {
+        &self.mailbox
+    }
+
+    /// Its peers: the other processes of its application, to put messages to.
+    pub fn peers(&self) -> &PeerDirectory {
+        &self.peers
+    }
+}

@@ -1,0 +1,47 @@
+//! Transports: how invocations reach a process and how its responses leave.
+//!
+//! Every transport does the same three things, and nothing else:
+//! 1. receives frames into buffers of the process's [`BufferPool`](praas_runtime::buffer::BufferPool)
+//!    (which io_uring and RDMA transports register with the kernel or the NIC once per buffer),
+//! 2. decodes them with [`decode_frame`](praas_wire::protocol::decode_frame) and hands each invocation,
+//!    with its payload still in the receive buffer, to [`Process::dispatch`](praas_runtime::process::Process::dispatch),
+//! 3. sends each [`Response`](praas_runtime::process::Response) as header, error text and the function's
+//!    output buffer, without copying the output, either at once (inline functions) or when a worker
+//!    hands it to the connection's [`ResponseSink`](praas_runtime::process::ResponseSink).
+//!
+//! [`tcp`] is the portable implementation over mio; [`uring`] is the Linux one over io_uring, the
+//! default where the kernel allows it ([`TransportKind::Auto`], `docs/uring.md`). A transport runs
+//! on its own thread ([`Transport::spawn`]) and stops through the [`ServerHandle`] it returns.
+
+pub mod policy;
+#[cfg(feature = "rdma")]
+pub mod rdma;
+pub mod tcp;
+#[cfg(target_os = "linux")]
+pub mod uring;
+
+pub mod handle;
+pub mod kind;
+
+use std::net::SocketAddr;
+
+pub use handle::{ServerHandle, Transport};
+pub use kind::{uring_available, TransportKind, UnknownTransport};
+pub use policy::ConnectionOptions;
+pub use praas_runtime::dispatch::{serve_frame, FrameAction};
+pub use praas_runtime::frame::OutFrame;
+
+/// Binds the transport of `kind` (resolving `Auto`) for `process` on `addr`.
+pub fn bind(
+    kind: TransportKind,
+    addr: SocketAddr,
+    process: std::sync::Arc<praas_runtime::process::Process>,
+) -> std::io::Result<Box<dyn Transport>> {
+    match kind.resolve() {
+        #[cfg(target_os = "linux")]
+        TransportKind::Uring => {
+            Ok(Box::new(uring::UringTransport::bind(addr, process, uring::UringOptions::default())?))
+        }
+        _ => Ok(Box::new(tcp::TcpTransport::bind(addr, process, tcp::TcpOptions::default())?)),
+    }
+}

@@ -1,0 +1,659 @@
+//! The TCP transport over mio: one I/O thread, edge-triggered readiness, `TCP_NODELAY`.
+//!
+//! Reads land in a per-connection chunk from the buffer pool; every complete frame in it reaches
+//! the process as a [`Payload`] slice of that chunk. A frame larger than the chunk gets a buffer
+//! of its own from the pool and the rest of it is read straight into that buffer, so a payload is
+//! never copied by the runtime (at most the bytes that arrived with its header move once).
+//!
+//! Responses go out as header, error text and output buffer in one vectored write; inline
+//! responses of one read are gathered into one write. Workers write their responses from their
+//! own thread under the connection's write lock; what the socket does not take waits in the
+//! connection's queue and is flushed on the next writable event.
+//!
+//! Back-pressure: a connection stops being read while it has too many invocations at the workers,
+//! too many response bytes queued, or the buffer pool is spent; it resumes when that clears.
+//! A connection that breaks the protocol gets an error response, then its input is discarded
+//! until the peer closes or a grace period passes (so the peer can read the error), then it closes.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::handle::{accept_waiting, ServerHandle, Transport};
+use super::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState, Refusal};
+use praas_runtime::buffer::{Payload, PoolBuf};
+use praas_runtime::dispatch::{serve_frame, FrameAction};
+use praas_runtime::frame::{flatten_frames, FlatBuf, Gathered, LargeFrame, OutFrame};
+use praas_runtime::process::{Process, Response, ResponseSink};
+use praas_runtime::session::PeerSession;
+use praas_wire::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX);
+
+/// Tuning of the TCP transport.
+#[derive(Debug, Clone)]
+pub struct TcpOptions {
+    /// Size of each connection's read chunk; larger frames get a buffer of their own.
+    pub read_chunk: usize,
+    /// Back-pressure, and the linger of a connection that broke the protocol.
+    pub connection: ConnectionOptions,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self { read_chunk: 256 << 10, connection: ConnectionOptions::default() }
+    }
+}
+
+/// Wakes the I/O thread for a connection that asked for attention.
+struct Notifier {
+    tx: Sender<Token>,
+    waker: Waker,
+}
+
+impl Notifier {
+    fn post(&self, token: Token) {
+        if self.tx.send(token).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+#[derive(Default)]
+struct WriteQueue {
+    frames: VecDeque<OutFrame>,
+    bytes: usize,
+    failed: bool,
+}
+
+impl WriteQueue {
+    fn push(&mut self, frame: OutFrame) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Writes as much as the socket takes; an error marks the queue failed.
+    fn flush(&mut self, stream: &TcpStream) {
+        while !self.frames.is_empty() && !self.failed {
+            let mut flat = FlatBuf::new();
+            let written = match flatten_frames(&self.frames, &mut flat) {
+                Some(bytes) => (&*stream).write(bytes),
+                None => (&*stream).write_vectored(Gathered::of(&self.frames).slices()),
+            };
+            match written {
+                Ok(0) => self.failed = true,
+                Ok(mut n) => {
+                    while n > 0 || self.frames.front().is_some_and(OutFrame::is_empty) {
+                        let Some(frame) = self.frames.front_mut() else { break };
+                        n = frame.advance(n);
+                        if frame.is_empty() {
+                            self.bytes -= frame.len();
+                            self.frames.pop_front();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.failed = true,
+            }
+        }
+    }
+}
+
+/// The half of a connection that workers use to answer.
+struct Shared {
+    stream: TcpStream,
+    token: Token,
+    out: Mutex<WriteQueue>,
+    /// Invocations at the workers, not yet answered.
+    outstanding: AtomicUsize,
+    /// Set by the I/O thread while it waits for progress on this connection (paused, draining).
+    attention: AtomicBool,
+    closed: AtomicBool,
+    notifier: Arc<Notifier>,
+    /// The process's frame limit.
+    max_frame: usize,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, WriteQueue> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ResponseSink for Shared {
+    fn send(&self, response: Response) {
+        if !self.closed.load(Ordering::Acquire) {
+            let mut queue = self.queue();
+            queue.push(OutFrame::from_response(response, self.max_frame));
+            queue.flush(&self.stream);
+        }
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        if self.attention.load(Ordering::Acquire) {
+            self.notifier.post(self.token);
+        }
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    sink: Arc<dyn ResponseSink>,
+    chunk: Arc<PoolBuf>,
+    /// Start of the bytes in `chunk` not yet decoded.
+    start: usize,
+    large: Option<LargeFrame>,
+    state: ReadState,
+    /// Reading stopped for back-pressure.
+    paused: bool,
+    /// The peer has hung up (or the socket failed): read until end of stream.
+    hup: bool,
+    /// The peer-process handshake and identity of this connection (`Hello`, `Message` frames).
+    peer: PeerSession,
+    /// How long to keep reading (and discarding) after refusing the connection.
+    linger: Duration,
+}
+
+enum Decode {
+    /// At least one frame went to the process.
+    Dispatched,
+    /// No complete frame.
+    Nothing,
+    /// A large frame needs a buffer the pool cannot give now.
+    PoolSpent,
+}
+
+enum Step {
+    /// Keep going.
+    More,
+    /// Nothing more to do until the next event.
+    Idle,
+    /// Close the connection now.
+    Close,
+}
+
+/// The TCP transport of one process.
+pub struct TcpTransport {
+    listener: TcpListener,
+    process: Arc<Process>,
+    options: TcpOptions,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport").field("addr", &self.listener.local_addr().ok()).finish()
+    }
+}
+
+impl TcpTransport {
+    /// Binds `addr` for `process`.
+    pub fn bind(addr: SocketAddr, process: Arc<Process>, options: TcpOptions) -> io::Result<Self> {
+        Ok(Self { listener: TcpListener::bind(addr)?, process, options })
+    }
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    fn spawn(self: Box<Self>) -> io::Result<ServerHandle> {
+        let addr = self.local_addr();
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let (tx, rx) = channel::unbounded();
+        let notifier = Arc::new(Notifier { tx, waker });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut event_loop = EventLoop {
+            poll,
+            listener: self.listener,
+            process: self.process,
+            options: self.options,
+            notifier: Arc::clone(&notifier),
+            notices: rx,
+            stop: Arc::clone(&stop),
+            connections: HashMap::new(),
+            next_token: 0,
+            retry: Vec::new(),
+        };
+        let thread = std::thread::Builder::new().name(format!("praas-tcp-{addr}")).spawn(move || event_loop.run())?;
+        let stopper = move || {
+            stop.store(true, Ordering::Release);
+            let _ = notifier.waker.wake();
+        };
+        Ok(ServerHandle::new(addr, Box::new(stopper), thread))
+    }
+}
+
+struct EventLoop {
+    poll: Poll,
+    listener: TcpListener,
+    process: Arc<Process>,
+    options: TcpOptions,
+    notifier: Arc<Notifier>,
+    notices: Receiver<Token>,
+    stop: Arc<AtomicBool>,
+    connections: HashMap<Token, Connection>,
+    next_token: usize,
+    /// Connections to look at again at a time: lingering ones, and those paused on the pool.
+    retry: Vec<(Instant, Token)>,
+}
+
+impl EventLoop {
+    fn run(&mut self) -> io::Result<()> {
+        self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let mut events = Events::with_capacity(1024);
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = self.retry.iter().map(|(at, _)| at.saturating_duration_since(Instant::now())).min();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    token => {
+                        let Some(conn) = self.connections.get_mut(&token) else { continue };
+                        // The peer's FIN may come in the same event as its last bytes: then a
+                        // short read does not mean "wait for the next event" (there is none).
+                        conn.hup |= event.is_read_closed() || event.is_error();
+                        if event.is_writable() || event.is_error() {
+                            conn.shared.queue().flush(&conn.shared.stream);
+                        }
+                        // A paused connection may resume once its queued responses went out.
+                        if event.is_readable() || event.is_read_closed() || event.is_error() || conn.paused {
+                            self.drive(token);
+                        } else {
+                            self.check(token);
+                        }
+                    }
+                }
+            }
+            while let Ok(token) = self.notices.try_recv() {
+                self.drive(token);
+            }
+            self.retry_due();
+        }
+        for (_, conn) in self.connections.drain() {
+            close(&self.poll, conn);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self) {
+        for (stream, peer) in accept_waiting(&self.listener) {
+            if let Err(e) = self.add(stream) {
+                tracing::warn!(%peer, "cannot serve a new connection: {e}");
+            }
+        }
+    }
+
+    fn add(&mut self, stream: TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let token = Token(self.next_token);
+        self.next_token = (self.next_token + 1) % (usize::MAX - 2);
+        let fd = stream.as_raw_fd();
+        self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)?;
+        let chunk =
+            self.process.pool().get(self.options.read_chunk).ok_or_else(|| io::Error::other("buffer pool spent"))?;
+        let shared = Arc::new(Shared {
+            stream,
+            token,
+            out: Mutex::new(WriteQueue::default()),
+            outstanding: AtomicUsize::new(0),
+            attention: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            notifier: Arc::clone(&self.notifier),
+            max_frame: self.process.config().max_frame,
+        });
+        let sink: Arc<dyn ResponseSink> = shared.clone();
+        let conn = Connection {
+            shared,
+            sink,
+            chunk: Arc::new(chunk),
+            start: 0,
+            large: None,
+            state: ReadState::Open,
+            paused: false,
+            hup: false,
+            peer: PeerSession::default(),
+            linger: self.options.connection.linger,
+        };
+        self.connections.insert(token, conn);
+        Ok(())
+    }
+
+    fn retry_due(&mut self) {
+        if self.retry.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = self.retry.drain(..).partition(|(at, _)| *at <= now);
+        self.retry = later;
+        for (_, token) in due {
+            self.drive(token);
+        }
+    }
+
+    /// Reads, decodes and dispatches what the connection has, as far as back-pressure allows.
+    fn drive(&mut self, token: Token) {
+        let Some(conn) = self.connections.get_mut(&token) else { return };
+        let mut step = Step::More;
+        while let Step::More = step {
+            step = conn.step(&self.process, &self.options);
+        }
+        conn.shared.queue().flush(&conn.shared.stream);
+        if matches!(step, Step::Close) || conn.finished() {
+            self.remove(token);
+            return;
+        }
+        if let ReadState::Lingering(until) = conn.state {
+            self.retry.push((until, token));
+        } else if conn.paused && !conn.blocked_by_peer(&self.options) {
+            // Paused on the buffer pool, which frees without telling anyone: look again soon.
+            self.retry.push((Instant::now() + Duration::from_millis(1), token));
+        }
+    }
+
+    /// Closes the connection if it has nothing left to do.
+    fn check(&mut self, token: Token) {
+        if self.connections.get(&token).is_some_and(Connection::finished) {
+            self.remove(token);
+        }
+    }
+
+    fn remove(&mut self, token: Token) {
+        if let Some(conn) = self.connections.remove(&token) {
+            close(&self.poll, conn);
+        }
+    }
+}
+
+fn close(poll: &Poll, conn: Connection) {
+    conn.shared.closed.store(true, Ordering::Release);
+    let fd = conn.shared.stream.as_raw_fd();
+    let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    let _ = conn.shared.stream.shutdown(std::net::Shutdown::Both);
+}
+
+impl Connection {
+    /// Whether the connection can be closed: failed, or drained after the peer closed.
+    fn finished(&self) -> bool {
+        let queue = self.shared.queue();
+        if queue.failed {
+            return true;
+        }
+        let drained = || queue.frames.is_empty() && self.shared.outstanding.load(Ordering::Acquire) == 0;
+        self.state.finished(Delivery::PeerClose, drained)
+    }
+
+    /// Whether the peer is the reason to stop reading: too much work or output outstanding.
+    fn blocked_by_peer(&self, options: &TcpOptions) -> bool {
+        options.connection.blocked(self.shared.outstanding.load(Ordering::Acquire), || self.shared.queue().bytes)
+    }
+
+    /// Stops reading while the peer has too much outstanding; the workers' answers (which see
+    /// `attention`) wake the I/O thread to look again.
+    fn must_pause(&mut self, options: &TcpOptions) -> bool {
+        if !self.blocked_by_peer(options) {
+            self.paused = false;
+            self.shared.attention.store(self.state == ReadState::Draining, Ordering::Release);
+            return false;
+        }
+        self.shared.attention.store(true, Ordering::Release);
+        // A worker may have answered between the check and the store: look once more.
+        self.paused = self.blocked_by_peer(options);
+        self.paused
+    }
+
+    fn step(&mut self, process: &Process, options: &TcpOptions) -> Step {
+        match self.state {
+            ReadState::Draining => return Step::Idle,
+            ReadState::Lingering(_) => return self.discard(process),
+            ReadState::Open => {}
+        }
+        if self.must_pause(options) {
+            return Step::Idle;
+        }
+        if self.large.is_some() {
+            return self.read_large(process);
+        }
+        match self.decode_buffered(process) {
+            Ok(Decode::Dispatched) => {
+                // Answer the inline invocations of this batch in one write before reading on.
+                self.shared.queue().flush(&self.shared.stream);
+                return Step::More;
+            }
+            Ok(Decode::Nothing) if self.large.is_some() => return Step::More,
+            Ok(Decode::Nothing) => {}
+            Ok(Decode::PoolSpent) => {
+                self.paused = true;
+                return Step::Idle;
+            }
+            Err(err) => return self.refuse(err),
+        }
+        if !self.make_room(process) {
+            self.paused = true;
+            return Step::Idle;
+        }
+        let chunk = Arc::get_mut(&mut self.chunk).expect("make_room leaves the chunk unshared");
+        let filled = chunk.len();
+        let spare = chunk.spare_mut();
+        let room = spare.len();
+        match (&self.shared.stream).read(spare) {
+            Ok(0) => self.peer_closed(),
+            Ok(n) => {
+                chunk.set_len(filled + n);
+                // A short read drained the socket (edge-triggered): decode, then wait for the
+                // next event instead of paying a read that only says EAGAIN.
+                if n < room && !self.hup {
+                    match self.decode_buffered(process) {
+                        Ok(Decode::PoolSpent) => {
+                            self.paused = true;
+                            Step::Idle
+                        }
+                        Ok(_) => Step::Idle,
+                        Err(err) => self.refuse(err),
+                    }
+                } else {
+                    Step::More
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Idle,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::More,
+            Err(_) => Step::Close,
+        }
+    }
+
+    fn peer_closed(&mut self) -> Step {
+        self.state = ReadState::Draining;
+        self.shared.attention.store(true, Ordering::Release);
+        Step::Idle
+    }
+
+    /// Dispatches every complete frame in the chunk. A frame too large for the chunk moves to a
+    /// buffer of its own.
+    fn decode_buffered(&mut self, process: &Process) -> Result<Decode, FrameError> {
+        let limits = FrameLimits { max_frame: process.config().max_frame };
+        let mut any = Decode::Nothing;
+        loop {
+            let available = &self.chunk[self.start..];
+            match decode_frame(available, limits)? {
+                Decoded::Frame(frame, used) => {
+                    let meta_at = self.start + HEADER_LEN;
+                    let body = Payload::new(Arc::clone(&self.chunk), meta_at..self.start + used);
+                    self.start += used;
+                    self.dispatch(process, frame.header, body);
+                    any = Decode::Dispatched;
+                    if self.state != ReadState::Open {
+                        // Refused (a peer that failed to authenticate): serve nothing more.
+                        return Ok(any);
+                    }
+                }
+                Decoded::Incomplete(_) if available.len() >= HEADER_LEN => {
+                    let head = available.first_chunk::<HEADER_LEN>().expect("checked length");
+                    let header = Header::decode(head, limits)?;
+                    if HEADER_LEN + header.body_len() > self.chunk.capacity() {
+                        let Some(mut body) = process.pool().get(header.body_len()) else {
+                            return Ok(Decode::PoolSpent);
+                        };
+                        let have = &available[HEADER_LEN..];
+                        assert!(body.try_extend(have), "a large frame's buffer holds its received prefix");
+                        self.start = self.chunk.len();
+                        self.large = Some(LargeFrame { header, body });
+                    }
+                    return Ok(any);
+                }
+                Decoded::Incomplete(_) => return Ok(any),
+            }
+        }
+    }
+
+    fn read_large(&mut self, process: &Process) -> Step {
+        let large = self.large.as_mut().expect("called with a large frame");
+        let want = large.header.body_len() - large.body.len();
+        if want > 0 {
+            let filled = large.body.len();
+            let spare = &mut large.body.spare_mut()[..want];
+            match (&self.shared.stream).read(spare) {
+                Ok(0) => return self.peer_closed(),
+                Ok(n) if n < want && !self.hup => {
+                    // A short read drained the socket: wait for the next event.
+                    large.body.set_len(filled + n);
+                    return Step::Idle;
+                }
+                Ok(n) => large.body.set_len(filled + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::More,
+                Err(_) => return Step::Close,
+            }
+        }
+        if large.body.len() == large.header.body_len() {
+            let LargeFrame { header, body } = self.large.take().expect("checked above");
+            self.dispatch(process, header, Payload::whole(body));
+        }
+        Step::More
+    }
+
+    /// Ensures the chunk is unshared and has room to read into; false if the pool is spent.
+    fn make_room(&mut self, process: &Process) -> bool {
+        let pending = self.chunk.len() - self.start;
+        let room = self.chunk.capacity() - self.chunk.len();
+        let min_room = self.chunk_min_room();
+        if let Some(chunk) = Arc::get_mut(&mut self.chunk) {
+            if pending == 0 {
+                chunk.set_len(0);
+                self.start = 0;
+            } else if room < min_room {
+                let start = self.start;
+                chunk.memory_mut().copy_within(start..start + pending, 0);
+                chunk.set_len(pending);
+                self.start = 0;
+            }
+            return true;
+        }
+        // Workers still hold payloads in this chunk: continue in a fresh one, moving only the
+        // undecoded tail (less than one frame's worth of bytes).
+        let Some(mut fresh) = process.pool().get(self.chunk.capacity()) else {
+            return false;
+        };
+        assert!(fresh.try_extend(&self.chunk[self.start..]), "a fresh chunk holds the undecoded tail");
+        self.chunk = Arc::new(fresh);
+        self.start = 0;
+        true
+    }
+
+    fn chunk_min_room(&self) -> usize {
+        (self.chunk.capacity() / 4).max(HEADER_LEN)
+    }
+
+    fn dispatch(&mut self, process: &Process, header: Header, body: Payload) {
+        // Counted before the process sees it: a worker may answer before `dispatch` returns.
+        self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+        let (meta, input) = body.split_meta(header.meta_len as usize);
+        let action = serve_frame(process, &mut self.peer, &self.sink, header, meta, input);
+        if matches!(action, FrameAction::Queued) {
+            return;
+        }
+        self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+        policy::act(self, action);
+    }
+
+    /// Answers a protocol violation in the undecoded bytes as the policy says, and lingers.
+    fn refuse(&mut self, err: FrameError) -> Step {
+        let refusal = Refusal::frame(err, &self.chunk[self.start..]);
+        policy::refuse(self, refusal);
+        Step::More
+    }
+
+    /// Reads and drops input of a lingering connection.
+    fn discard(&mut self, process: &Process) -> Step {
+        if Arc::get_mut(&mut self.chunk).is_none() {
+            // Workers still hold payloads in the chunk: discard into a fresh one.
+            let Some(fresh) = process.pool().get(self.chunk.capacity()) else { return Step::Idle };
+            self.chunk = Arc::new(fresh);
+        }
+        let chunk = Arc::get_mut(&mut self.chunk).expect("made unshared above");
+        chunk.set_len(0);
+        self.start = 0;
+        match (&self.shared.stream).read(chunk.memory_mut()) {
+            Ok(0) => Step::Close,
+            Ok(_) => Step::More,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Idle,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::More,
+            Err(_) => Step::Close,
+        }
+    }
+}
+
+/// How a mio connection moves bytes for the [policy](super::policy): responses and replies join
+/// its write queue (flushed after each batch of frames); a last frame is flushed at once and the
+/// sending side shut behind it.
+impl Link for Connection {
+    #[inline]
+    fn respond(&mut self, response: Response) {
+        self.shared.queue().push(OutFrame::from_response(response, self.shared.max_frame));
+    }
+
+    #[inline]
+    fn reply(&mut self, frame: OutFrame) {
+        self.shared.queue().push(frame);
+    }
+
+    fn reply_last(&mut self, frame: OutFrame, _: End) {
+        {
+            let mut queue = self.shared.queue();
+            queue.push(frame);
+            queue.flush(&self.shared.stream);
+        }
+        let _ = self.shared.stream.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn discard_input(&mut self) {
+        self.start = self.chunk.len();
+    }
+
+    fn state(&mut self) -> &mut ReadState {
+        &mut self.state
+    }
+
+    fn linger(&self) -> Duration {
+        self.linger
+    }
+}
