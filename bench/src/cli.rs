@@ -65,6 +65,33 @@ impl TransportKind {
     }
 }
 
+/// Where the measured `echo` runs in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InvokeMode {
+    /// `echo`, run on the I/O thread that received the request.
+    Inline,
+    /// `echo_worker` (the same `echo` symbol), run on the process's worker pool.
+    Worker,
+}
+
+impl InvokeMode {
+    /// Its name in reports (the `mode` field of `invoke` lines).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Inline => "inline",
+            Self::Worker => "worker",
+        }
+    }
+
+    /// The function invoked in this mode.
+    pub fn function(self) -> &'static str {
+        match self {
+            Self::Inline => "echo",
+            Self::Worker => crate::functions::ECHO_WORKER,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InvokeArgs {
     /// One JSON object per line on stdout (logs go to stderr) instead of a table.
@@ -86,6 +113,12 @@ pub struct InvokeArgs {
     /// raw TCP baseline, plus io_uring's throughput against mio's).
     #[arg(long = "transport", value_enum, value_delimiter = ',', default_values_t = [TransportKind::Tcp])]
     pub transports: Vec<TransportKind>,
+    /// Execution modes of the round-trip runs, comma-separated (`inline,worker`: each size's
+    /// round trips of the inline `echo` and of the worker-mode `echo_worker` in one run, each
+    /// beside its own raw TCP baseline, their lines carrying `mode`). Default: inline only, and
+    /// the lines carry no `mode`. Throughput and local runs are always inline.
+    #[arg(long = "mode", value_enum, value_delimiter = ',')]
+    pub modes: Option<Vec<InvokeMode>>,
     /// Invocations in flight on one connection for the throughput runs, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64],
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -254,6 +287,19 @@ mod tests {
         assert!(!args.json && !args.split);
         assert_eq!(args.transports, [TransportKind::Tcp]);
         assert_eq!((args.iters, args.warmup), (None, None));
+        assert_eq!(args.modes, None);
+    }
+
+    #[test]
+    fn modes_parse_comma_separated() {
+        assert_eq!(
+            invoke(&["--mode", "inline,worker"]).unwrap().modes,
+            Some(vec![InvokeMode::Inline, InvokeMode::Worker])
+        );
+        assert_eq!(invoke(&["--mode=worker"]).unwrap().modes, Some(vec![InvokeMode::Worker]));
+        assert!(invoke(&["--mode", "inline,fast"]).is_err());
+        assert_eq!(InvokeMode::Worker.function(), "echo_worker");
+        assert_eq!((InvokeMode::Inline.function(), InvokeMode::Inline.name()), ("echo", "inline"));
     }
 
     #[test]

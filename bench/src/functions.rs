@@ -66,17 +66,25 @@ struct ManifestFile<'a> {
 struct FunctionEntry<'a> {
     name: &'a str,
     library: &'a Path,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    symbol: Option<&'a str>,
     mode: &'a str,
 }
 
-/// The manifest text: `echo` and `noop` inline (on the I/O thread), `local_loop` and the
-/// message benchmark's `msg_bounce` and `msg_roundtrip` on the worker.
+/// The worker-mode echo: the library's `echo` run on the process's worker pool
+/// (`praas-bench invoke --mode worker`).
+pub const ECHO_WORKER: &str = "echo_worker";
+
+/// The manifest text: `echo` and `noop` inline (on the I/O thread); `echo_worker` (the same
+/// `echo` symbol), `local_loop` and the message benchmark's `msg_bounce` and `msg_roundtrip` on
+/// the worker.
 pub fn manifest_text(library: &Path) -> Result<String, String> {
-    let entry = |name, mode| FunctionEntry { name, library, mode };
+    let entry = |name, mode| FunctionEntry { name, library, symbol: None, mode };
     let manifest = ManifestFile {
         function: vec![
             entry("echo", "inline"),
             entry("noop", "inline"),
+            FunctionEntry { symbol: Some("echo"), ..entry(ECHO_WORKER, "worker") },
             entry("local_loop", "worker"),
             entry("msg_bounce", "worker"),
             entry("msg_roundtrip", "worker"),
@@ -108,9 +116,11 @@ mod tests {
         let text = manifest_text(Path::new("/opt/a \"quoted\" dir/libx.so")).unwrap();
         let manifest = Manifest::from_toml(&text, Path::new("/elsewhere")).unwrap();
         let names: Vec<&str> = manifest.functions.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["echo", "noop", "local_loop", "msg_bounce", "msg_roundtrip"]);
+        assert_eq!(names, ["echo", "noop", "echo_worker", "local_loop", "msg_bounce", "msg_roundtrip"]);
         assert_eq!(manifest.functions[0].library, Path::new("/opt/a \"quoted\" dir/libx.so"));
         let modes: Vec<String> = manifest.functions.iter().map(|f| format!("{:?}", f.mode)).collect();
-        assert_eq!(modes, ["Inline", "Inline", "Worker", "Worker", "Worker"]);
+        assert_eq!(modes, ["Inline", "Inline", "Worker", "Worker", "Worker", "Worker"]);
+        let symbols: Vec<Option<&str>> = manifest.functions.iter().map(|f| f.symbol.as_deref()).collect();
+        assert_eq!(symbols, [None, None, Some("echo"), None, None, None]);
     }
 }

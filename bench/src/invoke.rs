@@ -1,8 +1,9 @@
-//! `invoke`: round-trip latency of `echo` per size, throughput at several invocations in flight,
-//! and local (function-to-function) invocation, each praas figure beside the raw TCP baseline
-//! measured in the same run with the same placement.
+//! `invoke`: round-trip latency of `echo` per size (inline, and with `--mode` also the worker-mode
+//! `echo_worker`), throughput at several invocations in flight, and local (function-to-function)
+//! invocation, each praas figure beside the raw TCP baseline measured in the same run with the
+//! same placement.
 //!
-//! Per size the baseline runs first and praas right after, so drift affects both alike.
+//! Per size (and mode) the baseline runs first and praas right after, so drift affects both alike.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use hdrhistogram::Histogram;
 use praas_dataplane::{Client, ClientError, ClientOptions};
 
 use crate::child::ChildServer;
-use crate::cli::{self, InvokeArgs};
+use crate::cli::{self, InvokeArgs, InvokeMode};
 use crate::functions;
 use crate::placement::{self, Placement};
 use crate::raw_tcp::{self, RawClient};
@@ -27,10 +28,16 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         if args.transports.len() > 1 {
             return Err("--transport rdma runs alone (its baselines are perftest's, not raw TCP)".into());
         }
+        if args.modes.is_some() {
+            return Err("--mode applies to tcp and uring (the RDMA benchmark measures the inline echo)".into());
+        }
         #[cfg(feature = "rdma")]
         return crate::rdma::run(args);
         #[cfg(not(feature = "rdma"))]
         return Err("this praas-bench was built without the rdma feature".into());
+    }
+    if args.modes.as_ref().is_some_and(|modes| modes.is_empty()) {
+        return Err("--mode needs at least one of inline, worker".into());
     }
     let online = placement::online_cpus();
     let placement = Placement::new(args.split);
@@ -125,14 +132,21 @@ fn run_transport(
     let mut reporter = Reporter::new(args.json);
     let mut push = |record: Record| reporter.push(record).map_err(|e| format!("cannot write the report: {e}"));
 
+    // Without --mode: the inline echo, and lines without `mode` (as before the option existed).
+    let modes = args.modes.as_deref().unwrap_or(&[InvokeMode::Inline]);
     for &size in &args.sizes {
         let iters = args.iters.unwrap_or_else(|| cli::default_iters(size));
         let warmup = args.warmup.unwrap_or_else(|| cli::default_warmup(size));
-        eprintln!("praas-bench: invoke {size} B: {warmup} warm-up + {iters} measured round trips each");
         let payload = raw_tcp::payload(size);
-        let base = Summary::of(&raw.latency(&payload, warmup, iters)?);
-        let ours = Summary::of(&praas_latency(&mut praas, &payload, warmup, iters)?);
-        push(Record::latency("invoke", &info, size, warmup, &ours, BASELINE, &base))?;
+        for &mode in modes {
+            let function = mode.function();
+            eprintln!("praas-bench: invoke {function} {size} B: {warmup} warm-up + {iters} measured round trips each");
+            let base = Summary::of(&raw.latency(&payload, warmup, iters)?);
+            let ours = Summary::of(&praas_latency(&mut praas, function, &payload, warmup, iters)?);
+            let mut record = Record::latency("invoke", &info, size, warmup, &ours, BASELINE, &base);
+            record.mode = args.modes.is_some().then_some(mode.name());
+            push(record)?;
+        }
     }
 
     let ops = args.iters.unwrap_or(cli::THROUGHPUT_OPS);
@@ -167,19 +181,25 @@ fn invoke_error(what: &str, e: ClientError) -> String {
     format!("praas {what} failed: {e}")
 }
 
-/// Blocking `echo` round trips: `warmup` dropped, then `iters` measured; the echo is compared
-/// with the input before and after the measured loop.
-fn praas_latency(client: &mut Client, payload: &[u8], warmup: u64, iters: u64) -> Result<Histogram<u64>, String> {
-    let fail = |e| invoke_error(&format!("invocation of {ECHO} with {} bytes", payload.len()), e);
-    raw_tcp::verify("praas", payload, &client.invoke(ECHO, payload).map_err(fail)?)?;
+/// Blocking round trips of `function` (an echo: `echo` or `echo_worker`): `warmup` dropped, then
+/// `iters` measured; the echo is compared with the input before and after the measured loop.
+fn praas_latency(
+    client: &mut Client,
+    function: &str,
+    payload: &[u8],
+    warmup: u64,
+    iters: u64,
+) -> Result<Histogram<u64>, String> {
+    let fail = |e| invoke_error(&format!("invocation of {function} with {} bytes", payload.len()), e);
+    raw_tcp::verify("praas", payload, &client.invoke(function, payload).map_err(fail)?)?;
     for _ in 0..warmup {
-        client.invoke(ECHO, payload).map_err(fail)?;
+        client.invoke(function, payload).map_err(fail)?;
     }
     let mut hist = report::histogram();
     let mut last = Vec::new();
     for _ in 0..iters {
         let start = Instant::now();
-        let output = client.invoke(ECHO, payload).map_err(fail)?;
+        let output = client.invoke(function, payload).map_err(fail)?;
         let elapsed = start.elapsed();
         if output.len() != payload.len() {
             return Err(format!("praas echoed {} bytes for {}", output.len(), payload.len()));

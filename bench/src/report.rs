@@ -401,6 +401,18 @@ mod tests {
     }
 
     #[test]
+    fn an_invoke_line_names_its_mode_only_when_asked() {
+        let plain = Record::latency("invoke", &info(), 8, 2_000, &summary(12_000), "raw-tcp", &summary(10_000));
+        assert!(!fields(&plain).contains_key("mode"), "{}", plain.json());
+        let worker = Record { mode: Some("worker"), ..plain };
+        let map = fields(&worker);
+        assert_eq!(map["mode"], "worker");
+        assert_eq!(map["bench"], "invoke");
+        let text = table(&[worker]);
+        assert!(text.lines().nth(1).unwrap().starts_with("invoke worker"), "{text}");
+    }
+
+    #[test]
     fn throughput_line_says_higher_is_better() {
         let record = Record::throughput(&info(), 8, 64, 50_000, 5_000, 90_000.04, "raw-tcp", 120_000.0);
         let map = fields(&record);
