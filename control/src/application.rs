@@ -181,7 +181,7 @@ impl Deployment {
         };
         let token_io = |e: crate::api_token::TokenError| match e {
             crate::api_token::TokenError::Io { path, source } => DeployError::Io { path, source },
-            other => DeployError::Io { path: app_dir.to_owned(), source: std::io::Error::other(other.to_string()) },
+            other => DeployError::Io { path: app_dir.to_owned(), source: std::io::Error::other(other) },
         };
         let parent = app_dir.parent().unwrap_or(Path::new("/"));
         private_dir(parent).map_err(token_io)?;

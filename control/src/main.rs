@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use praas_control::cli::{self, Api, ApiCallError};
 use praas_control::model::Resources;
 use praas_control::process_main::{self, ProcessMainError, ServeOptions};
-use praas_control::{routes, server, ControlConfig};
+use praas_control::server::{self, ServerError};
+use praas_control::{routes, ControlConfig};
 use praas_dataplane::{Client, ClientOptions, TransportKind};
 
 /// praas: Process-as-a-Service for HPC clusters.
@@ -374,17 +375,16 @@ struct InvokeArgs {
 
 /// The `APP:KEY` a data-plane client authenticates with: from `--credentials-file`, else from
 /// `PRAAS_CLIENT_CREDENTIALS`.
-fn given_credentials(file: Option<&std::path::Path>) -> Result<Option<praas_dataplane::Credentials>, String> {
+fn given_credentials(file: Option<&std::path::Path>) -> Result<Option<praas_dataplane::Credentials>, Failure> {
     let text = match file {
-        Some(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("--credentials-file {}: {e}", path.display()))?
-        }
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|source| Failure::CredentialsFile { path: path.to_owned(), source })?,
         None => match std::env::var("PRAAS_CLIENT_CREDENTIALS") {
             Ok(text) if !text.is_empty() => text,
             _ => return Ok(None),
         },
     };
-    let (app, key) = text.trim().split_once(':').ok_or_else(|| "client credentials are APP:KEY".to_owned())?;
+    let (app, key) = text.trim().split_once(':').ok_or(Failure::BadCredentials)?;
     Ok(Some(praas_dataplane::Credentials { app: app.into(), name: "praas-cli".into(), key: key.into() }))
 }
 
@@ -405,51 +405,83 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Refused(message)) => {
-            eprintln!("praas: refused by the control plane: {message}");
-            ExitCode::from(3)
-        }
-        Err(Failure::Message(message)) => {
-            eprintln!("praas: {message}");
-            ExitCode::from(1)
+        Err(failure) => {
+            eprintln!("praas: {failure}");
+            ExitCode::from(if matches!(failure, Failure::Refused(_)) { 3 } else { 1 })
         }
     }
 }
 
+/// Why a command failed: `main` prints it and exits with 3 for [`Failure::Refused`], else 1.
+#[derive(Debug, thiserror::Error)]
 enum Failure {
-    Message(String),
+    /// The control plane refused this process (its words).
+    #[error("refused by the control plane: {0}")]
     Refused(String),
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure::Message(message)
-    }
-}
-
-impl From<ApiCallError> for Failure {
-    fn from(e: ApiCallError) -> Self {
-        Failure::Message(e.to_string())
-    }
-}
-
-impl From<praas_control::backend::SlurmError> for Failure {
-    fn from(e: praas_control::backend::SlurmError) -> Self {
-        Failure::Message(e.to_string())
-    }
+    /// A call of the control plane's HTTP API failed.
+    #[error(transparent)]
+    Api(#[from] ApiCallError),
+    /// The Slurm backend could not start.
+    #[error(transparent)]
+    Slurm(#[from] praas_control::backend::SlurmError),
+    /// A cloud process could not start, or stopped serving.
+    #[error(transparent)]
+    Process(ProcessMainError),
+    /// The control plane could not start, or stopped serving.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The path of this binary is unknown.
+    #[error("cannot find the praas binary: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    /// `--backend` names no backend.
+    #[error("unknown backend {0:?} (available: local, slurm)")]
+    UnknownBackend(String),
+    /// A `--function-root` cannot be resolved.
+    #[error("--function-root {}: {source}", path.display())]
+    FunctionRoot { path: PathBuf, source: std::io::Error },
+    /// The `--credentials-file` cannot be read.
+    #[error("--credentials-file {}: {source}", path.display())]
+    CredentialsFile { path: PathBuf, source: std::io::Error },
+    /// The client credentials are not `APP:KEY`.
+    #[error("client credentials are APP:KEY")]
+    BadCredentials,
+    /// The input (`-`) cannot be read from standard input.
+    #[error("cannot read standard input: {0}")]
+    Stdin(#[source] std::io::Error),
+    /// The input file (`@PATH`) cannot be read.
+    #[error("cannot read {path}: {source}")]
+    InputFile { path: String, source: std::io::Error },
+    /// `--direct` to a process without a data-plane address.
+    #[error("process {app}/{name} is {} and has no data-plane address", status.name())]
+    NoDataAddress { app: String, name: String, status: praas_control::model::ProcessStatus },
+    /// `invoke` without a process or an application.
+    #[error("say where: --process ADDR, or --app APP [--process NAME]")]
+    NoTarget,
+    /// The control plane's answer holds no client key.
+    #[error("the control plane sent no client key")]
+    NoClientKey,
+    /// The process's data plane cannot be reached.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: praas_dataplane::ClientError },
+    /// The invocation failed.
+    #[error("{function}: {source}")]
+    Invoke { function: String, source: praas_dataplane::ClientError },
+    /// Writing to standard output failed.
+    #[error("{0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl From<ProcessMainError> for Failure {
     fn from(e: ProcessMainError) -> Self {
         match e {
             ProcessMainError::Refused(reason) => Failure::Refused(reason),
-            other => Failure::Message(other.to_string()),
+            other => Failure::Process(other),
         }
     }
 }
 
 fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
-    let praas = std::env::current_exe().map_err(|e| format!("cannot find the praas binary: {e}"))?;
+    let praas = std::env::current_exe().map_err(Failure::CurrentExe)?;
     let backend: Box<dyn praas_control::backend::Backend> = match args.backend.as_str() {
         "local" => Box::new(praas_control::backend::LocalBackend::new(praas)),
         "slurm" => Box::new(praas_control::backend::SlurmBackend::new(
@@ -466,7 +498,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
                 ),
             },
         )?),
-        other => return Err(format!("unknown backend {other:?} (available: local, slurm)").into()),
+        other => return Err(Failure::UnknownBackend(other.to_owned())),
     };
     let mut config = ControlConfig::new(&args.data_dir);
     if let Some(swap) = args.swap_dir {
@@ -477,14 +509,14 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     config.process_rdma = args.process_rdma;
     config.client_auth = args.client_auth;
     for root in &args.function_root {
-        let canonical = root.canonicalize().map_err(|e| format!("--function-root {}: {e}", root.display()))?;
+        let canonical = root.canonicalize().map_err(|source| Failure::FunctionRoot { path: root.clone(), source })?;
         config.function_roots.push(canonical);
     }
-    let server = server::bind_backend(config, backend, args.listen, args.control_listen).map_err(|e| e.to_string())?;
+    let server = server::bind_backend(config, backend, args.listen, args.control_listen)?;
     // Scripts read this line to learn the ports.
     println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
-    std::io::stdout().flush().map_err(|e| e.to_string())?;
-    server.run().map_err(|e| Failure::Message(e.to_string()))
+    std::io::stdout().flush().map_err(Failure::Output)?;
+    Ok(server.run()?)
 }
 
 fn print<T: serde::Serialize>(
@@ -494,7 +526,7 @@ fn print<T: serde::Serialize>(
 ) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let written = if json { cli::print_json(value, &mut out) } else { table(value, &mut out) };
-    written.map_err(|e| Failure::Message(e.to_string()))
+    written.map_err(Failure::Output)
 }
 
 fn app(api: &Api, command: AppCommand, json: bool) -> Result<(), Failure> {
@@ -539,13 +571,13 @@ fn process(api: &Api, command: ProcessCommand, json: bool) -> Result<(), Failure
     }
 }
 
-fn read_input(spec: &str) -> Result<Vec<u8>, String> {
+fn read_input(spec: &str) -> Result<Vec<u8>, Failure> {
     if spec == "-" {
         let mut input = Vec::new();
-        std::io::stdin().read_to_end(&mut input).map_err(|e| format!("cannot read standard input: {e}"))?;
+        std::io::stdin().read_to_end(&mut input).map_err(Failure::Stdin)?;
         Ok(input)
     } else if let Some(path) = spec.strip_prefix('@') {
-        std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
+        std::fs::read(path).map_err(|source| Failure::InputFile { path: path.to_owned(), source })
     } else {
         Ok(spec.as_bytes().to_vec())
     }
@@ -553,22 +585,25 @@ fn read_input(spec: &str) -> Result<Vec<u8>, String> {
 
 fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     let input = read_input(&args.input)?;
+    let invoke_failure = |source| Failure::Invoke { function: args.function.clone(), source };
     let direct = match (&args.app, &args.process) {
         (Some(app), Some(name)) if args.direct => {
             let record: praas_control::model::ProcessRecord = api.get(&routes::process(app, name))?;
             let rdma = record.rdma_addr.as_ref().filter(|_| cfg!(feature = "rdma")).map(|a| format!("rdma://{a}"));
-            Some(rdma.or(record.data_addr).ok_or_else(|| {
-                format!("process {app}/{name} is {} and has no data-plane address", record.status.name())
+            Some(rdma.or(record.data_addr).ok_or_else(|| Failure::NoDataAddress {
+                app: app.clone(),
+                name: name.clone(),
+                status: record.status,
             })?)
         }
         (Some(_), _) => None,
         (None, Some(addr)) => Some(addr.clone()),
-        (None, None) => return Err("say where: --process ADDR, or --app APP [--process NAME]".to_owned().into()),
+        (None, None) => return Err(Failure::NoTarget),
     };
     let credentials = match &args.app {
         Some(app) if direct.is_some() => {
             let answer: serde_json::Value = api.get(&routes::client_key(app))?;
-            let key = answer["client_key"].as_str().ok_or_else(|| "the control plane sent no client key".to_owned())?;
+            let key = answer["client_key"].as_str().ok_or(Failure::NoClientKey)?;
             Some(praas_dataplane::Credentials { app: app.clone(), name: "praas-cli".into(), key: key.into() })
         }
         Some(_) => None,
@@ -577,8 +612,8 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     let output = match (direct, &args.app) {
         (None, Some(app)) => api.invoke(app, &args.function, args.process.as_deref(), &input)?,
         #[cfg(feature = "rdma")]
-        (Some(addr), _) if addr.starts_with("rdma://") => {
-            let addr = &addr["rdma://".len()..];
+        (Some(url), _) if url.starts_with("rdma://") => {
+            let addr = &url["rdma://".len()..];
             let options = praas_dataplane::RdmaClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
                 invocation_timeout_ms: args.timeout_ms,
@@ -586,8 +621,8 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
                 ..praas_dataplane::RdmaClientOptions::default()
             };
             let mut client = praas_dataplane::RdmaClient::connect_with(addr, options)
-                .map_err(|e| format!("cannot connect to rdma://{addr}: {e}"))?;
-            client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?
+                .map_err(|source| Failure::Connect { addr: url.clone(), source })?;
+            client.invoke(&args.function, &input).map_err(invoke_failure)?
         }
         (Some(addr), _) => {
             let options = ClientOptions {
@@ -597,12 +632,12 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
                 credentials,
                 ..ClientOptions::default()
             };
-            let mut client =
-                Client::connect_with(addr.as_str(), options).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-            client.invoke(&args.function, &input).map_err(|e| format!("{}: {e}", args.function))?
+            let mut client = Client::connect_with(addr.as_str(), options)
+                .map_err(|source| Failure::Connect { addr: addr.clone(), source })?;
+            client.invoke(&args.function, &input).map_err(invoke_failure)?
         }
         (None, None) => unreachable!("handled above"),
     };
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(&output).and_then(|()| stdout.flush()).map_err(|e| Failure::Message(e.to_string()))
+    stdout.write_all(&output).and_then(|()| stdout.flush()).map_err(Failure::Output)
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use praas_dataplane::control_channel::{run_control_link, ControlLinkOptions, LinkEnd};
 use praas_dataplane::function::LoadError;
+use praas_dataplane::mailbox::SnapshotError;
 use praas_dataplane::swap::{SwapError, SwapStore};
 use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig, TransportKind};
 use thiserror::Error;
@@ -125,11 +126,8 @@ pub enum ProcessMainError {
     #[error("cannot swap in: {0}")]
     SwapIn(#[source] SwapError),
     /// The snapshot's undelivered messages could not be put back.
-    #[error("cannot swap in the messages: {reason}")]
-    RestoreMailbox {
-        /// The process's explanation.
-        reason: String,
-    },
+    #[error("cannot swap in the messages: {0}")]
+    RestoreMailbox(#[source] SnapshotError),
     /// The snapshot's state files could not be put back.
     #[error("cannot swap in the state files: {0}")]
     RestoreFiles(#[source] SwapError),
@@ -270,9 +268,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         let store = swap_store.as_ref().ok_or(ProcessMainError::RestoreWithoutSwapDir)?;
         let snapshot = store.read(&options.app, &options.id).map_err(ProcessMainError::SwapIn)?;
         snapshot.restore_state(process.state());
-        process
-            .restore_mailbox(&snapshot.mailbox)
-            .map_err(|e| ProcessMainError::RestoreMailbox { reason: e.to_string() })?;
+        process.restore_mailbox(&snapshot.mailbox).map_err(ProcessMainError::RestoreMailbox)?;
         if let Some(files) = &options.files_dir {
             snapshot.restore_files(files).map_err(ProcessMainError::RestoreFiles)?;
         }

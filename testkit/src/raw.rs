@@ -66,7 +66,7 @@ impl RawConnection {
                     return Ok(owned);
                 }
                 Ok(Decoded::Incomplete(_)) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
             if self.read_some(deadline)? == 0 {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the process closed the connection"));

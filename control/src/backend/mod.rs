@@ -24,7 +24,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use local::{alive, LocalBackend};
-pub use slurm::{default_pool_name, job_state, SlurmBackend, SlurmCommandError, SlurmConfig, SlurmError, SlurmMode};
+pub use slurm::{
+    default_pool_name, job_state, SlurmBackend, SlurmCommandError, SlurmConfig, SlurmError, SlurmMode, UnknownSlurmMode,
+};
 
 use crate::model::{Capacity, Resources};
 

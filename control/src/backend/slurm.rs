@@ -90,13 +90,18 @@ pub enum SlurmMode {
     Pool,
 }
 
+/// A Slurm mode [`SlurmMode`] does not know (the name given).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown Slurm mode {0:?} (job or pool)")]
+pub struct UnknownSlurmMode(pub String);
+
 impl std::str::FromStr for SlurmMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownSlurmMode;
+    fn from_str(s: &str) -> Result<Self, UnknownSlurmMode> {
         match s {
             "job" => Ok(Self::Job),
             "pool" => Ok(Self::Pool),
-            other => Err(format!("unknown Slurm mode {other:?} (job or pool)")),
+            other => Err(UnknownSlurmMode(other.to_owned())),
         }
     }
 }

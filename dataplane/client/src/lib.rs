@@ -8,6 +8,8 @@
 //! Every wait is bounded: a response that does not come within the client's timeout is
 //! [`ClientError::Timeout`], and the connection stays usable (a late response is still read later).
 
+#![warn(clippy::cast_possible_truncation)]
+
 #[cfg(feature = "rdma")]
 pub mod rdma;
 #[cfg(target_os = "linux")]
@@ -64,6 +66,7 @@ impl Default for ClientOptions {
 
 /// Why an invocation did not return output.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The connection failed.
     #[error("connection error: {0}")]
@@ -682,6 +685,6 @@ pub(crate) fn authenticate_client(
         Introduction { app: &credentials.app, me: &credentials.name, key: &credentials.key, client: true, to: None };
     introduce(wire, &who).map_err(|err| match err.wire_or_refusal() {
         Ok(err) => err,
-        Err(message) => ClientError::Remote { status: Status::Unauthenticated, message },
+        Err(refused) => ClientError::Remote { status: Status::Unauthenticated, message: refused.0 },
     })
 }

@@ -157,6 +157,8 @@ impl RdmaClient {
         // The queue pair has room for the receives of at most 64 credits (`recv_count`); those
         // of the credits granted are posted once the process has answered.
         let recv_size = options.recv_size.max(HEADER_LEN + GRANT_LEN + 256);
+        let recv_len = u32::try_from(recv_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an RDMA receive size beyond 32 bits"))?;
         let max_credits = 64u32;
         let max_recvs = recv_count(max_credits);
         let cq = CompletionQueue::new(&context, (2 * max_recvs + 64) as usize, Some(&channel))?;
@@ -174,7 +176,7 @@ impl RdmaClient {
             psn,
             gid: port.gid,
             credits: 0,
-            recv_size: recv_size as u32,
+            recv_size: recv_len,
             status: STATUS_OK,
         };
         local.write_to(&mut stream)?;
@@ -207,7 +209,7 @@ impl RdmaClient {
             let addr = recv.mr().addr() + (i as usize * recv_size) as u64;
             // SAFETY: the slot lies in `recv`, registered for local write on this PD; the program
             // reads it only after its completion and `recv` outlives the QP (field order).
-            unsafe { qp.post_recv(wr_id(0, WR_RECV, i), addr, recv_size as u32, recv.mr().lkey())? };
+            unsafe { qp.post_recv(wr_id(0, WR_RECV, i), addr, recv_len, recv.mr().lkey())? };
         }
         connect::to_rts(&qp, &port, psn, &remote)?;
         stream.set_nonblocking(true)?;
@@ -444,6 +446,9 @@ impl RdmaClient {
         // SAFETY: a free slot is named by no posted work request.
         let len = unsafe { self.send.write(offset, parts) };
         let imm = Imm::new(op, 0, token).encode();
+        // At most a slot (asserted above), whose size the process said in 32 bits.
+        #[allow(clippy::cast_possible_truncation)]
+        let len32 = len as u32;
         let post = self.window.slot_send(slot);
         // SAFETY: the slot lies in `send`, registered on this PD, and stays unused until the
         // completion of this send or a later one returns it to the free list; `send` outlives
@@ -454,7 +459,7 @@ impl RdmaClient {
                 SendOp::SendImm,
                 imm,
                 self.send.mr().addr() + offset as u64,
-                len as u32,
+                len32,
                 self.send.mr().lkey(),
                 len <= self.inline_max,
                 post.signaled,
@@ -520,7 +525,7 @@ impl RdmaClient {
             libc::pollfd { fd: self.channel.fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         ];
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: `fds` is a valid array of two pollfd for the duration of the call.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, ms.max(1)) };
         if rc < 0 {
@@ -593,8 +598,9 @@ impl RdmaClient {
             WR_RECV => {
                 let result = self.received(index, wc);
                 let addr = self.recv.mr().addr() + (index as usize * self.recv_size) as u64;
-                self.repost[self.reposts] =
-                    RecvBuffer { wr_id: wc.wr_id, addr, len: self.recv_size as u32, lkey: self.recv.mr().lkey() };
+                // Checked to fit in `connect_with`: never saturates.
+                let len = u32::try_from(self.recv_size).unwrap_or(u32::MAX);
+                self.repost[self.reposts] = RecvBuffer { wr_id: wc.wr_id, addr, len, lkey: self.recv.mr().lkey() };
                 self.reposts += 1;
                 if self.reposts == REPOST_BATCH {
                     // SAFETY: as at connection time: each slot lies in `recv`, registered for
@@ -715,6 +721,8 @@ impl Deadline {
 
 /// Receives a client with `credits` keeps posted: up to three messages per request it may have
 /// outstanding, and those waiting to be reposted in a batch.
+// REPOST_BATCH is 8.
+#[allow(clippy::cast_possible_truncation)]
 fn recv_count(credits: u32) -> u32 {
     3 * credits + REPOST_BATCH as u32
 }

@@ -186,7 +186,7 @@ impl UringStream {
             }
             let mut failed = false;
             for cqe in self.ring.completion() {
-                let index = cqe.user_data() as usize;
+                let Ok(index) = usize::try_from(cqe.user_data()) else { continue };
                 if let Some(slot) = results.get_mut(index) {
                     if slot.is_none() {
                         *slot = Some(cqe.result());

@@ -49,7 +49,8 @@ impl Tick {
         let clock = clock();
         match clock.ns_per_tick {
             Some(_) => Tick(counter::read()),
-            None => Tick(clock.anchor.elapsed().as_nanos() as u64),
+            // Saturates after 584 years of the process: never, and free (one compare).
+            None => Tick(u64::try_from(clock.anchor.elapsed().as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 
@@ -58,7 +59,13 @@ impl Tick {
     pub fn duration_since(self, earlier: Tick) -> Duration {
         let ticks = self.0.saturating_sub(earlier.0);
         match clock().ns_per_tick {
-            Some(ns) => Duration::from_nanos((ticks as f64 * ns) as u64),
+            Some(ns) => {
+                // A float-to-integer `as` saturates (it cannot wrap): the product of a tick count
+                // and a rate of 0.01 to 100 ns is a finite non-negative number of nanoseconds.
+                #[allow(clippy::cast_possible_truncation)]
+                let nanos = (ticks as f64 * ns) as u64;
+                Duration::from_nanos(nanos)
+            }
             None => Duration::from_nanos(ticks),
         }
     }

@@ -28,13 +28,23 @@ impl OutFrame {
         let mut meta = outcome.message.into_bytes();
         meta.truncate(u16::MAX as usize);
         let payload_len = outcome.output.as_ref().map_or(0, |b| b.len());
+        let Ok(payload_field) = u32::try_from(payload_len) else {
+            // Only an output grown to the pool's largest class (4 GiB) under a frame limit that
+            // large: refused rather than sent with a wrapped length.
+            let text = format!("output of {payload_len} bytes exceeds the 32-bit payload length field");
+            let outcome = crate::invocation::Outcome::error(praas_wire::protocol::Status::TooLarge, text);
+            return Self::from_response(Response { id: response.id, outcome }, max_frame);
+        };
         if let Some(output) = &outcome.output {
             let pad = praas_wire::protocol::alignment_padding(meta.len(), payload_len, output.as_ptr() as usize);
             if meta.len() + pad + payload_len <= max_frame {
                 meta.resize(meta.len() + pad, 0);
             }
         }
-        let header = Header::response(response.id, outcome.status, meta.len() as u16, payload_len as u32);
+        // Cut to u16::MAX above, and `alignment_padding` adds no padding past it.
+        #[allow(clippy::cast_possible_truncation)]
+        let meta_field = meta.len() as u16;
+        let header = Header::response(response.id, outcome.status, meta_field, payload_field);
         Self { header, head: header.encode(), meta, payload: outcome.output, sent: 0 }
     }
 

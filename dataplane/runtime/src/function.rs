@@ -63,6 +63,7 @@ pub const FUNCTION_NAME_RULE: &str =
 
 /// What is wrong with a function name.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum NameProblem {
     /// It is empty.
     #[error("it is empty")]
@@ -111,6 +112,7 @@ pub fn is_c_identifier(symbol: &str) -> bool {
 
 /// Why a manifest was refused, or could not be written.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The text is not valid TOML of the manifest's shape.
     #[error("{0}")]
@@ -156,6 +158,7 @@ pub struct Manifest {
 
 /// Why functions could not be loaded.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The manifest file could not be read.
     #[error("cannot read manifest {path}: {source}")]

@@ -8,6 +8,8 @@
 //! [`frame::OutFrame`]s; payloads live in buffers of the process's [`buffer`] pool from the
 //! socket to the function and back.
 
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod buffer;
 pub mod clock;
 pub mod control_channel;

@@ -46,6 +46,7 @@ const SNAPSHOT_HEADER: usize = 16;
 
 /// Why a mailbox operation did not deliver or store a message.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum MailboxError {
     /// No matching message arrived within the timeout.
     #[error("no message with key {key:?} from {source_name} within {timeout:?}")]
@@ -94,6 +95,7 @@ impl MailboxError {
 
 /// Why a snapshot did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// The first bytes are not `PRMB`.
     #[error("not a mailbox snapshot (bad magic)")]
@@ -304,10 +306,13 @@ impl Mailbox {
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         out.extend_from_slice(&(records.len() as u64).to_le_bytes());
         for (_, source, key, data) in records {
-            // `put` refused names longer than u16::MAX bytes.
-            out.extend_from_slice(&(source.len() as u16).to_le_bytes());
+            // `put` refused names longer than u16::MAX bytes, and a restored snapshot holds none
+            // (its lengths are 16-bit).
+            #[allow(clippy::cast_possible_truncation)]
+            let (source_len, key_len) = (source.len() as u16, key.len() as u16);
+            out.extend_from_slice(&source_len.to_le_bytes());
             out.extend_from_slice(source.as_bytes());
-            out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            out.extend_from_slice(&key_len.to_le_bytes());
             out.extend_from_slice(key.as_bytes());
             out.extend_from_slice(&(data.len() as u64).to_le_bytes());
             out.extend_from_slice(data);
@@ -379,7 +384,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<Record<'_>>, SnapshotError> {
     }
     let count = take_u64(bytes, &mut at).ok_or(SnapshotError::Truncated(0))?;
     // Each record takes at least 12 bytes: never reserve more than the input can hold.
-    let mut records = Vec::with_capacity((count as usize).min((bytes.len() - at) / 12));
+    let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min((bytes.len() - at) / 12));
     for index in 0..count {
         let truncated = SnapshotError::Truncated(index);
         let source_len = take_u16(bytes, &mut at).ok_or(truncated.clone())?;

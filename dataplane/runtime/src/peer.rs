@@ -75,6 +75,7 @@ pub struct PeerInfo {
 
 /// Why a message was not delivered. [`PeerError::status`] gives the code a function sees.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum PeerError {
     /// The control plane never announced a process of that id.
     #[error("unknown process {dest:?}: this application's processes are {known:?}")]
@@ -99,14 +100,14 @@ pub enum PeerError {
         status: ProcessStatus,
     },
     /// No connection to the destination could be opened, or it broke.
-    #[error("process {dest:?} at {addr} is unreachable: {reason}")]
+    #[error("process {dest:?} at {addr} is unreachable: {source}")]
     Unreachable {
         /// The destination.
         dest: String,
         /// Its address.
         addr: String,
         /// What failed.
-        reason: String,
+        source: WireError,
     },
     /// The destination and this process could not prove to each other that they belong to the
     /// same application.
@@ -307,10 +308,11 @@ fn rearm(set: Option<Duration>, left: Duration) -> bool {
     !matches!(set, Some(set) if set <= left && set >= left / 2)
 }
 
-/// Why a frame did not cross a peer connection. Only its text reaches the
-/// [`PeerError`] (`Unreachable::reason`); the I/O error stays its source until then.
+/// Why a connection to a peer could not be opened, or a frame did not cross it: the source of
+/// [`PeerError::Unreachable`] (the I/O error stays its source in turn).
 #[derive(Debug, thiserror::Error)]
-enum WireError {
+#[non_exhaustive]
+pub enum WireError {
     /// The deadline passed.
     #[error("timed out")]
     Timeout,
@@ -332,15 +334,42 @@ enum WireError {
     /// The peer's answer is larger than an answer may be.
     #[error("protocol error: an answer of {0} bytes")]
     AnswerTooLarge(usize),
+    /// A frame to send has more metadata or payload than its length fields can say (bytes of both).
+    #[error("a frame of {0} bytes does not fit its length fields")]
+    FrameTooLarge(usize),
     /// The RDMA connection failed.
     #[error(transparent)]
     Rdma(Box<dyn std::error::Error + Send + Sync>),
+    /// The peer's address did not resolve.
+    #[error("cannot resolve: {0}")]
+    Resolve(#[source] io::Error),
+    /// The peer's address resolved to no address.
+    #[error("no address to connect to")]
+    NoAddress,
+    /// No address of the peer took the connection (the last one's failure).
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    /// The peer answered a message with another frame than its acknowledgement.
+    #[error("unexpected {kind:?} frame (id {id}) in answer to message {message}")]
+    UnexpectedAnswer {
+        /// The frame's kind.
+        kind: MessageKind,
+        /// The frame's id.
+        id: u64,
+        /// The message's id.
+        message: u64,
+    },
 }
 
 impl Wire {
     /// Sends one frame (the lengths in `header` are set from `meta` and `payload`) by `deadline`.
     fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
-        let header = Header { meta_len: meta.len() as u16, payload_len: payload.len() as u32, ..header };
+        let too_large = |_| WireError::FrameTooLarge(meta.len() + payload.len());
+        let header = Header {
+            meta_len: u16::try_from(meta.len()).map_err(too_large)?,
+            payload_len: u32::try_from(payload.len()).map_err(too_large)?,
+            ..header
+        };
         match self {
             Self::Tcp(tcp) => tcp.send(header, meta, payload, deadline),
             Self::Rdma(client) => {
@@ -603,7 +632,7 @@ impl PeerDirectory {
         let deadline = started.checked_add(timeout).unwrap_or_else(|| started + DEFAULT_PUT_TIMEOUT);
         let timeout_error = || PeerError::Timeout { dest: dest.to_owned(), timeout };
         let unreachable =
-            |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: peer.addr.clone(), reason };
+            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: peer.addr.clone(), source };
         let reused = loop {
             let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
@@ -624,17 +653,18 @@ impl PeerDirectory {
         let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
         let wire = |err: WireError| match err {
             WireError::Timeout => timeout_error(),
-            err => unreachable(err.to_string()),
+            err => unreachable(err),
         };
         conn.wire.send(header, key.as_bytes(), data, deadline).map_err(wire)?;
         let ack = conn.wire.recv(ANSWER_LIMITS, deadline).map_err(wire)?;
         let status = Status::from_code(ack.header.status);
         let answered = matches!(ack.header.kind, MessageKind::MessageAck | MessageKind::Response);
         if !answered || (ack.header.kind == MessageKind::MessageAck && ack.header.id != id) {
-            return Err(unreachable(format!(
-                "unexpected {:?} frame (id {}) in answer to message {id}",
-                ack.header.kind, ack.header.id
-            )));
+            return Err(unreachable(WireError::UnexpectedAnswer {
+                kind: ack.header.kind,
+                id: ack.header.id,
+                message: id,
+            }));
         }
         // The connection is in step with the peer either way: keep it for the next put (a
         // refusal that closes the connection is noticed by `alive` then).
@@ -686,7 +716,7 @@ impl PeerDirectory {
         let link = dialer.dial(addr, device, timeout, self.limits.max_frame).map_err(|e| PeerError::Unreachable {
             dest: dest.to_owned(),
             addr: url.clone(),
-            reason: e.to_string(),
+            source: WireError::from(e),
         })?;
         self.authenticate(dest, &url, Wire::Rdma(link), secret, deadline)
     }
@@ -694,12 +724,12 @@ impl PeerDirectory {
     /// Opens a TCP connection to `dest` at `addr`.
     fn connect_tcp(&self, dest: &str, addr: &str, deadline: Instant) -> Result<Wire, PeerError> {
         let unreachable =
-            |reason: String| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason };
+            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), source };
         let timeout_error =
             |started: Instant| PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started };
         let started = Instant::now();
-        let addrs: Vec<_> = addr.to_socket_addrs().map_err(|e| unreachable(format!("cannot resolve: {e}")))?.collect();
-        let mut last = String::from("no address to connect to");
+        let addrs: Vec<_> = addr.to_socket_addrs().map_err(|e| unreachable(WireError::Resolve(e)))?.collect();
+        let mut last = WireError::NoAddress;
         let mut stream = None;
         for sock in addrs {
             let Some(left) = left(deadline) else { return Err(timeout_error(started)) };
@@ -709,11 +739,11 @@ impl PeerDirectory {
                     break;
                 }
                 Err(e) if timed_out(&e) => return Err(timeout_error(started)),
-                Err(e) => last = format!("connect: {e}"),
+                Err(e) => last = WireError::Connect(e),
             }
         }
         let stream = stream.ok_or_else(|| unreachable(last))?;
-        stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| unreachable(WireError::Io(e)))?;
         Ok(Wire::Tcp(TcpWire { stream, read_timeout: None, write_timeout: None }))
     }
 
@@ -738,7 +768,7 @@ impl PeerDirectory {
         Err(match failed.wire_or_refusal() {
             Err(reason) => PeerError::Unauthenticated { dest: dest.to_owned(), reason: format!("at {addr}: {reason}") },
             Ok(WireError::Timeout) => PeerError::Timeout { dest: dest.to_owned(), timeout: deadline - started },
-            Ok(err) => PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), reason: err.to_string() },
+            Ok(err) => PeerError::Unreachable { dest: dest.to_owned(), addr: addr.to_owned(), source: err },
         })
     }
 }
@@ -754,7 +784,10 @@ mod tests {
             (PeerError::UnknownPeer { dest: dest(), known: vec![] }, Status::NotFound),
             (PeerError::SwappedOut { dest: dest() }, Status::Unavailable),
             (PeerError::NotRunning { dest: dest(), status: ProcessStatus::Closing }, Status::Unavailable),
-            (PeerError::Unreachable { dest: dest(), addr: "a".into(), reason: "r".into() }, Status::Unavailable),
+            (
+                PeerError::Unreachable { dest: dest(), addr: "a".into(), source: WireError::NoAddress },
+                Status::Unavailable,
+            ),
             (PeerError::Unauthenticated { dest: dest(), reason: "r".into() }, Status::Unauthenticated),
             (PeerError::Timeout { dest: dest(), timeout: Duration::from_secs(1) }, Status::Timeout),
             (PeerError::Refused { dest: dest(), status: Status::Overloaded, message: "m".into() }, Status::Overloaded),

@@ -4,8 +4,9 @@
 //! An invocation of an `inline` function runs to completion on the transport's I/O thread and its
 //! response is returned at once: no thread hand-off. An invocation of a `worker` function is
 //! queued to the worker pool (one hand-off) and its worker hands the response straight to the
-//! connection's [`ResponseSink`], which writes it to the socket from the worker thread: no hand-off
-//! back. A watchdog answers invocations that run past their deadline with [`Status::Timeout`]; a
+//! connection's [`ResponseSink`]: the mio and RDMA transports write (post) it from the worker
+//! thread, no hand-off back; the io_uring transport queues it back to its I/O thread, which sends
+//! it (a second hand-off: docs/uring.md). A watchdog answers invocations that run past their deadline with [`Status::Timeout`]; a
 //! function cannot be stopped, so its late result is dropped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,7 +20,7 @@ use crate::buffer::{BufferPool, Payload};
 use crate::clock::Tick;
 use crate::function::{ExecutionMode, Function, FunctionRegistry};
 use crate::invocation::{execute, unknown_function_message, Deadline, Outcome};
-use crate::mailbox::Mailbox;
+use crate::mailbox::{Mailbox, SnapshotError};
 use crate::peer::PeerDirectory;
 use crate::peer::PeerList;
 use crate::state::StateStore;
@@ -208,8 +209,8 @@ impl Process {
     }
 
     /// Puts back the undelivered messages of a snapshot (swap-in, before serving).
-    pub fn restore_mailbox(&self, encoded: &[u8]) -> Result<usize, String> {
-        self.core.mailbox().load(encoded).map_err(|e| e.to_string())
+    pub fn restore_mailbox(&self, encoded: &[u8]) -> Result<usize, SnapshotError> {
+        self.core.mailbox().load(encoded)
     }
 
     /// Client invocations accepted and not yet finished.
@@ -340,7 +341,8 @@ impl Process {
         let deadline = pending.as_ref().and_then(|p| p.deadline);
         *self.running[slot].lock().unwrap_or_else(|p| p.into_inner()) = pending;
         if let Some(deadline) = deadline {
-            let at = deadline.saturating_duration_since(self.epoch).as_nanos() as u64;
+            // A deadline past u64 nanoseconds (584 years) saturates, as `watchdog_next` does.
+            let at = u64::try_from(deadline.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
             if at < self.watchdog_next.load(Ordering::Acquire) {
                 self.watchdog.unpark();
             }
@@ -390,7 +392,8 @@ fn watchdog_loop(running: &Arc<[RunningSlot]>, next: &AtomicU64, epoch: Instant)
         // when the process is gone.
         let wait =
             earliest.map_or(Duration::from_secs(1), |e| e.saturating_duration_since(now)).min(Duration::from_secs(1));
-        next.store((now + wait).saturating_duration_since(epoch).as_nanos() as u64, Ordering::Release);
+        let next_ns = u64::try_from((now + wait).saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        next.store(next_ns, Ordering::Release);
         thread::park_timeout(wait);
     }
 }

@@ -37,20 +37,27 @@ impl Reply {
     pub fn into_frame(self, pool: &BufferPool) -> OutFrame {
         let mut meta = self.meta;
         meta.truncate(u16::MAX as usize);
-        let mut header = Header { meta_len: meta.len() as u16, payload_len: 0, ..self.header };
+        // Cut to the 16-bit length field just above: never saturates.
+        let meta_len = u16::try_from(meta.len()).unwrap_or(u16::MAX);
+        let mut header = Header { meta_len, payload_len: 0, ..self.header };
         if self.payload.is_empty() {
             return OutFrame::raw(header, meta, None);
         }
+        let (kind, id) = (header.kind, header.id);
+        // A reply's payload is a nonce and a proof: one its 32-bit length field cannot say is a bug.
+        let Ok(payload_len) = u32::try_from(self.payload.len()) else {
+            let text = format!("an answer of {} bytes does not fit a frame", self.payload.len());
+            return Self::answer(kind, id, Status::Internal, text.into_bytes(), Vec::new()).into_frame(pool);
+        };
         match pool.get(self.payload.len()) {
             Some(mut buf) => {
                 buf.try_extend(&self.payload);
-                header.payload_len = self.payload.len() as u32;
+                header.payload_len = payload_len;
                 OutFrame::raw(header, meta, Some(buf))
             }
             None => {
                 let text = b"no buffer for the answer: the process's buffer budget is spent".to_vec();
-                let header = Header { status: Status::Overloaded.code(), meta_len: text.len() as u16, ..header };
-                OutFrame::raw(header, text, None)
+                Self::answer(kind, id, Status::Overloaded, text, Vec::new()).into_frame(pool)
             }
         }
     }

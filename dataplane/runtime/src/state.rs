@@ -27,6 +27,7 @@ pub struct StateEntry {
 
 /// Why a state operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum StateError {
     /// The key is not valid UTF-8.
     #[error("state key is not UTF-8")]
@@ -51,7 +52,7 @@ impl Default for StateStore {
 
 /// Nanoseconds since the Unix epoch, now.
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// Checks a raw key and returns it as a string.
@@ -64,7 +65,10 @@ pub fn validate_key(key: &[u8]) -> Result<&str, StateError> {
 
 impl StateStore {
     fn shard(&self, key: &str) -> &RwLock<HashMap<String, StateEntry>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+        // The hash's low bits pick the shard: dropping its high bits (32-bit targets) is meant.
+        #[allow(clippy::cast_possible_truncation)]
+        let hash = self.hasher.hash_one(key) as usize;
+        &self.shards[hash % SHARDS]
     }
 
     /// Stores `value` under `key`, replacing any value; returns the write's timestamp.
@@ -164,12 +168,12 @@ mod tests {
     #[test]
     fn concurrent_writers_do_not_lose_keys() {
         let store = Arc::new(StateStore::default());
-        let threads: Vec<_> = (0..4)
+        let threads: Vec<_> = (0..4u8)
             .map(|t| {
                 let store = Arc::clone(&store);
                 std::thread::spawn(move || {
                     for i in 0..500 {
-                        store.put(&format!("{t}-{i}"), vec![t as u8; i % 7]).unwrap();
+                        store.put(&format!("{t}-{i}"), vec![t; i % 7]).unwrap();
                     }
                 })
             })

@@ -46,9 +46,13 @@ const VALUE_ALIGN_SMALL: u64 = 64;
 /// ... or this (values of 64 KiB and more): the kernel copies page-aligned data between the page
 /// cache and user memory much faster than data at odd offsets (measured: 2x for 256 MiB).
 const VALUE_ALIGN_LARGE: u64 = 4096;
+// 4096 fits every usize.
+#[allow(clippy::cast_possible_truncation)]
 static ZEROS: [u8; VALUE_ALIGN_LARGE as usize] = [0; VALUE_ALIGN_LARGE as usize];
 
 /// Zero bytes between a record's header (ending at file `offset`) and its value.
+// The padding is less than `align`, at most 4096: it fits every usize.
+#[allow(clippy::cast_possible_truncation)]
 fn value_padding(offset: u64, value_len: u64) -> usize {
     let align = if value_len >= 64 << 10 { VALUE_ALIGN_LARGE } else { VALUE_ALIGN_SMALL };
     ((align - offset % align) % align) as usize
@@ -56,6 +60,7 @@ fn value_padding(offset: u64, value_len: u64) -> usize {
 
 /// Why a swap failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum SwapError {
     /// Reading or writing the store failed.
     #[error("swap store I/O on {path}: {source}")]
@@ -75,6 +80,14 @@ pub enum SwapError {
         path: PathBuf,
         /// What does not match.
         reason: String,
+    },
+    /// The snapshot's manifest is not the JSON of a manifest.
+    #[error("snapshot at {path} is damaged: manifest: {source}")]
+    BadManifest {
+        /// The snapshot folder.
+        path: PathBuf,
+        /// Why it does not parse.
+        source: serde_json::Error,
     },
     /// An application or process name that cannot name a folder.
     #[error("invalid name {0:?} for a swap folder")]
@@ -414,7 +427,10 @@ fn write_snapshot(
             return;
         }
         let result = (|| {
-            writer.write_all(&(key.len() as u32).to_le_bytes())?;
+            // The store refuses keys longer than MAX_KEY_LEN (u16::MAX) bytes.
+            #[allow(clippy::cast_possible_truncation)]
+            let key_len = key.len() as u32;
+            writer.write_all(&key_len.to_le_bytes())?;
             writer.write_all(key.as_bytes())?;
             writer.write_all(&entry.timestamp_ns.to_le_bytes())?;
             writer.write_all(&(entry.value.len() as u64).to_le_bytes())?;
@@ -490,8 +506,7 @@ fn read_manifest(dir: &Path) -> Result<SnapshotManifest, SwapError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SwapError::Missing(dir.to_path_buf())),
         Err(e) => return Err(SwapError::Io { path, source: e }),
     };
-    serde_json::from_slice(&text)
-        .map_err(|e| SwapError::Damaged { path: dir.to_path_buf(), reason: format!("manifest: {e}") })
+    serde_json::from_slice(&text).map_err(|source| SwapError::BadManifest { path: dir.to_path_buf(), source })
 }
 
 fn checksum_file(path: &Path) -> Result<(u64, u32), SwapError> {
@@ -569,9 +584,14 @@ fn read_state(path: &Path, out: &mut Vec<(String, StateEntry)>) -> Result<(u64, 
         if value_len.saturating_add(padding as u64) > size - reader.bytes {
             return Err(ReadError::Malformed(format!("value of {key:?} claims {value_len} bytes past the end")));
         }
+        // 4096 fits every usize.
+        #[allow(clippy::cast_possible_truncation)]
         let mut pad = [0u8; VALUE_ALIGN_LARGE as usize];
         reader.read_exact(&mut pad[..padding])?;
-        let mut value = vec![0u8; value_len as usize];
+        // Only past the address space (32-bit targets): more than this process could hold.
+        let value_len = usize::try_from(value_len)
+            .map_err(|_| ReadError::Malformed(format!("value of {key:?} claims {value_len} bytes")))?;
+        let mut value = vec![0u8; value_len];
         reader.read_exact(&mut value)?;
         out.push((key, StateEntry { value: std::sync::Arc::new(value), timestamp_ns }));
     }

@@ -13,6 +13,8 @@
 //! default where the kernel allows it ([`TransportKind::Auto`], `docs/uring.md`). A transport runs
 //! on its own thread ([`Transport::spawn`]) and stops through the [`ServerHandle`] it returns.
 
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod policy;
 #[cfg(feature = "rdma")]
 pub mod rdma;

@@ -73,13 +73,19 @@ pub enum HandshakeError<E> {
     Refused(String),
 }
 
+/// Why the other side refused a handshake, or could not prove the key ([`HandshakeError::Refused`]):
+/// its words, as it sent them, or the connecting side's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandshakeRefused(pub String);
+
 impl<E> HandshakeError<E> {
     /// The failed connection's error (`Ok`), or why the other side refused (`Err`): for callers
     /// outside this crate, which cannot match every variant of this non-exhaustive enum.
-    pub fn wire_or_refusal(self) -> Result<E, String> {
+    pub fn wire_or_refusal(self) -> Result<E, HandshakeRefused> {
         match self {
             HandshakeError::Wire(e) => Ok(e),
-            HandshakeError::Refused(text) => Err(text),
+            HandshakeError::Refused(text) => Err(HandshakeRefused(text)),
         }
     }
 }
@@ -304,8 +310,8 @@ mod tests {
             };
             let header = Header {
                 status: status.code(),
-                meta_len: meta.len() as u16,
-                payload_len: payload.len() as u32,
+                meta_len: u16::try_from(meta.len()).expect("a refusal text of a few words"),
+                payload_len: u32::try_from(payload.len()).expect("a nonce and a proof"),
                 ..header
             };
             self.answers.push(OwnedFrame { header, meta, payload });

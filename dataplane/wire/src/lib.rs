@@ -11,6 +11,8 @@
 //!
 //! Every other crate of the data plane builds on this one; it depends on none of them.
 
+#![warn(clippy::cast_possible_truncation)]
+
 pub mod auth;
 pub mod flat;
 pub mod handshake;

@@ -48,6 +48,8 @@ fn status_of(err: &ClientError) -> i32 {
         ClientError::Io(_) | ClientError::Closed => PRAAS_ERR_UNAVAILABLE,
         ClientError::Protocol(_) => PRAAS_ERR_MALFORMED,
         ClientError::TooLarge { .. } => PRAAS_ERR_TOO_LARGE,
+        // A failure this version does not know: the process could not be used.
+        _ => PRAAS_ERR_UNAVAILABLE,
     }
 }
 

@@ -76,7 +76,7 @@ impl Imm {
     /// Parses a wire value; `None` for an unknown op.
     pub fn decode(value: u32) -> Option<Self> {
         let op = Op::from_bits(value >> 28)?;
-        Some(Self { op, credits: (value >> 16) & MAX_CREDITS_PER_MESSAGE, token: value as u16 })
+        Some(Self { op, credits: (value >> 16) & MAX_CREDITS_PER_MESSAGE, token: (value & 0xffff) as u16 })
     }
 }
 

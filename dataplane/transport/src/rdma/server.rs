@@ -260,7 +260,17 @@ impl Conn {
     fn respond(&self, tx: &mut Tx, response: Response, release: bool) {
         let Outcome { status, message, output } = response.outcome;
         let body: &[u8] = output.as_deref().unwrap_or(&[]);
-        let header = Header::response(response.id, status, message.len() as u16, body.len() as u32);
+        let Ok(body_len) = u32::try_from(body.len()) else {
+            // Only an output grown to the pool's largest class (4 GiB) under a frame limit that
+            // large: refused rather than sent with a wrapped length.
+            let text = format!("output of {} bytes exceeds the 32-bit payload length field", body.len());
+            let header = Header::response(response.id, Status::TooLarge, 0, 0);
+            self.send_reply(tx, header, text.into_bytes(), None, release);
+            return;
+        };
+        // A longer text takes `send_reply`, which cuts it and sets its length again.
+        let meta_len = u16::try_from(message.len()).unwrap_or(u16::MAX);
+        let header = Header::response(response.id, status, meta_len, body_len);
         // The common case, an answer that fits a slot with nothing queued before it, is laid
         // out and posted here, from where it is (the output returns to the pool after the post).
         if tx.qp.is_some()
@@ -284,7 +294,8 @@ impl Conn {
     /// `payload`; `release` returns the credit of the request it answers.
     fn send_reply(&self, tx: &mut Tx, header: Header, mut meta: Vec<u8>, payload: Option<PoolBuf>, release: bool) {
         meta.truncate((self.slot_size - HEADER_LEN).min(usize::from(u16::MAX)));
-        let header = Header { meta_len: meta.len() as u16, ..header };
+        // Cut to the 16-bit length field just above: never saturates.
+        let header = Header { meta_len: u16::try_from(meta.len()).unwrap_or(u16::MAX), ..header };
         self.send_frame(tx, Out::Frame { header, meta, payload, release });
     }
 
@@ -373,27 +384,26 @@ impl Conn {
                 } else {
                     // Large: announce it; the output is written when the client grants a buffer.
                     let payload = payload.expect("a frame larger than a slot has a payload");
-                    let registered = self.outputs.lock().unwrap_or_else(|p| p.into_inner()).get(&self.pd, &payload);
-                    let registered = match registered {
-                        Ok(mr) => OutputBuf { buf: payload, mr },
+                    // Every payload here had its length in a 32-bit header field (`respond`
+                    // refuses larger outputs): the conversion does not fail.
+                    let registered = u32::try_from(payload_len)
+                        .map_err(|_| io::Error::other("larger than the 32-bit payload length field"))
+                        .and_then(|announced| {
+                            let mr = self.outputs.lock().unwrap_or_else(|p| p.into_inner()).get(&self.pd, &payload)?;
+                            Ok((mr, announced))
+                        });
+                    let (registered, announced) = match registered {
+                        Ok((mr, announced)) => (OutputBuf { buf: payload, mr }, announced),
                         Err(e) => {
                             tracing::warn!(conn = self.id, "cannot register a response of {payload_len} bytes: {e}");
                             tx.window.give_back(slot);
                             let error = Header { status: Status::Internal.code(), payload_len: 0, ..header };
                             let text = format!("the transport could not register the output: {e}");
-                            self.send_frame(
-                                tx,
-                                Out::Frame {
-                                    header: Header { meta_len: text.len() as u16, ..error },
-                                    meta: text.into_bytes(),
-                                    payload: None,
-                                    release: false,
-                                },
-                            );
+                            self.send_reply(tx, error, text.into_bytes(), None, false);
                             return;
                         }
                     };
-                    let token = tx.sends.announce(registered, payload_len as u32);
+                    let token = tx.sends.announce(registered, announced);
                     let len = self.write_frame(slot, &header, &meta, &[]);
                     (Op::Rts, token, len)
                 }
@@ -427,6 +437,9 @@ impl Conn {
             return;
         };
         let addr = self.slots.mr().addr() + offset as u64;
+        // At most a slot, and slots are at most 1 MiB (`create`).
+        #[allow(clippy::cast_possible_truncation)]
+        let slot_len = len as u32;
         let post = tx.window.slot_send(slot);
         // SAFETY: the slot lies in `slots`, registered on this PD, and is not reused before the
         // completion of this send or a later one frees it (or the QP is destroyed, before
@@ -437,7 +450,7 @@ impl Conn {
                 SendOp::SendImm,
                 imm,
                 addr,
-                len as u32,
+                slot_len,
                 self.slots.mr().lkey(),
                 len <= self.inline_max,
                 post.signaled,
@@ -533,11 +546,15 @@ impl EventLoop {
         let RdmaTransport { listener, process, options, context, port, stats } = transport;
         let pd = ProtectionDomain::new(&context)?;
         let channel = CompletionChannel::new(&context)?;
+        // The verbs and the connection set-up count and size in 32 bits.
+        let too_large = |what| io::Error::new(io::ErrorKind::InvalidInput, format!("RDMA {what} beyond 32 bits"));
+        u32::try_from(options.recv_size).map_err(|_| too_large("receive size"))?;
         let srq_capacity = options.max_connections * options.credits as usize;
         let sq_depth = send_depth(options.credits);
         let cq_entries = srq_capacity + MAX_RECV_BATCH + options.max_connections * sq_depth as usize + 64;
         let cq = CompletionQueue::new(&context, cq_entries, Some(&channel))?;
-        let srq = SharedReceiveQueue::new(&pd, (srq_capacity + MAX_RECV_BATCH) as u32)?;
+        let srq_len = u32::try_from(srq_capacity + MAX_RECV_BATCH).map_err(|_| too_large("receive queue"))?;
+        let srq = SharedReceiveQueue::new(&pd, srq_len)?;
         let mut slots = Vec::with_capacity(2 * srq_capacity);
         for _ in 0..2 * srq_capacity {
             let buf = process
@@ -547,7 +564,8 @@ impl EventLoop {
             let buf = Registered::new(&pd, Arc::new(buf), ACCESS_LOCAL_WRITE)?;
             slots.push(RecvSlot { buf, posted: false });
         }
-        let free_slots = (0..slots.len() as u32).rev().collect();
+        let recv_slots = u32::try_from(slots.len()).map_err(|_| too_large("receive buffer count"))?;
+        let free_slots = (0..recv_slots).rev().collect();
         let mut event_loop = Self {
             poll,
             listener,
@@ -634,7 +652,12 @@ impl EventLoop {
                         self.cq.take_events();
                         idle_since = None;
                     }
-                    Token(t) => self.socket_event(t as u32),
+                    // A connection's token is its u32 id: never fails.
+                    Token(t) => {
+                        if let Ok(id) = u32::try_from(t) {
+                            self.socket_event(id);
+                        }
+                    }
                 }
             }
         }
@@ -714,7 +737,9 @@ impl EventLoop {
                 batch[n] = RecvBuffer {
                     wr_id: wr_id(0, WR_RECV, index),
                     addr: mr.addr(),
-                    len: mr.len() as u32,
+                    // A receive may be shorter than its buffer (of at least `recv_size` bytes,
+                    // which fits 32 bits: checked in `new`).
+                    len: u32::try_from(mr.len()).unwrap_or(u32::MAX),
                     lkey: mr.lkey(),
                 };
                 indices[n] = index;
@@ -1035,7 +1060,8 @@ impl EventLoop {
             psn,
             gid: port.gid,
             credits,
-            recv_size: self.options.recv_size as u32,
+            // Checked to fit in `EventLoop::new`: never saturates.
+            recv_size: u32::try_from(self.options.recv_size).unwrap_or(u32::MAX),
             status: STATUS_OK,
         };
         // Registered before the answer: the client sends only after reading it.

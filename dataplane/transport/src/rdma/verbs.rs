@@ -389,6 +389,7 @@ impl CompletionQueue {
     /// Polls up to [`POLL_BATCH`] completions into `out` (appending); returns how many.
     pub fn poll(&self, out: &mut Vec<Completion>) -> io::Result<usize> {
         let mut wcs: [MaybeUninit<ibv_wc>; POLL_BATCH] = [const { MaybeUninit::uninit() }; POLL_BATCH];
+        #[allow(clippy::cast_possible_truncation)] // POLL_BATCH is 32.
         // SAFETY: the CQ is alive and `wcs` has room for POLL_BATCH entries, which poll_cq fills
         // (the first `n` of them).
         let n = unsafe { ibv_poll_cq(self.as_ptr(), POLL_BATCH as i32, wcs.as_mut_ptr().cast()) };

@@ -159,6 +159,8 @@ impl SendWindow {
             let (_, kind, index) = wr_parts(id);
             match kind {
                 WR_SLOT => self.free_slots.push(index),
+                // A write's index is the u16 token it was posted with (`write_send`).
+                #[allow(clippy::cast_possible_truncation)]
                 WR_WRITE => written(index as u16),
                 _ => {}
             }

@@ -85,7 +85,8 @@ impl BufRing {
 
     /// An id with no buffer behind it, if any.
     pub fn empty_slot(&self) -> Option<u16> {
-        self.slots.iter().position(Option::is_none).map(|i| i as u16)
+        // One slot per entry, at most 32768 of them: the conversion never fails.
+        self.slots.iter().position(Option::is_none).and_then(|i| u16::try_from(i).ok())
     }
 
     /// Provides `buf` (its whole capacity) under the empty id `bid`; `buf` must not be shared.

@@ -86,15 +86,16 @@ impl FixedBuffers {
                 .min_by_key(|&(_, last_use)| last_use)?;
             match free {
                 // The entry that takes the new buffer: registering replaces it.
+                // (Positions in a table of `u16` entries: the conversions never fail.)
                 None => {
-                    self.forget(victim as u16);
+                    self.forget(u16::try_from(victim).ok()?);
                     free = Some(victim);
                 }
                 // Only the byte budget: release it.
-                Some(_) => self.clear(ring, victim as u16)?,
+                Some(_) => self.clear(ring, u16::try_from(victim).ok()?)?,
             }
         }
-        let index = free.expect("made room above") as u16;
+        let index = u16::try_from(free.expect("made room above")).ok()?;
         let iov = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: bytes };
         // SAFETY: `iov` describes the memory of `buf`, alive now; the kernel pins its pages at
         // registration and uses those pages for this index until it is replaced. The index is
@@ -227,7 +228,7 @@ mod tests {
             receiver.read_to_end(&mut got).unwrap();
             got
         });
-        let entry = opcode::SendZc::new(Fd(sender.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+        let entry = opcode::SendZc::new(Fd(sender.as_raw_fd()), buf.as_ptr(), u32::try_from(buf.len()).unwrap())
             .buf_index(Some(index))
             .flags(libc::MSG_WAITALL)
             .build()

@@ -185,10 +185,8 @@ impl RegisteredRing {
                 0usize,
             )
         };
-        if entered < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(entered as usize)
+        // Negative: the call failed.
+        usize::try_from(entered).map_err(|_| io::Error::last_os_error())
     }
 
     /// Unregisters the descriptor (a thread's registrations otherwise end with the thread).

@@ -502,7 +502,7 @@ mod tests {
     #[test]
     fn a_large_frame_gets_its_own_buffer_and_takes_the_bytes_already_received() {
         let pool = BufferPool::new(64 << 20);
-        let payload: Vec<u8> = (0..3 * BUFFER as u32).map(|i| i as u8).collect();
+        let payload: Vec<u8> = (0..=255u8).cycle().take(3 * BUFFER).collect();
         let frames = vec![(4, b"big".to_vec(), payload), (5, b"small".to_vec(), vec![1, 2])];
         let bytes = stream(&frames);
         let mut conn = Conn::new();
@@ -558,7 +558,7 @@ mod tests {
     #[test]
     fn back_pressure_stops_at_a_frame_boundary() {
         let pool = BufferPool::new(64 << 20);
-        let frames: Vec<_> = (0..5).map(|i| (i, b"e".to_vec(), vec![i as u8; 10])).collect();
+        let frames: Vec<_> = (0..5u8).map(|i| (u64::from(i), b"e".to_vec(), vec![i; 10])).collect();
         let bytes = stream(&frames);
         let mut conn = Conn { block_after: Some(2), ..Conn::new() };
         conn.backlog.push_back((received(&pool, &bytes), 0));

@@ -51,7 +51,7 @@ fn user_data(slot: usize, op: u8) -> u64 {
 }
 
 fn split_user_data(data: u64) -> (usize, u8) {
-    ((data >> 32) as usize, data as u8)
+    ((data >> 32) as usize, (data & 0xff) as u8)
 }
 
 /// What workers share with the I/O thread: responses for its connections, and how to wake it.
@@ -469,6 +469,9 @@ impl EventLoop {
 
     fn add(&mut self, fd: OwnedFd) -> io::Result<()> {
         let one: libc::c_int = 1;
+        // The size of an int: fits any socklen_t.
+        #[allow(clippy::cast_possible_truncation)]
+        let one_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: setsockopt reads an int from a live local.
         unsafe {
             libc::setsockopt(
@@ -476,7 +479,7 @@ impl EventLoop {
                 libc::IPPROTO_TCP,
                 libc::TCP_NODELAY,
                 (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                one_len,
             )
         };
         let slot = match self.free.pop() {
@@ -495,7 +498,9 @@ impl EventLoop {
                 return Err(e);
             }
         };
-        if let Err(e) = bufs.register(&self.ring, slot as u16) {
+        // Slots stay below u16::MAX (checked above): the buffer group is the slot.
+        let registered = u16::try_from(slot).map_err(io::Error::other).and_then(|bgid| bufs.register(&self.ring, bgid));
+        if let Err(e) = registered {
             self.free.push(slot);
             return Err(e);
         }
@@ -623,7 +628,7 @@ impl EventLoop {
     /// Takes the responses workers produced and queues them on their connections.
     fn drain_responses(&mut self) {
         while let Some((key, response)) = self.shared.responses.pop() {
-            let (slot, generation) = ((key >> 32) as usize, key as u32);
+            let (slot, generation) = ((key >> 32) as usize, (key & 0xffff_ffff) as u32);
             match self.conns.get_mut(slot).and_then(Option::as_mut) {
                 Some(conn) if conn.generation == generation => {
                     conn.outstanding -= 1;
@@ -725,7 +730,9 @@ impl EventLoop {
                 }
                 RecvStep::Large => {
                     let room = conn.partial.large_room().expect("a large frame waits");
-                    let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), room.as_mut_ptr(), room.len() as u32)
+                    // A receive may take less than the room (past 4 GiB only): the next takes the rest.
+                    let want = u32::try_from(room.len()).unwrap_or(u32::MAX);
+                    let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), room.as_mut_ptr(), want)
                         .flags(libc::MSG_WAITALL)
                         .build()
                         .user_data(user_data(slot, OP_RECV_LARGE));
@@ -757,9 +764,10 @@ impl EventLoop {
             return Ok(());
         }
         if let step @ RecvStep::Multishot = conn.receiving.next(false) {
-            let entry = opcode::RecvMulti::new(Fd(conn.fd.as_raw_fd()), slot as u16)
-                .build()
-                .user_data(user_data(slot, OP_RECV));
+            // The connection's buffer group, its slot (below u16::MAX): never fails.
+            let bgid = u16::try_from(slot).map_err(io::Error::other)?;
+            let entry =
+                opcode::RecvMulti::new(Fd(conn.fd.as_raw_fd()), bgid).build().user_data(user_data(slot, OP_RECV));
             conn.receiving.submitted(step);
             conn.in_flight += 1;
             // SAFETY: the receive writes only into buffers provided through the connection's
@@ -841,6 +849,8 @@ impl EventLoop {
         if payload.len() < threshold {
             return Ok(false);
         }
+        // Past 4 GiB (which no registered buffer holds): the ordinary path.
+        let Ok(payload_len) = u32::try_from(payload.len()) else { return Ok(false) };
         let Some(index) = fixed.index(ring, payload) else { return Ok(false) };
         let state = &mut *conn.send;
         for (i, part) in head.iter().enumerate() {
@@ -855,7 +865,7 @@ impl EventLoop {
                 .build()
                 .flags(squeue::Flags::IO_LINK)
                 .user_data(user_data(slot, OP_SEND_HEAD)),
-            opcode::SendZc::new(fd, payload.as_ptr(), payload.len() as u32)
+            opcode::SendZc::new(fd, payload.as_ptr(), payload_len)
                 .buf_index(Some(index))
                 .flags(send_flags() as i32)
                 .build()
@@ -1100,6 +1110,8 @@ fn send_flags() -> u32 {
 fn is_loopback_peer(fd: &OwnedFd) -> bool {
     // SAFETY: an all-zero sockaddr_storage is a valid value (family AF_UNSPEC).
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // The size of a sockaddr_storage (128 bytes): fits any socklen_t.
+    #[allow(clippy::cast_possible_truncation)]
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `fd` is a socket we own; getpeername writes at most `len` bytes into the live
     // sockaddr_storage `addr`, and updates `len`.
