@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use praas_dataplane::auth;
-use praas_dataplane::control_channel::{unhex, FrameStream, HelloMessage, MetricsReport, SwapConfirmation};
+use praas_dataplane::control_channel::{read_json, unhex, FrameStream, HelloMessage, MetricsReport, SwapConfirmation};
 use praas_dataplane::protocol::{Header, MessageKind, Status};
 
-use crate::controller::{ControlPlane, Link};
+use crate::controller::{ControlLink, ControlPlane};
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
@@ -78,7 +78,7 @@ fn handshake(
         respond(channel, Status::Malformed, "the first frame must be Hello")?;
         return Ok(None);
     }
-    let message: HelloMessage = frame.json()?;
+    let message: HelloMessage = read_json(&frame)?;
     let registration = &message.registration;
     let proof = unhex(&message.proof).unwrap_or_default();
     let authentic = plane
@@ -94,7 +94,7 @@ fn handshake(
     // other threads' peer updates, which must not reach the process before its answer.
     let shared = Arc::clone(&writer);
     let answering = writer.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(refusal) = plane.on_register(registration, Link { id: link_id, writer: shared }) {
+    if let Err(refusal) = plane.on_register(registration, ControlLink { id: link_id, writer: shared }) {
         respond(channel, Status::InvalidArgument, &refusal.to_string())?;
         return Ok(None);
     }
@@ -108,8 +108,8 @@ fn follow(plane: &ControlPlane, channel: &mut FrameStream, app: &str, process: &
     loop {
         let Some(frame) = channel.recv(Duration::from_secs(3600))? else { continue };
         match frame.header.kind {
-            MessageKind::Metrics => plane.on_metrics(app, process, frame.json::<MetricsReport>()?),
-            MessageKind::SwapConfirm => plane.on_swap_confirm(app, process, frame.json::<SwapConfirmation>()?),
+            MessageKind::Metrics => plane.on_metrics(app, process, read_json::<MetricsReport>(&frame)?),
+            MessageKind::SwapConfirm => plane.on_swap_confirm(app, process, read_json::<SwapConfirmation>(&frame)?),
             MessageKind::Pong => {}
             other => tracing::warn!(app, process, "unexpected {other:?} on the control channel"),
         }

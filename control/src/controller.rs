@@ -327,14 +327,14 @@ impl ControlConfig {
 
 /// The control channel of a registered process, for sending it requests.
 #[derive(Debug, Clone)]
-pub struct Link {
+pub struct ControlLink {
     /// Distinguishes connections of the same process.
     pub id: u64,
     /// The write half.
     pub writer: Arc<Mutex<TcpStream>>,
 }
 
-impl Link {
+impl ControlLink {
     fn send<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> std::io::Result<()> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         write_json(&mut *writer, kind, b"", value)
@@ -344,7 +344,7 @@ impl Link {
 #[derive(Debug)]
 struct Entry {
     record: ProcessRecord,
-    link: Option<Link>,
+    link: Option<ControlLink>,
     /// Counts OS processes started for this record: an exit of an older one changes nothing.
     generation: u64,
     swap_result: Option<Result<praas_dataplane::swap::SwapReport, String>>,
@@ -749,7 +749,7 @@ impl ControlPlane {
     }
 
     /// Called by the control channel when a process authenticated; returns an error to refuse it.
-    pub fn on_register(&self, registration: &Registration, link: Link) -> Result<(), RegisterError> {
+    pub fn on_register(&self, registration: &Registration, link: ControlLink) -> Result<(), RegisterError> {
         let mut registry = self.registry();
         let entry =
             lookup_mut(&mut registry, &registration.app, &registration.process).map_err(RegisterError::Unknown)?;
@@ -794,7 +794,7 @@ impl ControlPlane {
                 status: e.record.status,
             })
             .collect();
-        let links: Vec<Link> =
+        let links: Vec<ControlLink> =
             registry.processes.iter().filter(|((a, _), _)| a == app).filter_map(|(_, e)| e.link.clone()).collect();
         drop(registry);
         let list = PeerList { peers };

@@ -18,8 +18,8 @@ use crate::{ClientError, Completion};
 use praas_transport::rdma::connect::{self, Endpoint, STATUS_FULL, STATUS_OK};
 use praas_transport::rdma::flow::{Grant, IdMap, Imm, Op, GRANT_LEN};
 use praas_transport::rdma::verbs::{
-    Completion as Wc, CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
-    ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
+    CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
+    WorkCompletion as Wc, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
 };
 use praas_transport::rdma::window::{
     wr_id, wr_parts, Receives, SendWindow, Sends, TransferError, WR_RECV, WR_SLOT, WR_WRITE,
@@ -32,7 +32,7 @@ use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKi
 pub struct RdmaClientOptions {
     /// How long to wait for a response (and for the connection to open).
     pub timeout: Duration,
-    /// Deadline the process applies to each invocation, in milliseconds (0: the process's default).
+    /// LazyDeadline the process applies to each invocation, in milliseconds (0: the process's default).
     pub invocation_timeout_ms: u32,
     /// Largest frame sent or accepted.
     pub max_frame: usize,
@@ -299,7 +299,7 @@ impl RdmaClient {
             return Err(ClientError::TooLarge { size: meta.len(), limit: self.slot_size - HEADER_LEN });
         }
         let header = Header { meta_len, payload_len, ..header }.encode();
-        let mut deadline = Deadline::new(self.options.timeout);
+        let mut deadline = LazyDeadline::new(self.options.timeout);
         if HEADER_LEN + size <= self.slot_size {
             return self.send_message(Op::Frame, 0, &[&header, meta, payload], &mut deadline);
         }
@@ -369,7 +369,7 @@ impl RdmaClient {
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn send_raw(&mut self, bytes: &[u8], ignore_credits: bool) -> Result<(), ClientError> {
-        let mut deadline = Deadline::new(self.options.timeout);
+        let mut deadline = LazyDeadline::new(self.options.timeout);
         if ignore_credits {
             self.credits += 1;
         }
@@ -378,7 +378,7 @@ impl RdmaClient {
 
     /// Waits for the response to `id`, keeping responses to other ids for later.
     pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
-        let mut deadline = Deadline::new(self.options.timeout);
+        let mut deadline = LazyDeadline::new(self.options.timeout);
         loop {
             if !self.early.is_empty() {
                 if let Some(result) = self.early.remove(&id) {
@@ -397,7 +397,7 @@ impl RdmaClient {
 
     /// Waits for the next response, whatever its id.
     pub fn recv(&mut self) -> Result<Completion, ClientError> {
-        let mut deadline = Deadline::new(self.options.timeout);
+        let mut deadline = LazyDeadline::new(self.options.timeout);
         loop {
             while let Some(frame) = self.ready.pop_front() {
                 if let Some(c) = completion(frame) {
@@ -416,7 +416,7 @@ impl RdmaClient {
     /// the timeout. Responses to invocations waited for with [`RdmaClient::wait`] are not mixed
     /// in: a connection used for frames carries nothing else.
     pub(crate) fn recv_frame(&mut self) -> Result<OwnedFrame, ClientError> {
-        let mut deadline = Deadline::new(self.options.timeout);
+        let mut deadline = LazyDeadline::new(self.options.timeout);
         loop {
             if let Some(frame) = self.ready.pop_front() {
                 return Ok(frame);
@@ -436,7 +436,7 @@ impl RdmaClient {
         op: Op,
         token: u16,
         parts: &[&[u8]],
-        deadline: &mut Deadline,
+        deadline: &mut LazyDeadline,
     ) -> Result<(), ClientError> {
         self.wait_for_credit_and_room(deadline, true)?;
         let slot = self.window.take_slot().expect("waited for a slot");
@@ -474,7 +474,7 @@ impl RdmaClient {
         Ok(())
     }
 
-    fn wait_for_credit_and_room(&mut self, deadline: &mut Deadline, slot: bool) -> Result<(), ClientError> {
+    fn wait_for_credit_and_room(&mut self, deadline: &mut LazyDeadline, slot: bool) -> Result<(), ClientError> {
         while self.credits == 0 || !(if slot { self.window.can_send() } else { self.window.has_room() }) {
             self.progress(deadline)?;
         }
@@ -482,7 +482,7 @@ impl RdmaClient {
     }
 
     /// Handles completions until at least one arrived, the connection broke, or the deadline.
-    fn progress(&mut self, deadline: &mut Deadline) -> Result<(), ClientError> {
+    fn progress(&mut self, deadline: &mut LazyDeadline) -> Result<(), ClientError> {
         let mut started: Option<Instant> = None;
         let mut spins = 0u32;
         let handled = self.handled;
@@ -519,7 +519,7 @@ impl RdmaClient {
     }
 
     /// Waits on the completion channel and the set-up socket until either is readable.
-    fn sleep(&mut self, deadline: &mut Deadline) -> Result<(), ClientError> {
+    fn sleep(&mut self, deadline: &mut LazyDeadline) -> Result<(), ClientError> {
         let left = deadline.left();
         let mut fds = [
             libc::pollfd { fd: self.channel.fd(), events: libc::POLLIN, revents: 0 },
@@ -672,7 +672,7 @@ impl RdmaClient {
     fn post_grants(&mut self) {
         while self.credits > 0 && self.window.can_send() {
             let Some((token, grant)) = self.to_grant.pop_front() else { return };
-            let mut far = Deadline::new(self.options.timeout);
+            let mut far = LazyDeadline::new(self.options.timeout);
             if let Err(e) = self.send_message(Op::Cts, token, &[&grant.encode()], &mut far) {
                 self.broken.get_or_insert(format!("cannot grant a buffer: {e}"));
                 return;
@@ -696,12 +696,12 @@ impl praas_wire::handshake::HandshakeWire for RdmaClient {
 /// A deadline whose clock starts at its first use: the fast path (a response already there)
 /// reads no clock.
 #[derive(Debug)]
-struct Deadline {
+struct LazyDeadline {
     timeout: Duration,
     at: Option<Instant>,
 }
 
-impl Deadline {
+impl LazyDeadline {
     fn new(timeout: Duration) -> Self {
         Self { timeout, at: None }
     }

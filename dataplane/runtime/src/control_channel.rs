@@ -27,7 +27,9 @@ pub use crate::peer::PeerList;
 use crate::process::Process;
 use crate::swap::{SwapReport, SwapStore};
 use praas_wire::auth;
-use praas_wire::protocol::{decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, Status};
+use praas_wire::protocol::{
+    decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status,
+};
 
 /// Largest control frame.
 const MAX_CONTROL_FRAME: usize = 16 << 20;
@@ -88,22 +90,9 @@ pub struct SwapConfirmation {
     pub result: Result<SwapReport, String>,
 }
 
-/// A frame read whole from a blocking stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnedFrame {
-    /// Its header.
-    pub header: Header,
-    /// Its metadata.
-    pub meta: Vec<u8>,
-    /// Its payload.
-    pub payload: Vec<u8>,
-}
-
-impl OwnedFrame {
-    /// Decodes the JSON payload.
-    pub fn json<T: for<'de> Deserialize<'de>>(&self) -> io::Result<T> {
-        serde_json::from_slice(&self.payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }
+/// Decodes the JSON payload of a control-channel frame.
+pub fn read_json<T: for<'de> Deserialize<'de>>(frame: &OwnedFrame) -> io::Result<T> {
+    serde_json::from_slice(&frame.payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Blocking frame I/O over a TCP stream, for the control channel (both ends).
@@ -318,7 +307,7 @@ fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: Fr
                 }
             }
             MessageKind::PeerUpdate => {
-                let peers: PeerList = frame.json()?;
+                let peers: PeerList = read_json(&frame)?;
                 process.set_peers(peers);
             }
             MessageKind::Ping => {

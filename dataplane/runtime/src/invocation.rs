@@ -86,18 +86,18 @@ struct Invocation<'p> {
 }
 
 /// What `praas_bytes::owner` points to: bytes the runtime lends to a function.
-enum Lent {
+enum LentBytes {
     Shared(Arc<Vec<u8>>),
     Buffer(PoolBuf),
     Owned(Vec<u8>),
 }
 
-impl Lent {
+impl LentBytes {
     fn bytes(&self) -> &[u8] {
         match self {
-            Lent::Shared(v) => v,
-            Lent::Buffer(b) => b,
-            Lent::Owned(v) => v,
+            LentBytes::Shared(v) => v,
+            LentBytes::Buffer(b) => b,
+            LentBytes::Owned(v) => v,
         }
     }
 
@@ -278,7 +278,7 @@ unsafe extern "C" fn state_get(
             // SAFETY: a non-null `timestamp_ns` points to a writable u64 (ABI contract).
             unsafe { timestamp_ns.write(entry.timestamp_ns) };
         }
-        Lent::Shared(entry.value).lend(value);
+        LentBytes::Shared(entry.value).lend(value);
         PRAAS_OK
     })
 }
@@ -309,7 +309,7 @@ unsafe extern "C" fn state_keys(ctx: *mut praas_context, keys: *mut praas_bytes)
         for (key, ts) in invocation.process.state().keys() {
             praas_ffi::encode_key(&mut encoded, &key, ts);
         }
-        Lent::Owned(encoded).lend(keys);
+        LentBytes::Owned(encoded).lend(keys);
         PRAAS_OK
     })
 }
@@ -333,7 +333,7 @@ unsafe extern "C" fn invoke(
         }
         let process = invocation.process;
         let fail = |status: i32, message: String| {
-            Lent::Owned(message.into_bytes()).lend(output);
+            LentBytes::Owned(message.into_bytes()).lend(output);
             status
         };
         let Some(callee) = process.functions().get(name) else {
@@ -352,7 +352,7 @@ unsafe extern "C" fn invoke(
         process.metrics().record_local();
         match outcome.output {
             Some(buffer) if outcome.status == Status::Ok => {
-                Lent::Buffer(buffer).lend(output);
+                LentBytes::Buffer(buffer).lend(output);
                 PRAAS_OK
             }
             _ => fail(outcome.status.code() as i32, outcome.message),
@@ -407,12 +407,12 @@ unsafe extern "C" fn release(_ctx: *mut praas_context, bytes: *mut praas_bytes) 
     if bytes.is_null() {
         return;
     }
-    // SAFETY: a non-null `bytes` was filled by `Lent::lend` (or has a null owner); taking the
+    // SAFETY: a non-null `bytes` was filled by `LentBytes::lend` (or has a null owner); taking the
     // owner out first makes a second release of the same `praas_bytes` a no-op.
     let owner = unsafe { std::mem::replace(&mut (*bytes).owner, std::ptr::null_mut()) };
     if !owner.is_null() {
-        // SAFETY: `owner` came from `Box::into_raw` in `Lent::lend` and is released only once.
-        drop(unsafe { Box::from_raw(owner.cast::<Lent>()) });
+        // SAFETY: `owner` came from `Box::into_raw` in `LentBytes::lend` and is released only once.
+        drop(unsafe { Box::from_raw(owner.cast::<LentBytes>()) });
     }
     // SAFETY: `bytes` is non-null and writable; clear it so stale use sees an empty value.
     unsafe {
@@ -424,7 +424,7 @@ unsafe extern "C" fn release(_ctx: *mut praas_context, bytes: *mut praas_bytes) 
 /// Lends `text` through `out` if it is non-null; returns `status`.
 fn fail_into(out: *mut praas_bytes, status: Status, text: String) -> i32 {
     if !out.is_null() {
-        Lent::Owned(text.into_bytes()).lend(out);
+        LentBytes::Owned(text.into_bytes()).lend(out);
     }
     status.code() as i32
 }
@@ -521,9 +521,9 @@ unsafe extern "C" fn get(
         let wait = left.map_or(asked, |left| left.min(asked));
         match invocation.process.mailbox().get(source, key, wait) {
             Ok((sender, bytes)) => {
-                Lent::Owned(bytes).lend(message);
+                LentBytes::Owned(bytes).lend(message);
                 if !from.is_null() {
-                    Lent::Owned(sender.into_bytes()).lend(from);
+                    LentBytes::Owned(sender.into_bytes()).lend(from);
                 }
                 PRAAS_OK
             }

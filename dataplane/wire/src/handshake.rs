@@ -139,7 +139,7 @@ pub fn introduce<W: HandshakeWire>(wire: &mut W, who: &Introduction<'_>) -> Resu
 /// Why the accepting side refused a handshake: the text the connecting side is sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Refusal {
+pub enum HandshakeRefusal {
     /// This process has no secret ([`NO_SECRET`]).
     #[error("{}", NO_SECRET)]
     NoSecret,
@@ -238,7 +238,12 @@ impl Acceptance {
 
     /// Takes one `Hello` (`meta`, `payload`): the answer's metadata and payload, or why it is
     /// refused (the state is then [`Acceptance::Refused`]).
-    pub fn step(&mut self, me: &Acceptor<'_>, meta: &[u8], payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Refusal> {
+    pub fn step(
+        &mut self,
+        me: &Acceptor<'_>,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), HandshakeRefusal> {
         let result = self.advance(me, meta, payload);
         if result.is_err() {
             *self = Acceptance::Refused;
@@ -246,18 +251,23 @@ impl Acceptance {
         result
     }
 
-    fn advance(&mut self, me: &Acceptor<'_>, meta: &[u8], payload: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Refusal> {
+    fn advance(
+        &mut self,
+        me: &Acceptor<'_>,
+        meta: &[u8],
+        payload: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), HandshakeRefusal> {
         // Without a secret there is no key to prove or check: nobody is authenticated (an empty
         // key would let in anyone who computes the proofs with the empty string).
         let Some(secret) = me.secret else {
-            return Err(Refusal::NoSecret);
+            return Err(HandshakeRefusal::NoSecret);
         };
         let claimed = String::from_utf8_lossy(meta).into_owned();
         let Some((app, peer)) = claimed.split_once('/') else {
-            return Err(Refusal::BadIdentity { claimed });
+            return Err(HandshakeRefusal::BadIdentity { claimed });
         };
         if app != me.app {
-            return Err(Refusal::OtherApplication { me: me.id.to_owned() });
+            return Err(HandshakeRefusal::OtherApplication { me: me.id.to_owned() });
         }
         // A process proves the secret; a data-plane client the client key derived from it.
         let key = |client: bool| if client { secret.client_key() } else { secret.expose().to_owned() };
@@ -266,7 +276,7 @@ impl Acceptance {
                 let (their_nonce, client) = match payload {
                     [nonce @ .., CLIENT_MARK] if nonce.len() == NONCE_LEN => (nonce, true),
                     nonce if nonce.len() == NONCE_LEN => (nonce, false),
-                    _ => return Err(Refusal::BadNonce { len: payload.len() }),
+                    _ => return Err(HandshakeRefusal::BadNonce { len: payload.len() }),
                 };
                 let proof = auth::proof(&key(client), &role_nonce(SERVER_ROLE, their_nonce), me.app, me.id);
                 let nonce = auth::nonce();
@@ -275,16 +285,16 @@ impl Acceptance {
             }
             Acceptance::Challenged { process: expected, nonce, client } => {
                 if peer != expected {
-                    return Err(Refusal::Switched { expected, got: peer.to_owned() });
+                    return Err(HandshakeRefusal::Switched { expected, got: peer.to_owned() });
                 }
                 if !auth::verify(&key(client), &role_nonce(CLIENT_ROLE, &nonce), me.app, peer, payload) {
                     let what = if client { "client key" } else { "secret" };
-                    return Err(Refusal::NotProven { claimed: claimed.clone(), what, app: app.to_owned() });
+                    return Err(HandshakeRefusal::NotProven { claimed: claimed.clone(), what, app: app.to_owned() });
                 }
                 *self = Acceptance::Authenticated { process: peer.to_owned(), client };
                 Ok((Vec::new(), Vec::new()))
             }
-            Acceptance::Authenticated { .. } | Acceptance::Refused => Err(Refusal::AlreadyDone),
+            Acceptance::Authenticated { .. } | Acceptance::Refused => Err(HandshakeRefusal::AlreadyDone),
         }
     }
 }
@@ -361,7 +371,7 @@ mod tests {
         state.step(&acceptor, b"app/a", &auth::nonce()).unwrap();
         let forged = auth::proof(other.expose(), b"whatever", "app", "a");
         let refused = state.step(&acceptor, b"app/a", &forged).unwrap_err();
-        assert!(matches!(refused, Refusal::NotProven { what: "secret", .. }), "{refused}");
+        assert!(matches!(refused, HandshakeRefusal::NotProven { what: "secret", .. }), "{refused}");
         assert_eq!(state, Acceptance::Refused);
         let client_with_secret = Introduction { app: "app", me: "c", key: secret.expose(), client: true, to: None };
         assert!(run(acceptor, &client_with_secret).0.is_err(), "a client proves the client key, not the secret");
@@ -379,15 +389,15 @@ mod tests {
         let mut state = Acceptance::default();
         assert_eq!(
             state.step(&me, b"no-slash", &[0; NONCE_LEN]),
-            Err(Refusal::BadIdentity { claimed: "no-slash".into() })
+            Err(HandshakeRefusal::BadIdentity { claimed: "no-slash".into() })
         );
         assert_eq!(state, Acceptance::Refused);
         let mut state = Acceptance::default();
-        assert_eq!(state.step(&me, b"app/a", &[0; 3]), Err(Refusal::BadNonce { len: 3 }));
+        assert_eq!(state.step(&me, b"app/a", &[0; 3]), Err(HandshakeRefusal::BadNonce { len: 3 }));
         let mut state = Acceptance::default();
         state.step(&me, b"app/a", &[0; NONCE_LEN]).unwrap();
         let switched = state.step(&me, b"app/z", &[0; PROOF_LEN]);
-        assert_eq!(switched, Err(Refusal::Switched { expected: "a".into(), got: "z".into() }));
-        assert_eq!(Acceptance::Refused.clone().step(&me, b"app/a", &[]), Err(Refusal::AlreadyDone));
+        assert_eq!(switched, Err(HandshakeRefusal::Switched { expected: "a".into(), got: "z".into() }));
+        assert_eq!(Acceptance::Refused.clone().step(&me, b"app/a", &[]), Err(HandshakeRefusal::AlreadyDone));
     }
 }

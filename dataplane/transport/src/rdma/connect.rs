@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use rdma_sys::{ibv_access_flags, ibv_qp_attr, ibv_qp_attr_mask, ibv_qp_state};
 
-use super::verbs::{Context, QueuePair, LINK_LAYER_ETHERNET};
+use super::verbs::{QueuePair, VerbsContext, LINK_LAYER_ETHERNET};
 
 /// First bytes of a handshake message.
 const MAGIC: [u8; 4] = *b"PRDM";
@@ -122,7 +122,7 @@ pub struct LocalPort {
 
 /// Finds the port and GID of `context` that carry traffic from `ip`. On InfiniBand ports without
 /// an IP-based GID, GID 0 (LID routing) is used.
-pub fn local_port(context: &Context, ip: IpAddr) -> io::Result<LocalPort> {
+pub fn local_port(context: &VerbsContext, ip: IpAddr) -> io::Result<LocalPort> {
     let ports = context.port_count()?;
     let mut fallback = None;
     for port in 1..=ports {
@@ -146,14 +146,14 @@ pub fn local_port(context: &Context, ip: IpAddr) -> io::Result<LocalPort> {
 }
 
 /// Finds a device with a GID for `ip`: the one named `preferred` if given, else the first.
-pub fn device_for(ip: IpAddr, preferred: Option<&str>) -> io::Result<(Arc<Context>, LocalPort)> {
+pub fn device_for(ip: IpAddr, preferred: Option<&str>) -> io::Result<(Arc<VerbsContext>, LocalPort)> {
     let names = match preferred {
         Some(name) => vec![name.to_owned()],
         None => super::verbs::device_names()?,
     };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no RDMA device on this machine");
     for name in names {
-        let context = Context::open(&name)?;
+        let context = VerbsContext::open(&name)?;
         if ip.is_unspecified() {
             // Bound to every address: GIDs are resolved per connection.
             return Ok((context, LocalPort { port: 1, gid_index: 0, gid: [0; 16], lid: 0, mtu: 3 }));

@@ -29,8 +29,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
 use super::flow::{CreditLedger, Grant, IdMap, Imm, Op, GRANT_LEN};
 use super::verbs::{
-    CompletionChannel, CompletionQueue, Context, MemoryRegion, ProtectionDomain, QueuePair, RecvBuffer, Registered,
-    SendOp, SharedReceiveQueue, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
+    CompletionChannel, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
+    SharedReceiveQueue, VerbsContext, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
 use super::window::{wr_id, wr_parts, Receives, SendWindow, Sends, WR_RECV, WR_SLOT, WR_WRITE};
 use super::PollPolicy;
@@ -89,7 +89,7 @@ pub struct RdmaTransport {
     listener: TcpListener,
     process: Arc<Process>,
     options: RdmaOptions,
-    context: Arc<Context>,
+    context: Arc<VerbsContext>,
     port: LocalPort,
     stats: Arc<RdmaStats>,
 }
@@ -519,7 +519,7 @@ struct EventLoop {
     listener: TcpListener,
     process: Arc<Process>,
     options: RdmaOptions,
-    context: Arc<Context>,
+    context: Arc<VerbsContext>,
     port: LocalPort,
     stop: Arc<AtomicBool>,
     // Field order is drop order: connections (and their QPs) first, then the receive buffers,
@@ -538,7 +538,7 @@ struct EventLoop {
     channel: Arc<CompletionChannel>,
     outputs: Arc<Mutex<OutputRegions>>,
     pd: Arc<ProtectionDomain>,
-    completions: Vec<super::verbs::Completion>,
+    completions: Vec<super::verbs::WorkCompletion>,
 }
 
 impl EventLoop {
@@ -787,7 +787,7 @@ impl EventLoop {
         }
     }
 
-    fn completion(&mut self, wc: &super::verbs::Completion) {
+    fn completion(&mut self, wc: &super::verbs::WorkCompletion) {
         let (conn, kind, index) = wr_parts(wc.wr_id);
         match kind {
             WR_RECV => self.received(index, wc),
@@ -810,7 +810,7 @@ impl EventLoop {
         }
     }
 
-    fn received(&mut self, index: u32, wc: &super::verbs::Completion) {
+    fn received(&mut self, index: u32, wc: &super::verbs::WorkCompletion) {
         let slot = &mut self.slots[index as usize];
         slot.posted = false;
         self.srq_posted -= 1;
@@ -839,7 +839,7 @@ impl EventLoop {
 
     /// Handles one message from connection `id` in receive slot `index`. A protocol violation
     /// comes back as the refusal to answer it with.
-    fn message(&mut self, id: u32, index: u32, wc: &super::verbs::Completion) -> Result<(), Refusal> {
+    fn message(&mut self, id: u32, index: u32, wc: &super::verbs::WorkCompletion) -> Result<(), Refusal> {
         let Some(io) = self.conns.get_mut(&id) else { return Ok(()) };
         if !io.state.serves() {
             return Ok(());

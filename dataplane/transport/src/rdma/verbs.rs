@@ -87,15 +87,15 @@ pub struct PortInfo {
 
 /// An open RDMA device (`ibv_context`).
 #[derive(Debug)]
-pub struct Context {
+pub struct VerbsContext {
     ptr: NonNull<ibv_context>,
     name: String,
 }
 
 // SAFETY: libibverbs objects may be used from any thread; the context is only closed in Drop.
-unsafe impl Send for Context {}
+unsafe impl Send for VerbsContext {}
 // SAFETY: as above: every verb on a context is thread-safe.
-unsafe impl Sync for Context {}
+unsafe impl Sync for VerbsContext {}
 
 /// Makes fork safe for this process's verbs resources, once, before the first is created
 /// (`ibv_fork_init`: registered memory and queues are kept out of children where the kernel
@@ -103,7 +103,7 @@ unsafe impl Sync for Context {}
 pub fn fork_protection() -> &'static str {
     static STATUS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     STATUS.get_or_init(|| {
-        // SAFETY: called once, before this module creates any verbs resource (Context::open
+        // SAFETY: called once, before this module creates any verbs resource (VerbsContext::open
         // calls this first); ibv_fork_init has no other precondition.
         let rc = unsafe { rdma_sys::ibv_fork_init() };
         // SAFETY: no precondition.
@@ -116,7 +116,7 @@ pub fn fork_protection() -> &'static str {
     })
 }
 
-impl Context {
+impl VerbsContext {
     /// Opens the device called `name`.
     pub fn open(name: &str) -> io::Result<Arc<Self>> {
         fork_protection();
@@ -218,7 +218,7 @@ impl Context {
     }
 }
 
-impl Drop for Context {
+impl Drop for VerbsContext {
     fn drop(&mut self) {
         // SAFETY: every child holds an Arc of this context, so none is alive any more.
         unsafe { ibv_close_device(self.as_ptr()) };
@@ -229,7 +229,7 @@ impl Drop for Context {
 #[derive(Debug)]
 pub struct ProtectionDomain {
     ptr: NonNull<ibv_pd>,
-    context: Arc<Context>,
+    context: Arc<VerbsContext>,
 }
 
 // SAFETY: verbs objects are thread-safe; the PD is only deallocated in Drop.
@@ -239,7 +239,7 @@ unsafe impl Sync for ProtectionDomain {}
 
 impl ProtectionDomain {
     /// Allocates a protection domain on `context`.
-    pub fn new(context: &Arc<Context>) -> io::Result<Arc<Self>> {
+    pub fn new(context: &Arc<VerbsContext>) -> io::Result<Arc<Self>> {
         // SAFETY: the context is open (we hold an Arc of it).
         let ptr = unsafe { ibv_alloc_pd(context.as_ptr()) };
         let ptr = NonNull::new(ptr).ok_or_else(|| last_error("ibv_alloc_pd"))?;
@@ -247,7 +247,7 @@ impl ProtectionDomain {
     }
 
     /// The device context.
-    pub fn context(&self) -> &Arc<Context> {
+    pub fn context(&self) -> &Arc<VerbsContext> {
         &self.context
     }
 
@@ -268,7 +268,7 @@ impl Drop for ProtectionDomain {
 #[derive(Debug)]
 pub struct CompletionChannel {
     ptr: NonNull<ibv_comp_channel>,
-    _context: Arc<Context>,
+    _context: Arc<VerbsContext>,
 }
 
 // SAFETY: verbs objects are thread-safe; destroyed only in Drop.
@@ -278,7 +278,7 @@ unsafe impl Sync for CompletionChannel {}
 
 impl CompletionChannel {
     /// Creates a non-blocking completion channel.
-    pub fn new(context: &Arc<Context>) -> io::Result<Arc<Self>> {
+    pub fn new(context: &Arc<VerbsContext>) -> io::Result<Arc<Self>> {
         // SAFETY: the context is open.
         let ptr = unsafe { ibv_create_comp_channel(context.as_ptr()) };
         let ptr = NonNull::new(ptr).ok_or_else(|| last_error("ibv_create_comp_channel"))?;
@@ -308,7 +308,7 @@ impl Drop for CompletionChannel {
 
 /// One polled work completion, copied out of `ibv_wc`.
 #[derive(Debug, Clone, Copy)]
-pub struct Completion {
+pub struct WorkCompletion {
     /// The work request's id.
     pub wr_id: u64,
     /// `IBV_WC_SUCCESS` or why not.
@@ -323,7 +323,7 @@ pub struct Completion {
     pub qp_num: u32,
 }
 
-impl Completion {
+impl WorkCompletion {
     /// Whether the work request succeeded.
     pub fn ok(&self) -> bool {
         self.status == ibv_wc_status::IBV_WC_SUCCESS
@@ -356,7 +356,7 @@ impl Completion {
 pub struct CompletionQueue {
     ptr: NonNull<ibv_cq>,
     channel: Option<Arc<CompletionChannel>>,
-    _context: Arc<Context>,
+    _context: Arc<VerbsContext>,
 }
 
 // SAFETY: verbs objects are thread-safe; destroyed only in Drop.
@@ -370,7 +370,7 @@ pub const POLL_BATCH: usize = 32;
 impl CompletionQueue {
     /// Creates a queue of at least `entries` completions.
     pub fn new(
-        context: &Arc<Context>,
+        context: &Arc<VerbsContext>,
         entries: usize,
         channel: Option<&Arc<CompletionChannel>>,
     ) -> io::Result<Arc<Self>> {
@@ -387,7 +387,7 @@ impl CompletionQueue {
     }
 
     /// Polls up to [`POLL_BATCH`] completions into `out` (appending); returns how many.
-    pub fn poll(&self, out: &mut Vec<Completion>) -> io::Result<usize> {
+    pub fn poll(&self, out: &mut Vec<WorkCompletion>) -> io::Result<usize> {
         let mut wcs: [MaybeUninit<ibv_wc>; POLL_BATCH] = [const { MaybeUninit::uninit() }; POLL_BATCH];
         #[allow(clippy::cast_possible_truncation)] // POLL_BATCH is 32.
         // SAFETY: the CQ is alive and `wcs` has room for POLL_BATCH entries, which poll_cq fills
@@ -401,7 +401,7 @@ impl CompletionQueue {
             // SAFETY: ibv_poll_cq initialised the first `n` entries.
             let wc = unsafe { wc.assume_init_ref() };
             let with_imm = wc.wc_flags & ibv_wc_flags::IBV_WC_WITH_IMM.0 != 0;
-            out.push(Completion {
+            out.push(WorkCompletion {
                 wr_id: wc.wr_id,
                 status: wc.status,
                 opcode: wc.opcode,
