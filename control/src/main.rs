@@ -14,7 +14,7 @@ use praas_control::model::Resources;
 use praas_control::process_main::{self, ProcessMainError, ServeOptions};
 use praas_control::server::{self, ServerError};
 use praas_control::{routes, ControlConfig};
-use praas_dataplane::{Client, ClientOptions, TransportKind};
+use praas_dataplane::{ClientOptions, TransportKind};
 
 /// praas: Process-as-a-Service for HPC clusters.
 #[derive(Debug, Parser)]
@@ -611,20 +611,8 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
     };
     let output = match (direct, &args.app) {
         (None, Some(app)) => api.invoke(app, &args.function, args.process.as_deref(), &input)?,
-        #[cfg(feature = "rdma")]
-        (Some(url), _) if url.starts_with("rdma://") => {
-            let addr = &url["rdma://".len()..];
-            let options = praas_dataplane::RdmaClientOptions {
-                timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
-                invocation_timeout_ms: args.timeout_ms,
-                credentials,
-                ..praas_dataplane::RdmaClientOptions::default()
-            };
-            let mut client = praas_dataplane::RdmaClient::connect_with(addr, options)
-                .map_err(|source| Failure::Connect { addr: url.clone(), source })?;
-            client.invoke(&args.function, &input).map_err(invoke_failure)?
-        }
         (Some(addr), _) => {
+            // `rdma://HOST:PORT` by RDMA, anything else by TCP.
             let options = ClientOptions {
                 timeout: Duration::from_millis(args.timeout_ms.into()) + Duration::from_secs(1),
                 invocation_timeout_ms: args.timeout_ms,
@@ -632,7 +620,7 @@ fn invoke(api: &Api, args: InvokeArgs) -> Result<(), Failure> {
                 credentials,
                 ..ClientOptions::default()
             };
-            let mut client = Client::connect_with(addr.as_str(), options)
+            let mut client = praas_dataplane::connect_invoker(&addr, options)
                 .map_err(|source| Failure::Connect { addr: addr.clone(), source })?;
             client.invoke(&args.function, &input).map_err(invoke_failure)?
         }

@@ -40,7 +40,7 @@ pub mod transport {
 }
 
 pub use auth::{Credentials, Secret};
-pub use client::{Client, ClientError, ClientOptions, Completion};
+pub use client::{connect_invoker, Client, ClientError, ClientOptions, Completion, Invoker};
 pub use function::{FunctionRegistry, Manifest};
 pub use process::{Process, ProcessConfig};
 pub use protocol::Status;

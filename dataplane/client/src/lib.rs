@@ -10,12 +10,12 @@
 
 #![warn(clippy::cast_possible_truncation)]
 
+mod pending;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use thiserror::Error;
 
 #[cfg(target_os = "linux")]
 use crate::uring::UringStream;
+use pending::{completion, Early};
 pub use praas_transport::kind::TransportKind;
 use praas_wire::protocol::{
     alignment_padding, decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status,
@@ -117,6 +118,117 @@ pub struct Completion {
     pub result: Result<Vec<u8>, ClientError>,
 }
 
+/// One connection's invocations, whatever carries them: [`Client`] (TCP, over plain calls or
+/// io_uring) and [`RdmaClient`](crate::rdma::RdmaClient) (RDMA verbs, feature `rdma`) implement
+/// it by delegating to their own methods of the same names, so code that takes a
+/// `&mut dyn Invoker` or holds a `Box<dyn Invoker>` ([`connect_invoker`]) works over any of them.
+///
+/// Every wait is bounded by the connection's timeout ([`ClientError::Timeout`]); answers that
+/// arrive for other ids than the one waited for are kept for a later [`Invoker::wait`] or
+/// [`Invoker::recv`].
+pub trait Invoker: std::fmt::Debug {
+    /// Invokes `function` with `input` and waits for its output.
+    fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError>;
+
+    /// Sends an invocation without waiting for its answer; returns its id.
+    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError>;
+
+    /// Sends an invocation with an id of the caller's choosing.
+    fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError>;
+
+    /// Waits for the answer to `id`, keeping answers to other ids for later.
+    fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError>;
+
+    /// Waits for the next answer, whatever its id.
+    fn recv(&mut self) -> Result<Completion, ClientError>;
+
+    /// Changes how long to wait for answers.
+    fn set_timeout(&mut self, timeout: Duration);
+
+    /// Changes how long a wait for an answer polls before it blocks ([`ClientOptions::spin`]);
+    /// connections that poll by a policy of their own (RDMA) ignore it.
+    fn set_spin(&mut self, _spin: Duration) {}
+
+    /// Sends what [`Invoker::submit`] has held back (a batch, over io_uring); a no-op for
+    /// connections that send at once.
+    fn flush(&mut self) -> Result<(), ClientError> {
+        Ok(())
+    }
+}
+
+impl Invoker for Client {
+    #[inline]
+    fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+        Client::invoke(self, function, input)
+    }
+
+    #[inline]
+    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError> {
+        Client::submit(self, function, input)
+    }
+
+    #[inline]
+    fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
+        Client::submit_with_id(self, id, function, input)
+    }
+
+    #[inline]
+    fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
+        Client::wait(self, id)
+    }
+
+    #[inline]
+    fn recv(&mut self) -> Result<Completion, ClientError> {
+        Client::recv(self)
+    }
+
+    #[inline]
+    fn set_timeout(&mut self, timeout: Duration) {
+        Client::set_timeout(self, timeout);
+    }
+
+    #[inline]
+    fn set_spin(&mut self, spin: Duration) {
+        Client::set_spin(self, spin);
+    }
+
+    #[inline]
+    fn flush(&mut self) -> Result<(), ClientError> {
+        Client::flush(self)
+    }
+}
+
+/// Connects to `addr` and returns the connection as an [`Invoker`]: `rdma://HOST:PORT` by RDMA
+/// ([`RdmaClient`](crate::rdma::RdmaClient), feature `rdma`; without it such an address is an
+/// [`io::ErrorKind::Unsupported`] error), anything else (`HOST:PORT`) by TCP ([`Client`]).
+///
+/// `options` are the TCP client's; an RDMA connection takes their `timeout`,
+/// `invocation_timeout_ms`, `max_frame` and `credentials` and leaves its own settings (device,
+/// receive size, polling) at [`RdmaClientOptions::default`](crate::rdma::RdmaClientOptions),
+/// which reads them from the environment. (`transport` and `spin` are TCP's only.)
+pub fn connect_invoker(addr: &str, options: ClientOptions) -> Result<Box<dyn Invoker>, ClientError> {
+    if let Some(rest) = addr.strip_prefix("rdma://") {
+        #[cfg(feature = "rdma")]
+        {
+            let ClientOptions { timeout, invocation_timeout_ms, max_frame, credentials, .. } = options;
+            let options = rdma::RdmaClientOptions {
+                timeout,
+                invocation_timeout_ms,
+                max_frame,
+                credentials,
+                ..Default::default()
+            };
+            return Ok(Box::new(rdma::RdmaClient::connect_with(rest, options)?));
+        }
+        #[cfg(not(feature = "rdma"))]
+        return Err(ClientError::Io(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{rest}: this build of the praas client has no RDMA"),
+        )));
+    }
+    Ok(Box::new(Client::connect_with(addr, options)?))
+}
+
 /// A connection to a cloud process.
 #[derive(Debug)]
 pub struct Client {
@@ -136,7 +248,7 @@ pub struct Client {
     start: usize,
     end: usize,
     /// Responses received while waiting for another id.
-    early: HashMap<u64, Result<Vec<u8>, ClientError>>,
+    early: Early,
     /// The receive timeout the socket has now (`SO_RCVTIMEO`): set again only when a deadline
     /// needs a shorter one, so that a round trip costs no extra system call.
     armed: Option<Duration>,
@@ -185,7 +297,7 @@ impl Client {
                         buf: vec![0; READ_CHUNK],
                         start: 0,
                         end: 0,
-                        early: HashMap::new(),
+                        early: Early::default(),
                         armed: None,
                         fresh: None,
                     };
@@ -351,8 +463,7 @@ impl Client {
 
     /// Waits for the response to `id`, keeping responses to other ids for later.
     pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
-        // (An empty map is not hashed into: most waits find nothing early.)
-        if let Some(result) = (!self.early.is_empty()).then(|| self.early.remove(&id)).flatten() {
+        if let Some(result) = self.early.take(id) {
             return result;
         }
         let deadline = self.deadline();
@@ -361,15 +472,14 @@ impl Client {
             if completion.id == id {
                 return completion.result;
             }
-            self.early.insert(completion.id, completion.result);
+            self.early.keep(completion);
         }
     }
 
     /// Waits for the next response, whatever its id.
     pub fn recv(&mut self) -> Result<Completion, ClientError> {
-        if let Some(&id) = self.early.keys().next() {
-            let result = self.early.remove(&id).expect("key just seen");
-            return Ok(Completion { id, result });
+        if let Some(completion) = self.early.take_any() {
+            return Ok(completion);
         }
         let deadline = self.deadline();
         self.recv_until(deadline)
@@ -430,7 +540,7 @@ impl Client {
         if header.kind == MessageKind::Response && header.status == Status::Ok.code() {
             return Ok(Completion { id: header.id, result: Ok(payload) });
         }
-        match completion(header, &meta, &payload) {
+        match completion(header, &meta, payload) {
             Some(completion) => Ok(completion),
             None => self.recv_until(deadline),
         }
@@ -590,23 +700,6 @@ impl Client {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout(self.options.timeout),
             _ => ClientError::Io(e),
         }
-    }
-}
-
-/// Turns a response frame into a completion; `None` for frames a client ignores (pongs).
-fn completion(header: Header, meta: &[u8], payload: &[u8]) -> Option<Completion> {
-    match header.kind {
-        MessageKind::Response => {
-            let status = Status::from_code(header.status);
-            let result = if status == Status::Ok {
-                Ok(payload.to_vec())
-            } else {
-                let text = praas_wire::protocol::unpadded(meta);
-                Err(ClientError::Remote { status, message: String::from_utf8_lossy(text).into_owned() })
-            };
-            Some(Completion { id: header.id, result })
-        }
-        _ => None,
     }
 }
 

@@ -14,9 +14,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::pending::{completion, Early};
 use crate::{ClientError, Completion};
 use praas_transport::rdma::connect::{self, Endpoint, STATUS_FULL, STATUS_OK};
-use praas_transport::rdma::flow::{Grant, IdMap, Imm, Op, GRANT_LEN};
+use praas_transport::rdma::flow::{Grant, Imm, Op, GRANT_LEN};
 use praas_transport::rdma::verbs::{
     CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
     WorkCompletion as Wc, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
@@ -25,7 +26,7 @@ use praas_transport::rdma::window::{
     wr_id, wr_parts, Receives, SendWindow, Sends, TransferError, WR_RECV, WR_SLOT, WR_WRITE,
 };
 use praas_transport::rdma::PollPolicy;
-use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
+use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, OwnedFrame, Status, HEADER_LEN};
 
 /// Settings of an RDMA client connection.
 #[derive(Debug, Clone)]
@@ -96,7 +97,7 @@ pub struct RdmaClient {
     to_grant: VecDeque<(u16, Grant)>,
     /// Frames received and not yet asked for.
     ready: VecDeque<OwnedFrame>,
-    early: IdMap<u64, Result<Vec<u8>, ClientError>>,
+    early: Early,
     broken: Option<String>,
     completions: Vec<Wc>,
     /// Completions handled so far, wherever they were polled: [`RdmaClient::progress`] returns
@@ -237,7 +238,7 @@ impl RdmaClient {
             sends: Sends::default(),
             to_grant: VecDeque::new(),
             ready: VecDeque::new(),
-            early: IdMap::default(),
+            early: Early::default(),
             broken: None,
             completions: Vec::with_capacity(praas_transport::rdma::verbs::POLL_BATCH),
             handled: 0,
@@ -380,16 +381,14 @@ impl RdmaClient {
     pub fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
         let mut deadline = LazyDeadline::new(self.options.timeout);
         loop {
-            if !self.early.is_empty() {
-                if let Some(result) = self.early.remove(&id) {
-                    return result;
-                }
+            if let Some(result) = self.early.take(id) {
+                return result;
             }
-            while let Some(c) = self.ready.pop_front().and_then(completion) {
+            while let Some(c) = self.ready.pop_front().and_then(frame_completion) {
                 if c.id == id {
                     return c.result;
                 }
-                self.early.insert(c.id, c.result);
+                self.early.keep(c);
             }
             self.progress(&mut deadline)?;
         }
@@ -400,13 +399,12 @@ impl RdmaClient {
         let mut deadline = LazyDeadline::new(self.options.timeout);
         loop {
             while let Some(frame) = self.ready.pop_front() {
-                if let Some(c) = completion(frame) {
+                if let Some(c) = frame_completion(frame) {
                     return Ok(c);
                 }
             }
-            if let Some(&id) = self.early.keys().next() {
-                let result = self.early.remove(&id).expect("key just seen");
-                return Ok(Completion { id, result });
+            if let Some(c) = self.early.take_any() {
+                return Ok(c);
             }
             self.progress(&mut deadline)?;
         }
@@ -727,21 +725,41 @@ fn recv_count(credits: u32) -> u32 {
     3 * credits + REPOST_BATCH as u32
 }
 
-/// Turns a response frame into a completion; `None` for frames a client ignores (pongs).
-fn completion(frame: OwnedFrame) -> Option<Completion> {
-    let OwnedFrame { header, meta, payload } = frame;
-    match header.kind {
-        MessageKind::Response => {
-            let status = Status::from_code(header.status);
-            let result = if status == Status::Ok {
-                Ok(payload)
-            } else {
-                let text = praas_wire::protocol::unpadded(&meta);
-                Err(ClientError::Remote { status, message: String::from_utf8_lossy(text).into_owned() })
-            };
-            Some(Completion { id: header.id, result })
-        }
-        _ => None,
+/// A received frame as a completion ([`completion`]): its payload moved, not copied.
+#[inline]
+fn frame_completion(frame: OwnedFrame) -> Option<Completion> {
+    completion(frame.header, &frame.meta, frame.payload)
+}
+
+impl crate::Invoker for RdmaClient {
+    #[inline]
+    fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
+        RdmaClient::invoke(self, function, input)
+    }
+
+    #[inline]
+    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError> {
+        RdmaClient::submit(self, function, input)
+    }
+
+    #[inline]
+    fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
+        RdmaClient::submit_with_id(self, id, function, input)
+    }
+
+    #[inline]
+    fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
+        RdmaClient::wait(self, id)
+    }
+
+    #[inline]
+    fn recv(&mut self) -> Result<Completion, ClientError> {
+        RdmaClient::recv(self)
+    }
+
+    #[inline]
+    fn set_timeout(&mut self, timeout: Duration) {
+        RdmaClient::set_timeout(self, timeout);
     }
 }
 

@@ -14,7 +14,7 @@ use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use praas_dataplane::{Client, ClientError, ClientOptions, Credentials};
+use praas_dataplane::{ClientError, ClientOptions, Credentials, Invoker};
 use praas_ffi::{
     PRAAS_ERR_INTERNAL, PRAAS_ERR_INVALID_ARGUMENT, PRAAS_ERR_MALFORMED, PRAAS_ERR_TIMEOUT, PRAAS_ERR_TOO_LARGE,
     PRAAS_ERR_UNAVAILABLE, PRAAS_OK,
@@ -25,19 +25,14 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connection to a cloud process: the opaque `praas_client` of the header.
 pub struct praas_client {
-    connection: Connection,
+    /// TCP or RDMA, by the address.
+    connection: Box<dyn Invoker>,
 }
 
 impl std::fmt::Debug for praas_client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("praas_client").finish_non_exhaustive()
     }
-}
-
-enum Connection {
-    Tcp(Box<Client>),
-    #[cfg(feature = "rdma")]
-    Rdma(Box<praas_dataplane::RdmaClient>),
 }
 
 /// The status code of a failed invocation: the process's own status, or the client's.
@@ -82,22 +77,9 @@ unsafe fn utf8<'a>(text: *const c_char, what: &str) -> Result<&'a str, String> {
     unsafe { CStr::from_ptr(text) }.to_str().map_err(|_| format!("{what} is not UTF-8"))
 }
 
-fn connect(address: &str, timeout: Duration, credentials: Option<Credentials>) -> Result<Connection, String> {
-    if let Some(rest) = address.strip_prefix("rdma://") {
-        #[cfg(feature = "rdma")]
-        {
-            let options = praas_dataplane::RdmaClientOptions { timeout, credentials, ..Default::default() };
-            return praas_dataplane::RdmaClient::connect_with(rest, options)
-                .map(|c| Connection::Rdma(Box::new(c)))
-                .map_err(|e| format!("cannot connect to {address}: {e}"));
-        }
-        #[cfg(not(feature = "rdma"))]
-        return Err(format!("cannot connect to {address}: this library was built without RDMA ({rest})"));
-    }
+fn connect(address: &str, timeout: Duration, credentials: Option<Credentials>) -> Result<Box<dyn Invoker>, String> {
     let options = ClientOptions { timeout, credentials, ..ClientOptions::default() };
-    Client::connect_with(address, options)
-        .map(|c| Connection::Tcp(Box::new(c)))
-        .map_err(|e| format!("cannot connect to {address}: {e}"))
+    praas_dataplane::connect_invoker(address, options).map_err(|e| format!("cannot connect to {address}: {e}"))
 }
 
 /// Connects to the cloud process at `address` (`HOST:PORT`, or `rdma://HOST:PORT`);
@@ -188,11 +170,7 @@ unsafe fn connect_entry<'a>(
 pub unsafe extern "C" fn praas_client_set_spin(client: *mut praas_client, spin_us: u32) -> i32 {
     // SAFETY: the caller's contract: NULL or a live, unshared client.
     let Some(client) = (unsafe { client.as_mut() }) else { return PRAAS_ERR_INVALID_ARGUMENT };
-    match &mut client.connection {
-        Connection::Tcp(tcp) => tcp.set_spin(Duration::from_micros(spin_us.into())),
-        #[cfg(feature = "rdma")]
-        Connection::Rdma(_) => {}
-    }
+    client.connection.set_spin(Duration::from_micros(spin_us.into()));
     PRAAS_OK
 }
 
@@ -239,12 +217,7 @@ pub unsafe extern "C" fn praas_client_invoke(
             // SAFETY: the contract: `input` holds `input_len` bytes.
             (false, len) => unsafe { std::slice::from_raw_parts(input, len) },
         };
-        let invoked = match &mut client.connection {
-            Connection::Tcp(c) => c.invoke(function, input),
-            #[cfg(feature = "rdma")]
-            Connection::Rdma(c) => c.invoke(function, input),
-        };
-        invoked.map_err(|e| (status_of(&e), e.to_string()))
+        client.connection.invoke(function, input).map_err(|e| (status_of(&e), e.to_string()))
     }));
     match result {
         Ok(Ok(bytes)) => {
