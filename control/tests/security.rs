@@ -107,9 +107,16 @@ fn another_unix_user_is_refused() {
     let cp = ControlPlaneProcess::start("sec-other-user", &[]);
     cp.create_example_app("mine");
     let _: ProcessRecord = cp.api.put("/apps/mine/processes/p", &serde_json::json!({})).unwrap();
+    // The other user runs a copy of the binary in a folder everyone may enter: the build's own
+    // folder may sit below one only its owner can (a CI checkout under /root, say).
+    let shared = tempfile_dir_for_everyone();
+    let binary = shared.join("praas");
+    std::fs::copy(std::env::var_os("PRAAS_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_praas").into()), &binary)
+        .unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let as_other = |args: &[&str]| {
         use std::os::unix::process::CommandExt;
-        let mut command = praas();
+        let mut command = Command::new(&binary);
         command
             .args(["--control", &cp.http])
             .args(args)
@@ -139,10 +146,23 @@ fn another_unix_user_is_refused() {
             Command::new("cat").arg(cp.data_dir.join(file)).uid(uid).gid(gid).stdin(Stdio::null()).output().unwrap();
         assert!(!out.status.success() && out.stdout.is_empty(), "praas-other read {file}");
     }
+    let _ = std::fs::remove_dir_all(&shared);
     // The owner still can, without flags: the CLI finds the published token.
     let out = praas().args(["--control", &cp.http, "app", "list"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(cp.process("mine", "p").status, ProcessStatus::Allocated);
+}
+
+/// A fresh folder below the system's temporary folder that every user may enter and read (0755).
+fn tempfile_dir_for_everyone() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "praas-other-user-{}-{}",
+        std::process::id(),
+        praas_dataplane::state::now_ns()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// A shared library whose constructor creates `marker` as soon as it is loaded.
