@@ -8,7 +8,7 @@
 //!
 //! So that the CLI, the SDKs and the benchmarks find the token without flags, the control plane
 //! also *publishes* it in its user's runtime folder ([`runtime_dir`]: `$PRAAS_RUNTIME_DIR`, else
-//! `$XDG_RUNTIME_DIR/praas`, else `$HOME/.praas`, mode 0700), one file per HTTP address
+//! `$XDG_RUNTIME_DIR/praas`, else `$HOME/.praas`, else `TMP/praas-UID`, mode 0700), one file per HTTP address
 //! (`api/IP_PORT`, mode 0600, with the control plane's pid), and removes the file when it stops
 //! (files of control planes that died are pruned at the next start). A client looks the file up
 //! by the address of the URL it was given ([`discover`]); `PRAAS_TOKEN` or `PRAAS_TOKEN_FILE`
@@ -162,12 +162,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TokenError> {
     written.map_err(io_error(path))
 }
 
-/// The folder where this user's control planes publish their tokens.
+/// The folder where this user's control planes publish their tokens: `$PRAAS_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/praas`, else `$HOME/.praas`, else (no home) `TMP/praas-UID`. Whichever it is,
+/// it is used only while it is this user's and 0700 (another user cannot plant one first).
 pub fn runtime_dir() -> Option<PathBuf> {
     let from = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
     from("PRAAS_RUNTIME_DIR")
         .or_else(|| from("XDG_RUNTIME_DIR").map(|d| d.join("praas")))
         .or_else(|| from("HOME").map(|d| d.join(".praas")))
+        .or_else(|| Some(std::env::temp_dir().join(format!("praas-{uid}"))))
 }
 
 fn published_name(addr: SocketAddr) -> String {
