@@ -15,12 +15,13 @@
 //! override the lookup. Another user has neither the file nor read access to the data folder.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use subtle::ConstantTimeEq;
+
+use crate::private_fs::{self, PrivateFileError};
 use thiserror::Error;
 
 /// The token's file in the data folder.
@@ -33,7 +34,10 @@ const TOKEN_BYTES: usize = 32;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TokenError {
-    /// A file or folder could not be created, read or written.
+    /// A file or folder could not be made or written owner-only.
+    #[error(transparent)]
+    Private(#[from] PrivateFileError),
+    /// A file or folder could not be read.
     #[error("{path}: {source}")]
     Io {
         /// The file or folder.
@@ -112,54 +116,17 @@ impl ApiToken {
         let path = data_dir.join(TOKEN_FILE);
         match fs::metadata(&path) {
             Ok(_) => {
-                private_file(&path)?;
+                private_fs::tighten_file(&path)?;
                 Self::read(&path)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let token = Self::generate();
-                write_private(&path, token.as_str().as_bytes())?;
+                private_fs::write_file(&path, token.as_str().as_bytes())?;
                 Ok(token)
             }
             Err(e) => Err(io_error(&path)(e)),
         }
     }
-}
-
-/// Creates `path` (and missing parents) owner-only (0700), or tightens an existing folder of this
-/// user to 0700.
-pub fn private_dir(path: &Path) -> Result<(), TokenError> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io_error(path))?;
-    let mode = fs::metadata(path).map_err(io_error(path))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::info!("{}: mode {:o} tightened to 0700", path.display(), mode & 0o777);
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_error(path))?;
-    }
-    Ok(())
-}
-
-/// Tightens an existing file to owner-only (0600).
-pub fn private_file(path: &Path) -> Result<(), TokenError> {
-    let mode = fs::metadata(path).map_err(io_error(path))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(io_error(path))?;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` as a new owner-only file (0600), replacing it atomically.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TokenError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(io_error(path))
 }
 
 /// The folder where this user's control planes publish their tokens: `$PRAAS_RUNTIME_DIR`, else
@@ -181,11 +148,7 @@ fn published_name(addr: SocketAddr) -> String {
 
 /// Checks that a runtime folder is this user's alone before trusting what it holds.
 fn check_private(dir: &Path) -> Result<(), TokenError> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = fs::metadata(dir).map_err(io_error(dir))?;
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+    if !private_fs::owned_private_dir(dir)? {
         return Err(TokenError::Unsafe { path: dir.to_owned() });
     }
     Ok(())
@@ -199,16 +162,11 @@ pub struct Publication {
 
 impl Drop for Publication {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        self.withdraw();
     }
 }
 
 impl Publication {
-    /// Where the token was published.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Removes the published file now (at shutdown).
     pub fn withdraw(&self) {
         let _ = fs::remove_file(&self.path);
@@ -221,14 +179,14 @@ pub fn publish(addr: SocketAddr, token: &ApiToken) -> Result<Publication, TokenE
     let Some(root) = runtime_dir() else {
         return Err(TokenError::Unsafe { path: PathBuf::from("$HOME") });
     };
-    private_dir(&root)?;
+    private_fs::create_dir(&root)?;
     check_private(&root)?;
     let dir = root.join("api");
-    private_dir(&dir)?;
+    private_fs::create_dir(&dir)?;
     prune(&dir);
     let path = dir.join(published_name(addr));
     let content = format!("{}\n{}\n", token.as_str(), std::process::id());
-    write_private(&path, content.as_bytes())?;
+    private_fs::write_file(&path, content.as_bytes())?;
     Ok(Publication { path })
 }
 
@@ -289,6 +247,8 @@ pub fn discover(url: &str) -> Option<ApiToken> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -326,7 +286,7 @@ mod tests {
     fn the_token_file_is_created_once_owner_only() {
         let dir = std::env::temp_dir().join(format!("praas-token-test-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        private_dir(&dir).unwrap();
+        private_fs::create_dir(&dir).unwrap();
         let first = ApiToken::load_or_create(&dir).unwrap();
         let mode = fs::metadata(dir.join(TOKEN_FILE)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use praas_dataplane::Manifest;
 use thiserror::Error;
 
-use crate::api_token::{private_dir, write_private};
+use crate::private_fs::{self, PrivateFileError};
 
 /// Most files one application may upload.
 pub const MAX_FILES: usize = 64;
@@ -90,6 +90,12 @@ pub enum DeployError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<PrivateFileError> for DeployError {
+    fn from(e: PrivateFileError) -> Self {
+        DeployError::Io { path: e.path, source: e.source }
+    }
 }
 
 /// A plain relative path: only normal components, each a non-empty name without NUL.
@@ -179,24 +185,20 @@ impl Deployment {
             let path = path.to_owned();
             move |source| DeployError::Io { path, source }
         };
-        let token_io = |e: crate::api_token::TokenError| match e {
-            crate::api_token::TokenError::Io { path, source } => DeployError::Io { path, source },
-            other => DeployError::Io { path: app_dir.to_owned(), source: std::io::Error::other(other) },
-        };
         let parent = app_dir.parent().unwrap_or(Path::new("/"));
-        private_dir(parent).map_err(token_io)?;
+        private_fs::create_dir(parent)?;
         let name = app_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let written = (|| {
             let files_dir = tmp.join("files");
-            private_dir(&files_dir).map_err(token_io)?;
+            private_fs::create_dir(&files_dir)?;
             for (path, bytes) in &self.files {
                 let target = files_dir.join(path);
                 if let Some(folder) = target.parent() {
-                    private_dir(folder).map_err(token_io)?;
+                    private_fs::create_dir(folder)?;
                 }
-                write_private(&target, bytes).map_err(token_io)?;
+                private_fs::write_file(&target, bytes)?;
             }
             if app_dir.exists() {
                 fs::remove_dir_all(app_dir).map_err(io(app_dir))?;

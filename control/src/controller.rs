@@ -26,7 +26,6 @@ use praas_dataplane::swap::{SwapError, SwapStore};
 use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
 use thiserror::Error;
 
-use crate::api_token::TokenError;
 use crate::application::DeployError;
 use crate::backend::{Backend, BackendError, Exit, Launch};
 use crate::model::{
@@ -203,7 +202,7 @@ pub enum ControlError {
     Store(#[from] StoreError),
     /// The data folder, or a file of it, could not be made or written owner-only.
     #[error(transparent)]
-    PrivateFiles(TokenError),
+    PrivateFiles(#[from] crate::private_fs::PrivateFileError),
     /// The application's files could not be installed in its folder.
     #[error(transparent)]
     Install(DeployError),
@@ -408,7 +407,7 @@ impl ControlPlane {
     /// processes (running ones are watched again and re-register through the control channel).
     pub fn open(config: ControlConfig, backend: Box<dyn Backend>) -> Result<Self, ControlError> {
         // Owner-only: the database holds every application's secret.
-        crate::api_token::private_dir(&config.data_dir).map_err(ControlError::PrivateFiles)?;
+        crate::private_fs::create_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join("control.redb"))?;
         let mut registry = Registry::default();
         for app in store.apps()? {
@@ -661,9 +660,9 @@ impl ControlPlane {
     /// resolved to absolute library paths and written by the TOML library at creation.
     fn manifest_path(&self, app: &Application) -> Result<PathBuf, ControlError> {
         let dir = crate::application::app_dir(&self.inner.config.data_dir, &app.name);
-        crate::api_token::private_dir(&dir).map_err(ControlError::PrivateFiles)?;
+        crate::private_fs::create_dir(&dir)?;
         let path = dir.join("functions.toml");
-        crate::api_token::write_private(&path, app.manifest.as_bytes()).map_err(ControlError::PrivateFiles)?;
+        crate::private_fs::write_file(&path, app.manifest.as_bytes())?;
         Ok(path)
     }
 

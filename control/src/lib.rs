@@ -9,6 +9,7 @@
 //! - [`api`]: the HTTP API, behind the bearer token of [`api_token`], at the paths of [`routes`];
 //!   [`server`]: starts all of it;
 //! - [`application`]: where an application's libraries may come from (uploads, function roots);
+//! - [`private_fs`]: owner-only files and folders, whatever the umask;
 //! - [`store`]: the embedded database that makes it survive restarts;
 //! - [`cli`]: the client side of the `praas` tool;
 //! - [`process_main`]: the start-up of a cloud process (`praas process serve`).
@@ -21,6 +22,7 @@ pub mod channel;
 pub mod cli;
 pub mod controller;
 pub mod model;
+pub mod private_fs;
 pub mod process_main;
 pub mod routes;
 pub mod server;

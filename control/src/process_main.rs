@@ -319,7 +319,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
 /// The swap store of a process started without `--swap-dir`: `TMP/praas-swap-UID`, created
 /// owner-only; refused if another user made it first (it would see, or plant, snapshots).
 fn private_swap_default() -> Result<PathBuf, ProcessMainError> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
     let path = std::env::temp_dir().join(format!("praas-swap-{uid}"));
@@ -328,14 +328,11 @@ fn private_swap_default() -> Result<PathBuf, ProcessMainError> {
             return Err(ProcessMainError::SwapFolder { path, source });
         }
     }
-    let meta = match std::fs::symlink_metadata(&path) {
-        Ok(meta) => meta,
-        Err(source) => return Err(ProcessMainError::SwapFolder { path, source }),
-    };
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(ProcessMainError::SwapFolderUnsafe { path });
+    match crate::private_fs::owned_private_dir(&path) {
+        Ok(true) => Ok(path),
+        Ok(false) => Err(ProcessMainError::SwapFolderUnsafe { path }),
+        Err(e) => Err(ProcessMainError::SwapFolder { path, source: e.source }),
     }
-    Ok(path)
 }
 
 /// Starts the RDMA transport where `--rdma-listen SPEC` says. With `auto` on a node without an

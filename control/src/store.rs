@@ -59,11 +59,7 @@ impl Store {
     /// Opens (or creates) the database at `path`, owner-only (0600) whatever the umask: it holds
     /// every application's secret.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let file =
-            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path);
-        file.and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
-            .map_err(|source| StoreError::File { path: path.to_owned(), source })?;
+        crate::private_fs::open_file(path, false).map_err(|e| StoreError::File { path: e.path, source: e.source })?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {

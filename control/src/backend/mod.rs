@@ -17,7 +17,7 @@ mod slurm;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,16 +112,14 @@ impl Launch {
     /// Creates the process's working folder and its log's folder (owner-only, 0700), and opens
     /// the log (appending, 0600) twice: for the process's standard output and error.
     pub fn prepare(&self) -> Result<(File, File), BackendError> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let io = |path: &Path, e: std::io::Error| self.error_from(path.display().to_string(), e);
-        let private_dir = |path: &Path| fs::DirBuilder::new().recursive(true).mode(0o700).create(path);
-        private_dir(&self.files_dir).map_err(|e| io(&self.files_dir, e))?;
+        use crate::private_fs::{create_dir, open_file, PrivateFileError};
+        let private = |e: PrivateFileError| self.error_from(e.path.display().to_string(), e.source);
+        create_dir(&self.files_dir).map_err(private)?;
         if let Some(parent) = self.log.parent() {
-            private_dir(parent).map_err(|e| io(parent, e))?;
+            create_dir(parent).map_err(private)?;
         }
-        let log =
-            File::options().create(true).append(true).mode(0o600).open(&self.log).map_err(|e| io(&self.log, e))?;
-        let log_err = log.try_clone().map_err(|e| io(&self.log, e))?;
+        let log = open_file(&self.log, true).map_err(private)?;
+        let log_err = log.try_clone().map_err(|e| self.error_from(self.log.display().to_string(), e))?;
         Ok((log, log_err))
     }
 }
