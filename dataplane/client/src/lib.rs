@@ -156,37 +156,48 @@ pub trait Invoker: std::fmt::Debug {
     }
 }
 
-impl Invoker for Client {
-    #[inline]
-    fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
-        Client::invoke(self, function, input)
-    }
+/// Implements [`Invoker`] for a client type by its inherent methods of the same names (thin
+/// delegations, inlined), plus the items given (overrides of the trait's defaults).
+macro_rules! invoker_by_inherent_methods {
+    ($client:ty { $($extra:item)* }) => {
+        impl $crate::Invoker for $client {
+            #[inline]
+            fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, $crate::ClientError> {
+                <$client>::invoke(self, function, input)
+            }
 
-    #[inline]
-    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError> {
-        Client::submit(self, function, input)
-    }
+            #[inline]
+            fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, $crate::ClientError> {
+                <$client>::submit(self, function, input)
+            }
 
-    #[inline]
-    fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
-        Client::submit_with_id(self, id, function, input)
-    }
+            #[inline]
+            fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), $crate::ClientError> {
+                <$client>::submit_with_id(self, id, function, input)
+            }
 
-    #[inline]
-    fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
-        Client::wait(self, id)
-    }
+            #[inline]
+            fn wait(&mut self, id: u64) -> Result<Vec<u8>, $crate::ClientError> {
+                <$client>::wait(self, id)
+            }
 
-    #[inline]
-    fn recv(&mut self) -> Result<Completion, ClientError> {
-        Client::recv(self)
-    }
+            #[inline]
+            fn recv(&mut self) -> Result<$crate::Completion, $crate::ClientError> {
+                <$client>::recv(self)
+            }
 
-    #[inline]
-    fn set_timeout(&mut self, timeout: Duration) {
-        Client::set_timeout(self, timeout);
-    }
+            #[inline]
+            fn set_timeout(&mut self, timeout: std::time::Duration) {
+                <$client>::set_timeout(self, timeout);
+            }
 
+            $($extra)*
+        }
+    };
+}
+pub(crate) use invoker_by_inherent_methods;
+
+invoker_by_inherent_methods!(Client {
     #[inline]
     fn set_spin(&mut self, spin: Duration) {
         Client::set_spin(self, spin);
@@ -196,7 +207,7 @@ impl Invoker for Client {
     fn flush(&mut self) -> Result<(), ClientError> {
         Client::flush(self)
     }
-}
+});
 
 /// Connects to `addr` and returns the connection as an [`Invoker`]: `rdma://HOST:PORT` by RDMA
 /// ([`RdmaClient`](crate::rdma::RdmaClient), feature `rdma`; without it such an address is an

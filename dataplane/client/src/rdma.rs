@@ -731,37 +731,7 @@ fn frame_completion(frame: OwnedFrame) -> Option<Completion> {
     completion(frame.header, &frame.meta, frame.payload)
 }
 
-impl crate::Invoker for RdmaClient {
-    #[inline]
-    fn invoke(&mut self, function: &str, input: &[u8]) -> Result<Vec<u8>, ClientError> {
-        RdmaClient::invoke(self, function, input)
-    }
-
-    #[inline]
-    fn submit(&mut self, function: &str, input: &[u8]) -> Result<u64, ClientError> {
-        RdmaClient::submit(self, function, input)
-    }
-
-    #[inline]
-    fn submit_with_id(&mut self, id: u64, function: &str, input: &[u8]) -> Result<(), ClientError> {
-        RdmaClient::submit_with_id(self, id, function, input)
-    }
-
-    #[inline]
-    fn wait(&mut self, id: u64) -> Result<Vec<u8>, ClientError> {
-        RdmaClient::wait(self, id)
-    }
-
-    #[inline]
-    fn recv(&mut self) -> Result<Completion, ClientError> {
-        RdmaClient::recv(self)
-    }
-
-    #[inline]
-    fn set_timeout(&mut self, timeout: Duration) {
-        RdmaClient::set_timeout(self, timeout);
-    }
-}
+crate::invoker_by_inherent_methods!(RdmaClient {});
 
 impl praas_runtime::peer::RdmaLink for RdmaClient {
     fn set_timeout(&mut self, timeout: Duration) {
