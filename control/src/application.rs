@@ -212,11 +212,14 @@ impl Deployment {
     }
 }
 
-/// `named` resolved inside one of `roots` (canonical): the canonical path of an existing file.
+/// `named` resolved inside one of `roots`: the canonical path of an existing file below a root's
+/// canonical path (symbolic links followed on both, so neither a link out of a root nor a root
+/// named through a link changes the answer).
 fn inside_roots(named: &Path, roots: &[PathBuf]) -> Option<PathBuf> {
     roots.iter().find_map(|root| {
+        let root = fs::canonicalize(root).ok()?;
         let candidate = fs::canonicalize(root.join(named)).ok()?;
-        (candidate.starts_with(root) && candidate.is_file()).then_some(candidate)
+        (candidate.starts_with(&root) && candidate.is_file()).then_some(candidate)
     })
 }
 

@@ -301,7 +301,8 @@ pub struct ControlConfig {
     /// Processes serve authenticated data-plane clients only (`--client-auth`): clients present
     /// their application's client key ([`ControlPlane::client_key`]).
     pub client_auth: bool,
-    /// Folders whose libraries manifests may name in place (`--function-root`), canonical;
+    /// Folders whose libraries manifests may name in place (`--function-root`; links in them are
+    /// resolved when a manifest is checked);
     /// otherwise libraries must be uploaded with the manifest ([`crate::application`]).
     pub function_roots: Vec<PathBuf>,
 }
