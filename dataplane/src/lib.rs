@@ -1,10 +1,10 @@
 //! The praas data plane at one set of paths: the crates it is made of, re-exported.
 //!
 //! The layers, each using only those below it (`docs/architecture.md`):
-//! - `praas-wire` ([`protocol`], [`auth`], [`handshake`], [`lifecycle`], [`idmap`], [`flat`]):
+//! - `praas-wire` ([`protocol`], [`auth`], [`handshake`], [`lifecycle`], [`idmap`]):
 //!   what crosses a connection;
 //! - `praas-runtime` ([`process`], [`invocation`], [`function`], [`state`], [`mailbox`],
-//!   [`swap`], [`peer`], [`dispatch`], ...): the cloud process, below every transport;
+//!   [`swap`], [`peer`], [`serve`], ...): the cloud process, below every transport;
 //! - `praas-transport` ([`transport`]): TCP over mio and io_uring, RDMA verbs;
 //! - `praas-client` ([`client`]): the SDK.
 //!
@@ -14,10 +14,10 @@
 
 pub use praas_client as client;
 pub use praas_runtime::{
-    buffer, clock, control_channel, dispatch, frame, function, invocation, mailbox, peer, process, process_core,
-    session, state, swap,
+    buffer, clock, control_channel, function, invocation, mailbox, peer, process, process_core, serve, session, state,
+    swap,
 };
-pub use praas_wire::{auth, flat, handshake, idmap, lifecycle, protocol};
+pub use praas_wire::{auth, handshake, idmap, lifecycle, protocol};
 
 /// The transports, and the client ends of io_uring and RDMA beside them.
 pub mod transport {

@@ -718,7 +718,7 @@ impl Client {
 /// A small frame is copied into one buffer and written with `write`: the kernel then imports no
 /// iovecs (measured: about a tenth of a small send's system time).
 fn write_all_vectored(stream: &mut TcpStream, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    let mut flat = praas_wire::flat::FlatBuf::new();
+    let mut flat = praas_wire::protocol::FlatBuf::new();
     if let Some(small) = flat.fill(bufs) {
         return stream.write_all(small);
     }

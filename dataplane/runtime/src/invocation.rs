@@ -1,13 +1,19 @@
-//! One invocation of a function: the context handed to it through the C ABI, the output buffer it
-//! writes into, and the runtime's side of every [`praas_api`] entry.
+//! One invocation of a function, from its arrival to its answer: the [`Dispatcher`] that runs it
+//! inline or hands it to a worker (and counts, drains and watches invocations), the context handed
+//! to the function through the C ABI, the output buffer it writes into, the runtime's side of
+//! every [`praas_api`] entry, and the [`Response`] a transport sends.
 //!
 //! [`execute`] runs a function on the calling thread. The function reads its input in place (a
 //! slice of the buffer the transport received it into) and writes its output into a
 //! [`PoolBuf`] from the process's pool, which the transport then sends as it is.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
 use praas_ffi::{
     praas_api, praas_bytes, praas_context, praas_output, PRAAS_ABI_VERSION, PRAAS_ERR_INTERNAL,
@@ -15,7 +21,7 @@ use praas_ffi::{
     PRAAS_ERR_UNKNOWN_FUNCTION, PRAAS_LOG_DEBUG, PRAAS_LOG_ERROR, PRAAS_LOG_INFO, PRAAS_LOG_WARN, PRAAS_OK,
 };
 
-use crate::buffer::{PoolBuf, MIN_BUF};
+use crate::buffer::{Payload, PoolBuf, MIN_BUF};
 use crate::clock::Tick;
 use crate::function::{ExecutionMode, Function};
 use crate::peer::DEFAULT_PUT_TIMEOUT;
@@ -70,6 +76,325 @@ impl Deadline {
             Deadline::At(at) => Some(at),
             Deadline::After(start, timeout) => Some(start.to_instant() + timeout),
         }
+    }
+}
+
+/// The answer to one invocation, ready for a transport to send.
+#[derive(Debug)]
+pub struct Response {
+    /// The invocation id from the request.
+    pub id: u64,
+    /// Status, error text and output.
+    pub outcome: Outcome,
+}
+
+/// Where a transport's connection takes responses produced off its I/O thread. Implementations
+/// must not block for long: they queue what the socket does not take at once.
+pub trait ResponseSink: Send + Sync {
+    /// Sends (or queues) one response.
+    fn send(&self, response: Response);
+}
+
+/// What [`Dispatcher::dispatch`] did with a request.
+#[derive(Debug)]
+pub enum Dispatched {
+    /// The response, produced on the calling thread.
+    Done(Response),
+    /// Queued to a worker; the response will reach the sink.
+    Queued,
+}
+
+/// An invocation handed to a worker; answered exactly once, by the worker or the watchdog.
+struct Pending {
+    id: u64,
+    sink: Arc<dyn ResponseSink>,
+    answered: AtomicBool,
+    deadline: Option<Instant>,
+}
+
+impl Pending {
+    fn answer(&self, outcome: Outcome) {
+        if !self.answered.swap(true, Ordering::AcqRel) {
+            self.sink.send(Response { id: self.id, outcome });
+        }
+    }
+}
+
+/// An invocation queued for a worker.
+pub struct Job {
+    function: Function,
+    input: Payload,
+    pending: Arc<Pending>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("function", &self.function.name).field("id", &self.pending.id).finish()
+    }
+}
+
+/// What each worker is running, for the watchdog.
+type RunningSlot = Mutex<Option<Arc<Pending>>>;
+
+/// How a process's invocations reach their functions: an `inline` function runs to completion on
+/// the calling (I/O) thread and its response is returned at once, no thread hand-off; a `worker`
+/// function is queued to the worker pool (one hand-off) and its worker hands the response to the
+/// connection's [`ResponseSink`]. It counts the invocations in flight, refuses new ones while the
+/// process drains for a swap, and its watchdog answers those that run past their deadline with
+/// [`Status::Timeout`] (a function cannot be stopped, so its late result is dropped).
+pub struct Dispatcher {
+    jobs: Sender<Job>,
+    running: Arc<[RunningSlot]>,
+    watchdog: Thread,
+    /// When the watchdog will next look, in ns after `epoch` (u64::MAX: not before a wake-up).
+    watchdog_next: Arc<AtomicU64>,
+    epoch: Instant,
+    /// Client invocations accepted and not finished (local invocations run inside them).
+    in_flight: AtomicUsize,
+    /// Set while swapping out: new invocations are refused with a retryable error.
+    draining: AtomicBool,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("workers", &self.running.len())
+            .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
+            .field("draining", &self.draining.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher for `workers` workers (at least one) with at most `queue_capacity` invocations
+    /// waiting for them, and its watchdog thread (named after process `id`), which stops once the
+    /// dispatcher is dropped. Returns the queue the workers take [`Job`]s from
+    /// ([`Dispatcher::work`]).
+    pub fn start(
+        workers: usize,
+        queue_capacity: usize,
+        id: &str,
+    ) -> std::io::Result<(Self, Receiver<Job>, JoinHandle<()>)> {
+        let (jobs, queue) = channel::bounded(queue_capacity.max(1));
+        let running: Arc<[RunningSlot]> = (0..workers.max(1)).map(|_| Mutex::new(None)).collect();
+        let watchdog_next = Arc::new(AtomicU64::new(u64::MAX));
+        let epoch = Instant::now();
+        let watchdog = {
+            let running = Arc::clone(&running);
+            let next = Arc::clone(&watchdog_next);
+            thread::Builder::new()
+                .name(format!("praas-watchdog-{id}"))
+                .spawn(move || watchdog_loop(&running, &next, epoch))?
+        };
+        let dispatcher = Self {
+            jobs,
+            running,
+            watchdog: watchdog.thread().clone(),
+            watchdog_next,
+            epoch,
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        };
+        Ok((dispatcher, queue, watchdog))
+    }
+
+    /// Workers: how many invocations run at once off the I/O threads.
+    pub fn workers(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Client invocations accepted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting invocations (they get a retryable `Overloaded` before running) and waits
+    /// until those in flight have finished. Returns false, still draining, if they did not
+    /// finish within `timeout`; [`Dispatcher::resume`] undoes the drain.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + timeout;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Accepts invocations again after [`Dispatcher::drain`].
+    pub fn resume(&self) {
+        self.draining.store(false, Ordering::SeqCst);
+    }
+
+    /// Runs or queues the invocation `id` of `function` with `input` against `core`. Inline
+    /// functions run here and their response is returned; worker functions are queued and
+    /// answered through `sink`.
+    pub fn dispatch(
+        &self,
+        core: &ProcessCore,
+        id: u64,
+        function: &[u8],
+        input: Payload,
+        timeout_ms: u32,
+        sink: &Arc<dyn ResponseSink>,
+    ) -> Dispatched {
+        let arrival = Tick::now();
+        let function = praas_wire::protocol::unpadded(function);
+        let Some(function) = core.functions().get(function) else {
+            let outcome = Outcome::error(Status::UnknownFunction, unknown_function_message(core, function));
+            return Dispatched::Done(Response { id, outcome });
+        };
+        // Counted before the drain flag is read: a swap that sets the flag and then sees no
+        // invocation in flight knows that every later one will see the flag and not run.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.draining.load(Ordering::SeqCst) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let message = format!("process {} is swapping out: retry through the control plane", core.id());
+            return Dispatched::Done(Response { id, outcome: Outcome::error(Status::Overloaded, message) });
+        }
+        let timeout = match timeout_ms {
+            0 => function.timeout.or(core.config().default_timeout),
+            ms => Some(Duration::from_millis(ms.into())),
+        };
+        match function.mode {
+            ExecutionMode::Inline => {
+                let outcome = run_inline(core, function, &input, arrival, timeout);
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                Dispatched::Done(Response { id, outcome })
+            }
+            ExecutionMode::Worker => {
+                let deadline = timeout.map(|t| arrival.to_instant() + t);
+                let pending =
+                    Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
+                let job = Job { function: function.clone(), input, pending };
+                let queued = self.jobs.try_send(job);
+                if queued.is_err() {
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                }
+                match queued {
+                    Ok(()) => Dispatched::Queued,
+                    Err(TrySendError::Full(_)) => Dispatched::Done(Response {
+                        id,
+                        outcome: Outcome::error(
+                            Status::Overloaded,
+                            format!("{} invocations already wait for a worker", core.config().queue_capacity),
+                        ),
+                    }),
+                    Err(TrySendError::Disconnected(_)) => Dispatched::Done(Response {
+                        id,
+                        outcome: Outcome::error(Status::Internal, "the worker pool has stopped"),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Runs `job` on this thread, worker `slot`, against `core`, and answers it (unless it waited
+    /// past its deadline for a worker, or the watchdog answered it meanwhile).
+    pub fn work(&self, core: &ProcessCore, slot: usize, job: Job) {
+        let pending = job.pending;
+        let picked = Instant::now();
+        if pending.deadline.is_some_and(|d| picked >= d) {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            pending.answer(Outcome::error(
+                Status::Timeout,
+                format!("invocation of {:?} waited past its deadline for a worker", job.function.name),
+            ));
+            return;
+        }
+        self.watch(slot, Some(Arc::clone(&pending)));
+        let deadline = pending.deadline;
+        let outcome = execute(core, &job.function, &job.input, deadline.map_or(Deadline::None, Deadline::At));
+        let finished = Instant::now();
+        let ran = finished.saturating_duration_since(picked);
+        let outcome = finish(
+            core,
+            &job.function,
+            outcome,
+            ran,
+            Tick::now(),
+            deadline.is_some_and(|deadline| finished > deadline),
+        );
+        drop(job.input);
+        self.watch(slot, None);
+        // The function has returned: a drain waiting for it may now snapshot its effects.
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        pending.answer(outcome);
+    }
+
+    fn watch(&self, slot: usize, pending: Option<Arc<Pending>>) {
+        let deadline = pending.as_ref().and_then(|p| p.deadline);
+        *self.running[slot].lock().unwrap_or_else(|p| p.into_inner()) = pending;
+        if let Some(deadline) = deadline {
+            // A deadline past u64 nanoseconds (584 years) saturates, as `watchdog_next` does.
+            let at = u64::try_from(deadline.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX);
+            if at < self.watchdog_next.load(Ordering::Acquire) {
+                self.watchdog.unpark();
+            }
+        }
+    }
+}
+
+/// Runs an inline `function` on this (the I/O) thread for the invocation that arrived at
+/// `arrival`, accounting it and applying its timeout: one more clock reading per invocation,
+/// both on the cheap clock ([`crate::clock`]; the deadline becomes an instant only if the
+/// function asks for it).
+fn run_inline(
+    core: &ProcessCore,
+    function: &Function,
+    input: &[u8],
+    arrival: Tick,
+    timeout: Option<Duration>,
+) -> Outcome {
+    let deadline = timeout.map_or(Deadline::None, |t| Deadline::After(arrival, t));
+    let outcome = execute(core, function, input, deadline);
+    let finished = Tick::now();
+    let ran = finished.duration_since(arrival);
+    finish(core, function, outcome, ran, finished, timeout.is_some_and(|timeout| ran > timeout))
+}
+
+/// Accounts an invocation of `function` that ran for `ran` until `finished`: its `outcome`,
+/// or `Timeout` if it `overran` its deadline (a function cannot be stopped, only disowned).
+fn finish(
+    core: &ProcessCore,
+    function: &Function,
+    outcome: Outcome,
+    ran: Duration,
+    finished: Tick,
+    overran: bool,
+) -> Outcome {
+    core.metrics().record(ran, finished);
+    if overran {
+        Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
+    } else {
+        outcome
+    }
+}
+
+fn watchdog_loop(running: &Arc<[RunningSlot]>, next: &AtomicU64, epoch: Instant) {
+    // The dispatcher holds the only other reference to `running`: when it is gone, stop.
+    while Arc::strong_count(running) > 1 {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        for slot in running.iter() {
+            let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(pending) = guard.as_ref() else { continue };
+            let Some(deadline) = pending.deadline else { continue };
+            if deadline <= now {
+                pending.answer(Outcome::error(Status::Timeout, "the invocation ran past its deadline"));
+            } else {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        // Look again at the earliest deadline, and at least every second so that the loop notices
+        // when the dispatcher is gone.
+        let wait =
+            earliest.map_or(Duration::from_secs(1), |e| e.saturating_duration_since(now)).min(Duration::from_secs(1));
+        let next_ns = u64::try_from((now + wait).saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX);
+        next.store(next_ns, Ordering::Release);
+        thread::park_timeout(wait);
     }
 }
 

@@ -2,8 +2,6 @@
 //! ([`praas_wire::handshake::Acceptance`]) and the messages it delivers into the process's mailbox.
 //! Every transport keeps one [`PeerSession`] per connection.
 
-use crate::buffer::BufferPool;
-use crate::frame::OutFrame;
 use crate::mailbox::MailboxError;
 use crate::process::Process;
 use praas_wire::handshake::{Acceptance, Acceptor};
@@ -12,7 +10,7 @@ use praas_wire::protocol::{Header, MessageKind, Status};
 /// What the receiving side answers to a `Hello` or `Message` frame.
 #[derive(Debug)]
 pub struct Reply {
-    /// The header (lengths are filled in by [`Reply::into_frame`]).
+    /// The header (lengths are filled in by [`OutFrame::from_reply`](crate::serve::OutFrame::from_reply)).
     pub header: Header,
     /// Metadata: an identity or an error text.
     pub meta: Vec<u8>,
@@ -23,43 +21,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn answer(kind: MessageKind, id: u64, status: Status, meta: Vec<u8>, payload: Vec<u8>) -> Self {
+    pub(crate) fn answer(kind: MessageKind, id: u64, status: Status, meta: Vec<u8>, payload: Vec<u8>) -> Self {
         let header = Header { kind, meta_len: 0, status: status.code(), id, timeout_ms: 0, payload_len: 0 };
         Self { header, meta, payload, close: false }
     }
 
     fn refuse(kind: MessageKind, id: u64, status: Status, text: String) -> Self {
         Self { close: true, ..Self::answer(kind, id, status, text.into_bytes(), Vec::new()) }
-    }
-
-    /// Lays the reply out for a transport, its payload in a buffer of `pool` (an `Overloaded`
-    /// answer if the pool is spent).
-    pub fn into_frame(self, pool: &BufferPool) -> OutFrame {
-        let mut meta = self.meta;
-        meta.truncate(u16::MAX as usize);
-        // Cut to the 16-bit length field just above: never saturates.
-        let meta_len = u16::try_from(meta.len()).unwrap_or(u16::MAX);
-        let mut header = Header { meta_len, payload_len: 0, ..self.header };
-        if self.payload.is_empty() {
-            return OutFrame::raw(header, meta, None);
-        }
-        let (kind, id) = (header.kind, header.id);
-        // A reply's payload is a nonce and a proof: one its 32-bit length field cannot say is a bug.
-        let Ok(payload_len) = u32::try_from(self.payload.len()) else {
-            let text = format!("an answer of {} bytes does not fit a frame", self.payload.len());
-            return Self::answer(kind, id, Status::Internal, text.into_bytes(), Vec::new()).into_frame(pool);
-        };
-        match pool.get(self.payload.len()) {
-            Some(mut buf) => {
-                buf.try_extend(&self.payload);
-                header.payload_len = payload_len;
-                OutFrame::raw(header, meta, Some(buf))
-            }
-            None => {
-                let text = b"no buffer for the answer: the process's buffer budget is spent".to_vec();
-                Self::answer(kind, id, Status::Overloaded, text, Vec::new()).into_frame(pool)
-            }
-        }
     }
 }
 

@@ -29,11 +29,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::handle::{accept_waiting, ServerHandle, Transport};
-use super::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState, Refusal};
 use praas_runtime::buffer::{Payload, PoolBuf};
-use praas_runtime::dispatch::{serve_frame, FrameAction};
-use praas_runtime::frame::{flatten_frames, FlatBuf, Gathered, LargeFrame, OutFrame};
-use praas_runtime::process::{Process, Response, ResponseSink};
+use praas_runtime::invocation::{Response, ResponseSink};
+use praas_runtime::process::Process;
+use praas_runtime::serve::{self, ConnectionOptions, Delivery, End, Link, ReadState, Refusal};
+use praas_runtime::serve::{flatten_frames, FlatBuf, Gathered, LargeFrame, OutFrame};
+use praas_runtime::serve::{serve_frame, FrameAction};
 use praas_runtime::session::PeerSession;
 use praas_wire::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
 
@@ -592,13 +593,13 @@ impl Connection {
             return;
         }
         self.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
-        policy::act(self, action);
+        serve::act(self, action);
     }
 
     /// Answers a protocol violation in the undecoded bytes as the policy says, and lingers.
     fn refuse(&mut self, err: FrameError) -> Step {
         let refusal = Refusal::frame(err, &self.chunk[self.start..]);
-        policy::refuse(self, refusal);
+        serve::refuse(self, refusal);
         Step::More
     }
 
@@ -622,7 +623,7 @@ impl Connection {
     }
 }
 
-/// How a mio connection moves bytes for the [policy](super::policy): responses and replies join
+/// How a mio connection moves bytes for the [policy](praas_runtime::serve): responses and replies join
 /// its write queue (flushed after each batch of frames); a last frame is flushed at once and the
 /// sending side shut behind it.
 impl Link for Connection {

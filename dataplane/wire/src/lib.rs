@@ -6,15 +6,13 @@
 //! - [`handshake`]: the handshake that authenticates every connection between processes and
 //!   between a data-plane client and a process, both sides as pure state machines;
 //! - [`lifecycle`]: the statuses of a cloud process;
-//! - [`idmap`]: hash tables keyed by small identifiers, for the hot lookups of both ends;
-//! - [`flat`]: the buffer a small send is copied into.
+//! - [`idmap`]: hash tables keyed by small identifiers, for the hot lookups of both ends.
 //!
 //! Every other crate of the data plane builds on this one; it depends on none of them.
 
 #![warn(clippy::cast_possible_truncation)]
 
 pub mod auth;
-pub mod flat;
 pub mod handshake;
 pub mod idmap;
 pub mod lifecycle;

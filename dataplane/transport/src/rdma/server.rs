@@ -35,12 +35,13 @@ use super::verbs::{
 use super::window::{wr_id, wr_parts, Receives, SendWindow, Sends, WR_RECV, WR_SLOT, WR_WRITE};
 use super::PollPolicy;
 use crate::handle::{ServerHandle, Transport};
-use crate::policy::{self, Delivery, End, Link, ReadState, Refusal};
 use praas_runtime::buffer::{Payload, PoolBuf};
-use praas_runtime::dispatch::serve_frame;
-use praas_runtime::frame::OutFrame;
 use praas_runtime::invocation::Outcome;
-use praas_runtime::process::{Process, Response, ResponseSink};
+use praas_runtime::invocation::{Response, ResponseSink};
+use praas_runtime::process::Process;
+use praas_runtime::serve::serve_frame;
+use praas_runtime::serve::OutFrame;
+use praas_runtime::serve::{self, Delivery, End, Link, ReadState, Refusal};
 use praas_runtime::session::PeerSession;
 use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, Status, HEADER_LEN};
 
@@ -79,7 +80,7 @@ impl Default for RdmaOptions {
             credits: 16,
             max_connections: 32,
             poll: PollPolicy::from_env().unwrap_or_default(),
-            linger: crate::policy::ConnectionOptions::default().linger,
+            linger: praas_runtime::serve::ConnectionOptions::default().linger,
         }
     }
 }
@@ -937,14 +938,14 @@ impl EventLoop {
     /// answer returns the request's credit.
     fn dispatch(io: &mut ConnIo, process: &Process, linger: Duration, header: Header, meta: &[u8], input: Payload) {
         let action = serve_frame(process, &mut io.peer, &io.sink, header, meta, input);
-        policy::act(&mut Serving { io, linger }, action);
+        serve::act(&mut Serving { io, linger }, action);
     }
 
     /// Answers a protocol violation as the policy says; the connection closes once it is sent.
     fn refuse(&mut self, id: u32, refusal: Refusal) {
         let linger = self.options.linger;
         let Some(io) = self.conns.get_mut(&id) else { return };
-        policy::refuse(&mut Serving { io, linger }, refusal);
+        serve::refuse(&mut Serving { io, linger }, refusal);
     }
 
     fn socket_event(&mut self, id: u32) {
@@ -1104,7 +1105,7 @@ fn send_depth(credits: u32) -> u32 {
     3 * credits + 4
 }
 
-/// A connection of the I/O thread, as the [policy](crate::policy) sees it.
+/// A connection of the I/O thread, as the [policy](praas_runtime::serve) sees it.
 struct Serving<'a> {
     io: &'a mut ConnIo,
     linger: Duration,

@@ -51,7 +51,7 @@ pub struct UringOptions {
     /// Use `SENDMSG_ZC` for loopback peers too (for tests of that path).
     pub zero_copy_on_loopback: bool,
     /// Back-pressure, and the linger of a connection that broke the protocol.
-    pub connection: super::policy::ConnectionOptions,
+    pub connection: praas_runtime::serve::ConnectionOptions,
     /// How long an I/O thread with nothing to do polls its ring (yielding the CPU between looks)
     /// before it blocks; zero blocks at once. Polling spares the wake-up of a blocked thread when
     /// the next request comes, at the price of a CPU while it polls. Default: `PRAAS_URING_SPIN_US`
@@ -69,7 +69,7 @@ impl Default for UringOptions {
             recv_buffer_size: 128 << 10,
             zero_copy_threshold: DEFAULT_ZERO_COPY_THRESHOLD,
             zero_copy_on_loopback: false,
-            connection: super::policy::ConnectionOptions::default(),
+            connection: praas_runtime::serve::ConnectionOptions::default(),
             spin: spin_from_env(),
         }
     }

@@ -12,9 +12,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::policy::{self, Link, Refusal};
 use praas_runtime::buffer::{BufferPool, Payload, PoolBuf};
-use praas_runtime::frame::LargeFrame;
+use praas_runtime::serve::LargeFrame;
+use praas_runtime::serve::{self, Link, Refusal};
 use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, HEADER_LEN};
 
 /// A frame received in part: at most one of the two is set.
@@ -86,7 +86,7 @@ pub(super) struct Intake<'a> {
 }
 
 /// Decodes and dispatches received bytes as far as back-pressure and the pool allow; a protocol
-/// violation is refused as the [policy](crate::policy) says.
+/// violation is refused as the [policy](praas_runtime::serve) says.
 pub(super) fn decode_backlog<C: Frames>(conn: &mut C, intake: Intake<'_>) {
     let partial = conn.partial();
     if partial.large.as_ref().is_some_and(|l| l.body.len() == l.header.body_len()) {
@@ -113,7 +113,7 @@ pub(super) fn decode_backlog<C: Frames>(conn: &mut C, intake: Intake<'_>) {
             }
             Ok(None) => conn.give_back(buf),
             Err(refusal) => {
-                policy::refuse(conn, refusal);
+                serve::refuse(conn, refusal);
                 conn.give_back(buf);
                 while let Some((rest, _)) = conn.backlog().pop_front() {
                     conn.give_back(rest);
@@ -313,9 +313,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::{End, ReadState};
-    use praas_runtime::frame::OutFrame;
-    use praas_runtime::process::Response;
+    use praas_runtime::invocation::Response;
+    use praas_runtime::serve::OutFrame;
+    use praas_runtime::serve::{End, ReadState};
     use praas_wire::protocol::{encode_frame, MessageKind, Status};
 
     const BUFFER: usize = 4096;

@@ -24,16 +24,17 @@ use super::bufs::BufRing;
 use super::fixed::FixedBuffers;
 use super::recv::{self, Frames, Intake, Partial, Receiving, RecvStep};
 use super::{UringOptions, UringStats};
-use crate::policy::{self, ConnectionOptions, Delivery, End, Link, ReadState};
 use praas_runtime::buffer::{Payload, PoolBuf};
-use praas_runtime::dispatch::{serve_frame, FrameAction};
-use praas_runtime::frame::{flatten_frames, FlatBuf, Gathered, OutFrame};
-use praas_runtime::process::{Process, Response, ResponseSink};
+use praas_runtime::invocation::{Response, ResponseSink};
+use praas_runtime::process::Process;
+use praas_runtime::serve::{self, ConnectionOptions, Delivery, End, Link, ReadState};
+use praas_runtime::serve::{flatten_frames, FlatBuf, Gathered, OutFrame};
+use praas_runtime::serve::{serve_frame, FrameAction};
 use praas_runtime::session::PeerSession;
 use praas_wire::protocol::{FrameLimits, Header};
 
 /// Most iovecs in one send.
-const MAX_IOV: usize = praas_runtime::frame::MAX_GATHER;
+const MAX_IOV: usize = praas_runtime::serve::MAX_GATHER;
 
 /// Operation kinds, the low byte of `user_data`.
 const OP_ACCEPT: u8 = 1;
@@ -1029,7 +1030,7 @@ fn fail(conn: &mut Conn, result: i32) {
 }
 
 /// A connection with the process it serves: how the [receive path](recv) and the
-/// [policy](policy) see it.
+/// [policy](praas_runtime::serve) see it.
 struct Serving<'a> {
     conn: &'a mut Conn,
     process: &'a Process,
@@ -1097,7 +1098,7 @@ impl Frames for Serving<'_> {
         let (meta, input) = body.split_meta(header.meta_len as usize);
         match serve_frame(self.process, &mut conn.peer, &conn.sink, header, meta, input) {
             FrameAction::Queued => conn.outstanding += 1,
-            action => policy::act(self, action),
+            action => serve::act(self, action),
         }
     }
 }
