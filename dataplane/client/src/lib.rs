@@ -10,7 +10,6 @@
 
 #![warn(clippy::cast_possible_truncation)]
 
-mod pending;
 #[cfg(feature = "rdma")]
 pub mod rdma;
 #[cfg(target_os = "linux")]
@@ -24,11 +23,10 @@ use thiserror::Error;
 
 #[cfg(target_os = "linux")]
 use crate::uring::UringStream;
-use pending::{completion, Early};
 pub use praas_transport::kind::TransportKind;
 use praas_wire::protocol::{
-    alignment_padding, decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status,
-    HEADER_LEN, PADDING,
+    alignment_padding, decode_frame, response_result, Decoded, FrameError, FrameLimits, Header, MessageKind,
+    OwnedFrame, RemoteFailure, Status, HEADER_LEN, PADDING,
 };
 
 /// Settings of a client connection.
@@ -97,6 +95,12 @@ pub enum ClientError {
         /// The process's explanation.
         message: String,
     },
+}
+
+impl From<RemoteFailure> for ClientError {
+    fn from(failure: RemoteFailure) -> Self {
+        Self::Remote { status: failure.status, message: failure.message }
+    }
 }
 
 impl ClientError {
@@ -195,6 +199,7 @@ macro_rules! invoker_by_inherent_methods {
         }
     };
 }
+#[cfg(feature = "rdma")]
 pub(crate) use invoker_by_inherent_methods;
 
 invoker_by_inherent_methods!(Client {
@@ -508,7 +513,10 @@ impl Client {
         loop {
             match decode_frame(&self.buf[self.start..self.end], limits)? {
                 Decoded::Frame(frame, used) => {
-                    let completion = completion(frame.header, frame.meta, frame.payload);
+                    let completion = response_result(&frame.header, frame.meta).map(|result| Completion {
+                        id: frame.header.id,
+                        result: result.map(|()| frame.payload.to_vec()).map_err(ClientError::from),
+                    });
                     self.start += used;
                     if let Some(completion) = completion {
                         self.unanswered = self.unanswered.saturating_sub(1);
@@ -551,7 +559,10 @@ impl Client {
         if header.kind == MessageKind::Response && header.status == Status::Ok.code() {
             return Ok(Completion { id: header.id, result: Ok(payload) });
         }
-        match completion(header, &meta, payload) {
+        let result = response_result(&header, &meta);
+        match result
+            .map(|result| Completion { id: header.id, result: result.map(|()| payload).map_err(ClientError::from) })
+        {
             Some(completion) => Ok(completion),
             None => self.recv_until(deadline),
         }
@@ -791,4 +802,47 @@ pub(crate) fn authenticate_client(
         Ok(err) => err,
         Err(refused) => ClientError::Remote { status: Status::Unauthenticated, message: refused.0 },
     })
+}
+
+/// Answers received while waiting for another id, kept until asked for.
+#[derive(Debug, Default)]
+pub(crate) struct Early(praas_wire::idmap::IdMap<u64, Result<Vec<u8>, ClientError>>);
+
+impl Early {
+    /// Whether no answer is kept.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many answers are kept.
+    #[cfg(feature = "rdma")]
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The kept answer to `id`, taken out. (An empty map is not hashed into: most waits find
+    /// nothing early.)
+    #[inline]
+    pub(crate) fn take(&mut self, id: u64) -> Option<Result<Vec<u8>, ClientError>> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.remove(&id)
+    }
+
+    /// Any kept answer, taken out.
+    #[inline]
+    pub(crate) fn take_any(&mut self) -> Option<Completion> {
+        let &id = self.0.keys().next()?;
+        let result = self.0.remove(&id).expect("key just seen");
+        Some(Completion { id, result })
+    }
+
+    /// Keeps `completion` for a later wait.
+    #[inline]
+    pub(crate) fn keep(&mut self, completion: Completion) {
+        self.0.insert(completion.id, completion.result);
+    }
 }

@@ -14,19 +14,20 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pending::{completion, Early};
+use crate::Early;
 use crate::{ClientError, Completion};
 use praas_transport::rdma::connect::{self, Endpoint, STATUS_FULL, STATUS_OK};
-use praas_transport::rdma::flow::{Grant, Imm, Op, GRANT_LEN};
+use praas_transport::rdma::flow::{
+    wr_id, wr_parts, Grant, Imm, Op, Receives, SendWindow, Sends, TransferError, GRANT_LEN, WR_RECV, WR_SLOT, WR_WRITE,
+};
 use praas_transport::rdma::verbs::{
     CompletionChannel, CompletionQueue, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
     WorkCompletion as Wc, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE,
 };
-use praas_transport::rdma::window::{
-    wr_id, wr_parts, Receives, SendWindow, Sends, TransferError, WR_RECV, WR_SLOT, WR_WRITE,
-};
 use praas_transport::rdma::PollPolicy;
-use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, OwnedFrame, Status, HEADER_LEN};
+use praas_wire::protocol::{
+    decode_frame, response_result, Decoded, FrameLimits, Header, OwnedFrame, Status, HEADER_LEN,
+};
 
 /// Settings of an RDMA client connection.
 #[derive(Debug, Clone)]
@@ -725,10 +726,11 @@ fn recv_count(credits: u32) -> u32 {
     3 * credits + REPOST_BATCH as u32
 }
 
-/// A received frame as a completion ([`completion`]): its payload moved, not copied.
+/// A received frame as a completion: its payload moved, not copied.
 #[inline]
 fn frame_completion(frame: OwnedFrame) -> Option<Completion> {
-    completion(frame.header, &frame.meta, frame.payload)
+    let result = response_result(&frame.header, &frame.meta)?;
+    Some(Completion { id: frame.header.id, result: result.map(|()| frame.payload).map_err(ClientError::from) })
 }
 
 crate::invoker_by_inherent_methods!(RdmaClient {});

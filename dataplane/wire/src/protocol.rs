@@ -331,6 +331,33 @@ pub fn unpadded(meta: &[u8]) -> &[u8] {
     &meta[..end]
 }
 
+/// The failure a response frame reports: its status and its error text.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{status}: {message}")]
+#[non_exhaustive]
+pub struct RemoteFailure {
+    /// What went wrong.
+    pub status: Status,
+    /// The process's explanation.
+    pub message: String,
+}
+
+/// What a frame with `header` and metadata `meta` answers, as a client reads it: `Some(Ok(()))`
+/// for a response that succeeded (its payload is the output), `Some(Err(_))` for one that failed,
+/// `None` for a frame that is no response (a pong).
+#[inline]
+pub fn response_result(header: &Header, meta: &[u8]) -> Option<Result<(), RemoteFailure>> {
+    if header.kind != MessageKind::Response {
+        return None;
+    }
+    let status = Status::from_code(header.status);
+    if status == Status::Ok {
+        return Some(Ok(()));
+    }
+    let message = String::from_utf8_lossy(unpadded(meta)).into_owned();
+    Some(Err(RemoteFailure { status, message }))
+}
+
 /// A whole frame that owns its metadata and payload (what a blocking peer connection reads).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedFrame {

@@ -4,9 +4,9 @@
 //!
 //! - [`verbs`]: safe RAII wrappers of the verbs objects (`// SAFETY:` on each unsafe block).
 //! - [`connect`]: connection set-up by an out-of-band exchange over TCP (why: `docs/rdma.md`).
-//! - [`flow`]: the immediate-data header of every message, grants, and the credit ledger.
-//! - [`window`]: the send window (slots, signalling, retire, work request ids) and the large
-//!   transfers' states, as pure logic used by both ends.
+//! - [`flow`]: the immediate-data header of every message, grants, the credit ledger, the send
+//!   window (slots, signalling, retire, work request ids) and the large transfers' states, as pure
+//!   logic used by both ends.
 //! - [`server`]: [`RdmaTransport`], the process side, behind the [`Transport`](super::handle::Transport) seam.
 //! - [`client`]: [`RdmaClient`], the SDK side, with the API of [`Client`](crate::Client).
 //!
@@ -18,7 +18,6 @@ pub mod connect;
 pub mod flow;
 pub mod server;
 pub mod verbs;
-pub mod window;
 
 use std::time::Duration;
 

@@ -27,12 +27,14 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
-use super::flow::{CreditLedger, Grant, IdMap, Imm, Op, GRANT_LEN};
+use super::flow::{
+    wr_id, wr_parts, CreditLedger, Grant, IdMap, Imm, Op, Receives, SendWindow, Sends, GRANT_LEN, WR_RECV, WR_SLOT,
+    WR_WRITE,
+};
 use super::verbs::{
     CompletionChannel, CompletionQueue, MemoryRegion, ProtectionDomain, QueuePair, RecvBuffer, Registered, SendOp,
     SharedReceiveQueue, VerbsContext, ACCESS_LOCAL_READ, ACCESS_LOCAL_WRITE, ACCESS_REMOTE_WRITE, MAX_RECV_BATCH,
 };
-use super::window::{wr_id, wr_parts, Receives, SendWindow, Sends, WR_RECV, WR_SLOT, WR_WRITE};
 use super::PollPolicy;
 use crate::handle::{ServerHandle, Transport};
 use praas_runtime::buffer::{Payload, PoolBuf};

@@ -1,7 +1,7 @@
 //! The io_uring TCP transport: the data plane's default on Linux (`docs/uring.md`).
 //!
 //! One ring per I/O thread ([`server`]); each thread arms a multishot accept on the shared
-//! listener. Each connection has a provided-buffer ring of pool buffers ([`bufs`]) that one
+//! listener. Each connection has a provided-buffer ring of pool buffers (`recv::BufRing`) that one
 //! multishot receive fills; every frame wholly inside a received buffer reaches the function as a
 //! slice of it, without a copy. A frame larger than a receive buffer gets a pool buffer of its own:
 //! the multishot receive is cancelled and one `MSG_WAITALL` receive reads the rest of the frame
@@ -16,7 +16,6 @@
 //! [`client`] is the SDK side: blocking calls over a ring, which `Client` uses where the ring saves
 //! system calls (batched requests sent with the next receive, one receive of a large answer).
 
-pub mod bufs;
 mod fixed;
 pub mod probe;
 mod recv;

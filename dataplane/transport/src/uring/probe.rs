@@ -81,7 +81,7 @@ fn probe() -> Result<(), Unavailable> {
             return Err(Unavailable::MissingOpcode(name));
         }
     }
-    let mut bufs = super::bufs::BufRing::new(1).map_err(|e| Unavailable::BufRing(Arc::new(e)))?;
+    let mut bufs = super::recv::BufRing::new(1).map_err(|e| Unavailable::BufRing(Arc::new(e)))?;
     bufs.register(&ring, 0).map_err(|e| Unavailable::BufRing(Arc::new(e)))?;
     bufs.unregister(&ring);
     Ok(())

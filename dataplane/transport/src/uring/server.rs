@@ -20,8 +20,8 @@ use crossbeam::queue::SegQueue;
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
-use super::bufs::BufRing;
 use super::fixed::FixedBuffers;
+use super::recv::BufRing;
 use super::recv::{self, Frames, Intake, Partial, Receiving, RecvStep};
 use super::{UringOptions, UringStats};
 use praas_runtime::buffer::{Payload, PoolBuf};
