@@ -14,6 +14,7 @@
 //! A process whose channel breaks keeps serving and reconnects with back-off: a control plane
 //! that restarts finds its processes registering again.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::peer::PeerList;
 use crate::process::Process;
+use crate::stats::{Histogram, StatsSnapshot};
 use crate::swap::{SwapReport, SwapStore};
 use praas_wire::auth;
 use praas_wire::protocol::{
@@ -81,6 +83,86 @@ pub struct MetricsReport {
     /// Messages this process delivered to its peers, by wire.
     #[serde(default)]
     pub messages_sent: crate::peer::DeliveryCounts,
+    /// Messages put into its mailbox since it started.
+    #[serde(default)]
+    pub messages_received: u64,
+    /// Messages its functions got from its mailbox since it started.
+    #[serde(default)]
+    pub messages_got: u64,
+    /// Messages waiting in its mailbox.
+    #[serde(default)]
+    pub mailbox_depth: u64,
+    /// Bytes of its buffer pool handed out now.
+    #[serde(default)]
+    pub pool_bytes: u64,
+    /// The pool's budget, bytes.
+    #[serde(default)]
+    pub pool_budget: u64,
+    /// Per function, what happened since the previous report (only functions with something new).
+    #[serde(default)]
+    pub functions: Vec<FunctionReport>,
+}
+
+/// One function's invocations since the previous report of its process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionReport {
+    /// The function's name.
+    pub name: String,
+    /// Latencies of the invocations that ran since the previous report; `max_ns` is the longest
+    /// of them.
+    pub latency: Histogram,
+    /// Invocations that failed since the previous report, by status code.
+    pub errors: Vec<(u16, u64)>,
+}
+
+/// What a process has reported so far: the next report carries what came since.
+#[derive(Debug, Default)]
+pub struct Reporter {
+    last: HashMap<Arc<str>, StatsSnapshot>,
+}
+
+impl Reporter {
+    /// The process's counters now, with the per-function figures since the previous report.
+    pub fn report(&mut self, process: &Process) -> MetricsReport {
+        let m = process.metrics();
+        let (messages_received, messages_got) = process.mailbox().counts();
+        let mut functions = Vec::new();
+        for function in process.functions().iter() {
+            let now = function.stats.snapshot();
+            let interval_max = function.stats.take_interval_max();
+            let before = self.last.get(&function.name);
+            let mut latency = before.map_or_else(|| now.latency.clone(), |before| now.latency.since(&before.latency));
+            latency.max_ns = interval_max;
+            let errors: Vec<(u16, u64)> = now
+                .errors
+                .iter()
+                .filter_map(|&(status, n)| {
+                    let old = before.and_then(|b| b.errors.iter().find(|(s, _)| *s == status)).map_or(0, |&(_, n)| n);
+                    (n > old).then(|| (status.code(), n - old))
+                })
+                .collect();
+            if latency.count() > 0 || !errors.is_empty() {
+                functions.push(FunctionReport { name: function.name.to_string(), latency, errors });
+            }
+            self.last.insert(Arc::clone(&function.name), now);
+        }
+        MetricsReport {
+            invocations: m.invocations(),
+            local_invocations: m.local_invocations(),
+            compute_ns: m.compute_ns(),
+            last_invocation_ns: m.last_invocation_ns(),
+            in_flight: process.in_flight() as u64,
+            state_keys: process.state().len() as u64,
+            state_bytes: process.state().value_bytes(),
+            messages_sent: process.peers().delivered(),
+            messages_received,
+            messages_got,
+            mailbox_depth: process.mailbox().len() as u64,
+            pool_bytes: process.pool().outstanding() as u64,
+            pool_budget: process.pool().budget() as u64,
+            functions,
+        }
+    }
 }
 
 /// The answer to a swap request.
@@ -232,11 +314,14 @@ pub fn run_control_link(process: &Arc<Process>, options: &ControlLinkOptions) ->
         );
     }
     let mut backoff = Duration::from_millis(50);
+    // Kept across reconnections: a report a broken connection did not deliver is not sent again,
+    // and none is counted twice.
+    let mut reporter = Reporter::default();
     loop {
         match TcpStream::connect_timeout(&options.control_addr, Duration::from_secs(5)) {
             Ok(stream) => {
                 backoff = Duration::from_millis(50);
-                match session(process, options, FrameStream::new(stream)) {
+                match session(process, options, &mut reporter, FrameStream::new(stream)) {
                     Ok(end) => return end,
                     Err(e) => tracing::warn!("control channel to {} broke: {e}; reconnecting", options.control_addr),
                 }
@@ -248,21 +333,12 @@ pub fn run_control_link(process: &Arc<Process>, options: &ControlLinkOptions) ->
     }
 }
 
-fn metrics(process: &Process) -> MetricsReport {
-    let m = process.metrics();
-    MetricsReport {
-        invocations: m.invocations(),
-        local_invocations: m.local_invocations(),
-        compute_ns: m.compute_ns(),
-        last_invocation_ns: m.last_invocation_ns(),
-        in_flight: process.in_flight() as u64,
-        state_keys: process.state().len() as u64,
-        state_bytes: process.state().value_bytes(),
-        messages_sent: process.peers().delivered(),
-    }
-}
-
-fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: FrameStream) -> io::Result<LinkEnd> {
+fn session(
+    process: &Arc<Process>,
+    options: &ControlLinkOptions,
+    reporter: &mut Reporter,
+    mut channel: FrameStream,
+) -> io::Result<LinkEnd> {
     let config = process.config();
     let secret = config.secret.as_ref().ok_or_else(|| io::Error::other("this process has no application secret"))?;
     let challenge = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
@@ -293,7 +369,7 @@ fn session(process: &Arc<Process>, options: &ControlLinkOptions, mut channel: Fr
     let mut next_metrics = Instant::now();
     loop {
         if Instant::now() >= next_metrics {
-            write_json(&mut channel.stream, MessageKind::Metrics, b"", &metrics(process))?;
+            write_json(&mut channel.stream, MessageKind::Metrics, b"", &reporter.report(process))?;
             next_metrics = Instant::now() + options.metrics_interval;
         }
         let wait = next_metrics.saturating_duration_since(Instant::now());

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use libloading::Library;
 use praas_ffi::praas_function;
+
+use crate::stats::FunctionStats;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -258,6 +260,8 @@ pub struct Function {
     pub mode: ExecutionMode,
     /// Its default deadline, if the manifest set one.
     pub timeout: Option<Duration>,
+    /// Its invocations so far (`crate::stats`).
+    pub stats: Arc<FunctionStats>,
     entry: praas_function,
     // Keeps the library mapped while `entry` may be called.
     _library: Arc<Library>,
@@ -318,6 +322,7 @@ impl FunctionRegistry {
                 name: spec.name.as_str().into(),
                 mode: spec.mode,
                 timeout: spec.timeout_ms.map(Duration::from_millis),
+                stats: Arc::new(FunctionStats::new()),
                 entry,
                 _library: library,
             };
@@ -331,6 +336,13 @@ impl FunctionRegistry {
     /// The function named `name`.
     pub fn get(&self, name: &[u8]) -> Option<&Function> {
         self.functions.get(name)
+    }
+
+    /// All functions, sorted by name.
+    pub fn iter(&self) -> Vec<&Function> {
+        let mut functions: Vec<&Function> = self.functions.values().collect();
+        functions.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        functions
     }
 
     /// Names of all functions, sorted.

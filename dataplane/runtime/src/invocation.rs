@@ -125,6 +125,8 @@ pub struct Job {
     function: Function,
     input: Payload,
     pending: Arc<Pending>,
+    /// When its frame reached the dispatcher.
+    arrival: Tick,
 }
 
 impl std::fmt::Debug for Job {
@@ -251,6 +253,7 @@ impl Dispatcher {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         if self.draining.load(Ordering::SeqCst) {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            refused(core, function, Status::Overloaded);
             let message = format!("process {} is swapping out: retry through the control plane", core.id());
             return Dispatched::Done(Response { id, outcome: Outcome::error(Status::Overloaded, message) });
         }
@@ -268,10 +271,16 @@ impl Dispatcher {
                 let deadline = timeout.map(|t| arrival.to_instant() + t);
                 let pending =
                     Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
-                let job = Job { function: function.clone(), input, pending };
+                let job = Job { function: function.clone(), input, pending, arrival };
                 let queued = self.jobs.try_send(job);
                 if queued.is_err() {
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    let status = if matches!(queued, Err(TrySendError::Full(_))) {
+                        Status::Overloaded
+                    } else {
+                        Status::Internal
+                    };
+                    refused(core, function, status);
                 }
                 match queued {
                     Ok(()) => Dispatched::Queued,
@@ -298,6 +307,7 @@ impl Dispatcher {
         let picked = Instant::now();
         if pending.deadline.is_some_and(|d| picked >= d) {
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            refused(core, &job.function, Status::Timeout);
             pending.answer(Outcome::error(
                 Status::Timeout,
                 format!("invocation of {:?} waited past its deadline for a worker", job.function.name),
@@ -309,14 +319,10 @@ impl Dispatcher {
         let outcome = execute(core, &job.function, &job.input, deadline.map_or(Deadline::None, Deadline::At));
         let finished = Instant::now();
         let ran = finished.saturating_duration_since(picked);
-        let outcome = finish(
-            core,
-            &job.function,
-            outcome,
-            ran,
-            Tick::now(),
-            deadline.is_some_and(|deadline| finished > deadline),
-        );
+        let finished_tick = Tick::now();
+        let latency = finished_tick.duration_since(job.arrival);
+        let overran = deadline.is_some_and(|deadline| finished > deadline);
+        let outcome = finish(core, &job.function, outcome, ran, latency, finished_tick, overran);
         drop(job.input);
         self.watch(slot, None);
         // The function has returned: a drain waiting for it may now snapshot its effects.
@@ -352,24 +358,41 @@ fn run_inline(
     let outcome = execute(core, function, input, deadline);
     let finished = Tick::now();
     let ran = finished.duration_since(arrival);
-    finish(core, function, outcome, ran, finished, timeout.is_some_and(|timeout| ran > timeout))
+    finish(core, function, outcome, ran, ran, finished, timeout.is_some_and(|timeout| ran > timeout))
 }
 
-/// Accounts an invocation of `function` that ran for `ran` until `finished`: its `outcome`,
-/// or `Timeout` if it `overran` its deadline (a function cannot be stopped, only disowned).
+/// Accounts an invocation of `function` that ran for `ran` until `finished`, `latency` after
+/// its frame reached the dispatcher (the wait for a worker included): its `outcome`, or
+/// `Timeout` if it `overran` its deadline (a function cannot be stopped, only disowned). The one
+/// place every finished invocation is counted, whatever its transport.
+#[inline]
 fn finish(
     core: &ProcessCore,
     function: &Function,
     outcome: Outcome,
     ran: Duration,
+    latency: Duration,
     finished: Tick,
     overran: bool,
 ) -> Outcome {
     core.metrics().record(ran, finished);
-    if overran {
+    let outcome = if overran {
         Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
     } else {
         outcome
+    };
+    if core.config().function_stats {
+        // Saturates past 584 years: never.
+        function.stats.record(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX), outcome.status);
+    }
+    outcome
+}
+
+/// Counts an invocation of `function` refused before it ran.
+#[cold]
+fn refused(core: &ProcessCore, function: &Function, status: Status) {
+    if core.config().function_stats {
+        function.stats.record_error(status);
     }
 }
 

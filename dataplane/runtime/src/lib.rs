@@ -22,4 +22,5 @@ pub mod process_core;
 pub mod serve;
 pub mod session;
 pub mod state;
+pub mod stats;
 pub mod swap;

@@ -130,6 +130,9 @@ struct Inner {
     messages: usize,
     bytes: usize,
     paused: bool,
+    /// Messages put and got since the process started (restored ones are not put again).
+    put: u64,
+    got: u64,
 }
 
 impl Inner {
@@ -224,6 +227,7 @@ impl Mailbox {
             return Err(MailboxError::Full { queued: inner.bytes, messages: inner.messages, capacity: self.capacity });
         }
         inner.push(source, key, data);
+        inner.put += 1;
         drop(inner);
         self.arrived.notify_all();
         Ok(())
@@ -239,6 +243,7 @@ impl Mailbox {
         let mut inner = self.lock();
         loop {
             if let Some(found) = inner.take(source, key) {
+                inner.got += 1;
                 return Ok(found);
             }
             let left = match deadline {
@@ -250,6 +255,12 @@ impl Mailbox {
             }
             inner = self.arrived.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// Messages put into it and got from it since the process started.
+    pub fn counts(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.put, inner.got)
     }
 
     /// Messages waiting.

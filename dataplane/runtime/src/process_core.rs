@@ -40,6 +40,9 @@ pub struct ProcessConfig {
     /// key ([`praas_wire::auth::client_key`]; a client's `ClientOptions::credentials`) or, for other
     /// processes, its secret. Needs a secret.
     pub client_auth: bool,
+    /// Record per-function statistics ([`crate::stats`]) of every invocation: on by default; off
+    /// only to measure what recording costs.
+    pub function_stats: bool,
 }
 
 impl Default for ProcessConfig {
@@ -54,6 +57,7 @@ impl Default for ProcessConfig {
             buffer_budget: DEFAULT_BUDGET,
             queue_capacity: 1 << 16,
             client_auth: false,
+            function_stats: true,
         }
     }
 }
