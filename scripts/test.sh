@@ -33,8 +33,10 @@ cargo test --workspace 2>&1 | tee "$log"
 
 step "fuzz targets (${FUZZ_SECONDS}s each)"
 fuzz_targets=$(cd dataplane && cargo fuzz list)
+# The fuzz builds go below the workspace's target folder, wherever CARGO_TARGET_DIR puts it.
+fuzz_target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)/fuzz"
 for target in $fuzz_targets; do
-    (cd dataplane && cargo fuzz run --sanitizer none --target-dir ../target/fuzz "$target" -- \
+    (cd dataplane && cargo fuzz run --sanitizer none --target-dir "$fuzz_target_dir" "$target" -- \
         -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 2>&1 | tail -n 3)
     echo "fuzz $target: no crash in ${FUZZ_SECONDS}s"
 done
