@@ -2,6 +2,7 @@
 # Builds the release benchmark and the example functions it serves, then runs
 # `praas-bench invoke` with this script's arguments, e.g.
 #   scripts/bench.sh --json --sizes 8,1024
+#   scripts/bench.sh --plot figures      # also SVG figures in ./figures (docs/observability.md)
 # Output contract: docs/benchmarks.md (a table by default, JSON lines with --json).
 set -euo pipefail
 

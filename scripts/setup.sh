@@ -19,6 +19,9 @@ PACKAGES=(
     qemu-system-x86 busybox-static cpio kmod python3
     # the Slurm test cluster (scripts/slurm-cluster.sh, control/tests/slurm.rs)
     slurmctld slurmd slurm-client munge
+    # observability: promtool checks the control plane's /metrics (control/tests/metrics.rs),
+    # rsvg-convert renders praas-bench's SVG figures (bench/tests/plot.rs)
+    prometheus librsvg2-bin
 )
 
 missing_packages() {

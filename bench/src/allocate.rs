@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use crate::cli::AllocateArgs;
 use crate::functions;
 use crate::placement;
-use crate::report::{self, Record, Reporter, RunInfo, Summary};
+use hdrhistogram::Histogram;
+
+use crate::output::Reporter;
+use crate::report::{self, Record, RunInfo, Summary};
 
 /// A control plane child, killed (with the processes and the pool it holds) when dropped.
 struct ControlPlane {
@@ -167,7 +170,7 @@ fn measure_backend(
     args: &AllocateArgs,
     backend_args: &[&str],
     interleave: bool,
-) -> Result<(Summary, Option<Summary>), String> {
+) -> Result<(Histogram<u64>, Option<Histogram<u64>>), String> {
     let library = functions::library()?;
     let root = library.parent().ok_or("the functions library has no folder")?;
     let cp = ControlPlane::start(backend_args, root)?;
@@ -194,7 +197,7 @@ fn measure_backend(
             }
         }
     }
-    Ok((Summary::of(&hist), interleave.then(|| Summary::of(&base))))
+    Ok((hist, interleave.then_some(base)))
 }
 
 /// One timed `srun -n1 true`.
@@ -241,7 +244,7 @@ pub fn run(args: &AllocateArgs) -> Result<(), String> {
     let nodes = if slurm { cluster_nodes()? } else { 0 };
     let mut before: Option<Summary> = None;
     let pool_nodes = args.slurm_pool_nodes.to_string();
-    let mut reporter = Reporter::new(args.json);
+    let mut reporter = Reporter::new("allocate", &args.output);
     for backend in &args.backends {
         let (name, mode, backend_args): (&'static str, Option<&'static str>, Vec<&str>) = match backend.as_str() {
             "local" => ("local", None, vec!["--backend", "local"]),
@@ -257,7 +260,9 @@ pub fn run(args: &AllocateArgs) -> Result<(), String> {
         if slurm && whole_cluster && before.is_none() {
             before = Some(measure_srun(args)?);
         }
-        let (ours, interleaved) = measure_backend(args, &backend_args, slurm && !whole_cluster)?;
+        let (hist, interleaved_hist) = measure_backend(args, &backend_args, slurm && !whole_cluster)?;
+        let ours = Summary::of(&hist);
+        let interleaved = interleaved_hist.as_ref().map(Summary::of);
         let mut record = match interleaved.as_ref().or(before.as_ref()) {
             Some(base) => Record::latency("allocate", &info, 0, args.warmup, &ours, "srun-true", base),
             None => Record::unbaselined("allocate", &info, 0, args.warmup, &ours),
@@ -265,7 +270,7 @@ pub fn run(args: &AllocateArgs) -> Result<(), String> {
         record.transport = None;
         record.backend = Some(name);
         record.mode = mode;
-        reporter.push(record).map_err(|e| e.to_string())?;
+        reporter.push_measured(record, &hist, interleaved_hist.as_ref()).map_err(|e| e.to_string())?;
     }
     reporter.finish(&info).map_err(|e| e.to_string())
 }

@@ -33,6 +33,18 @@ pub enum Command {
     ServeRaw(ServeRawArgs),
 }
 
+/// Where a subcommand's results go, besides the table: the options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write SVG figures of the results into this folder (created if missing): latency
+    /// CDFs, p50/p99 against size, throughput against in-flight count, swap throughput.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+}
+
 /// The data-plane transport under test, on both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
@@ -94,9 +106,8 @@ impl InvokeMode {
 
 #[derive(Debug, Args)]
 pub struct InvokeArgs {
-    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Pin the server to CPU 1 and the client to CPU 0 (default: both on CPU 0).
     #[arg(long)]
     pub split: bool,
@@ -143,9 +154,8 @@ pub struct InvokeArgs {
 
 #[derive(Debug, Args)]
 pub struct SwapArgs {
-    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Bytes of state, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1 << 20, 64 << 20, 256 << 20, 1 << 30])]
     pub sizes: Vec<u64>,
@@ -159,9 +169,8 @@ pub struct SwapArgs {
 
 #[derive(Debug, Args)]
 pub struct MessageArgs {
-    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Wire between the two processes: tcp (against raw TCP), or rdma (feature `rdma`: the
     /// processes serve RDMA and put over it, against perftest's ib_send_lat; needs
     /// PRAAS_RDMA_DEVICE and PRAAS_RDMA_ADDR, as in the SoftRoCE VM: scripts/bench-rdma.sh message).
@@ -186,9 +195,8 @@ pub struct MessageArgs {
 
 #[derive(Debug, Args)]
 pub struct AllocateArgs {
-    /// One JSON object per line on stdout (logs go to stderr) instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Backends, comma-separated: local, slurm-job, slurm-pool (Slurm: the cluster of SLURM_CONF).
     #[arg(long, value_delimiter = ',', default_values_t = ["local".to_string(), "slurm-job".into(), "slurm-pool".into()])]
     pub backends: Vec<String>,
@@ -284,7 +292,7 @@ mod tests {
         assert_eq!(args.sizes, [8, 1024, 65536, 1048576]);
         assert_eq!(args.in_flight, [1, 8, 64]);
         assert_eq!(args.local_sizes, [8, 1024]);
-        assert!(!args.json && !args.split);
+        assert!(!args.output.json && !args.split && args.output.plot.is_none());
         assert_eq!(args.transports, [TransportKind::Tcp]);
         assert_eq!((args.iters, args.warmup), (None, None));
         assert_eq!(args.modes, None);
@@ -307,6 +315,8 @@ mod tests {
         assert_eq!(invoke(&["--sizes", "8,64"]).unwrap().sizes, [8, 64]);
         assert_eq!(invoke(&["--sizes", "0"]).unwrap().sizes, [0]);
         assert_eq!(invoke(&["--sizes=1048576", "--json", "--split"]).unwrap().sizes, [1048576]);
+        let plotted = invoke(&["--plot", "/tmp/figures", "--json"]).unwrap().output;
+        assert_eq!((plotted.plot.as_deref(), plotted.json), (Some(std::path::Path::new("/tmp/figures")), true));
     }
 
     #[test]

@@ -14,9 +14,10 @@ use praas_dataplane::{Client, ClientError, ClientOptions};
 use crate::child::ChildServer;
 use crate::cli::{self, InvokeArgs, InvokeMode};
 use crate::functions;
+use crate::output::Reporter;
 use crate::placement::{self, Placement};
 use crate::raw_tcp::{self, RawClient};
-use crate::report::{self, Record, Reporter, RunInfo, Summary};
+use crate::report::{self, Record, RunInfo, Summary};
 
 const BASELINE: &str = "raw-tcp";
 const ECHO: &str = "echo";
@@ -51,7 +52,7 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
     let find = |kind: cli::TransportKind| throughputs.iter().find(|(k, _)| *k == kind).map(|(_, t)| t);
     if let (Some(uring), Some(mio)) = (find(cli::TransportKind::Uring), find(cli::TransportKind::Tcp)) {
         let info = RunInfo { transport: "uring", placement: describe(&placement, args), host: placement::host() };
-        let mut reporter = Reporter::new(args.json);
+        let mut reporter = Reporter::new("invoke-uring-vs-tcp", &args.output);
         for (&(in_flight, ops, warmup, ours), &(_, _, _, base)) in uring.iter().zip(mio) {
             let record = Record::throughput(&info, 8, in_flight, ops, warmup, ours, "tcp", base);
             reporter.push(record).map_err(|e| format!("cannot write the report: {e}"))?;
@@ -129,8 +130,8 @@ fn run_transport(
     let mut praas = Client::connect_with(praas_server.addr(), options)
         .map_err(|e| format!("cannot connect to the praas server at {}: {e}", praas_server.addr()))?;
 
-    let mut reporter = Reporter::new(args.json);
-    let mut push = |record: Record| reporter.push(record).map_err(|e| format!("cannot write the report: {e}"));
+    let mut reporter = Reporter::new(format!("invoke-{}", info.transport), &args.output);
+    let report_error = |e: std::io::Error| format!("cannot write the report: {e}");
 
     // Without --mode: the inline echo, and lines without `mode` (as before the option existed).
     let modes = args.modes.as_deref().unwrap_or(&[InvokeMode::Inline]);
@@ -141,11 +142,12 @@ fn run_transport(
         for &mode in modes {
             let function = mode.function();
             eprintln!("praas-bench: invoke {function} {size} B: {warmup} warm-up + {iters} measured round trips each");
-            let base = Summary::of(&raw.latency(&payload, warmup, iters)?);
-            let ours = Summary::of(&praas_latency(&mut praas, function, &payload, warmup, iters)?);
-            let mut record = Record::latency("invoke", &info, size, warmup, &ours, BASELINE, &base);
+            let base = raw.latency(&payload, warmup, iters)?;
+            let ours = praas_latency(&mut praas, function, &payload, warmup, iters)?;
+            let summaries = (Summary::of(&ours), Summary::of(&base));
+            let mut record = Record::latency("invoke", &info, size, warmup, &summaries.0, BASELINE, &summaries.1);
             record.mode = args.modes.is_some().then_some(mode.name());
-            push(record)?;
+            reporter.push_measured(record, &ours, Some(&base)).map_err(report_error)?;
         }
     }
 
@@ -157,7 +159,9 @@ fn run_transport(
         let base = raw.throughput(&payload, in_flight, warmup, ops)?;
         let ours = praas_throughput(&mut praas, &payload, in_flight, warmup, ops)?;
         throughputs.push((in_flight, ops, warmup, ours));
-        push(Record::throughput(&info, payload.len(), in_flight, ops, warmup, ours, BASELINE, base))?;
+        reporter
+            .push(Record::throughput(&info, payload.len(), in_flight, ops, warmup, ours, BASELINE, base))
+            .map_err(report_error)?;
     }
 
     let iters = args.iters.unwrap_or(cli::LOCAL_ITERS);
@@ -166,7 +170,8 @@ fn run_transport(
         eprintln!("praas-bench: local-invoke {size} B: {warmup} warm-up + {iters} measured local invocations");
         local_loop(&mut praas, warmup, size)?;
         let hist = local_loop(&mut praas, iters, size)?;
-        push(Record::unbaselined("local-invoke", &info, size, warmup, &Summary::of(&hist)))?;
+        let record = Record::unbaselined("local-invoke", &info, size, warmup, &Summary::of(&hist));
+        reporter.push_measured(record, &hist, None).map_err(report_error)?;
     }
 
     drop(praas);

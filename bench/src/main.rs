@@ -10,7 +10,9 @@ mod cli;
 mod functions;
 mod invoke;
 mod message;
+mod output;
 mod placement;
+mod plot;
 mod raw_tcp;
 #[cfg(feature = "rdma")]
 mod rdma;

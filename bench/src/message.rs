@@ -15,9 +15,10 @@ use praas_dataplane::{Client, ClientOptions};
 use crate::child::ChildServer;
 use crate::cli::MessageArgs;
 use crate::functions;
+use crate::output::Reporter;
 use crate::placement::{self, Placement};
 use crate::raw_tcp::{self, RawClient};
-use crate::report::{self, Record, Reporter, RunInfo, Summary};
+use crate::report::{self, Record, RunInfo, Summary};
 
 fn free_port() -> Result<SocketAddr, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot find a free port: {e}"))?;
@@ -133,17 +134,21 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
     let mut client_b = Client::connect_with(b.addr(), options).map_err(|e| format!("process b: {e}"))?;
     let mut raw_client =
         RawClient::connect(raw.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}"))?;
-    let mut reporter = Reporter::new(args.json);
+    let mut reporter = Reporter::new("message-tcp", &args.output);
     for &size in &args.sizes {
         let (warmup, iters) = counts(size, args);
         eprintln!("praas-bench: message {size} B: {warmup} warm-up + {iters} measured round trips");
         let payload = raw_tcp::payload(size);
         let baseline = raw_client.latency(&payload, warmup, iters)?;
         let total = warmup + iters;
-        let ours = Summary::of(&round_trips(&mut client_a, &mut client_b, size, warmup, total)?);
-        let base = Summary::of(&baseline);
+        let hist = round_trips(&mut client_a, &mut client_b, size, warmup, total)?;
+        let (ours, base) = (Summary::of(&hist), Summary::of(&baseline));
         reporter
-            .push(Record::latency("message", &info, size, warmup, &ours, "raw-tcp", &base))
+            .push_measured(
+                Record::latency("message", &info, size, warmup, &ours, "raw-tcp", &base),
+                &hist,
+                Some(&baseline),
+            )
             .map_err(|e| format!("cannot print: {e}"))?;
     }
     drop((a, b, raw));

@@ -21,9 +21,10 @@ use praas_dataplane::{
 
 use crate::cli::InvokeArgs;
 use crate::functions;
+use crate::output::Reporter;
 use crate::placement::{self, Placement};
 use crate::raw_tcp;
-use crate::report::{self, Record, Reporter, RunInfo, Summary};
+use crate::report::{self, Record, RunInfo, Summary};
 
 const ECHO: &str = "echo";
 const BASELINES: [&str; 2] = ["ib_send_lat", "ib_write_lat"];
@@ -89,7 +90,7 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         info.host
     );
 
-    let mut reporter = Reporter::new(args.json);
+    let mut reporter = Reporter::new("invoke-rdma", &args.output);
     for &size in &args.sizes {
         let iters = args.iters.unwrap_or_else(|| default_iters(size));
         let warmup = args.warmup.unwrap_or(iters / 10);
@@ -100,19 +101,23 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         let per_round = iters.div_ceil(ROUNDS);
         let mut bases: Vec<Vec<Summary>> = vec![Vec::new(); BASELINES.len()];
         let mut ours = Vec::new();
+        // Every round's round trips together, for the figures' CDF (perftest reports none).
+        let mut merged = report::histogram();
         for round in 0..ROUNDS {
             for (i, tool) in BASELINES.iter().enumerate() {
                 bases[i].push(perftest(tool, &device, addr, size, warmup + per_round, placement, timeout)?);
                 if i == 0 {
                     let warm = if round == 0 { warmup } else { warmup / 4 };
-                    ours.push(Summary::of(&latency(&mut client, size, warm, per_round)?));
+                    let hist = latency(&mut client, size, warm, per_round)?;
+                    merged.add(&hist).map_err(|e| format!("cannot merge latencies: {e}"))?;
+                    ours.push(Summary::of(&hist));
                 }
             }
         }
         let ours = median(ours);
         for (tool, rounds) in BASELINES.iter().zip(bases) {
             let record = Record::latency("invoke", &info, size, warmup, &ours, tool, &median(rounds));
-            reporter.push(record).map_err(|e| format!("cannot write the report: {e}"))?;
+            reporter.push_measured(record, &merged, None).map_err(|e| format!("cannot write the report: {e}"))?;
         }
     }
     drop(client);
@@ -196,7 +201,7 @@ pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
     };
     let (mut client_a, mut client_b) = (connect(&nodes[0].1)?, connect(&nodes[1].1)?);
     eprintln!("praas-bench: processes a and b serve RDMA on {device}, {}, {}", info.placement, info.host);
-    let mut reporter = Reporter::new(args.json);
+    let mut reporter = Reporter::new("message-rdma", &args.output);
     for &size in &args.sizes {
         let (warmup, iters) = crate::message::counts(size, args);
         eprintln!("praas-bench: message {size} B over RDMA: {warmup} warm-up + {iters} measured round trips");
@@ -208,7 +213,7 @@ pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
             return Err(format!("a's messages did not all go over RDMA: {sent:?}"));
         }
         let record = Record::latency("message", &info, size, warmup, &Summary::of(&hist), "ib_send_lat", &base);
-        reporter.push(record).map_err(|e| format!("cannot print: {e}"))?;
+        reporter.push_measured(record, &hist, None).map_err(|e| format!("cannot print: {e}"))?;
     }
     drop((client_a, client_b));
     for (_, server) in nodes {

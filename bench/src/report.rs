@@ -1,7 +1,7 @@
-//! Results: one [`Record`] per measured line, printed as a JSON line or as a row of the table
-//! (docs/benchmarks.md is the contract of the fields).
+//! Results: one [`Record`] per measured line, as a JSON line or as a row of the table
+//! (docs/benchmarks.md is the contract of the fields); [`crate::output`] prints them and draws
+//! them.
 
-use std::io::{self, Write};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -301,45 +301,6 @@ pub fn format_size(size: usize) -> String {
         s if s >= 1 << 20 && s % (1 << 20) == 0 => format!("{}MiB", s >> 20),
         s if s >= 1 << 10 && s % (1 << 10) == 0 => format!("{}KiB", s >> 10),
         s => format!("{s}B"),
-    }
-}
-
-/// Where records go as they are produced: JSON lines at once, or a table at the end.
-#[derive(Debug)]
-pub struct Reporter {
-    json: bool,
-    records: Vec<Record>,
-}
-
-impl Reporter {
-    pub fn new(json: bool) -> Self {
-        Self { json, records: Vec::new() }
-    }
-
-    /// Takes one record; in JSON mode prints it now, so a long run shows progress.
-    pub fn push(&mut self, record: Record) -> io::Result<()> {
-        if self.json {
-            let mut out = io::stdout().lock();
-            writeln!(out, "{}", record.json())?;
-            out.flush()?;
-        }
-        self.records.push(record);
-        Ok(())
-    }
-
-    /// In table mode, prints the table of everything pushed, under a line naming placement and host.
-    pub fn finish(self, info: &RunInfo) -> io::Result<()> {
-        if self.json {
-            return Ok(());
-        }
-        let mut out = io::stdout().lock();
-        writeln!(out, "transport={} placement={} host={}", info.transport, info.placement, info.host)?;
-        write!(out, "{}", table(&self.records))?;
-        writeln!(
-            out,
-            "ratio = praas / baseline: for latencies lower is better; for throughput (k/s) higher is better"
-        )?;
-        out.flush()
     }
 }
 

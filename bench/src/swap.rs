@@ -15,8 +15,9 @@ use praas_dataplane::state::StateStore;
 use praas_dataplane::swap::SwapStore;
 
 use crate::cli::SwapArgs;
+use crate::output::Reporter;
 use crate::placement;
-use crate::report::{Record, Reporter, RunInfo};
+use crate::report::{Record, RunInfo};
 
 const CHUNK: u64 = 4 << 20;
 
@@ -100,7 +101,7 @@ pub fn run(args: &SwapArgs) -> Result<(), String> {
     let store = SwapStore::new(dir.join("store"));
     let plain = dir.join("plain.bin");
     eprintln!("praas-bench: swapping into {} ({} repetitions, median reported)", dir.display(), args.reps);
-    let mut reporter = Reporter::new(args.json);
+    let mut reporter = Reporter::new("swap", &args.output);
     for &bytes in &args.sizes {
         let state = state_of(bytes);
         let (mut outs, mut ins, mut writes, mut reads) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

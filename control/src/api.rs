@@ -3,10 +3,12 @@
 //! runs its control-plane operation on the blocking pool and answers exactly once: the result as
 //! JSON, or `{"error": ..., "status": ...}` with 400, 401, 404, 409, 500, 503 or 504 (413 for a
 //! body over its route's limit comes from axum's body limit). This module alone says which HTTP
-//! status answers which [`ControlError`]; the paths are [`crate::routes`]'.
+//! status answers which [`ControlError`]; the paths are [`crate::routes`]'. `GET /metrics`
+//! answers the Prometheus text format ([`crate::metrics`]), behind the same token; every request,
+//! refused ones included, is counted by its route template ([`MatchedPath`]) and status.
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -127,6 +129,9 @@ enum HttpError {
     /// The handler's blocking task panicked (`operation` or `invocation`).
     #[error("the {0} panicked")]
     Panicked(&'static str),
+    /// The metrics could not be encoded.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 impl HttpError {
@@ -137,7 +142,7 @@ impl HttpError {
             Self::InvalidJson(_) | Self::InvalidBase64 { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Panicked(_) | Self::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -216,9 +221,25 @@ async fn authenticate(State(token): State<ApiToken>, request: Request, next: Nex
     response
 }
 
+/// The route label of requests no route matched.
+const UNMATCHED: &str = "unmatched";
+
+/// Counts every request by method, route template and the status it was answered with; it runs
+/// outside [`authenticate`], so refused requests count too.
+async fn count_requests(State(plane): State<ControlPlane>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let route = route.as_deref().unwrap_or(UNMATCHED);
+    plane.metrics().count_http_request(method.as_str(), route, response.status().as_u16());
+    response
+}
+
 /// The API's routes, every one behind the bearer `token`.
 pub fn router(plane: ControlPlane, token: ApiToken) -> Router {
+    let counted = plane.clone();
     Router::new()
+        .route(routes::METRICS, get(metrics))
         .route(routes::APPS, get(list_apps))
         .route(routes::APP, put(create_app).layer(DefaultBodyLimit::max(MAX_APP_BODY)).get(get_app).delete(delete_app))
         .route(routes::CLIENT_KEY, get(client_key))
@@ -227,10 +248,20 @@ pub fn router(plane: ControlPlane, token: ApiToken) -> Router {
         .route(routes::SWAP, post(swap))
         .route(routes::SWAP_IN, post(swap_in))
         .route(routes::STOP, post(stop))
+        .route(routes::STATS, get(stats))
         .route(routes::INVOKE, post(invoke))
         .fallback(|| async { error_response(HttpError::NoRoute) })
         .with_state(plane)
         .layer(middleware::from_fn_with_state(token, authenticate))
+        .layer(middleware::from_fn_with_state(counted, count_requests))
+}
+
+async fn metrics(State(plane): State<ControlPlane>) -> Response {
+    match tokio::task::spawn_blocking(move || plane.metrics_text()).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Ok(Err(e)) => error_response(e.into()),
+        Err(_) => error_response(HttpError::Panicked("operation")),
+    }
 }
 
 async fn list_apps(State(plane): State<ControlPlane>) -> Response {
@@ -289,6 +320,10 @@ async fn swap(State(plane): State<ControlPlane>, Path((app, name)): Path<(String
 
 async fn swap_in(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
     blocking(move || plane.swap_in(&app, &name)).await
+}
+
+async fn stats(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
+    blocking(move || plane.function_stats(&app, &name)).await
 }
 
 async fn stop(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
@@ -361,6 +396,11 @@ mod tests {
         ] {
             assert_eq!(status_of(function(status)), http, "{status:?}");
         }
+        // The outcome each error is counted under in the metrics.
+        assert_eq!(function(Status::FunctionFailed).outcome(), "function_failed");
+        assert_eq!(function(Status::UnknownFunction).outcome(), "unknown_function");
+        assert_eq!(ControlError::NoApplication { app: "x".into() }.outcome(), "no_application");
+        assert_eq!(ControlError::StayedBusy { app: "a".into(), name: "p".into() }.outcome(), "unavailable");
         assert_eq!(status_of(HttpError::Unauthorized), 401);
         assert_eq!(status_of(HttpError::NoRoute), 404);
         assert_eq!(HttpError::Panicked("invocation").to_string(), "the invocation panicked");

@@ -108,10 +108,31 @@ fn follow(plane: &ControlPlane, channel: &mut FrameStream, app: &str, process: &
     loop {
         let Some(frame) = channel.recv(Duration::from_secs(3600))? else { continue };
         match frame.header.kind {
-            MessageKind::Metrics => plane.on_metrics(app, process, read_json::<MetricsReport>(&frame)?),
+            MessageKind::Metrics => {
+                plane.on_metrics(app, process, read_json::<MetricsReport>(&frame)?);
+            }
             MessageKind::SwapConfirm => plane.on_swap_confirm(app, process, read_json::<SwapConfirmation>(&frame)?),
             MessageKind::Pong => {}
             other => tracing::warn!(app, process, "unexpected {other:?} on the control channel"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_of_processes_that_predate_function_figures_still_parse() {
+        let plain = r#"{"invocations":1,"local_invocations":0,"compute_ns":5,"last_invocation_ns":0,
+            "in_flight":0,"state_keys":0,"state_bytes":0}"#;
+        let report: MetricsReport = serde_json::from_str(plain).unwrap();
+        assert_eq!(report.invocations, 1);
+        assert!(report.functions.is_empty());
+        let full = r#"{"invocations":1,"local_invocations":0,"compute_ns":5,"last_invocation_ns":0,
+            "in_flight":0,"state_keys":0,"state_bytes":0,"mailbox_depth":3,
+            "functions":[{"name":"echo","latency":{"buckets":[[40,2]],"sum_ns":9000,"max_ns":5000},"errors":[[1,1]]}]}"#;
+        let report: MetricsReport = serde_json::from_str(full).unwrap();
+        assert_eq!((report.mailbox_depth, report.functions[0].latency.count()), (3, 2));
     }
 }

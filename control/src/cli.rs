@@ -191,6 +191,19 @@ impl Api {
         self.finish(self.authorized(self.agent.delete(&self.url(path))).call())
     }
 
+    /// `GET /metrics`: every metric of the control plane, in the Prometheus text format.
+    pub fn metrics(&self) -> Result<String, ApiCallError> {
+        let response = self.authorized(self.agent.get(&self.url(&routes::metrics()))).call();
+        let mut response = response.map_err(|e| self.unreachable(e))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(ApiCallError::Read)?;
+        if status >= 400 {
+            let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
+            return Err(self.refusal(status, message));
+        }
+        Ok(text)
+    }
+
     /// Invokes a function through the control plane; returns its output bytes.
     pub fn invoke(
         &self,
@@ -365,6 +378,46 @@ pub fn print_processes(processes: &[ProcessRecord], out: &mut impl Write) -> std
         }
         if let Some(error) = &p.error {
             writeln!(out, "{:<16} error: {error}", "")?;
+        }
+    }
+    Ok(())
+}
+
+/// A latency in the unit that reads best: ns, us, ms or s.
+fn latency(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{ns} ns"),
+        10_000..=9_999_999 => format!("{:.1} us", ns as f64 / 1e3),
+        10_000_000..=9_999_999_999 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.2} s", ns as f64 / 1e9),
+    }
+}
+
+/// Prints the `praas process stats` table: a row per function, since start and over the last
+/// metrics interval.
+pub fn print_function_stats(stats: &[crate::metrics::FunctionStats], out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>8} {:>10} {:>10} {:>10}  {:>9} {:>10} {:>10}",
+        "FUNCTION", "COUNT", "ERRORS", "P50", "P99", "MAX", "INTERVAL", "P50", "P99"
+    )?;
+    for f in stats {
+        let errors: u64 = f.total.errors.values().sum();
+        writeln!(
+            out,
+            "{:<20} {:>10} {:>8} {:>10} {:>10} {:>10}  {:>9} {:>10} {:>10}",
+            f.function,
+            f.total.count,
+            errors,
+            latency(f.total.p50_ns),
+            latency(f.total.p99_ns),
+            latency(f.total.max_ns),
+            f.interval.count,
+            latency(f.interval.p50_ns),
+            latency(f.interval.p99_ns),
+        )?;
+        for (status, n) in &f.total.errors {
+            writeln!(out, "{:<20} {n} {status}", "")?;
         }
     }
     Ok(())

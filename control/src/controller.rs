@@ -28,6 +28,7 @@ use thiserror::Error;
 
 use crate::application::DeployError;
 use crate::backend::{Backend, BackendError, Exit, Launch};
+use crate::metrics::{ControlMetrics, MetricsError, ProcessSnapshot};
 use crate::model::{
     valid_name, Application, ProcessRecord, ProcessStatus, ResourceError, Resources, SwapInfo, NAME_RULE,
 };
@@ -219,6 +220,30 @@ pub enum ControlError {
     },
 }
 
+impl ControlError {
+    /// The `outcome` label of a routed invocation that failed with this error: for an error
+    /// answer of the function or its process, the data-plane status in snake case
+    /// (`function_failed`, `unknown_function`, `timeout`, ...); otherwise the control plane's
+    /// reason (`no_application`, `no_process`, `refused`, `timed_out`, `unavailable`, `error`).
+    pub fn outcome(&self) -> String {
+        let reason = match self {
+            Self::Function { status, .. } => return crate::metrics::status_label(*status),
+            Self::NoApplication { .. } => "no_application",
+            Self::NoProcess { .. } => "no_process",
+            Self::InvalidName { .. } | Self::InvalidTransition { .. } => "refused",
+            Self::TimedOut { .. } => "timed_out",
+            Self::Unreachable { .. }
+            | Self::StayedBusy { .. }
+            | Self::NoDataAddress { .. }
+            | Self::Unsettled { .. }
+            | Self::Launch(_)
+            | Self::Capacity(_) => "unavailable",
+            _ => "error",
+        };
+        reason.to_owned()
+    }
+}
+
 /// A lifecycle request on a process, as [`ControlError::InvalidTransition`] names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -305,6 +330,8 @@ pub struct ControlConfig {
     /// resolved when a manifest is checked);
     /// otherwise libraries must be uploaded with the manifest ([`crate::application`]).
     pub function_roots: Vec<PathBuf>,
+    /// The log format its processes write (`--log-format`), the control plane's own.
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl ControlConfig {
@@ -321,6 +348,7 @@ impl ControlConfig {
             process_rdma: None,
             client_auth: false,
             function_roots: Vec::new(),
+            log_format: crate::logging::LogFormat::Text,
         }
     }
 }
@@ -367,6 +395,7 @@ struct Inner {
     control_addr: Mutex<String>,
     clients: Mutex<HashMap<String, Vec<Client>>>,
     next_auto: Mutex<u64>,
+    metrics: ControlMetrics,
 }
 
 /// The control plane; cheap to clone (shared).
@@ -425,6 +454,7 @@ impl ControlPlane {
                 control_addr: Mutex::new(String::new()),
                 clients: Mutex::new(HashMap::new()),
                 next_auto: Mutex::new(0),
+                metrics: ControlMetrics::default(),
             }),
         };
         for mut record in recovered {
@@ -470,6 +500,29 @@ impl ControlPlane {
     /// The database (for settings such as the control port).
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The counters and histograms of what the control plane does (the HTTP API counts its
+    /// requests in them).
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.inner.metrics
+    }
+
+    /// Every metric in the Prometheus text format (`GET /metrics`): the events counted so far and
+    /// every process as it is now.
+    pub fn metrics_text(&self) -> Result<String, MetricsError> {
+        let processes = self
+            .registry()
+            .processes
+            .iter()
+            .map(|((app, process), entry)| ProcessSnapshot {
+                app: app.clone(),
+                process: process.clone(),
+                status: entry.record.status,
+                metrics: entry.record.metrics.clone(),
+            })
+            .collect();
+        self.inner.metrics.encode(processes)
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -612,6 +665,7 @@ impl ControlPlane {
         if !valid_name(name) {
             return Err(ControlError::InvalidName { kind: "process", name: name.into() });
         }
+        let started = Instant::now();
         {
             let registry = self.registry();
             let application = registry.apps.get(app).ok_or_else(|| no_application(app))?;
@@ -643,7 +697,9 @@ impl ControlPlane {
         }
         self.launch(app, name, false)?;
         self.wait_for(app, name, self.inner.config.start_timeout, |s| !matches!(s, ProcessStatus::Allocating))?;
-        self.settled(app, name, ProcessStatus::Allocated)
+        let record = self.settled(app, name, ProcessStatus::Allocated)?;
+        self.inner.metrics.observe_allocation(app, started.elapsed().as_secs_f64());
+        Ok(record)
     }
 
     /// Returns the record if it reached `want`, else the error that explains why not.
@@ -699,6 +755,7 @@ impl ControlPlane {
             slurm: application.slurm.clone(),
             rdma: self.inner.config.process_rdma.clone(),
             client_auth: self.inner.config.client_auth,
+            log_format: self.inner.config.log_format,
         };
         match self.inner.backend.start(&launch, self.exit_handler(app, name, generation)) {
             Ok(handle) => {
@@ -805,12 +862,22 @@ impl ControlPlane {
         }
     }
 
-    /// Called by the control channel with a process's metrics.
-    pub fn on_metrics(&self, app: &str, name: &str, metrics: MetricsReport) {
+    /// Called by the control channel with a process's metrics: its counters, and the
+    /// per-function figures since its previous report (added up here, not kept in its record).
+    pub fn on_metrics(&self, app: &str, name: &str, mut metrics: MetricsReport) {
+        let functions = std::mem::take(&mut metrics.functions);
         let mut registry = self.registry();
         if let Ok(entry) = lookup_mut(&mut registry, app, name) {
             entry.record.metrics = metrics;
+            self.inner.metrics.add_function_reports(app, name, &functions);
         }
+    }
+
+    /// The statistics of each function of a process that has run (`praas process stats`).
+    pub fn function_stats(&self, app: &str, name: &str) -> Result<Vec<crate::metrics::FunctionStats>, ControlError> {
+        let registry = self.registry();
+        lookup(&registry, app, name)?;
+        Ok(self.inner.metrics.function_stats(app, name))
     }
 
     /// Called by the control channel when a process confirms (or fails) a swap.
@@ -906,11 +973,9 @@ impl ControlPlane {
                     entry.record.status = ProcessStatus::SwappedOut;
                     entry.record.data_addr = None;
                     entry.record.rdma_addr = None;
-                    entry.record.swap = Some(SwapInfo {
-                        bytes: report.bytes,
-                        secs: report.secs,
-                        total_secs: started.elapsed().as_secs_f64(),
-                    });
+                    let total_secs = started.elapsed().as_secs_f64();
+                    entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
+                    self.inner.metrics.observe_swap_out(app, report.bytes, total_secs);
                     entry.link = None;
                     self.save(entry)?;
                     let record = entry.record.clone();
@@ -963,7 +1028,8 @@ impl ControlPlane {
 
     /// Swaps a process back in from its snapshot; answers once ALLOCATED.
     pub fn swap_in(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
-        {
+        let started = Instant::now();
+        let bytes = {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             if entry.record.status != ProcessStatus::SwappedOut {
@@ -976,10 +1042,14 @@ impl ControlPlane {
             // From here on a late exit of the swapped-out process is an older generation's.
             entry.generation += 1;
             self.save(entry)?;
-        }
+            // The snapshot it restores is the one its last swap-out wrote.
+            entry.record.swap.as_ref().map_or(0, |swap| swap.bytes)
+        };
         self.launch(app, name, true)?;
         self.wait_for(app, name, self.inner.config.start_timeout, |s| s != ProcessStatus::SwappingIn)?;
-        self.settled(app, name, ProcessStatus::Allocated)
+        let record = self.settled(app, name, ProcessStatus::Allocated)?;
+        self.inner.metrics.observe_swap_in(app, bytes, started.elapsed().as_secs_f64());
+        Ok(record)
     }
 
     /// Stops a process; answers once CLOSED.
@@ -1019,6 +1089,7 @@ impl ControlPlane {
         self.swap_store().delete(app, name).map_err(ControlError::SwapStore)?;
         self.inner.store.remove_process(app, name)?;
         registry.processes.remove(&(app.to_owned(), name.to_owned()));
+        self.inner.metrics.forget_process(app, name);
         let folder = self.inner.config.data_dir.join("processes").join(app).join(name);
         let _ = std::fs::remove_dir_all(folder);
         self.inner.changed.notify_all();
@@ -1028,7 +1099,8 @@ impl ControlPlane {
     // ----- invocations -----
 
     /// Invokes `function` of `app`: on `process` if named (swapping it in when swapped out),
-    /// else on an idle ALLOCATED process, a swapped-out one, or a new one (FaaS mode).
+    /// else on an idle ALLOCATED process, a swapped-out one, or a new one (FaaS mode). Counts
+    /// the invocation and its outcome in the metrics.
     pub fn invoke(
         &self,
         app: &str,
@@ -1036,6 +1108,17 @@ impl ControlPlane {
         process: Option<&str>,
         input: &[u8],
     ) -> Result<Vec<u8>, ControlError> {
+        let result = self.route(app, function, process, input);
+        let outcome = match &result {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.outcome(),
+        };
+        self.inner.metrics.count_routed_invocation(app, &outcome);
+        result
+    }
+
+    /// [`ControlPlane::invoke`], uncounted.
+    fn route(&self, app: &str, function: &str, process: Option<&str>, input: &[u8]) -> Result<Vec<u8>, ControlError> {
         let name = match process {
             Some(name) => name.to_owned(),
             None => self.pick_process(app)?,
@@ -1158,8 +1241,14 @@ impl ControlPlane {
         let mut swapped = Vec::new();
         for (app, name) in idle {
             match self.swap_out(&app, &name) {
-                Ok(_) => swapped.push(format!("{app}/{name}")),
-                Err(e) => tracing::debug!("idle swap of {app}/{name}: {e}"),
+                Ok(_) => {
+                    self.inner.metrics.count_downscaler_action("swap_out", "ok");
+                    swapped.push(format!("{app}/{name}"));
+                }
+                Err(e) => {
+                    self.inner.metrics.count_downscaler_action("swap_out", "failed");
+                    tracing::debug!("idle swap of {app}/{name}: {e}");
+                }
             }
         }
         swapped

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use praas_control::cli::{self, Api, ApiCallError};
+use praas_control::logging::{self, LogFormat};
 use praas_control::model::Resources;
 use praas_control::process_main::{self, ProcessMainError, ServeOptions};
 use praas_control::server::{self, ServerError};
@@ -111,6 +112,10 @@ struct ControlServeArgs {
     /// library is uploaded with its manifest (`praas app create` does).
     #[arg(long)]
     function_root: Vec<PathBuf>,
+    /// Log lines as text or as JSON objects, on standard error (levels from RUST_LOG); the
+    /// processes it starts log in the same format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PRAAS_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +235,14 @@ enum ProcessCommand {
         /// Process name.
         name: String,
     },
+    /// Per-function statistics of a process: invocations, errors, p50/p99/max latency since
+    /// start and over the last metrics interval.
+    Stats {
+        /// Application.
+        app: String,
+        /// Process name.
+        name: String,
+    },
     /// Stop a process.
     Stop {
         /// Application.
@@ -251,6 +264,9 @@ struct ServeArgs {
     /// TOML manifest listing the functions (name, library, symbol, mode).
     #[arg(long)]
     manifest: PathBuf,
+    /// Log lines as text or as JSON objects, on standard error (levels from RUST_LOG).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PRAAS_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Address to listen on; port 0 picks a free port (printed on start).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -389,11 +405,16 @@ fn given_credentials(file: Option<&std::path::Path>) -> Result<Option<praas_data
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Control(ControlCommand::Serve(args)) => args.log_format,
+        Command::Process(ProcessCommand::Serve(args)) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    if let Err(e) = logging::init(log_format) {
+        eprintln!("praas: {e}");
+        return ExitCode::from(1);
+    }
     let api = || Api::new(&cli.control, Duration::from_secs(600));
     let json = cli.json;
     let result = match cli.command {
@@ -508,6 +529,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
     config.process_rdma = args.process_rdma;
     config.client_auth = args.client_auth;
+    config.log_format = args.log_format;
     for root in &args.function_root {
         let canonical = root.canonicalize().map_err(|source| Failure::FunctionRoot { path: root.clone(), source })?;
         config.function_roots.push(canonical);
@@ -564,6 +586,10 @@ fn process(api: &Api, command: ProcessCommand, json: bool) -> Result<(), Failure
         ProcessCommand::Swap { app, name } => one(cli::process_swap(api, &app, &name, !json)?),
         ProcessCommand::Swapin { app, name } => one(api.post(&routes::swap_in(&app, &name))?),
         ProcessCommand::Stop { app, name } => one(api.post(&routes::stop(&app, &name))?),
+        ProcessCommand::Stats { app, name } => {
+            let stats: Vec<praas_control::metrics::FunctionStats> = api.get(&routes::stats(&app, &name))?;
+            print(&stats, json, |s, out| cli::print_function_stats(s, out))
+        }
         ProcessCommand::Delete { app, name } => {
             let answer: serde_json::Value = api.delete(&routes::process(&app, &name))?;
             print(&answer, json, |_, out| writeln!(out, "deleted process {app}/{name}"))

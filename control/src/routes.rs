@@ -17,6 +17,8 @@ pub const PROCESS: &str = "/apps/{app}/processes/{proc}";
 pub const SWAP: &str = "/apps/{app}/processes/{proc}/swap";
 /// Swaps a process back in (`POST`).
 pub const SWAP_IN: &str = "/apps/{app}/processes/{proc}/swapin";
+/// The statistics of each function of a process (`GET`; `praas process stats`).
+pub const STATS: &str = "/apps/{app}/processes/{proc}/stats";
 /// Stops a process (`POST`).
 pub const STOP: &str = "/apps/{app}/processes/{proc}/stop";
 /// Invokes a function (`POST`, the input as the body); the query `?process=NAME` names the
@@ -24,6 +26,8 @@ pub const STOP: &str = "/apps/{app}/processes/{proc}/stop";
 pub const INVOKE: &str = "/apps/{app}/invoke/{function}";
 /// The query parameter of [`INVOKE`] naming the process.
 pub const INVOKE_PROCESS: &str = "process";
+/// Every metric in the Prometheus text format (`GET`; docs/observability.md lists them).
+pub const METRICS: &str = "/metrics";
 
 /// `template` with its `{...}` segments replaced by `values`, in order.
 fn fill(template: &str, values: &[&str]) -> String {
@@ -43,6 +47,16 @@ fn fill(template: &str, values: &[&str]) -> String {
 /// [`APPS`].
 pub fn apps() -> String {
     APPS.to_owned()
+}
+
+/// [`STATS`] of process `name` of application `app`.
+pub fn stats(app: &str, name: &str) -> String {
+    fill(STATS, &[app, name])
+}
+
+/// [`METRICS`].
+pub fn metrics() -> String {
+    METRICS.to_owned()
 }
 
 /// [`APP`] of application `app`.
@@ -96,6 +110,8 @@ mod tests {
     #[test]
     fn concrete_paths_fill_the_templates() {
         assert_eq!(apps(), "/apps");
+        assert_eq!(metrics(), "/metrics");
+        assert_eq!(stats("a", "p"), "/apps/a/processes/p/stats");
         assert_eq!(app("demo"), "/apps/demo");
         assert_eq!(client_key("demo"), "/apps/demo/client-key");
         assert_eq!(processes("demo"), "/apps/demo/processes");

@@ -61,6 +61,8 @@ pub struct Launch {
     pub rdma: Option<String>,
     /// Serve authenticated data-plane clients only (`--client-auth`).
     pub client_auth: bool,
+    /// The format of its log (`--log-format`).
+    pub log_format: crate::logging::LogFormat,
 }
 
 impl Launch {
@@ -97,6 +99,7 @@ impl Launch {
         args.push(pair("files-dir", self.files_dir.as_os_str()));
         args.push(pair("workers", workers.max(1).to_string().as_ref()));
         args.push(pair("metrics-ms", self.metrics_interval.as_millis().to_string().as_ref()));
+        args.push(pair("log-format", self.log_format.name().as_ref()));
         if let Some(rdma) = &self.rdma {
             args.push(pair("rdma-listen", rdma.as_ref()));
         }

@@ -121,6 +121,7 @@ impl ControlPlaneProcess {
             "generate",
             "msg_put",
             "msg_get",
+            "fail",
         ] {
             let mode = if inline.contains(&name) { "inline" } else { "worker" };
             manifest.push_str(&format!(
