@@ -25,6 +25,13 @@ pub enum Command {
     Message(MessageArgs),
     /// Create-to-ALLOCATED latency on the local and Slurm backends, against `srun -n1 true`.
     Allocate(AllocateArgs),
+    /// What recording per-function statistics costs an inline invocation: round trips of the same
+    /// binary with the recording on against off, pass against pass, and instructions per
+    /// invocation counted by callgrind.
+    StatsCost(StatsCostArgs),
+    /// (internal) Inline invocations straight through the dispatcher (what callgrind counts).
+    #[command(hide = true)]
+    DispatchLoop(DispatchLoopArgs),
     /// (internal) Serve a praas process on 127.0.0.1:0 until stdin closes.
     #[command(hide = true)]
     ServePraas(ServePraasArgs),
@@ -231,6 +238,53 @@ pub struct ServePraasArgs {
     /// A peer of the same application, `ID=HOST:PORT` (repeatable).
     #[arg(long)]
     pub peer: Vec<String>,
+    /// Record no per-function statistics (to measure what recording costs).
+    #[arg(long)]
+    pub no_function_stats: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsCostArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Data-plane transport of the round trips.
+    #[arg(long, value_enum, default_value_t = TransportKind::Uring)]
+    pub transport: TransportKind,
+    /// Pin the servers to CPU 1 and the client to CPU 0 (default: all on CPU 0).
+    #[arg(long)]
+    pub split: bool,
+    /// Payload bytes of the round trips.
+    #[arg(long, default_value_t = 8, value_parser = parse_size)]
+    pub size: usize,
+    /// Passes; each measures both servers, alternating which goes first.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub passes: u64,
+    /// Measured round trips per server and pass.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+    /// Warm-up round trips per server and pass.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: u64,
+    /// Invocations of the larger of the two runs callgrind counts per setting (the smaller runs a
+    /// tenth as many).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub callgrind_iters: u64,
+    /// Seconds to wait for any response or server before giving up.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DispatchLoopArgs {
+    /// Manifest of the functions (its inline `echo` is invoked).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Invocations.
+    #[arg(long)]
+    pub iters: u64,
+    /// Record no per-function statistics.
+    #[arg(long)]
+    pub no_function_stats: bool,
 }
 
 #[derive(Debug, Args)]

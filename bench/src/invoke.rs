@@ -188,7 +188,7 @@ fn invoke_error(what: &str, e: ClientError) -> String {
 
 /// Blocking round trips of `function` (an echo: `echo` or `echo_worker`): `warmup` dropped, then
 /// `iters` measured; the echo is compared with the input before and after the measured loop.
-fn praas_latency(
+pub(crate) fn praas_latency(
     client: &mut Client,
     function: &str,
     payload: &[u8],

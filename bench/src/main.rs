@@ -18,6 +18,7 @@ mod raw_tcp;
 mod rdma;
 mod report;
 mod serve;
+mod stats_cost;
 mod swap;
 
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
         Command::Message(args) if args.transport == cli::TransportKind::Rdma => rdma::message(args),
         Command::Message(args) => message::run(args),
         Command::Allocate(args) => allocate::run(args),
+        Command::StatsCost(args) => stats_cost::run(args),
+        Command::DispatchLoop(args) => stats_cost::dispatch_loop(args),
         Command::ServePraas(args) => serve::praas(args),
         Command::ServeRaw(args) => serve::raw(args),
     };

@@ -77,6 +77,9 @@ pub struct Record {
     pub bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secs: Option<f64>,
+    /// Instructions per operation, as callgrind counts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<f64>,
     pub baseline: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_secs: Option<f64>,
@@ -86,6 +89,11 @@ pub struct Record {
     pub baseline_p99_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_ops_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_instructions: Option<f64>,
+    /// `instructions` minus `baseline_instructions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_instructions: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_p50: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,11 +128,14 @@ impl Record {
             ops_per_sec: None,
             bytes: None,
             secs: None,
+            instructions: None,
             baseline: "none",
             baseline_secs: None,
             baseline_p50_ns: None,
             baseline_p99_ns: None,
             baseline_ops_per_sec: None,
+            baseline_instructions: None,
+            added_instructions: None,
             ratio_p50: None,
             ratio: None,
             higher_is_better: None,
@@ -210,6 +221,27 @@ impl Record {
         record
     }
 
+    /// Instructions per operation (`ours`) against a baseline's (`base`), counted by callgrind
+    /// over `iters` operations; `ratio` is ours over the baseline's (lower is better).
+    #[allow(clippy::too_many_arguments)]
+    pub fn instructions(
+        bench: &'static str,
+        info: &RunInfo,
+        size: usize,
+        iters: u64,
+        ours: f64,
+        baseline: &'static str,
+        base: f64,
+    ) -> Self {
+        let mut record = Self::base(bench, info, size, iters, 0);
+        record.instructions = Some(round(ours, 1));
+        record.baseline = baseline;
+        record.baseline_instructions = Some(round(base, 1));
+        record.added_instructions = Some(round(ours - base, 1));
+        record.ratio = Some(round(ours / base.max(f64::MIN_POSITIVE), 3));
+        record
+    }
+
     /// The record as one line of JSON.
     pub fn json(&self) -> String {
         serde_json::to_string(self).expect("a record serializes")
@@ -220,6 +252,11 @@ impl Record {
         let time = |ns: Option<u64>| ns.map_or_else(dash, format_ns);
         let secs = |s: f64| format_ns((s * 1e9) as u64);
         let (p50, baseline, ratio) = match (self.ops_per_sec, self.secs) {
+            _ if self.instructions.is_some() => (
+                self.instructions.map_or_else(dash, |i| format!("{i:.0} instr")),
+                self.baseline_instructions.map_or_else(dash, |i| format!("{i:.0} instr")),
+                self.ratio.map_or_else(dash, |r| format!("{r:.3}")),
+            ),
             (_, Some(ours)) => (
                 secs(ours),
                 self.baseline_secs.map_or_else(dash, secs),

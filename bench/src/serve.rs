@@ -30,6 +30,7 @@ pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
         app: "bench".into(),
         secret: std::env::var(SECRET_VAR).ok().and_then(|secret| praas_dataplane::Secret::new(secret).ok()),
         workers: 1,
+        function_stats: !args.no_function_stats,
         ..ProcessConfig::default()
     };
     let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
