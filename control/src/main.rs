@@ -267,6 +267,11 @@ struct ServeArgs {
     /// Log lines as text or as JSON objects, on standard error (levels from RUST_LOG).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "PRAAS_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Also serve this process's own metrics (Prometheus text format) at `GET /metrics` on this
+    /// address, e.g. 127.0.0.1:9464 (port 0: a free one, printed). Unauthenticated and
+    /// read-only: give it an address only trusted scrapers reach.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Address to listen on; port 0 picks a free port (printed on start).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -353,6 +358,7 @@ impl ServeArgs {
             cpus: self.cpus,
             memory_mb: self.memory_mb,
             metrics_interval: Duration::from_millis(self.metrics_ms.max(10)),
+            metrics_listen: self.metrics_listen,
         }
     }
 }

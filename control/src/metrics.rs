@@ -243,6 +243,25 @@ impl ControlMetrics {
     }
 }
 
+/// The figures of one process serving on its own (`praas process serve --metrics-listen`), in
+/// the families a control plane exports for it: `report` is what the process counted since it
+/// started ([`praas_dataplane::control_channel::totals`]).
+pub fn encode_process(app: &str, process: &str, mut report: Metrics) -> Result<String, MetricsError> {
+    let mut functions = FunctionTotals::default();
+    functions.add(app, process, &std::mem::take(&mut report.functions));
+    let snapshot = ProcessSnapshot {
+        app: app.to_owned(),
+        process: process.to_owned(),
+        status: ProcessStatus::Allocated,
+        metrics: report,
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StateCollector { processes: vec![snapshot], functions }));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
 /// A data-plane status as labels name it: `UnknownFunction` as `unknown_function`.
 pub fn status_label(status: praas_dataplane::Status) -> String {
     snake_case(&format!("{status:?}"))

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use praas_dataplane::control_channel::{run_control_link, ControlLinkOptions, LinkEnd};
 use praas_dataplane::function::LoadError;
 use praas_dataplane::mailbox::SnapshotError;
@@ -65,12 +66,27 @@ pub struct ServeOptions {
     pub memory_mb: Option<u64>,
     /// How often metrics go to the control plane.
     pub metrics_interval: Duration,
+    /// Also serve this process's own metrics at `GET /metrics` on this address (Prometheus text
+    /// format; read-only and unauthenticated: bind it to an address only trusted scrapers reach).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Why a cloud process could not start, or stopped serving.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ProcessMainError {
+    /// `--metrics-listen` could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics server's thread or runtime could not start.
+    #[error("cannot start the metrics server: {0}")]
+    MetricsRuntime(#[source] std::io::Error),
     /// The secret file could not be read.
     #[error("cannot read the secret file {}: {source}", path.display())]
     SecretFile {
@@ -288,6 +304,10 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
     let rdma_addr = rdma_server.as_ref().map(|r| crate::backend::routable(r.local_addr()).to_string());
     #[cfg(not(feature = "rdma"))]
     let rdma_addr = None;
+    if let Some(addr) = options.metrics_listen {
+        let bound = serve_metrics(addr, &process, &options.app)?;
+        println!("metrics on http://{bound}/metrics");
+    }
     std::io::stdout().flush().map_err(ProcessMainError::Stdout)?;
     tracing::info!(process = process.id(), functions = %names, "serving");
     let Some(control_addr) = options.control_channel else {
@@ -314,6 +334,45 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         }
         LinkEnd::Refused(reason) => Err(ProcessMainError::Refused(reason)),
     }
+}
+
+/// Serves `GET /metrics` of `process` on `addr` from a thread of its own; returns the bound
+/// address.
+fn serve_metrics(addr: SocketAddr, process: &Arc<Process>, app: &str) -> Result<SocketAddr, ProcessMainError> {
+    let listen_error = |source| ProcessMainError::MetricsListen { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    listener.set_nonblocking(true).map_err(listen_error)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ProcessMainError::MetricsRuntime)?;
+    let (process, app) = (Arc::clone(process), app.to_owned());
+    let handler = move || {
+        let (process, app) = (Arc::clone(&process), app.clone());
+        async move {
+            let report = praas_dataplane::control_channel::totals(&process);
+            match crate::metrics::encode_process(&app, process.id(), report) {
+                Ok(text) => ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+                Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            }
+        }
+    };
+    let router = axum::Router::new().route(crate::routes::METRICS, axum::routing::get(handler));
+    std::thread::Builder::new()
+        .name("praas-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        if let Err(e) = axum::serve(listener, router).await {
+                            tracing::error!("the metrics server stopped: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("cannot serve metrics: {e}"),
+                }
+            })
+        })
+        .map_err(ProcessMainError::MetricsRuntime)?;
+    Ok(bound)
 }
 
 /// The swap store of a process started without `--swap-dir`: `TMP/praas-swap-UID`, created

@@ -237,3 +237,50 @@ fn process_stats_show_counts_errors_and_the_order_of_latencies() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{}", String::from_utf8_lossy(&missing.stderr));
 }
+
+/// A process serving on its own (`praas process serve --metrics-listen`): its own figures at
+/// `GET /metrics`, in the families the control plane uses for it, accepted by promtool.
+#[test]
+fn a_process_alone_serves_its_own_metrics() {
+    let dir = support::temp_dir("alone");
+    let lib = praas_testkit::example_functions();
+    let manifest = dir.join("functions.toml");
+    let mut text = String::new();
+    for (name, mode) in [("echo", "inline"), ("fail", "worker")] {
+        text.push_str(&format!("[[function]]\nname = \"{name}\"\nlibrary = {lib:?}\nmode = \"{mode}\"\n\n"));
+    }
+    std::fs::write(&manifest, text).unwrap();
+    let mut child = support::praas()
+        .args(["process", "serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--id", "alone"])
+        .args(["--app", "solo", "--manifest"])
+        .arg(&manifest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("praas process serve starts");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let data = lines.next().unwrap().unwrap();
+    let data =
+        data.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {data:?}")).to_owned();
+    let metrics = lines.next().unwrap().unwrap();
+    let url =
+        metrics.strip_prefix("metrics on ").unwrap_or_else(|| panic!("unexpected second line {metrics:?}")).to_owned();
+
+    let mut client = praas_dataplane::Client::connect(data.as_str()).expect("connect");
+    for _ in 0..5 {
+        assert_eq!(client.invoke("echo", b"x").unwrap(), b"x");
+    }
+    assert_eq!(client.invoke("fail", b"no").unwrap_err().status(), Some(praas_dataplane::Status::FunctionFailed));
+
+    let text = ureq::get(&url).call().expect("GET /metrics").into_body().read_to_string().unwrap();
+    let echo = "app=\"solo\",process=\"alone\",function=\"echo\"";
+    assert_eq!(expect(&text, &format!("praas_function_invocations_total{{{echo}}}")), 5.0);
+    assert_eq!(expect(&text, &format!("praas_function_latency_seconds_count{{{echo}}}")), 5.0);
+    let fail = "app=\"solo\",process=\"alone\",function=\"fail\",status=\"function_failed\"";
+    assert_eq!(expect(&text, &format!("praas_function_errors_total{{{fail}}}")), 1.0);
+    assert_eq!(expect(&text, "praas_process_invocations_total{app=\"solo\",process=\"alone\"}"), 6.0);
+    assert_eq!(expect(&text, "praas_processes{app=\"solo\",status=\"ALLOCATED\"}"), 1.0);
+    promtool_accepts(&text);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -124,8 +124,6 @@ pub struct Reporter {
 impl Reporter {
     /// The process's counters now, with the per-function figures since the previous report.
     pub fn report(&mut self, process: &Process) -> MetricsReport {
-        let m = process.metrics();
-        let (messages_received, messages_got) = process.mailbox().counts();
         let mut functions = Vec::new();
         for function in process.functions().iter() {
             let now = function.stats.snapshot();
@@ -146,22 +144,50 @@ impl Reporter {
             }
             self.last.insert(Arc::clone(&function.name), now);
         }
-        MetricsReport {
-            invocations: m.invocations(),
-            local_invocations: m.local_invocations(),
-            compute_ns: m.compute_ns(),
-            last_invocation_ns: m.last_invocation_ns(),
-            in_flight: process.in_flight() as u64,
-            state_keys: process.state().len() as u64,
-            state_bytes: process.state().value_bytes(),
-            messages_sent: process.peers().delivered(),
-            messages_received,
-            messages_got,
-            mailbox_depth: process.mailbox().len() as u64,
-            pool_bytes: process.pool().outstanding() as u64,
-            pool_budget: process.pool().budget() as u64,
-            functions,
-        }
+        counters(process, functions)
+    }
+}
+
+/// The process's counters since it started, with each function's figures since it started (the
+/// longest latency since start included): what a scrape of the process alone reports. Reads
+/// nothing a [`Reporter`] takes.
+pub fn totals(process: &Process) -> MetricsReport {
+    let functions = process
+        .functions()
+        .iter()
+        .into_iter()
+        .filter_map(|function| {
+            let now = function.stats.snapshot();
+            let errors: Vec<(u16, u64)> = now.errors.iter().map(|&(status, n)| (status.code(), n)).collect();
+            (now.latency.count() > 0 || !errors.is_empty()).then(|| FunctionReport {
+                name: function.name.to_string(),
+                latency: now.latency,
+                errors,
+            })
+        })
+        .collect();
+    counters(process, functions)
+}
+
+/// The process's counters now, with `functions`.
+fn counters(process: &Process, functions: Vec<FunctionReport>) -> MetricsReport {
+    let m = process.metrics();
+    let (messages_received, messages_got) = process.mailbox().counts();
+    MetricsReport {
+        invocations: m.invocations(),
+        local_invocations: m.local_invocations(),
+        compute_ns: m.compute_ns(),
+        last_invocation_ns: m.last_invocation_ns(),
+        in_flight: process.in_flight() as u64,
+        state_keys: process.state().len() as u64,
+        state_bytes: process.state().value_bytes(),
+        messages_sent: process.peers().delivered(),
+        messages_received,
+        messages_got,
+        mailbox_depth: process.mailbox().len() as u64,
+        pool_bytes: process.pool().outstanding() as u64,
+        pool_budget: process.pool().budget() as u64,
+        functions,
     }
 }
 
