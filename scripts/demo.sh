@@ -2,7 +2,8 @@
 # The praas demo, on the embedded default (local backend, filesystem swap store):
 # starts the control plane, creates an application with three cloud processes, invokes
 # functions, passes messages around the three, swaps one out and back in with its state intact,
-# and prints the timings of each step.
+# runs Python functions beside Rust ones and a Python driver script, and prints the timings of
+# each step.
 #
 # Usage: scripts/demo.sh
 set -euo pipefail
@@ -20,14 +21,17 @@ functions="$(jq -r 'select(.reason == "compiler-artifact" and .target.name == "p
 [[ -x "$praas" && -f "$functions" ]] || { echo "demo: error: build artifacts not found" >&2; exit 1; }
 
 work="$(mktemp -d)"
-# The example manifest, its library paths pointing at this build's library (`praas app create`
-# uploads it with the manifest).
+# The example manifests, their library paths pointing at this build's library and the Python
+# functions' at their module (`praas app create` uploads both with the manifest).
 sed "s|^library = .*|library = \"$functions\"|" examples/functions/functions.toml >"$work/functions.toml"
+sed -e "s|^library = .*|library = \"$functions\"|" -e "s|^module = \"functions.py\"|module = \"$PWD/examples/python/functions.py\"|" \
+    examples/python/manifest.toml >"$work/python.toml"
 control_pid=""
 cleanup() {
     if [ -n "$control_pid" ]; then
         # Stop the processes the control plane started, then the control plane.
         for p in p1 p2 p3; do "$praas" process stop demo "$p" >/dev/null 2>&1 || true; done
+        "$praas" process stop pydemo py1 >/dev/null 2>&1 || true
         kill "$control_pid" 2>/dev/null || true
         wait "$control_pid" 2>/dev/null || true
     fi
@@ -102,6 +106,28 @@ step "errors are answers, not hangs"
 "$praas" invoke --app demo --process p1 no_such_function || true
 "$praas" process swapin demo p1 || true
 "$praas" invoke --app demo --process p1 counter
+
+step "Python functions beside the Rust ones in one process (examples/python)"
+"$praas" app create pydemo --manifest "$work/python.toml" --vcpus 1 --memory-mb 2048 >/dev/null
+timed "create py1" quiet "$praas" process create pydemo py1
+for _ in 1 2; do "$praas" invoke --app pydemo --process py1 py_counter; echo; done
+timed "Python invoking the Rust echo" "$praas" invoke --app pydemo --process py1 py_call_echo --input "hello from python"
+echo
+"$praas" invoke --app pydemo --process py1 py_fail --input "fail to show the traceback" || true
+# The process reports its figures every metrics interval (500 ms): wait for the report of these.
+for _ in $(seq 100); do
+    stats=$("$praas" process stats pydemo py1)
+    grep -q '^py_fail' <<<"$stats" && break
+    sleep 0.05
+done
+echo "$stats"
+
+step "a Python driver script (examples/python/driver.py) through the Python client package (python/)"
+target_dir="$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
+py_venv="$target_dir/py-venv"
+[ -x "$py_venv/bin/python" ] || python3 -m venv "$py_venv"
+"$py_venv/bin/pip" install --quiet --disable-pip-version-check ./python
+timed "the driver" "$py_venv/bin/python" examples/python/driver.py --manifest "$work/python.toml" --control "$PRAAS_CONTROL"
 
 step "done"
 "$praas" process list demo

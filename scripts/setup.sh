@@ -19,6 +19,9 @@ PACKAGES=(
     qemu-system-x86 busybox-static cpio kmod python3
     # the Slurm test cluster (scripts/slurm-cluster.sh, control/tests/slurm.rs)
     slurmctld slurmd slurm-client munge
+    # Python: libpython3.11 for Python functions inside processes (PYO3_PYTHON=/usr/bin/python3 in
+    # .cargo/config.toml), and venv for the Python client package's tests (python/)
+    python3-dev python3-venv
     # observability: promtool checks the control plane's /metrics (control/tests/metrics.rs),
     # rsvg-convert renders praas-bench's SVG figures (bench/tests/plot.rs)
     prometheus librsvg2-bin

@@ -1,8 +1,9 @@
 //! Deploying an application's functions: its processes load libraries only from where its owner
 //! put them.
 //!
-//! A manifest names each function's library by a path. The control plane accepts that path in
-//! two cases, and refuses the application (400, naming the path) otherwise:
+//! A manifest names each function's library (or, for a Python function, its module file) by a
+//! path. The control plane accepts that path in two cases, and refuses the application (400,
+//! naming the path) otherwise:
 //!
 //! - **uploaded**: the path is relative (no `..`, no leading `/`) and names a file uploaded with
 //!   the manifest (`praas app create` uploads every library its manifest names); the file is kept
@@ -11,6 +12,9 @@
 //!   folders whose libraries may be used in place; the path, absolute or relative to the root,
 //!   must resolve (symbolic links followed) to a file inside one of them.
 //!
+//! A Python module given by name (`module = "pkg.mod"`) is refused: the process would import it
+//! from its interpreter's path, which is not a place the owner put it.
+//!
 //! The manifest the processes load is written by the TOML library from the resolved manifest
 //! ([`praas_dataplane::Manifest::to_toml`]), never by hand.
 
@@ -18,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
+use praas_dataplane::function::{Language, PythonModule};
 use praas_dataplane::Manifest;
 use thiserror::Error;
 
@@ -60,7 +65,7 @@ pub enum DeployError {
         path: String,
     },
     /// An uploaded file is named by no function.
-    #[error("uploaded file {path:?} is the library of no function of the manifest")]
+    #[error("uploaded file {path:?} is the library or module of no function of the manifest")]
     UploadUnused {
         /// The path.
         path: String,
@@ -80,6 +85,31 @@ pub enum DeployError {
         path: PathBuf,
         /// The function roots, for the message (empty when there are none).
         roots: String,
+    },
+    /// A Python module is neither uploaded nor inside a function root.
+    #[error(
+        "function {function:?}: Python module {path} is neither uploaded with the manifest nor inside a \
+         --function-root of this control plane{roots}"
+    )]
+    ModuleOutside {
+        /// The function.
+        function: String,
+        /// The module's path as the manifest names it.
+        path: PathBuf,
+        /// The function roots, for the message (empty when there are none).
+        roots: String,
+    },
+    /// A Python module is given by name, which the process would import from wherever its
+    /// interpreter looks.
+    #[error(
+        "function {function:?}: Python module {module:?} is a module name; the control plane runs only code \
+         uploaded with the manifest or inside a --function-root: name the module's .py file"
+    )]
+    ModuleName {
+        /// The function.
+        function: String,
+        /// The module name.
+        module: String,
     },
     /// The application's folder could not be written.
     #[error("{path}: {source}")]
@@ -147,27 +177,48 @@ impl Deployment {
                 return Err(DeployError::UploadTwice { path: upload.path });
             }
         }
+        let roots_shown = if roots.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))
+        };
         let mut used = BTreeSet::new();
+        // A path the manifest names, resolved: an uploaded file, or one inside a function root.
+        let mut resolve = |named: &Path| match named.to_str().and_then(plain_relative).filter(|p| files.contains_key(p))
+        {
+            Some(relative) => {
+                let resolved = files_dir.join(&relative);
+                used.insert(relative);
+                Some(resolved)
+            }
+            None => inside_roots(named, roots),
+        };
         for function in &mut parsed.functions {
-            let named = function.library.clone();
-            let uploaded = named.to_str().and_then(plain_relative).filter(|p| files.contains_key(p));
-            let resolved = match uploaded {
-                Some(relative) => {
-                    let resolved = files_dir.join(&relative);
-                    used.insert(relative);
-                    resolved
+            match function.language {
+                Language::Python => {
+                    let module = function.module.clone().unwrap_or_default();
+                    let named = match PythonModule::parse(&module) {
+                        Some(PythonModule::File(path)) => path.to_path_buf(),
+                        _ => return Err(DeployError::ModuleName { function: function.name.clone(), module }),
+                    };
+                    let outside = || DeployError::ModuleOutside {
+                        function: function.name.clone(),
+                        path: named.clone(),
+                        roots: roots_shown.clone(),
+                    };
+                    let resolved = resolve(&named).ok_or_else(outside)?;
+                    function.module = Some(resolved.to_str().ok_or_else(outside)?.to_owned());
                 }
-                None => inside_roots(&named, roots).ok_or_else(|| DeployError::LibraryOutside {
-                    function: function.name.clone(),
-                    path: named.clone(),
-                    roots: if roots.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", "))
-                    },
-                })?,
-            };
-            function.library = resolved;
+                _ => {
+                    let named = function.library.clone();
+                    let resolved = resolve(&named).ok_or_else(|| DeployError::LibraryOutside {
+                        function: function.name.clone(),
+                        path: named.clone(),
+                        roots: roots_shown.clone(),
+                    })?;
+                    function.library = resolved;
+                }
+            }
         }
         if let Some(unused) = files.keys().find(|p| !used.contains(*p)) {
             return Err(DeployError::UploadUnused { path: unused.display().to_string() });
@@ -271,6 +322,41 @@ mod tests {
         assert!(matches!(error, DeployError::UploadPath { .. }), "{error}");
         let error = Deployment::resolve(&manifest("a.so"), vec![upload("a.so"), upload("b.so")], app, &[]).unwrap_err();
         assert!(matches!(error, DeployError::UploadUnused { .. }), "{error}");
+    }
+
+    fn python(module: &str) -> String {
+        format!("[[function]]\nname = \"f\"\nlanguage = \"python\"\nmodule = \"{module}\"\n")
+    }
+
+    #[test]
+    fn python_modules_resolve_like_libraries_and_module_names_are_refused() {
+        let dir = temp("python");
+        let app = dir.join("apps/a");
+        let uploaded =
+            Deployment::resolve(&python("fns/functions.py"), vec![upload("fns/functions.py")], &app, &[]).unwrap();
+        let reparsed = Manifest::from_toml(&uploaded.manifest, Path::new("/")).unwrap();
+        let expected = app.join("files/fns/functions.py");
+        assert_eq!(reparsed.functions[0].module.as_deref(), expected.to_str());
+        assert!(reparsed.functions[0].library.as_os_str().is_empty());
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("in_root.py"), b"def f(ctx, data): pass\n").unwrap();
+        fs::write(dir.join("outside.py"), b"").unwrap();
+        let roots = [fs::canonicalize(&root).unwrap()];
+        let ok = Deployment::resolve(&python("in_root.py"), vec![], &app, &roots).unwrap();
+        assert!(ok.manifest.contains(&roots[0].join("in_root.py").display().to_string()), "{}", ok.manifest);
+        for outside in ["../outside.py", "/etc/python3/sitecustomize.py", "missing.py"] {
+            let error = Deployment::resolve(&python(outside), vec![], &app, &roots).unwrap_err();
+            assert!(matches!(error, DeployError::ModuleOutside { .. }), "{outside}: {error}");
+            assert!(error.to_string().contains(outside), "{error}");
+        }
+        let error = Deployment::resolve(&python("json"), vec![], &app, &roots).unwrap_err();
+        assert!(matches!(error, DeployError::ModuleName { .. }), "{error}");
+        assert!(error.to_string().contains("\"json\"") && error.to_string().contains(".py file"), "{error}");
+        let error =
+            Deployment::resolve(&python("a.py"), vec![upload("a.py"), upload("unused.py")], &app, &[]).unwrap_err();
+        assert!(matches!(error, DeployError::UploadUnused { .. }), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

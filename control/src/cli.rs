@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use praas_dataplane::function::{LoadError, ManifestError};
+use praas_dataplane::function::{Language, LoadError, ManifestError, PythonModule};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use thiserror::Error;
@@ -73,6 +73,28 @@ pub enum ApiCallError {
         /// The function.
         function: String,
         /// The library's path.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Python function's module is a module name: only files can be uploaded.
+    #[error(
+        "function {function:?}: module {module:?} is a module name: name the module's .py file (the control plane \
+         loads only files uploaded with the manifest or inside a --function-root)"
+    )]
+    ModuleName {
+        /// The function.
+        function: String,
+        /// The module as the manifest names it.
+        module: String,
+    },
+    /// A Python function's module file is not found.
+    #[error("function {function:?}: module {}: {source}", path.display())]
+    Module {
+        /// The function.
+        function: String,
+        /// The module file's path.
         path: PathBuf,
         /// The failure.
         #[source]
@@ -264,16 +286,34 @@ fn manifest_with_uploads(path: &Path) -> Result<(String, Vec<UploadedFile>), Api
     let mut uploads: Vec<(PathBuf, String)> = Vec::new();
     let mut files = Vec::new();
     for function in &mut manifest.functions {
-        let source = manifest.base_dir.join(&function.library);
-        let source = source.canonicalize().map_err(|e| ApiCallError::Library {
-            function: function.name.clone(),
-            path: source.clone(),
-            source: e,
+        // The file of the function's code: its library, or its Python module's source.
+        let python = function.language == Language::Python;
+        let named = if python {
+            let module = function.module.clone().unwrap_or_default();
+            match PythonModule::parse(&module) {
+                Some(PythonModule::File(file)) => file.to_path_buf(),
+                _ => return Err(ApiCallError::ModuleName { function: function.name.clone(), module }),
+            }
+        } else {
+            function.library.clone()
+        };
+        let source = manifest.base_dir.join(&named);
+        let source = source.canonicalize().map_err(|e| {
+            let (function, path) = (function.name.clone(), source.clone());
+            if python {
+                ApiCallError::Module { function, path, source: e }
+            } else {
+                ApiCallError::Library { function, path, source: e }
+            }
         })?;
         let upload = match uploads.iter().find(|(s, _)| *s == source) {
             Some((_, upload)) => upload.clone(),
             None => {
-                let file_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let mut file_name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if python && !file_name.ends_with(".py") {
+                    // Still a file to the control plane (a path with a folder), not a module name.
+                    file_name = format!("modules/{file_name}");
+                }
                 let taken = |candidate: &str| uploads.iter().any(|(_, u)| u == candidate);
                 let upload = if taken(&file_name) {
                     (2..).map(|n| format!("{n}/{file_name}")).find(|c| !taken(c)).unwrap_or_default()
@@ -286,7 +326,11 @@ fn manifest_with_uploads(path: &Path) -> Result<(String, Vec<UploadedFile>), Api
                 upload
             }
         };
-        function.library = PathBuf::from(upload);
+        if python {
+            function.module = Some(upload);
+        } else {
+            function.library = PathBuf::from(upload);
+        }
     }
     let text = manifest.to_toml().map_err(|source| ApiCallError::ManifestWrite { path: path.to_owned(), source })?;
     Ok((text, files))

@@ -750,7 +750,7 @@ impl ControlPlane {
             swap_dir: self.inner.config.swap_dir.clone(),
             files_dir: data.join("processes").join(app).join(name),
             restore,
-            log: data.join("logs").join(format!("{app}.{name}.log")),
+            log: self.log_path(app, name),
             metrics_interval: self.inner.config.metrics_interval,
             slurm: application.slurm.clone(),
             rdma: self.inner.config.process_rdma.clone(),
@@ -899,6 +899,11 @@ impl ControlPlane {
         }
     }
 
+    /// Where process `name` of `app` logs (its standard output and error).
+    fn log_path(&self, app: &str, name: &str) -> PathBuf {
+        self.inner.config.data_dir.join("logs").join(format!("{app}.{name}.log"))
+    }
+
     fn on_exit(&self, app: &str, name: &str, generation: u64, exit: Exit) {
         let mut registry = self.registry();
         // A process that swapped out confirms and exits with status 0: its exit can be seen
@@ -928,7 +933,10 @@ impl ControlPlane {
             ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure => status,
             ProcessStatus::SwappingOut if entry.swap_result.as_ref().is_some_and(Result::is_ok) => status,
             _ => {
-                entry.record.error = Some(format!("the process died: {}", exit.description));
+                entry.record.error = Some(match last_words(&self.log_path(app, name)) {
+                    Some(words) => format!("the process died: {}: {words}", exit.description),
+                    None => format!("the process died: {}", exit.description),
+                });
                 tracing::warn!(app, process = name, "process died: {}", exit.description);
                 ProcessStatus::Failure
             }
@@ -1323,4 +1331,46 @@ fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&
         return Err(no_application(app));
     }
     registry.processes.get_mut(&(app.to_owned(), name.to_owned())).ok_or_else(|| no_process(app, name))
+}
+
+/// Most bytes of a dead process's log read for its last words.
+const LAST_WORDS: u64 = 8 << 10;
+
+/// What a process that died said last about why: the error the `praas` binary printed before it
+/// exited (`praas: ...`, with the lines that follow it, such as a Python traceback), read from
+/// the end of its log; `None` if the log holds none.
+fn last_words(log: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(LAST_WORDS))).ok()?;
+    let mut tail = Vec::new();
+    file.take(LAST_WORDS).read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let at = text.rfind("\npraas: ").map(|i| i + 1).or_else(|| text.starts_with("praas: ").then_some(0))?;
+    let words = text[at + "praas: ".len()..].trim_end();
+    (!words.is_empty()).then(|| words.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_process_s_last_words_are_its_final_error_and_what_follows() {
+        let dir = std::env::temp_dir().join(format!("praas-last-words-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("a.p.log");
+        assert_eq!(last_words(&log), None, "no log");
+        std::fs::write(&log, "listening on 127.0.0.1:1\nINFO serving\n").unwrap();
+        assert_eq!(last_words(&log), None, "no error in it");
+        let long = "x".repeat(20_000);
+        let text =
+            format!("{long}\npraas: early\nmore\npraas: cannot load f: Traceback:\n  line 3\nRuntimeError: no\n");
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(last_words(&log).as_deref(), Some("cannot load f: Traceback:\n  line 3\nRuntimeError: no"));
+        std::fs::write(&log, "praas: only this").unwrap();
+        assert_eq!(last_words(&log).as_deref(), Some("only this"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -28,7 +28,11 @@ fn a_standalone_process_logs_json_lines() {
     let dir = support::temp_dir("log-json");
     let lib = praas_testkit::example_functions();
     let manifest = dir.join("functions.toml");
-    let spec = format!("[[function]]\nname = \"echo\"\nlibrary = \"{}\"\nmode = \"inline\"\n", lib.display());
+    let spec = format!(
+        "[[function]]\nname = \"echo\"\nlibrary = \"{0}\"\nmode = \"inline\"\n\n\
+         [[function]]\nname = \"counter\"\nlibrary = \"{0}\"\nmode = \"worker\"\n",
+        lib.display()
+    );
     std::fs::write(&manifest, spec).unwrap();
     let mut child = praas()
         .args(["process", "serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--manifest"])
@@ -61,9 +65,27 @@ fn a_standalone_process_logs_json_lines() {
             Err(e) => panic!("no \"serving\" log line within 20 s ({e}); got: {stderr}"),
         }
     }
+    // A function's own log line names its invocation, application, process and function.
+    let addr = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let mut client = praas_dataplane::Client::connect(addr.as_str()).unwrap();
+    let id = client.submit("counter", b"").unwrap();
+    assert_eq!(client.wait(id).unwrap(), b"1");
+    while !stderr.contains("counter is now 1") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receive.recv_timeout(left) {
+            Ok(line) => stderr.push_str(&format!("{line}\n")),
+            Err(e) => panic!("no log line of the function within 20 s ({e}); got: {stderr}"),
+        }
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     json_lines(&stderr, "praas process serve --log-format json");
+    let logged = stderr.lines().find(|l| l.contains("counter is now 1")).unwrap();
+    let event: serde_json::Value = serde_json::from_str(logged).unwrap();
+    let fields = &event["fields"];
+    assert_eq!(fields["id"], id, "{logged}");
+    assert_eq!((fields["app"].as_str(), fields["process"].as_str()), (Some("default"), Some("process-0")), "{logged}");
+    assert_eq!(fields["function"], "counter", "{logged}");
 }
 
 #[test]

@@ -87,13 +87,18 @@ pub fn c_functions() -> PathBuf {
 
 /// A manifest entry.
 pub fn spec(name: &str, library: &Path, symbol: Option<&str>, mode: ExecutionMode) -> FunctionSpec {
-    FunctionSpec {
-        name: name.into(),
-        library: library.to_path_buf(),
-        symbol: symbol.map(Into::into),
-        mode,
-        timeout_ms: None,
-    }
+    FunctionSpec { symbol: symbol.map(Into::into), mode, ..FunctionSpec::native(name, library) }
+}
+
+/// The example Python functions (`examples/python/functions.py`).
+pub fn python_functions() -> PathBuf {
+    workspace_root().join("examples/python/functions.py")
+}
+
+/// A manifest entry of a Python function `symbol` (default: `name`) of `module`.
+pub fn python_spec(name: &str, module: &Path, symbol: Option<&str>, mode: ExecutionMode) -> FunctionSpec {
+    let module = module.to_str().expect("a UTF-8 module path");
+    FunctionSpec { symbol: symbol.map(Into::into), mode, ..FunctionSpec::python(name, module) }
 }
 
 /// Every example Rust function under its own name (`echo` and `noop` inline, the others on

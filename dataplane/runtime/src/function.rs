@@ -7,11 +7,22 @@
 //! symbol = "echo"                             # exported C symbol; defaults to `name`
 //! mode = "inline"                             # "inline": runs on the I/O thread; "worker" (default)
 //! timeout_ms = 5000                           # optional default deadline of this function
+//!
+//! [[function]]
+//! name = "py_echo"
+//! language = "python"                         # default: the C ABI (C, C++ and Rust libraries)
+//! module = "functions.py"                     # a file (relative to the manifest's folder, or
+//!                                             # absolute) or an importable name ("pkg.mod")
+//! symbol = "echo"                             # the Python function; defaults to `name`
 //! ```
 //!
 //! A function name is 1 to 64 bytes of ASCII letters, digits, `_`, `.` and `-`, and does not
-//! start with `-` or `.` ([`check_function_name`]); a `symbol` is a C identifier; no two functions
+//! start with `-` or `.` ([`check_function_name`]); a `symbol` is a C identifier (a Python
+//! function's name, given or defaulted, is one too); a C ABI function names a `library` and no
+//! `module`, a Python function a `module` ([`PythonModule`]) and no `library`; no two functions
 //! share a name. [`Manifest::to_toml`] writes a manifest that [`Manifest::from_toml`] reads back.
+//! Python functions load only where the runtime was built with the cargo feature `python`
+//! (`docs/python.md`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,15 +48,66 @@ pub enum ExecutionMode {
     Worker,
 }
 
+/// What a function is written against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// The C ABI (`ffi/include/praas.h`): a symbol of a shared library, written in C, C++ or Rust.
+    #[default]
+    C,
+    /// A function of a Python module, run by the process's embedded CPython.
+    Python,
+}
+
+impl Language {
+    fn is_c(&self) -> bool {
+        *self == Language::C
+    }
+}
+
+/// Where a Python function's module comes from, as a manifest's `module` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PythonModule<'a> {
+    /// A source file (the value ends in `.py` or holds a `/`): relative to the manifest's
+    /// folder, or absolute, like a library.
+    File(&'a Path),
+    /// A module name (`name` or `package.module`, each part an identifier), imported from the
+    /// interpreter's module path.
+    Name(&'a str),
+}
+
+impl<'a> PythonModule<'a> {
+    /// What `module` names, or `None` if it is neither a file path nor a module name.
+    pub fn parse(module: &'a str) -> Option<Self> {
+        if module.contains('\0') {
+            None
+        } else if module.ends_with(".py") || module.contains('/') {
+            Some(PythonModule::File(Path::new(module)))
+        } else if module.split('.').all(is_c_identifier) {
+            Some(PythonModule::Name(module))
+        } else {
+            None
+        }
+    }
+}
+
 /// One function entry of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
     /// Name clients invoke it by ([`check_function_name`]).
     pub name: String,
-    /// Shared library that exports it.
+    /// What it is written against: the C ABI (the default) or Python.
+    #[serde(default, skip_serializing_if = "Language::is_c")]
+    pub language: Language,
+    /// Shared library that exports it (a C ABI function); empty for a Python function.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub library: PathBuf,
-    /// Exported symbol, a C identifier; defaults to `name`.
+    /// The module that defines it (a Python function, [`PythonModule`]); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Exported symbol (C ABI) or function name in the module (Python), a C identifier;
+    /// defaults to `name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
     /// Where it runs.
@@ -54,6 +116,44 @@ pub struct FunctionSpec {
     /// Its default deadline in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+fn path_is_empty(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
+impl FunctionSpec {
+    /// A C ABI function `name` exported under its own name by `library`, run on a worker.
+    pub fn native(name: impl Into<String>, library: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            language: Language::C,
+            library: library.into(),
+            module: None,
+            symbol: None,
+            mode: ExecutionMode::Worker,
+            timeout_ms: None,
+        }
+    }
+
+    /// A Python function `name` defined under its own name by `module` ([`PythonModule`]), run
+    /// on a worker.
+    pub fn python(name: impl Into<String>, module: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            language: Language::Python,
+            library: PathBuf::new(),
+            module: Some(module.into()),
+            symbol: None,
+            mode: ExecutionMode::Worker,
+            timeout_ms: None,
+        }
+    }
+
+    /// The symbol (C ABI) or Python function name it is found by: `symbol`, else `name`.
+    pub fn entry_name(&self) -> &str {
+        self.symbol.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// Longest function name, in bytes.
@@ -140,6 +240,36 @@ pub enum ManifestError {
     /// Two functions share a name.
     #[error("function {0:?} is declared twice")]
     Duplicate(String),
+    /// A C ABI function names no library.
+    #[error("function {0:?}: a C ABI function needs `library` (or set language = \"python\" and `module`)")]
+    MissingLibrary(String),
+    /// A C ABI function names a module.
+    #[error("function {0:?}: `module` is for Python functions: set language = \"python\" (and no `library`)")]
+    ModuleWithoutPython(String),
+    /// A Python function names no module.
+    #[error("function {0:?}: a Python function needs `module` (a .py file or an importable module name)")]
+    MissingModule(String),
+    /// A Python function names a library.
+    #[error("function {0:?}: a Python function takes `module`, not `library`")]
+    LibraryWithPython(String),
+    /// A Python function's module is neither a file path nor a module name.
+    #[error(
+        "function {function:?}: module {module:?} is neither a file (ending in .py, or a path with '/') nor a \
+         module name (identifiers joined by '.')"
+    )]
+    InvalidModule {
+        /// The function.
+        function: String,
+        /// Its module.
+        module: String,
+    },
+    /// A Python function's name in its module, taken from the function's name, is not an
+    /// identifier.
+    #[error(
+        "function {0:?}: its name is not a Python identifier, so `symbol` must name the Python function \
+         (a letter or '_', then letters, digits or '_')"
+    )]
+    PythonName(String),
     /// The manifest could not be written as TOML (a library path that is not UTF-8, a
     /// `timeout_ms` beyond TOML's integers).
     #[error("cannot write the manifest as TOML: {0}")]
@@ -206,6 +336,39 @@ pub enum LoadError {
         /// The loader's error.
         source: libloading::Error,
     },
+    /// A Python function, but this runtime was built without the cargo feature `python`.
+    #[error("function {0:?} is written in Python, but this process was built without Python support (cargo feature `python`)")]
+    PythonUnsupported(String),
+    /// The embedded Python interpreter could not be prepared.
+    #[error("function {function:?}: the Python interpreter could not be prepared: {reason}")]
+    PythonInterpreter {
+        /// The function being loaded.
+        function: String,
+        /// What failed, with the Python traceback.
+        reason: String,
+    },
+    /// A Python module failed to import (its file is missing, or running it raised).
+    #[error("function {function:?}: Python module {module:?} failed to import: {traceback}")]
+    PythonImport {
+        /// The function being loaded.
+        function: String,
+        /// The module, as the manifest names it (a file resolved against the manifest's folder).
+        module: String,
+        /// The exception and its traceback.
+        traceback: String,
+    },
+    /// A Python module has no callable of the function's name.
+    #[error("function {function:?}: Python module {module:?} has no function {name:?}: {reason}")]
+    PythonFunction {
+        /// The function being loaded.
+        function: String,
+        /// Its module.
+        module: String,
+        /// The name looked up in the module (`symbol`, else the function's name).
+        name: String,
+        /// Why not: the exception and its traceback, or what the name is instead.
+        reason: String,
+    },
 }
 
 impl Manifest {
@@ -234,7 +397,8 @@ impl Manifest {
     }
 
     /// Checks the rules of manifests: valid function names ([`check_function_name`]), symbols
-    /// that are C identifiers, no name declared twice.
+    /// that are C identifiers, a `library` for each C ABI function and a `module` for each
+    /// Python function (and not the other), no name declared twice.
     pub fn validate(&self) -> Result<(), ManifestError> {
         let mut seen = std::collections::HashSet::with_capacity(self.functions.len());
         for spec in &self.functions {
@@ -243,12 +407,52 @@ impl Manifest {
             if let Some(symbol) = spec.symbol.as_ref().filter(|s| !is_c_identifier(s)) {
                 return Err(ManifestError::InvalidSymbol { function: spec.name.clone(), symbol: symbol.clone() });
             }
+            check_code(spec)?;
             if !seen.insert(spec.name.as_str()) {
                 return Err(ManifestError::Duplicate(spec.name.clone()));
             }
         }
         Ok(())
     }
+}
+
+/// Checks that `spec` names the code of its language, and only that.
+fn check_code(spec: &FunctionSpec) -> Result<(), ManifestError> {
+    let name = || spec.name.clone();
+    match spec.language {
+        Language::C if path_is_empty(&spec.library) => Err(ManifestError::MissingLibrary(name())),
+        Language::C if spec.module.is_some() => Err(ManifestError::ModuleWithoutPython(name())),
+        Language::C => Ok(()),
+        Language::Python => {
+            let Some(module) = &spec.module else {
+                return Err(ManifestError::MissingModule(name()));
+            };
+            if !path_is_empty(&spec.library) {
+                return Err(ManifestError::LibraryWithPython(name()));
+            }
+            if PythonModule::parse(module).is_none() {
+                return Err(ManifestError::InvalidModule { function: name(), module: module.clone() });
+            }
+            if !is_c_identifier(spec.entry_name()) {
+                return Err(ManifestError::PythonName(name()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A loaded function's code.
+#[derive(Debug, Clone)]
+pub(crate) enum FunctionCode {
+    /// A C ABI entry point; valid while `library` is held.
+    Native {
+        entry: praas_function,
+        // Keeps the library mapped while `entry` may be called.
+        _library: Arc<Library>,
+    },
+    /// A callable of a Python module.
+    #[cfg(feature = "python")]
+    Python(crate::python::PythonFunction),
 }
 
 /// A loaded function.
@@ -262,16 +466,98 @@ pub struct Function {
     pub timeout: Option<Duration>,
     /// Its invocations so far (`crate::stats`).
     pub stats: Arc<FunctionStats>,
-    entry: praas_function,
-    // Keeps the library mapped while `entry` may be called.
-    _library: Arc<Library>,
+    code: FunctionCode,
 }
 
 impl Function {
-    /// The entry point; valid while `self` lives (it holds the library).
-    pub fn entry(&self) -> praas_function {
-        self.entry
+    /// The C ABI entry point (`None` for a Python function); valid while `self` lives (it holds
+    /// the library).
+    pub fn entry(&self) -> Option<praas_function> {
+        match &self.code {
+            FunctionCode::Native { entry, .. } => Some(*entry),
+            #[cfg(feature = "python")]
+            FunctionCode::Python(_) => None,
+        }
     }
+
+    /// What it is written against.
+    pub fn language(&self) -> Language {
+        match &self.code {
+            FunctionCode::Native { .. } => Language::C,
+            #[cfg(feature = "python")]
+            FunctionCode::Python(_) => Language::Python,
+        }
+    }
+
+    /// Its code, for the invocation to run.
+    pub(crate) fn code(&self) -> &FunctionCode {
+        &self.code
+    }
+}
+
+/// Opens `spec`'s library (once per path: `libraries` keeps those opened) and finds its symbol.
+fn native_code(
+    manifest: &Manifest,
+    spec: &FunctionSpec,
+    libraries: &mut HashMap<PathBuf, Arc<Library>>,
+) -> Result<FunctionCode, LoadError> {
+    let path = manifest.base_dir.join(&spec.library);
+    let library = match libraries.get(&path) {
+        Some(lib) => Arc::clone(lib),
+        None => {
+            // SAFETY: loading a library runs its initialisers; function libraries are
+            // trusted code of the application, loaded once at process start.
+            let lib = unsafe { Library::new(&path) }.map_err(|source| LoadError::Library {
+                function: spec.name.clone(),
+                library: path.clone(),
+                source,
+            })?;
+            let lib = Arc::new(lib);
+            libraries.insert(path.clone(), Arc::clone(&lib));
+            lib
+        }
+    };
+    let symbol = spec.entry_name();
+    // SAFETY: the manifest declares that `symbol` is a praas function, so it has the
+    // `praas_function` signature; the `Arc<Library>` stored beside the pointer keeps the
+    // code mapped for as long as the pointer can be called.
+    let entry = unsafe { library.get::<praas_function>(symbol.as_bytes()) }.map(|sym| *sym).map_err(|source| {
+        LoadError::Symbol { function: spec.name.clone(), library: path.clone(), symbol: symbol.to_owned(), source }
+    })?;
+    Ok(FunctionCode::Native { entry, _library: library })
+}
+
+/// Imports `spec`'s module (once per module: `loader` keeps those imported) and finds its function.
+#[cfg(feature = "python")]
+fn python_code(
+    manifest: &Manifest,
+    spec: &FunctionSpec,
+    loader: &mut crate::python::Loader,
+) -> Result<FunctionCode, LoadError> {
+    use crate::python::{LoadFailure, Source};
+    // `validate` checked that a Python function names a module that parses.
+    let module = spec.module.as_deref().unwrap_or_default();
+    let source = match PythonModule::parse(module) {
+        Some(PythonModule::File(path)) => Source::File(manifest.base_dir.join(path)),
+        Some(PythonModule::Name(name)) => Source::Name(name),
+        None => {
+            return Err(ManifestError::InvalidModule { function: spec.name.clone(), module: module.to_owned() }.into())
+        }
+    };
+    let shown = match &source {
+        Source::File(path) => path.display().to_string(),
+        Source::Name(name) => (*name).to_owned(),
+    };
+    let name = spec.entry_name();
+    loader.load(source, name).map(FunctionCode::Python).map_err(|failure| match failure {
+        LoadFailure::Interpreter(reason) => LoadError::PythonInterpreter { function: spec.name.clone(), reason },
+        LoadFailure::Import(traceback) => {
+            LoadError::PythonImport { function: spec.name.clone(), module: shown, traceback }
+        }
+        LoadFailure::Missing(reason) => {
+            LoadError::PythonFunction { function: spec.name.clone(), module: shown, name: name.to_owned(), reason }
+        }
+    })
 }
 
 /// The functions of a process, by name.
@@ -284,47 +570,28 @@ pub struct FunctionRegistry {
 
 impl FunctionRegistry {
     /// Loads every function of `manifest`; fails on the first that cannot be loaded, naming it.
+    /// Python modules are imported here, once each (a module that fails to import, or lacks a
+    /// function, fails the load with the Python traceback in the error).
     pub fn load(manifest: &Manifest) -> Result<Self, LoadError> {
         manifest.validate()?;
         let mut libraries: HashMap<PathBuf, Arc<Library>> = HashMap::new();
         let mut functions = praas_wire::idmap::IdMap::default();
+        #[cfg(feature = "python")]
+        let mut python = crate::python::Loader::default();
         for spec in &manifest.functions {
-            let path = manifest.base_dir.join(&spec.library);
-            let library = match libraries.get(&path) {
-                Some(lib) => Arc::clone(lib),
-                None => {
-                    // SAFETY: loading a library runs its initialisers; function libraries are
-                    // trusted code of the application, loaded once at process start.
-                    let lib = unsafe { Library::new(&path) }.map_err(|source| LoadError::Library {
-                        function: spec.name.clone(),
-                        library: path.clone(),
-                        source,
-                    })?;
-                    let lib = Arc::new(lib);
-                    libraries.insert(path.clone(), Arc::clone(&lib));
-                    lib
-                }
+            let code = match spec.language {
+                Language::C => native_code(manifest, spec, &mut libraries)?,
+                #[cfg(feature = "python")]
+                Language::Python => python_code(manifest, spec, &mut python)?,
+                #[cfg(not(feature = "python"))]
+                Language::Python => return Err(LoadError::PythonUnsupported(spec.name.clone())),
             };
-            let symbol = spec.symbol.clone().unwrap_or_else(|| spec.name.clone());
-            // SAFETY: the manifest declares that `symbol` is a praas function, so it has the
-            // `praas_function` signature; the `Arc<Library>` stored beside the pointer keeps the
-            // code mapped for as long as the pointer can be called.
-            let entry =
-                unsafe { library.get::<praas_function>(symbol.as_bytes()) }.map(|sym| *sym).map_err(|source| {
-                    LoadError::Symbol {
-                        function: spec.name.clone(),
-                        library: path.clone(),
-                        symbol: symbol.clone(),
-                        source,
-                    }
-                })?;
             let function = Function {
                 name: spec.name.as_str().into(),
                 mode: spec.mode,
                 timeout: spec.timeout_ms.map(Duration::from_millis),
                 stats: Arc::new(FunctionStats::new()),
-                entry,
-                _library: library,
+                code,
             };
             if functions.insert(spec.name.as_bytes().into(), function).is_some() {
                 return Err(LoadError::Duplicate(spec.name.clone()));
@@ -435,13 +702,7 @@ mod tests {
         let text = format!("{}{}", one("twice", None), one("twice", Some("other")));
         let err = Manifest::from_toml(&text, Path::new("")).unwrap_err();
         assert!(matches!(&err, ManifestError::Duplicate(name) if name == "twice"), "{err:?}");
-        let spec = FunctionSpec {
-            name: "twice".into(),
-            library: "/nonexistent.so".into(),
-            symbol: None,
-            mode: ExecutionMode::Worker,
-            timeout_ms: None,
-        };
+        let spec = FunctionSpec::native("twice", "/nonexistent.so");
         let built = Manifest { functions: vec![spec.clone(), spec], base_dir: PathBuf::new() };
         let err = FunctionRegistry::load(&built).unwrap_err();
         assert!(matches!(err, LoadError::Invalid(ManifestError::Duplicate(_))), "{err}");
@@ -474,22 +735,35 @@ mod tests {
         fn spec() -> impl Strategy<Value = FunctionSpec> {
             (
                 "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}",
-                any::<String>(),
+                any::<String>().prop_filter("a library path", |s| !s.is_empty()),
                 proptest::option::of("[A-Za-z_][A-Za-z0-9_]{0,40}"),
                 prop_oneof![Just(ExecutionMode::Inline), Just(ExecutionMode::Worker)],
                 proptest::option::of(0..=i64::MAX as u64),
             )
                 .prop_map(|(name, library, symbol, mode, timeout_ms)| FunctionSpec {
-                    name,
-                    library: library.into(),
                     symbol,
                     mode,
                     timeout_ms,
+                    ..FunctionSpec::native(name, library)
+                })
+        }
+
+        fn python_spec() -> impl Strategy<Value = FunctionSpec> {
+            (
+                "[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}",
+                prop_oneof!["[^\\x00]{0,30}\\.py", "[a-z_][a-z0-9_]{0,10}(\\.[a-z_][a-z0-9_]{0,10}){0,2}"],
+                "[A-Za-z_][A-Za-z0-9_]{0,40}",
+                prop_oneof![Just(ExecutionMode::Inline), Just(ExecutionMode::Worker)],
+            )
+                .prop_map(|(name, module, symbol, mode)| FunctionSpec {
+                    symbol: Some(symbol),
+                    mode,
+                    ..FunctionSpec::python(name, module)
                 })
         }
 
         fn manifest() -> impl Strategy<Value = Manifest> {
-            proptest::collection::vec(spec(), 0..8).prop_map(|specs| {
+            proptest::collection::vec(prop_oneof![spec(), python_spec()], 0..8).prop_map(|specs| {
                 let mut seen = std::collections::HashSet::new();
                 let functions = specs.into_iter().filter(|s| seen.insert(s.name.clone())).collect();
                 Manifest { functions, base_dir: PathBuf::from("/where/it/was/read") }
@@ -504,6 +778,78 @@ mod tests {
                 prop_assert_eq!(back, manifest, "{}", text);
             }
         }
+    }
+
+    #[test]
+    fn python_functions_name_a_module_and_c_functions_a_library_each_not_the_other() {
+        let parse = |text: &str| Manifest::from_toml(text, Path::new("/base"));
+        let m = parse(
+            "[[function]]\nname = \"a\"\nlanguage = \"python\"\nmodule = \"fns.py\"\n\
+             [[function]]\nname = \"b\"\nlanguage = \"python\"\nmodule = \"pkg.mod\"\nsymbol = \"run\"\nmode = \"inline\"\n\
+             [[function]]\nname = \"c\"\nlibrary = \"x.so\"\nlanguage = \"c\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.functions[0].language, Language::Python);
+        assert_eq!(m.functions[0].entry_name(), "a");
+        assert_eq!(m.functions[1].entry_name(), "run");
+        assert_eq!(m.functions[2].language, Language::C);
+        assert_eq!(PythonModule::parse("fns.py"), Some(PythonModule::File(Path::new("fns.py"))));
+        assert_eq!(PythonModule::parse("sub/dir/fns"), Some(PythonModule::File(Path::new("sub/dir/fns"))));
+        assert_eq!(PythonModule::parse("pkg.mod"), Some(PythonModule::Name("pkg.mod")));
+        // The C ABI stays the default, and is not written out.
+        let text = m.to_toml().unwrap();
+        assert_eq!(text.matches("language").count(), 2, "{text}");
+        assert_eq!(parse(&text).unwrap(), m);
+
+        let python = |extra: &str| format!("[[function]]\nname = \"f\"\nlanguage = \"python\"\n{extra}");
+        type Case = (String, fn(&ManifestError) -> bool, &'static str);
+        let cases: [Case; 7] = [
+            (python(""), |e| matches!(e, ManifestError::MissingModule(f) if f == "f"), "needs `module`"),
+            (
+                python("module = \"m.py\"\nlibrary = \"x.so\"\n"),
+                |e| matches!(e, ManifestError::LibraryWithPython(_)),
+                "not `library`",
+            ),
+            (
+                python("module = \"not a name\"\n"),
+                |e| matches!(e, ManifestError::InvalidModule { .. }),
+                "neither a file",
+            ),
+            (python("module = \"pkg..mod\"\n"), |e| matches!(e, ManifestError::InvalidModule { .. }), "neither a file"),
+            (
+                "[[function]]\nname = \"with-dash\"\nlanguage = \"python\"\nmodule = \"m.py\"\n".into(),
+                |e| matches!(e, ManifestError::PythonName(f) if f == "with-dash"),
+                "`symbol` must name",
+            ),
+            (
+                "[[function]]\nname = \"f\"\n".into(),
+                |e| matches!(e, ManifestError::MissingLibrary(_)),
+                "needs `library`",
+            ),
+            (
+                "[[function]]\nname = \"f\"\nlibrary = \"x.so\"\nmodule = \"m.py\"\n".into(),
+                |e| matches!(e, ManifestError::ModuleWithoutPython(_)),
+                "language = \"python\"",
+            ),
+        ];
+        for (text, is, says) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(is(&err), "{text}: {err:?}");
+            assert!(err.to_string().contains(says) && err.to_string().contains("function \""), "{err}");
+        }
+        assert!(parse("[[function]]\nname = \"f\"\nlanguage = \"perl\"\nmodule = \"m\"\n").is_err());
+        // A dashed name is fine with a symbol.
+        parse(&python("module = \"m.py\"\nsymbol = \"f_1\"\n").replace("\"f\"\nlanguage", "\"f-1\"\nlanguage"))
+            .unwrap();
+    }
+
+    #[cfg(not(feature = "python"))]
+    #[test]
+    fn python_functions_need_the_python_feature() {
+        let m = Manifest { functions: vec![FunctionSpec::python("f", "m.py")], base_dir: PathBuf::new() };
+        let err = FunctionRegistry::load(&m).unwrap_err();
+        assert!(matches!(err, LoadError::PythonUnsupported(_)), "{err}");
+        assert!(err.to_string().contains("cargo feature `python`"), "{err}");
     }
 
     #[test]

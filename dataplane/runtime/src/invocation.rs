@@ -5,7 +5,10 @@
 //!
 //! [`execute`] runs a function on the calling thread. The function reads its input in place (a
 //! slice of the buffer the transport received it into) and writes its output into a
-//! [`PoolBuf`] from the process's pool, which the transport then sends as it is.
+//! [`PoolBuf`] from the process's pool, which the transport then sends as it is. A Python
+//! function (cargo feature `python`) gets the same input in place as a read-only `memoryview`
+//! and the same services, through the safe methods of the running invocation that the C ABI's
+//! entries call too (`crate::python`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,16 +20,16 @@ use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
 use praas_ffi::{
     praas_api, praas_bytes, praas_context, praas_output, PRAAS_ABI_VERSION, PRAAS_ERR_INTERNAL,
-    PRAAS_ERR_INVALID_ARGUMENT, PRAAS_ERR_NOT_FOUND, PRAAS_ERR_OVERLOADED, PRAAS_ERR_TIMEOUT, PRAAS_ERR_TOO_LARGE,
-    PRAAS_ERR_UNKNOWN_FUNCTION, PRAAS_LOG_DEBUG, PRAAS_LOG_ERROR, PRAAS_LOG_INFO, PRAAS_LOG_WARN, PRAAS_OK,
+    PRAAS_ERR_INVALID_ARGUMENT, PRAAS_ERR_NOT_FOUND, PRAAS_ERR_TOO_LARGE, PRAAS_LOG_DEBUG, PRAAS_LOG_ERROR,
+    PRAAS_LOG_INFO, PRAAS_LOG_WARN, PRAAS_OK,
 };
 
 use crate::buffer::{Payload, PoolBuf, MIN_BUF};
 use crate::clock::Tick;
-use crate::function::{ExecutionMode, Function};
+use crate::function::{ExecutionMode, Function, FunctionCode};
 use crate::peer::DEFAULT_PUT_TIMEOUT;
 use crate::process_core::ProcessCore;
-use crate::state::validate_key;
+use crate::state::{validate_key, StateEntry};
 use praas_wire::protocol::Status;
 
 /// Deepest chain of local invocations (a function invoking a function invoking ...).
@@ -263,7 +266,7 @@ impl Dispatcher {
         };
         match function.mode {
             ExecutionMode::Inline => {
-                let outcome = run_inline(core, function, &input, arrival, timeout);
+                let outcome = run_inline(core, id, function, &input, arrival, timeout);
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 Dispatched::Done(Response { id, outcome })
             }
@@ -316,7 +319,8 @@ impl Dispatcher {
         }
         self.watch(slot, Some(Arc::clone(&pending)));
         let deadline = pending.deadline;
-        let outcome = execute(core, &job.function, &job.input, deadline.map_or(Deadline::None, Deadline::At));
+        let deadline_at = deadline.map_or(Deadline::None, Deadline::At);
+        let outcome = execute_input(core, pending.id, &job.function, Input::Shared(&job.input), deadline_at);
         let finished = Instant::now();
         let ran = finished.saturating_duration_since(picked);
         let finished_tick = Tick::now();
@@ -349,13 +353,14 @@ impl Dispatcher {
 /// function asks for it).
 fn run_inline(
     core: &ProcessCore,
+    id: u64,
     function: &Function,
-    input: &[u8],
+    input: &Payload,
     arrival: Tick,
     timeout: Option<Duration>,
 ) -> Outcome {
     let deadline = timeout.map_or(Deadline::None, |t| Deadline::After(arrival, t));
-    let outcome = execute(core, function, input, deadline);
+    let outcome = execute_input(core, id, function, Input::Shared(input), deadline);
     let finished = Tick::now();
     let ran = finished.duration_since(arrival);
     finish(core, function, outcome, ran, ran, finished, timeout.is_some_and(|timeout| ran > timeout))
@@ -376,7 +381,8 @@ fn finish(
     overran: bool,
 ) -> Outcome {
     core.metrics().record(ran, finished);
-    let outcome = if overran {
+    // A Python function interrupted at its deadline already says so.
+    let outcome = if overran && outcome.status != Status::Timeout {
         Outcome::error(Status::Timeout, format!("function {:?} ran {ran:?}, past its deadline", function.name))
     } else {
         outcome
@@ -423,6 +429,8 @@ fn watchdog_loop(running: &Arc<[RunningSlot]>, next: &AtomicU64, epoch: Instant)
 
 /// Runtime-side state of a running invocation, reached through `praas_context::runtime`.
 struct Invocation<'p> {
+    /// The id of the client's invocation it runs in (a local invocation carries its caller's).
+    id: u64,
     process: &'p ProcessCore,
     function: &'p str,
     deadline: Deadline,
@@ -459,23 +467,57 @@ impl LentBytes {
     }
 }
 
-/// Runs `function` on this thread with `input`; never unwinds.
-pub fn execute(process: &ProcessCore, function: &Function, input: &[u8], deadline: Deadline) -> Outcome {
-    execute_nested(process, function, input, deadline, 0, function.mode == ExecutionMode::Inline)
+/// A function's input: a payload a transport received (shared, so that a Python function's view
+/// of it can outlive the call safely), or bytes borrowed from a caller (a local invocation).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Shared(&'a Payload),
+    Borrowed(&'a [u8]),
 }
 
+impl Input<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Shared(payload) => payload,
+            Input::Borrowed(bytes) => bytes,
+        }
+    }
+}
+
+/// Runs `function` on this thread with `input` for the client's invocation `id` (the id its
+/// log lines carry); never unwinds.
+pub fn execute(process: &ProcessCore, id: u64, function: &Function, input: &[u8], deadline: Deadline) -> Outcome {
+    execute_input(process, id, function, Input::Borrowed(input), deadline)
+}
+
+fn execute_input(process: &ProcessCore, id: u64, function: &Function, input: Input<'_>, deadline: Deadline) -> Outcome {
+    execute_nested(process, id, function, input, deadline, 0, function.mode == ExecutionMode::Inline)
+}
+
+/// Runs `function` at local-invocation `depth` (0: a client's), on the I/O thread if `inline`.
 fn execute_nested(
     process: &ProcessCore,
+    id: u64,
     function: &Function,
-    input: &[u8],
+    input: Input<'_>,
     deadline: Deadline,
     depth: u32,
     inline: bool,
 ) -> Outcome {
+    let invocation = Invocation { id, process, function: &function.name, deadline, depth, error: None, inline };
+    match function.code() {
+        FunctionCode::Native { entry, .. } => execute_native(invocation, *entry, input.bytes()),
+        #[cfg(feature = "python")]
+        FunctionCode::Python(code) => execute_python(invocation, code, input),
+    }
+}
+
+/// Runs a C ABI function.
+fn execute_native(mut invocation: Invocation<'_>, entry: praas_ffi::praas_function, input: &[u8]) -> Outcome {
+    let (process, name) = (invocation.process, invocation.function);
     let Some(mut buffer) = process.pool().get(MIN_BUF.max(input.len())) else {
         return Outcome::error(Status::Overloaded, "no buffer for the output: the process's buffer budget is spent");
     };
-    let mut invocation = Invocation { process, function: &function.name, deadline, depth, error: None, inline };
     let mut context = praas_context { api: &API, runtime: (&mut invocation as *mut Invocation<'_>).cast() };
     let mut output = praas_output {
         data: buffer.memory_mut().as_mut_ptr(),
@@ -483,39 +525,248 @@ fn execute_nested(
         capacity: buffer.capacity(),
         handle: (&mut buffer as *mut PoolBuf).cast(),
     };
-    let entry = function.entry();
     // SAFETY: `entry` has the praas_function signature (the manifest says so, see
-    // `FunctionRegistry::load`) and its library is kept loaded by `function`. The input slice, the
-    // context and the output (whose `data`/`capacity` describe `buffer`'s memory, and whose
-    // `handle` points to `buffer`) all live until the call returns.
+    // `FunctionRegistry::load`) and its library is kept loaded by the function, which the caller
+    // holds. The input slice, the context and the output (whose `data`/`capacity` describe
+    // `buffer`'s memory, and whose `handle` points to `buffer`) all live until the call returns.
     let result =
         catch_unwind(AssertUnwindSafe(|| unsafe { entry(&mut context, input.as_ptr(), input.len(), &mut output) }));
     let status = match result {
         Ok(code) => code,
         Err(_) => {
-            invocation.error = Some(format!("function {:?} unwound into the runtime", function.name));
+            invocation.error = Some(format!("function {name:?} unwound into the runtime"));
             praas_ffi::PRAAS_ERR_PANICKED
         }
     };
     if status != PRAAS_OK {
         let status = Status::from_abi(status);
-        let message =
-            invocation.error.take().unwrap_or_else(|| format!("function {:?} failed: {status}", function.name));
+        let message = invocation.error.take().unwrap_or_else(|| format!("function {name:?} failed: {status}"));
         return Outcome::error(status, message);
     }
     if output.len > buffer.capacity() {
         return Outcome::error(
             Status::Internal,
-            format!(
-                "function {:?} set output length {} beyond its capacity {}",
-                function.name,
-                output.len,
-                buffer.capacity()
-            ),
+            format!("function {name:?} set output length {} beyond its capacity {}", output.len, buffer.capacity()),
         );
     }
     buffer.set_len(output.len);
     Outcome::ok(buffer)
+}
+
+/// Runs a Python function: its input is shared with it (bytes a caller lent are copied into a
+/// buffer of the pool first, since a Python view of them may outlive the call).
+#[cfg(feature = "python")]
+fn execute_python(invocation: Invocation<'_>, code: &crate::python::PythonFunction, input: Input<'_>) -> Outcome {
+    let (process, name) = (invocation.process, invocation.function);
+    let payload = match input {
+        Input::Shared(payload) => payload.clone(),
+        Input::Borrowed(bytes) => match output_buffer(process, bytes.len(), bytes.len().max(MIN_BUF)) {
+            Ok(mut buffer) => {
+                buffer.memory_mut()[..bytes.len()].copy_from_slice(bytes);
+                buffer.set_len(bytes.len());
+                Payload::whole(buffer)
+            }
+            Err(status) => return Outcome::error(status, format!("no buffer for the input of {name:?}: {status}")),
+        },
+    };
+    let deadline = invocation.deadline.instant();
+    let result = catch_unwind(AssertUnwindSafe(|| crate::python::call(code, name, &invocation, payload, deadline)));
+    match result {
+        Ok(Ok(output)) => Outcome::ok(output),
+        Ok(Err((status, message))) => Outcome::error(status, message),
+        Err(_) => Outcome::error(Status::Panicked, format!("Python function {name:?} panicked in the runtime")),
+    }
+}
+
+/// A buffer of at least `capacity` bytes for an output of `needed` bytes: `TooLarge` past the
+/// process's largest frame, `Overloaded` when the pool's budget is spent.
+fn output_buffer(process: &ProcessCore, needed: usize, capacity: usize) -> Result<PoolBuf, Status> {
+    if needed > process.config().max_frame {
+        return Err(Status::TooLarge);
+    }
+    process.pool().get(capacity).ok_or(Status::Overloaded)
+}
+
+/// What a context call failed with: its status and the error text.
+type CallResult<T> = Result<T, (Status, String)>;
+
+fn bad_key(err: crate::state::StateError) -> (Status, String) {
+    (Status::InvalidArgument, err.to_string())
+}
+
+/// The services of a running invocation, in safe Rust: the C ABI's entries (below) and the
+/// Python context (`crate::python`) both call these.
+impl Invocation<'_> {
+    fn state_put(&self, key: &[u8], value: &[u8]) -> CallResult<()> {
+        let key = validate_key(key).map_err(bad_key)?;
+        self.process.state().put(key, value.to_vec()).map(drop).map_err(bad_key)
+    }
+
+    fn state_get(&self, key: &[u8]) -> CallResult<Option<StateEntry>> {
+        Ok(self.process.state().get(validate_key(key).map_err(bad_key)?))
+    }
+
+    fn state_delete(&self, key: &[u8]) -> CallResult<bool> {
+        Ok(self.process.state().delete(validate_key(key).map_err(bad_key)?))
+    }
+
+    fn state_keys(&self) -> Vec<(String, u64)> {
+        self.process.state().keys()
+    }
+
+    /// Runs `name` right here, on the caller's thread, with the caller's deadline: a local
+    /// invocation needs no free worker, so it cannot deadlock however busy the pool is.
+    fn invoke_local(&self, name: &[u8], input: &[u8]) -> CallResult<PoolBuf> {
+        let process = self.process;
+        let Some(callee) = process.functions().get(name) else {
+            return Err((Status::UnknownFunction, unknown_function_message(process, name)));
+        };
+        if self.depth + 1 >= MAX_LOCAL_DEPTH {
+            return Err((Status::InvalidArgument, format!("local invocations nested deeper than {MAX_LOCAL_DEPTH}")));
+        }
+        if self.deadline.instant().is_some_and(|d| Instant::now() >= d) {
+            return Err((Status::Timeout, format!("deadline passed before {:?} could be invoked", callee.name)));
+        }
+        let outcome = execute_nested(
+            process,
+            self.id,
+            callee,
+            Input::Borrowed(input),
+            self.deadline,
+            self.depth + 1,
+            self.inline,
+        );
+        process.metrics().record_local();
+        match outcome.output {
+            Some(buffer) if outcome.status == Status::Ok => Ok(buffer),
+            _ => Err((outcome.status, outcome.message)),
+        }
+    }
+
+    /// Puts a message to `dest`; waits for its acknowledgement (refused inline, where that would
+    /// block the I/O thread, unless `dest` is this process).
+    fn put_message(&self, dest: &str, key: &str, data: &[u8]) -> CallResult<()> {
+        validate_key(key.as_bytes()).map_err(bad_key)?;
+        let process = self.process;
+        if self.inline && dest != process.id() {
+            let text = format!(
+                "put to process {dest:?} waits for its answer, which would block the I/O thread: declare \
+                 function {:?} with mode = \"worker\"",
+                self.function
+            );
+            return Err((Status::Unsupported, text));
+        }
+        let timeout = match self.deadline.instant() {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(DEFAULT_PUT_TIMEOUT),
+            None => DEFAULT_PUT_TIMEOUT,
+        };
+        if timeout.is_zero() {
+            return Err((Status::Timeout, format!("deadline passed before the put to {dest:?}")));
+        }
+        process.peers().put(dest, key, data, timeout).map_err(|err| (err.status(), err.to_string()))
+    }
+
+    /// Takes the oldest message under `key` from `source` (any if `None`), waiting at most
+    /// `timeout` and never past the invocation's deadline (refused inline with a timeout).
+    fn get_message(&self, source: Option<&str>, key: &str, timeout: Duration) -> CallResult<(String, Vec<u8>)> {
+        validate_key(key.as_bytes()).map_err(bad_key)?;
+        if self.inline && !timeout.is_zero() {
+            let text = format!(
+                "get with a timeout would block the I/O thread: declare function {:?} with mode = \"worker\", \
+                 or get with timeout 0 to only look",
+                self.function
+            );
+            return Err((Status::Unsupported, text));
+        }
+        let left = self.deadline.instant().map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = left.map_or(timeout, |left| left.min(timeout));
+        self.process.mailbox().get(source, key, wait).map_err(|err| {
+            let mut text = err.to_string();
+            if wait < timeout {
+                text.push_str(" (the invocation's deadline came first)");
+            }
+            (crate::mailbox::MailboxError::status(&err), text)
+        })
+    }
+
+    /// A line in the process's log from the function, naming the invocation, the application,
+    /// the process and the function.
+    fn log(&self, level: i32, text: &str) {
+        let (id, app, process, function) =
+            (self.id, self.process.config().app.as_str(), self.process.id(), self.function);
+        match level {
+            PRAAS_LOG_ERROR => tracing::error!(target: "praas::function", id, app, process, function, "{text}"),
+            PRAAS_LOG_WARN => tracing::warn!(target: "praas::function", id, app, process, function, "{text}"),
+            PRAAS_LOG_INFO => tracing::info!(target: "praas::function", id, app, process, function, "{text}"),
+            PRAAS_LOG_DEBUG => tracing::debug!(target: "praas::function", id, app, process, function, "{text}"),
+            _ => tracing::trace!(target: "praas::function", id, app, process, function, "{text}"),
+        }
+    }
+}
+
+#[cfg(feature = "python")]
+impl crate::python::Services for Invocation<'_> {
+    fn process_id(&self) -> &str {
+        self.process.id()
+    }
+
+    fn function(&self) -> &str {
+        self.function
+    }
+
+    fn state_put(&self, key: &[u8], value: &[u8]) -> CallResult<()> {
+        Invocation::state_put(self, key, value)
+    }
+
+    fn state_get(&self, key: &[u8]) -> CallResult<Option<StateEntry>> {
+        Invocation::state_get(self, key)
+    }
+
+    fn state_delete(&self, key: &[u8]) -> CallResult<bool> {
+        Invocation::state_delete(self, key)
+    }
+
+    fn state_keys(&self) -> Vec<(String, u64)> {
+        Invocation::state_keys(self)
+    }
+
+    fn put_message(&self, dest: &str, key: &str, data: &[u8]) -> CallResult<()> {
+        Invocation::put_message(self, dest, key, data)
+    }
+
+    fn get_message(&self, source: Option<&str>, key: &str, timeout: Duration) -> CallResult<(String, Vec<u8>)> {
+        Invocation::get_message(self, source, key, timeout)
+    }
+
+    fn is_python(&self, function: &[u8]) -> bool {
+        self.process.functions().get(function).is_some_and(|f| f.language() == crate::function::Language::Python)
+    }
+
+    fn invoke_local(&self, function: &[u8], input: &[u8]) -> CallResult<PoolBuf> {
+        Invocation::invoke_local(self, function, input)
+    }
+
+    fn log(&self, level: i32, message: &str) {
+        Invocation::log(self, level, message)
+    }
+
+    fn output(&self, bytes: &[u8]) -> CallResult<PoolBuf> {
+        let mut buffer = output_buffer(self.process, bytes.len(), bytes.len().max(MIN_BUF)).map_err(|status| {
+            let text = match status {
+                Status::TooLarge => format!(
+                    "function {:?} returned {} bytes, more than the largest frame of this process ({} bytes)",
+                    self.function,
+                    bytes.len(),
+                    self.process.config().max_frame
+                ),
+                _ => "no buffer for the output: the process's buffer budget is spent".to_owned(),
+            };
+            (status, text)
+        })?;
+        buffer.memory_mut()[..bytes.len()].copy_from_slice(bytes);
+        buffer.set_len(bytes.len());
+        Ok(buffer)
+    }
 }
 
 /// Runs `f` with the invocation behind `ctx`, turning a panic of the runtime's own code into an
@@ -565,11 +816,9 @@ unsafe extern "C" fn output_reserve(ctx: *mut praas_context, out: *mut praas_out
         if needed <= buffer.capacity() {
             return PRAAS_OK;
         }
-        if needed > invocation.process.config().max_frame {
-            return PRAAS_ERR_TOO_LARGE;
-        }
-        let Some(mut grown) = invocation.process.pool().get(needed.max(buffer.capacity() * 2)) else {
-            return PRAAS_ERR_OVERLOADED;
+        let mut grown = match output_buffer(invocation.process, needed, needed.max(buffer.capacity() * 2)) {
+            Ok(grown) => grown,
+            Err(status) => return status.code() as i32,
         };
         grown.memory_mut()[..out.len].copy_from_slice(&buffer.memory_mut()[..out.len]);
         *buffer = grown;
@@ -591,12 +840,9 @@ unsafe extern "C" fn state_put(
         let (Some(key), Some(value)) = (unsafe { slice(key, key_len) }, unsafe { slice(value, value_len) }) else {
             return PRAAS_ERR_INVALID_ARGUMENT;
         };
-        let Ok(key) = validate_key(key) else {
-            return PRAAS_ERR_INVALID_ARGUMENT;
-        };
-        match invocation.process.state().put(key, value.to_vec()) {
-            Ok(_) => PRAAS_OK,
-            Err(_) => PRAAS_ERR_INVALID_ARGUMENT,
+        match invocation.state_put(key, value) {
+            Ok(()) => PRAAS_OK,
+            Err((status, _)) => status.code() as i32,
         }
     })
 }
@@ -616,11 +862,10 @@ unsafe extern "C" fn state_get(
         if value.is_null() {
             return PRAAS_ERR_INVALID_ARGUMENT;
         }
-        let Ok(key) = validate_key(key) else {
-            return PRAAS_ERR_INVALID_ARGUMENT;
-        };
-        let Some(entry) = invocation.process.state().get(key) else {
-            return PRAAS_ERR_NOT_FOUND;
+        let entry = match invocation.state_get(key) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return PRAAS_ERR_NOT_FOUND,
+            Err((status, _)) => return status.code() as i32,
         };
         if !timestamp_ns.is_null() {
             // SAFETY: a non-null `timestamp_ns` points to a writable u64 (ABI contract).
@@ -637,13 +882,10 @@ unsafe extern "C" fn state_delete(ctx: *mut praas_context, key: *const u8, key_l
         let Some(key) = (unsafe { slice(key, key_len) }) else {
             return PRAAS_ERR_INVALID_ARGUMENT;
         };
-        let Ok(key) = validate_key(key) else {
-            return PRAAS_ERR_INVALID_ARGUMENT;
-        };
-        if invocation.process.state().delete(key) {
-            PRAAS_OK
-        } else {
-            PRAAS_ERR_NOT_FOUND
+        match invocation.state_delete(key) {
+            Ok(true) => PRAAS_OK,
+            Ok(false) => PRAAS_ERR_NOT_FOUND,
+            Err((status, _)) => status.code() as i32,
         }
     })
 }
@@ -654,7 +896,7 @@ unsafe extern "C" fn state_keys(ctx: *mut praas_context, keys: *mut praas_bytes)
             return PRAAS_ERR_INVALID_ARGUMENT;
         }
         let mut encoded = Vec::new();
-        for (key, ts) in invocation.process.state().keys() {
+        for (key, ts) in invocation.state_keys() {
             praas_ffi::encode_key(&mut encoded, &key, ts);
         }
         LentBytes::Owned(encoded).lend(keys);
@@ -679,31 +921,15 @@ unsafe extern "C" fn invoke(
         if output.is_null() {
             return PRAAS_ERR_INVALID_ARGUMENT;
         }
-        let process = invocation.process;
-        let fail = |status: i32, message: String| {
-            LentBytes::Owned(message.into_bytes()).lend(output);
-            status
-        };
-        let Some(callee) = process.functions().get(name) else {
-            return fail(PRAAS_ERR_UNKNOWN_FUNCTION, unknown_function_message(process, name));
-        };
-        if invocation.depth + 1 >= MAX_LOCAL_DEPTH {
-            return fail(PRAAS_ERR_INVALID_ARGUMENT, format!("local invocations nested deeper than {MAX_LOCAL_DEPTH}"));
-        }
-        if invocation.deadline.instant().is_some_and(|d| Instant::now() >= d) {
-            return fail(PRAAS_ERR_TIMEOUT, format!("deadline passed before {:?} could be invoked", callee.name));
-        }
-        // The callee runs right here, on the caller's thread: a local invocation needs no free
-        // worker, so it cannot deadlock however busy the pool is.
-        let outcome =
-            execute_nested(process, callee, input, invocation.deadline, invocation.depth + 1, invocation.inline);
-        process.metrics().record_local();
-        match outcome.output {
-            Some(buffer) if outcome.status == Status::Ok => {
+        match invocation.invoke_local(name, input) {
+            Ok(buffer) => {
                 LentBytes::Buffer(buffer).lend(output);
                 PRAAS_OK
             }
-            _ => fail(outcome.status.code() as i32, outcome.message),
+            Err((status, message)) => {
+                LentBytes::Owned(message.into_bytes()).lend(output);
+                status.code() as i32
+            }
         }
     })
 }
@@ -727,15 +953,7 @@ unsafe extern "C" fn log(ctx: *mut praas_context, level: i32, message: *const u8
         let Some(bytes) = (unsafe { slice(message, message_len) }) else {
             return PRAAS_ERR_INVALID_ARGUMENT;
         };
-        let text = String::from_utf8_lossy(bytes);
-        let (process, function) = (invocation.process.id(), invocation.function);
-        match level {
-            PRAAS_LOG_ERROR => tracing::error!(target: "praas::function", process, function, "{text}"),
-            PRAAS_LOG_WARN => tracing::warn!(target: "praas::function", process, function, "{text}"),
-            PRAAS_LOG_INFO => tracing::info!(target: "praas::function", process, function, "{text}"),
-            PRAAS_LOG_DEBUG => tracing::debug!(target: "praas::function", process, function, "{text}"),
-            _ => tracing::trace!(target: "praas::function", process, function, "{text}"),
-        }
+        invocation.log(level, &String::from_utf8_lossy(bytes));
         PRAAS_OK
     });
 }
@@ -803,28 +1021,12 @@ unsafe extern "C" fn put(
         else {
             return fail_into(error, Status::InvalidArgument, "put: a null pointer with a non-zero length".into());
         };
-        let (Ok(dest), Ok(key)) = (std::str::from_utf8(dest), validate_key(key)) else {
+        let (Ok(dest), Ok(key)) = (std::str::from_utf8(dest), std::str::from_utf8(key)) else {
             return fail_into(error, Status::InvalidArgument, "put: destination and key must be UTF-8".into());
         };
-        let process = invocation.process;
-        if invocation.inline && dest != process.id() {
-            let text = format!(
-                "put to process {dest:?} waits for its answer, which would block the I/O thread: declare \
-                 function {:?} with mode = \"worker\"",
-                invocation.function
-            );
-            return fail_into(error, Status::Unsupported, text);
-        }
-        let timeout = match invocation.deadline.instant() {
-            Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(DEFAULT_PUT_TIMEOUT),
-            None => DEFAULT_PUT_TIMEOUT,
-        };
-        if timeout.is_zero() {
-            return fail_into(error, Status::Timeout, format!("deadline passed before the put to {dest:?}"));
-        }
-        match process.peers().put(dest, key, data, timeout) {
+        match invocation.put_message(dest, key, data) {
             Ok(()) => PRAAS_OK,
-            Err(err) => fail_into(error, err.status(), err.to_string()),
+            Err((status, text)) => fail_into(error, status, text),
         }
     })
 }
@@ -852,22 +1054,11 @@ unsafe extern "C" fn get(
         let (Some(source), Some(key)) = (source, unsafe { slice(key, key_len) }) else {
             return fail_into(message, Status::InvalidArgument, "get: a null key with a non-zero length".into());
         };
-        let (Ok(source), Ok(key)) = (std::str::from_utf8(source), validate_key(key)) else {
+        let (Ok(source), Ok(key)) = (std::str::from_utf8(source), std::str::from_utf8(key)) else {
             return fail_into(message, Status::InvalidArgument, "get: source and key must be UTF-8".into());
         };
         let source = Some(source).filter(|s| !s.is_empty());
-        if invocation.inline && timeout_ms > 0 {
-            let text = format!(
-                "get with a timeout would block the I/O thread: declare function {:?} with mode = \"worker\", \
-                 or get with timeout 0 to only look",
-                invocation.function
-            );
-            return fail_into(message, Status::Unsupported, text);
-        }
-        let asked = Duration::from_millis(timeout_ms);
-        let left = invocation.deadline.instant().map(|d| d.saturating_duration_since(Instant::now()));
-        let wait = left.map_or(asked, |left| left.min(asked));
-        match invocation.process.mailbox().get(source, key, wait) {
+        match invocation.get_message(source, key, Duration::from_millis(timeout_ms)) {
             Ok((sender, bytes)) => {
                 LentBytes::Owned(bytes).lend(message);
                 if !from.is_null() {
@@ -875,13 +1066,7 @@ unsafe extern "C" fn get(
                 }
                 PRAAS_OK
             }
-            Err(err) => {
-                let mut text = err.to_string();
-                if wait < asked {
-                    text.push_str(" (the invocation's deadline came first)");
-                }
-                fail_into(message, crate::mailbox::MailboxError::status(&err), text)
-            }
+            Err((status, text)) => fail_into(message, status, text),
         }
     })
 }

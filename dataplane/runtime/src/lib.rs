@@ -1,6 +1,7 @@
 //! The praas cloud process runtime, below every transport.
 //!
-//! A [`Process`](process::Process) loads functions from shared libraries ([`function`]), keeps
+//! A [`Process`](process::Process) loads functions from shared libraries, or Python modules with
+//! the cargo feature `python` ([`function`]; `docs/python.md`), keeps
 //! per-process state ([`state`]) and a [`mailbox`], runs invocations inline or on its workers
 //! ([`invocation`], over its [`process_core`]), swaps out and in ([`swap`]), talks to its control
 //! plane ([`control_channel`]) and puts messages to its peers ([`peer`]). Every transport hands
@@ -19,6 +20,8 @@ pub mod mailbox;
 pub mod peer;
 pub mod process;
 pub mod process_core;
+#[cfg(feature = "python")]
+mod python;
 pub mod serve;
 pub mod session;
 pub mod state;
