@@ -520,6 +520,9 @@ impl ControlPlane {
                 process: process.clone(),
                 status: entry.record.status,
                 metrics: entry.record.metrics.clone(),
+                // While it runs: a process that is not running serves no transport.
+                transport: entry.record.data_addr.as_ref().and(entry.record.transport.clone()),
+                rdma: entry.record.rdma_addr.is_some(),
             })
             .collect();
         self.inner.metrics.encode(processes)
@@ -825,6 +828,7 @@ impl ControlPlane {
         entry.record.status = ProcessStatus::Allocated;
         entry.record.data_addr = Some(registration.data_addr.clone());
         entry.record.rdma_addr = registration.rdma_addr.clone();
+        entry.record.transport = registration.transport.clone();
         entry.record.pid = Some(registration.pid);
         entry.record.error = None;
         if let Some(placement) = entry.record.handle.as_deref().and_then(|h| self.inner.backend.placement(h)) {

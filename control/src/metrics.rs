@@ -246,7 +246,13 @@ impl ControlMetrics {
 /// The figures of one process serving on its own (`praas process serve --metrics-listen`), in
 /// the families a control plane exports for it: `report` is what the process counted since it
 /// started ([`praas_dataplane::control_channel::totals`]).
-pub fn encode_process(app: &str, process: &str, mut report: Metrics) -> Result<String, MetricsError> {
+pub fn encode_process(
+    app: &str,
+    process: &str,
+    transport: &str,
+    rdma: bool,
+    mut report: Metrics,
+) -> Result<String, MetricsError> {
     let mut functions = FunctionTotals::default();
     functions.add(app, process, &std::mem::take(&mut report.functions));
     let snapshot = ProcessSnapshot {
@@ -254,6 +260,8 @@ pub fn encode_process(app: &str, process: &str, mut report: Metrics) -> Result<S
         process: process.to_owned(),
         status: ProcessStatus::Allocated,
         metrics: report,
+        transport: Some(transport.to_owned()),
+        rdma,
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(StateCollector { processes: vec![snapshot], functions }));
@@ -295,6 +303,10 @@ pub struct ProcessSnapshot {
     /// What it last reported over the control channel (zeros before its first report; a
     /// process that swaps back in starts again from zero, as counters do when they reset).
     pub metrics: Metrics,
+    /// Its data-plane transport while it runs (`uring`, `mio`).
+    pub transport: Option<String>,
+    /// Whether it also serves RDMA.
+    pub rdma: bool,
 }
 
 /// A function's figures over some span: since start, or one metrics interval.
@@ -459,6 +471,19 @@ impl Collector for StateCollector {
         let gauge = |f: fn(&Metrics) -> u64| {
             self.processes.iter().map(move |p| (process_labels(p), ConstGauge::new(f(&p.metrics) as i64)))
         };
+        let info = self.processes.iter().filter_map(|p| {
+            let mut labels = process_labels(p);
+            labels.push(("transport", p.transport.clone()?));
+            labels.push(("rdma", p.rdma.to_string()));
+            Some((labels, ConstGauge::new(1)))
+        });
+        family(
+            &mut encoder,
+            "praas_process_info",
+            "1 for each running process, labelled with the transport of its data-plane address and whether it also serves RDMA",
+            MetricType::Gauge,
+            info,
+        )?;
         family(
             &mut encoder,
             "praas_process_invocations",
@@ -620,7 +645,7 @@ mod tests {
 
     fn snapshot(app: &str, process: &str, status: ProcessStatus, invocations: u64) -> ProcessSnapshot {
         let metrics = Metrics { invocations, compute_ns: 1_500_000_000, ..Metrics::default() };
-        ProcessSnapshot { app: app.into(), process: process.into(), status, metrics }
+        ProcessSnapshot { app: app.into(), process: process.into(), status, metrics, transport: None, rdma: false }
     }
 
     fn line<'t>(text: &'t str, prefix: &str) -> Option<&'t str> {

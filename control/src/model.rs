@@ -85,6 +85,9 @@ pub struct ProcessRecord {
     /// RDMA address while running, if it serves RDMA (clients use `rdma://ADDR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma_addr: Option<String>,
+    /// The transport of its data-plane address (`uring`, `mio`), as it registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// OS process id while running (on its node).
     pub pid: Option<u32>,
     /// The backend's handle while running: the pid (`local`), a Slurm job or step name (`slurm`).
@@ -118,6 +121,7 @@ impl ProcessRecord {
             resources,
             data_addr: None,
             rdma_addr: None,
+            transport: None,
             pid: None,
             handle: None,
             node: None,

@@ -305,7 +305,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
     #[cfg(not(feature = "rdma"))]
     let rdma_addr = None;
     if let Some(addr) = options.metrics_listen {
-        let bound = serve_metrics(addr, &process, &options.app)?;
+        let bound = serve_metrics(addr, &process, &options.app, options.transport.resolve(), rdma_addr.is_some())?;
         println!("metrics on http://{bound}/metrics");
     }
     std::io::stdout().flush().map_err(ProcessMainError::Stdout)?;
@@ -317,6 +317,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         control_addr,
         data_addr: crate::backend::routable(server.local_addr()).to_string(),
         rdma_addr,
+        transport: Some(options.transport.resolve().to_string()),
         swap_store: match swap_store {
             Some(store) => store,
             None => SwapStore::new(private_swap_default()?),
@@ -338,7 +339,13 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
 
 /// Serves `GET /metrics` of `process` on `addr` from a thread of its own; returns the bound
 /// address.
-fn serve_metrics(addr: SocketAddr, process: &Arc<Process>, app: &str) -> Result<SocketAddr, ProcessMainError> {
+fn serve_metrics(
+    addr: SocketAddr,
+    process: &Arc<Process>,
+    app: &str,
+    transport: TransportKind,
+    rdma: bool,
+) -> Result<SocketAddr, ProcessMainError> {
     let listen_error = |source| ProcessMainError::MetricsListen { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(listen_error)?;
     let bound = listener.local_addr().map_err(listen_error)?;
@@ -350,7 +357,7 @@ fn serve_metrics(addr: SocketAddr, process: &Arc<Process>, app: &str) -> Result<
         let (process, app) = (Arc::clone(&process), app.clone());
         async move {
             let report = praas_dataplane::control_channel::totals(&process);
-            match crate::metrics::encode_process(&app, process.id(), report) {
+            match crate::metrics::encode_process(&app, process.id(), &transport.to_string(), rdma, report) {
                 Ok(text) => ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
                 Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
             }

@@ -166,6 +166,14 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     assert!(!text.contains("function=\"no_such_function\""), "an unknown function has no series");
     let get = "app=\"obs\",process=\"p2\",function=\"msg_get\"";
     assert_eq!(expect(&text, &format!("praas_function_invocations_total{{{get}}}")), 1.0);
+    // Which transport each running process serves with.
+    let info =
+        text.lines().find(|l| l.starts_with("praas_process_info{app=\"obs\",process=\"p1\",")).expect("p1's info");
+    assert!(
+        (info.contains("transport=\"uring\"") || info.contains("transport=\"mio\"")) && info.ends_with("} 1"),
+        "{info}"
+    );
+    assert!(info.contains("rdma=\"false\""), "{info}");
     // The processes' mailboxes and pools.
     assert!(expect(&text, "praas_process_messages_received_total{app=\"obs\",process=\"p2\"}") >= 1.0);
     assert_eq!(expect(&text, "praas_process_messages_got_total{app=\"obs\",process=\"p2\"}"), 1.0);
@@ -280,6 +288,10 @@ fn a_process_alone_serves_its_own_metrics() {
     assert_eq!(expect(&text, &format!("praas_function_errors_total{{{fail}}}")), 1.0);
     assert_eq!(expect(&text, "praas_process_invocations_total{app=\"solo\",process=\"alone\"}"), 6.0);
     assert_eq!(expect(&text, "praas_processes{app=\"solo\",status=\"ALLOCATED\"}"), 1.0);
+    assert!(
+        text.lines().any(|l| l.starts_with("praas_process_info{app=\"solo\",process=\"alone\",transport=")),
+        "{text}"
+    );
     promtool_accepts(&text);
     child.kill().unwrap();
     child.wait().unwrap();

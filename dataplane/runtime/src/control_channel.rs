@@ -48,6 +48,9 @@ pub struct Registration {
     /// RDMA address (`HOST:PORT` of the RDMA transport's set-up port), if it serves RDMA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rdma_addr: Option<String>,
+    /// The transport its data-plane address is served with (`uring`, `mio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
     /// OS process id on its host.
     pub pid: u32,
     /// Whether it started from a swapped-out snapshot.
@@ -309,6 +312,8 @@ pub struct ControlLinkOptions {
     pub data_addr: String,
     /// This process's RDMA address, announced at registration, if it serves RDMA.
     pub rdma_addr: Option<String>,
+    /// The transport of its data-plane address (`uring`, `mio`), announced at registration.
+    pub transport: Option<String>,
     /// Where swaps are written.
     pub swap_store: SwapStore,
     /// The process's state files (its working folder), swapped with it.
@@ -378,6 +383,7 @@ fn session(
             process: config.id.clone(),
             data_addr: options.data_addr.clone(),
             rdma_addr: options.rdma_addr.clone(),
+            transport: options.transport.clone(),
             pid: std::process::id(),
             restored: options.restored,
         },
