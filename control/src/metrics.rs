@@ -363,6 +363,8 @@ struct FunctionTotal {
     /// The last report's figures.
     interval: LatencyHistogram,
     interval_errors: BTreeMap<u16, u64>,
+    messages_put: u64,
+    messages_got: u64,
 }
 
 impl FunctionTotals {
@@ -386,6 +388,8 @@ impl FunctionTotals {
                 *total.errors.entry(code).or_default() += n;
                 *total.interval_errors.entry(code).or_default() += n;
             }
+            total.messages_put += report.messages_put;
+            total.messages_got += report.messages_got;
         }
     }
 }
@@ -631,6 +635,20 @@ impl StateCollector {
         });
         family(
             encoder,
+            "praas_function_messages_put",
+            "Messages the function's invocations put (acknowledged by their destination)",
+            MetricType::Counter,
+            functions.iter().map(|(key, t)| (labels(key), ConstCounter::new(t.messages_put))),
+        )?;
+        family(
+            encoder,
+            "praas_function_messages_got",
+            "Messages the function's invocations got",
+            MetricType::Counter,
+            functions.iter().map(|(key, t)| (labels(key), ConstCounter::new(t.messages_got))),
+        )?;
+        family(
+            encoder,
             "praas_function_latency_seconds",
             "Latency of the function's invocations in its process, from the frame's arrival at the dispatcher to the function's return",
             MetricType::Histogram,
@@ -690,6 +708,8 @@ mod tests {
             name: "echo".into(),
             latency: latency.clone(),
             errors: vec![(Status::FunctionFailed.code(), 1)],
+            messages_put: 2,
+            messages_got: 0,
         };
         metrics.add_function_reports("demo", "p1", &[report(&latency)]);
         metrics.add_function_reports("demo", "p1", &[report(&latency)]);
@@ -701,9 +721,16 @@ mod tests {
         assert!(text.contains(&format!("praas_function_latency_seconds_bucket{{{labels},le=\"1e-06\"}} 4")), "{text}");
         assert!(text.contains(&format!("praas_function_latency_seconds_bucket{{{labels},le=\"10\"}} 4")), "{text}");
         assert!(text.contains(&format!("praas_function_latency_seconds_bucket{{{labels},le=\"+Inf\"}} 6")));
+        assert!(text.contains(&format!("praas_function_messages_put_total{{{labels}}} 4")), "{text}");
 
         // A report without the function: its interval is empty, its totals stay.
-        let other = FunctionReport { name: "noop".into(), latency: latency.clone(), errors: Vec::new() };
+        let other = FunctionReport {
+            name: "noop".into(),
+            latency: latency.clone(),
+            errors: Vec::new(),
+            messages_put: 0,
+            messages_got: 0,
+        };
         metrics.add_function_reports("demo", "p1", &[other]);
         let stats = metrics.function_stats("demo", "p1");
         assert_eq!(stats.iter().map(|s| s.function.as_str()).collect::<Vec<_>>(), ["echo", "noop"]);

@@ -166,6 +166,9 @@ fn metrics_count_what_happened_and_promtool_accepts_them() {
     assert!(!text.contains("function=\"no_such_function\""), "an unknown function has no series");
     let get = "app=\"obs\",process=\"p2\",function=\"msg_get\"";
     assert_eq!(expect(&text, &format!("praas_function_invocations_total{{{get}}}")), 1.0);
+    assert_eq!(expect(&text, &format!("praas_function_messages_got_total{{{get}}}")), 1.0);
+    let put = "app=\"obs\",process=\"p1\",function=\"msg_put\"";
+    assert_eq!(expect(&text, &format!("praas_function_messages_put_total{{{put}}}")), 1.0, "the acknowledged put only");
     // Which transport each running process serves with.
     let info =
         text.lines().find(|l| l.starts_with("praas_process_info{app=\"obs\",process=\"p1\",")).expect("p1's info");

@@ -116,6 +116,12 @@ pub struct FunctionReport {
     pub latency: Histogram,
     /// Invocations that failed since the previous report, by status code.
     pub errors: Vec<(u16, u64)>,
+    /// Messages its invocations put (acknowledged) since the previous report.
+    #[serde(default)]
+    pub messages_put: u64,
+    /// Messages its invocations got since the previous report.
+    #[serde(default)]
+    pub messages_got: u64,
 }
 
 /// What a process has reported so far: the next report carries what came since.
@@ -142,8 +148,11 @@ impl Reporter {
                     (n > old).then(|| (status.code(), n - old))
                 })
                 .collect();
-            if latency.count() > 0 || !errors.is_empty() {
-                functions.push(FunctionReport { name: function.name.to_string(), latency, errors });
+            let messages_put = now.messages_put - before.map_or(0, |b| b.messages_put);
+            let messages_got = now.messages_got - before.map_or(0, |b| b.messages_got);
+            if latency.count() > 0 || !errors.is_empty() || messages_put > 0 || messages_got > 0 {
+                let name = function.name.to_string();
+                functions.push(FunctionReport { name, latency, errors, messages_put, messages_got });
             }
             self.last.insert(Arc::clone(&function.name), now);
         }
@@ -162,10 +171,14 @@ pub fn totals(process: &Process) -> MetricsReport {
         .filter_map(|function| {
             let now = function.stats.snapshot();
             let errors: Vec<(u16, u64)> = now.errors.iter().map(|&(status, n)| (status.code(), n)).collect();
-            (now.latency.count() > 0 || !errors.is_empty()).then(|| FunctionReport {
+            let (messages_put, messages_got) = (now.messages_put, now.messages_got);
+            let active = now.latency.count() > 0 || !errors.is_empty() || messages_put > 0 || messages_got > 0;
+            active.then(|| FunctionReport {
                 name: function.name.to_string(),
                 latency: now.latency,
                 errors,
+                messages_put,
+                messages_got,
             })
         })
         .collect();

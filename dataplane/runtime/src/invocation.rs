@@ -433,6 +433,8 @@ struct Invocation<'p> {
     id: u64,
     process: &'p ProcessCore,
     function: &'p str,
+    /// The function's statistics (its messages count there).
+    stats: &'p crate::stats::FunctionStats,
     deadline: Deadline,
     depth: u32,
     error: Option<String>,
@@ -504,7 +506,16 @@ fn execute_nested(
     depth: u32,
     inline: bool,
 ) -> Outcome {
-    let invocation = Invocation { id, process, function: &function.name, deadline, depth, error: None, inline };
+    let invocation = Invocation {
+        id,
+        process,
+        function: &function.name,
+        stats: &function.stats,
+        deadline,
+        depth,
+        error: None,
+        inline,
+    };
     match function.code() {
         FunctionCode::Native { entry, .. } => execute_native(invocation, *entry, input.bytes()),
         #[cfg(feature = "python")]
@@ -663,7 +674,9 @@ impl Invocation<'_> {
         if timeout.is_zero() {
             return Err((Status::Timeout, format!("deadline passed before the put to {dest:?}")));
         }
-        process.peers().put(dest, key, data, timeout).map_err(|err| (err.status(), err.to_string()))
+        process.peers().put(dest, key, data, timeout).map_err(|err| (err.status(), err.to_string()))?;
+        self.stats.record_message_put();
+        Ok(())
     }
 
     /// Takes the oldest message under `key` from `source` (any if `None`), waiting at most
@@ -680,13 +693,15 @@ impl Invocation<'_> {
         }
         let left = self.deadline.instant().map(|d| d.saturating_duration_since(Instant::now()));
         let wait = left.map_or(timeout, |left| left.min(timeout));
-        self.process.mailbox().get(source, key, wait).map_err(|err| {
+        let got = self.process.mailbox().get(source, key, wait).map_err(|err| {
             let mut text = err.to_string();
             if wait < timeout {
                 text.push_str(" (the invocation's deadline came first)");
             }
             (crate::mailbox::MailboxError::status(&err), text)
-        })
+        })?;
+        self.stats.record_message_got();
+        Ok(got)
     }
 
     /// A line in the process's log from the function, naming the invocation, the application,

@@ -102,6 +102,9 @@ pub struct FunctionStats {
     max_ns: AtomicU64,
     /// The longest latency since [`FunctionStats::take_interval_max`] last ran.
     interval_max_ns: AtomicU64,
+    /// Messages its invocations put (acknowledged) and got.
+    messages_put: AtomicU64,
+    messages_got: AtomicU64,
 }
 
 impl std::fmt::Debug for FunctionStats {
@@ -124,7 +127,19 @@ impl FunctionStats {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             max_ns: AtomicU64::new(0),
             interval_max_ns: AtomicU64::new(0),
+            messages_put: AtomicU64::new(0),
+            messages_got: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a message one of its invocations put (and the destination acknowledged).
+    pub fn record_message_put(&self) {
+        self.messages_put.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message one of its invocations got.
+    pub fn record_message_got(&self) {
+        self.messages_got.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one invocation that took `ns` nanoseconds and ended with `status`.
@@ -179,7 +194,12 @@ impl FunctionStats {
             })
             .collect();
         let max_ns = self.max_ns.load(Ordering::Relaxed);
-        StatsSnapshot { latency: Histogram::from_dense(&buckets, sum_ns, max_ns), errors }
+        StatsSnapshot {
+            latency: Histogram::from_dense(&buckets, sum_ns, max_ns),
+            errors,
+            messages_put: self.messages_put.load(Ordering::Relaxed),
+            messages_got: self.messages_got.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -294,6 +314,10 @@ pub struct StatsSnapshot {
     pub latency: Histogram,
     /// Failed invocations by status, those refused before running included.
     pub errors: Vec<(Status, u64)>,
+    /// Messages its invocations put (acknowledged).
+    pub messages_put: u64,
+    /// Messages its invocations got.
+    pub messages_got: u64,
 }
 
 #[cfg(test)]
