@@ -179,10 +179,8 @@ impl Api {
         ApiCallError::Unreachable { base: self.base.clone(), source }
     }
 
-    fn finish<T: DeserializeOwned>(
-        &self,
-        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, ApiCallError> {
+    /// The body of a successful answer as text; a refusal as the error it names.
+    fn text_of(&self, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<String, ApiCallError> {
         let mut response = response.map_err(|e| self.unreachable(e))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().map_err(ApiCallError::Read)?;
@@ -190,6 +188,14 @@ impl Api {
             let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
             return Err(self.refusal(status, message));
         }
+        Ok(text)
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ApiCallError> {
+        let text = self.text_of(response)?;
         serde_json::from_str(&text).map_err(|source| ApiCallError::Answer { source, text })
     }
 
@@ -215,15 +221,7 @@ impl Api {
 
     /// `GET /metrics`: every metric of the control plane, in the Prometheus text format.
     pub fn metrics(&self) -> Result<String, ApiCallError> {
-        let response = self.authorized(self.agent.get(&self.url(&routes::metrics()))).call();
-        let mut response = response.map_err(|e| self.unreachable(e))?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().map_err(ApiCallError::Read)?;
-        if status >= 400 {
-            let message = serde_json::from_str::<ErrorBody>(&text).map(|b| b.error).unwrap_or(text);
-            return Err(self.refusal(status, message));
-        }
-        Ok(text)
+        self.text_of(self.authorized(self.agent.get(&self.url(&routes::metrics()))).call())
     }
 
     /// Invokes a function through the control plane; returns its output bytes.
