@@ -29,6 +29,10 @@ pub enum Command {
     /// binary with the recording on against off, pass against pass, and instructions per
     /// invocation counted by callgrind.
     StatsCost(StatsCostArgs),
+    /// The GIL: throughput of a CPU-bound Python function on 1, 2 and 4 workers under pipelined
+    /// load, beside a CPU-bound C ABI function's on the same processes, each against its own
+    /// one-worker rate and the ideal scaling.
+    PythonGil(PythonGilArgs),
     /// (internal) Inline invocations straight through the dispatcher (what callgrind counts).
     #[command(hide = true)]
     DispatchLoop(DispatchLoopArgs),
@@ -109,6 +113,15 @@ impl InvokeMode {
             Self::Worker => crate::functions::ECHO_WORKER,
         }
     }
+
+    /// The C no-op and the Python no-op in this mode (`invoke --python`).
+    pub fn noops(self) -> [&'static str; 2] {
+        use crate::functions::{NOOP_WORKER, PY_NOOP, PY_NOOP_WORKER};
+        match self {
+            Self::Inline => ["noop", PY_NOOP],
+            Self::Worker => [NOOP_WORKER, PY_NOOP_WORKER],
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +150,13 @@ pub struct InvokeArgs {
     /// the lines carry no `mode`. Throughput and local runs are always inline.
     #[arg(long = "mode", value_enum, value_delimiter = ',')]
     pub modes: Option<Vec<InvokeMode>>,
+    /// Also the round trips of the C no-op (`noop`, `noop_worker`) and of the Python no-op
+    /// (`py_noop`, `py_noop_worker`) per size and mode, each beside its own raw TCP baseline, in
+    /// passes that alternate between them, and a `python-vs-c` line of the Python one against the
+    /// C one (`ratio_p50`, `added_ns`). Implies `--mode inline,worker` unless `--mode` is given.
+    /// Needs the `python` feature and examples/python/functions.py.
+    #[arg(long)]
+    pub python: bool,
     /// Invocations in flight on one connection for the throughput runs, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 64],
           value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -241,6 +261,48 @@ pub struct ServePraasArgs {
     /// Record no per-function statistics (to measure what recording costs).
     #[arg(long)]
     pub no_function_stats: bool,
+    /// Worker threads of the process (its worker-mode functions run on them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub workers: u64,
+    /// Spread the server over every online CPU instead of pinning it to `--cpu` (`python-gil`:
+    /// its workers must be free to run in parallel).
+    #[arg(long)]
+    pub all_cpus: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PythonGilArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Data-plane transport of the invocations.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+    /// Worker counts of the served processes, comma-separated (1 is always measured: it is every
+    /// line's baseline).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4],
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub workers: Vec<u64>,
+    /// Invocations in flight on the one pipelined connection (enough to keep every worker busy).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub in_flight: u64,
+    /// Measured completions per function and worker count.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+    /// Completions dropped before the measured ones.
+    #[arg(long, default_value_t = 200)]
+    pub warmup: u64,
+    /// Iterations of the Python loop (`burn` in examples/python/functions.py) per invocation.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub python_work: u64,
+    /// Bytes the C ABI reference (`fill` of the example library) generates, hashes and stores per
+    /// invocation. Keep it well below malloc's mmap threshold (128 KiB): larger buffers are mapped
+    /// and unmapped per invocation, and their page faults serialise the workers (200 KB scaled by
+    /// 1.03 on 2 workers of a 2-vCPU VM where 50 KB scaled by 1.67).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=16_000_000))]
+    pub c_work: u64,
+    /// Seconds to wait for any response or server before giving up.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +412,18 @@ mod tests {
         assert_eq!(args.transports, [TransportKind::Tcp]);
         assert_eq!((args.iters, args.warmup), (None, None));
         assert_eq!(args.modes, None);
+        assert!(!args.python);
+    }
+
+    #[test]
+    fn python_gil_options_parse() {
+        let cli = Cli::try_parse_from(["praas-bench", "python-gil"]).unwrap();
+        let Command::PythonGil(args) = cli.command else { panic!("parsed {cli:?}") };
+        assert_eq!((args.workers, args.in_flight, args.iters), (vec![1, 2, 4], 16, 2_000));
+        let cli = Cli::try_parse_from(["praas-bench", "python-gil", "--workers", "2,8", "--json"]).unwrap();
+        assert!(matches!(cli.command, Command::PythonGil(PythonGilArgs { ref workers, .. }) if workers == &[2, 8]));
+        assert!(Cli::try_parse_from(["praas-bench", "python-gil", "--workers", "0"]).is_err());
+        assert!(invoke(&["--python"]).unwrap().python);
     }
 
     #[test]
@@ -413,8 +487,27 @@ mod tests {
         let cli = Cli::try_parse_from(["praas-bench", "serve-praas", "--manifest", "/m.toml", "--cpu", "1"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::ServePraas(ServePraasArgs { cpu: 1, transport: TransportKind::Tcp, .. })
+            Command::ServePraas(ServePraasArgs {
+                cpu: 1,
+                transport: TransportKind::Tcp,
+                workers: 1,
+                all_cpus: false,
+                ..
+            })
         ));
+        let cli = Cli::try_parse_from([
+            "praas-bench",
+            "serve-praas",
+            "--manifest",
+            "m",
+            "--cpu",
+            "0",
+            "--workers",
+            "4",
+            "--all-cpus",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::ServePraas(ServePraasArgs { workers: 4, all_cpus: true, .. })));
         let cli = Cli::try_parse_from([
             "praas-bench",
             "serve-praas",

@@ -1,9 +1,12 @@
 //! `invoke`: round-trip latency of `echo` per size (inline, and with `--mode` also the worker-mode
 //! `echo_worker`), throughput at several invocations in flight, and local (function-to-function)
 //! invocation, each praas figure beside the raw TCP baseline measured in the same run with the
-//! same placement.
+//! same placement; with `--python` also the C and the Python no-op per size and mode, and the
+//! Python one against the C one.
 //!
 //! Per size (and mode) the baseline runs first and praas right after, so drift affects both alike.
+//! The two no-ops run in passes that alternate which goes first, each pass of each beside a pass
+//! of its own baseline, for the same reason.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -21,6 +24,11 @@ use crate::report::{self, Record, RunInfo, Summary};
 
 const BASELINE: &str = "raw-tcp";
 const ECHO: &str = "echo";
+/// The `python-vs-c` line's baseline: the C no-op of the same run and mode.
+const C_NOOP: &str = "c-noop";
+/// Passes of the no-op comparison (`--python`): the iterations and warm-up of a size are split
+/// over them, and the order of the C and the Python no-op alternates from pass to pass.
+const NOOP_PASSES: u64 = 4;
 
 /// Runs the whole `invoke` benchmark, once per transport asked for; with several, io_uring's
 /// throughput is also reported against the mio transport's of the same run.
@@ -29,8 +37,10 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
         if args.transports.len() > 1 {
             return Err("--transport rdma runs alone (its baselines are perftest's, not raw TCP)".into());
         }
-        if args.modes.is_some() {
-            return Err("--mode applies to tcp and uring (the RDMA benchmark measures the inline echo)".into());
+        if args.modes.is_some() || args.python {
+            return Err(
+                "--mode and --python apply to tcp and uring (the RDMA benchmark measures the inline echo)".into()
+            );
         }
         #[cfg(feature = "rdma")]
         return crate::rdma::run(args);
@@ -39,6 +49,10 @@ pub fn run(args: &InvokeArgs) -> Result<(), String> {
     }
     if args.modes.as_ref().is_some_and(|modes| modes.is_empty()) {
         return Err("--mode needs at least one of inline, worker".into());
+    }
+    if args.python {
+        let module = functions::require_python()?;
+        eprintln!("praas-bench: the Python functions are {}'s", module.display());
     }
     let online = placement::online_cpus();
     let placement = Placement::new(args.split);
@@ -133,8 +147,12 @@ fn run_transport(
     let mut reporter = Reporter::new(format!("invoke-{}", info.transport), &args.output);
     let report_error = |e: std::io::Error| format!("cannot write the report: {e}");
 
-    // Without --mode: the inline echo, and lines without `mode` (as before the option existed).
-    let modes = args.modes.as_deref().unwrap_or(&[InvokeMode::Inline]);
+    // Without --mode: the inline echo, and lines without `mode` (as before the option existed);
+    // --python implies both modes.
+    let implied: &[InvokeMode] =
+        if args.python { &[InvokeMode::Inline, InvokeMode::Worker] } else { &[InvokeMode::Inline] };
+    let modes = args.modes.as_deref().unwrap_or(implied);
+    let named = args.modes.is_some() || args.python;
     for &size in &args.sizes {
         let iters = args.iters.unwrap_or_else(|| cli::default_iters(size));
         let warmup = args.warmup.unwrap_or_else(|| cli::default_warmup(size));
@@ -146,8 +164,12 @@ fn run_transport(
             let ours = praas_latency(&mut praas, function, &payload, warmup, iters)?;
             let summaries = (Summary::of(&ours), Summary::of(&base));
             let mut record = Record::latency("invoke", &info, size, warmup, &summaries.0, BASELINE, &summaries.1);
-            record.mode = args.modes.is_some().then_some(mode.name());
+            record.mode = named.then_some(mode.name());
             reporter.push_measured(record, &ours, Some(&base)).map_err(report_error)?;
+            if args.python {
+                let mut bench = NoopBench { praas: &mut praas, raw: &mut raw, info: &info, reporter: &mut reporter };
+                bench.python_versus_c(mode, &payload, warmup, iters)?;
+            }
         }
     }
 
@@ -157,7 +179,10 @@ fn run_transport(
     for &in_flight in &args.in_flight {
         eprintln!("praas-bench: throughput, {in_flight} in flight: {warmup} warm-up + {ops} measured completions");
         let base = raw.throughput(&payload, in_flight, warmup, ops)?;
-        let ours = praas_throughput(&mut praas, &payload, in_flight, warmup, ops)?;
+        // Every echo compared in full: 8 bytes, a few nanoseconds of a round trip's microseconds.
+        let ours = pipelined(&mut praas, ECHO, &payload, in_flight, warmup, ops, |output| {
+            raw_tcp::verify("praas", &payload, output)
+        })?;
         throughputs.push((in_flight, ops, warmup, ours));
         reporter
             .push(Record::throughput(&info, payload.len(), in_flight, ops, warmup, ours, BASELINE, base))
@@ -186,6 +211,66 @@ fn invoke_error(what: &str, e: ClientError) -> String {
     format!("praas {what} failed: {e}")
 }
 
+/// The comparison of the Python no-op with the C no-op of one mode (`--python`): where it
+/// measures and where it reports.
+struct NoopBench<'a> {
+    praas: &'a mut Client,
+    raw: &'a mut RawClient,
+    info: &'a RunInfo,
+    reporter: &'a mut Reporter,
+}
+
+impl NoopBench<'_> {
+    /// Round trips of the C and of the Python no-op of `mode` with `payload`, in
+    /// [`NOOP_PASSES`] passes alternating which goes first, each pass beside a pass of its own raw
+    /// TCP baseline; reports an `invoke` line of each, then the `python-vs-c` line of the Python
+    /// one against the C one.
+    fn python_versus_c(&mut self, mode: InvokeMode, payload: &[u8], warmup: u64, iters: u64) -> Result<(), String> {
+        let functions = mode.noops();
+        let (warm, per_pass) = (warmup.div_ceil(NOOP_PASSES), iters.div_ceil(NOOP_PASSES));
+        eprintln!(
+            "praas-bench: invoke {} and {} {} B: {NOOP_PASSES} passes of {warm} warm-up + {per_pass} measured round trips each",
+            functions[0],
+            functions[1],
+            payload.len()
+        );
+        let mut ours = [report::histogram(), report::histogram()];
+        let mut base = [report::histogram(), report::histogram()];
+        let merge = |into: &mut Histogram<u64>, from: &Histogram<u64>| {
+            into.add(from).map_err(|e| format!("cannot merge the histograms: {e}"))
+        };
+        for pass in 0..NOOP_PASSES {
+            let order = if pass % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                merge(&mut base[i], &self.raw.latency(payload, warm, per_pass)?)?;
+                merge(&mut ours[i], &round_trips(self.praas, functions[i], payload, warm, per_pass, Answer::Empty)?)?;
+            }
+        }
+        let warmed = warm * NOOP_PASSES;
+        let report_error = |e: std::io::Error| format!("cannot write the report: {e}");
+        for (i, language) in ["c", "python"].into_iter().enumerate() {
+            let summaries = (Summary::of(&ours[i]), Summary::of(&base[i]));
+            let mut record =
+                Record::latency("invoke", self.info, payload.len(), warmed, &summaries.0, BASELINE, &summaries.1);
+            (record.mode, record.function, record.language) = (Some(mode.name()), Some(functions[i]), Some(language));
+            self.reporter.push_measured(record, &ours[i], Some(&base[i])).map_err(report_error)?;
+        }
+        let (python, c) = (Summary::of(&ours[1]), Summary::of(&ours[0]));
+        let mut record = Record::versus("python-vs-c", self.info, payload.len(), warmed, &python, C_NOOP, &c);
+        (record.mode, record.function, record.language) = (Some(mode.name()), Some(functions[1]), Some("python"));
+        self.reporter.push_measured(record, &ours[1], Some(&ours[0])).map_err(report_error)
+    }
+}
+
+/// What a measured function answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Its input, byte for byte (an echo).
+    Echo,
+    /// Nothing (a no-op).
+    Empty,
+}
+
 /// Blocking round trips of `function` (an echo: `echo` or `echo_worker`): `warmup` dropped, then
 /// `iters` measured; the echo is compared with the input before and after the measured loop.
 pub(crate) fn praas_latency(
@@ -195,8 +280,26 @@ pub(crate) fn praas_latency(
     warmup: u64,
     iters: u64,
 ) -> Result<Histogram<u64>, String> {
+    round_trips(client, function, payload, warmup, iters, Answer::Echo)
+}
+
+/// Blocking round trips of `function`, which answers as `answer` says: `warmup` dropped, then
+/// `iters` measured; the answer is checked on every round trip (its length) and compared in full
+/// before and after the measured loop.
+pub(crate) fn round_trips(
+    client: &mut Client,
+    function: &str,
+    payload: &[u8],
+    warmup: u64,
+    iters: u64,
+    answer: Answer,
+) -> Result<Histogram<u64>, String> {
     let fail = |e| invoke_error(&format!("invocation of {function} with {} bytes", payload.len()), e);
-    raw_tcp::verify("praas", payload, &client.invoke(function, payload).map_err(fail)?)?;
+    let expected: &[u8] = match answer {
+        Answer::Echo => payload,
+        Answer::Empty => &[],
+    };
+    raw_tcp::verify("praas", expected, &client.invoke(function, payload).map_err(fail)?)?;
     for _ in 0..warmup {
         client.invoke(function, payload).map_err(fail)?;
     }
@@ -206,33 +309,39 @@ pub(crate) fn praas_latency(
         let start = Instant::now();
         let output = client.invoke(function, payload).map_err(fail)?;
         let elapsed = start.elapsed();
-        if output.len() != payload.len() {
-            return Err(format!("praas echoed {} bytes for {}", output.len(), payload.len()));
+        if output.len() != expected.len() {
+            return Err(format!("praas {function} answered {} bytes, not {}", output.len(), expected.len()));
         }
         report::record(&mut hist, elapsed);
         last = output;
     }
     if iters > 0 {
-        raw_tcp::verify("praas", payload, &last)?;
+        raw_tcp::verify("praas", expected, &last)?;
     }
     Ok(hist)
 }
 
-/// Pipelined `echo` on one connection: `in_flight` submitted, then each completion received is
-/// replaced by a new submission; returns completions per second over `ops` after `warmup`.
-fn praas_throughput(client: &mut Client, payload: &[u8], in_flight: u64, warmup: u64, ops: u64) -> Result<f64, String> {
-    let fail = |e| invoke_error(&format!("pipelined {ECHO}"), e);
-    raw_tcp::verify("praas", payload, &client.invoke(ECHO, payload).map_err(fail)?)?;
+/// Pipelined invocations of `function` with `payload` on one connection: `in_flight` submitted,
+/// then each completion received (its output passed to `check`) is replaced by a new submission;
+/// returns completions per second over `ops` after `warmup`.
+pub(crate) fn pipelined(
+    client: &mut Client,
+    function: &str,
+    payload: &[u8],
+    in_flight: u64,
+    warmup: u64,
+    ops: u64,
+    check: impl Fn(&[u8]) -> Result<(), String>,
+) -> Result<f64, String> {
+    let fail = |e| invoke_error(&format!("pipelined {function}"), e);
+    check(&client.invoke(function, payload).map_err(fail)?)?;
     for _ in 0..in_flight {
-        client.submit(ECHO, payload).map_err(fail)?;
+        client.submit(function, payload).map_err(fail)?;
     }
-    let next = |client: &mut Client| -> Result<Vec<u8>, String> {
-        let output = client.recv().map_err(fail)?.result.map_err(fail)?;
-        if output.len() != payload.len() {
-            return Err(format!("praas echoed {} bytes for {}", output.len(), payload.len()));
-        }
-        client.submit(ECHO, payload).map_err(fail)?;
-        Ok(output)
+    let next = |client: &mut Client| -> Result<(), String> {
+        check(&client.recv().map_err(fail)?.result.map_err(fail)?)?;
+        client.submit(function, payload).map_err(fail)?;
+        Ok(())
     };
     for _ in 0..warmup {
         next(client)?;
@@ -242,11 +351,9 @@ fn praas_throughput(client: &mut Client, payload: &[u8], in_flight: u64, warmup:
         next(client)?;
     }
     let secs = start.elapsed().as_secs_f64();
-    let mut last = Vec::new();
     for _ in 0..in_flight {
-        last = client.recv().map_err(fail)?.result.map_err(fail)?;
+        check(&client.recv().map_err(fail)?.result.map_err(fail)?)?;
     }
-    raw_tcp::verify("praas", payload, &last)?;
     Ok(ops as f64 / secs)
 }
 

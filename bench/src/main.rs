@@ -13,6 +13,7 @@ mod message;
 mod output;
 mod placement;
 mod plot;
+mod python_gil;
 mod raw_tcp;
 #[cfg(feature = "rdma")]
 mod rdma;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Message(args) => message::run(args),
         Command::Allocate(args) => allocate::run(args),
         Command::StatsCost(args) => stats_cost::run(args),
+        Command::PythonGil(args) => python_gil::run(args),
         Command::DispatchLoop(args) => stats_cost::dispatch_loop(args),
         Command::ServePraas(args) => serve::praas(args),
         Command::ServeRaw(args) => serve::raw(args),

@@ -46,6 +46,24 @@ pub fn pin_current_thread(cpu: usize) -> Result<(), String> {
     pin(0, cpu)
 }
 
+/// Lets the calling thread run on every online CPU (undoing a pin it inherited); threads it
+/// spawns afterwards inherit the mask.
+pub fn unpin_current_thread() -> Result<(), String> {
+    let online = online_cpus().min(libc::CPU_SETSIZE as usize);
+    // SAFETY: cpu_set_t is a plain bit array, for which all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for cpu in 0..online {
+        // SAFETY: `cpu` is below CPU_SETSIZE, so the bit lies inside `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t and the size passed is its size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(format!("cannot allow CPUs 0-{}: {}", online - 1, io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Pins thread (or single-threaded process) `tid` to `cpu`; 0 is the calling thread.
 pub fn pin(tid: u32, cpu: usize) -> Result<(), String> {
     let tid = libc::pid_t::try_from(tid).map_err(|_| format!("no thread {tid}"))?;

@@ -5,11 +5,13 @@
 //!
 //! Figures, each file named after the run (the subcommand and transport, `invoke-tcp-...`):
 //!
-//! - `cdf-BENCH[-MODE]-SIZE.svg`: the latency CDF of ours and of the baseline, per size;
-//! - `latency-BENCH[-MODE].svg`: p50 and p99 of ours and of the baseline against the size;
+//! - `cdf-BENCH[-MODE][-FUNCTION]-SIZE.svg`: the latency CDF of ours and of the baseline, per size;
+//! - `latency-BENCH[-MODE][-FUNCTION].svg`: p50 and p99 of ours and of the baseline against the size;
 //! - `throughput-vs-in-flight.svg`: completions per second of ours and of the baseline against the
 //!   invocations in flight (where the run has throughput lines);
-//! - `throughput-vs-size.svg`: MiB/s of swap-out, swap-in and their baselines against the size.
+//! - `throughput-vs-size.svg`: MiB/s of swap-out, swap-in and their baselines against the size;
+//! - `throughput-vs-workers.svg`: completions per second of each function against the process's
+//!   workers, beside its ideal scaling (`python-gil`).
 //!
 //! Every title names the machine (host name and CPU model) and the placement; every axis says
 //! its unit.
@@ -72,8 +74,11 @@ fn cdf(hist: &Histogram<u64>) -> Vec<(f64, f64)> {
 impl Distribution {
     /// The distribution of `record`'s measurement: `ours` and the baseline's histogram if any.
     pub fn of(record: &Record, ours: &Histogram<u64>, base: Option<&Histogram<u64>>) -> Self {
-        let mut what =
-            [Some(record.bench), record.backend, record.mode].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        let mut what = [Some(record.bench), record.backend, record.mode, record.function]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
         if record.bench != "allocate" {
             what.push(' ');
             what.push_str(&format_size(record.size));
@@ -219,7 +224,7 @@ pub fn write_figures(
     // p50 and p99 against the size, per kind of latency line (sizes are what varies).
     let mut latency: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.p50_ns.is_some() && r.bench != "allocate") {
-        let key = [Some(r.bench), r.mode].into_iter().flatten().collect::<Vec<_>>().join("-");
+        let key = [Some(r.bench), r.mode, r.function].into_iter().flatten().collect::<Vec<_>>().join("-");
         latency.entry(format!("{key}:{}", r.baseline)).or_default().push(r);
     }
     for (key, group) in &latency {
@@ -260,7 +265,7 @@ pub fn write_figures(
 
     // Throughput against the invocations in flight.
     let throughput: Vec<&Record> =
-        records.iter().filter(|r| r.ops_per_sec.is_some() && r.in_flight.is_some()).collect();
+        records.iter().filter(|r| r.ops_per_sec.is_some() && r.in_flight.is_some() && r.workers.is_none()).collect();
     if let Some(first) = throughput.first() {
         let point = |r: &&Record, rate: Option<f64>| Some((r.in_flight? as f64, rate? / 1e3));
         let ours = throughput.iter().filter_map(|r| point(r, r.ops_per_sec)).collect();
@@ -278,6 +283,32 @@ pub fn write_figures(
         };
         let title = format!("{run}: throughput of {} B invocations against in-flight count", first.size);
         draw(&file("throughput-vs-in-flight"), &title, info, &axes, &lines)?;
+    }
+
+    // Throughput against the workers, per function, beside each one's ideal scaling.
+    let mut scaling: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.workers.is_some() && r.ops_per_sec.is_some()) {
+        scaling.entry(r.function.unwrap_or(r.bench)).or_default().push(r);
+    }
+    if !scaling.is_empty() {
+        let colors = [(OURS, OURS_TAIL), (BASE, BASE_TAIL)];
+        let mut lines = Vec::new();
+        for ((function, group), (color, ideal_color)) in scaling.iter().zip(colors.iter().cycle()) {
+            let point = |r: &&Record, rate: Option<f64>| Some((r.workers? as f64, rate? / 1e3));
+            let ours = group.iter().filter_map(|r| point(r, r.ops_per_sec)).collect();
+            let ideal = group.iter().filter_map(|r| point(r, Some(r.baseline_ops_per_sec? * r.ideal_ratio?))).collect();
+            lines.push(Line { name: function.to_string(), color: *color, points: ours });
+            lines.push(Line { name: format!("{function} ideal"), color: *ideal_color, points: ideal });
+        }
+        let axes = Axes {
+            x: "workers of the process (log scale)",
+            y: "throughput (thousand completions per second)",
+            x_log: true,
+            y_log: false,
+            marks: true,
+        };
+        let title = format!("{run}: throughput against the workers, with the ideal scaling");
+        draw(&file("throughput-vs-workers"), &title, info, &axes, &lines)?;
     }
 
     // Swap throughput against the size.

@@ -56,11 +56,20 @@ pub struct Record {
     pub backend: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<&'static str>,
+    /// The function measured, on lines that compare functions (`invoke --python`, `python-gil`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<&'static str>,
+    /// Its language: `c` (the C ABI: C, C++ and Rust libraries) or `python`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transport: Option<&'static str>,
     pub size: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<u64>,
+    /// Worker threads of the served process (`python-gil`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
     pub iters: u64,
     pub warmup: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,10 +105,17 @@ pub struct Record {
     pub added_instructions: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_p50: Option<f64>,
+    /// `p50_ns` minus `baseline_p50_ns` (negative when ours is faster).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_ns: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub higher_is_better: Option<bool>,
+    /// What `ratio` would be with perfect scaling (`python-gil`: the workers, at most the CPUs
+    /// the server may use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ideal_ratio: Option<f64>,
     pub placement: String,
     pub host: String,
 }
@@ -116,9 +132,12 @@ impl Record {
             bench,
             backend: None,
             mode: None,
+            function: None,
+            language: None,
             transport: Some(info.transport),
             size,
             in_flight: None,
+            workers: None,
             iters,
             warmup,
             p50_ns: None,
@@ -137,8 +156,10 @@ impl Record {
             baseline_instructions: None,
             added_instructions: None,
             ratio_p50: None,
+            added_ns: None,
             ratio: None,
             higher_is_better: None,
+            ideal_ratio: None,
             placement: info.placement.clone(),
             host: info.host.clone(),
         }
@@ -167,6 +188,48 @@ impl Record {
         record.baseline_p50_ns = Some(base.p50);
         record.baseline_p99_ns = Some(base.p99);
         record.ratio_p50 = Some(round(ours.p50 as f64 / base.p50.max(1) as f64, 3));
+        record
+    }
+
+    /// A latency line against another function's latency measured in the same run (`base`), with
+    /// the p50 difference in `added_ns`.
+    pub fn versus(
+        bench: &'static str,
+        info: &RunInfo,
+        size: usize,
+        warmup: u64,
+        ours: &Summary,
+        baseline: &'static str,
+        base: &Summary,
+    ) -> Self {
+        let mut record = Self::latency(bench, info, size, warmup, ours, baseline, base);
+        let signed = |ns: u64| i64::try_from(ns).unwrap_or(i64::MAX);
+        record.added_ns = Some(signed(ours.p50) - signed(base.p50));
+        record
+    }
+
+    /// A line of the workers' scaling: `ops` completions of `size`-byte inputs with `in_flight`
+    /// outstanding on a process with `workers` workers, against the same function's rate with the baseline's
+    /// workers; `ratio` (higher is better) is the speed-up, beside the `ideal` one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scaling(
+        bench: &'static str,
+        info: &RunInfo,
+        size: usize,
+        workers: usize,
+        in_flight: u64,
+        ops: u64,
+        warmup: u64,
+        ops_per_sec: f64,
+        baseline: &'static str,
+        baseline_ops_per_sec: f64,
+        ideal: f64,
+    ) -> Self {
+        let mut record =
+            Self::throughput(info, size, in_flight, ops, warmup, ops_per_sec, baseline, baseline_ops_per_sec);
+        record.bench = bench;
+        record.workers = Some(workers);
+        record.ideal_ratio = Some(round(ideal, 3));
         record
     }
 
@@ -271,8 +334,18 @@ impl Record {
                 (time(self.p50_ns), time(self.baseline_p50_ns), self.ratio_p50.map_or_else(dash, |r| format!("{r:.2}")))
             }
         };
+        let ratio = match (self.added_ns, self.ideal_ratio) {
+            (Some(ns), _) => format!("{ratio} ({}{})", if ns < 0 { "-" } else { "+" }, format_ns(ns.unsigned_abs())),
+            (None, Some(ideal)) => format!("{ratio}, ideal {ideal:.2}"),
+            (None, None) => ratio,
+        };
         let baseline = if self.baseline == "none" { dash() } else { format!("{baseline} {}", self.baseline) };
-        let bench = [Some(self.bench), self.backend, self.mode].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        let workers = self.workers.map(|n| format!("{n} worker{}", if n == 1 { "" } else { "s" }));
+        let bench = [Some(self.bench), self.backend, self.mode, self.function, workers.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
         [
             bench,
             format_size(self.size),
@@ -426,6 +499,44 @@ mod tests {
         assert_eq!(map["ratio"], 0.75);
         assert_eq!(map["higher_is_better"], true);
         assert!(!map.contains_key("ratio_p50"));
+    }
+
+    #[test]
+    fn a_versus_line_adds_the_p50_difference() {
+        let mut record = Record::versus("python-vs-c", &info(), 8, 2_000, &summary(12_500), "c-noop", &summary(12_000));
+        record.mode = Some("worker");
+        record.function = Some("py_noop_worker");
+        record.language = Some("python");
+        let map = fields(&record);
+        assert_eq!((map["added_ns"].as_i64(), map["ratio_p50"].as_f64()), (Some(500), Some(1.042)));
+        assert_eq!(
+            (&map["baseline"], &map["language"], &map["function"]),
+            (&"c-noop".into(), &"python".into(), &"py_noop_worker".into())
+        );
+        let faster = Record::versus("python-vs-c", &info(), 8, 0, &summary(900), "c-noop", &summary(1_000));
+        assert_eq!(fields(&faster)["added_ns"], -100);
+        let text = table(&[record, faster]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].starts_with("python-vs-c worker py_noop_worker") && lines[1].ends_with("1.04 (+0.50us)"),
+            "{text}"
+        );
+        assert!(lines[2].ends_with("(-0.10us)"), "{text}");
+    }
+
+    #[test]
+    fn a_scaling_line_names_its_workers_and_the_ideal() {
+        let mut record =
+            Record::scaling("python-gil", &info(), 5, 4, 16, 2_000, 200, 1_050.0, "one-worker", 1_000.0, 2.0);
+        record.function = Some("py_burn");
+        let map = fields(&record);
+        assert_eq!((map["workers"].as_u64(), map["in_flight"].as_u64()), (Some(4), Some(16)));
+        assert_eq!((map["ratio"].as_f64(), map["ideal_ratio"].as_f64()), (Some(1.05), Some(2.0)));
+        assert_eq!((&map["bench"], &map["higher_is_better"]), (&"python-gil".into(), &true.into()));
+        assert!(map.contains_key("ops_per_sec") && map.contains_key("baseline_ops_per_sec"));
+        let text = table(&[record]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("python-gil py_burn 4 workers") && row.ends_with("ideal 2.00"), "{text}");
     }
 
     #[test]

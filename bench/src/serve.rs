@@ -11,7 +11,7 @@ use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig};
 
 use crate::child::{announce, wait_for_stdin_close};
 use crate::cli::{ServePraasArgs, ServeRawArgs};
-use crate::placement::pin_current_thread;
+use crate::placement::{pin_current_thread, unpin_current_thread};
 
 /// The environment variable a `serve-praas` child takes the application's secret from (absent or
 /// empty: none, and the process refuses every peer).
@@ -19,17 +19,22 @@ pub const SECRET_VAR: &str = "PRAAS_SECRET";
 
 const LOOPBACK: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// `serve-praas`: a process with one worker serving the manifest's functions, with the
-/// application's secret from [`SECRET_VAR`].
+/// `serve-praas`: a process with `--workers` workers (default one) serving the manifest's
+/// functions, with the application's secret from [`SECRET_VAR`]; pinned to `--cpu`, or with
+/// `--all-cpus` free to run on every online CPU.
 pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
-    pin_current_thread(args.cpu)?;
+    if args.all_cpus {
+        unpin_current_thread()?;
+    } else {
+        pin_current_thread(args.cpu)?;
+    }
     let manifest = Manifest::from_file(&args.manifest).map_err(|e| e.to_string())?;
     let functions = FunctionRegistry::load(&manifest).map_err(|e| e.to_string())?;
     let config = ProcessConfig {
         id: args.id.clone(),
         app: "bench".into(),
         secret: std::env::var(SECRET_VAR).ok().and_then(|secret| praas_dataplane::Secret::new(secret).ok()),
-        workers: 1,
+        workers: usize::try_from(args.workers).map_err(|_| format!("{} workers are too many", args.workers))?,
         function_stats: !args.no_function_stats,
         ..ProcessConfig::default()
     };

@@ -75,6 +75,17 @@ def spin(ctx, data):
     return b"finished"
 
 
+def burn(ctx, data):
+    """Input `n`: runs n iterations of a pure-Python loop and returns nothing: a fixed amount of
+    work holding the GIL throughout (praas-bench python-gil measures how it scales with workers;
+    a loop bounded by the clock, as `spin` is, would finish sooner under contention).
+    """
+    total = 0
+    for i in range(int(bytes(data))):
+        total += i
+    return None
+
+
 def msg_put(ctx, data):
     """Input `dest key payload`: puts the payload to process `dest` under `key`."""
     dest, key, payload = bytes(data).split(b" ", 2)
