@@ -482,6 +482,7 @@ pub(crate) fn call(
     let Some(Ok(interpreter)) = INTERPRETER.get() else {
         return Err((Status::Internal, "the Python interpreter is not running".into()));
     };
+    keep_thread_state();
     Python::attach(|py| {
         let internal = |e: PyErr| (Status::Internal, format_exception(py, &e, Some(interpreter)));
         let bridge = Bridge { services };
@@ -549,6 +550,28 @@ fn output(py: Python<'_>, name: &str, value: &Bound<'_, PyAny>, services: &dyn S
 thread_local! {
     /// This thread's Python thread id, once asked.
     static IDENT: Cell<Option<c_ulong>> = const { Cell::new(None) };
+    /// Whether this thread keeps a Python thread state between its calls.
+    static KEPT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Gives this thread a Python thread state that outlives its calls. Without one, each call's
+/// `PyGILState_Ensure` creates a thread state and its `PyGILState_Release` destroys it again
+/// (an mmap, a munmap and more per call); with one held at a count of one, every later pair only
+/// takes and gives back the GIL. Called outside the GIL, before a thread's first call (the
+/// threads that run functions live as long as the process; so does the state).
+fn keep_thread_state() {
+    if KEPT.get() {
+        return;
+    }
+    // SAFETY: the interpreter is initialised (the caller found it running) and this thread does
+    // not hold the GIL (a call nested in a Python call finds KEPT set by the outer one, which
+    // set it before taking the GIL). `PyGILState_Ensure` creates this thread's state and takes
+    // the GIL; `PyEval_SaveThread` gives the GIL back and keeps the state, its count at one.
+    unsafe {
+        ffi::PyGILState_Ensure();
+        ffi::PyEval_SaveThread();
+    }
+    KEPT.set(true);
 }
 
 fn thread_ident(py: Python<'_>, interpreter: &Interpreter) -> PyResult<c_ulong> {
@@ -569,23 +592,32 @@ struct Running {
     interrupted: bool,
 }
 
+/// The running Python calls with deadlines, and until when the deadline thread sleeps.
+struct Watched {
+    calls: Vec<Running>,
+    /// The deadline thread sleeps until this instant (`None`: until it is woken): a call due no
+    /// earlier needs no wake-up, which spares every call of the common case (the same default
+    /// deadline for all) a futex wake and a thread switch.
+    until: Option<Instant>,
+}
+
 /// The running Python calls with deadlines, and the thread that interrupts them.
 struct Deadlines {
-    calls: Mutex<Vec<Running>>,
+    calls: Mutex<Watched>,
     wake: Condvar,
     tokens: AtomicU64,
     started: OnceLock<()>,
 }
 
 static DEADLINES: Deadlines = Deadlines {
-    calls: Mutex::new(Vec::new()),
+    calls: Mutex::new(Watched { calls: Vec::new(), until: None }),
     wake: Condvar::new(),
     tokens: AtomicU64::new(0),
     started: OnceLock::new(),
 };
 
 impl Deadlines {
-    fn lock(&self) -> MutexGuard<'_, Vec<Running>> {
+    fn lock(&self) -> MutexGuard<'_, Watched> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -601,11 +633,13 @@ impl Deadlines {
             }
         });
         let token = self.tokens.fetch_add(1, Ordering::Relaxed);
-        let mut calls = self.lock();
-        let earlier = calls.iter().filter(|c| !c.interrupted).all(|c| deadline < c.deadline);
-        calls.push(Running { token, thread, deadline, interrupted: false });
-        drop(calls);
+        let mut watched = self.lock();
+        let earlier = !matches!(watched.until, Some(until) if deadline >= until);
+        watched.calls.push(Running { token, thread, deadline, interrupted: false });
         if earlier {
+            // Sleeps until this one at most, once woken: later calls due later wake nobody.
+            watched.until = Some(deadline);
+            drop(watched);
             self.wake.notify_one();
         }
         token
@@ -616,7 +650,8 @@ impl Deadlines {
     /// (the call returned before Python saw it) is cleared, so it cannot hit the thread's next
     /// call.
     fn finish(&self, _py: Python<'_>, token: u64) -> bool {
-        let mut calls = self.lock();
+        let mut watched = self.lock();
+        let calls = &mut watched.calls;
         let Some(at) = calls.iter().position(|c| c.token == token) else { return false };
         let call = calls.swap_remove(at);
         if call.interrupted && !calls.iter().any(|c| c.thread == call.thread && c.interrupted) {
@@ -629,20 +664,22 @@ impl Deadlines {
 
     /// The deadline thread: waits for the earliest deadline, then interrupts every overdue call.
     fn run(&self) {
-        let mut calls = self.lock();
+        let mut watched = self.lock();
         loop {
             let now = Instant::now();
-            let earliest = calls.iter().filter(|c| !c.interrupted).map(|c| c.deadline).min();
+            let earliest = watched.calls.iter().filter(|c| !c.interrupted).map(|c| c.deadline).min();
+            watched.until = earliest;
             match earliest {
-                None => calls = self.wake.wait(calls).unwrap_or_else(|p| p.into_inner()),
+                None => watched = self.wake.wait(watched).unwrap_or_else(|p| p.into_inner()),
                 Some(at) if at > now => {
-                    calls = self.wake.wait_timeout(calls, at - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
+                    watched =
+                        self.wake.wait_timeout(watched, at - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
                 }
                 Some(_) => {
                     // The GIL first, then the list, as the calls take them.
-                    drop(calls);
+                    drop(watched);
                     Python::attach(|py| self.interrupt_overdue(py));
-                    calls = self.lock();
+                    watched = self.lock();
                 }
             }
         }
@@ -651,9 +688,9 @@ impl Deadlines {
     fn interrupt_overdue(&self, py: Python<'_>) {
         let exception = py.get_type::<DeadlineExceeded>();
         let now = Instant::now();
-        let mut calls = self.lock();
+        let mut watched = self.lock();
         let mut interrupted: Vec<c_ulong> = Vec::new();
-        for call in calls.iter_mut().filter(|c| !c.interrupted && c.deadline <= now) {
+        for call in watched.calls.iter_mut().filter(|c| !c.interrupted && c.deadline <= now) {
             call.interrupted = true;
             if interrupted.contains(&call.thread) {
                 continue;
