@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use praas_dataplane::auth;
-use praas_dataplane::control_channel::{read_json, unhex, FrameStream, HelloMessage, MetricsReport, SwapConfirmation};
+use praas_dataplane::control_channel::{
+    read_json, unhex, FrameStream, HelloMessage, MetricsReport, SwapConfirmation, MAX_HANDSHAKE_FRAME,
+};
 use praas_dataplane::protocol::{Header, MessageKind, Status};
 
 use crate::controller::{ControlLink, ControlPlane};
@@ -73,7 +75,9 @@ fn handshake(
     let nonce = auth::nonce();
     let hello = Header { kind: MessageKind::Hello, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
     channel.send(hello, &[], &nonce)?;
-    let frame = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
+    // Before the peer proved who it is, a frame may be small only: nothing it announces costs
+    // more than that.
+    let frame = channel.recv_within(Duration::from_secs(10), MAX_HANDSHAKE_FRAME)?.ok_or(io::ErrorKind::TimedOut)?;
     if frame.header.kind != MessageKind::Hello {
         respond(channel, Status::Malformed, "the first frame must be Hello")?;
         return Ok(None);

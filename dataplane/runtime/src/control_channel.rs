@@ -35,6 +35,13 @@ use praas_wire::protocol::{
 
 /// Largest control frame.
 const MAX_CONTROL_FRAME: usize = 16 << 20;
+/// Largest frame of the handshake, before the peer has proved who it is: a nonce, or a proof with
+/// a registration (a few hundred bytes). A peer announcing more is refused before anything is
+/// allocated for it.
+pub const MAX_HANDSHAKE_FRAME: usize = 64 << 10;
+/// Most bytes read into a frame at once: a frame's buffer grows with the bytes that arrived,
+/// never with what its header announced.
+const READ_CHUNK: usize = 64 << 10;
 
 /// Who a process is and where clients reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -245,8 +252,16 @@ impl FrameStream {
 
     /// Reads one frame, waiting at most `timeout`; `Ok(None)` when it passes with no whole frame.
     pub fn recv(&mut self, timeout: Duration) -> io::Result<Option<OwnedFrame>> {
+        self.recv_within(timeout, MAX_CONTROL_FRAME)
+    }
+
+    /// Reads one frame of at most `max_frame` bytes after its header (a larger one is an
+    /// `InvalidData` error, before any of it is read), waiting at most `timeout`. The buffer grows
+    /// by what arrives, at most 64 KiB a read, so a header announcing a large frame
+    /// costs nothing until its bytes come.
+    pub fn recv_within(&mut self, timeout: Duration, max_frame: usize) -> io::Result<Option<OwnedFrame>> {
         let deadline = Instant::now() + timeout;
-        let limits = FrameLimits { max_frame: MAX_CONTROL_FRAME };
+        let limits = FrameLimits { max_frame };
         loop {
             match decode_frame(&self.buf, limits).map_err(invalid)? {
                 Decoded::Frame(frame, used) => {
@@ -262,7 +277,7 @@ impl FrameStream {
                     }
                     self.stream.set_read_timeout(Some(left))?;
                     let start = self.buf.len();
-                    self.buf.resize(start + missing.max(4096), 0);
+                    self.buf.resize(start + missing.clamp(4096, READ_CHUNK), 0);
                     match self.stream.read(&mut self.buf[start..]) {
                         Ok(0) => {
                             self.buf.truncate(start);
@@ -385,7 +400,8 @@ fn session(
 ) -> io::Result<LinkEnd> {
     let config = process.config();
     let secret = config.secret.as_ref().ok_or_else(|| io::Error::other("this process has no application secret"))?;
-    let challenge = channel.recv(Duration::from_secs(10))?.ok_or(io::ErrorKind::TimedOut)?;
+    let challenge =
+        channel.recv_within(Duration::from_secs(10), MAX_HANDSHAKE_FRAME)?.ok_or(io::ErrorKind::TimedOut)?;
     if challenge.header.kind != MessageKind::Hello {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the control plane did not start with Hello"));
     }
