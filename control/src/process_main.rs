@@ -273,7 +273,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         workers: options.workers,
         default_timeout: options.default_timeout,
         max_frame: options.max_frame,
-        buffer_budget: options.buffer_budget,
+        buffer_budget: budget_within(options.buffer_budget, options.memory_mb),
         client_auth: options.client_auth,
         ..ProcessConfig::default()
     };
@@ -334,6 +334,28 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
             Ok(())
         }
         LinkEnd::Refused(reason) => Err(ProcessMainError::Refused(reason)),
+    }
+}
+
+/// The buffer budget a process runs with: `asked`, but with the default budget under an
+/// address-space limit of `memory_mb`, half the limit at most, so that buffers handed out to
+/// connections (a large frame's buffer is taken as its header arrives) run out as a refusal
+/// from the pool, never as an allocation failure that aborts the process and loses its state.
+fn budget_within(asked: usize, memory_mb: Option<u64>) -> usize {
+    match memory_mb {
+        Some(mb) if asked == praas_dataplane::buffer::DEFAULT_BUDGET => {
+            let half = usize::try_from(mb.saturating_mul(1 << 19)).unwrap_or(usize::MAX);
+            asked.min(half)
+        }
+        Some(mb) if u64::try_from(asked).map_or(true, |asked| asked >= mb << 20) => {
+            tracing::warn!(
+                budget = asked,
+                memory_mb = mb,
+                "the buffer budget is not below the memory limit: a flood of large frames can exhaust memory"
+            );
+            asked
+        }
+        _ => asked,
     }
 }
 
@@ -424,4 +446,18 @@ fn serve_rdma(spec: &str, process: &Arc<Process>) -> Result<Option<praas_datapla
     let rdma = praas_dataplane::Transport::spawn(Box::new(rdma)).map_err(ProcessMainError::RdmaTransport)?;
     println!("rdma listening on rdma://{}", rdma.local_addr());
     Ok(Some(rdma))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_budget_fits_inside_a_memory_limit() {
+        let default = praas_dataplane::buffer::DEFAULT_BUDGET;
+        assert_eq!(budget_within(default, None), default);
+        assert_eq!(budget_within(default, Some(2048)), 1 << 30);
+        assert_eq!(budget_within(default, Some(64 << 10)), default, "a limit far above the budget leaves it");
+        assert_eq!(budget_within(100 << 20, Some(2048)), 100 << 20, "a budget asked for is kept");
+    }
 }
