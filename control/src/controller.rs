@@ -332,6 +332,9 @@ pub struct ControlConfig {
     pub function_roots: Vec<PathBuf>,
     /// The log format its processes write (`--log-format`), the control plane's own.
     pub log_format: crate::logging::LogFormat,
+    /// How long a client of the HTTP API may take to send a request's header before its
+    /// connection is closed (a half-sent request never holds a connection for good).
+    pub header_timeout: Duration,
 }
 
 impl ControlConfig {
@@ -349,6 +352,7 @@ impl ControlConfig {
             client_auth: false,
             function_roots: Vec::new(),
             log_format: crate::logging::LogFormat::Text,
+            header_timeout: Duration::from_secs(10),
         }
     }
 }

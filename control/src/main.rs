@@ -98,6 +98,10 @@ struct ControlServeArgs {
     /// How often processes report metrics, in milliseconds.
     #[arg(long, default_value_t = 500)]
     metrics_ms: u64,
+    /// How long a client of the HTTP API may take to send a request's header, in milliseconds,
+    /// before its connection is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
     /// Processes also serve RDMA (`praas process serve --rdma-listen SPEC`): `auto` (each node's
     /// RDMA device address), an IP address, or IP:PORT. Their RDMA addresses are listed with
     /// the processes, and messages between processes go over RDMA.
@@ -536,6 +540,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     config.process_rdma = args.process_rdma;
     config.client_auth = args.client_auth;
     config.log_format = args.log_format;
+    config.header_timeout = Duration::from_millis(args.header_timeout_ms);
     for root in &args.function_root {
         let canonical = root.canonicalize().map_err(|source| Failure::FunctionRoot { path: root.clone(), source })?;
         config.function_roots.push(canonical);

@@ -3,6 +3,7 @@
 //! API behind its bearer token, which it publishes for its user's CLI ([`crate::api_token`]).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -119,6 +120,34 @@ pub fn bind_backend(
     Ok(Server { plane, http: listener, control_addr, token, publication })
 }
 
+/// Serves `router` on `listener` for as long as the runtime runs: each connection on a task of
+/// its own, closed if its client takes longer than `header_timeout` to send a request's header.
+/// An accept that fails (out of descriptors) is logged and retried after a pause, never the end
+/// of the API.
+async fn serve_http(listener: tokio::net::TcpListener, router: axum::Router, header_timeout: Duration) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("the HTTP API cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+                tracing::debug!("an HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
 static STOP_REQUESTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn request_stop(_signal: libc::c_int) {
@@ -178,12 +207,12 @@ impl Server {
             .build()
             .map_err(|source| ServerError::Serve { what: "cannot start the runtime", source })?;
         let (plane, token) = (self.plane, self.token);
+        let header_timeout = plane.config().header_timeout;
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(self.http)
                 .map_err(|source| ServerError::Serve { what: "the API's listener", source })?;
-            axum::serve(listener, crate::api::router(plane, token))
-                .await
-                .map_err(|source| ServerError::Serve { what: "the HTTP API", source })
+            serve_http(listener, crate::api::router(plane, token), header_timeout).await;
+            Ok(())
         })
     }
 }
