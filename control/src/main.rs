@@ -15,6 +15,7 @@ use praas_control::model::Resources;
 use praas_control::process_main::{self, ProcessMainError, ServeOptions};
 use praas_control::server::{self, ServerError};
 use praas_control::{routes, ControlConfig};
+use praas_dataplane::serve::ConnectionLimits;
 use praas_dataplane::{ClientOptions, TransportKind};
 
 /// praas: Process-as-a-Service for HPC clusters.
@@ -337,6 +338,20 @@ struct ServeArgs {
     /// How often metrics go to the control plane, in milliseconds.
     #[arg(long, default_value_t = 500)]
     metrics_ms: u64,
+    /// Data-plane connections the process serves at once (more are refused with an error frame).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Data-plane connections one source address may hold at once.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_per_source)]
+    max_connections_per_source: usize,
+    /// A data-plane connection with nothing in flight that sends nothing for this many
+    /// milliseconds is closed.
+    #[arg(long, default_value_t = ConnectionLimits::default().idle_timeout.as_millis() as u64)]
+    idle_timeout_ms: u64,
+    /// A frame must be whole within this many milliseconds of its first byte, else its connection
+    /// is refused and closed.
+    #[arg(long, default_value_t = ConnectionLimits::default().header_timeout.as_millis() as u64)]
+    header_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -363,6 +378,12 @@ impl ServeArgs {
             memory_mb: self.memory_mb,
             metrics_interval: Duration::from_millis(self.metrics_ms.max(10)),
             metrics_listen: self.metrics_listen,
+            connection_limits: ConnectionLimits {
+                max_connections: self.max_connections.max(1),
+                max_per_source: self.max_connections_per_source.max(1),
+                idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+                header_timeout: Duration::from_millis(self.header_timeout_ms.max(1)),
+            },
         }
     }
 }

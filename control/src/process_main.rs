@@ -69,6 +69,8 @@ pub struct ServeOptions {
     /// Also serve this process's own metrics at `GET /metrics` on this address (Prometheus text
     /// format; read-only and unauthenticated: bind it to an address only trusted scrapers reach).
     pub metrics_listen: Option<SocketAddr>,
+    /// How many data-plane connections it serves, and their idle and frame timeouts.
+    pub connection_limits: praas_dataplane::serve::ConnectionLimits,
 }
 
 /// Why a cloud process could not start, or stopped serving.
@@ -275,6 +277,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         max_frame: options.max_frame,
         buffer_budget: budget_within(options.buffer_budget, options.memory_mb),
         client_auth: options.client_auth,
+        connection_limits: options.connection_limits,
         ..ProcessConfig::default()
     };
     let names = functions.names().join(", ");

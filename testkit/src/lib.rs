@@ -16,6 +16,8 @@ use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
 
 #[cfg(target_os = "linux")]
+pub mod flood;
+#[cfg(target_os = "linux")]
 pub mod linux;
 pub mod raw;
 mod wait;

@@ -10,12 +10,16 @@
 //!
 //! The pool has a byte budget: [`BufferPool::get`] refuses (returns `None`) when the bytes handed
 //! out would exceed it, and the transports answer that with back-pressure (they stop reading) rather
-//! than by failing or growing without bound.
+//! than by failing or growing without bound. A transport that waits for buffers asks to be told
+//! when one comes back ([`BufferPool::on_release`], [`BufferPool::want`]) instead of polling.
+//!
+//! After a burst (a flood of connections that ended), [`BufferPool::trim`] gives the free buffers
+//! beyond a small floor back to the allocator, and the allocator's free memory back to the system.
 
 use std::fmt;
 use std::ops::{Deref, Range};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam::queue::ArrayQueue;
 
@@ -37,7 +41,17 @@ struct Inner {
     free: [ArrayQueue<(Box<[u8]>, u64)>; CLASSES],
     outstanding: AtomicUsize,
     budget: usize,
+    /// Someone waits for a buffer to come back ([`BufferPool::want`]).
+    wanted: std::sync::atomic::AtomicBool,
+    /// Who to tell when one does; a waiter that answers false is gone and forgotten.
+    waiters: Mutex<Vec<Waiter>>,
 }
+
+/// Told when a buffer comes back to a pool someone waits on; answers whether it still listens.
+pub type Waiter = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// Free bytes each class keeps after [`BufferPool::trim`].
+const TRIM_FLOOR_PER_CLASS: usize = 1 << 20;
 
 /// A pool of reusable, registrable byte buffers; cheap to clone (shared).
 #[derive(Clone)]
@@ -86,6 +100,8 @@ impl BufferPool {
                 free: std::array::from_fn(|class| ArrayQueue::new(kept_per_class(class))),
                 outstanding: AtomicUsize::new(0),
                 budget,
+                wanted: std::sync::atomic::AtomicBool::new(false),
+                waiters: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -117,6 +133,40 @@ impl BufferPool {
             .pop()
             .unwrap_or_else(|| (vec![0u8; size].into_boxed_slice(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
         Some(PoolBuf { memory, id, len: 0, pool: Arc::clone(&self.inner) })
+    }
+
+    /// A buffer of no memory (capacity 0) that costs nothing: what a connection holds while it
+    /// has nothing to read into yet.
+    pub fn empty(&self) -> PoolBuf {
+        PoolBuf { memory: Box::default(), id: 0, len: 0, pool: Arc::clone(&self.inner) }
+    }
+
+    /// Registers `waiter`, told (from the thread that drops it) when a buffer comes back after a
+    /// [`BufferPool::want`]; it answers false once it no longer listens.
+    pub fn on_release(&self, waiter: Waiter) {
+        self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(waiter);
+    }
+
+    /// Asks that the waiters be told when the next buffer comes back (a `get` came back `None`).
+    pub fn want(&self) {
+        self.inner.wanted.store(true, Ordering::Release);
+    }
+
+    /// Gives the free buffers beyond a floor (1 MiB per size class) back to the allocator, and the
+    /// allocator's free memory back to the system; returns the bytes of buffers freed.
+    pub fn trim(&self) -> usize {
+        let mut freed = 0;
+        for (class, queue) in self.inner.free.iter().enumerate() {
+            let keep = (TRIM_FLOOR_PER_CLASS / class_size(class)).max(1);
+            while queue.len() > keep {
+                match queue.pop() {
+                    Some((memory, _)) => freed += memory.len(),
+                    None => break,
+                }
+            }
+        }
+        release_free_memory();
+        freed
     }
 
     /// Bytes currently handed out.
@@ -215,11 +265,30 @@ impl Deref for PoolBuf {
 impl Drop for PoolBuf {
     fn drop(&mut self) {
         let size = self.memory.len();
+        if size == 0 {
+            // An empty buffer ([`BufferPool::empty`]): nothing was handed out.
+            return;
+        }
         self.pool.outstanding.fetch_sub(size, Ordering::AcqRel);
         let class = class_of(size);
         let queue = &self.pool.free[class];
         // A full free list refuses the buffer, which then goes back to the allocator.
         let _ = queue.push((std::mem::take(&mut self.memory), self.id));
+        if self.pool.wanted.load(Ordering::Relaxed) && self.pool.wanted.swap(false, Ordering::AcqRel) {
+            let mut waiters = self.pool.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            waiters.retain(|waiter| waiter());
+        }
+    }
+}
+
+/// Gives the allocator's free memory back to the system (glibc keeps freed small blocks, and
+/// the pages between them, until told).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists (under its locks) and
+    // returns unused pages to the kernel; it touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -111,6 +111,11 @@ impl Process {
         self.core.pool()
     }
 
+    /// Its connections, counted against its connection limits by every transport.
+    pub fn connections(&self) -> &Arc<crate::serve::Connections> {
+        self.core.connections()
+    }
+
     /// Its counters.
     pub fn metrics(&self) -> &Metrics {
         self.core.metrics()

@@ -43,6 +43,8 @@ pub struct ProcessConfig {
     /// Record per-function statistics ([`crate::stats`]) of every invocation: on by default; off
     /// only to measure what recording costs.
     pub function_stats: bool,
+    /// How many connections the process serves, and their timeouts (every transport).
+    pub connection_limits: crate::serve::ConnectionLimits,
 }
 
 impl Default for ProcessConfig {
@@ -58,6 +60,7 @@ impl Default for ProcessConfig {
             queue_capacity: 1 << 16,
             client_auth: false,
             function_stats: true,
+            connection_limits: crate::serve::ConnectionLimits::default(),
         }
     }
 }
@@ -130,6 +133,8 @@ pub struct ProcessCore {
     functions: FunctionRegistry,
     state: StateStore,
     pool: BufferPool,
+    /// Its connections, counted against `config.connection_limits`.
+    connections: Arc<crate::serve::Connections>,
     metrics: Metrics,
     /// Messages put to this process, not yet got.
     mailbox: Arc<Mailbox>,
@@ -143,8 +148,11 @@ impl ProcessCore {
         let mailbox = Arc::new(Mailbox::new());
         let peers =
             PeerDirectory::new(&config.app, &config.id, config.secret.clone(), config.max_frame, Arc::clone(&mailbox));
+        let pool = BufferPool::new(config.buffer_budget);
+        let connections = Arc::new(crate::serve::Connections::new(config.connection_limits, pool.clone()));
         Self {
-            pool: BufferPool::new(config.buffer_budget),
+            pool,
+            connections,
             config,
             functions,
             state: StateStore::default(),
@@ -177,6 +185,11 @@ impl ProcessCore {
     /// Its buffer pool, shared with its transports.
     pub fn pool(&self) -> &BufferPool {
         &self.pool
+    }
+
+    /// Its connections (every transport counts its own here).
+    pub fn connections(&self) -> &Arc<crate::serve::Connections> {
+        &self.connections
     }
 
     /// Its counters.

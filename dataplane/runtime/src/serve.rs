@@ -7,15 +7,26 @@
 //! 2. the connection policy, written once: [`act`] carries out a [`FrameAction`] over the
 //!    transport's [`Link`], [`refuse`] answers a protocol violation, [`ReadState`] says when a
 //!    connection stops being read and when it closes, [`ConnectionOptions`] bounds back-pressure;
+//!    [`ConnectionLimits`] bound how many connections a process and one source address hold
+//!    ([`Connections::admit`], refused by [`turn_away`]), how long one may stay idle and how long a
+//!    frame may take to arrive ([`Activity`]);
 //! 3. [`OutFrame`]: a response or reply laid out for sending as its encoded header, its error text
 //!    and the function's output buffer, gathered into vectored sends ([`Gathered`]) or copied into
 //!    one small buffer ([`flatten_frames`]); and a large incoming frame received into a buffer of
-//!    its own ([`LargeFrame`]).
+//!    its own ([`LargeFrame`]), which grows with the bytes that arrived, not with what the header
+//!    announced.
+//!
+//! Memory a connection holds: nothing while it is idle, one small buffer
+//! ([`MIN_BUF`](crate::buffer::MIN_BUF)) until it has sent a whole frame (and, under client
+//! authentication, authenticated: [`proven`]), a large frame's buffer only as its bytes arrive.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{BufferPool, Payload, PoolBuf};
+use crate::buffer::{BufferPool, Payload, PoolBuf, MIN_BUF};
 use crate::invocation::{Dispatched, Outcome, Response, ResponseSink};
 use crate::process::Process;
 use crate::session::{PeerSession, Reply};
@@ -282,13 +293,303 @@ pub fn flatten_frames<'a, 'b>(
 }
 
 /// A frame too large for a transport's receive buffers, received into a pool buffer of its own
-/// (metadata and payload; the header is decoded already).
+/// (metadata and payload; the header is decoded already). The buffer grows with the bytes that
+/// arrived (each step at most doubles it), never at the header: a peer that announces 64 MiB and
+/// sends nothing holds one small buffer.
 #[derive(Debug)]
 pub struct LargeFrame {
     /// Its header.
     pub header: Header,
-    /// Its metadata and payload.
+    /// Its metadata and payload so far.
     pub body: PoolBuf,
+}
+
+/// The first buffer of a large frame of a connection that has [`proven`] itself.
+const PROVEN_FIRST_STEP: usize = 1 << 20;
+
+impl LargeFrame {
+    /// A large frame whose body starts with `have`, its first buffer from `pool` (small for a
+    /// connection not yet [`proven`]); `None` when the pool is spent.
+    pub fn start(header: Header, have: &[u8], pool: &BufferPool, proven: bool) -> Option<Self> {
+        let first = if proven { PROVEN_FIRST_STEP } else { MIN_BUF };
+        let mut body = pool.get(header.body_len().min(first.max(have.len())))?;
+        assert!(body.try_extend(have), "a large frame's first buffer holds what arrived with its header");
+        Some(Self { header, body })
+    }
+
+    /// Bytes of the body still to come.
+    #[inline]
+    pub fn missing(&self) -> usize {
+        self.header.body_len() - self.body.len()
+    }
+
+    /// Whether the whole body is here.
+    #[inline]
+    pub fn complete(&self) -> bool {
+        self.missing() == 0
+    }
+
+    /// Room for the next bytes of the body (never past its end), the buffer grown first when it is
+    /// full; `None` when the pool has no bigger buffer now (back-pressure), or nothing is missing.
+    pub fn room(&mut self, pool: &BufferPool) -> Option<&mut [u8]> {
+        let missing = self.missing();
+        if missing == 0 {
+            return None;
+        }
+        if self.body.len() == self.body.capacity() {
+            let grown = self.header.body_len().min(self.body.capacity().saturating_mul(2));
+            let mut bigger = pool.get(grown)?;
+            assert!(bigger.try_extend(&self.body), "a grown buffer holds what the smaller one held");
+            self.body = bigger;
+        }
+        let spare = self.body.spare_mut();
+        let n = spare.len().min(missing);
+        Some(&mut spare[..n])
+    }
+
+    /// `n` more bytes were written into [`LargeFrame::room`].
+    #[inline]
+    pub fn received(&mut self, n: usize) {
+        let filled = self.body.len() + n;
+        self.body.set_len(filled);
+    }
+
+    /// Copies what of `bytes` belongs to the body (growing the buffer as needed); returns how many
+    /// it took, fewer than it could when the pool is spent.
+    pub fn extend(&mut self, bytes: &[u8], pool: &BufferPool) -> usize {
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let Some(room) = self.room(pool) else { break };
+            let n = room.len().min(bytes.len() - taken);
+            room[..n].copy_from_slice(&bytes[taken..taken + n]);
+            self.received(n);
+            taken += n;
+        }
+        taken
+    }
+}
+
+/// Whether a connection has proven itself (it gets full-size receive buffers from now on): it
+/// has had a whole frame served and, where clients must authenticate, it has authenticated.
+#[inline]
+pub fn proven(process: &Process, peer: &PeerSession) -> bool {
+    !process.config().client_auth || peer.authenticated()
+}
+
+/// How many connections a process serves and how long they may take: the limits every transport
+/// applies (its connections, and for RDMA the TCP side channel that sets up queue pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections of the process at once, across its transports (`--max-connections`).
+    pub max_connections: usize,
+    /// Connections from one source address at once (`--max-connections-per-source`).
+    pub max_per_source: usize,
+    /// A connection with nothing in flight that sends nothing for this long is closed
+    /// (`--idle-timeout-ms`).
+    pub idle_timeout: Duration,
+    /// A frame whose first byte arrived must be whole within this long, else the connection is
+    /// refused and closed (`--header-timeout-ms`).
+    pub header_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_per_source: 4096,
+            idle_timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// How often a transport looks for connections past a timeout: a quarter of the shorter one,
+    /// between 10 ms and 1 s.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.idle_timeout.min(self.header_timeout) / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// The connections a process holds, counted for [`ConnectionLimits`]; shared by its transports.
+#[derive(Debug)]
+pub struct Connections {
+    limits: ConnectionLimits,
+    pool: BufferPool,
+    open: AtomicUsize,
+    /// Most connections open at once since memory was last given back.
+    peak: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Connections a burst must have reached for its end to give memory back.
+const RECLAIM_AFTER: usize = 256;
+
+impl Connections {
+    /// No connections yet, limited by `limits`; `pool` is trimmed after a burst of them ends.
+    pub fn new(limits: ConnectionLimits, pool: BufferPool) -> Self {
+        Self { limits, pool, open: AtomicUsize::new(0), peak: AtomicUsize::new(0), per_source: Mutex::default() }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a new connection from `source`, or refuses it (`Overloaded`, naming the limit) when
+    /// the process or that source holds as many as allowed. The connection is counted until the
+    /// [`Admitted`] is dropped.
+    pub fn admit(self: &Arc<Self>, process: &str, source: IpAddr) -> Result<Admitted, Refusal> {
+        let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+        let open = self.open.load(Ordering::Acquire);
+        if open >= self.limits.max_connections {
+            return Err(Refusal::overloaded(format!(
+                "process {process:?} serves {} connections at most (--max-connections): connection refused",
+                self.limits.max_connections
+            )));
+        }
+        let from_source = per_source.entry(source).or_insert(0);
+        if *from_source >= self.limits.max_per_source {
+            return Err(Refusal::overloaded(format!(
+                "process {process:?} serves {} connections at most from one address (--max-connections-per-source), \
+                 and {source} holds as many: connection refused",
+                self.limits.max_per_source
+            )));
+        }
+        *from_source += 1;
+        let now = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        Ok(Admitted { connections: Arc::clone(self), source })
+    }
+
+    fn release(&self, source: IpAddr) {
+        {
+            let mut per_source = self.per_source.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = per_source.get_mut(&source) {
+                *count -= 1;
+                if *count == 0 {
+                    per_source.remove(&source);
+                }
+            }
+        }
+        let now = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+        // A burst ended (most of the connections it reached are gone): give its memory back.
+        let peak = self.peak.load(Ordering::Acquire);
+        if peak >= RECLAIM_AFTER
+            && now <= peak / 4
+            && self.peak.compare_exchange(peak, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            let freed = self.pool.trim();
+            tracing::debug!(peak, open = now, freed, "a burst of connections ended: memory given back");
+        }
+    }
+}
+
+/// One connection counted by [`Connections`]; dropping it uncounts it.
+#[derive(Debug)]
+pub struct Admitted {
+    connections: Arc<Connections>,
+    source: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.connections.release(self.source);
+    }
+}
+
+/// Sends a connection's last frame straight from the calling thread (it must fit the socket's
+/// send buffer, as any error response does), shuts the sending side, and drops what the peer sent
+/// that is already here, so that closing does not reset the connection and lose the frame. For a
+/// connection turned away at accept, or closed for a timeout; never blocks.
+pub fn turn_away(socket: std::os::fd::BorrowedFd<'_>, refusal: Refusal) {
+    use std::os::fd::AsRawFd;
+    let frame = refusal.into_frame();
+    let mut flat = FlatBuf::new();
+    let fd = socket.as_raw_fd();
+    if let Some(bytes) = flatten_frames([&frame], &mut flat) {
+        // SAFETY: sends from initialised memory that lives for the call, on a socket the caller
+        // owns; MSG_DONTWAIT: never blocks, MSG_NOSIGNAL: a closed peer is an error, not a signal.
+        unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    }
+    // SAFETY: plain syscall on a socket the caller owns.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        // SAFETY: receives into a live local buffer of the given length; never blocks.
+        let n = unsafe { libc::recv(fd, sink.as_mut_ptr().cast(), sink.len(), libc::MSG_DONTWAIT) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+/// When a connection last received bytes and since when a frame is in part received: what its
+/// [`ConnectionLimits`] timeouts look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Activity {
+    last: Instant,
+    frame_since: Option<Instant>,
+}
+
+/// A timeout a connection ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Nothing in flight and nothing received for the idle timeout: closed without a word.
+    Idle,
+    /// A frame not whole within the header timeout of its first byte: refused, then closed.
+    Frame,
+}
+
+impl Activity {
+    /// A connection that opened at `now`.
+    pub fn new(now: Instant) -> Self {
+        Self { last: now, frame_since: None }
+    }
+
+    /// Bytes arrived at `now`.
+    #[inline]
+    pub fn received(&mut self, now: Instant) {
+        self.last = now;
+    }
+
+    /// Whether a frame is received in part at `now` (told after decoding what arrived): its
+    /// clock starts with the first such look and stops when none is.
+    #[inline]
+    pub fn frame(&mut self, now: Instant, mid_frame: bool) {
+        match (mid_frame, self.frame_since) {
+            (true, None) => self.frame_since = Some(now),
+            (false, Some(_)) => self.frame_since = None,
+            _ => {}
+        }
+    }
+
+    /// The timeout the connection ran into by `now`, if any; `busy`: it has invocations in flight
+    /// or answers to send (never idle then).
+    pub fn expired(&self, now: Instant, limits: &ConnectionLimits, busy: bool) -> Option<Expiry> {
+        if let Some(since) = self.frame_since {
+            return (now.saturating_duration_since(since) >= limits.header_timeout).then_some(Expiry::Frame);
+        }
+        (!busy && now.saturating_duration_since(self.last) >= limits.idle_timeout).then_some(Expiry::Idle)
+    }
+}
+
+impl Expiry {
+    /// The refusal a connection that ran into a frame timeout is sent.
+    pub fn refusal(self, limits: &ConnectionLimits) -> Option<Refusal> {
+        match self {
+            Self::Idle => None,
+            Self::Frame => Some(Refusal::malformed(format!(
+                "a frame was not whole within {} ms of its first byte (--header-timeout-ms): connection closed",
+                limits.header_timeout.as_millis()
+            ))),
+        }
+    }
 }
 
 /// Back-pressure and the end of a connection that broke the protocol: the options the byte-stream
@@ -428,7 +729,7 @@ fn end<L: Link>(link: &mut L, frame: OutFrame, why: End) {
 pub struct Refusal {
     /// The id of the request the answer names (0 where there is none).
     pub id: u64,
-    /// `Malformed`, or `TooLarge`.
+    /// `Malformed`, `TooLarge`, or `Overloaded` (a connection limit).
     pub status: Status,
     /// What was wrong.
     pub text: String,
@@ -445,6 +746,12 @@ impl Refusal {
     #[cold]
     pub fn malformed(text: impl Into<String>) -> Self {
         Self { id: 0, status: Status::Malformed, text: text.into() }
+    }
+
+    /// A connection the process cannot take now (a limit): retryable, in no request's name.
+    #[cold]
+    pub fn overloaded(text: impl Into<String>) -> Self {
+        Self { id: 0, status: Status::Overloaded, text: text.into() }
     }
 
     /// The refusal as a response frame.

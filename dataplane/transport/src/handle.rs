@@ -91,3 +91,18 @@ pub(crate) fn accept_waiting(listener: &mio::net::TcpListener) -> Vec<(mio::net:
         }
     }
 }
+
+/// Connections the kernel queues for a listener before it accepts them: a flood of connections
+/// arriving faster than one loop accepts them fills a short queue, and the next clients' SYNs
+/// are dropped (they retry after a second). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Deepens the accept queue of a bound listener to [`LISTEN_BACKLOG`] (a second `listen` on a
+/// listening socket only changes its backlog).
+pub(crate) fn deepen_backlog(listener: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    // SAFETY: plain syscall on a listening socket the caller owns.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -10,15 +10,21 @@
 //! own thread under the connection's write lock; what the socket does not take waits in the
 //! connection's queue and is flushed on the next writable event.
 //!
+//! Memory: a connection holds no read chunk while it has nothing pending, and a small one (4 KiB)
+//! until it has proven itself ([`serve::proven`]); a large frame's buffer grows with its bytes.
+//! Connections are counted against the process's [`ConnectionLimits`](serve::ConnectionLimits)
+//! (refused with an error frame beyond them) and closed past their idle or frame timeout.
+//!
 //! Back-pressure: a connection stops being read while it has too many invocations at the workers,
-//! too many response bytes queued, or the buffer pool is spent; it resumes when that clears.
+//! too many response bytes queued, or the buffer pool is spent; it resumes when that clears (the
+//! pool tells the loop when a buffer comes back).
 //! A connection that breaks the protocol gets an error response, then its input is discarded
 //! until the peer closes or a grace period passes (so the peer can read the error), then it closes.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,10 +35,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::handle::{accept_waiting, ServerHandle, Transport};
-use praas_runtime::buffer::{Payload, PoolBuf};
+use praas_runtime::buffer::{Payload, PoolBuf, MIN_BUF};
 use praas_runtime::invocation::{Response, ResponseSink};
 use praas_runtime::process::Process;
-use praas_runtime::serve::{self, ConnectionOptions, Delivery, End, Link, ReadState, Refusal};
+use praas_runtime::serve::{
+    self, Activity, Admitted, ConnectionOptions, Delivery, End, Expiry, Link, ReadState, Refusal,
+};
 use praas_runtime::serve::{flatten_frames, FlatBuf, Gathered, LargeFrame, OutFrame};
 use praas_runtime::serve::{serve_frame, FrameAction};
 use praas_runtime::session::PeerSession;
@@ -60,6 +68,8 @@ impl Default for TcpOptions {
 struct Notifier {
     tx: Sender<Token>,
     waker: Waker,
+    /// A buffer came back to the pool that connections wait on.
+    pool_freed: AtomicBool,
 }
 
 impl Notifier {
@@ -162,6 +172,12 @@ struct Connection {
     peer: PeerSession,
     /// How long to keep reading (and discarding) after refusing the connection.
     linger: Duration,
+    /// Counted against the process's connection limits while it lives.
+    _admitted: Admitted,
+    /// What the idle and frame timeouts look at.
+    activity: Activity,
+    /// It has proven itself ([`serve::proven`]): full-size read chunks from now on.
+    proven: bool,
 }
 
 enum Decode {
@@ -198,7 +214,9 @@ impl std::fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// Binds `addr` for `process`.
     pub fn bind(addr: SocketAddr, process: Arc<Process>, options: TcpOptions) -> io::Result<Self> {
-        Ok(Self { listener: TcpListener::bind(addr)?, process, options })
+        let listener = TcpListener::bind(addr)?;
+        super::handle::deepen_backlog(&listener)?;
+        Ok(Self { listener, process, options })
     }
 }
 
@@ -216,7 +234,15 @@ impl Transport for TcpTransport {
         let poll = Poll::new()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let (tx, rx) = channel::unbounded();
-        let notifier = Arc::new(Notifier { tx, waker });
+        let notifier = Arc::new(Notifier { tx, waker, pool_freed: AtomicBool::new(false) });
+        let weak = Arc::downgrade(&notifier);
+        self.process.pool().on_release(Box::new(move || {
+            let Some(notifier) = weak.upgrade() else { return false };
+            notifier.pool_freed.store(true, Ordering::Release);
+            let _ = notifier.waker.wake();
+            true
+        }));
+        let sweep = self.process.config().connection_limits.sweep_interval();
         let stop = Arc::new(AtomicBool::new(false));
         let mut event_loop = EventLoop {
             poll,
@@ -229,6 +255,8 @@ impl Transport for TcpTransport {
             connections: HashMap::new(),
             next_token: 0,
             retry: Vec::new(),
+            starved: Vec::new(),
+            next_sweep: Instant::now() + sweep,
         };
         let thread = std::thread::Builder::new().name(format!("praas-tcp-{addr}")).spawn(move || event_loop.run())?;
         let stopper = move || {
@@ -249,16 +277,31 @@ struct EventLoop {
     stop: Arc<AtomicBool>,
     connections: HashMap<Token, Connection>,
     next_token: usize,
-    /// Connections to look at again at a time: lingering ones, and those paused on the pool.
+    /// Connections to look at again at a time: lingering ones, and (as a fallback) those paused
+    /// on the pool.
     retry: Vec<(Instant, Token)>,
+    /// Connections paused on the buffer pool: driven again when it says a buffer came back.
+    starved: Vec<Token>,
+    /// When to look for connections past their timeouts next.
+    next_sweep: Instant,
 }
+
+/// How long a connection paused on the pool waits at most for the pool's word.
+const STARVED_FALLBACK: Duration = Duration::from_millis(100);
 
 impl EventLoop {
     fn run(&mut self) -> io::Result<()> {
         self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = self.retry.iter().map(|(at, _)| at.saturating_duration_since(Instant::now())).min();
+            let now = Instant::now();
+            let timeout = self
+                .retry
+                .iter()
+                .map(|(at, _)| *at)
+                .chain([self.next_sweep])
+                .min()
+                .map(|at| at.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -289,7 +332,15 @@ impl EventLoop {
             while let Ok(token) = self.notices.try_recv() {
                 self.drive(token);
             }
+            if self.notifier.pool_freed.swap(false, Ordering::AcqRel) {
+                for token in std::mem::take(&mut self.starved) {
+                    self.drive(token);
+                }
+            }
             self.retry_due();
+            if Instant::now() >= self.next_sweep {
+                self.sweep();
+            }
         }
         for (_, conn) in self.connections.drain() {
             close(&self.poll, conn);
@@ -299,20 +350,28 @@ impl EventLoop {
 
     fn accept(&mut self) {
         for (stream, peer) in accept_waiting(&self.listener) {
-            if let Err(e) = self.add(stream) {
+            let admitted = match self.process.connections().admit(self.process.id(), peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(refusal) => {
+                    tracing::debug!(%peer, "{}", refusal.text);
+                    serve::turn_away(stream.as_fd(), refusal);
+                    continue;
+                }
+            };
+            if let Err(e) = self.add(stream, admitted) {
                 tracing::warn!(%peer, "cannot serve a new connection: {e}");
             }
         }
     }
 
-    fn add(&mut self, stream: TcpStream) -> io::Result<()> {
+    fn add(&mut self, stream: TcpStream, admitted: Admitted) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let token = Token(self.next_token);
         self.next_token = (self.next_token + 1) % (usize::MAX - 2);
         let fd = stream.as_raw_fd();
         self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)?;
-        let chunk =
-            self.process.pool().get(self.options.read_chunk).ok_or_else(|| io::Error::other("buffer pool spent"))?;
+        // No memory until the peer sends something.
+        let chunk = self.process.pool().empty();
         let shared = Arc::new(Shared {
             stream,
             token,
@@ -335,6 +394,9 @@ impl EventLoop {
             hup: false,
             peer: PeerSession::default(),
             linger: self.options.connection.linger,
+            _admitted: admitted,
+            activity: Activity::new(Instant::now()),
+            proven: false,
         };
         self.connections.insert(token, conn);
         Ok(())
@@ -352,6 +414,28 @@ impl EventLoop {
         }
     }
 
+    /// Closes the connections past their idle or frame timeout.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let limits = self.process.config().connection_limits;
+        self.next_sweep = now + limits.sweep_interval();
+        let expired: Vec<(Token, Expiry)> = self
+            .connections
+            .iter()
+            .filter(|(_, conn)| conn.state == ReadState::Open)
+            .filter_map(|(token, conn)| conn.activity.expired(now, &limits, conn.busy()).map(|e| (*token, e)))
+            .collect();
+        for (token, expiry) in expired {
+            if let Some(refusal) = expiry.refusal(&limits) {
+                if let Some(conn) = self.connections.get(&token) {
+                    tracing::debug!("closing a connection: {}", refusal.text);
+                    serve::turn_away(conn.shared.stream.as_fd(), refusal);
+                }
+            }
+            self.remove(token);
+        }
+    }
+
     /// Reads, decodes and dispatches what the connection has, as far as back-pressure allows.
     fn drive(&mut self, token: Token) {
         let Some(conn) = self.connections.get_mut(&token) else { return };
@@ -359,6 +443,9 @@ impl EventLoop {
         while let Step::More = step {
             step = conn.step(&self.process, &self.options);
         }
+        conn.release_idle_chunk(&self.process);
+        let mid_frame = conn.mid_frame();
+        conn.activity.frame(Instant::now(), mid_frame);
         conn.shared.queue().flush(&conn.shared.stream);
         if matches!(step, Step::Close) || conn.finished() {
             self.remove(token);
@@ -367,8 +454,11 @@ impl EventLoop {
         if let ReadState::Lingering(until) = conn.state {
             self.retry.push((until, token));
         } else if conn.paused && !conn.blocked_by_peer(&self.options) {
-            // Paused on the buffer pool, which frees without telling anyone: look again soon.
-            self.retry.push((Instant::now() + Duration::from_millis(1), token));
+            // Paused on the buffer pool: it says when a buffer comes back (the fallback timer
+            // covers a buffer that came back before it was asked to).
+            self.process.pool().want();
+            self.starved.push(token);
+            self.retry.push((Instant::now() + STARVED_FALLBACK, token));
         }
     }
 
@@ -402,6 +492,27 @@ impl Connection {
         }
         let drained = || queue.frames.is_empty() && self.shared.outstanding.load(Ordering::Acquire) == 0;
         self.state.finished(Delivery::PeerClose, drained)
+    }
+
+    /// Whether it has invocations at the workers or answers to send (then it is not idle).
+    fn busy(&self) -> bool {
+        self.shared.outstanding.load(Ordering::Acquire) > 0 || !self.shared.queue().frames.is_empty()
+    }
+
+    /// Whether a frame is received in part.
+    fn mid_frame(&self) -> bool {
+        self.large.is_some() || self.start < self.chunk.len()
+    }
+
+    /// Gives the read chunk back while nothing is pending in it, until the connection proved
+    /// itself: an idle connection holds no buffer.
+    fn release_idle_chunk(&mut self, process: &Process) {
+        if !self.proven && self.chunk.capacity() > 0 && self.start == self.chunk.len() && self.large.is_none() {
+            if let Some(chunk) = Arc::get_mut(&mut self.chunk) {
+                *chunk = process.pool().empty();
+                self.start = 0;
+            }
+        }
     }
 
     /// Whether the peer is the reason to stop reading: too much work or output outstanding.
@@ -449,7 +560,7 @@ impl Connection {
             }
             Err(err) => return self.refuse(err),
         }
-        if !self.make_room(process) {
+        if !self.make_room(process, options) {
             self.paused = true;
             return Step::Idle;
         }
@@ -461,6 +572,7 @@ impl Connection {
             Ok(0) => self.peer_closed(),
             Ok(n) => {
                 chunk.set_len(filled + n);
+                self.activity.received(Instant::now());
                 // A short read drained the socket (edge-triggered): decode, then wait for the
                 // next event instead of paying a read that only says EAGAIN.
                 if n < room && !self.hup {
@@ -511,13 +623,12 @@ impl Connection {
                     let head = available.first_chunk::<HEADER_LEN>().expect("checked length");
                     let header = Header::decode(head, limits)?;
                     if HEADER_LEN + header.body_len() > self.chunk.capacity() {
-                        let Some(mut body) = process.pool().get(header.body_len()) else {
+                        let have = &available[HEADER_LEN..];
+                        let Some(large) = LargeFrame::start(header, have, process.pool(), self.proven) else {
                             return Ok(Decode::PoolSpent);
                         };
-                        let have = &available[HEADER_LEN..];
-                        assert!(body.try_extend(have), "a large frame's buffer holds its received prefix");
                         self.start = self.chunk.len();
-                        self.large = Some(LargeFrame { header, body });
+                        self.large = Some(large);
                     }
                     return Ok(any);
                 }
@@ -528,35 +639,52 @@ impl Connection {
 
     fn read_large(&mut self, process: &Process) -> Step {
         let large = self.large.as_mut().expect("called with a large frame");
-        let want = large.header.body_len() - large.body.len();
-        if want > 0 {
-            let filled = large.body.len();
-            let spare = &mut large.body.spare_mut()[..want];
-            match (&self.shared.stream).read(spare) {
+        if !large.complete() {
+            // The buffer grows with the bytes that arrived: a full one waits for the pool.
+            let Some(room) = large.room(process.pool()) else {
+                self.paused = true;
+                return Step::Idle;
+            };
+            let want = room.len();
+            match (&self.shared.stream).read(room) {
                 Ok(0) => return self.peer_closed(),
-                Ok(n) if n < want && !self.hup => {
-                    // A short read drained the socket: wait for the next event.
-                    large.body.set_len(filled + n);
-                    return Step::Idle;
+                Ok(n) => {
+                    large.received(n);
+                    self.activity.received(Instant::now());
+                    if n < want && !self.hup {
+                        // A short read drained the socket: wait for the next event.
+                        return Step::Idle;
+                    }
                 }
-                Ok(n) => large.body.set_len(filled + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::More,
                 Err(_) => return Step::Close,
             }
         }
-        if large.body.len() == large.header.body_len() {
+        let large = self.large.as_mut().expect("still there");
+        if large.complete() {
             let LargeFrame { header, body } = self.large.take().expect("checked above");
             self.dispatch(process, header, Payload::whole(body));
         }
         Step::More
     }
 
-    /// Ensures the chunk is unshared and has room to read into; false if the pool is spent.
-    fn make_room(&mut self, process: &Process) -> bool {
+    /// Ensures the chunk is unshared, of the size the connection gets (small until it proved
+    /// itself), and has room to read into; false if the pool is spent.
+    fn make_room(&mut self, process: &Process, options: &TcpOptions) -> bool {
         let pending = self.chunk.len() - self.start;
         let room = self.chunk.capacity() - self.chunk.len();
         let min_room = self.chunk_min_room();
+        let size = if self.proven { options.read_chunk } else { options.read_chunk.min(MIN_BUF) };
+        if self.chunk.capacity() < size {
+            let Some(mut fresh) = process.pool().get(size) else {
+                return false;
+            };
+            assert!(fresh.try_extend(&self.chunk[self.start..]), "a bigger chunk holds the undecoded tail");
+            self.chunk = Arc::new(fresh);
+            self.start = 0;
+            return true;
+        }
         if let Some(chunk) = Arc::get_mut(&mut self.chunk) {
             if pending == 0 {
                 chunk.set_len(0);
@@ -589,6 +717,9 @@ impl Connection {
         self.shared.outstanding.fetch_add(1, Ordering::AcqRel);
         let (meta, input) = body.split_meta(header.meta_len as usize);
         let action = serve_frame(process, &mut self.peer, &self.sink, header, meta, input);
+        if !self.proven && !matches!(action, FrameAction::ReplyAndClose(_)) {
+            self.proven = serve::proven(process, &self.peer);
+        }
         if matches!(action, FrameAction::Queued) {
             return;
         }
@@ -605,9 +736,9 @@ impl Connection {
 
     /// Reads and drops input of a lingering connection.
     fn discard(&mut self, process: &Process) -> Step {
-        if Arc::get_mut(&mut self.chunk).is_none() {
-            // Workers still hold payloads in the chunk: discard into a fresh one.
-            let Some(fresh) = process.pool().get(self.chunk.capacity()) else { return Step::Idle };
+        if Arc::get_mut(&mut self.chunk).is_none() || self.chunk.capacity() == 0 {
+            // Workers still hold payloads in the chunk (or there is none): discard into a fresh one.
+            let Some(fresh) = process.pool().get(self.chunk.capacity().max(MIN_BUF)) else { return Step::Idle };
             self.chunk = Arc::new(fresh);
         }
         let chunk = Arc::get_mut(&mut self.chunk).expect("made unshared above");

@@ -118,6 +118,7 @@ impl UringTransport {
     pub fn bind(addr: SocketAddr, process: Arc<Process>, options: UringOptions) -> io::Result<Self> {
         probe::check().map_err(|e| io::Error::new(io::ErrorKind::Unsupported, e))?;
         let listener = TcpListener::bind(addr)?;
+        super::handle::deepen_backlog(&listener)?;
         Ok(Self { listener, process, options, stats: Arc::default() })
     }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
-use praas_runtime::buffer::{BufferPool, Payload, PoolBuf};
+use praas_runtime::buffer::{BufferPool, Payload, PoolBuf, MIN_BUF};
 use praas_runtime::serve::LargeFrame;
 use praas_runtime::serve::{self, Link, Refusal};
 use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, HEADER_LEN};
@@ -59,22 +59,25 @@ impl Partial {
         self.large.is_some()
     }
 
-    /// Where the direct receive of a large frame's body goes: the room for exactly the bytes
-    /// still missing.
+    /// Where the direct receive of a large frame's body goes: room for the next bytes, never
+    /// past the frame's end, the buffer grown first when full (`None`: the pool is spent).
     #[inline]
-    pub(super) fn large_room(&mut self) -> Option<&mut [u8]> {
-        let large = self.large.as_mut()?;
-        let want = large.header.body_len() - large.body.len();
-        Some(&mut large.body.spare_mut()[..want])
+    pub(super) fn large_room(&mut self, pool: &BufferPool) -> Option<&mut [u8]> {
+        self.large.as_mut()?.room(pool)
     }
 
     /// The direct receive put `n` more bytes into the large frame's buffer.
     #[inline]
     pub(super) fn large_received(&mut self, n: usize) {
         if let Some(large) = self.large.as_mut() {
-            let filled = large.body.len() + n;
-            large.body.set_len(filled);
+            large.received(n);
         }
+    }
+
+    /// Whether a frame is received in part.
+    #[inline]
+    pub(super) fn mid_frame(&self) -> bool {
+        self.assembly.is_some() || self.large.is_some()
     }
 }
 
@@ -102,13 +105,16 @@ pub(super) struct Intake<'a> {
     pub(super) limits: FrameLimits,
     /// Bytes of each receive buffer.
     pub(super) buffer_size: usize,
+    /// The connection has proven itself ([`serve::proven`]): a large frame's first buffer is
+    /// larger.
+    pub(super) proven: bool,
 }
 
 /// Decodes and dispatches received bytes as far as back-pressure and the pool allow; a protocol
 /// violation is refused as the [policy](praas_runtime::serve) says.
 pub(super) fn decode_backlog<C: Frames>(conn: &mut C, intake: Intake<'_>) {
     let partial = conn.partial();
-    if partial.large.as_ref().is_some_and(|l| l.body.len() == l.header.body_len()) {
+    if partial.large.as_ref().is_some_and(LargeFrame::complete) {
         let LargeFrame { header, body } = partial.large.take().expect("checked");
         conn.dispatch(header, Payload::whole(body));
     }
@@ -151,7 +157,7 @@ pub(super) fn ingest<C: Frames>(
     buf: &Arc<PoolBuf>,
     start: usize,
 ) -> Result<Option<usize>, Refusal> {
-    let Intake { pool, limits, buffer_size } = intake;
+    let Intake { pool, limits, buffer_size, proven } = intake;
     let end = buf.len();
     let mut pos = start;
     while pos < end {
@@ -164,12 +170,15 @@ pub(super) fn ingest<C: Frames>(
         }
         let partial = conn.partial();
         if let Some(large) = partial.large.as_mut() {
-            // Bytes that arrived before the multishot receive stopped: copy them over.
-            let want = large.header.body_len() - large.body.len();
-            let take = want.min(end - pos);
-            assert!(large.body.try_extend(&buf[pos..pos + take]), "a large frame's buffer holds its body");
-            pos += take;
-            if large.body.len() == large.header.body_len() {
+            // Bytes that arrived before the multishot receive stopped: copy them over (the
+            // buffer grows with them).
+            let take = large.missing().min(end - pos);
+            let taken = large.extend(&buf[pos..pos + take], pool);
+            pos += taken;
+            if taken < take {
+                return Ok(Some(pos));
+            }
+            if large.complete() {
                 let LargeFrame { header, body } = partial.large.take().expect("checked");
                 conn.dispatch(header, Payload::whole(body));
             }
@@ -188,12 +197,19 @@ pub(super) fn ingest<C: Frames>(
             let head = *assembly.first_chunk::<HEADER_LEN>().expect("checked length");
             let header = Header::decode(&head, limits).map_err(|e| Refusal::frame(e, &head))?;
             let total = HEADER_LEN + header.body_len();
-            if total > assembly.capacity() {
-                let Some(mut body) = pool.get(header.body_len()) else { return Ok(Some(pos)) };
-                body.try_extend(&assembly[HEADER_LEN..]);
+            if total > buffer_size {
+                let Some(large) = LargeFrame::start(header, &assembly[HEADER_LEN..], pool, proven) else {
+                    return Ok(Some(pos));
+                };
                 partial.assembly = None;
-                partial.large = Some(LargeFrame { header, body });
+                partial.large = Some(large);
                 continue;
+            }
+            if total > assembly.capacity() {
+                // A header assembled in a small buffer announces more: room for the whole frame.
+                let Some(mut bigger) = pool.get(total) else { return Ok(Some(pos)) };
+                assert!(bigger.try_extend(assembly), "a bigger buffer holds the frame so far");
+                *assembly = bigger;
             }
             let take = (total - assembly.len()).min(end - pos);
             assembly.try_extend(&buf[pos..pos + take]);
@@ -219,12 +235,16 @@ pub(super) fn ingest<C: Frames>(
                 };
                 match body_len {
                     Some(header) if HEADER_LEN + header.body_len() > buffer_size => {
-                        let Some(mut body) = pool.get(header.body_len()) else { return Ok(Some(pos)) };
-                        body.try_extend(&available[HEADER_LEN..]);
-                        partial.large = Some(LargeFrame { header, body });
+                        let have = &available[HEADER_LEN..];
+                        let Some(large) = LargeFrame::start(header, have, pool, proven) else {
+                            return Ok(Some(pos));
+                        };
+                        partial.large = Some(large);
                     }
                     _ => {
-                        let Some(mut assembly) = pool.get(buffer_size) else {
+                        // The frame's size where the header is here, a small buffer where not.
+                        let size = body_len.map_or(MIN_BUF.min(buffer_size), |h| HEADER_LEN + h.body_len());
+                        let Some(mut assembly) = pool.get(size) else {
                             return Ok(Some(pos));
                         };
                         assembly.try_extend(available);
@@ -525,7 +545,7 @@ mod tests {
     }
 
     fn intake(pool: &BufferPool) -> Intake<'_> {
-        Intake { pool, limits: FrameLimits { max_frame: 1 << 20 }, buffer_size: BUFFER }
+        Intake { pool, limits: FrameLimits { max_frame: 1 << 20 }, buffer_size: BUFFER, proven: false }
     }
 
     /// The frames `(id, meta, payload)` encoded back to back.
@@ -579,7 +599,7 @@ mod tests {
                         conn.backlog.push_back((received(pool, &bytes[pos..pos + n]), 0));
                         pos += n;
                     }
-                    let room = conn.partial.large_room().expect("a large frame waits");
+                    let room = conn.partial.large_room(pool).expect("a large frame waits, the pool has room");
                     let n = room.len().min(bytes.len() - pos);
                     room[..n].copy_from_slice(&bytes[pos..pos + n]);
                     pos += n;
@@ -645,16 +665,22 @@ mod tests {
         assert_eq!(ingest(&mut conn, intake(&pool), &received(&pool, &bytes[..100]), 0), Ok(None));
         let large = conn.partial.large.as_ref().expect("a large frame waits");
         assert_eq!((large.header.id, large.body.len()), (4, 100 - HEADER_LEN));
-        assert!(large.body.capacity() >= large.header.body_len());
+        assert!(large.body.capacity() < large.header.body_len(), "memory comes with the bytes, not the header");
         // A buffer the multishot receive delivered before its cancel took effect: copied over.
         let late = received(&pool, &bytes[100..100 + BUFFER]);
         assert_eq!(ingest(&mut conn, intake(&pool), &late, 0), Ok(None));
-        // The rest of the body by the direct receive, exactly that much.
+        // The rest of the body by direct receives, never past the frame's end, the buffer
+        // growing (at most doubling) as it fills.
         let end = HEADER_LEN + 3 + 3 * BUFFER;
-        let room = conn.partial.large_room().expect("still waiting");
-        assert_eq!(room.len(), end - 100 - BUFFER);
-        room.copy_from_slice(&bytes[100 + BUFFER..end]);
-        conn.partial.large_received(end - 100 - BUFFER);
+        let mut at = 100 + BUFFER;
+        while let Some(room) = conn.partial.large_room(&pool) {
+            assert!(room.len() <= end - at);
+            let n = room.len();
+            room.copy_from_slice(&bytes[at..at + n]);
+            conn.partial.large_received(n);
+            at += n;
+        }
+        assert_eq!(at, end);
         assert!(conn.frames.is_empty(), "dispatched when the loop looks again");
         decode_backlog(&mut conn, intake(&pool));
         assert_eq!(got(&conn), expected(&frames[..1]));

@@ -7,11 +7,17 @@
 //! iovecs, the buffer ring, the large frame's buffer) lives in the connection's slot of the slab,
 //! boxed where the kernel holds pointers to it. A slot is freed, and its memory released, only
 //! after the last operation of its connection has completed (`in_flight == 0`).
+//!
+//! A connection that has not proven itself ([`serve::proven`]) has no buffer ring: a one-shot
+//! poll says when it is readable, and one small pool buffer (4 KiB) takes what arrived; an idle
+//! connection holds no buffer at all. Once proven, it gets its buffer ring and multishot receive.
+//! Connections past their idle or frame timeout are closed by a periodic sweep; a connection
+//! waiting for the pool is woken by the pool when a buffer comes back, not by polling.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +30,10 @@ use super::fixed::FixedBuffers;
 use super::recv::BufRing;
 use super::recv::{self, Frames, Intake, Partial, Receiving, RecvStep};
 use super::{UringOptions, UringStats};
-use praas_runtime::buffer::{Payload, PoolBuf};
+use praas_runtime::buffer::{Payload, PoolBuf, MIN_BUF};
 use praas_runtime::invocation::{Response, ResponseSink};
 use praas_runtime::process::Process;
-use praas_runtime::serve::{self, ConnectionOptions, Delivery, End, Link, ReadState};
+use praas_runtime::serve::{self, Activity, Admitted, ConnectionOptions, Delivery, End, Link, ReadState};
 use praas_runtime::serve::{flatten_frames, FlatBuf, Gathered, OutFrame};
 use praas_runtime::serve::{serve_frame, FrameAction};
 use praas_runtime::session::PeerSession;
@@ -46,6 +52,11 @@ const OP_CANCEL: u8 = 6;
 const OP_CANCEL_ALL: u8 = 7;
 /// The header and metadata of a frame whose payload follows in a linked fixed `SEND_ZC`.
 const OP_SEND_HEAD: u8 = 8;
+/// A one-shot readiness poll of a connection that has no buffer ring yet.
+const OP_POLL: u8 = 9;
+
+/// How long a connection waiting for the pool waits at most for the pool's word.
+const STARVED_FALLBACK: Duration = Duration::from_millis(100);
 
 fn user_data(slot: usize, op: u8) -> u64 {
     ((slot as u64) << 32) | op as u64
@@ -65,6 +76,8 @@ pub(crate) struct LoopShared {
     notified: AtomicBool,
     /// Set to stop the loop.
     pub stop: AtomicBool,
+    /// A buffer came back to the pool that connections of this loop wait on.
+    pool_freed: AtomicBool,
     /// The counters of the transport this loop serves.
     pub stats: Arc<UringStats>,
 }
@@ -84,6 +97,7 @@ impl LoopShared {
             eventfd,
             notified: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            pool_freed: AtomicBool::new(false),
             stats,
         })
     }
@@ -133,7 +147,8 @@ struct Conn {
     fd: OwnedFd,
     generation: u32,
     sink: Arc<dyn ResponseSink>,
-    bufs: BufRing,
+    /// The provided-buffer ring, once the connection proved itself.
+    bufs: Option<BufRing>,
     /// Buffers that came back unshared after their data was consumed: provided again first.
     spare: Vec<Arc<PoolBuf>>,
     /// Received buffers not yet decoded (back-pressure holds them here), and where to resume.
@@ -172,6 +187,14 @@ struct Conn {
     peer: PeerSession,
     /// Back-pressure, and how long to keep reading (and discarding) after refusing the connection.
     limits: ConnectionOptions,
+    /// Counted against the process's connection limits while it lives.
+    _admitted: Admitted,
+    /// What the idle and frame timeouts look at.
+    activity: Activity,
+    /// It has proven itself ([`serve::proven`]): its buffer ring and multishot receive.
+    proven: bool,
+    /// A one-shot poll (no buffer ring yet) is in flight.
+    polling: bool,
 }
 
 impl Conn {
@@ -183,6 +206,11 @@ impl Conn {
     fn finished(&self) -> bool {
         let drained = || self.queue.is_empty() && !self.sending && self.outstanding == 0;
         self.state.finished(Delivery::PeerClose, drained)
+    }
+
+    /// Whether it has invocations at the workers or answers to send (then it is not idle).
+    fn busy(&self) -> bool {
+        self.outstanding > 0 || !self.queue.is_empty() || self.sending
     }
 
     fn push_frame(&mut self, frame: OutFrame) {
@@ -224,6 +252,12 @@ pub(crate) struct EventLoop {
     fixed: FixedBuffers,
     /// The ring's own descriptor registered with it (not under SQPOLL): waits skip its lookup.
     registered: Option<super::probe::RegisteredRing>,
+    /// Connections waiting for the pool: looked at again when it says a buffer came back.
+    starved: Vec<usize>,
+    /// When to look for connections past their timeouts next.
+    next_sweep: Instant,
+    /// The time after the last wait (what completions and pumps of a batch see).
+    now: Instant,
 }
 
 /// Emptied frame boxes a connection keeps for its next responses.
@@ -248,7 +282,19 @@ impl EventLoop {
         })?;
         let registered =
             options.sqpoll_idle_ms.is_none().then(|| super::probe::RegisteredRing::register(&ring)).flatten();
+        let weak = Arc::downgrade(&shared);
+        process.pool().on_release(Box::new(move || {
+            let Some(shared) = weak.upgrade() else { return false };
+            shared.pool_freed.store(true, Ordering::Release);
+            shared.wake();
+            true
+        }));
+        let now = Instant::now();
+        let next_sweep = now + process.config().connection_limits.sweep_interval();
         Ok(Self {
+            starved: Vec::new(),
+            next_sweep,
+            now,
             listener,
             process,
             options,
@@ -325,14 +371,45 @@ impl EventLoop {
             self.arm_listeners()?;
             self.pump_dirty()?;
             self.wait()?;
+            self.now = Instant::now();
             self.collect(&mut cqes);
             for (data, result, flags) in cqes.drain(..) {
                 self.complete(data, result, flags)?;
             }
             self.drain_responses();
+            if self.shared.pool_freed.swap(false, Ordering::AcqRel) {
+                self.dirty.append(&mut self.starved);
+            }
             self.retry_due();
+            if self.now >= self.next_sweep {
+                self.sweep();
+            }
         }
         Ok(())
+    }
+
+    /// Closes the connections past their idle or frame timeout (a frame timeout with an error
+    /// frame first).
+    fn sweep(&mut self) {
+        let limits = self.process.config().connection_limits;
+        self.next_sweep = self.now + limits.sweep_interval();
+        for (slot, conn) in self.conns.iter_mut().enumerate() {
+            let Some(conn) = conn.as_mut().filter(|c| !c.closing && c.state == ReadState::Open) else { continue };
+            let Some(expiry) = conn.activity.expired(self.now, &limits, conn.busy()) else { continue };
+            if let Some(refusal) = expiry.refusal(&limits) {
+                tracing::debug!("closing a connection: {}", refusal.text);
+                serve::turn_away(conn.fd.as_fd(), refusal);
+            }
+            conn.closing = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    /// Looks at `slot` again when the pool says a buffer came back (or after a fallback time).
+    fn wait_for_pool(&mut self, slot: usize) {
+        self.process.pool().want();
+        self.starved.push(slot);
+        self.retry.push((self.now + STARVED_FALLBACK, slot));
     }
 
     fn collect(&mut self, out: &mut Vec<(u64, i32, u32)>) {
@@ -358,7 +435,14 @@ impl EventLoop {
         if !self.options.spin.is_zero() && self.retry.is_empty() && self.poll_for_work()? {
             return Ok(());
         }
-        let timeout = self.retry.iter().map(|(at, _)| at.saturating_duration_since(Instant::now())).min();
+        let now = Instant::now();
+        let timeout = self
+            .retry
+            .iter()
+            .map(|(at, _)| *at)
+            .chain([self.next_sweep])
+            .min()
+            .map(|at| at.saturating_duration_since(now));
         let result = match timeout {
             Some(t) => {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
@@ -447,7 +531,16 @@ impl EventLoop {
                 if result >= 0 {
                     // SAFETY: the kernel just created this descriptor for us.
                     let fd = unsafe { OwnedFd::from_raw_fd(result) };
-                    if let Err(e) = self.add(fd) {
+                    let source = peer_addr(&fd).map_or(std::net::IpAddr::from([0u8; 4]), |a| a.ip());
+                    let admitted = match self.process.connections().admit(self.process.id(), source) {
+                        Ok(admitted) => admitted,
+                        Err(refusal) => {
+                            tracing::debug!(%source, "{}", refusal.text);
+                            serve::turn_away(fd.as_fd(), refusal);
+                            return Ok(());
+                        }
+                    };
+                    if let Err(e) = self.add(fd, admitted) {
                         tracing::warn!("cannot serve a new connection: {e}");
                     }
                 } else if result != -libc::ECANCELED {
@@ -468,7 +561,7 @@ impl EventLoop {
         Ok(())
     }
 
-    fn add(&mut self, fd: OwnedFd) -> io::Result<()> {
+    fn add(&mut self, fd: OwnedFd, admitted: Admitted) -> io::Result<()> {
         let one: libc::c_int = 1;
         // The size of an int: fits any socklen_t.
         #[allow(clippy::cast_possible_truncation)]
@@ -492,19 +585,6 @@ impl EventLoop {
             }
             None => return Err(io::Error::other("too many connections on one I/O thread")),
         };
-        let mut bufs = match BufRing::new(self.options.recv_buffers) {
-            Ok(bufs) => bufs,
-            Err(e) => {
-                self.free.push(slot);
-                return Err(e);
-            }
-        };
-        // Slots stay below u16::MAX (checked above): the buffer group is the slot.
-        let registered = u16::try_from(slot).map_err(io::Error::other).and_then(|bgid| bufs.register(&self.ring, bgid));
-        if let Err(e) = registered {
-            self.free.push(slot);
-            return Err(e);
-        }
         let generation = self.generations[slot];
         let loopback = is_loopback_peer(&fd);
         let key = ((slot as u64) << 32) | generation as u64;
@@ -515,7 +595,7 @@ impl EventLoop {
             fd,
             generation,
             sink,
-            bufs,
+            bufs: None,
             spare: Vec::new(),
             backlog: VecDeque::new(),
             partial: Partial::default(),
@@ -537,6 +617,10 @@ impl EventLoop {
             starved: false,
             peer: PeerSession::default(),
             limits: self.options.connection,
+            _admitted: admitted,
+            activity: Activity::new(self.now),
+            proven: false,
+            polling: false,
         });
         self.dirty.push(slot);
         Ok(())
@@ -555,7 +639,9 @@ impl EventLoop {
                 }
                 if result > 0 {
                     let bid = cqueue::buffer_select(flags).expect("a receive with data names its buffer");
-                    let buf = conn.bufs.take(bid, result as usize).expect("the kernel filled a provided buffer");
+                    let bufs = conn.bufs.as_mut().expect("a multishot receive has a buffer ring");
+                    let buf = bufs.take(bid, result as usize).expect("the kernel filled a provided buffer");
+                    conn.activity.received(self.now);
                     if !conn.closing {
                         conn.backlog.push_back((buf, 0));
                     }
@@ -572,6 +658,7 @@ impl EventLoop {
                 conn.receiving.large_done();
                 if result > 0 {
                     conn.partial.large_received(result as usize);
+                    conn.activity.received(self.now);
                 } else if result == 0 {
                     peer_closed(conn);
                 } else if result != -libc::ECANCELED {
@@ -595,6 +682,17 @@ impl EventLoop {
                 conn.receiving.cancel_done();
             }
             OP_CANCEL_ALL => conn.in_flight -= 1,
+            OP_POLL => {
+                conn.in_flight -= 1;
+                conn.polling = false;
+                if result >= 0 && !conn.closing {
+                    if !read_small(conn, self.process.pool(), self.now) {
+                        self.wait_for_pool(slot);
+                    }
+                } else if result != -libc::ECANCELED {
+                    fail(conn, result);
+                }
+            }
             _ => tracing::error!(op, "completion of an unknown operation"),
         }
         self.dirty.push(slot);
@@ -683,8 +781,13 @@ impl EventLoop {
                 pool: self.process.pool(),
                 limits: FrameLimits { max_frame: self.process.config().max_frame },
                 buffer_size: self.options.recv_buffer_size,
+                proven: conn.proven,
             };
-            recv::decode_backlog(&mut Serving { conn, process: &self.process }, intake);
+            recv::decode_backlog(
+                &mut Serving { conn, process: &self.process, buffer_size: self.options.recv_buffer_size },
+                intake,
+            );
+            conn.activity.frame(self.now, conn.partial.mid_frame());
             if conn.finished() {
                 conn.closing = true;
             }
@@ -708,11 +811,11 @@ impl EventLoop {
         if let ReadState::Lingering(until) = conn.state {
             self.retry.push((until, slot));
         }
-        if !blocked_by_peer && !conn.backlog.is_empty() {
-            // Paused on the pool, which frees without telling anyone: look again soon.
-            self.retry.push((Instant::now() + Duration::from_millis(1), slot));
-        }
+        let paused_on_pool = !blocked_by_peer && !conn.backlog.is_empty();
         if conn.state == ReadState::Draining || blocked {
+            if paused_on_pool {
+                self.wait_for_pool(slot);
+            }
             return Ok(());
         }
         if conn.partial.large_waiting() {
@@ -730,7 +833,11 @@ impl EventLoop {
                     unsafe { self.push(&entry)? };
                 }
                 RecvStep::Large => {
-                    let room = conn.partial.large_room().expect("a large frame waits");
+                    // The frame's buffer grows with its bytes: a full one waits for the pool.
+                    let Some(room) = conn.partial.large_room(self.process.pool()) else {
+                        self.wait_for_pool(slot);
+                        return Ok(());
+                    };
                     // A receive may take less than the room (past 4 GiB only): the next takes the rest.
                     let want = u32::try_from(room.len()).unwrap_or(u32::MAX);
                     let entry = opcode::Recv::new(Fd(conn.fd.as_raw_fd()), room.as_mut_ptr(), want)
@@ -747,8 +854,34 @@ impl EventLoop {
             }
             return Ok(());
         }
+        if !conn.proven || conn.polling {
+            // Not proven yet (or its last poll still in flight): no buffer ring, a one-shot poll.
+            if !conn.polling && !conn.proven {
+                let entry = opcode::PollAdd::new(Fd(conn.fd.as_raw_fd()), (libc::POLLIN | libc::POLLRDHUP) as u32)
+                    .build()
+                    .user_data(user_data(slot, OP_POLL));
+                conn.polling = true;
+                conn.in_flight += 1;
+                // SAFETY: a poll points to no memory.
+                unsafe { self.push(&entry)? };
+            }
+            return Ok(());
+        }
+        if conn.bufs.is_none() {
+            // Proven: its buffer ring, registered as the buffer group of its slot (below u16::MAX).
+            let mut bufs = BufRing::new(self.options.recv_buffers)?;
+            let bgid = u16::try_from(slot).map_err(io::Error::other)?;
+            if let Err(e) = bufs.register(&self.ring, bgid) {
+                tracing::warn!("cannot register a connection's buffer ring: {e}");
+                conn.closing = true;
+                self.dirty.push(slot);
+                return Ok(());
+            }
+            conn.bufs = Some(bufs);
+        }
+        let bufs = conn.bufs.as_mut().expect("made above");
         // Refill the buffer ring from spares, then the pool.
-        while let Some(bid) = conn.bufs.empty_slot() {
+        while let Some(bid) = bufs.empty_slot() {
             let buf = match conn.spare.pop() {
                 Some(buf) => buf,
                 None => match self.process.pool().get(self.options.recv_buffer_size) {
@@ -756,12 +889,11 @@ impl EventLoop {
                     None => break,
                 },
             };
-            conn.bufs.provide(bid, buf);
+            bufs.provide(bid, buf);
         }
-        conn.starved = conn.bufs.provided() == 0;
+        conn.starved = bufs.provided() == 0;
         if conn.starved {
-            // The pool is spent and frees without telling anyone: look again soon.
-            self.retry.push((Instant::now() + Duration::from_millis(1), slot));
+            self.wait_for_pool(slot);
             return Ok(());
         }
         if let step @ RecvStep::Multishot = conn.receiving.next(false) {
@@ -901,7 +1033,9 @@ impl EventLoop {
             return Ok(());
         }
         let mut conn = self.conns[slot].take().expect("caller checked");
-        conn.bufs.unregister(&self.ring);
+        if let Some(bufs) = conn.bufs.as_mut() {
+            bufs.unregister(&self.ring);
+        }
         self.generations[slot] = self.generations[slot].wrapping_add(1);
         self.free.push(slot);
         drop(conn);
@@ -1017,6 +1151,29 @@ fn sent_directly(conn: &mut Conn, sent: isize) -> bool {
     true
 }
 
+/// Receives what a connection without a buffer ring has (its poll said it is readable) into one
+/// small pool buffer; false if the pool has none now.
+fn read_small(conn: &mut Conn, pool: &praas_runtime::buffer::BufferPool, now: Instant) -> bool {
+    let Some(mut buf) = pool.get(MIN_BUF) else { return false };
+    let room = buf.spare_mut();
+    // SAFETY: receives into the buffer's spare memory, of the given length, which lives for the
+    // call; MSG_DONTWAIT: never blocks.
+    let n = unsafe { libc::recv(conn.fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+    if n > 0 {
+        buf.set_len(n as usize);
+        conn.activity.received(now);
+        conn.backlog.push_back((Arc::new(buf), 0));
+    } else if n == 0 {
+        peer_closed(conn);
+    } else {
+        let err = io::Error::last_os_error();
+        if !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+            fail(conn, -err.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+    true
+}
+
 fn peer_closed(conn: &mut Conn) {
     // Draining also ends lingering: the error response goes out, then the connection closes.
     conn.state = ReadState::Draining;
@@ -1034,6 +1191,8 @@ fn fail(conn: &mut Conn, result: i32) {
 struct Serving<'a> {
     conn: &'a mut Conn,
     process: &'a Process,
+    /// Bytes of the connection's receive buffers once proven.
+    buffer_size: usize,
 }
 
 /// How an io_uring connection moves bytes for the policy: everything joins its send queue, which
@@ -1082,7 +1241,8 @@ impl Frames for Serving<'_> {
 
     #[inline]
     fn give_back(&mut self, mut done: Arc<PoolBuf>) {
-        if Arc::get_mut(&mut done).is_some() {
+        // Small buffers (before the connection proved itself) go back to the pool.
+        if self.conn.proven && Arc::get_mut(&mut done).is_some_and(|b| b.capacity() >= self.buffer_size) {
             self.conn.spare.push(done);
         }
     }
@@ -1096,7 +1256,11 @@ impl Frames for Serving<'_> {
     fn dispatch(&mut self, header: Header, body: Payload) {
         let conn = &mut *self.conn;
         let (meta, input) = body.split_meta(header.meta_len as usize);
-        match serve_frame(self.process, &mut conn.peer, &conn.sink, header, meta, input) {
+        let action = serve_frame(self.process, &mut conn.peer, &conn.sink, header, meta, input);
+        if !conn.proven && !matches!(action, FrameAction::ReplyAndClose(_)) {
+            conn.proven = serve::proven(self.process, &conn.peer);
+        }
+        match action {
             FrameAction::Queued => conn.outstanding += 1,
             action => serve::act(self, action),
         }
@@ -1107,8 +1271,8 @@ fn send_flags() -> u32 {
     (libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32
 }
 
-/// Whether the socket's peer is a loopback address.
-fn is_loopback_peer(fd: &OwnedFd) -> bool {
+/// The socket's peer address.
+fn peer_addr(fd: &OwnedFd) -> Option<std::net::SocketAddr> {
     // SAFETY: an all-zero sockaddr_storage is a valid value (family AF_UNSPEC).
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     // The size of a sockaddr_storage (128 bytes): fits any socklen_t.
@@ -1118,20 +1282,29 @@ fn is_loopback_peer(fd: &OwnedFd) -> bool {
     // sockaddr_storage `addr`, and updates `len`.
     let rc = unsafe { libc::getpeername(fd.as_raw_fd(), (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) };
     if rc != 0 {
-        return false;
+        return None;
     }
     match addr.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let v4 = unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)).is_loopback()
+            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some(std::net::SocketAddr::from((ip, u16::from_be(v4.sin_port))))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
             let v6 = unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+            Some(std::net::SocketAddr::from((ip, u16::from_be(v6.sin6_port))))
         }
-        _ => false,
+        _ => None,
     }
+}
+
+/// Whether the socket's peer is a loopback address.
+fn is_loopback_peer(fd: &OwnedFd) -> bool {
+    peer_addr(fd).is_some_and(|addr| match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    })
 }
