@@ -308,9 +308,12 @@ pub struct LargeFrame {
 const PROVEN_FIRST_STEP: usize = 1 << 20;
 
 impl LargeFrame {
-    /// A large frame whose body starts with `have`, its first buffer from `pool` (small for a
-    /// connection not yet [`proven`]); `None` when the pool is spent.
+    /// A large frame whose body starts with `have`, its first buffer from `pool` (none until its
+    /// first bytes for a connection not yet [`proven`]); `None` when the pool is spent.
     pub fn start(header: Header, have: &[u8], pool: &BufferPool, proven: bool) -> Option<Self> {
+        if !proven && have.is_empty() {
+            return Some(Self { header, body: pool.empty() });
+        }
         let first = if proven { PROVEN_FIRST_STEP } else { MIN_BUF };
         let mut body = pool.get(header.body_len().min(first.max(have.len())))?;
         assert!(body.try_extend(have), "a large frame's first buffer holds what arrived with its header");
@@ -337,7 +340,7 @@ impl LargeFrame {
             return None;
         }
         if self.body.len() == self.body.capacity() {
-            let grown = self.header.body_len().min(self.body.capacity().saturating_mul(2));
+            let grown = self.header.body_len().min(self.body.capacity().saturating_mul(2).max(MIN_BUF));
             let mut bigger = pool.get(grown)?;
             assert!(bigger.try_extend(&self.body), "a grown buffer holds what the smaller one held");
             self.body = bigger;
@@ -345,6 +348,14 @@ impl LargeFrame {
         let spare = self.body.spare_mut();
         let n = spare.len().min(missing);
         Some(&mut spare[..n])
+    }
+
+    /// Gives back a buffer that holds none of the body yet (a receive came back empty): a peer
+    /// that announced a frame and sends nothing holds no memory.
+    pub fn release_unused(&mut self, pool: &BufferPool) {
+        if self.body.is_empty() && self.body.capacity() > 0 {
+            self.body = pool.empty();
+        }
     }
 
     /// `n` more bytes were written into [`LargeFrame::room`].

@@ -178,6 +178,9 @@ struct Connection {
     activity: Activity,
     /// It has proven itself ([`serve::proven`]): full-size read chunks from now on.
     proven: bool,
+    /// The bytes of a header cut short, kept here instead of in a chunk while the connection
+    /// has not proven itself (its first `.1` bytes).
+    stash: ([u8; HEADER_LEN], usize),
 }
 
 enum Decode {
@@ -397,6 +400,7 @@ impl EventLoop {
             _admitted: admitted,
             activity: Activity::new(Instant::now()),
             proven: false,
+            stash: ([0; HEADER_LEN], 0),
         };
         self.connections.insert(token, conn);
         Ok(())
@@ -501,17 +505,26 @@ impl Connection {
 
     /// Whether a frame is received in part.
     fn mid_frame(&self) -> bool {
-        self.large.is_some() || self.start < self.chunk.len()
+        self.large.is_some() || self.start < self.chunk.len() || self.stash.1 > 0
     }
 
-    /// Gives the read chunk back while nothing is pending in it, until the connection proved
-    /// itself: an idle connection holds no buffer.
+    /// Gives the read chunk back while nothing but part of a header is pending in it (kept in the
+    /// stash), until the connection proved itself: an idle or half-open connection holds no
+    /// buffer.
     fn release_idle_chunk(&mut self, process: &Process) {
-        if !self.proven && self.chunk.capacity() > 0 && self.start == self.chunk.len() && self.large.is_none() {
-            if let Some(chunk) = Arc::get_mut(&mut self.chunk) {
-                *chunk = process.pool().empty();
-                self.start = 0;
-            }
+        let pending = self.chunk.len() - self.start;
+        if self.proven || self.chunk.capacity() == 0 || pending >= HEADER_LEN || self.large.is_some() {
+            return;
+        }
+        if self.state != ReadState::Open && pending > 0 {
+            return;
+        }
+        let start = self.start;
+        if let Some(chunk) = Arc::get_mut(&mut self.chunk) {
+            self.stash.0[..pending].copy_from_slice(&chunk[start..start + pending]);
+            self.stash.1 = pending;
+            *chunk = process.pool().empty();
+            self.start = 0;
         }
     }
 
@@ -656,7 +669,10 @@ impl Connection {
                         return Step::Idle;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    large.release_unused(process.pool());
+                    return Step::Idle;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::More,
                 Err(_) => return Step::Close,
             }
@@ -680,6 +696,9 @@ impl Connection {
             let Some(mut fresh) = process.pool().get(size) else {
                 return false;
             };
+            // A header cut short comes back out of the stash first.
+            let (stash, stashed) = std::mem::replace(&mut self.stash, ([0; HEADER_LEN], 0));
+            assert!(fresh.try_extend(&stash[..stashed]), "a fresh chunk holds a stashed header");
             assert!(fresh.try_extend(&self.chunk[self.start..]), "a bigger chunk holds the undecoded tail");
             self.chunk = Arc::new(fresh);
             self.start = 0;

@@ -31,14 +31,16 @@ use std::sync::Arc;
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
-use praas_runtime::buffer::{BufferPool, Payload, PoolBuf, MIN_BUF};
+use praas_runtime::buffer::{BufferPool, Payload, PoolBuf};
 use praas_runtime::serve::LargeFrame;
 use praas_runtime::serve::{self, Link, Refusal};
 use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, HEADER_LEN};
 
-/// A frame received in part: at most one of the two is set.
+/// A frame received in part: at most one of the three is set.
 #[derive(Debug, Default)]
 pub(super) struct Partial {
+    /// A header cut short: its first `head.1` bytes, kept here (no buffer for it).
+    pub(super) head: ([u8; HEADER_LEN], usize),
     /// A frame that straddles receive buffers and fits in one: its bytes so far (copied).
     pub(super) assembly: Option<PoolBuf>,
     /// A frame larger than a receive buffer, in a buffer of its own: its body so far.
@@ -49,6 +51,7 @@ impl Partial {
     /// Drops the frame in progress (the peer closed, or broke the protocol).
     #[inline]
     pub(super) fn clear(&mut self) {
+        self.head.1 = 0;
         self.assembly = None;
         self.large = None;
     }
@@ -77,7 +80,7 @@ impl Partial {
     /// Whether a frame is received in part.
     #[inline]
     pub(super) fn mid_frame(&self) -> bool {
-        self.assembly.is_some() || self.large.is_some()
+        self.head.1 > 0 || self.assembly.is_some() || self.large.is_some()
     }
 }
 
@@ -169,6 +172,38 @@ pub(super) fn ingest<C: Frames>(
             return Ok(Some(pos));
         }
         let partial = conn.partial();
+        if partial.head.1 > 0 {
+            // A header cut short: complete it here, then give the frame the buffer it needs.
+            let (head, have) = &mut partial.head;
+            let take = (HEADER_LEN - *have).min(end - pos);
+            head[*have..*have + take].copy_from_slice(&buf[pos..pos + take]);
+            *have += take;
+            pos += take;
+            if *have < HEADER_LEN {
+                continue;
+            }
+            let head = *head;
+            let header = Header::decode(&head, limits).map_err(|e| Refusal::frame(e, &head))?;
+            let total = HEADER_LEN + header.body_len();
+            if total > buffer_size {
+                let Some(large) = LargeFrame::start(header, &[], pool, proven) else {
+                    pos -= take;
+                    partial.head.1 -= take;
+                    return Ok(Some(pos));
+                };
+                partial.large = Some(large);
+            } else {
+                let Some(mut assembly) = pool.get(total) else {
+                    pos -= take;
+                    partial.head.1 -= take;
+                    return Ok(Some(pos));
+                };
+                assembly.try_extend(&head);
+                partial.assembly = Some(assembly);
+            }
+            partial.head.1 = 0;
+            continue;
+        }
         if let Some(large) = partial.large.as_mut() {
             // Bytes that arrived before the multishot receive stopped: copy them over (the
             // buffer grows with them).
@@ -241,14 +276,17 @@ pub(super) fn ingest<C: Frames>(
                         };
                         partial.large = Some(large);
                     }
-                    _ => {
-                        // The frame's size where the header is here, a small buffer where not.
-                        let size = body_len.map_or(MIN_BUF.min(buffer_size), |h| HEADER_LEN + h.body_len());
-                        let Some(mut assembly) = pool.get(size) else {
+                    Some(header) => {
+                        let Some(mut assembly) = pool.get(HEADER_LEN + header.body_len()) else {
                             return Ok(Some(pos));
                         };
                         assembly.try_extend(available);
                         partial.assembly = Some(assembly);
+                    }
+                    None => {
+                        // A header cut short: kept without a buffer.
+                        partial.head.0[..available.len()].copy_from_slice(available);
+                        partial.head.1 = available.len();
                     }
                 }
                 pos = end;

@@ -686,7 +686,13 @@ impl EventLoop {
                 conn.in_flight -= 1;
                 conn.polling = false;
                 if result >= 0 && !conn.closing {
-                    if !read_small(conn, self.process.pool(), self.now) {
+                    let pool = self.process.pool();
+                    let read = if conn.partial.large_waiting() {
+                        read_large_small(conn, pool, self.now)
+                    } else {
+                        read_small(conn, pool, self.now)
+                    };
+                    if !read {
                         self.wait_for_pool(slot);
                     }
                 } else if result != -libc::ECANCELED {
@@ -818,7 +824,7 @@ impl EventLoop {
             }
             return Ok(());
         }
-        if conn.partial.large_waiting() {
+        if conn.partial.large_waiting() && conn.proven && !conn.polling {
             let step = conn.receiving.next(true);
             match step {
                 RecvStep::Cancel => {
@@ -1167,6 +1173,31 @@ fn read_small(conn: &mut Conn, pool: &praas_runtime::buffer::BufferPool, now: In
         peer_closed(conn);
     } else {
         let err = io::Error::last_os_error();
+        if !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+            fail(conn, -err.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+    true
+}
+
+/// Receives what a connection without a buffer ring has of its large frame (its poll said it is
+/// readable) straight into the frame's buffer, grown with the bytes; false if the pool has no
+/// bigger buffer now.
+fn read_large_small(conn: &mut Conn, pool: &praas_runtime::buffer::BufferPool, now: Instant) -> bool {
+    let Some(room) = conn.partial.large_room(pool) else { return false };
+    // SAFETY: receives into the frame buffer's room, of the given length, which lives for the
+    // call; MSG_DONTWAIT: never blocks.
+    let n = unsafe { libc::recv(conn.fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len(), libc::MSG_DONTWAIT) };
+    if n > 0 {
+        conn.partial.large_received(n as usize);
+        conn.activity.received(now);
+    } else if n == 0 {
+        peer_closed(conn);
+    } else {
+        let err = io::Error::last_os_error();
+        if let Some(large) = conn.partial.large.as_mut() {
+            large.release_unused(pool);
+        }
         if !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
             fail(conn, -err.raw_os_error().unwrap_or(libc::EIO));
         }
