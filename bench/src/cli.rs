@@ -33,6 +33,10 @@ pub enum Command {
     /// load, beside a CPU-bound C ABI function's on the same processes, each against its own
     /// one-worker rate and the ideal scaling.
     PythonGil(PythonGilArgs),
+    /// A legitimate client's 8 B echo round trips during floods of connections (10,000 idle,
+    /// 10,000 half-open, 1,000 announcing 64 MiB frames), against the same process idle just
+    /// before; the server's resident memory before, during and after, and how soon it is back.
+    Flood(FloodArgs),
     /// (internal) Inline invocations straight through the dispatcher (what callgrind counts).
     #[command(hide = true)]
     DispatchLoop(DispatchLoopArgs),
@@ -268,6 +272,43 @@ pub struct ServePraasArgs {
     /// its workers must be free to run in parallel).
     #[arg(long)]
     pub all_cpus: bool,
+    /// Connections one source address may hold (`flood`: all of its connections come from
+    /// 127.0.0.1); default: the process's default.
+    #[arg(long)]
+    pub max_connections_per_source: Option<usize>,
+    /// Connections the process serves at once; default: the process's default.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Data-plane transports to measure, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [TransportKind::Tcp, TransportKind::Uring])]
+    pub transport: Vec<TransportKind>,
+    /// Connections of the idle and half-open floods.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=18_000))]
+    pub connections: u64,
+    /// Connections of the flood announcing 64 MiB frames.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=18_000))]
+    pub large_connections: u64,
+    /// Measured round trips per phase (idle, flooded).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+    /// Warm-up round trips per phase.
+    #[arg(long, default_value_t = 1_000)]
+    pub warmup: u64,
+    /// Payload bytes of the round trips.
+    #[arg(long, default_value_t = 8, value_parser = parse_size)]
+    pub size: usize,
+    /// Pin the server to CPU 1 and the client to CPU 0 (default: all on CPU 0).
+    #[arg(long)]
+    pub split: bool,
+    /// Seconds to wait for any response, the flood's acceptance or memory to come back.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 mod allocate;
 mod child;
 mod cli;
+mod flood;
 mod functions;
 mod invoke;
 mod message;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Message(args) => message::run(args),
         Command::Allocate(args) => allocate::run(args),
         Command::StatsCost(args) => stats_cost::run(args),
+        Command::Flood(args) => flood::run(args),
         Command::PythonGil(args) => python_gil::run(args),
         Command::DispatchLoop(args) => stats_cost::dispatch_loop(args),
         Command::ServePraas(args) => serve::praas(args),

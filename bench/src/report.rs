@@ -116,6 +116,22 @@ pub struct Record {
     /// the server may use).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ideal_ratio: Option<f64>,
+    /// Connections of the flood (`flood`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// The server's resident memory before the flood, in KiB (`flood`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_before_kib: Option<u64>,
+    /// ... while the flood's connections were open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_during_kib: Option<u64>,
+    /// ... once memory was back (or when the wait for it ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after_kib: Option<u64>,
+    /// Seconds from closing the flood until the resident memory was back within 16 MiB of where it
+    /// started (absent: not within the wait).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reclaim_secs: Option<f64>,
     pub placement: String,
     pub host: String,
 }
@@ -160,6 +176,11 @@ impl Record {
             ratio: None,
             higher_is_better: None,
             ideal_ratio: None,
+            connections: None,
+            rss_before_kib: None,
+            rss_during_kib: None,
+            rss_after_kib: None,
+            reclaim_secs: None,
             placement: info.placement.clone(),
             host: info.host.clone(),
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use praas_dataplane::control_channel::PeerList;
 use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::peer::PeerInfo;
+use praas_dataplane::serve::ConnectionLimits;
 use praas_dataplane::{FunctionRegistry, Manifest, Process, ProcessConfig};
 
 use crate::child::{announce, wait_for_stdin_close};
@@ -36,6 +37,7 @@ pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
         secret: std::env::var(SECRET_VAR).ok().and_then(|secret| praas_dataplane::Secret::new(secret).ok()),
         workers: usize::try_from(args.workers).map_err(|_| format!("{} workers are too many", args.workers))?,
         function_stats: !args.no_function_stats,
+        connection_limits: connection_limits(args),
         ..ProcessConfig::default()
     };
     let process = Process::start(config, functions).map_err(|e| format!("cannot start the process: {e}"))?;
@@ -52,6 +54,16 @@ pub fn praas(args: &ServePraasArgs) -> Result<(), String> {
     announce(server.local_addr()).map_err(|e| format!("cannot print the address: {e}"))?;
     wait_for_stdin_close();
     server.stop().map_err(|e| format!("transport failed: {e}"))
+}
+
+/// The connection limits `--max-connections` and `--max-connections-per-source` ask for.
+fn connection_limits(args: &ServePraasArgs) -> ConnectionLimits {
+    let default = ConnectionLimits::default();
+    ConnectionLimits {
+        max_connections: args.max_connections.unwrap_or(default.max_connections),
+        max_per_source: args.max_connections_per_source.unwrap_or(default.max_per_source),
+        ..default
+    }
 }
 
 /// `serve-raw`: the blocking echo server of the baseline.
