@@ -405,6 +405,51 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_buffer_costs_nothing_and_trim_keeps_a_floor() {
+        let pool = BufferPool::new(1 << 30);
+        let empty = pool.empty();
+        assert_eq!((empty.capacity(), pool.outstanding()), (0, 0));
+        drop(empty);
+        assert_eq!(pool.outstanding(), 0);
+        assert!(pool.get(1).is_some_and(|b| b.capacity() == MIN_BUF), "no empty buffer was kept");
+        // A burst of 4 KiB buffers: the free list keeps 256 of them, the trim 1 MiB's worth.
+        let burst: Vec<PoolBuf> = (0..300).map(|_| pool.get(1).unwrap()).collect();
+        drop(burst);
+        assert_eq!(pool.inner.free[0].len(), KEEP_PER_CLASS);
+        assert_eq!(pool.trim(), (KEEP_PER_CLASS - (1 << 20) / MIN_BUF) * MIN_BUF);
+        assert_eq!(pool.inner.free[0].len(), (1 << 20) / MIN_BUF);
+    }
+
+    #[test]
+    fn a_waiter_is_told_once_when_a_buffer_comes_back_after_it_asked() {
+        let pool = BufferPool::new(MIN_BUF);
+        let told = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&told);
+        pool.on_release(Box::new(move || {
+            seen.fetch_add(1, Ordering::Relaxed);
+            true
+        }));
+        let held = pool.get(1).unwrap();
+        assert_eq!(told.load(Ordering::Relaxed), 0, "nobody asked yet");
+        assert!(pool.get(1).is_none());
+        pool.want();
+        drop(held);
+        assert_eq!(told.load(Ordering::Relaxed), 1);
+        drop(pool.get(1).unwrap());
+        assert_eq!(told.load(Ordering::Relaxed), 1, "told once per want");
+        // A waiter that answers false is forgotten.
+        let gone = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&gone);
+        pool.on_release(Box::new(move || count.fetch_add(1, Ordering::Relaxed) > 100));
+        pool.want();
+        drop(pool.get(1).unwrap());
+        pool.want();
+        drop(pool.get(1).unwrap());
+        assert_eq!(gone.load(Ordering::Relaxed), 1);
+        assert_eq!(told.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
     fn payload_slices_share_the_buffer() {
         let pool = BufferPool::new(1 << 20);
         let mut buf = pool.get(16).unwrap();

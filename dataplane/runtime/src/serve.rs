@@ -880,6 +880,84 @@ mod tests {
     }
 
     #[test]
+    fn a_large_frame_gets_memory_as_its_bytes_arrive() {
+        let pool = BufferPool::new(64 << 20);
+        let header = Header::invoke(1, 0, 0, 1 << 20);
+        // Announced and nothing more: no memory.
+        let mut frame = LargeFrame::start(header, &[], &pool, false).unwrap();
+        assert_eq!((frame.body.capacity(), pool.outstanding()), (0, 0));
+        assert_eq!(frame.missing(), 1 << 20);
+        // Each step at most doubles the buffer, never past the frame.
+        let mut capacities = Vec::new();
+        let bytes = vec![7u8; 1 << 20];
+        let mut at = 0;
+        while !frame.complete() {
+            at += frame.extend(&bytes[at..(at + 3000).min(bytes.len())], &pool);
+            capacities.push(frame.body.capacity());
+        }
+        assert!(frame.room(&pool).is_none(), "no room past the frame's end");
+        assert!(frame.complete() && at == 1 << 20);
+        assert_eq!(capacities[0], MIN_BUF);
+        assert!(capacities.windows(2).all(|w| w[1] == w[0] || w[1] == 2 * w[0]), "{capacities:?}");
+        assert_eq!(frame.body.capacity(), 1 << 20);
+        assert!(frame.body.iter().all(|&b| b == 7));
+        // A proven connection starts at 1 MiB; a spent pool stops the growth.
+        let small = BufferPool::new(MIN_BUF);
+        let mut frame = LargeFrame::start(header, &[1; 100], &small, false).unwrap();
+        assert_eq!(frame.extend(&bytes[..5000], &small), MIN_BUF - 100);
+        assert!(LargeFrame::start(header, &[], &small, true).is_none());
+        frame.release_unused(&small);
+        assert_eq!(frame.body.len(), MIN_BUF, "a buffer with bytes is kept");
+    }
+
+    #[test]
+    fn connections_are_counted_per_process_and_per_source() {
+        let limits = ConnectionLimits { max_connections: 3, max_per_source: 2, ..ConnectionLimits::default() };
+        let connections = Arc::new(Connections::new(limits, BufferPool::new(1 << 20)));
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = connections.admit("p", a).unwrap();
+        let _second = connections.admit("p", a).unwrap();
+        let refusal = connections.admit("p", a).unwrap_err();
+        assert_eq!(refusal.status, Status::Overloaded);
+        assert!(refusal.text.contains("--max-connections-per-source") && refusal.text.contains("127.0.0.1"));
+        let _third = connections.admit("p", b).unwrap();
+        let refusal = connections.admit("p", b).unwrap_err();
+        assert!(refusal.text.contains("3 connections at most (--max-connections)"), "{}", refusal.text);
+        assert_eq!(connections.open(), 3);
+        drop(first);
+        assert_eq!(connections.open(), 2);
+        assert!(connections.admit("p", a).is_ok(), "a place came free");
+    }
+
+    #[test]
+    fn timeouts_look_at_idleness_and_frames_in_part() {
+        let limits = ConnectionLimits {
+            idle_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(2),
+            ..ConnectionLimits::default()
+        };
+        let t0 = Instant::now();
+        let mut activity = Activity::new(t0);
+        assert_eq!(activity.expired(t0 + Duration::from_secs(9), &limits, false), None);
+        assert_eq!(activity.expired(t0 + Duration::from_secs(10), &limits, false), Some(Expiry::Idle));
+        assert_eq!(activity.expired(t0 + Duration::from_secs(60), &limits, true), None, "busy is not idle");
+        // A frame in part: its clock starts at its first look and does not restart with bytes.
+        activity.received(t0 + Duration::from_secs(1));
+        activity.frame(t0 + Duration::from_secs(1), true);
+        activity.received(t0 + Duration::from_secs(2));
+        activity.frame(t0 + Duration::from_secs(2), true);
+        assert_eq!(activity.expired(t0 + Duration::from_millis(2900), &limits, false), None);
+        assert_eq!(activity.expired(t0 + Duration::from_secs(3), &limits, true), Some(Expiry::Frame));
+        assert!(Expiry::Frame.refusal(&limits).unwrap().text.contains("--header-timeout-ms"));
+        assert_eq!(Expiry::Idle.refusal(&limits), None);
+        // The frame done: idle counts from its last bytes.
+        activity.frame(t0 + Duration::from_secs(2), false);
+        assert_eq!(activity.expired(t0 + Duration::from_secs(11), &limits, false), None);
+        assert_eq!(activity.expired(t0 + Duration::from_secs(12), &limits, false), Some(Expiry::Idle));
+        assert_eq!(limits.sweep_interval(), Duration::from_millis(500));
+    }
+
+    #[test]
     fn back_pressure_looks_at_queued_bytes_only_when_it_must() {
         let options = ConnectionOptions { max_outstanding: 2, max_queued_bytes: 100, linger: Duration::ZERO };
         assert!(options.blocked(2, || panic!("not looked at")));

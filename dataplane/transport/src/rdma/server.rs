@@ -14,7 +14,7 @@
 //! connection's registered send slots, large outputs are registered and written into a buffer
 //! the client advertises (`Rts`, `Cts`, `Data` in [`flow`](super::flow)).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -26,7 +26,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::connect::{self, Endpoint, LocalPort, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
+use super::connect::{self, Endpoint, LocalPort, ENDPOINT_LEN, STATUS_FULL, STATUS_INTERNAL, STATUS_OK};
 use super::flow::{
     wr_id, wr_parts, CreditLedger, Grant, IdMap, Imm, Op, Receives, SendWindow, Sends, GRANT_LEN, WR_RECV, WR_SLOT,
     WR_WRITE,
@@ -43,13 +43,26 @@ use praas_runtime::invocation::{Response, ResponseSink};
 use praas_runtime::process::Process;
 use praas_runtime::serve::serve_frame;
 use praas_runtime::serve::OutFrame;
-use praas_runtime::serve::{self, Delivery, End, Link, ReadState, Refusal};
+use praas_runtime::serve::{self, Admitted, Delivery, End, Link, ReadState, Refusal};
 use praas_runtime::session::PeerSession;
 use praas_wire::protocol::{decode_frame, Decoded, FrameLimits, Header, Status, HEADER_LEN};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
 const CQ: Token = Token(usize::MAX - 2);
+/// Tokens of set-ups in progress start here (a connection's token is its u32 id).
+const HANDSHAKE_BASE: usize = 1 << 40;
+
+/// A connection whose set-up message (the client's endpoint) has not all arrived: read without
+/// blocking the loop, into a fixed 44 bytes, closed at the header timeout, and counted against the
+/// process's connection limits from its accept.
+struct Handshake {
+    stream: TcpStream,
+    bytes: [u8; ENDPOINT_LEN],
+    filled: usize,
+    deadline: Instant,
+    admitted: Admitted,
+}
 /// Longest sleep of an idle I/O thread: it also looks around (stop, lent buffers) this often.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// How often a busy-polling I/O thread looks at its sockets (new connections, closed ones).
@@ -509,6 +522,8 @@ struct ConnIo {
     state: ReadState,
     /// The connection's peer handshake (messages from other processes).
     peer: PeerSession,
+    /// Counted against the process's connection limits while it lives.
+    _admitted: Admitted,
 }
 
 /// One receive buffer of the shared receive queue.
@@ -542,6 +557,9 @@ struct EventLoop {
     outputs: Arc<Mutex<OutputRegions>>,
     pd: Arc<ProtectionDomain>,
     completions: Vec<super::verbs::WorkCompletion>,
+    /// Set-ups whose endpoint is still arriving, by token.
+    handshakes: HashMap<usize, Handshake>,
+    next_handshake: usize,
 }
 
 impl EventLoop {
@@ -591,6 +609,8 @@ impl EventLoop {
             pd,
             completions: Vec::with_capacity(super::verbs::POLL_BATCH),
             outputs: Arc::new(Mutex::new(OutputRegions::new(stats))),
+            handshakes: HashMap::new(),
+            next_handshake: 0,
         };
         event_loop.refill_srq();
         Ok(event_loop)
@@ -655,6 +675,7 @@ impl EventLoop {
                         self.cq.take_events();
                         idle_since = None;
                     }
+                    Token(t) if t >= HANDSHAKE_BASE => self.handshake_event(t),
                     // A connection's token is its u32 id: never fails.
                     Token(t) => {
                         if let Ok(id) = u32::try_from(t) {
@@ -682,6 +703,11 @@ impl EventLoop {
                 _ => None,
             })
             .min();
+        let handshake = self.handshakes.values().map(|h| h.deadline.saturating_duration_since(Instant::now())).min();
+        let closing = match (closing, handshake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let retry = waiting.then_some(Duration::from_millis(1));
         let wait = match (retry, closing) {
             (Some(a), Some(b)) => a.min(b).max(Duration::from_millis(1)),
@@ -693,6 +719,18 @@ impl EventLoop {
     /// Work that no completion announces: receive buffers that functions let go of, grants the
     /// pool could not give before, connections whose error went out.
     fn housekeeping(&mut self) {
+        if !self.handshakes.is_empty() {
+            // Set-ups past their deadline: closed (their 44 bytes never came).
+            let now = Instant::now();
+            let late: Vec<usize> =
+                self.handshakes.iter().filter(|(_, h)| h.deadline <= now).map(|(token, _)| *token).collect();
+            for token in late {
+                if let Some(mut handshake) = self.handshakes.remove(&token) {
+                    let _ = self.poll.registry().deregister(&mut handshake.stream);
+                    tracing::debug!("an RDMA connection set-up did not arrive within the header timeout: closed");
+                }
+            }
+        }
         if !self.lent.is_empty() {
             let slots = &self.slots;
             let (free, lent): (Vec<u32>, Vec<u32>) =
@@ -990,37 +1028,98 @@ impl EventLoop {
         tracing::debug!(conn = id, "connection closed");
     }
 
+    /// Accepts the waiting connections: each is counted against the process's connection limits
+    /// (refused at once beyond them) and waits for its endpoint without blocking the loop.
     fn accept(&mut self) {
-        for (stream, peer) in crate::handle::accept_waiting(&self.listener) {
-            if let Err(e) = self.add(stream) {
+        for (mut stream, peer) in crate::handle::accept_waiting(&self.listener) {
+            let admitted = match self.process.connections().admit(self.process.id(), peer.ip()) {
+                Ok(admitted) => admitted,
+                Err(refusal) => {
+                    tracing::debug!(%peer, "{}", refusal.text);
+                    let _ = std::io::Write::write(&mut stream, &refusal_endpoint(STATUS_FULL).encode());
+                    continue;
+                }
+            };
+            let token = HANDSHAKE_BASE + self.next_handshake;
+            self.next_handshake = (self.next_handshake + 1) % (usize::MAX - HANDSHAKE_BASE - 3);
+            if let Err(e) = self.poll.registry().register(&mut stream, Token(token), Interest::READABLE) {
                 tracing::warn!(%peer, "RDMA connection set-up failed: {e}");
+                continue;
             }
+            let deadline = Instant::now() + self.process.config().connection_limits.header_timeout;
+            let handshake = Handshake { stream, bytes: [0; ENDPOINT_LEN], filled: 0, deadline, admitted };
+            self.handshakes.insert(token, handshake);
+            // Its endpoint may be here already.
+            self.handshake_event(token);
         }
     }
 
-    /// The set-up exchange (blocking, bounded by a timeout) and the new connection's QP.
-    fn add(&mut self, stream: TcpStream) -> io::Result<()> {
+    /// Reads what arrived of a set-up's endpoint; once whole, sets up the connection.
+    fn handshake_event(&mut self, token: usize) {
+        let Some(handshake) = self.handshakes.get_mut(&token) else { return };
+        loop {
+            match handshake.stream.read(&mut handshake.bytes[handshake.filled..]) {
+                Ok(0) => {
+                    // The peer closed before its endpoint was whole.
+                    self.drop_handshake(token);
+                    return;
+                }
+                Ok(n) => {
+                    handshake.filled += n;
+                    if handshake.filled == ENDPOINT_LEN {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_handshake(token);
+                    return;
+                }
+            }
+        }
+        let Some(mut handshake) = self.handshakes.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut handshake.stream);
+        let peer = handshake.stream.peer_addr().ok();
+        if let Err(e) = self.add(handshake) {
+            tracing::warn!(?peer, "RDMA connection set-up failed: {e}");
+        }
+    }
+
+    fn drop_handshake(&mut self, token: usize) {
+        if let Some(mut handshake) = self.handshakes.remove(&token) {
+            let _ = self.poll.registry().deregister(&mut handshake.stream);
+        }
+    }
+
+    /// The set-up exchange once the client's endpoint is here, and the new connection's QP.
+    fn add(&mut self, handshake: Handshake) -> io::Result<()> {
+        let Handshake { stream, bytes, admitted, .. } = handshake;
         let mut std_stream = std::net::TcpStream::from(stream);
         std_stream.set_nonblocking(false)?;
-        std_stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+        std_stream.set_write_timeout(Some(Duration::from_secs(1)))?;
         std_stream.set_nodelay(true)?;
-        let remote = Endpoint::read_from(&mut std_stream)?;
+        let remote = Endpoint::decode(&bytes)?;
         let refuse = |stream: &mut std::net::TcpStream, status| {
-            let answer = Endpoint { mtu: 0, lid: 0, qpn: 0, psn: 0, gid: [0; 16], credits: 0, recv_size: 0, status };
-            let _ = answer.write_to(stream);
+            let _ = refusal_endpoint(status).write_to(stream);
         };
         if self.conns.len() >= self.options.max_connections {
             refuse(&mut std_stream, STATUS_FULL);
             return Err(io::Error::other("connection limit reached"));
         }
-        let result = self.create(&mut std_stream, &remote);
+        let result = self.create(&mut std_stream, &remote, admitted);
         if result.is_err() {
             refuse(&mut std_stream, STATUS_INTERNAL);
         }
         result
     }
 
-    fn create(&mut self, std_stream: &mut std::net::TcpStream, remote: &Endpoint) -> io::Result<()> {
+    fn create(
+        &mut self,
+        std_stream: &mut std::net::TcpStream,
+        remote: &Endpoint,
+        admitted: Admitted,
+    ) -> io::Result<()> {
         let ip: IpAddr = std_stream.local_addr()?.ip();
         let port = if self.port.gid == [0; 16] { connect::local_port(&self.context, ip)? } else { self.port };
         let credits = self.options.credits;
@@ -1083,6 +1182,7 @@ impl EventLoop {
                 receives: Receives::default(),
                 state: ReadState::Open,
                 peer: PeerSession::default(),
+                _admitted: admitted,
             },
         );
         // Its credits' receives are posted before the answer too. (Should functions hold so
@@ -1100,6 +1200,11 @@ impl EventLoop {
         tracing::debug!(conn = id, qpn, "RDMA connection open");
         Ok(())
     }
+}
+
+/// The answer to a set-up that is refused with `status` (no queue pair).
+fn refusal_endpoint(status: u32) -> Endpoint {
+    Endpoint { mtu: 0, lid: 0, qpn: 0, psn: 0, gid: [0; 16], credits: 0, recv_size: 0, status }
 }
 
 /// Send work requests of one connection: its slots, plus one write per credit.
