@@ -75,22 +75,26 @@ impl Drop for ServerHandle {
 }
 
 /// Accepts every connection waiting on a non-blocking listener (edge-triggered readiness: until
-/// it would block). Another error (out of descriptors, say) is logged and ends the round: the
-/// connection stays queued and comes with the next readiness event.
-pub(crate) fn accept_waiting(listener: &mio::net::TcpListener) -> Vec<(mio::net::TcpStream, SocketAddr)> {
+/// it would block), and says whether another error (out of descriptors, say) ended the round:
+/// the connection stays queued, and no readiness event comes for it until another connection
+/// arrives, so the caller tries again after a while.
+pub(crate) fn accept_waiting(listener: &mio::net::TcpListener) -> (Vec<(mio::net::TcpStream, SocketAddr)>, bool) {
     let mut accepted = Vec::new();
     loop {
         match listener.accept() {
             Ok(connection) => accepted.push(connection),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return (accepted, false),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
-                return accepted;
+                return (accepted, true);
             }
         }
     }
 }
+
+/// How long a listener whose accept failed waits before it tries again.
+pub(crate) const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Connections the kernel queues for a listener before it accepts them: a flood of connections
 /// arriving faster than one loop accepts them fills a short queue, and the next clients' SYNs

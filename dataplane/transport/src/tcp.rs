@@ -260,6 +260,7 @@ impl Transport for TcpTransport {
             retry: Vec::new(),
             starved: Vec::new(),
             next_sweep: Instant::now() + sweep,
+            accept_retry: None,
         };
         let thread = std::thread::Builder::new().name(format!("praas-tcp-{addr}")).spawn(move || event_loop.run())?;
         let stopper = move || {
@@ -287,6 +288,8 @@ struct EventLoop {
     starved: Vec<Token>,
     /// When to look for connections past their timeouts next.
     next_sweep: Instant,
+    /// When to accept again after an accept failed (out of descriptors).
+    accept_retry: Option<Instant>,
 }
 
 /// How long a connection paused on the pool waits at most for the pool's word.
@@ -303,6 +306,7 @@ impl EventLoop {
                 .iter()
                 .map(|(at, _)| *at)
                 .chain([self.next_sweep])
+                .chain(self.accept_retry)
                 .min()
                 .map(|at| at.saturating_duration_since(now));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -344,6 +348,9 @@ impl EventLoop {
             if Instant::now() >= self.next_sweep {
                 self.sweep();
             }
+            if self.accept_retry.is_some_and(|at| Instant::now() >= at) {
+                self.accept();
+            }
         }
         for (_, conn) in self.connections.drain() {
             close(&self.poll, conn);
@@ -352,7 +359,9 @@ impl EventLoop {
     }
 
     fn accept(&mut self) {
-        for (stream, peer) in accept_waiting(&self.listener) {
+        let (accepted, failed) = accept_waiting(&self.listener);
+        self.accept_retry = failed.then(|| Instant::now() + super::handle::ACCEPT_RETRY);
+        for (stream, peer) in accepted {
             let admitted = match self.process.connections().admit(self.process.id(), peer.ip()) {
                 Ok(admitted) => admitted,
                 Err(refusal) => {

@@ -560,6 +560,8 @@ struct EventLoop {
     /// Set-ups whose endpoint is still arriving, by token.
     handshakes: HashMap<usize, Handshake>,
     next_handshake: usize,
+    /// The last accept failed (out of descriptors): housekeeping accepts again.
+    accept_again: bool,
 }
 
 impl EventLoop {
@@ -611,6 +613,7 @@ impl EventLoop {
             outputs: Arc::new(Mutex::new(OutputRegions::new(stats))),
             handshakes: HashMap::new(),
             next_handshake: 0,
+            accept_again: false,
         };
         event_loop.refill_srq();
         Ok(event_loop)
@@ -719,6 +722,9 @@ impl EventLoop {
     /// Work that no completion announces: receive buffers that functions let go of, grants the
     /// pool could not give before, connections whose error went out.
     fn housekeeping(&mut self) {
+        if self.accept_again {
+            self.accept();
+        }
         if !self.handshakes.is_empty() {
             // Set-ups past their deadline: closed (their 44 bytes never came).
             let now = Instant::now();
@@ -1031,7 +1037,10 @@ impl EventLoop {
     /// Accepts the waiting connections: each is counted against the process's connection limits
     /// (refused at once beyond them) and waits for its endpoint without blocking the loop.
     fn accept(&mut self) {
-        for (mut stream, peer) in crate::handle::accept_waiting(&self.listener) {
+        // A failed round (out of descriptors) is tried again by the next housekeeping.
+        let (accepted, failed) = crate::handle::accept_waiting(&self.listener);
+        self.accept_again = failed;
+        for (mut stream, peer) in accepted {
             let admitted = match self.process.connections().admit(self.process.id(), peer.ip()) {
                 Ok(admitted) => admitted,
                 Err(refusal) => {
