@@ -19,6 +19,14 @@ use praas_testkit::wait_until;
 use support::praas;
 
 const FLOOD: usize = 10_000;
+
+/// One flood at a time: the test binary holds one descriptor per connection of each, and the hard
+/// limit of open files (20,000 here) does not fit two floods and their servers'.
+static ONE_FLOOD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_flood() -> std::sync::MutexGuard<'static, ()> {
+    ONE_FLOOD.lock().unwrap_or_else(|p| p.into_inner())
+}
 const MIB_KIB: u64 = 1024;
 
 /// A `praas process serve` child, killed when dropped.
@@ -93,6 +101,7 @@ impl Drop for Served {
 /// memory and answers a legitimate client within 1 s meanwhile, and is back within 16 MiB of
 /// where it started within 10 s of their closing.
 fn flood_costs_little_and_is_given_back(transport: &str, kinds: &[Flood]) {
+    let _one = one_flood();
     flood::raise_nofile_limit();
     let limits = ["--max-connections", "20000", "--max-connections-per-source", "20000"];
     let mut served = Served::start(transport, &[&limits[..], &["--header-timeout-ms", "120000"]].concat());
@@ -152,6 +161,7 @@ fn ten_thousand_half_open_connections_cost_a_uring_process_little() {
 /// Under a 2 GiB address-space limit, 1,000 peers announcing 64 MiB frames: the process lives,
 /// serves meanwhile and after, and its state is intact.
 fn survives_a_thousand_announced_large_frames(transport: &str) {
+    let _one = one_flood();
     flood::raise_nofile_limit();
     let mut served = Served::start(transport, &["--memory-mb", "2048"]);
     let pid = served.pid();
