@@ -6,12 +6,22 @@
 //!
 //! ```text
 //! PUT ─▶ ALLOCATING ─register─▶ ALLOCATED ─swap─▶ SWAPPING_OUT ─confirm─▶ SWAPPED_OUT ─swapin─▶ SWAPPING_IN ─register─▶ ALLOCATED
-//!                                   │ stop                                     │ DELETE
-//!                                   ▼                                          ▼
-//!                                CLOSING ─exit─▶ CLOSED ─DELETE─▶ (gone)     (gone, swap data removed)
-//! any running status ─unexpected exit─▶ FAILURE ─DELETE─▶ (gone)
+//!                                   │ stop                                     │ DELETE?force=true    │ exit
+//!                                   ▼                                          ▼                      ▼
+//!                                CLOSING ─exit─▶ CLOSED ─DELETE─▶ (gone)     (gone, swap data removed) SWAPPED_OUT (error recorded)
+//! any other running status ─unexpected exit─▶ FAILURE ─DELETE─▶ (gone)
 //! ```
 //! Any other request is refused ([`ControlError::InvalidTransition`]) and changes nothing.
+//!
+//! A swap-out is a transaction between the process, the swap store and the database: the
+//! control plane names it (a swap id the snapshot's manifest carries), records SWAPPED_OUT once
+//! the process confirmed, and only then tells the process to exit (`SwapCommit`). Whatever
+//! crashes, nothing is lost: a process whose control plane died re-registers drained and is told
+//! whether its swap was recorded ([`ControlPlane::on_register`]); a SWAPPING_OUT record whose
+//! process is gone becomes SWAPPED_OUT if the snapshot in place is complete and carries its swap
+//! id, FAILURE (the previous snapshot kept) otherwise; a SWAPPING_IN record whose process is gone
+//! goes back to SWAPPED_OUT, its snapshot untouched. A swap-in that fails (a damaged or missing
+//! snapshot) leaves the process SWAPPED_OUT with the reason recorded: it can be retried.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
@@ -19,10 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use praas_dataplane::control_channel::{write_json, MetricsReport, PeerList, Registration, SwapConfirmation};
+use praas_dataplane::control_channel::{
+    write_json, MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
+};
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
-use praas_dataplane::swap::{SwapError, SwapStore};
+use praas_dataplane::swap::{test_pause, SnapshotManifest, SwapError, SwapStore};
 use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
 use thiserror::Error;
 
@@ -210,13 +222,31 @@ pub enum ControlError {
     /// The swap store failed.
     #[error(transparent)]
     SwapStore(SwapError),
-    /// A swapped-out process's snapshot is not in the swap store.
-    #[error("the snapshot of {app}/{name} is missing from the swap store")]
-    SnapshotMissing {
+    /// A swap-in failed: the snapshot is missing or damaged, or the process restoring it died.
+    /// The process is SWAPPED_OUT with its snapshot kept and the reason recorded; swap-in can be
+    /// retried (once the snapshot is repaired).
+    #[error("swap-in of {app}/{name} failed (it stays SWAPPED_OUT, its snapshot kept): {reason}")]
+    SwapInFailed {
         /// The application.
         app: String,
         /// The process.
         name: String,
+        /// Why, in the words of the swap store or of the process that tried.
+        reason: String,
+    },
+    /// `DELETE` without `force` of a process whose snapshot holds state no process has restored.
+    #[error(
+        "process {app}/{name} is {} and its snapshot was never restored: deleting it destroys its state; \
+         add ?force=true (praas process delete --force) to delete it anyway",
+        .status.name()
+    )]
+    UnrestoredSnapshot {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// Its status.
+        status: ProcessStatus,
     },
 }
 
@@ -472,10 +502,11 @@ impl ControlPlane {
                         plane.inner.backend.adopt(&handle, plane.exit_handler(&record.app, &record.name, generation));
                     }
                     None => {
-                        record.status = ProcessStatus::Failure;
-                        record.error = Some("its OS process was gone when the control plane restarted".into());
+                        plane.recover_vanished(&mut record);
                         record.data_addr = None;
                         record.rdma_addr = None;
+                        record.pid = None;
+                        record.handle = None;
                         plane.inner.store.put_process(&record)?;
                     }
                 }
@@ -484,6 +515,53 @@ impl ControlPlane {
             plane.registry().processes.insert(key, entry);
         }
         Ok(plane)
+    }
+
+    /// What a running record whose OS process was gone at start-up becomes: a swap-out whose
+    /// complete snapshot carries its id is SWAPPED_OUT, a swap-in goes back to SWAPPED_OUT (its
+    /// snapshot untouched), anything else is FAILURE with the reason.
+    fn recover_vanished(&self, record: &mut ProcessRecord) {
+        const GONE: &str = "its OS process was gone when the control plane restarted";
+        match record.status {
+            ProcessStatus::SwappingOut => {
+                match self.complete_snapshot(&record.app, &record.name, record.swap_id.as_deref()) {
+                    Ok(manifest) => {
+                        record.status = ProcessStatus::SwappedOut;
+                        record.error = None;
+                        record.swap = Some(SwapInfo { bytes: manifest.bytes(), secs: 0.0, total_secs: 0.0 });
+                    }
+                    Err(reason) => {
+                        record.status = ProcessStatus::Failure;
+                        record.error = Some(format!("{GONE} while it swapped out: {reason}"));
+                    }
+                }
+            }
+            ProcessStatus::SwappingIn => {
+                record.status = ProcessStatus::SwappedOut;
+                record.error = Some(format!("swap-in interrupted: {GONE}; its snapshot is kept"));
+            }
+            _ => {
+                record.status = ProcessStatus::Failure;
+                record.error = Some(GONE.into());
+            }
+        }
+    }
+
+    /// The manifest of the process's snapshot if it is complete, verified and written by the
+    /// swap-out `swap_id`; else why not (the snapshot in place, if any, is left as it is).
+    fn complete_snapshot(&self, app: &str, name: &str, swap_id: Option<&str>) -> Result<SnapshotManifest, String> {
+        let Some(swap_id) = swap_id else {
+            return Err("the swap-out has no id (recorded by an older control plane)".into());
+        };
+        match self.swap_store().verify(app, name) {
+            Ok(manifest) if manifest.swap_id == swap_id => Ok(manifest),
+            Ok(manifest) => Err(format!(
+                "the snapshot of swap {swap_id} was not completed; the snapshot in place (swap {}) is kept",
+                if manifest.swap_id.is_empty() { "without id" } else { &manifest.swap_id }
+            )),
+            Err(SwapError::Missing(_)) => Err(format!("the snapshot of swap {swap_id} was not completed")),
+            Err(e) => Err(format!("the snapshot of swap {swap_id} is unusable: {e}")),
+        }
     }
 
     /// Releases the backend's own resources (a Slurm pool) before the control plane exits.
@@ -781,7 +859,8 @@ impl ControlPlane {
             Err(e) => {
                 let mut registry = self.registry();
                 let entry = lookup_mut(&mut registry, app, name)?;
-                entry.record.status = ProcessStatus::Failure;
+                // A swap-in that could not start leaves the snapshot as it was: swapped out.
+                entry.record.status = if restore { ProcessStatus::SwappedOut } else { ProcessStatus::Failure };
                 entry.record.error = Some(e.to_string());
                 self.save(entry)?;
                 Err(ControlError::Launch(e))
@@ -812,11 +891,32 @@ impl ControlPlane {
         }
     }
 
-    /// Called by the control channel when a process authenticated; returns an error to refuse it.
-    pub fn on_register(&self, registration: &Registration, link: ControlLink) -> Result<(), RegisterError> {
+    /// Called by the control channel when a process authenticated; returns an error to refuse it,
+    /// else the answer's payload. A process that registers with a pending swap (it confirmed a
+    /// swap-out and then lost its connection, staying drained) is told the swap is committed when
+    /// the record says that swap was recorded (it exits then, and is not registered); otherwise
+    /// it registers as usual and serves on with the state it kept.
+    pub fn on_register(
+        &self,
+        registration: &Registration,
+        link: ControlLink,
+    ) -> Result<RegistrationAnswer, RegisterError> {
         let mut registry = self.registry();
         let entry =
             lookup_mut(&mut registry, &registration.app, &registration.process).map_err(RegisterError::Unknown)?;
+        if let Some(pending) = &registration.pending_swap {
+            let recorded = entry.record.swap_id.as_ref() == Some(pending)
+                && !matches!(entry.record.status, ProcessStatus::SwappingOut | ProcessStatus::Allocating);
+            if recorded {
+                tracing::info!(
+                    app = registration.app,
+                    process = registration.process,
+                    swap = pending,
+                    "a process asked about its swap: recorded, it exits"
+                );
+                return Ok(RegistrationAnswer { swap_committed: true });
+            }
+        }
         match entry.record.status {
             ProcessStatus::Allocating | ProcessStatus::SwappingIn | ProcessStatus::Allocated => {}
             // A process that re-registers after a control plane restart while it was being
@@ -841,7 +941,8 @@ impl ControlPlane {
         }
         entry.link = Some(link);
         entry.since = Instant::now();
-        self.save(entry).map_err(RegisterError::Store)
+        self.save(entry).map_err(RegisterError::Store)?;
+        Ok(RegistrationAnswer::default())
     }
 
     /// Tells every running process of `app` about the others (the control channel calls it
@@ -888,12 +989,28 @@ impl ControlPlane {
         Ok(self.inner.metrics.function_stats(app, name))
     }
 
-    /// Called by the control channel when a process confirms (or fails) a swap.
+    /// Called by the control channel when a process confirms (or fails) a swap. A confirmation
+    /// of a swap nobody waits for any more (it timed out, or it is not the swap under way) is
+    /// answered at once with an abandoning decision: the process serves on.
     pub fn on_swap_confirm(&self, app: &str, name: &str, confirmation: SwapConfirmation) {
         let mut registry = self.registry();
-        if let Ok(entry) = lookup_mut(&mut registry, app, name) {
+        let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
+        let current = entry.record.status == ProcessStatus::SwappingOut
+            && entry.swap_result.is_none()
+            && (confirmation.swap_id.is_empty() || entry.record.swap_id.as_ref() == Some(&confirmation.swap_id));
+        if current {
             entry.swap_result = Some(confirmation.result);
             self.inner.changed.notify_all();
+            return;
+        }
+        let link = entry.link.clone();
+        drop(registry);
+        if let (Ok(_), Some(link)) = (&confirmation.result, link) {
+            tracing::warn!(app, process = name, swap = confirmation.swap_id, "a swap nobody waits for: abandoned");
+            let decision = SwapDecision { swap_id: confirmation.swap_id, committed: false };
+            if let Err(e) = link.send(MessageKind::SwapCommit, &decision) {
+                tracing::warn!(app, process = name, "cannot abandon a stale swap: {e}");
+            }
         }
     }
 
@@ -930,21 +1047,51 @@ impl ControlPlane {
         if entry.generation != generation {
             return;
         }
+        // A process that died mid-swap-out: its snapshot, if complete and its swap's, is its
+        // state. Verified without the registry's lock (it reads the whole snapshot).
+        let mut unconfirmed_swap = None;
+        if entry.record.status == ProcessStatus::SwappingOut && !entry.swap_result.as_ref().is_some_and(Result::is_ok) {
+            let swap_id = entry.record.swap_id.clone();
+            drop(registry);
+            unconfirmed_swap = Some(self.complete_snapshot(app, name, swap_id.as_deref()));
+            registry = self.registry();
+        }
+        let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
+        if entry.generation != generation {
+            return;
+        }
         let status = entry.record.status;
         entry.link = None;
         entry.record.data_addr = None;
         entry.record.rdma_addr = None;
         entry.record.pid = None;
         entry.record.handle = None;
-        entry.record.status = match status {
-            ProcessStatus::Closing => ProcessStatus::Closed,
-            ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure => status,
-            ProcessStatus::SwappingOut if entry.swap_result.as_ref().is_some_and(Result::is_ok) => status,
+        let died = || match last_words(&self.log_path(app, name)) {
+            Some(words) => format!("the process died: {}: {words}", exit.description),
+            None => format!("the process died: {}", exit.description),
+        };
+        entry.record.status = match (status, unconfirmed_swap) {
+            (ProcessStatus::Closing, _) => ProcessStatus::Closed,
+            (ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure, _) => status,
+            (ProcessStatus::SwappingOut, Some(Ok(manifest))) => {
+                tracing::warn!(app, process = name, "process died after writing its snapshot: swapped out");
+                entry.record.error = None;
+                entry.record.swap = Some(SwapInfo { bytes: manifest.bytes(), secs: 0.0, total_secs: 0.0 });
+                ProcessStatus::SwappedOut
+            }
+            (ProcessStatus::SwappingOut, Some(Err(reason))) => {
+                tracing::warn!(app, process = name, "process died while swapping out: {}", exit.description);
+                entry.record.error = Some(format!("{} while it swapped out: {reason}", died()));
+                ProcessStatus::Failure
+            }
+            (ProcessStatus::SwappingOut, None) => status,
+            (ProcessStatus::SwappingIn, _) => {
+                tracing::warn!(app, process = name, "swap-in failed: {}", exit.description);
+                entry.record.error = Some(format!("swap-in failed: {}; its snapshot is kept", died()));
+                ProcessStatus::SwappedOut
+            }
             _ => {
-                entry.record.error = Some(match last_words(&self.log_path(app, name)) {
-                    Some(words) => format!("the process died: {}: {words}", exit.description),
-                    None => format!("the process died: {}", exit.description),
-                });
+                entry.record.error = Some(died());
                 tracing::warn!(app, process = name, "process died: {}", exit.description);
                 ProcessStatus::Failure
             }
@@ -955,9 +1102,15 @@ impl ControlPlane {
         self.announce_peers(app);
     }
 
-    /// Swaps a process out: it drains, writes its snapshot, exits. Answers once SWAPPED_OUT.
+    /// Swaps a process out: it drains, writes its snapshot, confirms; SWAPPED_OUT is recorded,
+    /// then the process is told to exit. Answers once SWAPPED_OUT.
     pub fn swap_out(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         let started = Instant::now();
+        let swap_id = format!(
+            "{:x}-{}",
+            praas_dataplane::state::now_ns(),
+            praas_dataplane::control_channel::hex(&praas_dataplane::auth::nonce()[..6])
+        );
         let link = {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
@@ -968,38 +1121,32 @@ impl ControlPlane {
                 return Err(ControlError::NoControlChannel { app: app.into(), name: name.into() });
             };
             entry.record.status = ProcessStatus::SwappingOut;
+            entry.record.swap_id = Some(swap_id.clone());
             entry.swap_result = None;
             self.save(entry)?;
             link
         };
         self.announce_peers(app);
-        if let Err(e) = link.send(MessageKind::SwapRequest, &()) {
+        test_pause("request");
+        if let Err(e) = link.send(MessageKind::SwapRequest, &SwapOrder { swap_id: swap_id.clone() }) {
             return self.swap_failed(app, name, SwapFailure::Unreachable(e));
         }
         let deadline = Instant::now() + self.inner.config.swap_timeout;
         let mut registry = self.registry();
         loop {
             let entry = lookup_mut(&mut registry, app, name)?;
-            if entry.record.status != ProcessStatus::SwappingOut {
+            if entry.record.status != ProcessStatus::SwappingOut || entry.record.swap_id.as_ref() != Some(&swap_id) {
                 let status = entry.record.status;
+                // It died after writing its complete snapshot: that is the swap ([`Self::on_exit`]).
+                if status == ProcessStatus::SwappedOut && entry.record.swap_id.as_ref() == Some(&swap_id) {
+                    return Ok(entry.record.clone());
+                }
                 return Err(ControlError::LostWhileSwapping { app: app.into(), name: name.into(), status });
             }
             match entry.swap_result.take() {
                 Some(Ok(report)) => {
-                    entry.record.status = ProcessStatus::SwappedOut;
-                    entry.record.data_addr = None;
-                    entry.record.rdma_addr = None;
-                    let total_secs = started.elapsed().as_secs_f64();
-                    entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
-                    self.inner.metrics.observe_swap_out(app, report.bytes, total_secs);
-                    entry.link = None;
-                    self.save(entry)?;
-                    let record = entry.record.clone();
                     drop(registry);
-                    self.drop_clients(app, name);
-                    self.announce_peers(app);
-                    self.collect_swap_garbage(app, name);
-                    return Ok(record);
+                    return self.commit_swap(app, name, &swap_id, &link, &report, started);
                 }
                 Some(Err(reason)) => {
                     drop(registry);
@@ -1010,10 +1157,64 @@ impl ControlPlane {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 drop(registry);
+                // A confirmation that comes later is answered with an abandoning decision
+                // ([`Self::on_swap_confirm`]).
                 return self.swap_failed(app, name, SwapFailure::NoConfirmation);
             }
             registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// Records SWAPPED_OUT for the confirmed swap `swap_id`, then tells the process to exit; a
+    /// record that cannot be written abandons the swap (the process serves on).
+    fn commit_swap(
+        &self,
+        app: &str,
+        name: &str,
+        swap_id: &str,
+        link: &ControlLink,
+        report: &praas_dataplane::swap::SwapReport,
+        started: Instant,
+    ) -> Result<ProcessRecord, ControlError> {
+        test_pause("confirmed");
+        let decide = |committed| {
+            let decision = SwapDecision { swap_id: swap_id.to_owned(), committed };
+            if let Err(e) = link.send(MessageKind::SwapCommit, &decision) {
+                // It asks again when it re-registers ([`Self::on_register`]).
+                tracing::warn!(app, process = name, swap = swap_id, "the swap's decision was not delivered: {e}");
+            }
+        };
+        let mut registry = self.registry();
+        let entry = lookup_mut(&mut registry, app, name)?;
+        if entry.record.status != ProcessStatus::SwappingOut || entry.record.swap_id.as_deref() != Some(swap_id) {
+            let status = entry.record.status;
+            drop(registry);
+            decide(false);
+            return Err(ControlError::LostWhileSwapping { app: app.into(), name: name.into(), status });
+        }
+        entry.record.status = ProcessStatus::SwappedOut;
+        entry.record.data_addr = None;
+        entry.record.rdma_addr = None;
+        entry.record.error = None;
+        let total_secs = started.elapsed().as_secs_f64();
+        entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
+        let link_before = entry.link.take();
+        if let Err(e) = self.save(entry) {
+            entry.record.status = ProcessStatus::Allocated;
+            entry.link = link_before;
+            drop(registry);
+            decide(false);
+            return Err(e.into());
+        }
+        self.inner.metrics.observe_swap_out(app, report.bytes, total_secs);
+        let record = entry.record.clone();
+        drop(registry);
+        test_pause("recorded");
+        decide(true);
+        self.drop_clients(app, name);
+        self.announce_peers(app);
+        self.collect_swap_garbage(app, name);
+        Ok(record)
     }
 
     /// Deletes replaced snapshots and crashed swaps' leftovers of a process, on a thread of its
@@ -1051,10 +1252,16 @@ impl ControlPlane {
             if entry.record.status != ProcessStatus::SwappedOut {
                 return Err(invalid_transition(app, name, entry.record.status, Operation::SwapIn));
             }
-            if !self.swap_store().exists(app, name) {
-                return Err(ControlError::SnapshotMissing { app: app.into(), name: name.into() });
+            // A missing snapshot answers like a damaged one (which the process finds): the
+            // process stays SWAPPED_OUT with the reason recorded.
+            if let Err(e) = self.swap_store().manifest(app, name) {
+                let reason = e.to_string();
+                entry.record.error = Some(reason.clone());
+                self.save(entry)?;
+                return Err(ControlError::SwapInFailed { app: app.into(), name: name.into(), reason });
             }
             entry.record.status = ProcessStatus::SwappingIn;
+            entry.record.error = None;
             // From here on a late exit of the swapped-out process is an older generation's.
             entry.generation += 1;
             self.save(entry)?;
@@ -1062,7 +1269,11 @@ impl ControlPlane {
             entry.record.swap.as_ref().map_or(0, |swap| swap.bytes)
         };
         self.launch(app, name, true)?;
-        self.wait_for(app, name, self.inner.config.start_timeout, |s| s != ProcessStatus::SwappingIn)?;
+        let status = self.wait_for(app, name, self.inner.config.start_timeout, |s| s != ProcessStatus::SwappingIn)?;
+        if status == ProcessStatus::SwappedOut {
+            let reason = self.get_process(app, name)?.error.unwrap_or_default();
+            return Err(ControlError::SwapInFailed { app: app.into(), name: name.into(), reason });
+        }
         let record = self.settled(app, name, ProcessStatus::Allocated)?;
         self.inner.metrics.observe_swap_in(app, bytes, started.elapsed().as_secs_f64());
         Ok(record)
@@ -1095,12 +1306,19 @@ impl ControlPlane {
         self.settled(app, name, ProcessStatus::Closed)
     }
 
-    /// Deletes a process that is not running, and its swap data.
-    pub fn delete_process(&self, app: &str, name: &str) -> Result<(), ControlError> {
+    /// Deletes a process that is not running, and its swap data. A process whose snapshot is
+    /// the only copy of its state, one no process has restored (SWAPPED_OUT: every failed swap-in
+    /// returns there, so no FAILURE holds such a snapshot), is deleted only with `force`
+    /// ([`ControlError::UnrestoredSnapshot`] otherwise).
+    pub fn delete_process(&self, app: &str, name: &str, force: bool) -> Result<(), ControlError> {
         let mut registry = self.registry();
         let entry = lookup(&registry, app, name)?;
-        if entry.record.status.is_running() {
-            return Err(invalid_transition(app, name, entry.record.status, Operation::Delete));
+        let status = entry.record.status;
+        if status.is_running() {
+            return Err(invalid_transition(app, name, status, Operation::Delete));
+        }
+        if status == ProcessStatus::SwappedOut && !force {
+            return Err(ControlError::UnrestoredSnapshot { app: app.into(), name: name.into(), status });
         }
         self.swap_store().delete(app, name).map_err(ControlError::SwapStore)?;
         self.inner.store.remove_process(app, name)?;
