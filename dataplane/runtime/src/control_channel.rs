@@ -608,6 +608,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn swap_messages_of_older_peers_still_parse() {
+        // An older control plane's request carries no order, its registration answer nothing.
+        let order: SwapOrder = serde_json::from_str("null").unwrap_or_default();
+        assert_eq!(order.swap_id, "");
+        let answer: RegistrationAnswer = serde_json::from_str("{}").unwrap();
+        assert!(!answer.swap_committed);
+        // An older process's confirmation and registration have no swap id.
+        let old = r#"{"result":{"Ok":{"bytes":5,"secs":0.5,"files":2}}}"#;
+        let confirmation: SwapConfirmation = serde_json::from_str(old).unwrap();
+        assert_eq!((confirmation.swap_id.as_str(), confirmation.result.unwrap().bytes), ("", 5));
+        let old = r#"{"app":"a","process":"p","data_addr":"h:1","pid":7,"restored":false}"#;
+        let registration: Registration = serde_json::from_str(old).unwrap();
+        assert_eq!(registration.pending_swap, None);
+        let text = serde_json::to_string(&registration).unwrap();
+        assert!(!text.contains("pending_swap"), "{text}");
+    }
+
+    #[test]
     fn hex_round_trips() {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
         assert_eq!(unhex("000fff"), Some(vec![0, 15, 255]));

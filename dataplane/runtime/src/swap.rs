@@ -788,6 +788,47 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
+    #[test]
+    fn a_snapshot_carries_its_swap_id_and_verify_checks_every_file() {
+        let root = temp("verify");
+        let store = SwapStore::new(&root);
+        let state = StateStore::default();
+        state.put("k", vec![3u8; 100_000]).unwrap();
+        store.write_swap("swap-1", "app", "p", &state, b"mail", None).unwrap();
+        assert_eq!(store.verify("app", "p").unwrap().swap_id, "swap-1");
+        assert_eq!(store.manifest("app", "p").unwrap().swap_id, "swap-1");
+        // The second replaces the first in one exchange: the first waits beside it, whole.
+        state.put("k", vec![4u8; 100_000]).unwrap();
+        store.write_swap("swap-2", "app", "p", &state, b"", None).unwrap();
+        assert_eq!(store.verify("app", "p").unwrap().swap_id, "swap-2");
+        let old: Vec<PathBuf> = fs::read_dir(root.join("app/p"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".old-"))
+            .collect();
+        assert_eq!(old.len(), 1, "{old:?}");
+        let manifest: SnapshotManifest = serde_json::from_slice(&fs::read(old[0].join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest.swap_id, "swap-1");
+        // One flipped byte anywhere, and the mailbox file too: damaged, with the file named.
+        let file = root.join("app/p/snapshot/mailbox.bin");
+        fs::write(&file, b"x").unwrap();
+        let error = store.verify("app", "p").unwrap_err().to_string();
+        assert!(error.contains("mailbox.bin: 1 bytes with CRC"), "{error}");
+        fs::write(&file, b"").unwrap();
+        store.verify("app", "p").unwrap();
+        let file = root.join("app/p/snapshot/state.bin");
+        let mut bytes = fs::read(&file).unwrap();
+        bytes[50_000] ^= 1;
+        fs::write(&file, &bytes).unwrap();
+        assert!(matches!(store.verify("app", "p"), Err(SwapError::Damaged { .. })));
+        // Manifests written before swap ids parse, with none.
+        let text = r#"{"version":1,"app":"a","process":"p","created_ns":1,"state_keys":0,"entries":[]}"#;
+        assert_eq!(serde_json::from_str::<SnapshotManifest>(text).unwrap().swap_id, "");
+        fs::remove_dir_all(&root).unwrap();
+        assert!(matches!(store.verify("app", "p"), Err(SwapError::Missing(_))));
+    }
+
     /// Sets the process's umask to `mask` until dropped, then puts the previous one back.
     struct Umask(libc::mode_t);
 
