@@ -266,6 +266,7 @@ impl ControlError {
             | Self::StayedBusy { .. }
             | Self::NoDataAddress { .. }
             | Self::Unsettled { .. }
+            | Self::SwapInFailed { .. }
             | Self::Launch(_)
             | Self::Capacity(_) => "unavailable",
             _ => "error",
@@ -905,8 +906,14 @@ impl ControlPlane {
         let entry =
             lookup_mut(&mut registry, &registration.app, &registration.process).map_err(RegisterError::Unknown)?;
         if let Some(pending) = &registration.pending_swap {
+            // Recorded: the record is SWAPPED_OUT by that swap, or another OS process swapped in
+            // from its snapshot since. (ALLOCATED with this very pid: the swap was given up on.)
             let recorded = entry.record.swap_id.as_ref() == Some(pending)
-                && !matches!(entry.record.status, ProcessStatus::SwappingOut | ProcessStatus::Allocating);
+                && match entry.record.status {
+                    ProcessStatus::SwappedOut | ProcessStatus::SwappingIn => true,
+                    ProcessStatus::Allocated => entry.record.pid.is_some_and(|pid| pid != registration.pid),
+                    _ => false,
+                };
             if recorded {
                 tracing::info!(
                     app = registration.app,

@@ -391,3 +391,54 @@ fn delete_of_an_unrestored_snapshot_needs_force() {
     assert_eq!(cp.api.get::<ProcessRecord>(&routes::process(APP, "p")).unwrap_err().status(), Some(404));
     assert!(!folder.exists(), "the swap data went with it");
 }
+
+/// A tmpfs mounted at a folder until dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs at {} (the test runs as root)", at.display());
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_swap_in_that_meets_a_full_disk_stays_swapped_out_and_swaps_in_once_there_is_room() {
+    let rig = Rig::start("full-disk-swapin", "");
+    let cp = rig.cp();
+    let mut held = with_state(cp, "p");
+    // Two state files of 800 KiB: more than the 1 MiB below.
+    let content = "x".repeat(800 << 10);
+    for name in ["a.txt", "b.txt"] {
+        let written = cp.invoke(APP, Some("p"), "file_write", format!("{name} {content}").as_bytes()).unwrap();
+        assert_eq!(written, b"written");
+    }
+    let _: ProcessRecord = cp.api.post(&routes::swap(APP, "p")).unwrap();
+    // The process's folder, where swap-in restores its state files, has room for 1 MiB.
+    let full = Tmpfs::mount(&rig.dir.join("processes").join(APP).join("p"), "1m");
+    let error = cp.api.post::<ProcessRecord>(&routes::swap_in(APP, "p")).unwrap_err();
+    assert_eq!(error.status(), Some(503), "{error}");
+    assert!(error.to_string().contains("No space left on device"), "the process's own reason: {error}");
+    let record = cp.process(APP, "p");
+    assert_eq!(record.status, ProcessStatus::SwappedOut, "{record:?}");
+    rig.swap_store().verify(APP, "p").expect("the snapshot is kept whole");
+    drop(full);
+    let back: ProcessRecord = cp.api.post(&routes::swap_in(APP, "p")).unwrap();
+    assert_eq!(back.status, ProcessStatus::Allocated);
+    for name in ["a.txt", "b.txt"] {
+        assert_eq!(cp.invoke(APP, Some("p"), "file_read", name.as_bytes()).unwrap(), content.as_bytes());
+    }
+    assert_intact(cp, "p", &mut held);
+}
