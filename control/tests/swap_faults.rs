@@ -191,7 +191,9 @@ fn control_plane_killed_before_the_request_reaches_the_process() {
 fn control_plane_killed_while_the_snapshot_is_written() {
     let (rig, _, status) = kill_control_plane_during_swap_out("cp-kill-writing", "state-written", true, |rig| {
         // The state is on disk in the temporary folder, the manifest is not.
-        assert!(tmp_bytes(rig, "p") >= BIG as u64, "{} bytes written", tmp_bytes(rig, "p"));
+        let written = tmp_bytes(rig, "p");
+        eprintln!("killing the control plane with {written} bytes in the temporary snapshot folder");
+        assert!(written >= BIG as u64, "{written} bytes written");
         assert!(!rig.swap_store().exists(APP, "p"));
     });
     assert_eq!(status, ProcessStatus::Allocated, "the process serves on");
