@@ -150,6 +150,8 @@ impl HttpError {
 /// The HTTP status of each control-plane error.
 fn control_status(e: &ControlError) -> StatusCode {
     match e {
+        // A full or failing disk: nothing changed, retry once space is back.
+        e if e.disk_full() => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::NoApplication { .. } | ControlError::NoProcess { .. } => StatusCode::NOT_FOUND,
         ControlError::InvalidName { .. } | ControlError::Resources(_) | ControlError::Deploy(_) => {
             StatusCode::BAD_REQUEST
@@ -166,7 +168,8 @@ fn control_status(e: &ControlError) -> StatusCode {
         | ControlError::LostWhileSwapping { .. }
         | ControlError::NoDataAddress { .. }
         | ControlError::Unreachable { .. }
-        | ControlError::StayedBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | ControlError::StayedBusy { .. }
+        | ControlError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::Function { status, .. } => function_status(*status),
         ControlError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
         ControlError::Store(_)

@@ -200,7 +200,11 @@ pub enum ControlError {
     },
     /// The database failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The database cannot be written right now (its disk is full or failing): nothing changed,
+    /// and the request can succeed once the disk is back (the database reopens by itself).
+    #[error("control plane database unavailable: {}", .0.reason())]
+    DatabaseUnavailable(#[source] StoreError),
     /// The data folder, or a file of it, could not be made or written owner-only.
     #[error(transparent)]
     PrivateFiles(#[from] crate::private_fs::PrivateFileError),
@@ -220,7 +224,33 @@ pub enum ControlError {
     },
 }
 
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::DatabaseUnavailable(e)
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+/// Whether an I/O error means the disk has no space (or quota) left.
+fn no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
 impl ControlError {
+    /// Whether the request failed because the data folder's disk is full (or the database cannot
+    /// be written): nothing changed, and the same request can succeed once space is back.
+    pub fn disk_full(&self) -> bool {
+        match self {
+            Self::DatabaseUnavailable(_) => true,
+            Self::PrivateFiles(e) => no_space(&e.source),
+            Self::Install(DeployError::Io { source, .. }) => no_space(source),
+            _ => false,
+        }
+    }
+
     /// The `outcome` label of a routed invocation that failed with this error: for an error
     /// answer of the function or its process, the data-plane status in snake case
     /// (`function_failed`, `unknown_function`, `timeout`, ...); otherwise the control plane's
@@ -237,7 +267,8 @@ impl ControlError {
             | Self::NoDataAddress { .. }
             | Self::Unsettled { .. }
             | Self::Launch(_)
-            | Self::Capacity(_) => "unavailable",
+            | Self::Capacity(_)
+            | Self::DatabaseUnavailable(_) => "unavailable",
             _ => "error",
         };
         reason.to_owned()
@@ -376,12 +407,22 @@ impl ControlLink {
 #[derive(Debug)]
 struct Entry {
     record: ProcessRecord,
+    /// The record as last committed: written to the database, or a fact ([`ControlPlane::record_fact`])
+    /// waiting to be; a request whose write fails puts `record` back to it.
+    saved: ProcessRecord,
     link: Option<ControlLink>,
     /// Counts OS processes started for this record: an exit of an older one changes nothing.
     generation: u64,
     swap_result: Option<Result<praas_dataplane::swap::SwapReport, String>>,
     /// When it last became ALLOCATED (for the idle downscaler).
     since: Instant,
+}
+
+impl Entry {
+    /// An entry for a record as committed, no OS process known.
+    fn new(record: ProcessRecord, generation: u64) -> Self {
+        Self { saved: record.clone(), record, link: None, generation, swap_result: None, since: Instant::now() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -400,6 +441,9 @@ struct Inner {
     clients: Mutex<HashMap<String, Vec<Client>>>,
     next_auto: Mutex<u64>,
     metrics: ControlMetrics,
+    /// Processes whose record in memory is a fact the database has not taken yet (its disk was
+    /// full): rewritten by the `praas-store-retry` thread, which runs while this is not empty.
+    unsaved: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 /// The control plane; cheap to clone (shared).
@@ -459,6 +503,7 @@ impl ControlPlane {
                 clients: Mutex::new(HashMap::new()),
                 next_auto: Mutex::new(0),
                 metrics: ControlMetrics::default(),
+                unsaved: Mutex::new(std::collections::BTreeSet::new()),
             }),
         };
         for mut record in recovered {
@@ -480,8 +525,7 @@ impl ControlPlane {
                     }
                 }
             }
-            let entry = Entry { record, link: None, generation, swap_result: None, since: Instant::now() };
-            plane.registry().processes.insert(key, entry);
+            plane.registry().processes.insert(key, Entry::new(record, generation));
         }
         Ok(plane)
     }
@@ -540,11 +584,95 @@ impl ControlPlane {
         SwapStore::new(&self.inner.config.swap_dir)
     }
 
-    /// Writes a record through and wakes everyone waiting for a change.
-    fn save(&self, entry: &Entry) -> Result<(), StoreError> {
-        self.inner.store.put_process(&entry.record)?;
+    /// Writes a record through and wakes everyone waiting for a change: the change a request
+    /// made to `entry.record` is committed. When the write fails, the record is put back to what
+    /// was committed before (its live metrics kept), so memory and disk agree and the request
+    /// fails having changed nothing.
+    fn save(&self, entry: &mut Entry) -> Result<(), StoreError> {
+        match self.inner.store.put_process(&entry.record) {
+            Ok(()) => {
+                entry.saved = entry.record.clone();
+                self.forget_unsaved(&entry.record);
+                self.inner.changed.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                let metrics = std::mem::take(&mut entry.record.metrics);
+                entry.record = entry.saved.clone();
+                entry.record.metrics = metrics;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a record that states a fact no request can refuse (its OS process started, or
+    /// exited): memory takes it at once; if the database cannot, the record is rewritten as soon
+    /// as it can (until then a restart finds the earlier record, and recovers as from a crash).
+    fn record_fact(&self, entry: &mut Entry) {
+        entry.saved = entry.record.clone();
         self.inner.changed.notify_all();
-        Ok(())
+        if let Err(e) = self.inner.store.put_process(&entry.record) {
+            let (app, name) = (entry.record.app.clone(), entry.record.name.clone());
+            tracing::warn!(
+                app,
+                process = name,
+                "cannot record that {app}/{name} is {}: {e}; retrying",
+                entry.record.status.name()
+            );
+            let mut unsaved = self.inner.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            let first = unsaved.is_empty();
+            unsaved.insert((app, name));
+            drop(unsaved);
+            if first {
+                self.retry_unsaved();
+            }
+        } else {
+            self.forget_unsaved(&entry.record);
+        }
+    }
+
+    fn forget_unsaved(&self, record: &ProcessRecord) {
+        let mut unsaved = self.inner.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        if !unsaved.is_empty() {
+            unsaved.remove(&(record.app.clone(), record.name.clone()));
+        }
+    }
+
+    /// Rewrites the records of [`Inner::unsaved`] on a thread until the database takes them all.
+    fn retry_unsaved(&self) {
+        let plane = self.clone();
+        let spawned = std::thread::Builder::new().name("praas-store-retry".into()).spawn(move || loop {
+            std::thread::sleep(UNSAVED_RETRY);
+            let mut registry = plane.registry();
+            let mut unsaved = plane.inner.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<(String, String)> = unsaved.iter().cloned().collect();
+            for key in keys {
+                match registry.processes.get_mut(&key) {
+                    // Deleted meanwhile: its removal was written.
+                    None => {
+                        unsaved.remove(&key);
+                    }
+                    Some(entry) => match plane.inner.store.put_process(&entry.saved) {
+                        Ok(()) => {
+                            unsaved.remove(&key);
+                            tracing::info!("recorded {}/{} as {}", key.0, key.1, entry.saved.status.name());
+                        }
+                        Err(e) => {
+                            tracing::debug!("recording {}/{}: {e}", key.0, key.1);
+                            break;
+                        }
+                    },
+                }
+            }
+            if unsaved.is_empty() {
+                return;
+            }
+            drop(unsaved);
+            drop(registry);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the thread that records processes' changes again: {e}");
+        }
     }
 
     // ----- applications -----
@@ -678,8 +806,12 @@ impl ControlPlane {
             let application = registry.apps.get(app).ok_or_else(|| no_application(app))?;
             let resources = resources.unwrap_or(application.resources);
             let slurm = application.slurm.clone();
+            let application = application.clone();
             drop(registry);
             self.check_resources(&resources, slurm.as_ref())?;
+            // The files its process needs first: a data folder that cannot take them (full)
+            // refuses the process before anything of it is recorded.
+            self.manifest_path(&application)?;
             let mut registry = self.registry();
             if !registry.apps.contains_key(app) {
                 return Err(no_application(app));
@@ -692,14 +824,10 @@ impl ControlPlane {
                     status: existing.record.status,
                 });
             }
-            let entry = Entry {
-                record: ProcessRecord::new(app, name, resources),
-                link: None,
-                generation: 0,
-                swap_result: None,
-                since: Instant::now(),
-            };
-            self.save(&entry)?;
+            // Written before it is visible: a write that fails leaves no process behind.
+            let entry = Entry::new(ProcessRecord::new(app, name, resources), 0);
+            self.inner.store.put_process(&entry.record)?;
+            self.inner.changed.notify_all();
             registry.processes.insert(key, entry);
         }
         self.launch(app, name, false)?;
@@ -745,12 +873,26 @@ impl ControlPlane {
             entry.generation += 1;
             (application, entry.record.resources, entry.generation)
         };
+        let manifest = match self.manifest_path(&application) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                // Not started (a full data folder, say): the record says why instead of waiting.
+                let mut registry = self.registry();
+                let entry = lookup_mut(&mut registry, app, name)?;
+                if entry.generation == generation {
+                    entry.record.status = ProcessStatus::Failure;
+                    entry.record.error = Some(format!("not started: {e}"));
+                    self.record_fact(entry);
+                }
+                return Err(e);
+            }
+        };
         let control_addr = self.inner.control_addr.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let data = &self.inner.config.data_dir;
         let launch = Launch {
             app: app.into(),
             process: name.into(),
-            manifest: self.manifest_path(&application)?,
+            manifest,
             resources,
             control_addr,
             secret: application.secret.clone(),
@@ -774,7 +916,7 @@ impl ControlPlane {
                         entry.record.pid = Some(pid);
                     }
                     entry.record.handle = Some(handle);
-                    self.save(entry)?;
+                    self.record_fact(entry);
                 }
                 Ok(())
             }
@@ -783,7 +925,7 @@ impl ControlPlane {
                 let entry = lookup_mut(&mut registry, app, name)?;
                 entry.record.status = ProcessStatus::Failure;
                 entry.record.error = Some(e.to_string());
-                self.save(entry)?;
+                self.record_fact(entry);
                 Err(ControlError::Launch(e))
             }
         }
@@ -839,9 +981,11 @@ impl ControlPlane {
             entry.record.node = Some(placement.node);
             entry.record.job = placement.job;
         }
+        // Refused (and nothing changed) if it cannot be written.
+        self.save(entry).map_err(RegisterError::Store)?;
         entry.link = Some(link);
         entry.since = Instant::now();
-        self.save(entry).map_err(RegisterError::Store)
+        Ok(())
     }
 
     /// Tells every running process of `app` about the others (the control channel calls it
@@ -949,7 +1093,7 @@ impl ControlPlane {
                 ProcessStatus::Failure
             }
         };
-        let _ = self.save(entry);
+        self.record_fact(entry);
         drop(registry);
         self.drop_clients(app, name);
         self.announce_peers(app);
@@ -991,9 +1135,10 @@ impl ControlPlane {
                     entry.record.rdma_addr = None;
                     let total_secs = started.elapsed().as_secs_f64();
                     entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
+                    // Not recorded: the error, and the record as on disk (SWAPPING_OUT).
+                    self.save(entry)?;
                     self.inner.metrics.observe_swap_out(app, report.bytes, total_secs);
                     entry.link = None;
-                    self.save(entry)?;
                     let record = entry.record.clone();
                     drop(registry);
                     self.drop_clients(app, name);
@@ -1036,8 +1181,9 @@ impl ControlPlane {
         let mut registry = self.registry();
         let entry = lookup_mut(&mut registry, app, name)?;
         if entry.record.status == ProcessStatus::SwappingOut {
+            // The process serves on: a fact.
             entry.record.status = ProcessStatus::Allocated;
-            self.save(entry)?;
+            self.record_fact(entry);
         }
         Err(ControlError::SwapFailed { app: app.into(), name: name.into(), cause })
     }
@@ -1340,6 +1486,9 @@ fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&
     }
     registry.processes.get_mut(&(app.to_owned(), name.to_owned())).ok_or_else(|| no_process(app, name))
 }
+
+/// How often records the database could not take are written again ([`ControlPlane::record_fact`]).
+const UNSAVED_RETRY: Duration = Duration::from_millis(250);
 
 /// Most bytes of a dead process's log read for its last words.
 const LAST_WORDS: u64 = 8 << 10;
