@@ -981,8 +981,9 @@ impl ControlPlane {
             entry.record.node = Some(placement.node);
             entry.record.job = placement.job;
         }
-        // Refused (and nothing changed) if it cannot be written.
-        self.save(entry).map_err(RegisterError::Store)?;
+        // A fact: the process serves (refusing it for a full disk would make it exit and lose
+        // its state); the database takes it as soon as it can.
+        self.record_fact(entry);
         entry.link = Some(link);
         entry.since = Instant::now();
         Ok(())
@@ -1233,10 +1234,11 @@ impl ControlPlane {
                 self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing)?;
             }
         } else {
+            // No OS process to stop: a fact.
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             entry.record.status = ProcessStatus::Closed;
-            self.save(entry)?;
+            self.record_fact(entry);
         }
         self.settled(app, name, ProcessStatus::Closed)
     }

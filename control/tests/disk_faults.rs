@@ -14,7 +14,7 @@ use praas_control::controller::AppView;
 use praas_control::model::{ProcessRecord, ProcessStatus};
 use praas_control::routes;
 use praas_testkit::disk::Tmpfs;
-use praas_testkit::example_functions;
+use praas_testkit::{example_functions, wait_for};
 use support::{temp_dir, ControlPlaneProcess};
 
 /// The HTTP status and message of a failed call; panics if it succeeded.
@@ -177,4 +177,100 @@ fn a_full_swap_store_fails_the_swap_with_enospc_and_the_process_keeps_its_state(
     assert_eq!(back.status, ProcessStatus::Allocated);
     assert_eq!(counter(&cp, "app", "p"), "3");
     assert_eq!(cp.invoke("app", Some("p"), "checksum", b"big").unwrap(), sum);
+}
+
+#[test]
+fn a_control_plane_restarted_on_a_full_data_folder_keeps_its_processes() {
+    let base = RemoveOnDrop(temp_dir("disk-full-restart"));
+    let data = Tmpfs::mount(&base.0.join("data"), 32);
+    let mut cp = ControlPlaneProcess::start_in(data.path().to_owned(), &[]);
+    cp.create_example_app("app");
+    let _: ProcessRecord = cp.api.put(&routes::process("app", "p"), &serde_json::json!({})).unwrap();
+    assert_eq!(counter(&cp, "app", "p"), "1");
+
+    // Killed, the disk fills, started again: the process registers again and serves on with
+    // its state, though the database cannot take a byte.
+    cp.kill9();
+    let filler = data.fill("filler");
+    cp.restart();
+    assert_eq!(counter(&cp, "app", "p"), "2");
+    // Once it has registered again, a swap is refused for the full disk, not for want of a
+    // control channel.
+    let message = wait_for(Duration::from_secs(20), "app/p to register again", || {
+        let (status, message) = failure(cp.api.post::<ProcessRecord>(&routes::swap("app", "p")));
+        assert_eq!(status, 503, "{message}");
+        (!message.contains("no control channel")).then_some(message)
+    });
+    // Whether the database (a fresh handle may still reuse its file's free pages) or the
+    // snapshot hit the full disk first.
+    assert!(message.contains("database unavailable") || message.contains("No space left on device"), "{message}");
+    assert_eq!(cp.process("app", "p").status, ProcessStatus::Allocated);
+    assert_eq!(counter(&cp, "app", "p"), "3");
+
+    // Space is back: swapping works, and another restart finds the process as the API says.
+    std::fs::remove_file(&filler).unwrap();
+    let _: ProcessRecord = cp.api.post(&routes::swap("app", "p")).unwrap();
+    let _: ProcessRecord = cp.api.post(&routes::swap_in("app", "p")).unwrap();
+    assert_eq!(counter(&cp, "app", "p"), "4");
+    cp.kill9();
+    cp.restart();
+    assert_eq!(cp.process("app", "p").status, ProcessStatus::Allocated);
+    assert_eq!(counter(&cp, "app", "p"), "5");
+}
+
+/// The control channel's address, from a running process's command line.
+fn control_address(cp: &ControlPlaneProcess, app: &str, name: &str) -> String {
+    let pid = cp.process(app, name).pid.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let value = args.iter().find_map(|a| a.strip_prefix("--control-channel="));
+    value.expect("--control-channel=ADDR on the command line").to_owned()
+}
+
+#[test]
+fn a_process_registering_while_the_database_cannot_write_is_kept() {
+    let base = RemoveOnDrop(temp_dir("disk-full-register"));
+    let data = Tmpfs::mount(&base.0.join("data"), 32);
+    let root = base.0.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(example_functions(), root.join(example_functions().file_name().unwrap())).unwrap();
+    let root_arg = root.display().to_string();
+    let mut cp = ControlPlaneProcess::start_in(data.path().to_owned(), &["--function-root", &root_arg]);
+    cp.create_example_app("app");
+    let record: ProcessRecord = cp.api.put(&routes::process("app", "p"), &serde_json::json!({})).unwrap();
+    let pid = record.pid.unwrap();
+    assert_eq!(counter(&cp, "app", "p"), "1");
+    let filler = data.fill("filler");
+    // A write that cannot fit: the database fails, and keeps failing while the disk is full.
+    let big = cli::app_create_with(&cp.api, "big", &root_manifest(&root, "big", 10_000), None, None, false);
+    assert_eq!(failure(big).0, 503);
+
+    // Break the process's control channel (loopback only): it registers again at once, and that
+    // registration cannot be written. It is kept (not refused: a refused process exits).
+    let port = control_address(&cp, "app", "p").rsplit(':').next().unwrap().to_owned();
+    let killed = std::process::Command::new("ss")
+        .args(["-K", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "ss -K: {}", String::from_utf8_lossy(&killed.stderr));
+    let message = wait_for(Duration::from_secs(20), "app/p to register again", || {
+        let (status, message) = failure(cp.api.post::<ProcessRecord>(&routes::swap("app", "p")));
+        assert_eq!(status, 503, "{message}");
+        (!message.contains("no control channel")).then_some(message)
+    });
+    assert!(message.contains("control plane database unavailable"), "{message}");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the process lives");
+    assert_eq!(cp.process("app", "p").status, ProcessStatus::Allocated);
+    assert_eq!(counter(&cp, "app", "p"), "2");
+
+    // Space is back: the registration is written by itself, the swap works, a restart agrees.
+    std::fs::remove_file(&filler).unwrap();
+    let _: ProcessRecord = cp.api.post(&routes::swap("app", "p")).unwrap();
+    let _: ProcessRecord = cp.api.post(&routes::swap_in("app", "p")).unwrap();
+    assert_eq!(counter(&cp, "app", "p"), "3");
+    cp.kill9();
+    cp.restart();
+    assert_eq!(app_names(&cp), ["app"]);
+    assert_eq!(cp.process("app", "p").status, ProcessStatus::Allocated);
+    assert_eq!(counter(&cp, "app", "p"), "4");
 }
