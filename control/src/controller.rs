@@ -441,9 +441,9 @@ struct Inner {
     clients: Mutex<HashMap<String, Vec<Client>>>,
     next_auto: Mutex<u64>,
     metrics: ControlMetrics,
-    /// Processes whose record in memory is a fact the database has not taken yet (its disk was
-    /// full): rewritten by the `praas-store-retry` thread, which runs while this is not empty.
-    unsaved: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Whether the `praas-store-retry` thread runs: it writes the records the database could not
+    /// take yet ([`Store::flush_pending`]) until there are none.
+    retrying: std::sync::atomic::AtomicBool,
 }
 
 /// The control plane; cheap to clone (shared).
@@ -503,7 +503,7 @@ impl ControlPlane {
                 clients: Mutex::new(HashMap::new()),
                 next_auto: Mutex::new(0),
                 metrics: ControlMetrics::default(),
-                unsaved: Mutex::new(std::collections::BTreeSet::new()),
+                retrying: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for mut record in recovered {
@@ -592,7 +592,6 @@ impl ControlPlane {
         match self.inner.store.put_process(&entry.record) {
             Ok(()) => {
                 entry.saved = entry.record.clone();
-                self.forget_unsaved(&entry.record);
                 self.inner.changed.notify_all();
                 Ok(())
             }
@@ -605,73 +604,44 @@ impl ControlPlane {
         }
     }
 
-    /// Writes a record that states a fact no request can refuse (its OS process started, or
-    /// exited): memory takes it at once; if the database cannot, the record is rewritten as soon
-    /// as it can (until then a restart finds the earlier record, and recovers as from a crash).
+    /// Writes a record that states a fact no request can refuse (its OS process started,
+    /// registered or exited): memory takes it at once; if the database cannot, the store keeps it
+    /// and writes it with the next write that succeeds, or a retry thread does (until then a
+    /// restart finds the earlier record, and recovers as from a crash).
     fn record_fact(&self, entry: &mut Entry) {
         entry.saved = entry.record.clone();
         self.inner.changed.notify_all();
-        if let Err(e) = self.inner.store.put_process(&entry.record) {
-            let (app, name) = (entry.record.app.clone(), entry.record.name.clone());
-            tracing::warn!(
-                app,
-                process = name,
-                "cannot record that {app}/{name} is {}: {e}; retrying",
-                entry.record.status.name()
-            );
-            let mut unsaved = self.inner.unsaved.lock().unwrap_or_else(|p| p.into_inner());
-            let first = unsaved.is_empty();
-            unsaved.insert((app, name));
-            drop(unsaved);
-            if first {
-                self.retry_unsaved();
+        if let Err(e) = self.inner.store.put_process_later(&entry.record) {
+            let (app, name, status) = (&entry.record.app, &entry.record.name, entry.record.status.name());
+            tracing::warn!(app, process = name, "cannot record that {app}/{name} is {status} yet: {e}");
+            if !self.inner.retrying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                self.retry_pending();
             }
-        } else {
-            self.forget_unsaved(&entry.record);
         }
     }
 
-    fn forget_unsaved(&self, record: &ProcessRecord) {
-        let mut unsaved = self.inner.unsaved.lock().unwrap_or_else(|p| p.into_inner());
-        if !unsaved.is_empty() {
-            unsaved.remove(&(record.app.clone(), record.name.clone()));
-        }
-    }
-
-    /// Rewrites the records of [`Inner::unsaved`] on a thread until the database takes them all.
-    fn retry_unsaved(&self) {
+    /// Writes the store's pending records on a thread until there are none.
+    fn retry_pending(&self) {
+        use std::sync::atomic::Ordering;
         let plane = self.clone();
         let spawned = std::thread::Builder::new().name("praas-store-retry".into()).spawn(move || loop {
-            std::thread::sleep(UNSAVED_RETRY);
-            let mut registry = plane.registry();
-            let mut unsaved = plane.inner.unsaved.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<(String, String)> = unsaved.iter().cloned().collect();
-            for key in keys {
-                match registry.processes.get_mut(&key) {
-                    // Deleted meanwhile: its removal was written.
-                    None => {
-                        unsaved.remove(&key);
-                    }
-                    Some(entry) => match plane.inner.store.put_process(&entry.saved) {
-                        Ok(()) => {
-                            unsaved.remove(&key);
-                            tracing::info!("recorded {}/{} as {}", key.0, key.1, entry.saved.status.name());
-                        }
-                        Err(e) => {
-                            tracing::debug!("recording {}/{}: {e}", key.0, key.1);
-                            break;
-                        }
-                    },
+            std::thread::sleep(PENDING_RETRY);
+            match plane.inner.store.flush_pending() {
+                Ok(0) => {}
+                Ok(written) => tracing::info!("recorded {written} processes' changes the database could not take"),
+                Err(e) => tracing::debug!("recording processes' changes: {e}"),
+            }
+            if !plane.inner.store.has_pending() {
+                plane.inner.retrying.store(false, Ordering::Release);
+                // A record that became pending since: go on unless another thread took over.
+                if !plane.inner.store.has_pending() || plane.inner.retrying.swap(true, Ordering::AcqRel) {
+                    return;
                 }
             }
-            if unsaved.is_empty() {
-                return;
-            }
-            drop(unsaved);
-            drop(registry);
         });
         if let Err(e) = spawned {
-            tracing::warn!("cannot start the thread that records processes' changes again: {e}");
+            self.inner.retrying.store(false, Ordering::Release);
+            tracing::warn!("cannot start the thread that records processes' changes: {e}");
         }
     }
 
@@ -1490,7 +1460,7 @@ fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&
 }
 
 /// How often records the database could not take are written again ([`ControlPlane::record_fact`]).
-const UNSAVED_RETRY: Duration = Duration::from_millis(250);
+const PENDING_RETRY: Duration = Duration::from_millis(250);
 
 /// Most bytes of a dead process's log read for its last words.
 const LAST_WORDS: u64 = 8 << 10;

@@ -6,12 +6,15 @@
 //! file again (redb recovers it to its last commit), and retries the operation once: once space
 //! is back the database works again without a restart. While it cannot, each operation fails at
 //! once with an error that [`StoreError::is_unavailable`] recognises (the HTTP API answers 503).
+//! A process record that states a fact ([`Store::put_process_later`]) is kept meanwhile and
+//! written with the next write that succeeds, or by [`Store::flush_pending`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use thiserror::Error;
 
 use crate::model::{Application, ProcessRecord};
@@ -120,6 +123,9 @@ pub struct Store {
     handle: RwLock<Handle>,
     /// Counts reopenings: a failure seen on an older handle does not close a newer one.
     generation: Mutex<u64>,
+    /// Process records the database could not take yet, by key ([`Store::put_process_later`]).
+    /// Held by every write, so one that supersedes a pending record is never undone by it.
+    pending: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 fn process_key(app: &str, name: &str) -> String {
@@ -145,7 +151,12 @@ impl Store {
     /// every application's secret.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = open_database(path)?;
-        Ok(Self { path: path.to_owned(), handle: RwLock::new(Handle::Open(db)), generation: Mutex::new(0) })
+        Ok(Self {
+            path: path.to_owned(),
+            handle: RwLock::new(Handle::Open(db)),
+            generation: Mutex::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Runs `op` on the database; after an I/O failure (this one's or an earlier one's) closes
@@ -211,22 +222,81 @@ impl Store {
         }
     }
 
-    fn put(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.with_db(|db| {
+    /// Writes `value` under `key` in `table` (removes it: `None`) in one transaction with the
+    /// pending process records (but the one it supersedes). With `later`, a process record the
+    /// database is unavailable for becomes pending.
+    fn commit(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: Option<&[u8]>,
+        later: bool,
+    ) -> Result<(), StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let supersedes = |k: &str| table.name() == PROCESSES.name() && k == key;
+        let result = self.with_db(|db| {
             let txn = db.begin_write()?;
-            txn.open_table(table)?.insert(key, value)?;
+            if !pending.is_empty() {
+                let mut processes = txn.open_table(PROCESSES)?;
+                for (k, v) in pending.iter().filter(|(k, _)| !supersedes(k)) {
+                    processes.insert(k.as_str(), v.as_slice())?;
+                }
+            }
+            {
+                let mut table = txn.open_table(table)?;
+                match value {
+                    Some(value) => drop(table.insert(key, value)?),
+                    None => drop(table.remove(key)?),
+                }
+            }
             txn.commit()?;
             Ok(())
-        })
+        });
+        match &result {
+            Ok(()) => pending.clear(),
+            Err(e) if later && e.is_unavailable() => {
+                if let Some(value) = value {
+                    pending.insert(key.to_owned(), value.to_vec());
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn put(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.commit(table, key, Some(value), false)
     }
 
     fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<(), StoreError> {
+        self.commit(table, key, None, false)
+    }
+
+    /// Writes the pending process records; answers how many there were.
+    pub fn flush_pending(&self) -> Result<usize, StoreError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.is_empty() {
+            return Ok(0);
+        }
         self.with_db(|db| {
             let txn = db.begin_write()?;
-            txn.open_table(table)?.remove(key)?;
+            {
+                let mut processes = txn.open_table(PROCESSES)?;
+                for (k, v) in pending.iter() {
+                    processes.insert(k.as_str(), v.as_slice())?;
+                }
+            }
             txn.commit()?;
             Ok(())
-        })
+        })?;
+        let written = pending.len();
+        pending.clear();
+        Ok(written)
+    }
+
+    /// Whether process records wait to be written.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
 
     fn all<T: for<'de> serde::Deserialize<'de>>(
@@ -263,6 +333,12 @@ impl Store {
     /// Saves a process.
     pub fn put_process(&self, record: &ProcessRecord) -> Result<(), StoreError> {
         self.put(PROCESSES, &process_key(&record.app, &record.name), &serde_json::to_vec(record)?)
+    }
+
+    /// Saves a process; if the database is unavailable, keeps the record to be written with the
+    /// next write that succeeds (or by [`Store::flush_pending`]) and answers the error.
+    pub fn put_process_later(&self, record: &ProcessRecord) -> Result<(), StoreError> {
+        self.commit(PROCESSES, &process_key(&record.app, &record.name), Some(&serde_json::to_vec(record)?), true)
     }
 
     /// Removes a process.
@@ -411,5 +487,43 @@ mod tests {
         written.sort();
         assert_eq!(written.len(), 80, "with space back every write succeeds (after one reopening)");
         assert_eq!(names(&store), written);
+    }
+
+    /// A fact recorded while the disk is full is kept and written with the first write that
+    /// succeeds afterwards; a later write of the same record supersedes it.
+    #[test]
+    fn records_kept_for_later_are_written_with_the_next_write_that_succeeds() {
+        let dir = std::env::temp_dir().join(format!("praas-store-later-{}", std::process::id()));
+        let tmpfs = praas_testkit::disk::Tmpfs::mount(&dir, 4);
+        let path = tmpfs.path().join("control.redb");
+        let store = Store::open(&path).unwrap();
+        store.put_process(&ProcessRecord::new("a", "p", Resources::default())).unwrap();
+        store.put_process(&ProcessRecord::new("a", "q", Resources::default())).unwrap();
+        let filler = tmpfs.fill("filler");
+        assert!(store.put_app(&app("big", 1 << 20)).unwrap_err().is_unavailable());
+        let status = |name: &str| store.processes().unwrap().into_iter().find(|p| p.name == name).unwrap().status;
+
+        let mut failed = ProcessRecord::new("a", "p", Resources::default());
+        failed.status = ProcessStatus::Failure;
+        assert!(store.put_process_later(&failed).unwrap_err().is_unavailable());
+        let mut closed = ProcessRecord::new("a", "q", Resources::default());
+        closed.status = ProcessStatus::Closed;
+        assert!(store.put_process_later(&closed).unwrap_err().is_unavailable());
+        assert!(store.has_pending());
+        assert!(store.flush_pending().unwrap_err().is_unavailable(), "still full");
+        assert_eq!(status("p"), ProcessStatus::Allocating, "not written yet");
+
+        std::fs::remove_file(&filler).unwrap();
+        // q's newer record supersedes its pending one; p's goes with it.
+        let mut swapped = ProcessRecord::new("a", "q", Resources::default());
+        swapped.status = ProcessStatus::SwappedOut;
+        store.put_process(&swapped).unwrap();
+        assert!(!store.has_pending());
+        assert_eq!(store.flush_pending().unwrap(), 0);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let status = |name: &str| store.processes().unwrap().into_iter().find(|p| p.name == name).unwrap().status;
+        assert_eq!(status("p"), ProcessStatus::Failure);
+        assert_eq!(status("q"), ProcessStatus::SwappedOut);
     }
 }

@@ -228,7 +228,7 @@ fn control_address(cp: &ControlPlaneProcess, app: &str, name: &str) -> String {
 }
 
 #[test]
-fn a_process_registering_while_the_database_cannot_write_is_kept() {
+fn processes_that_register_or_die_while_the_database_fails_are_kept_and_recorded_later() {
     let base = RemoveOnDrop(temp_dir("disk-full-register"));
     let data = Tmpfs::mount(&base.0.join("data"), 32);
     let root = base.0.join("root");
@@ -240,13 +240,15 @@ fn a_process_registering_while_the_database_cannot_write_is_kept() {
     let record: ProcessRecord = cp.api.put(&routes::process("app", "p"), &serde_json::json!({})).unwrap();
     let pid = record.pid.unwrap();
     assert_eq!(counter(&cp, "app", "p"), "1");
+    let doomed: ProcessRecord = cp.api.put(&routes::process("app", "doomed"), &serde_json::json!({})).unwrap();
     let filler = data.fill("filler");
     // A write that cannot fit: the database fails, and keeps failing while the disk is full.
     let big = cli::app_create_with(&cp.api, "big", &root_manifest(&root, "big", 10_000), None, None, false);
     assert_eq!(failure(big).0, 503);
 
-    // Break the process's control channel (loopback only): it registers again at once, and that
-    // registration cannot be written. It is kept (not refused: a refused process exits).
+    // Break the process's control channel (loopback only): it registers again at once, while
+    // the database fails (whether that small write fits in the file's free pages or not, the
+    // process is kept: a refused process exits).
     let port = control_address(&cp, "app", "p").rsplit(':').next().unwrap().to_owned();
     let killed = std::process::Command::new("ss")
         .args(["-K", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
@@ -262,8 +264,14 @@ fn a_process_registering_while_the_database_cannot_write_is_kept() {
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "the process lives");
     assert_eq!(cp.process("app", "p").status, ProcessStatus::Allocated);
     assert_eq!(counter(&cp, "app", "p"), "2");
+    // A process that dies meanwhile is FAILURE at once, though not on disk yet.
+    let killed = std::process::Command::new("kill").args(["-9", &doomed.pid.unwrap().to_string()]).status();
+    assert!(killed.unwrap().success());
+    let dead = cp.wait_status("app", "doomed", ProcessStatus::Failure, Duration::from_secs(10));
+    assert!(dead.error.as_deref().unwrap_or_default().contains("signal 9"), "{dead:?}");
 
-    // Space is back: the registration is written by itself, the swap works, a restart agrees.
+    // Space is back: what the database could not take goes with the next write (the swap's), the
+    // swap works, a restart agrees.
     std::fs::remove_file(&filler).unwrap();
     let _: ProcessRecord = cp.api.post(&routes::swap("app", "p")).unwrap();
     let _: ProcessRecord = cp.api.post(&routes::swap_in("app", "p")).unwrap();
@@ -273,4 +281,7 @@ fn a_process_registering_while_the_database_cannot_write_is_kept() {
     assert_eq!(app_names(&cp), ["app"]);
     assert_eq!(cp.process("app", "p").status, ProcessStatus::Allocated);
     assert_eq!(counter(&cp, "app", "p"), "4");
+    let dead = cp.process("app", "doomed");
+    assert_eq!(dead.status, ProcessStatus::Failure);
+    assert!(dead.error.as_deref().unwrap_or_default().contains("signal 9"), "its own death, as recorded: {dead:?}");
 }
