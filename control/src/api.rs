@@ -384,6 +384,18 @@ mod tests {
         assert_eq!(status_of(timed_out), 504);
         assert_eq!(status_of(ControlError::StayedBusy { app: app.clone(), name: name.clone() }), 503);
         assert_eq!(status_of(ControlError::SnapshotMissing { app, name }), 500);
+        // A database or data folder that cannot be written (full disk): 503 with the reason.
+        let closed = crate::store::StoreError::Closed { last: "I/O error: No space left on device".into() };
+        let unavailable = ControlError::from(closed);
+        assert!(unavailable.to_string().starts_with("control plane database unavailable: "), "{unavailable}");
+        assert_eq!(status_of(unavailable), 503);
+        let corrupt = serde_json::from_slice::<u8>(b"x").unwrap_err();
+        assert_eq!(status_of(ControlError::from(crate::store::StoreError::Record(corrupt))), 500);
+        let file = |kind: std::io::ErrorKind| {
+            ControlError::PrivateFiles(crate::private_fs::PrivateFileError { path: "f".into(), source: kind.into() })
+        };
+        assert_eq!(status_of(file(std::io::ErrorKind::StorageFull)), 503);
+        assert_eq!(status_of(file(std::io::ErrorKind::PermissionDenied)), 500);
         let function = |status| ControlError::Function { status, message: "m".into() };
         assert_eq!(function(Status::UnknownFunction).to_string(), "unknown function: m");
         for (status, http) in [

@@ -1502,4 +1502,52 @@ mod tests {
         assert_eq!(last_words(&log).as_deref(), Some("only this"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A request's write that fails puts the record back as committed (live metrics kept); a
+    /// fact stays in memory, and the database takes it once the disk has room again.
+    #[test]
+    fn a_failed_write_leaves_the_record_as_committed_and_a_fact_is_written_later() {
+        let dir = std::env::temp_dir().join(format!("praas-save-{}", std::process::id()));
+        let tmpfs = praas_testkit::disk::Tmpfs::mount(&dir, 4);
+        let backend = Box::new(crate::backend::LocalBackend::new(PathBuf::from("praas")));
+        let plane = ControlPlane::open(ControlConfig::new(tmpfs.path().join("data")), backend).unwrap();
+        let store = &plane.inner.store;
+        let record = ProcessRecord::new("a", "p", Resources::default());
+        store.put_process(&record).unwrap();
+        let mut entry = Entry::new(record, 0);
+        let filler = tmpfs.fill("filler");
+        let big = Application {
+            name: "big".into(),
+            manifest: "#".repeat(1 << 20),
+            resources: Resources::default(),
+            secret: "s".into(),
+            slurm: None,
+        };
+        assert!(store.put_app(&big).unwrap_err().is_unavailable());
+
+        // A request: SWAPPED_OUT cannot be recorded.
+        entry.record.status = ProcessStatus::SwappedOut;
+        entry.record.data_addr = None;
+        entry.record.metrics.invocations = 7;
+        let error = plane.save(&mut entry).unwrap_err();
+        assert!(ControlError::from(error).disk_full());
+        assert_eq!(entry.record.status, ProcessStatus::Allocating, "as on disk");
+        assert_eq!(entry.record.metrics.invocations, 7, "live figures are not undone");
+
+        // A fact: memory has it at once; a request that fails after it goes back to it.
+        entry.record.status = ProcessStatus::Failure;
+        plane.record_fact(&mut entry);
+        assert_eq!(entry.record.status, ProcessStatus::Failure);
+        assert!(store.has_pending());
+        entry.record.status = ProcessStatus::Closing;
+        assert!(plane.save(&mut entry).is_err());
+        assert_eq!(entry.record.status, ProcessStatus::Failure);
+
+        // Room again: the retry thread writes the fact, no other write needed.
+        std::fs::remove_file(filler).unwrap();
+        praas_testkit::wait_until(Duration::from_secs(5), "the fact to be written", || !store.has_pending());
+        let on_disk = store.processes().unwrap();
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk[0].status, ProcessStatus::Failure);
+    }
 }
