@@ -76,7 +76,10 @@ impl StoreError {
     /// nothing was written, and the same request can succeed once the disk is back.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::File { .. } | Self::Closed { .. } => true,
+            Self::Closed { .. } => true,
+            Self::File { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            }
             Self::Open(redb::DatabaseError::Storage(e))
             | Self::Transaction(redb::TransactionError::Storage(e))
             | Self::Table(redb::TableError::Storage(e))
