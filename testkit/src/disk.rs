@@ -72,13 +72,3 @@ pub fn fill(path: &Path) -> PathBuf {
     let _ = file.sync_all();
     path.to_owned()
 }
-
-/// Bytes free on the filesystem holding `path`, as `df` reports them.
-pub fn free_bytes(path: &Path) -> io::Result<u64> {
-    let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .nth(1)
-        .and_then(|line| line.trim().parse().ok())
-        .ok_or_else(|| io::Error::other(format!("df gave {text:?}")))
-}
