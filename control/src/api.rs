@@ -158,6 +158,8 @@ impl HttpError {
 /// The HTTP status of each control-plane error.
 fn control_status(e: &ControlError) -> StatusCode {
     match e {
+        // A full or failing disk: nothing changed, retry once space is back.
+        e if e.disk_full() => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::NoApplication { .. } | ControlError::NoProcess { .. } => StatusCode::NOT_FOUND,
         ControlError::InvalidName { .. } | ControlError::Resources(_) | ControlError::Deploy(_) => {
             StatusCode::BAD_REQUEST
@@ -176,7 +178,8 @@ fn control_status(e: &ControlError) -> StatusCode {
         | ControlError::NoDataAddress { .. }
         | ControlError::Unreachable { .. }
         | ControlError::StayedBusy { .. }
-        | ControlError::SwapInFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | ControlError::SwapInFailed { .. }
+        | ControlError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::Function { status, .. } => function_status(*status),
         ControlError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
         ControlError::Store(_)
@@ -397,9 +400,25 @@ mod tests {
         // A damaged and a missing snapshot: one answer.
         let failed = ControlError::SwapInFailed { app: app.clone(), name: name.clone(), reason: "r".into() };
         assert_eq!(status_of(failed), 503);
-        let unrestored = ControlError::UnrestoredSnapshot { app, name, status: ProcessStatus::SwappedOut };
+        let unrestored = ControlError::UnrestoredSnapshot {
+            app: app.clone(),
+            name: name.clone(),
+            status: ProcessStatus::SwappedOut,
+        };
         assert!(unrestored.to_string().contains("?force=true"), "{unrestored}");
         assert_eq!(status_of(unrestored), 409);
+        // A database or data folder that cannot be written (full disk): 503 with the reason.
+        let closed = crate::store::StoreError::Closed { last: "I/O error: No space left on device".into() };
+        let unavailable = ControlError::from(closed);
+        assert!(unavailable.to_string().starts_with("control plane database unavailable: "), "{unavailable}");
+        assert_eq!(status_of(unavailable), 503);
+        let corrupt = serde_json::from_slice::<u8>(b"x").unwrap_err();
+        assert_eq!(status_of(ControlError::from(crate::store::StoreError::Record(corrupt))), 500);
+        let file = |kind: std::io::ErrorKind| {
+            ControlError::PrivateFiles(crate::private_fs::PrivateFileError { path: "f".into(), source: kind.into() })
+        };
+        assert_eq!(status_of(file(std::io::ErrorKind::StorageFull)), 503);
+        assert_eq!(status_of(file(std::io::ErrorKind::PermissionDenied)), 500);
         let function = |status| ControlError::Function { status, message: "m".into() };
         assert_eq!(function(Status::UnknownFunction).to_string(), "unknown function: m");
         for (status, http) in [

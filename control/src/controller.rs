@@ -212,7 +212,11 @@ pub enum ControlError {
     },
     /// The database failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The database cannot be written right now (its disk is full or failing): nothing changed,
+    /// and the request can succeed once the disk is back (the database reopens by itself).
+    #[error("control plane database unavailable: {}", .0.reason())]
+    DatabaseUnavailable(#[source] StoreError),
     /// The data folder, or a file of it, could not be made or written owner-only.
     #[error(transparent)]
     PrivateFiles(#[from] crate::private_fs::PrivateFileError),
@@ -250,7 +254,33 @@ pub enum ControlError {
     },
 }
 
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::DatabaseUnavailable(e)
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+/// Whether an I/O error means the disk has no space (or quota) left.
+fn no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
 impl ControlError {
+    /// Whether the request failed because the data folder's disk is full (or the database cannot
+    /// be written): nothing changed, and the same request can succeed once space is back.
+    pub fn disk_full(&self) -> bool {
+        match self {
+            Self::DatabaseUnavailable(_) => true,
+            Self::PrivateFiles(e) => no_space(&e.source),
+            Self::Install(DeployError::Io { source, .. }) => no_space(source),
+            _ => false,
+        }
+    }
+
     /// The `outcome` label of a routed invocation that failed with this error: for an error
     /// answer of the function or its process, the data-plane status in snake case
     /// (`function_failed`, `unknown_function`, `timeout`, ...); otherwise the control plane's
@@ -268,7 +298,8 @@ impl ControlError {
             | Self::Unsettled { .. }
             | Self::SwapInFailed { .. }
             | Self::Launch(_)
-            | Self::Capacity(_) => "unavailable",
+            | Self::Capacity(_)
+            | Self::DatabaseUnavailable(_) => "unavailable",
             _ => "error",
         };
         reason.to_owned()
@@ -407,12 +438,22 @@ impl ControlLink {
 #[derive(Debug)]
 struct Entry {
     record: ProcessRecord,
+    /// The record as last committed: written to the database, or a fact ([`ControlPlane::record_fact`])
+    /// waiting to be; a request whose write fails puts `record` back to it.
+    saved: ProcessRecord,
     link: Option<ControlLink>,
     /// Counts OS processes started for this record: an exit of an older one changes nothing.
     generation: u64,
     swap_result: Option<Result<praas_dataplane::swap::SwapReport, String>>,
     /// When it last became ALLOCATED (for the idle downscaler).
     since: Instant,
+}
+
+impl Entry {
+    /// An entry for a record as committed, no OS process known.
+    fn new(record: ProcessRecord, generation: u64) -> Self {
+        Self { saved: record.clone(), record, link: None, generation, swap_result: None, since: Instant::now() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -431,6 +472,9 @@ struct Inner {
     clients: Mutex<HashMap<String, Vec<Client>>>,
     next_auto: Mutex<u64>,
     metrics: ControlMetrics,
+    /// Whether the `praas-store-retry` thread runs: it writes the records the database could not
+    /// take yet ([`Store::flush_pending`]) until there are none.
+    retrying: std::sync::atomic::AtomicBool,
 }
 
 /// The control plane; cheap to clone (shared).
@@ -490,11 +534,13 @@ impl ControlPlane {
                 clients: Mutex::new(HashMap::new()),
                 next_auto: Mutex::new(0),
                 metrics: ControlMetrics::default(),
+                retrying: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for mut record in recovered {
             let key = (record.app.clone(), record.name.clone());
             let mut generation = 0;
+            let mut vanished = false;
             if record.status.is_running() {
                 let handle = record.handle.clone().or_else(|| record.pid.map(|pid| pid.to_string()));
                 match handle.filter(|handle| plane.inner.backend.alive(handle)) {
@@ -508,11 +554,16 @@ impl ControlPlane {
                         record.rdma_addr = None;
                         record.pid = None;
                         record.handle = None;
-                        plane.inner.store.put_process(&record)?;
+                        vanished = true;
                     }
                 }
             }
-            let entry = Entry { record, link: None, generation, swap_result: None, since: Instant::now() };
+            let mut entry = Entry::new(record, generation);
+            if vanished {
+                // A fact: a control plane restarted on a full data folder starts, and writes it
+                // once the disk takes it.
+                plane.record_fact(&mut entry);
+            }
             plane.registry().processes.insert(key, entry);
         }
         Ok(plane)
@@ -619,11 +670,65 @@ impl ControlPlane {
         SwapStore::new(&self.inner.config.swap_dir)
     }
 
-    /// Writes a record through and wakes everyone waiting for a change.
-    fn save(&self, entry: &Entry) -> Result<(), StoreError> {
-        self.inner.store.put_process(&entry.record)?;
+    /// Writes a record through and wakes everyone waiting for a change: the change a request
+    /// made to `entry.record` is committed. When the write fails, the record is put back to what
+    /// was committed before (its live metrics kept), so memory and disk agree and the request
+    /// fails having changed nothing.
+    fn save(&self, entry: &mut Entry) -> Result<(), StoreError> {
+        match self.inner.store.put_process(&entry.record) {
+            Ok(()) => {
+                entry.saved = entry.record.clone();
+                self.inner.changed.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                let metrics = std::mem::take(&mut entry.record.metrics);
+                entry.record = entry.saved.clone();
+                entry.record.metrics = metrics;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a record that states a fact no request can refuse (its OS process started,
+    /// registered or exited): memory takes it at once; if the database cannot, the store keeps it
+    /// and writes it with the next write that succeeds, or a retry thread does (until then a
+    /// restart finds the earlier record, and recovers as from a crash).
+    fn record_fact(&self, entry: &mut Entry) {
+        entry.saved = entry.record.clone();
         self.inner.changed.notify_all();
-        Ok(())
+        if let Err(e) = self.inner.store.put_process_later(&entry.record) {
+            let (app, name, status) = (&entry.record.app, &entry.record.name, entry.record.status.name());
+            tracing::warn!(app, process = name, "cannot record that {app}/{name} is {status} yet: {e}");
+            if !self.inner.retrying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                self.retry_pending();
+            }
+        }
+    }
+
+    /// Writes the store's pending records on a thread until there are none.
+    fn retry_pending(&self) {
+        use std::sync::atomic::Ordering;
+        let plane = self.clone();
+        let spawned = std::thread::Builder::new().name("praas-store-retry".into()).spawn(move || loop {
+            std::thread::sleep(PENDING_RETRY);
+            match plane.inner.store.flush_pending() {
+                Ok(0) => {}
+                Ok(written) => tracing::info!("recorded {written} processes' changes the database could not take"),
+                Err(e) => tracing::debug!("recording processes' changes: {e}"),
+            }
+            if !plane.inner.store.has_pending() {
+                plane.inner.retrying.store(false, Ordering::Release);
+                // A record that became pending since: go on unless another thread took over.
+                if !plane.inner.store.has_pending() || plane.inner.retrying.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            self.inner.retrying.store(false, Ordering::Release);
+            tracing::warn!("cannot start the thread that records processes' changes: {e}");
+        }
     }
 
     // ----- applications -----
@@ -757,8 +862,12 @@ impl ControlPlane {
             let application = registry.apps.get(app).ok_or_else(|| no_application(app))?;
             let resources = resources.unwrap_or(application.resources);
             let slurm = application.slurm.clone();
+            let application = application.clone();
             drop(registry);
             self.check_resources(&resources, slurm.as_ref())?;
+            // The files its process needs first: a data folder that cannot take them (full)
+            // refuses the process before anything of it is recorded.
+            self.manifest_path(&application)?;
             let mut registry = self.registry();
             if !registry.apps.contains_key(app) {
                 return Err(no_application(app));
@@ -771,14 +880,10 @@ impl ControlPlane {
                     status: existing.record.status,
                 });
             }
-            let entry = Entry {
-                record: ProcessRecord::new(app, name, resources),
-                link: None,
-                generation: 0,
-                swap_result: None,
-                since: Instant::now(),
-            };
-            self.save(&entry)?;
+            // Written before it is visible: a write that fails leaves no process behind.
+            let entry = Entry::new(ProcessRecord::new(app, name, resources), 0);
+            self.inner.store.put_process(&entry.record)?;
+            self.inner.changed.notify_all();
             registry.processes.insert(key, entry);
         }
         self.launch(app, name, false)?;
@@ -824,12 +929,26 @@ impl ControlPlane {
             entry.generation += 1;
             (application, entry.record.resources, entry.generation)
         };
+        let manifest = match self.manifest_path(&application) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                // Not started (a full data folder, say): the record says why instead of waiting.
+                let mut registry = self.registry();
+                let entry = lookup_mut(&mut registry, app, name)?;
+                if entry.generation == generation {
+                    entry.record.status = ProcessStatus::Failure;
+                    entry.record.error = Some(format!("not started: {e}"));
+                    self.record_fact(entry);
+                }
+                return Err(e);
+            }
+        };
         let control_addr = self.inner.control_addr.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let data = &self.inner.config.data_dir;
         let launch = Launch {
             app: app.into(),
             process: name.into(),
-            manifest: self.manifest_path(&application)?,
+            manifest,
             resources,
             control_addr,
             secret: application.secret.clone(),
@@ -853,7 +972,7 @@ impl ControlPlane {
                         entry.record.pid = Some(pid);
                     }
                     entry.record.handle = Some(handle);
-                    self.save(entry)?;
+                    self.record_fact(entry);
                 }
                 Ok(())
             }
@@ -863,7 +982,7 @@ impl ControlPlane {
                 // A swap-in that could not start leaves the snapshot as it was: swapped out.
                 entry.record.status = if restore { ProcessStatus::SwappedOut } else { ProcessStatus::Failure };
                 entry.record.error = Some(e.to_string());
-                self.save(entry)?;
+                self.record_fact(entry);
                 Err(ControlError::Launch(e))
             }
         }
@@ -946,9 +1065,11 @@ impl ControlPlane {
             entry.record.node = Some(placement.node);
             entry.record.job = placement.job;
         }
+        // A fact: the process serves (refusing it for a full disk would make it exit and lose
+        // its state); the database takes it as soon as it can.
+        self.record_fact(entry);
         entry.link = Some(link);
         entry.since = Instant::now();
-        self.save(entry).map_err(RegisterError::Store)?;
         Ok(RegistrationAnswer::default())
     }
 
@@ -1103,7 +1224,7 @@ impl ControlPlane {
                 ProcessStatus::Failure
             }
         };
-        let _ = self.save(entry);
+        self.record_fact(entry);
         drop(registry);
         self.drop_clients(app, name);
         self.announce_peers(app);
@@ -1207,7 +1328,9 @@ impl ControlPlane {
         entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
         let link_before = entry.link.take();
         if let Err(e) = self.save(entry) {
+            // Not recorded: the process is told so and serves on, a fact written when it can be.
             entry.record.status = ProcessStatus::Allocated;
+            self.record_fact(entry);
             entry.link = link_before;
             drop(registry);
             decide(false);
@@ -1244,8 +1367,9 @@ impl ControlPlane {
         let mut registry = self.registry();
         let entry = lookup_mut(&mut registry, app, name)?;
         if entry.record.status == ProcessStatus::SwappingOut {
+            // The process serves on: a fact.
             entry.record.status = ProcessStatus::Allocated;
-            self.save(entry)?;
+            self.record_fact(entry);
         }
         Err(ControlError::SwapFailed { app: app.into(), name: name.into(), cause })
     }
@@ -1305,10 +1429,11 @@ impl ControlPlane {
                 self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing)?;
             }
         } else {
+            // No OS process to stop: a fact.
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             entry.record.status = ProcessStatus::Closed;
-            self.save(entry)?;
+            self.record_fact(entry);
         }
         self.settled(app, name, ProcessStatus::Closed)
     }
@@ -1566,6 +1691,9 @@ fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&
     registry.processes.get_mut(&(app.to_owned(), name.to_owned())).ok_or_else(|| no_process(app, name))
 }
 
+/// How often records the database could not take are written again ([`ControlPlane::record_fact`]).
+const PENDING_RETRY: Duration = Duration::from_millis(250);
+
 /// Most bytes of a dead process's log read for its last words.
 const LAST_WORDS: u64 = 8 << 10;
 
@@ -1605,5 +1733,53 @@ mod tests {
         std::fs::write(&log, "praas: only this").unwrap();
         assert_eq!(last_words(&log).as_deref(), Some("only this"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A request's write that fails puts the record back as committed (live metrics kept); a
+    /// fact stays in memory, and the database takes it once the disk has room again.
+    #[test]
+    fn a_failed_write_leaves_the_record_as_committed_and_a_fact_is_written_later() {
+        let dir = std::env::temp_dir().join(format!("praas-save-{}", std::process::id()));
+        let tmpfs = praas_testkit::disk::Tmpfs::mount(&dir, 4);
+        let backend = Box::new(crate::backend::LocalBackend::new(PathBuf::from("praas")));
+        let plane = ControlPlane::open(ControlConfig::new(tmpfs.path().join("data")), backend).unwrap();
+        let store = &plane.inner.store;
+        let record = ProcessRecord::new("a", "p", Resources::default());
+        store.put_process(&record).unwrap();
+        let mut entry = Entry::new(record, 0);
+        let filler = tmpfs.fill("filler");
+        let big = Application {
+            name: "big".into(),
+            manifest: "#".repeat(1 << 20),
+            resources: Resources::default(),
+            secret: "s".into(),
+            slurm: None,
+        };
+        assert!(store.put_app(&big).unwrap_err().is_unavailable());
+
+        // A request: SWAPPED_OUT cannot be recorded.
+        entry.record.status = ProcessStatus::SwappedOut;
+        entry.record.data_addr = None;
+        entry.record.metrics.invocations = 7;
+        let error = plane.save(&mut entry).unwrap_err();
+        assert!(ControlError::from(error).disk_full());
+        assert_eq!(entry.record.status, ProcessStatus::Allocating, "as on disk");
+        assert_eq!(entry.record.metrics.invocations, 7, "live figures are not undone");
+
+        // A fact: memory has it at once; a request that fails after it goes back to it.
+        entry.record.status = ProcessStatus::Failure;
+        plane.record_fact(&mut entry);
+        assert_eq!(entry.record.status, ProcessStatus::Failure);
+        assert!(store.has_pending());
+        entry.record.status = ProcessStatus::Closing;
+        assert!(plane.save(&mut entry).is_err());
+        assert_eq!(entry.record.status, ProcessStatus::Failure);
+
+        // Room again: the retry thread writes the fact, no other write needed.
+        std::fs::remove_file(filler).unwrap();
+        praas_testkit::wait_until(Duration::from_secs(5), "the fact to be written", || !store.has_pending());
+        let on_disk = store.processes().unwrap();
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk[0].status, ProcessStatus::Failure);
     }
 }
