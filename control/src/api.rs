@@ -90,6 +90,14 @@ pub struct InvokeQuery {
     pub process: Option<String>,
 }
 
+/// Query of `DELETE .../processes/{proc}`.
+#[derive(Debug, Default, Deserialize)]
+pub struct DeleteQuery {
+    /// Delete also a process whose snapshot was never restored (its state goes with it).
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// The body of every error answer.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -150,6 +158,8 @@ impl HttpError {
 /// The HTTP status of each control-plane error.
 fn control_status(e: &ControlError) -> StatusCode {
     match e {
+        // A full or failing disk: nothing changed, retry once space is back.
+        e if e.disk_full() => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::NoApplication { .. } | ControlError::NoProcess { .. } => StatusCode::NOT_FOUND,
         ControlError::InvalidName { .. } | ControlError::Resources(_) | ControlError::Deploy(_) => {
             StatusCode::BAD_REQUEST
@@ -157,7 +167,8 @@ fn control_status(e: &ControlError) -> StatusCode {
         ControlError::AppExists { .. }
         | ControlError::AppHasProcesses { .. }
         | ControlError::ProcessExists { .. }
-        | ControlError::InvalidTransition { .. } => StatusCode::CONFLICT,
+        | ControlError::InvalidTransition { .. }
+        | ControlError::UnrestoredSnapshot { .. } => StatusCode::CONFLICT,
         ControlError::Unsettled { .. }
         | ControlError::Capacity(_)
         | ControlError::Launch(_)
@@ -166,14 +177,15 @@ fn control_status(e: &ControlError) -> StatusCode {
         | ControlError::LostWhileSwapping { .. }
         | ControlError::NoDataAddress { .. }
         | ControlError::Unreachable { .. }
-        | ControlError::StayedBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | ControlError::StayedBusy { .. }
+        | ControlError::SwapInFailed { .. }
+        | ControlError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         ControlError::Function { status, .. } => function_status(*status),
         ControlError::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
         ControlError::Store(_)
         | ControlError::PrivateFiles(_)
         | ControlError::Install(_)
-        | ControlError::SwapStore(_)
-        | ControlError::SnapshotMissing { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        | ControlError::SwapStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -310,8 +322,13 @@ async fn get_process(State(plane): State<ControlPlane>, Path((app, name)): Path<
     blocking(move || plane.get_process(&app, &name)).await
 }
 
-async fn delete_process(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
-    blocking(move || plane.delete_process(&app, &name).map(|()| serde_json::json!({"deleted": name}))).await
+async fn delete_process(
+    State(plane): State<ControlPlane>,
+    Path((app, name)): Path<(String, String)>,
+    Query(query): Query<DeleteQuery>,
+) -> Response {
+    blocking(move || plane.delete_process(&app, &name, query.force).map(|()| serde_json::json!({"deleted": name})))
+        .await
 }
 
 async fn swap(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
@@ -380,7 +397,28 @@ mod tests {
         };
         assert_eq!(status_of(timed_out), 504);
         assert_eq!(status_of(ControlError::StayedBusy { app: app.clone(), name: name.clone() }), 503);
-        assert_eq!(status_of(ControlError::SnapshotMissing { app, name }), 500);
+        // A damaged and a missing snapshot: one answer.
+        let failed = ControlError::SwapInFailed { app: app.clone(), name: name.clone(), reason: "r".into() };
+        assert_eq!(status_of(failed), 503);
+        let unrestored = ControlError::UnrestoredSnapshot {
+            app: app.clone(),
+            name: name.clone(),
+            status: ProcessStatus::SwappedOut,
+        };
+        assert!(unrestored.to_string().contains("?force=true"), "{unrestored}");
+        assert_eq!(status_of(unrestored), 409);
+        // A database or data folder that cannot be written (full disk): 503 with the reason.
+        let closed = crate::store::StoreError::Closed { last: "I/O error: No space left on device".into() };
+        let unavailable = ControlError::from(closed);
+        assert!(unavailable.to_string().starts_with("control plane database unavailable: "), "{unavailable}");
+        assert_eq!(status_of(unavailable), 503);
+        let corrupt = serde_json::from_slice::<u8>(b"x").unwrap_err();
+        assert_eq!(status_of(ControlError::from(crate::store::StoreError::Record(corrupt))), 500);
+        let file = |kind: std::io::ErrorKind| {
+            ControlError::PrivateFiles(crate::private_fs::PrivateFileError { path: "f".into(), source: kind.into() })
+        };
+        assert_eq!(status_of(file(std::io::ErrorKind::StorageFull)), 503);
+        assert_eq!(status_of(file(std::io::ErrorKind::PermissionDenied)), 500);
         let function = |status| ControlError::Function { status, message: "m".into() };
         assert_eq!(function(Status::UnknownFunction).to_string(), "unknown function: m");
         for (status, http) in [

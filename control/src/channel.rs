@@ -98,12 +98,20 @@ fn handshake(
     // other threads' peer updates, which must not reach the process before its answer.
     let shared = Arc::clone(&writer);
     let answering = writer.lock().unwrap_or_else(|p| p.into_inner());
-    if let Err(refusal) = plane.on_register(registration, ControlLink { id: link_id, writer: shared }) {
-        respond(channel, Status::InvalidArgument, &refusal.to_string())?;
+    let answer = match plane.on_register(registration, ControlLink { id: link_id, writer: shared }) {
+        Ok(answer) => answer,
+        Err(refusal) => {
+            respond(channel, Status::InvalidArgument, &refusal.to_string())?;
+            return Ok(None);
+        }
+    };
+    let payload = serde_json::to_vec(&answer).map_err(io::Error::other)?;
+    channel.send(Header::response(0, Status::Ok, 0, 0), &[], &payload)?;
+    drop(answering);
+    if answer.swap_committed {
+        // Not registered: the process exits once it read this.
         return Ok(None);
     }
-    respond(channel, Status::Ok, "")?;
-    drop(answering);
     plane.announce_peers(&registration.app);
     Ok(Some((registration.app.clone(), registration.process.clone(), link_id)))
 }

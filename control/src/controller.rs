@@ -6,12 +6,22 @@
 //!
 //! ```text
 //! PUT ─▶ ALLOCATING ─register─▶ ALLOCATED ─swap─▶ SWAPPING_OUT ─confirm─▶ SWAPPED_OUT ─swapin─▶ SWAPPING_IN ─register─▶ ALLOCATED
-//!                                   │ stop                                     │ DELETE
-//!                                   ▼                                          ▼
-//!                                CLOSING ─exit─▶ CLOSED ─DELETE─▶ (gone)     (gone, swap data removed)
-//! any running status ─unexpected exit─▶ FAILURE ─DELETE─▶ (gone)
+//!                                   │ stop                                     │ DELETE?force=true    │ exit
+//!                                   ▼                                          ▼                      ▼
+//!                                CLOSING ─exit─▶ CLOSED ─DELETE─▶ (gone)     (gone, swap data removed) SWAPPED_OUT (error recorded)
+//! any other running status ─unexpected exit─▶ FAILURE ─DELETE─▶ (gone)
 //! ```
 //! Any other request is refused ([`ControlError::InvalidTransition`]) and changes nothing.
+//!
+//! A swap-out is a transaction between the process, the swap store and the database: the
+//! control plane names it (a swap id the snapshot's manifest carries), records SWAPPED_OUT once
+//! the process confirmed, and only then tells the process to exit (`SwapCommit`). Whatever
+//! crashes, nothing is lost: a process whose control plane died re-registers drained and is told
+//! whether its swap was recorded ([`ControlPlane::on_register`]); a SWAPPING_OUT record whose
+//! process is gone becomes SWAPPED_OUT if the snapshot in place is complete and carries its swap
+//! id, FAILURE (the previous snapshot kept) otherwise; a SWAPPING_IN record whose process is gone
+//! goes back to SWAPPED_OUT, its snapshot untouched. A swap-in that fails (a damaged or missing
+//! snapshot) leaves the process SWAPPED_OUT with the reason recorded: it can be retried.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpStream;
@@ -19,10 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use praas_dataplane::control_channel::{write_json, MetricsReport, PeerList, Registration, SwapConfirmation};
+use praas_dataplane::control_channel::{
+    write_json, MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
+};
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
-use praas_dataplane::swap::{SwapError, SwapStore};
+use praas_dataplane::swap::{test_pause, SnapshotManifest, SwapError, SwapStore};
 use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
 use thiserror::Error;
 
@@ -200,7 +212,11 @@ pub enum ControlError {
     },
     /// The database failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The database cannot be written right now (its disk is full or failing): nothing changed,
+    /// and the request can succeed once the disk is back (the database reopens by itself).
+    #[error("control plane database unavailable: {}", .0.reason())]
+    DatabaseUnavailable(#[source] StoreError),
     /// The data folder, or a file of it, could not be made or written owner-only.
     #[error(transparent)]
     PrivateFiles(#[from] crate::private_fs::PrivateFileError),
@@ -210,17 +226,61 @@ pub enum ControlError {
     /// The swap store failed.
     #[error(transparent)]
     SwapStore(SwapError),
-    /// A swapped-out process's snapshot is not in the swap store.
-    #[error("the snapshot of {app}/{name} is missing from the swap store")]
-    SnapshotMissing {
+    /// A swap-in failed: the snapshot is missing or damaged, or the process restoring it died.
+    /// The process is SWAPPED_OUT with its snapshot kept and the reason recorded; swap-in can be
+    /// retried (once the snapshot is repaired).
+    #[error("swap-in of {app}/{name} failed (it stays SWAPPED_OUT, its snapshot kept): {reason}")]
+    SwapInFailed {
         /// The application.
         app: String,
         /// The process.
         name: String,
+        /// Why, in the words of the swap store or of the process that tried.
+        reason: String,
+    },
+    /// `DELETE` without `force` of a process whose snapshot holds state no process has restored.
+    #[error(
+        "process {app}/{name} is {} and its snapshot was never restored: deleting it destroys its state; \
+         add ?force=true (praas process delete --force) to delete it anyway",
+        .status.name()
+    )]
+    UnrestoredSnapshot {
+        /// The application.
+        app: String,
+        /// The process.
+        name: String,
+        /// Its status.
+        status: ProcessStatus,
     },
 }
 
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            Self::DatabaseUnavailable(e)
+        } else {
+            Self::Store(e)
+        }
+    }
+}
+
+/// Whether an I/O error means the disk has no space (or quota) left.
+fn no_space(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.kind() == std::io::ErrorKind::QuotaExceeded
+}
+
 impl ControlError {
+    /// Whether the request failed because the data folder's disk is full (or the database cannot
+    /// be written): nothing changed, and the same request can succeed once space is back.
+    pub fn disk_full(&self) -> bool {
+        match self {
+            Self::DatabaseUnavailable(_) => true,
+            Self::PrivateFiles(e) => no_space(&e.source),
+            Self::Install(DeployError::Io { source, .. }) => no_space(source),
+            _ => false,
+        }
+    }
+
     /// The `outcome` label of a routed invocation that failed with this error: for an error
     /// answer of the function or its process, the data-plane status in snake case
     /// (`function_failed`, `unknown_function`, `timeout`, ...); otherwise the control plane's
@@ -236,8 +296,10 @@ impl ControlError {
             | Self::StayedBusy { .. }
             | Self::NoDataAddress { .. }
             | Self::Unsettled { .. }
+            | Self::SwapInFailed { .. }
             | Self::Launch(_)
-            | Self::Capacity(_) => "unavailable",
+            | Self::Capacity(_)
+            | Self::DatabaseUnavailable(_) => "unavailable",
             _ => "error",
         };
         reason.to_owned()
@@ -376,12 +438,22 @@ impl ControlLink {
 #[derive(Debug)]
 struct Entry {
     record: ProcessRecord,
+    /// The record as last committed: written to the database, or a fact ([`ControlPlane::record_fact`])
+    /// waiting to be; a request whose write fails puts `record` back to it.
+    saved: ProcessRecord,
     link: Option<ControlLink>,
     /// Counts OS processes started for this record: an exit of an older one changes nothing.
     generation: u64,
     swap_result: Option<Result<praas_dataplane::swap::SwapReport, String>>,
     /// When it last became ALLOCATED (for the idle downscaler).
     since: Instant,
+}
+
+impl Entry {
+    /// An entry for a record as committed, no OS process known.
+    fn new(record: ProcessRecord, generation: u64) -> Self {
+        Self { saved: record.clone(), record, link: None, generation, swap_result: None, since: Instant::now() }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -400,6 +472,9 @@ struct Inner {
     clients: Mutex<HashMap<String, Vec<Client>>>,
     next_auto: Mutex<u64>,
     metrics: ControlMetrics,
+    /// Whether the `praas-store-retry` thread runs: it writes the records the database could not
+    /// take yet ([`Store::flush_pending`]) until there are none.
+    retrying: std::sync::atomic::AtomicBool,
 }
 
 /// The control plane; cheap to clone (shared).
@@ -459,11 +534,13 @@ impl ControlPlane {
                 clients: Mutex::new(HashMap::new()),
                 next_auto: Mutex::new(0),
                 metrics: ControlMetrics::default(),
+                retrying: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         for mut record in recovered {
             let key = (record.app.clone(), record.name.clone());
             let mut generation = 0;
+            let mut vanished = false;
             if record.status.is_running() {
                 let handle = record.handle.clone().or_else(|| record.pid.map(|pid| pid.to_string()));
                 match handle.filter(|handle| plane.inner.backend.alive(handle)) {
@@ -472,18 +549,71 @@ impl ControlPlane {
                         plane.inner.backend.adopt(&handle, plane.exit_handler(&record.app, &record.name, generation));
                     }
                     None => {
-                        record.status = ProcessStatus::Failure;
-                        record.error = Some("its OS process was gone when the control plane restarted".into());
+                        plane.recover_vanished(&mut record);
                         record.data_addr = None;
                         record.rdma_addr = None;
-                        plane.inner.store.put_process(&record)?;
+                        record.pid = None;
+                        record.handle = None;
+                        vanished = true;
                     }
                 }
             }
-            let entry = Entry { record, link: None, generation, swap_result: None, since: Instant::now() };
+            let mut entry = Entry::new(record, generation);
+            if vanished {
+                // A fact: a control plane restarted on a full data folder starts, and writes it
+                // once the disk takes it.
+                plane.record_fact(&mut entry);
+            }
             plane.registry().processes.insert(key, entry);
         }
         Ok(plane)
+    }
+
+    /// What a running record whose OS process was gone at start-up becomes: a swap-out whose
+    /// complete snapshot carries its id is SWAPPED_OUT, a swap-in goes back to SWAPPED_OUT (its
+    /// snapshot untouched), anything else is FAILURE with the reason.
+    fn recover_vanished(&self, record: &mut ProcessRecord) {
+        const GONE: &str = "its OS process was gone when the control plane restarted";
+        match record.status {
+            ProcessStatus::SwappingOut => {
+                match self.complete_snapshot(&record.app, &record.name, record.swap_id.as_deref()) {
+                    Ok(manifest) => {
+                        record.status = ProcessStatus::SwappedOut;
+                        record.error = None;
+                        record.swap = Some(SwapInfo { bytes: manifest.bytes(), secs: 0.0, total_secs: 0.0 });
+                    }
+                    Err(reason) => {
+                        record.status = ProcessStatus::Failure;
+                        record.error = Some(format!("{GONE} while it swapped out: {reason}"));
+                    }
+                }
+            }
+            ProcessStatus::SwappingIn => {
+                record.status = ProcessStatus::SwappedOut;
+                record.error = Some(format!("swap-in interrupted: {GONE}; its snapshot is kept"));
+            }
+            _ => {
+                record.status = ProcessStatus::Failure;
+                record.error = Some(GONE.into());
+            }
+        }
+    }
+
+    /// The manifest of the process's snapshot if it is complete, verified and written by the
+    /// swap-out `swap_id`; else why not (the snapshot in place, if any, is left as it is).
+    fn complete_snapshot(&self, app: &str, name: &str, swap_id: Option<&str>) -> Result<SnapshotManifest, String> {
+        let Some(swap_id) = swap_id else {
+            return Err("the swap-out has no id (recorded by an older control plane)".into());
+        };
+        match self.swap_store().verify(app, name) {
+            Ok(manifest) if manifest.swap_id == swap_id => Ok(manifest),
+            Ok(manifest) => Err(format!(
+                "the snapshot of swap {swap_id} was not completed; the snapshot in place (swap {}) is kept",
+                if manifest.swap_id.is_empty() { "without id" } else { &manifest.swap_id }
+            )),
+            Err(SwapError::Missing(_)) => Err(format!("the snapshot of swap {swap_id} was not completed")),
+            Err(e) => Err(format!("the snapshot of swap {swap_id} is unusable: {e}")),
+        }
     }
 
     /// Releases the backend's own resources (a Slurm pool) before the control plane exits.
@@ -540,11 +670,65 @@ impl ControlPlane {
         SwapStore::new(&self.inner.config.swap_dir)
     }
 
-    /// Writes a record through and wakes everyone waiting for a change.
-    fn save(&self, entry: &Entry) -> Result<(), StoreError> {
-        self.inner.store.put_process(&entry.record)?;
+    /// Writes a record through and wakes everyone waiting for a change: the change a request
+    /// made to `entry.record` is committed. When the write fails, the record is put back to what
+    /// was committed before (its live metrics kept), so memory and disk agree and the request
+    /// fails having changed nothing.
+    fn save(&self, entry: &mut Entry) -> Result<(), StoreError> {
+        match self.inner.store.put_process(&entry.record) {
+            Ok(()) => {
+                entry.saved = entry.record.clone();
+                self.inner.changed.notify_all();
+                Ok(())
+            }
+            Err(e) => {
+                let metrics = std::mem::take(&mut entry.record.metrics);
+                entry.record = entry.saved.clone();
+                entry.record.metrics = metrics;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes a record that states a fact no request can refuse (its OS process started,
+    /// registered or exited): memory takes it at once; if the database cannot, the store keeps it
+    /// and writes it with the next write that succeeds, or a retry thread does (until then a
+    /// restart finds the earlier record, and recovers as from a crash).
+    fn record_fact(&self, entry: &mut Entry) {
+        entry.saved = entry.record.clone();
         self.inner.changed.notify_all();
-        Ok(())
+        if let Err(e) = self.inner.store.put_process_later(&entry.record) {
+            let (app, name, status) = (&entry.record.app, &entry.record.name, entry.record.status.name());
+            tracing::warn!(app, process = name, "cannot record that {app}/{name} is {status} yet: {e}");
+            if !self.inner.retrying.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                self.retry_pending();
+            }
+        }
+    }
+
+    /// Writes the store's pending records on a thread until there are none.
+    fn retry_pending(&self) {
+        use std::sync::atomic::Ordering;
+        let plane = self.clone();
+        let spawned = std::thread::Builder::new().name("praas-store-retry".into()).spawn(move || loop {
+            std::thread::sleep(PENDING_RETRY);
+            match plane.inner.store.flush_pending() {
+                Ok(0) => {}
+                Ok(written) => tracing::info!("recorded {written} processes' changes the database could not take"),
+                Err(e) => tracing::debug!("recording processes' changes: {e}"),
+            }
+            if !plane.inner.store.has_pending() {
+                plane.inner.retrying.store(false, Ordering::Release);
+                // A record that became pending since: go on unless another thread took over.
+                if !plane.inner.store.has_pending() || plane.inner.retrying.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            self.inner.retrying.store(false, Ordering::Release);
+            tracing::warn!("cannot start the thread that records processes' changes: {e}");
+        }
     }
 
     // ----- applications -----
@@ -678,8 +862,12 @@ impl ControlPlane {
             let application = registry.apps.get(app).ok_or_else(|| no_application(app))?;
             let resources = resources.unwrap_or(application.resources);
             let slurm = application.slurm.clone();
+            let application = application.clone();
             drop(registry);
             self.check_resources(&resources, slurm.as_ref())?;
+            // The files its process needs first: a data folder that cannot take them (full)
+            // refuses the process before anything of it is recorded.
+            self.manifest_path(&application)?;
             let mut registry = self.registry();
             if !registry.apps.contains_key(app) {
                 return Err(no_application(app));
@@ -692,14 +880,10 @@ impl ControlPlane {
                     status: existing.record.status,
                 });
             }
-            let entry = Entry {
-                record: ProcessRecord::new(app, name, resources),
-                link: None,
-                generation: 0,
-                swap_result: None,
-                since: Instant::now(),
-            };
-            self.save(&entry)?;
+            // Written before it is visible: a write that fails leaves no process behind.
+            let entry = Entry::new(ProcessRecord::new(app, name, resources), 0);
+            self.inner.store.put_process(&entry.record)?;
+            self.inner.changed.notify_all();
             registry.processes.insert(key, entry);
         }
         self.launch(app, name, false)?;
@@ -745,12 +929,26 @@ impl ControlPlane {
             entry.generation += 1;
             (application, entry.record.resources, entry.generation)
         };
+        let manifest = match self.manifest_path(&application) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                // Not started (a full data folder, say): the record says why instead of waiting.
+                let mut registry = self.registry();
+                let entry = lookup_mut(&mut registry, app, name)?;
+                if entry.generation == generation {
+                    entry.record.status = ProcessStatus::Failure;
+                    entry.record.error = Some(format!("not started: {e}"));
+                    self.record_fact(entry);
+                }
+                return Err(e);
+            }
+        };
         let control_addr = self.inner.control_addr.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let data = &self.inner.config.data_dir;
         let launch = Launch {
             app: app.into(),
             process: name.into(),
-            manifest: self.manifest_path(&application)?,
+            manifest,
             resources,
             control_addr,
             secret: application.secret.clone(),
@@ -774,16 +972,17 @@ impl ControlPlane {
                         entry.record.pid = Some(pid);
                     }
                     entry.record.handle = Some(handle);
-                    self.save(entry)?;
+                    self.record_fact(entry);
                 }
                 Ok(())
             }
             Err(e) => {
                 let mut registry = self.registry();
                 let entry = lookup_mut(&mut registry, app, name)?;
-                entry.record.status = ProcessStatus::Failure;
+                // A swap-in that could not start leaves the snapshot as it was: swapped out.
+                entry.record.status = if restore { ProcessStatus::SwappedOut } else { ProcessStatus::Failure };
                 entry.record.error = Some(e.to_string());
-                self.save(entry)?;
+                self.record_fact(entry);
                 Err(ControlError::Launch(e))
             }
         }
@@ -812,11 +1011,38 @@ impl ControlPlane {
         }
     }
 
-    /// Called by the control channel when a process authenticated; returns an error to refuse it.
-    pub fn on_register(&self, registration: &Registration, link: ControlLink) -> Result<(), RegisterError> {
+    /// Called by the control channel when a process authenticated; returns an error to refuse it,
+    /// else the answer's payload. A process that registers with a pending swap (it confirmed a
+    /// swap-out and then lost its connection, staying drained) is told the swap is committed when
+    /// the record says that swap was recorded (it exits then, and is not registered); otherwise
+    /// it registers as usual and serves on with the state it kept.
+    pub fn on_register(
+        &self,
+        registration: &Registration,
+        link: ControlLink,
+    ) -> Result<RegistrationAnswer, RegisterError> {
         let mut registry = self.registry();
         let entry =
             lookup_mut(&mut registry, &registration.app, &registration.process).map_err(RegisterError::Unknown)?;
+        if let Some(pending) = &registration.pending_swap {
+            // Recorded: the record is SWAPPED_OUT by that swap, or another OS process swapped in
+            // from its snapshot since. (ALLOCATED with this very pid: the swap was given up on.)
+            let recorded = entry.record.swap_id.as_ref() == Some(pending)
+                && match entry.record.status {
+                    ProcessStatus::SwappedOut | ProcessStatus::SwappingIn => true,
+                    ProcessStatus::Allocated => entry.record.pid.is_some_and(|pid| pid != registration.pid),
+                    _ => false,
+                };
+            if recorded {
+                tracing::info!(
+                    app = registration.app,
+                    process = registration.process,
+                    swap = pending,
+                    "a process asked about its swap: recorded, it exits"
+                );
+                return Ok(RegistrationAnswer { swap_committed: true });
+            }
+        }
         match entry.record.status {
             ProcessStatus::Allocating | ProcessStatus::SwappingIn | ProcessStatus::Allocated => {}
             // A process that re-registers after a control plane restart while it was being
@@ -839,9 +1065,12 @@ impl ControlPlane {
             entry.record.node = Some(placement.node);
             entry.record.job = placement.job;
         }
+        // A fact: the process serves (refusing it for a full disk would make it exit and lose
+        // its state); the database takes it as soon as it can.
+        self.record_fact(entry);
         entry.link = Some(link);
         entry.since = Instant::now();
-        self.save(entry).map_err(RegisterError::Store)
+        Ok(RegistrationAnswer::default())
     }
 
     /// Tells every running process of `app` about the others (the control channel calls it
@@ -888,12 +1117,28 @@ impl ControlPlane {
         Ok(self.inner.metrics.function_stats(app, name))
     }
 
-    /// Called by the control channel when a process confirms (or fails) a swap.
+    /// Called by the control channel when a process confirms (or fails) a swap. A confirmation
+    /// of a swap nobody waits for any more (it timed out, or it is not the swap under way) is
+    /// answered at once with an abandoning decision: the process serves on.
     pub fn on_swap_confirm(&self, app: &str, name: &str, confirmation: SwapConfirmation) {
         let mut registry = self.registry();
-        if let Ok(entry) = lookup_mut(&mut registry, app, name) {
+        let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
+        let current = entry.record.status == ProcessStatus::SwappingOut
+            && entry.swap_result.is_none()
+            && (confirmation.swap_id.is_empty() || entry.record.swap_id.as_ref() == Some(&confirmation.swap_id));
+        if current {
             entry.swap_result = Some(confirmation.result);
             self.inner.changed.notify_all();
+            return;
+        }
+        let link = entry.link.clone();
+        drop(registry);
+        if let (Ok(_), Some(link)) = (&confirmation.result, link) {
+            tracing::warn!(app, process = name, swap = confirmation.swap_id, "a swap nobody waits for: abandoned");
+            let decision = SwapDecision { swap_id: confirmation.swap_id, committed: false };
+            if let Err(e) = link.send(MessageKind::SwapCommit, &decision) {
+                tracing::warn!(app, process = name, "cannot abandon a stale swap: {e}");
+            }
         }
     }
 
@@ -930,34 +1175,70 @@ impl ControlPlane {
         if entry.generation != generation {
             return;
         }
+        // A process that died mid-swap-out: its snapshot, if complete and its swap's, is its
+        // state. Verified without the registry's lock (it reads the whole snapshot).
+        let mut unconfirmed_swap = None;
+        if entry.record.status == ProcessStatus::SwappingOut && !entry.swap_result.as_ref().is_some_and(Result::is_ok) {
+            let swap_id = entry.record.swap_id.clone();
+            drop(registry);
+            unconfirmed_swap = Some(self.complete_snapshot(app, name, swap_id.as_deref()));
+            registry = self.registry();
+        }
+        let Ok(entry) = lookup_mut(&mut registry, app, name) else { return };
+        if entry.generation != generation {
+            return;
+        }
         let status = entry.record.status;
         entry.link = None;
         entry.record.data_addr = None;
         entry.record.rdma_addr = None;
         entry.record.pid = None;
         entry.record.handle = None;
-        entry.record.status = match status {
-            ProcessStatus::Closing => ProcessStatus::Closed,
-            ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure => status,
-            ProcessStatus::SwappingOut if entry.swap_result.as_ref().is_some_and(Result::is_ok) => status,
+        let died = || match last_words(&self.log_path(app, name)) {
+            Some(words) => format!("the process died: {}: {words}", exit.description),
+            None => format!("the process died: {}", exit.description),
+        };
+        entry.record.status = match (status, unconfirmed_swap) {
+            (ProcessStatus::Closing, _) => ProcessStatus::Closed,
+            (ProcessStatus::SwappedOut | ProcessStatus::Closed | ProcessStatus::Failure, _) => status,
+            (ProcessStatus::SwappingOut, Some(Ok(manifest))) => {
+                tracing::warn!(app, process = name, "process died after writing its snapshot: swapped out");
+                entry.record.error = None;
+                entry.record.swap = Some(SwapInfo { bytes: manifest.bytes(), secs: 0.0, total_secs: 0.0 });
+                ProcessStatus::SwappedOut
+            }
+            (ProcessStatus::SwappingOut, Some(Err(reason))) => {
+                tracing::warn!(app, process = name, "process died while swapping out: {}", exit.description);
+                entry.record.error = Some(format!("{} while it swapped out: {reason}", died()));
+                ProcessStatus::Failure
+            }
+            (ProcessStatus::SwappingOut, None) => status,
+            (ProcessStatus::SwappingIn, _) => {
+                tracing::warn!(app, process = name, "swap-in failed: {}", exit.description);
+                entry.record.error = Some(format!("swap-in failed: {}; its snapshot is kept", died()));
+                ProcessStatus::SwappedOut
+            }
             _ => {
-                entry.record.error = Some(match last_words(&self.log_path(app, name)) {
-                    Some(words) => format!("the process died: {}: {words}", exit.description),
-                    None => format!("the process died: {}", exit.description),
-                });
+                entry.record.error = Some(died());
                 tracing::warn!(app, process = name, "process died: {}", exit.description);
                 ProcessStatus::Failure
             }
         };
-        let _ = self.save(entry);
+        self.record_fact(entry);
         drop(registry);
         self.drop_clients(app, name);
         self.announce_peers(app);
     }
 
-    /// Swaps a process out: it drains, writes its snapshot, exits. Answers once SWAPPED_OUT.
+    /// Swaps a process out: it drains, writes its snapshot, confirms; SWAPPED_OUT is recorded,
+    /// then the process is told to exit. Answers once SWAPPED_OUT.
     pub fn swap_out(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
         let started = Instant::now();
+        let swap_id = format!(
+            "{:x}-{}",
+            praas_dataplane::state::now_ns(),
+            praas_dataplane::control_channel::hex(&praas_dataplane::auth::nonce()[..6])
+        );
         let link = {
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
@@ -968,38 +1249,32 @@ impl ControlPlane {
                 return Err(ControlError::NoControlChannel { app: app.into(), name: name.into() });
             };
             entry.record.status = ProcessStatus::SwappingOut;
+            entry.record.swap_id = Some(swap_id.clone());
             entry.swap_result = None;
             self.save(entry)?;
             link
         };
         self.announce_peers(app);
-        if let Err(e) = link.send(MessageKind::SwapRequest, &()) {
+        test_pause("request");
+        if let Err(e) = link.send(MessageKind::SwapRequest, &SwapOrder { swap_id: swap_id.clone() }) {
             return self.swap_failed(app, name, SwapFailure::Unreachable(e));
         }
         let deadline = Instant::now() + self.inner.config.swap_timeout;
         let mut registry = self.registry();
         loop {
             let entry = lookup_mut(&mut registry, app, name)?;
-            if entry.record.status != ProcessStatus::SwappingOut {
+            if entry.record.status != ProcessStatus::SwappingOut || entry.record.swap_id.as_ref() != Some(&swap_id) {
                 let status = entry.record.status;
+                // It died after writing its complete snapshot: that is the swap ([`Self::on_exit`]).
+                if status == ProcessStatus::SwappedOut && entry.record.swap_id.as_ref() == Some(&swap_id) {
+                    return Ok(entry.record.clone());
+                }
                 return Err(ControlError::LostWhileSwapping { app: app.into(), name: name.into(), status });
             }
             match entry.swap_result.take() {
                 Some(Ok(report)) => {
-                    entry.record.status = ProcessStatus::SwappedOut;
-                    entry.record.data_addr = None;
-                    entry.record.rdma_addr = None;
-                    let total_secs = started.elapsed().as_secs_f64();
-                    entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
-                    self.inner.metrics.observe_swap_out(app, report.bytes, total_secs);
-                    entry.link = None;
-                    self.save(entry)?;
-                    let record = entry.record.clone();
                     drop(registry);
-                    self.drop_clients(app, name);
-                    self.announce_peers(app);
-                    self.collect_swap_garbage(app, name);
-                    return Ok(record);
+                    return self.commit_swap(app, name, &swap_id, &link, &report, started);
                 }
                 Some(Err(reason)) => {
                     drop(registry);
@@ -1010,10 +1285,66 @@ impl ControlPlane {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 drop(registry);
+                // A confirmation that comes later is answered with an abandoning decision
+                // ([`Self::on_swap_confirm`]).
                 return self.swap_failed(app, name, SwapFailure::NoConfirmation);
             }
             registry = self.inner.changed.wait_timeout(registry, left).unwrap_or_else(|p| p.into_inner()).0;
         }
+    }
+
+    /// Records SWAPPED_OUT for the confirmed swap `swap_id`, then tells the process to exit; a
+    /// record that cannot be written abandons the swap (the process serves on).
+    fn commit_swap(
+        &self,
+        app: &str,
+        name: &str,
+        swap_id: &str,
+        link: &ControlLink,
+        report: &praas_dataplane::swap::SwapReport,
+        started: Instant,
+    ) -> Result<ProcessRecord, ControlError> {
+        test_pause("confirmed");
+        let decide = |committed| {
+            let decision = SwapDecision { swap_id: swap_id.to_owned(), committed };
+            if let Err(e) = link.send(MessageKind::SwapCommit, &decision) {
+                // It asks again when it re-registers ([`Self::on_register`]).
+                tracing::warn!(app, process = name, swap = swap_id, "the swap's decision was not delivered: {e}");
+            }
+        };
+        let mut registry = self.registry();
+        let entry = lookup_mut(&mut registry, app, name)?;
+        if entry.record.status != ProcessStatus::SwappingOut || entry.record.swap_id.as_deref() != Some(swap_id) {
+            let status = entry.record.status;
+            drop(registry);
+            decide(false);
+            return Err(ControlError::LostWhileSwapping { app: app.into(), name: name.into(), status });
+        }
+        entry.record.status = ProcessStatus::SwappedOut;
+        entry.record.data_addr = None;
+        entry.record.rdma_addr = None;
+        entry.record.error = None;
+        let total_secs = started.elapsed().as_secs_f64();
+        entry.record.swap = Some(SwapInfo { bytes: report.bytes, secs: report.secs, total_secs });
+        let link_before = entry.link.take();
+        if let Err(e) = self.save(entry) {
+            // Not recorded: the process is told so and serves on, a fact written when it can be.
+            entry.record.status = ProcessStatus::Allocated;
+            self.record_fact(entry);
+            entry.link = link_before;
+            drop(registry);
+            decide(false);
+            return Err(e.into());
+        }
+        self.inner.metrics.observe_swap_out(app, report.bytes, total_secs);
+        let record = entry.record.clone();
+        drop(registry);
+        test_pause("recorded");
+        decide(true);
+        self.drop_clients(app, name);
+        self.announce_peers(app);
+        self.collect_swap_garbage(app, name);
+        Ok(record)
     }
 
     /// Deletes replaced snapshots and crashed swaps' leftovers of a process, on a thread of its
@@ -1036,8 +1367,9 @@ impl ControlPlane {
         let mut registry = self.registry();
         let entry = lookup_mut(&mut registry, app, name)?;
         if entry.record.status == ProcessStatus::SwappingOut {
+            // The process serves on: a fact.
             entry.record.status = ProcessStatus::Allocated;
-            self.save(entry)?;
+            self.record_fact(entry);
         }
         Err(ControlError::SwapFailed { app: app.into(), name: name.into(), cause })
     }
@@ -1051,10 +1383,16 @@ impl ControlPlane {
             if entry.record.status != ProcessStatus::SwappedOut {
                 return Err(invalid_transition(app, name, entry.record.status, Operation::SwapIn));
             }
-            if !self.swap_store().exists(app, name) {
-                return Err(ControlError::SnapshotMissing { app: app.into(), name: name.into() });
+            // A missing snapshot answers like a damaged one (which the process finds): the
+            // process stays SWAPPED_OUT with the reason recorded.
+            if let Err(e) = self.swap_store().manifest(app, name) {
+                let reason = e.to_string();
+                entry.record.error = Some(reason.clone());
+                self.save(entry)?;
+                return Err(ControlError::SwapInFailed { app: app.into(), name: name.into(), reason });
             }
             entry.record.status = ProcessStatus::SwappingIn;
+            entry.record.error = None;
             // From here on a late exit of the swapped-out process is an older generation's.
             entry.generation += 1;
             self.save(entry)?;
@@ -1062,7 +1400,11 @@ impl ControlPlane {
             entry.record.swap.as_ref().map_or(0, |swap| swap.bytes)
         };
         self.launch(app, name, true)?;
-        self.wait_for(app, name, self.inner.config.start_timeout, |s| s != ProcessStatus::SwappingIn)?;
+        let status = self.wait_for(app, name, self.inner.config.start_timeout, |s| s != ProcessStatus::SwappingIn)?;
+        if status == ProcessStatus::SwappedOut {
+            let reason = self.get_process(app, name)?.error.unwrap_or_default();
+            return Err(ControlError::SwapInFailed { app: app.into(), name: name.into(), reason });
+        }
         let record = self.settled(app, name, ProcessStatus::Allocated)?;
         self.inner.metrics.observe_swap_in(app, bytes, started.elapsed().as_secs_f64());
         Ok(record)
@@ -1087,20 +1429,28 @@ impl ControlPlane {
                 self.wait_for(app, name, Duration::from_secs(10), |s| s != ProcessStatus::Closing)?;
             }
         } else {
+            // No OS process to stop: a fact.
             let mut registry = self.registry();
             let entry = lookup_mut(&mut registry, app, name)?;
             entry.record.status = ProcessStatus::Closed;
-            self.save(entry)?;
+            self.record_fact(entry);
         }
         self.settled(app, name, ProcessStatus::Closed)
     }
 
-    /// Deletes a process that is not running, and its swap data.
-    pub fn delete_process(&self, app: &str, name: &str) -> Result<(), ControlError> {
+    /// Deletes a process that is not running, and its swap data. A process whose snapshot is
+    /// the only copy of its state, one no process has restored (SWAPPED_OUT: every failed swap-in
+    /// returns there, so no FAILURE holds such a snapshot), is deleted only with `force`
+    /// ([`ControlError::UnrestoredSnapshot`] otherwise).
+    pub fn delete_process(&self, app: &str, name: &str, force: bool) -> Result<(), ControlError> {
         let mut registry = self.registry();
         let entry = lookup(&registry, app, name)?;
-        if entry.record.status.is_running() {
-            return Err(invalid_transition(app, name, entry.record.status, Operation::Delete));
+        let status = entry.record.status;
+        if status.is_running() {
+            return Err(invalid_transition(app, name, status, Operation::Delete));
+        }
+        if status == ProcessStatus::SwappedOut && !force {
+            return Err(ControlError::UnrestoredSnapshot { app: app.into(), name: name.into(), status });
         }
         self.swap_store().delete(app, name).map_err(ControlError::SwapStore)?;
         self.inner.store.remove_process(app, name)?;
@@ -1341,6 +1691,9 @@ fn lookup_mut<'r>(registry: &'r mut Registry, app: &str, name: &str) -> Result<&
     registry.processes.get_mut(&(app.to_owned(), name.to_owned())).ok_or_else(|| no_process(app, name))
 }
 
+/// How often records the database could not take are written again ([`ControlPlane::record_fact`]).
+const PENDING_RETRY: Duration = Duration::from_millis(250);
+
 /// Most bytes of a dead process's log read for its last words.
 const LAST_WORDS: u64 = 8 << 10;
 
@@ -1380,5 +1733,53 @@ mod tests {
         std::fs::write(&log, "praas: only this").unwrap();
         assert_eq!(last_words(&log).as_deref(), Some("only this"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A request's write that fails puts the record back as committed (live metrics kept); a
+    /// fact stays in memory, and the database takes it once the disk has room again.
+    #[test]
+    fn a_failed_write_leaves_the_record_as_committed_and_a_fact_is_written_later() {
+        let dir = std::env::temp_dir().join(format!("praas-save-{}", std::process::id()));
+        let tmpfs = praas_testkit::disk::Tmpfs::mount(&dir, 4);
+        let backend = Box::new(crate::backend::LocalBackend::new(PathBuf::from("praas")));
+        let plane = ControlPlane::open(ControlConfig::new(tmpfs.path().join("data")), backend).unwrap();
+        let store = &plane.inner.store;
+        let record = ProcessRecord::new("a", "p", Resources::default());
+        store.put_process(&record).unwrap();
+        let mut entry = Entry::new(record, 0);
+        let filler = tmpfs.fill("filler");
+        let big = Application {
+            name: "big".into(),
+            manifest: "#".repeat(1 << 20),
+            resources: Resources::default(),
+            secret: "s".into(),
+            slurm: None,
+        };
+        assert!(store.put_app(&big).unwrap_err().is_unavailable());
+
+        // A request: SWAPPED_OUT cannot be recorded.
+        entry.record.status = ProcessStatus::SwappedOut;
+        entry.record.data_addr = None;
+        entry.record.metrics.invocations = 7;
+        let error = plane.save(&mut entry).unwrap_err();
+        assert!(ControlError::from(error).disk_full());
+        assert_eq!(entry.record.status, ProcessStatus::Allocating, "as on disk");
+        assert_eq!(entry.record.metrics.invocations, 7, "live figures are not undone");
+
+        // A fact: memory has it at once; a request that fails after it goes back to it.
+        entry.record.status = ProcessStatus::Failure;
+        plane.record_fact(&mut entry);
+        assert_eq!(entry.record.status, ProcessStatus::Failure);
+        assert!(store.has_pending());
+        entry.record.status = ProcessStatus::Closing;
+        assert!(plane.save(&mut entry).is_err());
+        assert_eq!(entry.record.status, ProcessStatus::Failure);
+
+        // Room again: the retry thread writes the fact, no other write needed.
+        std::fs::remove_file(filler).unwrap();
+        praas_testkit::wait_until(Duration::from_secs(5), "the fact to be written", || !store.has_pending());
+        let on_disk = store.processes().unwrap();
+        assert_eq!(on_disk.len(), 1);
+        assert_eq!(on_disk[0].status, ProcessStatus::Failure);
     }
 }

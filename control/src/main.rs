@@ -261,6 +261,9 @@ enum ProcessCommand {
         app: String,
         /// Process name.
         name: String,
+        /// Delete also a swapped-out process, whose snapshot (its only state) goes with it.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -622,8 +625,9 @@ fn process(api: &Api, command: ProcessCommand, json: bool) -> Result<(), Failure
             let stats: Vec<praas_control::metrics::FunctionStats> = api.get(&routes::stats(&app, &name))?;
             print(&stats, json, |s, out| cli::print_function_stats(s, out))
         }
-        ProcessCommand::Delete { app, name } => {
-            let answer: serde_json::Value = api.delete(&routes::process(&app, &name))?;
+        ProcessCommand::Delete { app, name, force } => {
+            let path = routes::process(&app, &name);
+            let answer: serde_json::Value = api.delete(&if force { format!("{path}?force=true") } else { path })?;
             print(&answer, json, |_, out| writeln!(out, "deleted process {app}/{name}"))
         }
     }

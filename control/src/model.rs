@@ -99,8 +99,13 @@ pub struct ProcessRecord {
     /// Its Slurm job (`12`, job mode) or job step (`12.3`, pool mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// Why it failed, when `status` is FAILURE.
+    /// Why it failed, when `status` is FAILURE; when SWAPPED_OUT, why its last swap-in did not
+    /// succeed (a damaged or missing snapshot, the process's own words).
     pub error: Option<String>,
+    /// The swap-out under way (SWAPPING_OUT), or the last one recorded: the id its snapshot's
+    /// manifest carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_id: Option<String>,
     /// The last swap.
     pub swap: Option<SwapInfo>,
     /// Counters last reported.
@@ -127,6 +132,7 @@ impl ProcessRecord {
             node: None,
             job: None,
             error: None,
+            swap_id: None,
             swap: None,
             metrics: Metrics::default(),
             swap_progress: None,

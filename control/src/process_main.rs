@@ -307,6 +307,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
     let swap_store = options.swap_dir.as_ref().map(SwapStore::new);
     if options.restore {
         let store = swap_store.as_ref().ok_or(ProcessMainError::RestoreWithoutSwapDir)?;
+        praas_dataplane::swap::test_pause("restore");
         let snapshot = store.read(&options.app, &options.id).map_err(ProcessMainError::SwapIn)?;
         snapshot.restore_state(process.state());
         process.restore_mailbox(&snapshot.mailbox).map_err(ProcessMainError::RestoreMailbox)?;
@@ -351,6 +352,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         metrics_interval: options.metrics_interval,
         drain_timeout: Duration::from_secs(120),
         restored: options.restore,
+        commit_timeout: Duration::from_secs(30),
     };
     match run_control_link(&process, &link) {
         LinkEnd::SwappedOut(report) => {

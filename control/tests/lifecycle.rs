@@ -68,12 +68,15 @@ fn every_lifecycle_transition_and_every_invalid_one() {
     let _: serde_json::Value = api.delete("/apps/demo/processes/p1").unwrap();
     expect_status(api.get("/apps/demo/processes/p1"), 404);
 
-    // A swapped-out process can be deleted, and its swap data goes with it.
+    // A swapped-out process can be deleted, with ?force=true only (its snapshot is its state),
+    // and its swap data goes with it.
     let _: ProcessRecord = api.put("/apps/demo/processes/p2", &serde_json::json!({})).unwrap();
     let _: ProcessRecord = api.post("/apps/demo/processes/p2/swap").unwrap();
     let swap_folder = cp.data_dir.join("swap/demo/p2");
     assert!(swap_folder.exists());
-    let _: serde_json::Value = api.delete("/apps/demo/processes/p2").unwrap();
+    assert_eq!(api.delete::<serde_json::Value>("/apps/demo/processes/p2").unwrap_err().status(), Some(409));
+    assert!(swap_folder.exists());
+    let _: serde_json::Value = api.delete("/apps/demo/processes/p2?force=true").unwrap();
     assert!(!swap_folder.exists(), "deleting a process removes its swap data");
 
     // The application can go once it has no processes.

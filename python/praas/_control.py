@@ -431,9 +431,11 @@ class ControlPlane:
         """Stops the process (SIGTERM, SIGKILL after 10 s); answers once CLOSED."""
         return self._json("POST", _path("apps", app, "processes", name, "stop"))
 
-    def delete_process(self, app: str, name: str) -> None:
-        """Deletes a SWAPPED_OUT, CLOSED or FAILURE process and its swap data."""
-        self._json("DELETE", _path("apps", app, "processes", name))
+    def delete_process(self, app: str, name: str, force: bool = False) -> None:
+        """Deletes a SWAPPED_OUT, CLOSED or FAILURE process and its swap data. A SWAPPED_OUT
+        process's snapshot is its only state: without ``force`` deleting one is refused (409)."""
+        path = _path("apps", app, "processes", name)
+        self._json("DELETE", path + "?force=true" if force else path)
 
     def wait_status(self, app: str, name: str, status: Union[str, Iterable[str]], timeout: float = 60.0) -> ProcessInfo:
         """Polls the process until its status is ``status`` (or one of several); raises

@@ -1,7 +1,8 @@
 //! Scaffolding for this workspace's tests, never part of a production build (a dev-dependency
 //! of the crates whose tests use it, `publish = false`): build the example function libraries,
 //! start a real process on a real socket ([`serve`]), speak raw bytes to one ([`raw`]), and wait
-//! for a condition with a deadline instead of sleeping ([`wait_until`], [`linux`]).
+//! for a condition with a deadline instead of sleeping ([`wait_until`], [`linux`]), fill a small
+//! filesystem for full-disk tests ([`disk`]), flood a process with connections ([`flood`]).
 //!
 //! Environment variables honoured: `PRAAS_EXAMPLE_FUNCTIONS` (the example library to use instead
 //! of building it, as in the SoftRoCE VM), `CARGO`, `CARGO_TARGET_DIR`, `CC`, `PRAAS_RDMA_ADDR`
@@ -15,6 +16,8 @@ use praas_dataplane::function::{ExecutionMode, FunctionSpec, Manifest};
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
 
+#[cfg(target_os = "linux")]
+pub mod disk;
 #[cfg(target_os = "linux")]
 pub mod flood;
 #[cfg(target_os = "linux")]

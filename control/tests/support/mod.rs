@@ -19,6 +19,10 @@ pub struct ControlPlaneProcess {
     pub data_dir: PathBuf,
     pub api: Api,
     extra_args: Vec<String>,
+    /// Environment variables set for the control plane (and so for the processes it starts).
+    envs: Vec<(String, String)>,
+    /// Where its standard error goes when not inherited ([`ControlPlaneProcess::start_logged`]).
+    log: Option<PathBuf>,
 }
 
 /// The `praas` binary cargo built for these tests, or the one `PRAAS_BIN` names (the SoftRoCE VM
@@ -37,13 +41,21 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
+fn spawn(data_dir: &Path, extra_args: &[String], envs: &[(String, String)], log: Option<&Path>) -> (Child, String) {
+    let stderr = match log {
+        Some(log) => {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("the control log");
+            Stdio::from(file)
+        }
+        None => Stdio::inherit(),
+    };
     let mut child = praas()
         .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "50", "--data-dir"])
         .arg(data_dir)
         .args(extra_args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("praas control serve starts");
     let mut line = String::new();
@@ -69,15 +81,37 @@ impl ControlPlaneProcess {
 
     pub fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, http) = spawn(&data_dir, &extra_args);
+        let (child, http) = spawn(&data_dir, &extra_args, &[], None);
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args }
+        Self { child, http, data_dir, api, extra_args, envs: Vec::new(), log: None }
+    }
+
+    /// A control plane with `envs` set, its standard error (its log) appended to
+    /// `DATA/control.log` across restarts ([`ControlPlaneProcess::control_log`]).
+    pub fn start_logged(name: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let data_dir = temp_dir(name);
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let log = data_dir.join("control.log");
+        let (child, http) = spawn(&data_dir, &extra_args, &envs, Some(&log));
+        let api = api_of(&http, &data_dir);
+        Self { child, http, data_dir, api, extra_args, envs, log: Some(log) }
+    }
+
+    /// What the control plane logged so far (empty unless started with `start_logged`).
+    pub fn control_log(&self) -> String {
+        self.log.as_ref().and_then(|log| std::fs::read_to_string(log).ok()).unwrap_or_default()
+    }
+
+    /// What process `name` of `app` logged so far.
+    pub fn process_log(&self, app: &str, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join("logs").join(format!("{app}.{name}.log"))).unwrap_or_default()
     }
 
     /// Takes over a control plane a test started itself (killed with its processes when dropped).
     pub fn adopt(child: Child, http: String, data_dir: PathBuf) -> Self {
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args: Vec::new() }
+        Self { child, http, data_dir, api, extra_args: Vec::new(), envs: Vec::new(), log: None }
     }
 
     /// Whether the control plane's OS process still runs.
@@ -91,9 +125,11 @@ impl ControlPlaneProcess {
         self.child.wait().unwrap();
     }
 
-    /// Starts a new control plane on the same data folder (after `kill9`).
+    /// Starts a new control plane on the same data folder (after `kill9`), without the
+    /// environment it started with.
     pub fn restart(&mut self) {
-        let (child, http) = spawn(&self.data_dir, &self.extra_args);
+        self.envs.clear();
+        let (child, http) = spawn(&self.data_dir, &self.extra_args, &self.envs, self.log.as_deref());
         self.child = child;
         self.api = api_of(&http, &self.data_dir);
         self.http = http;

@@ -8,11 +8,20 @@
 //!    proof of the application's secret ([`praas_wire::auth`]) and the process's [`Registration`];
 //! 3. control plane → process: `Response`, status `Ok` (registered) or an error (refused);
 //! 4. then, any time: process → control plane `Metrics` ([`MetricsReport`]) every interval;
-//!    control plane → process `PeerUpdate` ([`PeerList`]) and `SwapRequest`, answered by
-//!    `SwapConfirm` ([`SwapConfirmation`]) after which a swapped-out process exits.
+//!    control plane → process `PeerUpdate` ([`PeerList`]) and `SwapRequest` ([`SwapOrder`]),
+//!    answered by `SwapConfirm` ([`SwapConfirmation`]); the control plane records SWAPPED_OUT and
+//!    answers `SwapCommit` ([`SwapDecision`]), after which a swapped-out process exits.
 //!
 //! A process whose channel breaks keeps serving and reconnects with back-off: a control plane
 //! that restarts finds its processes registering again.
+//!
+//! A swap-out is a transaction between the process, the swap store and the control plane's
+//! database: the process exits only once the control plane said SWAPPED_OUT is recorded. Until
+//! then it stays drained (invocations refused with a retryable status, the mailbox paused),
+//! whatever happens to the connection; if the connection breaks it reconnects and registers
+//! with the swap it still waits for ([`Registration::pending_swap`]), and the control plane's
+//! answer ([`RegistrationAnswer`]) says whether that swap was recorded (exit) or not (serve on
+//! with the state it kept).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -62,6 +71,37 @@ pub struct Registration {
     pub pid: u32,
     /// Whether it started from a swapped-out snapshot.
     pub restored: bool,
+    /// The swap-out whose snapshot it wrote and confirmed without hearing whether the control
+    /// plane recorded it (the connection broke first); it is drained meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_swap: Option<String>,
+}
+
+/// The payload of the control plane's `Ok` to a registration (empty from older control planes:
+/// the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationAnswer {
+    /// The registration's pending swap is recorded as SWAPPED_OUT: the process exits.
+    #[serde(default)]
+    pub swap_committed: bool,
+}
+
+/// The payload of a `SwapRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapOrder {
+    /// The swap-out's id, written into the snapshot's manifest and echoed by the confirmation.
+    #[serde(default)]
+    pub swap_id: String,
+}
+
+/// The payload of a `SwapCommit`: what the control plane made of a confirmed swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapDecision {
+    /// The swap-out it is about.
+    pub swap_id: String,
+    /// `true`: SWAPPED_OUT is recorded, the process exits; `false`: the swap is abandoned (the
+    /// control plane gave up on it, or could not record it), the process serves on.
+    pub committed: bool,
 }
 
 /// The process's half of the handshake.
@@ -219,6 +259,9 @@ fn counters(process: &Process, functions: Vec<FunctionReport>) -> MetricsReport 
 pub struct SwapConfirmation {
     /// What was written, or why nothing was.
     pub result: Result<SwapReport, String>,
+    /// The [`SwapOrder::swap_id`] it answers (empty from older processes).
+    #[serde(default)]
+    pub swap_id: String,
 }
 
 /// Decodes the JSON payload of a control-channel frame.
@@ -352,6 +395,9 @@ pub struct ControlLinkOptions {
     pub drain_timeout: Duration,
     /// Whether the process started from a snapshot.
     pub restored: bool,
+    /// Longest wait, after a confirmed swap, for the control plane's decision on one connection
+    /// before the process reconnects to ask again (it stays drained meanwhile).
+    pub commit_timeout: Duration,
 }
 
 /// Why the control link ended.
@@ -376,11 +422,13 @@ pub fn run_control_link(process: &Arc<Process>, options: &ControlLinkOptions) ->
     // Kept across reconnections: a report a broken connection did not deliver is not sent again,
     // and none is counted twice.
     let mut reporter = Reporter::default();
+    // A confirmed swap whose outcome the process has not heard yet, kept across reconnections.
+    let mut pending: Option<Pending> = None;
     loop {
         match TcpStream::connect_timeout(&options.control_addr, Duration::from_secs(5)) {
             Ok(stream) => {
                 backoff = Duration::from_millis(50);
-                match session(process, options, &mut reporter, FrameStream::new(stream)) {
+                match session(process, options, &mut reporter, &mut pending, FrameStream::new(stream)) {
                     Ok(end) => return end,
                     Err(e) => tracing::warn!("control channel to {} broke: {e}; reconnecting", options.control_addr),
                 }
@@ -392,10 +440,24 @@ pub fn run_control_link(process: &Arc<Process>, options: &ControlLinkOptions) ->
     }
 }
 
+/// A swap the process wrote and confirmed, waiting for the control plane's decision.
+#[derive(Debug)]
+struct Pending {
+    swap_id: String,
+    report: SwapReport,
+}
+
+/// Resumes a process after a swap that did not happen: invocations and messages again.
+fn resume(process: &Process) {
+    process.mailbox().resume();
+    process.resume();
+}
+
 fn session(
     process: &Arc<Process>,
     options: &ControlLinkOptions,
     reporter: &mut Reporter,
+    pending: &mut Option<Pending>,
     mut channel: FrameStream,
 ) -> io::Result<LinkEnd> {
     let config = process.config();
@@ -415,6 +477,7 @@ fn session(
             transport: options.transport.clone(),
             pid: std::process::id(),
             restored: options.restored,
+            pending_swap: pending.as_ref().map(|p| p.swap_id.clone()),
         },
     };
     let who = format!("{}/{}", config.app, config.id);
@@ -427,6 +490,16 @@ fn session(
         return Ok(LinkEnd::Refused(String::from_utf8_lossy(&answer.meta).into_owned()));
     }
     tracing::info!(control = %options.control_addr, "registered with the control plane");
+    if let Some(swap) = pending.take() {
+        let verdict: RegistrationAnswer =
+            if answer.payload.is_empty() { RegistrationAnswer::default() } else { read_json(&answer)? };
+        if verdict.swap_committed {
+            tracing::info!(swap = swap.swap_id, "the control plane recorded the swap");
+            return Ok(LinkEnd::SwappedOut(swap.report));
+        }
+        tracing::warn!(swap = swap.swap_id, "the control plane did not record the swap: serving on");
+        resume(process);
+    }
     let mut next_metrics = Instant::now();
     loop {
         if Instant::now() >= next_metrics {
@@ -437,10 +510,26 @@ fn session(
         let Some(frame) = channel.recv(wait)? else { continue };
         match frame.header.kind {
             MessageKind::SwapRequest => {
-                let confirmation = swap_out(process, options);
+                // Older control planes send no order (`null`): a swap without an id.
+                let order: SwapOrder = read_json(&frame).unwrap_or_default();
+                let confirmation = swap_out(process, options, &order.swap_id);
+                if let Ok(report) = &confirmation.result {
+                    *pending = Some(Pending { swap_id: order.swap_id.clone(), report: report.clone() });
+                }
                 write_json(&mut channel.stream, MessageKind::SwapConfirm, b"", &confirmation)?;
-                if let Ok(report) = confirmation.result {
-                    return Ok(LinkEnd::SwappedOut(report));
+                if let Some(swap) = pending.take() {
+                    match await_decision(&mut channel, &swap.swap_id, options.commit_timeout) {
+                        Ok(true) => return Ok(LinkEnd::SwappedOut(swap.report)),
+                        Ok(false) => {
+                            tracing::warn!(swap = swap.swap_id, "the control plane abandoned the swap: serving on");
+                            resume(process);
+                        }
+                        Err(e) => {
+                            // Still drained: the next registration asks what became of it.
+                            *pending = Some(swap);
+                            return Err(e);
+                        }
+                    }
                 }
             }
             MessageKind::PeerUpdate => {
@@ -456,39 +545,85 @@ fn session(
     }
 }
 
+/// Waits for the control plane's decision on swap `swap_id`: `true` once SWAPPED_OUT is
+/// recorded, `false` when it abandoned the swap; an error when the connection breaks or no
+/// decision comes within `timeout`.
+fn await_decision(channel: &mut FrameStream, swap_id: &str, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = channel.recv(left)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::TimedOut, format!("no decision on swap {swap_id} within {timeout:?}"))
+        })?;
+        match frame.header.kind {
+            MessageKind::SwapCommit => {
+                let decision: SwapDecision = read_json(&frame)?;
+                if decision.swap_id == swap_id {
+                    return Ok(decision.committed);
+                }
+                tracing::warn!("a decision on swap {} while waiting for {swap_id}: ignored", decision.swap_id);
+            }
+            MessageKind::Ping => {
+                let pong = Header { kind: MessageKind::Pong, ..frame.header };
+                channel.send(pong, &[], &frame.payload)?;
+            }
+            // Peer updates and the like wait: the process serves nobody while it waits.
+            _ => {}
+        }
+    }
+}
+
 /// Drains the process and writes its snapshot; on failure the process serves on.
 ///
 /// Order matters: the mailbox stops taking messages (senders get a clear "swapping out" error
 /// instead of a message that would be lost), the invocations in flight finish (they may still
 /// get messages), and only then are state and messages written.
-fn swap_out(process: &Process, options: &ControlLinkOptions) -> SwapConfirmation {
+fn swap_out(process: &Process, options: &ControlLinkOptions, swap_id: &str) -> SwapConfirmation {
     let config = process.config();
     process.mailbox().pause();
-    let resume = || {
-        process.mailbox().resume();
-        process.resume();
-    };
+    let swap_id_owned = swap_id.to_owned();
     if !process.drain(options.drain_timeout) {
-        resume();
+        resume(process);
         let busy = process.in_flight();
         return SwapConfirmation {
             result: Err(format!("{busy} invocations still running after {:?}", options.drain_timeout)),
+            swap_id: swap_id_owned,
         };
     }
+    crate::swap::test_pause("drained");
     let mailbox = process.mailbox().snapshot();
     let result = options
         .swap_store
-        .write(&config.app, &config.id, process.state(), &mailbox, options.files_dir.as_deref())
+        .write_swap(swap_id, &config.app, &config.id, process.state(), &mailbox, options.files_dir.as_deref())
         .map_err(|e| e.to_string());
-    if result.is_err() {
-        resume();
+    match &result {
+        Ok(_) => crate::swap::test_pause("renamed"),
+        Err(_) => resume(process),
     }
-    SwapConfirmation { result }
+    SwapConfirmation { result, swap_id: swap_id_owned }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swap_messages_of_older_peers_still_parse() {
+        // An older control plane's request carries no order, its registration answer nothing.
+        let order: SwapOrder = serde_json::from_str("null").unwrap_or_default();
+        assert_eq!(order.swap_id, "");
+        let answer: RegistrationAnswer = serde_json::from_str("{}").unwrap();
+        assert!(!answer.swap_committed);
+        // An older process's confirmation and registration have no swap id.
+        let old = r#"{"result":{"Ok":{"bytes":5,"secs":0.5,"files":2}}}"#;
+        let confirmation: SwapConfirmation = serde_json::from_str(old).unwrap();
+        assert_eq!((confirmation.swap_id.as_str(), confirmation.result.unwrap().bytes), ("", 5));
+        let old = r#"{"app":"a","process":"p","data_addr":"h:1","pid":7,"restored":false}"#;
+        let registration: Registration = serde_json::from_str(old).unwrap();
+        assert_eq!(registration.pending_swap, None);
+        let text = serde_json::to_string(&registration).unwrap();
+        assert!(!text.contains("pending_swap"), "{text}");
+    }
 
     #[test]
     fn hex_round_trips() {

@@ -10,9 +10,16 @@
 //! - `files/...`: the process's state files;
 //! - `manifest.json`: format version, app, process, and every file's size and CRC-32.
 //!
-//! A snapshot is written into a fresh temporary folder, every file synced, then renamed into
-//! place: a crash mid-swap leaves only a temporary folder, which swap-in ignores (and the next
-//! swap removes). Swap-in checks every size and checksum before anything is restored.
+//! A snapshot is written into a fresh temporary folder, every file synced, then exchanged with
+//! the previous one in one atomic rename (`RENAME_EXCHANGE`): a crash at any point leaves either
+//! the previous snapshot or the complete new one in place, never neither, and at most a temporary
+//! folder, which swap-in ignores (and the next swap removes). Swap-in checks every size and
+//! checksum before anything is restored. A snapshot carries the id of the swap-out that wrote it
+//! ([`SnapshotManifest::swap_id`]): a control plane that restarted mid-swap tells by it whether
+//! the snapshot in place is the one it asked for.
+//!
+//! Test hook: `PRAAS_TEST_PAUSE_SWAP=STEP:MS[,STEP:MS...]` pauses a swap for `MS` milliseconds at
+//! the named step ([`test_pause`]); unset (always, outside tests), it does nothing.
 //!
 //! A process's state is its owner's alone, also on a shared machine: every folder the store
 //! creates is `0700` and every file it writes `0600`, whatever the umask, and the folders of an
@@ -122,6 +129,9 @@ pub struct SnapshotManifest {
     pub created_ns: u64,
     /// Number of state keys.
     pub state_keys: u64,
+    /// The id of the swap-out that wrote it (empty: written outside a control plane's swap).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub swap_id: String,
     /// Every file of the snapshot.
     pub entries: Vec<ManifestEntry>,
 }
@@ -246,6 +256,19 @@ impl SwapStore {
         mailbox: &[u8],
         files: Option<&Path>,
     ) -> Result<SwapReport, SwapError> {
+        self.write_swap("", app, process, state, mailbox, files)
+    }
+
+    /// [`SwapStore::write`] for the swap-out `swap_id`, which the manifest records.
+    pub fn write_swap(
+        &self,
+        swap_id: &str,
+        app: &str,
+        process: &str,
+        state: &StateStore,
+        mailbox: &[u8],
+        files: Option<&Path>,
+    ) -> Result<SwapReport, SwapError> {
         let started = Instant::now();
         let folder = self.folder(app, process)?;
         create_private_dirs(&folder)?;
@@ -256,7 +279,7 @@ impl SwapStore {
         }
         let tmp = folder.join(format!(".tmp-{}-{}", std::process::id(), crate::state::now_ns()));
         create_private_dir(&tmp)?;
-        let result = write_snapshot(&tmp, app, process, state, mailbox, files);
+        let result = write_snapshot(&tmp, swap_id, app, process, state, mailbox, files);
         let manifest = match result {
             Ok(manifest) => manifest,
             Err(err) => {
@@ -264,15 +287,24 @@ impl SwapStore {
                 return Err(err);
             }
         };
-        // Replace the previous snapshot: move it aside and the new one in. Deleting the old one
-        // (hundreds of MiB) would double the swap's time: `collect_garbage` does it afterwards,
-        // off the swap's path.
+        // Replace the previous snapshot: exchange it with the new one in one rename, then move it
+        // aside. Deleting the old one (hundreds of MiB) would double the swap's time:
+        // `collect_garbage` does it afterwards, off the swap's path.
         let target = folder.join(SNAPSHOT_DIR);
         if target.exists() {
             let old = folder.join(format!(".old-{}", crate::state::now_ns()));
-            fs::rename(&target, &old).map_err(io_at(&target))?;
+            if exchange(&tmp, &target).map_err(io_at(&target))? {
+                // `tmp` now holds the previous snapshot.
+                fs::rename(&tmp, &old).map_err(io_at(&tmp))?;
+            } else {
+                // A filesystem without RENAME_EXCHANGE: two renames, with a moment between them
+                // when only the folder's `.old-` and `.tmp-` ones hold the snapshots.
+                fs::rename(&target, &old).map_err(io_at(&target))?;
+                fs::rename(&tmp, &target).map_err(io_at(&tmp))?;
+            }
+        } else {
+            fs::rename(&tmp, &target).map_err(io_at(&tmp))?;
         }
-        fs::rename(&tmp, &target).map_err(io_at(&tmp))?;
         sync_dir(&folder)?;
         Ok(SwapReport { bytes: manifest.bytes(), secs: started.elapsed().as_secs_f64(), files: manifest.entries.len() })
     }
@@ -282,23 +314,33 @@ impl SwapStore {
         self.folder(app, process).map(|f| read_manifest(&f.join(SNAPSHOT_DIR)).is_ok()).unwrap_or(false)
     }
 
+    /// The manifest of the snapshot in place, unverified ([`SwapError::Missing`] if none).
+    pub fn manifest(&self, app: &str, process: &str) -> Result<SnapshotManifest, SwapError> {
+        read_manifest(&self.folder(app, process)?.join(SNAPSHOT_DIR))
+    }
+
+    /// Checks every size and checksum of the snapshot in place, reading each file once and
+    /// keeping none of it in memory; returns its manifest.
+    pub fn verify(&self, app: &str, process: &str) -> Result<SnapshotManifest, SwapError> {
+        let dir = self.folder(app, process)?.join(SNAPSHOT_DIR);
+        let manifest = read_manifest(&dir)?;
+        check_manifest(&dir, &manifest, app, process)?;
+        for entry in &manifest.entries {
+            let (bytes, crc) = checksum_file(&dir.join(&entry.path))?;
+            check_entry(&dir, entry, bytes, crc)?;
+        }
+        Ok(manifest)
+    }
+
     /// Reads and verifies the snapshot of a process.
     pub fn read(&self, app: &str, process: &str) -> Result<Snapshot, SwapError> {
         let dir = self.folder(app, process)?.join(SNAPSHOT_DIR);
         let manifest = read_manifest(&dir)?;
         let damaged = |reason: String| SwapError::Damaged { path: dir.clone(), reason };
-        if manifest.version != SNAPSHOT_VERSION {
-            return Err(damaged(format!("version {} (this build reads {SNAPSHOT_VERSION})", manifest.version)));
-        }
-        if manifest.app != app || manifest.process != process {
-            return Err(damaged(format!("it belongs to {}/{}", manifest.app, manifest.process)));
-        }
+        check_manifest(&dir, &manifest, app, process)?;
         let mut state = Vec::new();
         let mut mailbox = Vec::new();
         for entry in &manifest.entries {
-            if entry.path.contains("..") || entry.path.starts_with('/') {
-                return Err(damaged(format!("entry path {:?} leaves the snapshot", entry.path)));
-            }
             let path = dir.join(&entry.path);
             let (bytes, crc) = match entry.path.as_str() {
                 STATE_FILE => read_state(&path, &mut state).map_err(|e| match e {
@@ -312,12 +354,7 @@ impl SwapStore {
                 }
                 _ => checksum_file(&path)?,
             };
-            if bytes != entry.bytes || crc != entry.crc32 {
-                return Err(damaged(format!(
-                    "{}: {bytes} bytes with CRC {crc:08x}, the manifest says {} bytes with CRC {:08x}",
-                    entry.path, entry.bytes, entry.crc32
-                )));
-            }
+            check_entry(&dir, entry, bytes, crc)?;
         }
         Ok(Snapshot { manifest, state, mailbox, files_dir: dir.join(FILES_DIR) })
     }
@@ -339,6 +376,76 @@ impl SwapStore {
     pub fn collect_garbage(&self, app: &str, process: &str) -> Result<(), SwapError> {
         remove_leftovers(&self.folder(app, process)?);
         Ok(())
+    }
+}
+
+/// Checks what a manifest says of itself: its version, whose it is, and that no entry's path
+/// leaves the snapshot.
+fn check_manifest(dir: &Path, manifest: &SnapshotManifest, app: &str, process: &str) -> Result<(), SwapError> {
+    let damaged = |reason: String| Err(SwapError::Damaged { path: dir.to_path_buf(), reason });
+    if manifest.version != SNAPSHOT_VERSION {
+        return damaged(format!("version {} (this build reads {SNAPSHOT_VERSION})", manifest.version));
+    }
+    if manifest.app != app || manifest.process != process {
+        return damaged(format!("it belongs to {}/{}", manifest.app, manifest.process));
+    }
+    match manifest.entries.iter().find(|e| e.path.contains("..") || e.path.starts_with('/')) {
+        Some(entry) => damaged(format!("entry path {:?} leaves the snapshot", entry.path)),
+        None => Ok(()),
+    }
+}
+
+/// Checks the size and CRC a file was read with against its manifest entry.
+fn check_entry(dir: &Path, entry: &ManifestEntry, bytes: u64, crc: u32) -> Result<(), SwapError> {
+    if bytes == entry.bytes && crc == entry.crc32 {
+        return Ok(());
+    }
+    Err(SwapError::Damaged {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "{}: {bytes} bytes with CRC {crc:08x}, the manifest says {} bytes with CRC {:08x}",
+            entry.path, entry.bytes, entry.crc32
+        ),
+    })
+}
+
+/// Exchanges the folders `a` and `b` atomically (`renameat2` with `RENAME_EXCHANGE`); `Ok(false)`
+/// where the filesystem cannot (nothing changed then).
+fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let b = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both paths are NUL-terminated C strings that live until the call returns; the call
+    // reads them only and touches no memory of ours otherwise.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// Test hook: pauses for `MS` milliseconds when `PRAAS_TEST_PAUSE_SWAP` names `step` (a list of
+/// `STEP:MS`, comma-separated), logging that it does so; does nothing when it is unset. The fault
+/// tests (`control/tests/swap_faults.rs`) kill the control plane or the process while a swap
+/// waits here. Steps of a process: `drained` (nothing written yet), `state-written` (the
+/// temporary folder holds `state.bin`, no manifest), `renamed` (the snapshot is in place, not yet
+/// confirmed), `restore` (a swap-in, before the snapshot is read); of the control plane:
+/// `request` (SWAPPING_OUT recorded, the request not sent), `confirmed` (the confirmation read,
+/// SWAPPED_OUT not recorded), `recorded` (SWAPPED_OUT recorded, the commit not sent).
+pub fn test_pause(step: &str) {
+    let Some(spec) = std::env::var_os("PRAAS_TEST_PAUSE_SWAP") else { return };
+    let spec = spec.to_string_lossy();
+    let pause = spec.split(',').find_map(|item| {
+        let (name, ms) = item.split_once(':')?;
+        (name.trim() == step).then(|| ms.trim().parse::<u64>().ok()).flatten()
+    });
+    if let Some(ms) = pause {
+        tracing::warn!("test hook PRAAS_TEST_PAUSE_SWAP: paused at swap step {step} for {ms} ms");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 
@@ -410,6 +517,7 @@ fn finish_checked(path: &Path, rel: &str, writer: Checked<BufWriter<File>>) -> R
 
 fn write_snapshot(
     dir: &Path,
+    swap_id: &str,
     app: &str,
     process: &str,
     state: &StateStore,
@@ -447,6 +555,7 @@ fn write_snapshot(
         return Err(SwapError::Io { path, source });
     }
     entries.push(finish_checked(&path, STATE_FILE, writer)?);
+    test_pause("state-written");
     // Undelivered messages.
     let path = dir.join(MAILBOX_FILE);
     let mut writer = create_checked(&path)?;
@@ -462,6 +571,7 @@ fn write_snapshot(
         process: process.to_owned(),
         created_ns: crate::state::now_ns(),
         state_keys: keys,
+        swap_id: swap_id.to_owned(),
         entries,
     };
     let path = dir.join(MANIFEST);
@@ -676,6 +786,47 @@ mod tests {
         assert!(!store.exists("app", "p"));
         assert!(matches!(store.read("app", "p"), Err(SwapError::Missing(_))));
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_carries_its_swap_id_and_verify_checks_every_file() {
+        let root = temp("verify");
+        let store = SwapStore::new(&root);
+        let state = StateStore::default();
+        state.put("k", vec![3u8; 100_000]).unwrap();
+        store.write_swap("swap-1", "app", "p", &state, b"mail", None).unwrap();
+        assert_eq!(store.verify("app", "p").unwrap().swap_id, "swap-1");
+        assert_eq!(store.manifest("app", "p").unwrap().swap_id, "swap-1");
+        // The second replaces the first in one exchange: the first waits beside it, whole.
+        state.put("k", vec![4u8; 100_000]).unwrap();
+        store.write_swap("swap-2", "app", "p", &state, b"", None).unwrap();
+        assert_eq!(store.verify("app", "p").unwrap().swap_id, "swap-2");
+        let old: Vec<PathBuf> = fs::read_dir(root.join("app/p"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".old-"))
+            .collect();
+        assert_eq!(old.len(), 1, "{old:?}");
+        let manifest: SnapshotManifest = serde_json::from_slice(&fs::read(old[0].join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest.swap_id, "swap-1");
+        // One flipped byte anywhere, and the mailbox file too: damaged, with the file named.
+        let file = root.join("app/p/snapshot/mailbox.bin");
+        fs::write(&file, b"x").unwrap();
+        let error = store.verify("app", "p").unwrap_err().to_string();
+        assert!(error.contains("mailbox.bin: 1 bytes with CRC"), "{error}");
+        fs::write(&file, b"").unwrap();
+        store.verify("app", "p").unwrap();
+        let file = root.join("app/p/snapshot/state.bin");
+        let mut bytes = fs::read(&file).unwrap();
+        bytes[50_000] ^= 1;
+        fs::write(&file, &bytes).unwrap();
+        assert!(matches!(store.verify("app", "p"), Err(SwapError::Damaged { .. })));
+        // Manifests written before swap ids parse, with none.
+        let text = r#"{"version":1,"app":"a","process":"p","created_ns":1,"state_keys":0,"entries":[]}"#;
+        assert_eq!(serde_json::from_str::<SnapshotManifest>(text).unwrap().swap_id, "");
+        fs::remove_dir_all(&root).unwrap();
+        assert!(matches!(store.verify("app", "p"), Err(SwapError::Missing(_))));
     }
 
     /// Sets the process's umask to `mask` until dropped, then puts the previous one back.

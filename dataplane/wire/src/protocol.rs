@@ -43,6 +43,9 @@ pub enum MessageKind {
     Pong = 10,
     /// First frame of a control-channel connection: who is connecting, authenticated. Reserved.
     Hello = 11,
+    /// Control plane to process: the swap it confirmed is recorded (exit now) or abandoned (serve
+    /// on). Reserved.
+    SwapCommit = 12,
 }
 
 impl MessageKind {
@@ -60,6 +63,7 @@ impl MessageKind {
             9 => Self::Ping,
             10 => Self::Pong,
             11 => Self::Hello,
+            12 => Self::SwapCommit,
             _ => return None,
         })
     }
@@ -475,7 +479,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn kinds() -> impl Strategy<Value = MessageKind> {
-        (1u8..=11).prop_map(|b| MessageKind::from_u8(b).expect("every byte in 1..=11 is a kind"))
+        (1u8..=12).prop_map(|b| MessageKind::from_u8(b).expect("every byte in 1..=12 is a kind"))
     }
 
     proptest! {
