@@ -351,8 +351,8 @@ struct ServeArgs {
     /// milliseconds is closed.
     #[arg(long, default_value_t = ConnectionLimits::default().idle_timeout.as_millis() as u64)]
     idle_timeout_ms: u64,
-    /// A frame must be whole within this many milliseconds of its first byte, else its connection
-    /// is refused and closed.
+    /// A frame begun whose bytes stop arriving for this many milliseconds (a stalled header or
+    /// body) is refused and its connection closed; a frame that keeps arriving is never cut.
     #[arg(long, default_value_t = ConnectionLimits::default().header_timeout.as_millis() as u64)]
     header_timeout_ms: u64,
 }

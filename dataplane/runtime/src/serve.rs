@@ -399,8 +399,10 @@ pub struct ConnectionLimits {
     /// A connection with nothing in flight that sends nothing for this long is closed
     /// (`--idle-timeout-ms`).
     pub idle_timeout: Duration,
-    /// A frame whose first byte arrived must be whole within this long, else the connection is
-    /// refused and closed (`--header-timeout-ms`).
+    /// A frame begun must not stall: when none of its bytes arrived for this long, the
+    /// connection is refused and closed (`--header-timeout-ms`). A frame that keeps arriving is
+    /// never cut (a 1 GiB upload on a slow link); a trickle costs only the bytes it sent, within
+    /// the connection limits.
     pub header_timeout: Duration,
 }
 
@@ -554,7 +556,7 @@ pub struct Activity {
 pub enum Expiry {
     /// Nothing in flight and nothing received for the idle timeout: closed without a word.
     Idle,
-    /// A frame not whole within the header timeout of its first byte: refused, then closed.
+    /// A frame begun whose bytes stopped arriving for the header timeout: refused, then closed.
     Frame,
 }
 
@@ -585,7 +587,8 @@ impl Activity {
     /// or answers to send (never idle then).
     pub fn expired(&self, now: Instant, limits: &ConnectionLimits, busy: bool) -> Option<Expiry> {
         if let Some(since) = self.frame_since {
-            return (now.saturating_duration_since(since) >= limits.header_timeout).then_some(Expiry::Frame);
+            let quiet_since = since.max(self.last);
+            return (now.saturating_duration_since(quiet_since) >= limits.header_timeout).then_some(Expiry::Frame);
         }
         (!busy && now.saturating_duration_since(self.last) >= limits.idle_timeout).then_some(Expiry::Idle)
     }
@@ -597,7 +600,7 @@ impl Expiry {
         match self {
             Self::Idle => None,
             Self::Frame => Some(Refusal::malformed(format!(
-                "a frame was not whole within {} ms of its first byte (--header-timeout-ms): connection closed",
+                "a frame stalled: none of its bytes arrived for {} ms (--header-timeout-ms): connection closed",
                 limits.header_timeout.as_millis()
             ))),
         }
@@ -944,13 +947,15 @@ mod tests {
         assert_eq!(activity.expired(t0 + Duration::from_secs(9), &limits, false), None);
         assert_eq!(activity.expired(t0 + Duration::from_secs(10), &limits, false), Some(Expiry::Idle));
         assert_eq!(activity.expired(t0 + Duration::from_secs(60), &limits, true), None, "busy is not idle");
-        // A frame in part: its clock starts at its first look and does not restart with bytes.
+        // A frame in part: it expires once its bytes stop arriving for the header timeout, and
+        // each arrival restarts that clock (a slow but steady upload is not cut).
         activity.received(t0 + Duration::from_secs(1));
         activity.frame(t0 + Duration::from_secs(1), true);
+        assert_eq!(activity.expired(t0 + Duration::from_millis(2900), &limits, false), None);
         activity.received(t0 + Duration::from_secs(2));
         activity.frame(t0 + Duration::from_secs(2), true);
-        assert_eq!(activity.expired(t0 + Duration::from_millis(2900), &limits, false), None);
-        assert_eq!(activity.expired(t0 + Duration::from_secs(3), &limits, true), Some(Expiry::Frame));
+        assert_eq!(activity.expired(t0 + Duration::from_millis(3900), &limits, true), None, "bytes arrived at 2 s");
+        assert_eq!(activity.expired(t0 + Duration::from_secs(4), &limits, true), Some(Expiry::Frame));
         assert!(Expiry::Frame.refusal(&limits).unwrap().text.contains("--header-timeout-ms"));
         assert_eq!(Expiry::Idle.refusal(&limits), None);
         // The frame done: idle counts from its last bytes.
