@@ -4,7 +4,9 @@
  * Build (the dataplane tests do this):
  *     cc -shared -fPIC -O2 -I ffi/include ffi/examples/c_functions.c -o libc_functions.so
  *
- * Exports: c_echo, c_reverse, c_counter, c_call_echo, c_fail, c_process_id, c_msg_put, c_msg_get.
+ * Exports: c_echo, c_reverse, c_counter, c_call_echo, c_fail, c_process_id, c_msg_put, c_msg_get, and
+ * with ABI version 2 or later c_remote_call and c_fan_out (built against the version-1 header, kept
+ * in ffi/tests/v1/, the library has the others only and still runs on this runtime).
  */
 #include <praas.h>
 
@@ -191,3 +193,90 @@ PRAAS_FUNCTION(c_msg_get) {
     praas_release(ctx, &message);
     return status;
 }
+
+#if PRAAS_ABI_VERSION >= 2
+/* Input "process function input": invokes `function` of `process` (another process of the
+ * application) with the rest of the input and returns its output; its error is this function's. */
+PRAAS_FUNCTION(c_remote_call) {
+    const uint8_t *rest = input;
+    size_t rest_len = input_len;
+    const char *process = (const char *)rest;
+    size_t process_len = next_word(&rest, &rest_len);
+    const char *function = (const char *)rest;
+    size_t function_len = next_word(&rest, &rest_len);
+    if (process_len == 0 || function_len == 0) {
+        return fail_with(ctx, PRAAS_ERR_INVALID_ARGUMENT, "c_remote_call: input is \"process function input\"");
+    }
+    praas_bytes answer = {NULL, 0, NULL};
+    int32_t status = praas_remote_invoke(ctx, process, process_len, function, function_len, rest, rest_len, &answer);
+    if (status != PRAAS_OK) {
+        return fail_lent(ctx, status, &answer);
+    }
+    status = praas_output_write(ctx, output, answer.data, answer.len);
+    praas_release(ctx, &answer);
+    return status;
+}
+
+/* Input "p1,p2,... function input": submits `function` to every process listed at once, then
+ * waits for each as it completes. One line per process in the order they answered:
+ * "p ok OUTPUT" or "p err STATUS". At most 64 processes. */
+PRAAS_FUNCTION(c_fan_out) {
+    const uint8_t *rest = input;
+    size_t rest_len = input_len;
+    const uint8_t *list = rest;
+    size_t list_len = next_word(&rest, &rest_len);
+    const char *function = (const char *)rest;
+    size_t function_len = next_word(&rest, &rest_len);
+    uint64_t handles[64];
+    const uint8_t *names[64];
+    size_t name_lens[64];
+    size_t count = 0;
+    size_t start = 0;
+    for (size_t i = 0; i <= list_len; i++) {
+        if (i < list_len && list[i] != ',') {
+            continue;
+        }
+        if (i > start) {
+            if (count == 64) {
+                return fail_with(ctx, PRAAS_ERR_INVALID_ARGUMENT, "c_fan_out: at most 64 processes");
+            }
+            praas_bytes error = {NULL, 0, NULL};
+            int32_t status = praas_remote_submit(ctx, (const char *)list + start, i - start, function, function_len,
+                                                 rest, rest_len, &handles[count], &error);
+            if (status != PRAAS_OK) {
+                return fail_lent(ctx, status, &error);
+            }
+            praas_release(ctx, &error);
+            names[count] = list + start;
+            name_lens[count] = i - start;
+            count++;
+        }
+        start = i + 1;
+    }
+    int32_t status = PRAAS_OK;
+    while (count > 0 && status == PRAAS_OK) {
+        size_t index = 0;
+        praas_bytes answer = {NULL, 0, NULL};
+        int32_t got = praas_remote_wait(ctx, handles, count, &index, &answer);
+        char head[32];
+        int head_len = got == PRAAS_OK ? snprintf(head, sizeof head, " ok ") : snprintf(head, sizeof head, " err %d", (int)got);
+        status = praas_output_write(ctx, output, names[index], name_lens[index]);
+        if (status == PRAAS_OK) {
+            status = praas_output_write(ctx, output, head, (size_t)head_len);
+        }
+        if (status == PRAAS_OK && got == PRAAS_OK) {
+            status = praas_output_write(ctx, output, answer.data, answer.len);
+        }
+        if (status == PRAAS_OK) {
+            status = praas_output_write(ctx, output, "\n", 1);
+        }
+        praas_release(ctx, &answer);
+        /* The spent handle leaves the set: the last one takes its place. */
+        count--;
+        handles[index] = handles[count];
+        names[index] = names[count];
+        name_lens[index] = name_lens[count];
+    }
+    return status;
+}
+#endif

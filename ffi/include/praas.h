@@ -23,8 +23,15 @@
 extern "C" {
 #endif
 
-/** Version of this ABI; bumped on any incompatible change of the types below. */
-#define PRAAS_ABI_VERSION 1
+/**
+ * Version of this ABI; bumped on any change of the types below. Version 2 appended the remote
+ * invocation entries to praas_api (remote_invoke, remote_submit, remote_wait): a library built
+ * against version 1 reads only the entries before them and runs unchanged; the helpers below check
+ * ctx->api->abi_version before calling them.
+ */
+#define PRAAS_ABI_VERSION 2
+/** The first ABI version with remote invocations. */
+#define PRAAS_ABI_REMOTE 2
 
 /*
  * Status codes shared by the C ABI and the wire protocol (docs/protocol.md).
@@ -166,6 +173,34 @@ typedef struct praas_api {
      */
     int32_t (*get)(praas_context *ctx, const uint8_t *source, size_t source_len, const uint8_t *key, size_t key_len,
                    uint64_t timeout_ms, praas_bytes *message, praas_bytes *from);
+    /**
+     * (Version 2.) Invokes `function` of process `process` of the same application with `input`,
+     * over the peer connections that carry messages, within the invocation's deadline (which
+     * travels with the call), and lends its output. On an error status `output` holds the reason
+     * (lent): PRAAS_ERR_NOT_FOUND no such process, PRAAS_ERR_UNKNOWN_FUNCTION no such function, the
+     * callee's own status if it failed or panicked, PRAAS_ERR_TIMEOUT deadline passed,
+     * PRAAS_ERR_UNAVAILABLE swapped out, not running or unreachable, PRAAS_ERR_UNSUPPORTED from an
+     * inline function.
+     */
+    int32_t (*remote_invoke)(praas_context *ctx, const uint8_t *process, size_t process_len, const uint8_t *function,
+                             size_t function_len, const uint8_t *input, size_t input_len, praas_bytes *output);
+    /**
+     * (Version 2.) Starts the remote invocation remote_invoke makes and returns once its request is
+     * sent: `handle` receives the handle to wait for it with (remote_wait). Calls not waited for are
+     * dropped when the function returns. On an error status `error` (may be NULL) receives the
+     * reason (lent).
+     */
+    int32_t (*remote_submit)(praas_context *ctx, const uint8_t *process, size_t process_len, const uint8_t *function,
+                             size_t function_len, const uint8_t *input, size_t input_len, uint64_t *handle,
+                             praas_bytes *error);
+    /**
+     * (Version 2.) Waits for the first of the `count` calls `handles` names to finish; `index` (may
+     * be NULL) receives its position in `handles`, `output` its output or the reason of an error
+     * status (lent), and the status is returned. That handle is spent; the others stay in flight.
+     * An unknown handle: PRAAS_ERR_INVALID_ARGUMENT at its position.
+     */
+    int32_t (*remote_wait)(praas_context *ctx, const uint64_t *handles, size_t count, size_t *index,
+                           praas_bytes *output);
 } praas_api;
 
 /** The context of one invocation, valid only during the call that received it. */
@@ -332,6 +367,47 @@ static inline int32_t praas_get(praas_context *ctx, const char *source, size_t s
 /** Hands back bytes lent by the runtime, exactly once; a NULL owner makes it a no-op. */
 static inline void praas_release(praas_context *ctx, praas_bytes *bytes) {
     ctx->api->release(ctx, bytes);
+}
+
+/**
+ * Invokes `function` of process `process` of this application with `input`; `output` receives its
+ * output, or the reason of an error status (lent either way: hand it back with praas_release).
+ * PRAAS_ERR_UNSUPPORTED on a runtime older than ABI version 2.
+ */
+static inline int32_t praas_remote_invoke(praas_context *ctx, const char *process, size_t process_len,
+                                          const char *function, size_t function_len, const void *input,
+                                          size_t input_len, praas_bytes *output) {
+    if (ctx->api->abi_version < PRAAS_ABI_REMOTE) {
+        return PRAAS_ERR_UNSUPPORTED;
+    }
+    return ctx->api->remote_invoke(ctx, PRAAS_STR_(process), process_len, PRAAS_STR_(function), function_len,
+                                   PRAAS_DATA_(input), input_len, output);
+}
+
+/**
+ * Starts the remote invocation praas_remote_invoke makes; `handle` receives its handle for
+ * praas_remote_wait, `error` (may be NULL) the reason of an error status (lent).
+ */
+static inline int32_t praas_remote_submit(praas_context *ctx, const char *process, size_t process_len,
+                                          const char *function, size_t function_len, const void *input,
+                                          size_t input_len, uint64_t *handle, praas_bytes *error) {
+    if (ctx->api->abi_version < PRAAS_ABI_REMOTE) {
+        return PRAAS_ERR_UNSUPPORTED;
+    }
+    return ctx->api->remote_submit(ctx, PRAAS_STR_(process), process_len, PRAAS_STR_(function), function_len,
+                                   PRAAS_DATA_(input), input_len, handle, error);
+}
+
+/**
+ * Waits for the first of `count` submitted calls to finish: `index` receives its position in
+ * `handles`, `output` its output or error reason (lent). Wait for all by waiting for each.
+ */
+static inline int32_t praas_remote_wait(praas_context *ctx, const uint64_t *handles, size_t count, size_t *index,
+                                        praas_bytes *output) {
+    if (ctx->api->abi_version < PRAAS_ABI_REMOTE) {
+        return PRAAS_ERR_UNSUPPORTED;
+    }
+    return ctx->api->remote_wait(ctx, handles, count, index, output);
 }
 
 #ifdef __cplusplus

@@ -20,8 +20,13 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// Version of this ABI; bumped on any incompatible change of the types below.
-pub const PRAAS_ABI_VERSION: u32 = 1;
+/// Version of this ABI; bumped on any change of the types below. Version 2 appended the remote
+/// invocation entries to [`praas_api`] (`remote_invoke`, `remote_submit`, `remote_wait`): a
+/// library built against version 1 reads only the entries before them and runs unchanged; a
+/// library that calls them checks [`praas_api::abi_version`] first ([`Context`] does).
+pub const PRAAS_ABI_VERSION: u32 = 2;
+/// The first ABI version with remote invocations.
+pub const PRAAS_ABI_REMOTE: u32 = 2;
 
 /// Status codes shared by the C ABI and the wire protocol (`docs/protocol.md`).
 ///
@@ -180,6 +185,49 @@ pub struct praas_api {
         timeout_ms: u64,
         message: *mut praas_bytes,
         from: *mut praas_bytes,
+    ) -> i32,
+    /// (Version 2.) Invokes `function` of process `process` of the same application with
+    /// `input`, over the peer connections that carry messages, within the invocation's deadline
+    /// (which travels with the call), and lends its output. On an error status `output` holds the
+    /// reason (lent): `PRAAS_ERR_NOT_FOUND` no such process, `PRAAS_ERR_UNKNOWN_FUNCTION` no such
+    /// function, the callee's own status if it failed or panicked, `PRAAS_ERR_TIMEOUT` deadline
+    /// passed, `PRAAS_ERR_UNAVAILABLE` swapped out, not running or unreachable,
+    /// `PRAAS_ERR_UNSUPPORTED` from an inline function.
+    pub remote_invoke: unsafe extern "C" fn(
+        ctx: *mut praas_context,
+        process: *const u8,
+        process_len: usize,
+        function: *const u8,
+        function_len: usize,
+        input: *const u8,
+        input_len: usize,
+        output: *mut praas_bytes,
+    ) -> i32,
+    /// (Version 2.) Starts the remote invocation `remote_invoke` makes and returns once its
+    /// request is sent: `handle` receives the handle to wait for it with (`remote_wait`). Calls
+    /// not waited for are dropped when the function returns. On an error status `error` (may be
+    /// null) receives the reason (lent).
+    pub remote_submit: unsafe extern "C" fn(
+        ctx: *mut praas_context,
+        process: *const u8,
+        process_len: usize,
+        function: *const u8,
+        function_len: usize,
+        input: *const u8,
+        input_len: usize,
+        handle: *mut u64,
+        error: *mut praas_bytes,
+    ) -> i32,
+    /// (Version 2.) Waits for the first of the `count` calls `handles` names to finish; `index`
+    /// (may be null) receives its position in `handles`, `output` its output or the reason of an
+    /// error status (lent), and the status is returned. That handle is spent; the others stay in
+    /// flight. An unknown handle: `PRAAS_ERR_INVALID_ARGUMENT` at its position.
+    pub remote_wait: unsafe extern "C" fn(
+        ctx: *mut praas_context,
+        handles: *const u64,
+        count: usize,
+        index: *mut usize,
+        output: *mut praas_bytes,
     ) -> i32,
 }
 
@@ -441,11 +489,124 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Fails with `PRAAS_ERR_UNSUPPORTED` if the runtime's table has no remote invocation
+    /// entries (a version-1 runtime).
+    fn remote_api(&self) -> Result<&praas_api> {
+        let api = self.api();
+        if api.abi_version < PRAAS_ABI_REMOTE {
+            let text = format!("the runtime's ABI version {} has no remote invocations", api.abi_version);
+            return Err(Error::with_status(PRAAS_ERR_UNSUPPORTED, text));
+        }
+        Ok(api)
+    }
+
+    /// Invokes `function` of process `process` of this application with `input` and returns its
+    /// output, within this invocation's deadline (which travels with the call). The error's
+    /// status says why not ([`praas_api::remote_invoke`]).
+    pub fn invoke_remote(&mut self, process: &str, function: &str, input: &[u8]) -> Result<Lent<'a>> {
+        let api = self.remote_api()?;
+        let mut bytes = praas_bytes::empty();
+        // SAFETY: the table is version 2 or later (checked), so the entry exists; the slices are
+        // live for the call and `bytes` is a valid place for the runtime to write.
+        let status = unsafe {
+            (api.remote_invoke)(
+                self.raw,
+                process.as_ptr(),
+                process.len(),
+                function.as_ptr(),
+                function.len(),
+                input.as_ptr(),
+                input.len(),
+                &mut bytes,
+            )
+        };
+        let lent = Lent { ctx: self.raw, bytes, _context: PhantomData };
+        if status == PRAAS_OK {
+            Ok(lent)
+        } else {
+            Err(Error::with_status(status, String::from_utf8_lossy(&lent).into_owned()))
+        }
+    }
+
+    /// Starts invoking `function` of process `process` with `input`; returns once the request is
+    /// sent. Wait for it with [`Context::wait`], [`Context::wait_any`] or [`Context::wait_all`]:
+    /// calls submitted before waiting run at once on their processes.
+    pub fn submit(&mut self, process: &str, function: &str, input: &[u8]) -> Result<Call> {
+        let api = self.remote_api()?;
+        let mut handle = 0u64;
+        let mut error = praas_bytes::empty();
+        // SAFETY: the table is version 2 or later (checked); the slices are live for the call,
+        // `handle` and `error` are valid places for the runtime to write.
+        let status = unsafe {
+            (api.remote_submit)(
+                self.raw,
+                process.as_ptr(),
+                process.len(),
+                function.as_ptr(),
+                function.len(),
+                input.as_ptr(),
+                input.len(),
+                &mut handle,
+                &mut error,
+            )
+        };
+        let error = Lent { ctx: self.raw, bytes: error, _context: PhantomData };
+        if status == PRAAS_OK {
+            Ok(Call(handle))
+        } else {
+            Err(Error::with_status(status, String::from_utf8_lossy(&error).into_owned()))
+        }
+    }
+
+    /// Waits for `call` and returns its output.
+    pub fn wait(&mut self, call: Call) -> Result<Lent<'a>> {
+        let mut calls = vec![call];
+        match self.wait_any(&mut calls) {
+            Some((_, result)) => result,
+            None => Err(Error::with_status(PRAAS_ERR_INTERNAL, "wait: no call")),
+        }
+    }
+
+    /// Waits for whichever of `calls` finishes first, removes it from `calls` and returns it
+    /// with its result; `None` when `calls` is empty.
+    pub fn wait_any(&mut self, calls: &mut Vec<Call>) -> Option<(Call, Result<Lent<'a>>)> {
+        if calls.is_empty() {
+            return None;
+        }
+        let api = match self.remote_api() {
+            Ok(api) => api,
+            Err(err) => return Some((calls.remove(0), Err(err))),
+        };
+        let handles: Vec<u64> = calls.iter().map(|c| c.0).collect();
+        let mut index = 0usize;
+        let mut bytes = praas_bytes::empty();
+        // SAFETY: the table is version 2 or later (checked); `handles` is a live array of its
+        // length, `index` and `bytes` are valid places for the runtime to write.
+        let status = unsafe { (api.remote_wait)(self.raw, handles.as_ptr(), handles.len(), &mut index, &mut bytes) };
+        let lent = Lent { ctx: self.raw, bytes, _context: PhantomData };
+        let call = calls.remove(index.min(calls.len() - 1));
+        let result = if status == PRAAS_OK {
+            Ok(lent)
+        } else {
+            Err(Error::with_status(status, String::from_utf8_lossy(&lent).into_owned()))
+        };
+        Some((call, result))
+    }
+
+    /// Waits for every one of `calls`; their results in the order of `calls`.
+    pub fn wait_all(&mut self, calls: Vec<Call>) -> Vec<Result<Lent<'a>>> {
+        calls.into_iter().map(|call| self.wait(call)).collect()
+    }
+
     fn set_error(&mut self, message: &str) {
         // SAFETY: `message` is a live slice for the duration of the call.
         unsafe { (self.api().set_error)(self.raw, message.as_ptr(), message.len()) }
     }
 }
+
+/// A remote invocation in flight, started by [`Context::submit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Call(pub u64);
 
 /// A message taken from the process's mailbox by [`Context::get`].
 #[derive(Debug)]

@@ -193,6 +193,9 @@ fn abi_checks() -> Vec<Check> {
             release: (fn(*mut praas_context, *mut praas_bytes)),
             put: (fn(*mut praas_context, *const u8, usize, *const u8, usize, *const u8, usize, *mut praas_bytes) -> i32),
             get: (fn(*mut praas_context, *const u8, usize, *const u8, usize, u64, *mut praas_bytes, *mut praas_bytes) -> i32),
+            remote_invoke: (fn(*mut praas_context, *const u8, usize, *const u8, usize, *const u8, usize, *mut praas_bytes) -> i32),
+            remote_submit: (fn(*mut praas_context, *const u8, usize, *const u8, usize, *const u8, usize, *mut u64, *mut praas_bytes) -> i32),
+            remote_wait: (fn(*mut praas_context, *const u64, usize, *mut usize, *mut praas_bytes) -> i32),
         }
         praas_context {
             api: (*const praas_api),
@@ -204,6 +207,7 @@ fn abi_checks() -> Vec<Check> {
     }
     constant_checks! { checks;
         PRAAS_ABI_VERSION,
+        PRAAS_ABI_REMOTE,
         PRAAS_OK,
         PRAAS_ERR_FUNCTION,
         PRAAS_ERR_UNKNOWN_FUNCTION,
@@ -706,6 +710,47 @@ mod examples {
         }
     }
 
+    // The mock runs no other processes: its remote invocation entries refuse (the real ones are
+    // tested between real processes in dataplane/tests/remote_invocation.rs).
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C" fn remote_invoke(
+        _ctx: *mut praas_context,
+        _process: *const u8,
+        _process_len: usize,
+        _function: *const u8,
+        _function_len: usize,
+        _input: *const u8,
+        _input_len: usize,
+        _output: *mut praas_bytes,
+    ) -> i32 {
+        PRAAS_ERR_UNSUPPORTED
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe extern "C" fn remote_submit(
+        _ctx: *mut praas_context,
+        _process: *const u8,
+        _process_len: usize,
+        _function: *const u8,
+        _function_len: usize,
+        _input: *const u8,
+        _input_len: usize,
+        _handle: *mut u64,
+        _error: *mut praas_bytes,
+    ) -> i32 {
+        PRAAS_ERR_UNSUPPORTED
+    }
+
+    unsafe extern "C" fn remote_wait(
+        _ctx: *mut praas_context,
+        _handles: *const u64,
+        _count: usize,
+        _index: *mut usize,
+        _output: *mut praas_bytes,
+    ) -> i32 {
+        PRAAS_ERR_UNSUPPORTED
+    }
+
     static API: praas_api = praas_api {
         abi_version: PRAAS_ABI_VERSION,
         output_reserve,
@@ -720,6 +765,9 @@ mod examples {
         release,
         put,
         get,
+        remote_invoke,
+        remote_submit,
+        remote_wait,
     };
 
     /// What one invocation returned.

@@ -69,25 +69,32 @@ pub fn example_functions() -> PathBuf {
 /// The example C functions (`ffi/examples/c_functions.c`) compiled with the system C compiler.
 pub fn c_functions() -> PathBuf {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
-    LIBRARY
-        .get_or_init(|| {
-            let root = workspace_root();
-            let dir = test_build_dir();
-            std::fs::create_dir_all(&dir).expect("cannot create the test build folder");
-            let out = dir.join(format!("libc_functions-{}.so", std::process::id()));
-            let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
-            let status = Command::new(&cc)
-                .args(["-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
-                .arg(root.join("ffi/include"))
-                .arg(root.join("ffi/examples/c_functions.c"))
-                .arg("-o")
-                .arg(&out)
-                .status()
-                .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
-            assert!(status.success(), "compiling ffi/examples/c_functions.c failed");
-            out
-        })
-        .clone()
+    LIBRARY.get_or_init(|| compile_c_functions("ffi/include", "")).clone()
+}
+
+/// The same example C functions compiled against the version-1 header of the C ABI
+/// (`ffi/tests/v1/praas.h`, kept as it was): a library built before remote invocations existed.
+pub fn c_functions_v1() -> PathBuf {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY.get_or_init(|| compile_c_functions("ffi/tests/v1", "-v1")).clone()
+}
+
+fn compile_c_functions(include: &str, suffix: &str) -> PathBuf {
+    let root = workspace_root();
+    let dir = test_build_dir();
+    std::fs::create_dir_all(&dir).expect("cannot create the test build folder");
+    let out = dir.join(format!("libc_functions{suffix}-{}.so", std::process::id()));
+    let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root.join(include))
+        .arg(root.join("ffi/examples/c_functions.c"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run the C compiler {cc:?}: {e}"));
+    assert!(status.success(), "compiling ffi/examples/c_functions.c against {include} failed");
+    out
 }
 
 /// A manifest entry.
@@ -134,6 +141,8 @@ pub fn example_manifest() -> Manifest {
         "slow_count",
         "msg_bounce",
         "msg_roundtrip",
+        "remote_call",
+        "fan_out",
     ];
     let mut functions: Vec<FunctionSpec> =
         inline.iter().map(|name| spec(name, &lib, None, ExecutionMode::Inline)).collect();

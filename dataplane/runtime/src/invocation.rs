@@ -29,11 +29,17 @@ use crate::clock::Tick;
 use crate::function::{ExecutionMode, Function, FunctionCode};
 use crate::peer::DEFAULT_PUT_TIMEOUT;
 use crate::process_core::ProcessCore;
+use crate::remote::RemoteError;
 use crate::state::{validate_key, StateEntry};
 use praas_wire::protocol::Status;
 
 /// Deepest chain of local invocations (a function invoking a function invoking ...).
 pub const MAX_LOCAL_DEPTH: u32 = 64;
+/// Remote invocations one invocation may have submitted and not waited for.
+pub const MAX_REMOTE_IN_FLIGHT: usize = 1024;
+/// Extra workers a process starts, beyond its pool, for invocations from its peers that find
+/// every worker busy (a remote invocation nested in one of its own: A invokes B invokes A).
+pub const MAX_EXTRA_WORKERS: usize = 16;
 
 /// The result of one invocation.
 #[derive(Debug)]
@@ -158,6 +164,10 @@ pub struct Dispatcher {
     in_flight: AtomicUsize,
     /// Set while swapping out: new invocations are refused with a retryable error.
     draining: AtomicBool,
+    /// Worker jobs the pool accepted and has not finished (queued or running).
+    busy: AtomicUsize,
+    /// The watchdog slots (after the pool's) of extra workers not running now.
+    extra_slots: Mutex<Vec<usize>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -181,7 +191,8 @@ impl Dispatcher {
         id: &str,
     ) -> std::io::Result<(Self, Receiver<Job>, JoinHandle<()>)> {
         let (jobs, queue) = channel::bounded(queue_capacity.max(1));
-        let running: Arc<[RunningSlot]> = (0..workers.max(1)).map(|_| Mutex::new(None)).collect();
+        let workers = workers.max(1);
+        let running: Arc<[RunningSlot]> = (0..workers + MAX_EXTRA_WORKERS).map(|_| Mutex::new(None)).collect();
         let watchdog_next = Arc::new(AtomicU64::new(u64::MAX));
         let epoch = Instant::now();
         let watchdog = {
@@ -199,13 +210,15 @@ impl Dispatcher {
             epoch,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            extra_slots: Mutex::new((workers..workers + MAX_EXTRA_WORKERS).rev().collect()),
         };
         Ok((dispatcher, queue, watchdog))
     }
 
-    /// Workers: how many invocations run at once off the I/O threads.
+    /// Workers: how many invocations run at once off the I/O threads (extra workers aside).
     pub fn workers(&self) -> usize {
-        self.running.len()
+        self.running.len() - MAX_EXTRA_WORKERS
     }
 
     /// Client invocations accepted and not yet finished.
@@ -245,6 +258,60 @@ impl Dispatcher {
         timeout_ms: u32,
         sink: &Arc<dyn ResponseSink>,
     ) -> Dispatched {
+        self.dispatch_with(core, id, function, input, timeout_ms, sink, None)
+    }
+
+    /// [`Dispatcher::dispatch`] for an invocation from another process of the application: a
+    /// worker function that finds every worker busy runs at once on an extra worker, which
+    /// `spawn` starts with the job and its watchdog slot (so that A invoking B invoking A never
+    /// waits for the worker A's first invocation holds); with every extra worker busy too, it
+    /// waits in the queue like any other.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_from_peer(
+        &self,
+        core: &ProcessCore,
+        id: u64,
+        function: &[u8],
+        input: Payload,
+        timeout_ms: u32,
+        sink: &Arc<dyn ResponseSink>,
+        spawn: &dyn Fn(Job, usize),
+    ) -> Dispatched {
+        self.dispatch_with(core, id, function, input, timeout_ms, sink, Some(spawn))
+    }
+
+    /// An extra worker's slot, if one is free and every worker is busy.
+    fn extra_slot(&self) -> Option<usize> {
+        if self.busy.load(Ordering::SeqCst) < self.workers() {
+            return None;
+        }
+        self.extra_slots.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Gives an extra worker's slot back once its job is done.
+    pub fn release_extra(&self, slot: usize) {
+        self.extra_slots.lock().unwrap_or_else(|p| p.into_inner()).push(slot);
+    }
+
+    /// Answers `job` with `status` and `message` without running it (its extra worker could not
+    /// start).
+    pub fn refuse(&self, core: &ProcessCore, job: Job, status: Status, message: String) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        refused(core, &job.function, status);
+        job.pending.answer(Outcome::error(status, message));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_with(
+        &self,
+        core: &ProcessCore,
+        id: u64,
+        function: &[u8],
+        input: Payload,
+        timeout_ms: u32,
+        sink: &Arc<dyn ResponseSink>,
+        spawn: Option<&dyn Fn(Job, usize)>,
+    ) -> Dispatched {
         let arrival = Tick::now();
         let function = praas_wire::protocol::unpadded(function);
         let Some(function) = core.functions().get(function) else {
@@ -275,7 +342,17 @@ impl Dispatcher {
                 let pending =
                     Arc::new(Pending { id, sink: Arc::clone(sink), answered: AtomicBool::new(false), deadline });
                 let job = Job { function: function.clone(), input, pending, arrival };
+                if let Some(spawn) = spawn {
+                    if let Some(slot) = self.extra_slot() {
+                        spawn(job, slot);
+                        return Dispatched::Queued;
+                    }
+                }
+                self.busy.fetch_add(1, Ordering::SeqCst);
                 let queued = self.jobs.try_send(job);
+                if queued.is_err() {
+                    self.busy.fetch_sub(1, Ordering::SeqCst);
+                }
                 if queued.is_err() {
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
                     let status = if matches!(queued, Err(TrySendError::Full(_))) {
@@ -308,7 +385,11 @@ impl Dispatcher {
     pub fn work(&self, core: &ProcessCore, slot: usize, job: Job) {
         let pending = job.pending;
         let picked = Instant::now();
+        let pooled = slot < self.workers();
         if pending.deadline.is_some_and(|d| picked >= d) {
+            if pooled {
+                self.busy.fetch_sub(1, Ordering::SeqCst);
+            }
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             refused(core, &job.function, Status::Timeout);
             pending.answer(Outcome::error(
@@ -330,6 +411,9 @@ impl Dispatcher {
         drop(job.input);
         self.watch(slot, None);
         // The function has returned: a drain waiting for it may now snapshot its effects.
+        if pooled {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         pending.answer(outcome);
     }
@@ -441,6 +525,17 @@ struct Invocation<'p> {
     /// Runs on the transport's I/O thread (an inline function, or one it invoked locally): it
     /// must not block on other processes.
     inline: bool,
+    /// Remote invocations it submitted and has not waited for, by handle (closed if it returns
+    /// without waiting).
+    /// (Behind a lock only so that the invocation is `Sync`, as Python's services need: one
+    /// invocation runs on one thread.)
+    calls: Mutex<RemoteCalls>,
+}
+
+/// The remote invocations of one invocation in flight, and the handle of its next one.
+struct RemoteCalls {
+    calls: Vec<(u64, crate::remote::RemoteCall)>,
+    next: u64,
 }
 
 /// What `praas_bytes::owner` points to: bytes the runtime lends to a function.
@@ -515,6 +610,7 @@ fn execute_nested(
         depth,
         error: None,
         inline,
+        calls: Mutex::new(RemoteCalls { calls: Vec::new(), next: 1 }),
     };
     match function.code() {
         FunctionCode::Native { entry, .. } => execute_native(invocation, *entry, input.bytes()),
@@ -702,6 +798,69 @@ impl Invocation<'_> {
         })?;
         self.stats.record_message_got();
         Ok(got)
+    }
+
+    /// When a remote invocation from this one must be answered: its own deadline, else
+    /// [`DEFAULT_CALL_TIMEOUT`](crate::remote::DEFAULT_CALL_TIMEOUT) from now.
+    fn remote_deadline(&self, dest: &str, function: &str) -> Result<Instant, RemoteError> {
+        if self.inline {
+            return Err(RemoteError::Inline { function: self.function.to_owned() });
+        }
+        let now = Instant::now();
+        let deadline = self.deadline.instant().unwrap_or(now + crate::remote::DEFAULT_CALL_TIMEOUT);
+        if deadline <= now {
+            return Err(RemoteError::Timeout {
+                dest: dest.to_owned(),
+                function: function.to_owned(),
+                timeout: Duration::ZERO,
+            });
+        }
+        Ok(deadline)
+    }
+
+    /// Invokes `function` of process `dest` and waits for its output, within this invocation's
+    /// deadline (refused inline, where it would block the I/O thread).
+    fn invoke_remote(&self, dest: &str, function: &str, input: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let deadline = self.remote_deadline(dest, function)?;
+        self.process.peers().invoke_remote(dest, function, input, deadline)
+    }
+
+    /// Starts invoking `function` of process `dest`; returns the handle to wait for it with.
+    fn submit_remote(&self, dest: &str, function: &str, input: &[u8]) -> Result<u64, RemoteError> {
+        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        if calls.calls.len() >= MAX_REMOTE_IN_FLIGHT {
+            return Err(RemoteError::TooMany(calls.calls.len()));
+        }
+        let deadline = self.remote_deadline(dest, function)?;
+        let call = self.process.peers().submit(dest, function, input, deadline)?;
+        let handle = calls.next;
+        calls.next += 1;
+        calls.calls.push((handle, call));
+        Ok(handle)
+    }
+
+    /// Waits for the first of the calls `handles` names to finish: its position in `handles`
+    /// and its result. An unknown handle fails at once, at its position.
+    fn wait_remote(&self, handles: &[u64]) -> (usize, Result<Vec<u8>, RemoteError>) {
+        let mut in_flight = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = Vec::with_capacity(handles.len());
+        for (index, &handle) in handles.iter().enumerate() {
+            match in_flight.calls.iter().position(|(h, _)| *h == handle) {
+                Some(at) => waiting.push(in_flight.calls.swap_remove(at)),
+                None => {
+                    in_flight.calls.append(&mut waiting);
+                    return (index, Err(RemoteError::UnknownHandle(handle)));
+                }
+            }
+        }
+        let (mut ids, mut calls): (Vec<u64>, Vec<_>) = waiting.into_iter().unzip();
+        let Some((done, result)) = crate::remote::wait_any(&mut calls, self.process.peers()) else {
+            return (0, Err(RemoteError::UnknownHandle(0)));
+        };
+        let handle = ids.remove(done);
+        in_flight.calls.extend(ids.into_iter().zip(calls));
+        let index = handles.iter().position(|&h| h == handle).unwrap_or(done);
+        (index, result)
     }
 
     /// A line in the process's log from the function, naming the invocation, the application,
@@ -1086,6 +1245,111 @@ unsafe extern "C" fn get(
     })
 }
 
+/// Borrows a UTF-8 string argument of the C ABI.
+///
+/// # Safety
+/// As [`slice`].
+unsafe fn utf8<'a>(ptr: *const u8, len: usize) -> Option<&'a str> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { slice(ptr, len) }.and_then(|bytes| std::str::from_utf8(bytes).ok())
+}
+
+/// Lends the output or the error text of a remote invocation through `out`; returns its status.
+fn lend_remote(out: *mut praas_bytes, result: Result<Vec<u8>, RemoteError>) -> i32 {
+    match result {
+        Ok(bytes) => {
+            if !out.is_null() {
+                LentBytes::Owned(bytes).lend(out);
+            }
+            PRAAS_OK
+        }
+        Err(err) => fail_into(out, err.status(), err.to_string()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn remote_invoke(
+    ctx: *mut praas_context,
+    process: *const u8,
+    process_len: usize,
+    function: *const u8,
+    function_len: usize,
+    input: *const u8,
+    input_len: usize,
+    output: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if output.is_null() {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        clear(output);
+        // SAFETY: the ABI requires each pointer to address its length of readable bytes.
+        let args = unsafe { (utf8(process, process_len), utf8(function, function_len), slice(input, input_len)) };
+        let (Some(process), Some(function), Some(input)) = args else {
+            let text = "remote_invoke: process and function must be UTF-8, pointers non-null".to_owned();
+            return fail_into(output, Status::InvalidArgument, text);
+        };
+        lend_remote(output, invocation.invoke_remote(process, function, input))
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C" fn remote_submit(
+    ctx: *mut praas_context,
+    process: *const u8,
+    process_len: usize,
+    function: *const u8,
+    function_len: usize,
+    input: *const u8,
+    input_len: usize,
+    handle: *mut u64,
+    error: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        clear(error);
+        if handle.is_null() {
+            return fail_into(error, Status::InvalidArgument, "remote_submit: a null handle".into());
+        }
+        // SAFETY: the ABI requires each pointer to address its length of readable bytes.
+        let args = unsafe { (utf8(process, process_len), utf8(function, function_len), slice(input, input_len)) };
+        let (Some(process), Some(function), Some(input)) = args else {
+            let text = "remote_submit: process and function must be UTF-8, pointers non-null".to_owned();
+            return fail_into(error, Status::InvalidArgument, text);
+        };
+        match invocation.submit_remote(process, function, input) {
+            Ok(id) => {
+                // SAFETY: `handle` is non-null and writable (ABI contract).
+                unsafe { handle.write(id) };
+                PRAAS_OK
+            }
+            Err(err) => fail_into(error, err.status(), err.to_string()),
+        }
+    })
+}
+
+unsafe extern "C" fn remote_wait(
+    ctx: *mut praas_context,
+    handles: *const u64,
+    count: usize,
+    index: *mut usize,
+    output: *mut praas_bytes,
+) -> i32 {
+    with_invocation(ctx, |invocation| {
+        if output.is_null() || handles.is_null() || count == 0 {
+            return PRAAS_ERR_INVALID_ARGUMENT;
+        }
+        clear(output);
+        // SAFETY: the ABI requires `handles` to address `count` readable handles (non-null, checked).
+        let handles = unsafe { std::slice::from_raw_parts(handles, count) };
+        let (done, result) = invocation.wait_remote(handles);
+        if !index.is_null() {
+            // SAFETY: a non-null `index` is writable (ABI contract).
+            unsafe { index.write(done) };
+        }
+        lend_remote(output, result)
+    })
+}
+
 /// The error text for a function that is not there, listing those that are.
 pub fn unknown_function_message(process: &ProcessCore, name: &[u8]) -> String {
     format!("unknown function {:?}: this process has {:?}", String::from_utf8_lossy(name), process.functions().names())
@@ -1106,4 +1370,7 @@ static API: praas_api = praas_api {
     release,
     put,
     get,
+    remote_invoke,
+    remote_submit,
+    remote_wait,
 };

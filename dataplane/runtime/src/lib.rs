@@ -22,6 +22,7 @@ pub mod process;
 pub mod process_core;
 #[cfg(feature = "python")]
 mod python;
+pub mod remote;
 pub mod serve;
 pub mod session;
 pub mod state;

@@ -172,13 +172,13 @@ impl PeerError {
 }
 
 /// An open, authenticated connection to a peer.
-struct PeerConnection {
-    wire: Wire,
-    next_id: u64,
+pub(crate) struct PeerConnection {
+    pub(crate) wire: Wire,
+    pub(crate) next_id: u64,
 }
 
 /// How a connection reaches its peer.
-enum Wire {
+pub(crate) enum Wire {
     /// A blocking TCP stream to the peer's data-plane port.
     Tcp(TcpWire),
     /// A queue pair to the peer's RDMA transport.
@@ -226,7 +226,7 @@ pub trait RdmaDialer: Send + Sync + std::fmt::Debug {
 }
 
 /// A blocking TCP stream and the socket timeouts last set on it.
-struct TcpWire {
+pub(crate) struct TcpWire {
     stream: TcpStream,
     /// A blocking call returns at the latest then, and the loop looks at its deadline again;
     /// they are set again only when a deadline is nearer than what is set, or much farther
@@ -254,8 +254,8 @@ pub struct DeliveryCounts {
     pub rdma: u64,
 }
 
-struct Peer {
-    addr: String,
+pub(crate) struct Peer {
+    pub(crate) addr: String,
     rdma: Option<String>,
     /// Authenticated connections not in use.
     idle: Mutex<Vec<PeerConnection>>,
@@ -363,7 +363,13 @@ pub enum WireError {
 
 impl Wire {
     /// Sends one frame (the lengths in `header` are set from `meta` and `payload`) by `deadline`.
-    fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
+    pub(crate) fn send(
+        &mut self,
+        header: Header,
+        meta: &[u8],
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<(), WireError> {
         let too_large = |_| WireError::FrameTooLarge(meta.len() + payload.len());
         let header = Header {
             meta_len: u16::try_from(meta.len()).map_err(too_large)?,
@@ -380,7 +386,7 @@ impl Wire {
     }
 
     /// Reads one frame by `deadline`.
-    fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<OwnedFrame, WireError> {
+    pub(crate) fn recv(&mut self, limits: FrameLimits, deadline: Instant) -> Result<OwnedFrame, WireError> {
         match self {
             Self::Tcp(tcp) => tcp.recv(limits, deadline),
             Self::Rdma(client) => {
@@ -395,17 +401,25 @@ impl Wire {
     }
 
     /// Whether the connection still looks usable.
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         match self {
             Self::Tcp(tcp) => tcp.alive(),
             Self::Rdma(client) => client.alive(),
         }
     }
 
-    fn kind(&self) -> PeerWire {
+    pub(crate) fn kind(&self) -> PeerWire {
         match self {
             Self::Tcp(_) => PeerWire::Tcp,
             Self::Rdma(_) => PeerWire::Rdma,
+        }
+    }
+
+    /// The socket of a TCP wire, for waiting on several at once (`None` for RDMA).
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        match self {
+            Self::Tcp(tcp) => Some(tcp.stream.as_raw_fd()),
+            Self::Rdma(_) => None,
         }
     }
 }
@@ -684,6 +698,53 @@ impl PeerDirectory {
             PeerWire::Rdma => self.delivered_rdma.fetch_add(1, Ordering::Relaxed),
         };
         Ok(())
+    }
+
+    /// The peer `dest` if it is announced and running (remote invocations, `crate::remote`):
+    /// [`PeerError::UnknownPeer`], [`PeerError::SwappedOut`] or [`PeerError::NotRunning`] if not.
+    pub(crate) fn running_peer(&self, dest: &str) -> Result<Arc<Peer>, PeerError> {
+        let map = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = map.get(dest) else {
+            drop(map);
+            return Err(PeerError::UnknownPeer { dest: dest.to_owned(), known: self.known() });
+        };
+        match entry.status {
+            ProcessStatus::Allocated => Ok(Arc::clone(&entry.peer)),
+            ProcessStatus::SwappedOut => Err(PeerError::SwappedOut { dest: dest.to_owned() }),
+            status => Err(PeerError::NotRunning { dest: dest.to_owned(), status }),
+        }
+    }
+
+    /// An authenticated connection to `dest` (`peer`) for one exchange: a kept one that is still
+    /// alive, else a new one opened by `deadline`. Hand it back with [`PeerDirectory::keep`].
+    pub(crate) fn connection(&self, dest: &str, peer: &Peer, deadline: Instant) -> Result<PeerConnection, PeerError> {
+        let Some(secret) = &self.secret else {
+            return Err(PeerError::NoSecret { dest: dest.to_owned() });
+        };
+        loop {
+            let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match candidate {
+                Some(mut conn) => {
+                    if conn.wire.alive() {
+                        return Ok(conn);
+                    }
+                }
+                None => return self.open(dest, peer, secret, deadline),
+            }
+        }
+    }
+
+    /// Keeps `conn`, in step with `peer` (every answer it was sent read), for the next exchange.
+    pub(crate) fn keep(&self, peer: &Peer, conn: PeerConnection) {
+        let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_PEER {
+            idle.push(conn);
+        }
+    }
+
+    /// The largest frame this process takes (a remote invocation's answer too).
+    pub(crate) fn max_frame(&self) -> usize {
+        self.limits.max_frame
     }
 
     /// Opens and authenticates a connection to `dest`: over RDMA when both ends serve it (over

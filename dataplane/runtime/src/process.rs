@@ -20,6 +20,7 @@ use crate::mailbox::{Mailbox, SnapshotError};
 use crate::peer::PeerDirectory;
 use crate::peer::PeerList;
 use crate::state::StateStore;
+use praas_wire::protocol::Status;
 
 pub use crate::invocation::{Dispatched, Response, ResponseSink};
 pub use crate::process_core::{Metrics, ProcessConfig, ProcessCore};
@@ -32,6 +33,8 @@ pub struct Process {
     /// How its invocations reach their functions.
     dispatcher: Dispatcher,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Itself, for the extra workers it starts ([`Process::dispatch_from_peer`]).
+    me: Weak<Process>,
 }
 
 impl std::fmt::Debug for Process {
@@ -64,10 +67,11 @@ impl Process {
         }
         let workers = config.workers.max(1);
         let (dispatcher, queue, watchdog) = Dispatcher::start(workers, config.queue_capacity, &config.id)?;
-        let process = Arc::new(Self {
+        let process = Arc::new_cyclic(|me| Self {
             core: ProcessCore::new(config, functions),
             dispatcher,
             threads: Mutex::new(vec![watchdog]),
+            me: me.clone(),
         });
         for index in 0..workers {
             let weak = Arc::downgrade(&process);
@@ -145,6 +149,40 @@ impl Process {
     #[inline]
     pub fn dispatcher(&self) -> &Dispatcher {
         &self.dispatcher
+    }
+
+    /// Runs or queues an invocation that came from another process of the application (a
+    /// connection that proved it holds the application's secret): like any invocation, except
+    /// that a worker function finding every worker busy runs on an extra worker thread
+    /// ([`Dispatcher::dispatch_from_peer`]), so that nested remote invocations cannot deadlock.
+    pub fn dispatch_from_peer(
+        &self,
+        id: u64,
+        function: &[u8],
+        input: crate::buffer::Payload,
+        timeout_ms: u32,
+        sink: &Arc<dyn ResponseSink>,
+    ) -> Dispatched {
+        let spawn = |job: Job, slot: usize| {
+            let me = self.me.clone();
+            let parked = Arc::new(Mutex::new(Some(job)));
+            let taken = Arc::clone(&parked);
+            let started = thread::Builder::new().name(format!("praas-extra-{slot}")).spawn(move || {
+                let job = taken.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let (Some(process), Some(job)) = (me.upgrade(), job) {
+                    process.dispatcher.work(&process.core, slot, job);
+                    process.dispatcher.release_extra(slot);
+                }
+            });
+            if let Err(err) = started {
+                self.dispatcher.release_extra(slot);
+                if let Some(job) = parked.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let text = format!("no extra worker for an invocation from a peer: {err}");
+                    self.dispatcher.refuse(&self.core, job, Status::Overloaded, text);
+                }
+            }
+        };
+        self.dispatcher.dispatch_from_peer(&self.core, id, function, input, timeout_ms, sink, &spawn)
     }
 
     /// Client invocations accepted and not yet finished.

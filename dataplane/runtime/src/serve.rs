@@ -73,6 +73,14 @@ pub fn serve_frame(
         return FrameAction::ReplyAndClose(OutFrame::from_response(refusal, usize::MAX));
     }
     match header.kind {
+        MessageKind::Invoke if peer.identity().is_some() => {
+            // From another process of the application (a remote invocation): never waits for a
+            // worker its own caller may hold.
+            match process.dispatch_from_peer(header.id, meta, input, header.timeout_ms, sink) {
+                Dispatched::Queued => FrameAction::Queued,
+                Dispatched::Done(response) => FrameAction::Respond(response),
+            }
+        }
         MessageKind::Invoke => {
             match process.dispatcher().dispatch(process.core(), header.id, meta, input, header.timeout_ms, sink) {
                 Dispatched::Queued => FrameAction::Queued,

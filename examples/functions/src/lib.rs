@@ -335,6 +335,52 @@ fn slow_count(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Resu
     out.extend_from_slice((current + 1).to_string().as_bytes())
 }
 
+/// Splits `word rest` at the first space (`rest` may be empty or binary).
+fn word(input: &[u8]) -> Result<(&str, &[u8])> {
+    let at = input.iter().position(|&b| b == b' ').unwrap_or(input.len());
+    Ok((text(&input[..at])?, input.get(at + 1..).unwrap_or(&[])))
+}
+
+/// Input `process function input`: invokes `function` of `process` (another process of the
+/// application) with the bytes after the second space and returns its output; its error (status
+/// and message) is this function's error.
+fn remote_call(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (process, rest) = word(input)?;
+    let (function, input) = word(rest)?;
+    let output = ctx.invoke_remote(process, function, input)?;
+    out.extend_from_slice(&output)
+}
+
+/// Input `p1,p2,... function input`: invokes `function` with `input` on every process listed,
+/// all at once, and gathers the answers as they come. One line per process, in the order given:
+/// `p ok OUTPUT` or `p err STATUS MESSAGE`.
+fn fan_out(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (processes, rest) = word(input)?;
+    let (function, input) = word(rest)?;
+    let processes: Vec<&str> = processes.split(',').filter(|p| !p.is_empty()).collect();
+    let mut lines: Vec<Option<String>> = vec![None; processes.len()];
+    let mut calls = Vec::with_capacity(processes.len());
+    let mut owner = std::collections::HashMap::new();
+    for (index, process) in processes.iter().enumerate() {
+        match ctx.submit(process, function, input) {
+            Ok(call) => {
+                owner.insert(call, index);
+                calls.push(call);
+            }
+            Err(err) => lines[index] = Some(format!("{process} err {} {}", err.status, err.message)),
+        }
+    }
+    while let Some((call, result)) = ctx.wait_any(&mut calls) {
+        let index = owner[&call];
+        lines[index] = Some(match result {
+            Ok(output) => format!("{} ok {}", processes[index], String::from_utf8_lossy(&output)),
+            Err(err) => format!("{} err {} {}", processes[index], err.status, err.message),
+        });
+    }
+    let text: Vec<String> = lines.into_iter().flatten().collect();
+    out.extend_from_slice(text.join("\n").as_bytes())
+}
+
 export!(
     echo,
     noop,
@@ -359,5 +405,7 @@ export!(
     file_read,
     slow_count,
     msg_bounce,
-    msg_roundtrip
+    msg_roundtrip,
+    remote_call,
+    fan_out
 );
