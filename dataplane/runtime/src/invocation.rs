@@ -173,7 +173,7 @@ pub struct Dispatcher {
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("workers", &self.running.len())
+            .field("workers", &self.workers())
             .field("in_flight", &self.in_flight.load(Ordering::Relaxed))
             .field("draining", &self.draining.load(Ordering::Relaxed))
             .finish_non_exhaustive()
@@ -1335,10 +1335,13 @@ unsafe extern "C" fn remote_wait(
     output: *mut praas_bytes,
 ) -> i32 {
     with_invocation(ctx, |invocation| {
-        if output.is_null() || handles.is_null() || count == 0 {
+        if output.is_null() {
             return PRAAS_ERR_INVALID_ARGUMENT;
         }
         clear(output);
+        if handles.is_null() || count == 0 {
+            return fail_into(output, Status::InvalidArgument, "remote_wait: no handles".into());
+        }
         // SAFETY: the ABI requires `handles` to address `count` readable handles (non-null, checked).
         let handles = unsafe { std::slice::from_raw_parts(handles, count) };
         let (done, result) = invocation.wait_remote(handles);
