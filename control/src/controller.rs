@@ -14,12 +14,11 @@
 //! Any other request is refused ([`ControlError::InvalidTransition`]) and changes nothing.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use praas_dataplane::control_channel::{write_json, MetricsReport, PeerList, Registration, SwapConfirmation};
+use praas_dataplane::control_channel::{MetricsReport, PeerList, Registration, SwapConfirmation};
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
 use praas_dataplane::swap::{SwapError, SwapStore};
@@ -362,14 +361,13 @@ impl ControlConfig {
 pub struct ControlLink {
     /// Distinguishes connections of the same process.
     pub id: u64,
-    /// The write half.
-    pub writer: Arc<Mutex<TcpStream>>,
+    /// The write half: frames queued for the connection's task ([`crate::channel`]).
+    pub writer: crate::channel::LinkWriter,
 }
 
 impl ControlLink {
     fn send<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> std::io::Result<()> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_json(&mut *writer, kind, b"", value)
+        self.writer.send_json(kind, value)
     }
 }
 

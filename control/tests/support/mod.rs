@@ -16,6 +16,8 @@ use praas_testkit::example_functions;
 pub struct ControlPlaneProcess {
     pub child: Child,
     pub http: String,
+    /// The control channel's address (`HOST:PORT`), empty for an adopted control plane.
+    pub control: String,
     pub data_dir: PathBuf,
     pub api: Api,
     extra_args: Vec<String>,
@@ -37,8 +39,65 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
-    let mut child = praas()
+/// Raises this test process's soft limit of open descriptors to its hard limit (tests that open
+/// thousands of connections); returns the soft limit then.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit(2) only reads the rlimit it is given; the soft limit is the hard one.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "{}", std::io::Error::last_os_error());
+    limit.rlim_cur
+}
+
+/// A figure of `/proc/PID/status` in its unit (`VmRSS:` in KiB, `Threads:`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The value of the sample `series` (name with labels, as the text format prints it) in a
+/// `/metrics` answer; 0 when absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Waits until `condition` holds, polling every 20 ms; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String, String) {
+    spawn_with(data_dir, extra_args, None)
+}
+
+fn spawn_with(data_dir: &Path, extra_args: &[String], nofile: Option<u64>) -> (Child, String, String) {
+    let mut command = praas();
+    if let Some(soft) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // getrlimit(2) and setrlimit(2), which are async-signal-safe, on a struct of its own.
+        unsafe {
+            command.pre_exec(move || {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = soft.min(limit.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "50", "--data-dir"])
         .arg(data_dir)
         .args(extra_args)
@@ -53,7 +112,8 @@ fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    (child, http)
+    let control = line.split("register on ").nth(1).unwrap_or_default().trim().trim_end_matches(')').to_owned();
+    (child, http, control)
 }
 
 /// An API client with the token in the control plane's data folder.
@@ -67,17 +127,27 @@ impl ControlPlaneProcess {
         Self::start_in(temp_dir(name), extra_args)
     }
 
+    /// Starts a control plane whose soft limit of open descriptors is `nofile` when it starts
+    /// (as a user's shell would give it), whatever this test process's is.
+    pub fn start_with_nofile(name: &str, extra_args: &[&str], nofile: u64) -> Self {
+        let data_dir = temp_dir(name);
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, http, control) = spawn_with(&data_dir, &extra_args, Some(nofile));
+        let api = api_of(&http, &data_dir);
+        Self { child, http, control, data_dir, api, extra_args }
+    }
+
     pub fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, http) = spawn(&data_dir, &extra_args);
+        let (child, http, control) = spawn(&data_dir, &extra_args);
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args }
+        Self { child, http, control, data_dir, api, extra_args }
     }
 
     /// Takes over a control plane a test started itself (killed with its processes when dropped).
     pub fn adopt(child: Child, http: String, data_dir: PathBuf) -> Self {
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args: Vec::new() }
+        Self { child, http, control: String::new(), data_dir, api, extra_args: Vec::new() }
     }
 
     /// Whether the control plane's OS process still runs.
@@ -93,8 +163,9 @@ impl ControlPlaneProcess {
 
     /// Starts a new control plane on the same data folder (after `kill9`).
     pub fn restart(&mut self) {
-        let (child, http) = spawn(&self.data_dir, &self.extra_args);
+        let (child, http, control) = spawn(&self.data_dir, &self.extra_args);
         self.child = child;
+        self.control = control;
         self.api = api_of(&http, &self.data_dir);
         self.http = http;
     }
