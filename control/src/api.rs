@@ -556,6 +556,18 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_past_the_limit_gets_a_whole_503_answer() {
+        let answer = String::from_utf8(connection_refusal(30)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let body: ErrorBody = serde_json::from_str(body).unwrap();
+        assert_eq!(body.status, 503);
+        assert!(body.error.starts_with("30 connections are open"), "{}", body.error);
+    }
+
+    #[test]
     fn each_error_answers_with_its_status_and_message() {
         let (app, name) = ("a".to_owned(), "p".to_owned());
         let conflict = ControlError::InvalidTransition {

@@ -561,3 +561,52 @@ impl Server {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_limits_leave_room_below_the_descriptor_limit() {
+        let limits = Limits::for_descriptors(20_000);
+        assert_eq!((limits.invocations, limits.http_connections, limits.control_connections), (1024, 7488, 11_232));
+        let used =
+            RESERVED_DESCRIPTORS as usize + limits.invocations + limits.http_connections + limits.control_connections;
+        assert!(used <= 20_000, "{used}");
+        // The usual 1024: a quarter for invocations, the rest shared.
+        let small = Limits::for_descriptors(1024);
+        assert_eq!((small.invocations, small.http_connections, small.control_connections), (256, 204, 308));
+        // However many descriptors, a default stays bounded (each connection costs memory).
+        let huge = Limits::for_descriptors(1 << 30);
+        assert_eq!(
+            (huge.http_connections, huge.control_connections),
+            (MAX_DEFAULT_HTTP_CONNECTIONS, MAX_DEFAULT_CONTROL_CONNECTIONS)
+        );
+        let tiny = Limits::for_descriptors(64);
+        assert!(tiny.invocations >= 1 && tiny.http_connections >= 16 && tiny.control_connections >= 16);
+        assert_eq!(limits.channel(), ChannelLimits { connections: 11_232, handshake_timeout: Duration::from_secs(10) });
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_the_hard_limit() {
+        let soft = raise_descriptor_limit().unwrap();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(soft, limit.rlim_cur);
+        assert!(soft == limit.rlim_max || soft >= 1 << 20, "soft {soft}, hard {}", limit.rlim_max);
+    }
+
+    #[test]
+    fn an_idle_deadline_follows_the_last_byte() {
+        let activity = Activity::new();
+        let timeout = Duration::from_millis(300);
+        assert!(activity.idle_deadline(timeout) <= Instant::now() + timeout);
+        assert_eq!(activity.in_flight(), 0);
+        let request = InFlight::of(&Arc::new(Activity::new()));
+        assert_eq!(request.0.in_flight(), 1);
+        let shared = Arc::clone(&request.0);
+        drop(request);
+        assert_eq!(shared.in_flight(), 0);
+    }
+}
