@@ -320,17 +320,18 @@ async fn follow(plane: &ControlPlane, connection: &mut Connection, link: &Regist
     let (announcing, app) = (plane.clone(), link.app.clone());
     off_loop(move || announcing.announce_peers(&app)).await?;
     loop {
+        // What was queued meanwhile goes first (its wake-up may have come while a frame was
+        // being dispatched).
+        for (_, bytes) in link.outbox.take() {
+            connection.write(&bytes).await?;
+        }
         tokio::select! {
             frame = connection.recv(MAX_CONTROL_FRAME) => {
                 let frame = frame?;
                 let (plane, app, process) = (plane.clone(), link.app.clone(), link.process.clone());
                 off_loop(move || dispatch(&plane, &app, &process, &frame)).await??;
             }
-            () = link.outbox.ready.notified() => {
-                for (_, bytes) in link.outbox.take() {
-                    connection.write(&bytes).await?;
-                }
-            }
+            () = link.outbox.ready.notified() => {}
         }
     }
 }

@@ -53,7 +53,7 @@ fn ten_thousand_idle_control_connections_cost_little_memory_and_no_threads() {
 
     registers_and_serves(&cp, "p");
 
-    drop(idle);
+    idle.into_iter().for_each(support::close_at_once);
     wait_until("only the process's link open", Duration::from_secs(10), || open_control_connections(&cp) == 1.0);
     let closed = Instant::now();
     let grown = rss_idle.saturating_sub(rss_before);

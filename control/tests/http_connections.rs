@@ -76,7 +76,7 @@ fn more_idle_connections_than_the_old_descriptor_limit_and_the_api_still_answers
     assert!(slowest < Duration::from_secs(1), "GET /apps took {slowest:?} beside 1,100 idle connections");
     let metrics = cp.api.metrics().unwrap();
     assert!(sample(&metrics, "praas_connections_open{listener=\"http\"}") > 1_100.0, "{metrics}");
-    drop(idle);
+    idle.into_iter().for_each(support::close_at_once);
 }
 
 #[test]
