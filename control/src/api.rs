@@ -249,11 +249,14 @@ pub struct Pools {
     invocations: usize,
     lifecycle_slots: Arc<Semaphore>,
     lifecycle: usize,
+    /// Where the requests in flight are counted.
+    metrics: crate::metrics::ControlMetrics,
 }
 
 impl Pools {
-    /// At most `invocations` routed invocations and `lifecycle` lifecycle operations in flight.
-    pub fn new(invocations: usize, lifecycle: usize) -> std::io::Result<Self> {
+    /// At most `invocations` routed invocations and `lifecycle` lifecycle operations in flight,
+    /// counted in `metrics`.
+    pub fn new(invocations: usize, lifecycle: usize, metrics: crate::metrics::ControlMetrics) -> std::io::Result<Self> {
         let invocations = invocations.max(1);
         let lifecycle = lifecycle.max(1);
         // Only its blocking pool runs anything: one thread per invocation in flight, idle ones
@@ -270,6 +273,7 @@ impl Pools {
             invocations,
             lifecycle_slots: Arc::new(Semaphore::new(lifecycle)),
             lifecycle,
+            metrics,
         })
     }
 
@@ -342,7 +346,7 @@ where
 }
 
 /// [`blocking`] for a lifecycle operation: 503 at once when [`Pools::lifecycle`] are in flight.
-async fn lifecycle<T, E, F>(plane: &ControlPlane, pools: &Pools, f: F) -> Response
+async fn lifecycle<T, E, F>(pools: &Pools, f: F) -> Response
 where
     T: Serialize + Send + 'static,
     E: Into<HttpError> + Send + 'static,
@@ -352,7 +356,7 @@ where
         Ok(slot) => slot,
         Err(busy) => return error_response(busy),
     };
-    let held = plane.metrics().begin_request("lifecycle");
+    let held = pools.metrics.begin_request("lifecycle");
     // The slot is held until the operation ends, even if its client is gone before.
     blocking(move || {
         let result = f();
@@ -430,7 +434,7 @@ async fn create_app(
     Path(app): Path<String>,
     body: Bytes,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || {
+    lifecycle(&pools, move || {
         let request: CreateApp = parse(&body)?;
         let resources = request.resources.unwrap_or_default();
         let uploads = request.files.into_iter().map(UploadedFile::decode).collect::<Result<Vec<_>, _>>()?;
@@ -452,8 +456,7 @@ async fn delete_app(
     State(pools): State<Arc<Pools>>,
     Path(app): Path<String>,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || plane.delete_app(&app).map(|()| serde_json::json!({"deleted": app})))
-        .await
+    lifecycle(&pools, move || plane.delete_app(&app).map(|()| serde_json::json!({"deleted": app}))).await
 }
 
 async fn list_processes(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
@@ -466,7 +469,7 @@ async fn create_process(
     Path((app, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || {
+    lifecycle(&pools, move || {
         let request: CreateProcess = if body.is_empty() { CreateProcess::default() } else { parse(&body)? };
         Ok::<_, HttpError>(plane.create_process(&app, &name, request.resources)?)
     })
@@ -482,10 +485,7 @@ async fn delete_process(
     State(pools): State<Arc<Pools>>,
     Path((app, name)): Path<(String, String)>,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || {
-        plane.delete_process(&app, &name).map(|()| serde_json::json!({"deleted": name}))
-    })
-    .await
+    lifecycle(&pools, move || plane.delete_process(&app, &name).map(|()| serde_json::json!({"deleted": name}))).await
 }
 
 async fn swap(
@@ -493,7 +493,7 @@ async fn swap(
     State(pools): State<Arc<Pools>>,
     Path((app, name)): Path<(String, String)>,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || plane.swap_out(&app, &name)).await
+    lifecycle(&pools, move || plane.swap_out(&app, &name)).await
 }
 
 async fn swap_in(
@@ -501,7 +501,7 @@ async fn swap_in(
     State(pools): State<Arc<Pools>>,
     Path((app, name)): Path<(String, String)>,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || plane.swap_in(&app, &name)).await
+    lifecycle(&pools, move || plane.swap_in(&app, &name)).await
 }
 
 async fn stats(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
@@ -513,7 +513,7 @@ async fn stop(
     State(pools): State<Arc<Pools>>,
     Path((app, name)): Path<(String, String)>,
 ) -> Response {
-    lifecycle(&plane.clone(), &pools, move || plane.stop(&app, &name)).await
+    lifecycle(&pools, move || plane.stop(&app, &name)).await
 }
 
 /// A routed invocation, on the invocation pool: 503 at once when [`Pools::invocations`] are in
@@ -529,7 +529,7 @@ async fn invoke(
         Ok(slot) => slot,
         Err(busy) => return error_response(busy),
     };
-    let held = plane.metrics().begin_request("invocation");
+    let held = pools.metrics.begin_request("invocation");
     let result = pools
         .invocation_pool
         .spawn_blocking(move || {

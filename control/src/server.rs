@@ -544,7 +544,7 @@ impl Server {
         self.plane.run_downscaler();
         shutdown_on_signals(self.plane.clone(), self.publication)?;
         let (plane, token, limits) = (self.plane, self.token, self.limits);
-        let pools = crate::api::Pools::new(limits.invocations, limits.lifecycle)
+        let pools = crate::api::Pools::new(limits.invocations, limits.lifecycle, plane.metrics().clone())
             .map_err(|source| ServerError::Serve { what: "cannot start the invocation pool", source })?;
         let settings = HttpSettings {
             header_timeout: plane.config().header_timeout,
