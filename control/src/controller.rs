@@ -24,13 +24,12 @@
 //! snapshot) leaves the process SWAPPED_OUT with the reason recorded: it can be retried.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use praas_dataplane::control_channel::{
-    write_json, MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
+    MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
 };
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
@@ -424,14 +423,13 @@ impl ControlConfig {
 pub struct ControlLink {
     /// Distinguishes connections of the same process.
     pub id: u64,
-    /// The write half.
-    pub writer: Arc<Mutex<TcpStream>>,
+    /// The write half: frames queued for the connection's task ([`crate::channel`]).
+    pub writer: crate::channel::LinkWriter,
 }
 
 impl ControlLink {
     fn send<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> std::io::Result<()> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_json(&mut *writer, kind, b"", value)
+        self.writer.send_json(kind, value)
     }
 }
 
