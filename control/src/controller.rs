@@ -1405,6 +1405,9 @@ impl ControlPlane {
         }
         let record = self.settled(app, name, ProcessStatus::Allocated)?;
         self.inner.metrics.observe_swap_in(app, bytes, started.elapsed().as_secs_f64());
+        // The peers hear of its new address before the caller hears of the swap-in (the
+        // registration's own announcement may still be on its way).
+        self.announce_peers(app);
         Ok(record)
     }
 
