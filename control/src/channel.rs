@@ -11,23 +11,23 @@
 //! the control plane sends a registered process ([`LinkWriter`], from any thread) is queued and
 //! written by the connection's own task, in order.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use praas_dataplane::auth;
 use praas_dataplane::control_channel::{
-    read_json, unhex, write_frame, write_json, HelloMessage, MetricsReport, RegistrationAnswer, SwapConfirmation,
+    read_json, unhex, write_frame, HelloMessage, MetricsReport, RegistrationAnswer, SwapConfirmation,
     MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME,
 };
 use praas_dataplane::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, OwnedFrame, Status};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
-use crate::controller::{ControlLink, ControlPlane};
+use crate::controller::ControlPlane;
+use crate::link::{ControlLink, LinkWriter, Outbox};
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
@@ -35,8 +35,6 @@ static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 const READ_CHUNK: usize = 64 << 10;
 /// Longest a frame may take to be written to a process (one that reads nothing is closed).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most frames waiting to be written to one process; a send past it fails.
-const MAX_QUEUED: usize = 1024;
 
 /// How many connections the control channel serves, and how long one may take to prove itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,69 +92,8 @@ async fn accept(plane: ControlPlane, listener: TcpListener, limits: ChannelLimit
             let open = plane.metrics().open_connection("control");
             serve(&plane, stream, limits).await;
             drop((open, slot));
-            crate::server::connection_closed();
+            crate::reclaim::connection_closed();
         });
-    }
-}
-
-/// The queue of frames to one registered process, written by its connection's task.
-#[derive(Debug, Default)]
-struct Outbox {
-    frames: Mutex<Queued>,
-    ready: Notify,
-}
-
-#[derive(Debug, Default)]
-struct Queued {
-    frames: VecDeque<(MessageKind, Vec<u8>)>,
-    closed: bool,
-}
-
-impl Outbox {
-    fn queued(&self) -> std::sync::MutexGuard<'_, Queued> {
-        self.frames.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn close(&self) {
-        self.queued().closed = true;
-    }
-
-    fn take(&self) -> VecDeque<(MessageKind, Vec<u8>)> {
-        std::mem::take(&mut self.queued().frames)
-    }
-}
-
-/// The sending side of a registered process's control connection, usable from any thread:
-/// frames are queued and written, in order, by the connection's task. A peer list supersedes one
-/// still queued (each is the whole list).
-#[derive(Debug, Clone)]
-pub struct LinkWriter {
-    outbox: Arc<Outbox>,
-}
-
-impl LinkWriter {
-    /// Queues a frame of `kind` with `value` as its JSON payload. Fails if the connection is
-    /// closed, or if [`MAX_QUEUED`] frames already wait (the process reads nothing).
-    pub fn send_json<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        write_json(&mut bytes, kind, b"", value)?;
-        let mut queued = self.outbox.queued();
-        if queued.closed {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the control connection is closed"));
-        }
-        if kind == MessageKind::PeerUpdate {
-            queued.frames.retain(|(k, _)| *k != MessageKind::PeerUpdate);
-        }
-        if queued.frames.len() >= MAX_QUEUED {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!("{MAX_QUEUED} frames already wait for the process to read them"),
-            ));
-        }
-        queued.frames.push_back((kind, bytes));
-        drop(queued);
-        self.outbox.ready.notify_one();
-        Ok(())
     }
 }
 
@@ -312,7 +249,7 @@ async fn handshake(
     let outbox = Arc::new(Outbox::default());
     // Once registered, the link is visible to other threads' peer updates: they wait in its
     // outbox, which this task writes only after the answer, so the answer comes first.
-    let link = ControlLink { id, writer: LinkWriter { outbox: Arc::clone(&outbox) } };
+    let link = ControlLink { id, writer: LinkWriter::new(Arc::clone(&outbox)) };
     let (registering, who) = (plane.clone(), registration.clone());
     let answer = match off_loop(move || registering.on_register(&who, link)).await? {
         Ok(answer) => answer,
@@ -380,27 +317,5 @@ mod tests {
             "functions":[{"name":"echo","latency":{"buckets":[[40,2]],"sum_ns":9000,"max_ns":5000},"errors":[[1,1]]}]}"#;
         let report: MetricsReport = serde_json::from_str(full).unwrap();
         assert_eq!((report.mailbox_depth, report.functions[0].latency.count()), (3, 2));
-    }
-
-    #[test]
-    fn a_peer_list_supersedes_the_queued_one_and_a_closed_link_refuses() {
-        let writer = LinkWriter { outbox: Arc::new(Outbox::default()) };
-        writer.send_json(MessageKind::PeerUpdate, &1).unwrap();
-        writer.send_json(MessageKind::SwapRequest, &()).unwrap();
-        writer.send_json(MessageKind::PeerUpdate, &2).unwrap();
-        let queued: Vec<(MessageKind, Vec<u8>)> = writer.outbox.take().into_iter().collect();
-        assert_eq!(
-            queued.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            [MessageKind::SwapRequest, MessageKind::PeerUpdate]
-        );
-        assert!(queued[1].1.ends_with(b"2"), "the newer list is the one kept");
-        for _ in 0..MAX_QUEUED {
-            writer.send_json(MessageKind::SwapRequest, &()).unwrap();
-        }
-        let full = writer.send_json(MessageKind::SwapRequest, &()).unwrap_err();
-        assert_eq!(full.kind(), io::ErrorKind::WouldBlock);
-        writer.outbox.close();
-        let closed = writer.send_json(MessageKind::PeerUpdate, &3).unwrap_err();
-        assert_eq!(closed.kind(), io::ErrorKind::BrokenPipe);
     }
 }

@@ -39,6 +39,7 @@ use thiserror::Error;
 
 use crate::application::DeployError;
 use crate::backend::{Backend, BackendError, Exit, Launch};
+use crate::link::ControlLink;
 use crate::metrics::{ControlMetrics, MetricsError, ProcessSnapshot};
 use crate::model::{
     valid_name, Application, ProcessRecord, ProcessStatus, ResourceError, Resources, SwapInfo, NAME_RULE,
@@ -415,21 +416,6 @@ impl ControlConfig {
             log_format: crate::logging::LogFormat::Text,
             header_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-/// The control channel of a registered process, for sending it requests.
-#[derive(Debug, Clone)]
-pub struct ControlLink {
-    /// Distinguishes connections of the same process.
-    pub id: u64,
-    /// The write half: frames queued for the connection's task ([`crate::channel`]).
-    pub writer: crate::channel::LinkWriter,
-}
-
-impl ControlLink {
-    fn send<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> std::io::Result<()> {
-        self.writer.send_json(kind, value)
     }
 }
 

@@ -84,44 +84,6 @@ impl Limits {
     }
 }
 
-/// Connections closed since the heap was last trimmed ([`release_freed_memory`]).
-static CLOSED_SINCE_TRIM: AtomicUsize = AtomicUsize::new(0);
-/// Closed connections after which the heap is trimmed.
-const TRIM_AFTER_CLOSES: usize = 256;
-
-/// Notes that a connection (HTTP or control channel) closed: once many have, the memory their
-/// tasks held is given back to the OS.
-pub(crate) fn connection_closed() {
-    CLOSED_SINCE_TRIM.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Once a second, if [`TRIM_AFTER_CLOSES`] connections closed since the last time, gives the
-/// heap's free pages back to the OS: the allocator keeps what thousands of closed connections'
-/// tasks freed (scattered among live allocations) otherwise, and the resident memory a burst of
-/// idle connections raised would stay.
-async fn release_freed_memory() {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if CLOSED_SINCE_TRIM.load(Ordering::Relaxed) < TRIM_AFTER_CLOSES {
-            continue;
-        }
-        CLOSED_SINCE_TRIM.store(0, Ordering::Relaxed);
-        if tokio::task::spawn_blocking(trim_heap).await.is_err() {
-            tracing::debug!("trimming the heap failed");
-        }
-    }
-}
-
-/// Returns the heap's free pages to the OS (glibc's `malloc_trim`; elsewhere nothing).
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim(3) only returns free heap pages to the OS; it touches no live
-    // allocation and may be called from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Raises this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to its hard limit
 /// (at most `/proc/sys/fs/nr_open`, or 2^20 where that cannot be read); returns the soft limit
 /// it has then. Processes it starts inherit it.
@@ -236,7 +198,7 @@ pub fn bind_backend(
         .enable_all()
         .build()
         .map_err(|source| ServerError::Serve { what: "cannot start the runtime", source })?;
-    runtime.spawn(release_freed_memory());
+    runtime.spawn(crate::reclaim::release_freed_memory());
     let plane = ControlPlane::open(config, backend).map_err(ServerError::Open)?;
     let token = ApiToken::load_or_create(&plane.config().data_dir).map_err(ServerError::Token)?;
     let remembered = plane
@@ -311,7 +273,7 @@ async fn serve_http(
         tokio::spawn(async move {
             serve_connection(stream, service, settings).await;
             drop((open, slot));
-            connection_closed();
+            crate::reclaim::connection_closed();
         });
     }
 }
