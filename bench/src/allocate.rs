@@ -24,12 +24,12 @@ use crate::output::Reporter;
 use crate::report::{self, Record, RunInfo, Summary};
 
 /// A control plane child, killed (with the processes and the pool it holds) when dropped.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     child: Child,
-    http: String,
-    agent: ureq::Agent,
+    pub(crate) http: String,
+    pub(crate) agent: ureq::Agent,
     /// `Bearer TOKEN`: the API's token, read from the data folder.
-    authorization: String,
+    pub(crate) authorization: String,
     _data: tempfile::TempDir,
 }
 
@@ -45,7 +45,7 @@ fn praas_binary() -> Result<PathBuf, String> {
 
 impl ControlPlane {
     /// Starts `praas control serve` whose manifests may name libraries inside `function_root`.
-    fn start(backend_args: &[&str], function_root: &std::path::Path) -> Result<Self, String> {
+    pub(crate) fn start(backend_args: &[&str], function_root: &std::path::Path) -> Result<Self, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
         let pool_name = pool_name(data.path());
         let mut child = Command::new(praas_binary()?)
@@ -80,7 +80,7 @@ impl ControlPlane {
         Ok(Self { child, http, agent, authorization, _data: data })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<(), String> {
         let url = format!("{}{path}", self.http);
         let auth = self.authorization.as_str();
         let response = match (method, body) {

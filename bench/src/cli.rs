@@ -25,6 +25,9 @@ pub enum Command {
     Message(MessageArgs),
     /// Create-to-ALLOCATED latency on the local and Slurm backends, against `srun -n1 true`.
     Allocate(AllocateArgs),
+    /// `GET /apps` with routed invocations of a sleeping function in flight, against the same
+    /// `GET /apps` on the idle control plane.
+    ApiLoad(ApiLoadArgs),
     /// What recording per-function statistics costs an inline invocation: round trips of the same
     /// binary with the recording on against off, pass against pass, and instructions per
     /// invocation counted by callgrind.
@@ -240,6 +243,27 @@ pub struct AllocateArgs {
     /// Nodes of the pool (slurm-pool).
     #[arg(long, default_value_t = 1)]
     pub slurm_pool_nodes: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiLoadArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Routed invocations in flight during the loaded measurement.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub in_flight: u64,
+    /// How long each routed invocation sleeps, in milliseconds (longer than the measurement).
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sleep_ms: u64,
+    /// Measured `GET /apps` of each side.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+    /// `GET /apps` dropped before the measured ones, on each side.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Memory limit of the process the invocations wait at, MiB.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(64..))]
+    pub process_memory_mb: u64,
 }
 
 #[derive(Debug, Args)]

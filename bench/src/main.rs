@@ -5,6 +5,7 @@
 //! re-executes itself with a hidden `serve-*` subcommand.
 
 mod allocate;
+mod api_load;
 mod child;
 mod cli;
 mod flood;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Message(args) if args.transport == cli::TransportKind::Rdma => rdma::message(args),
         Command::Message(args) => message::run(args),
         Command::Allocate(args) => allocate::run(args),
+        Command::ApiLoad(args) => api_load::run(args),
         Command::StatsCost(args) => stats_cost::run(args),
         Command::Flood(args) => flood::run(args),
         Command::PythonGil(args) => python_gil::run(args),

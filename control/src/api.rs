@@ -1,14 +1,20 @@
 //! The control plane's REST/JSON API (axum). Every request must present the API's bearer token
-//! ([`crate::api_token`]); one without it is answered 401 before its body is read. Every handler
-//! runs its control-plane operation on the blocking pool and answers exactly once: the result as
-//! JSON, or `{"error": ..., "status": ...}` with 400, 401, 404, 409, 500, 503 or 504 (413 for a
-//! body over its route's limit comes from axum's body limit). This module alone says which HTTP
+//! ([`crate::api_token`]); one without it is answered 401 before its body is read. No handler
+//! blocks the async runtime: each runs its control-plane operation on a pool ([`Pools`]) and
+//! answers exactly once: the result as JSON, or `{"error": ..., "status": ...}` with 400, 401,
+//! 404, 409, 500, 503 or 504 (413 for a body over its route's limit comes from axum's body
+//! limit). Routed invocations run on a pool of their own, at most [`Pools::invocations`] at once;
+//! lifecycle operations (which wait for processes) at most [`Pools::lifecycle`] at once; past
+//! either limit a request is answered 503 at once with the reason, so neither can fill the
+//! threads that answer the short routes (`GET /apps` and the like). This module alone says which HTTP
 //! status answers which [`ControlError`]; the paths are [`crate::routes`]'. `GET /metrics`
 //! answers the Prometheus text format ([`crate::metrics`]), behind the same token; every request,
 //! refused ones included, is counted by its route template ([`MatchedPath`]) and status.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +23,7 @@ use axum::{Json, Router};
 use praas_dataplane::Status;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api_token::ApiToken;
 use crate::application::Upload;
@@ -134,6 +141,16 @@ enum HttpError {
     /// No route has the request's path.
     #[error("no such route")]
     NoRoute,
+    /// As many requests of its kind as its limit are in flight.
+    #[error("{limit} {what} are in flight, as many as this control plane takes at once ({flag}): try again later")]
+    Busy {
+        /// What is in flight (`routed invocations`, `lifecycle operations`).
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// The flag that sets it.
+        flag: &'static str,
+    },
     /// The handler's blocking task panicked (`operation` or `invocation`).
     #[error("the {0} panicked")]
     Panicked(&'static str),
@@ -149,6 +166,7 @@ impl HttpError {
             Self::Control(e) => control_status(e),
             Self::InvalidJson(_) | Self::InvalidBase64 { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::Panicked(_) | Self::Metrics(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -202,9 +220,130 @@ fn function_status(status: Status) -> StatusCode {
 
 fn error_response(e: HttpError) -> Response {
     let status = e.status();
-    (status, Json(ErrorBody { error: e.to_string(), status: status.as_u16() })).into_response()
+    let mut response = (status, Json(ErrorBody { error: e.to_string(), status: status.as_u16() })).into_response();
+    if matches!(e, HttpError::Busy { .. }) {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
 }
 
+/// The whole answer (HTTP/1.1, then closed) to a connection past the API's connection limit
+/// (`limit` open): 503 with the reason, written without reading the request.
+pub fn connection_refusal(limit: usize) -> Vec<u8> {
+    let status = StatusCode::SERVICE_UNAVAILABLE;
+    let error = format!(
+        "{limit} connections are open, as many as this control plane's API takes at once \
+         (--max-http-connections): try again later"
+    );
+    let body = serde_json::to_vec(&ErrorBody { error, status: status.as_u16() }).unwrap_or_default();
+    let mut answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
+}
+
+/// Where the API's handlers run their blocking work, and how much of it at once: routed
+/// invocations on a pool of their own (at most [`Pools::invocations`] in flight, each holding a
+/// thread while its process works); lifecycle operations (create, swap, swap in, stop, delete:
+/// they wait for processes) at most [`Pools::lifecycle`] at once; everything else (short reads
+/// and writes of the registry and the database) on the runtime's blocking pool, which neither
+/// can fill.
+#[derive(Debug)]
+pub struct Pools {
+    invocation_pool: tokio::runtime::Handle,
+    /// Keeps the invocation pool's runtime alive; shut down without waiting when dropped.
+    invocation_runtime: Option<tokio::runtime::Runtime>,
+    invocation_slots: Arc<Semaphore>,
+    invocations: usize,
+    lifecycle_slots: Arc<Semaphore>,
+    lifecycle: usize,
+    /// Where the requests in flight are counted.
+    metrics: crate::metrics::ControlMetrics,
+}
+
+impl Pools {
+    /// At most `invocations` routed invocations and `lifecycle` lifecycle operations in flight,
+    /// counted in `metrics`.
+    pub fn new(invocations: usize, lifecycle: usize, metrics: crate::metrics::ControlMetrics) -> std::io::Result<Self> {
+        let invocations = invocations.max(1);
+        let lifecycle = lifecycle.max(1);
+        // Only its blocking pool runs anything: one thread per invocation in flight, idle ones
+        // gone after 10 s.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(invocations)
+            .thread_name("praas-invoke")
+            .thread_keep_alive(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            invocation_pool: runtime.handle().clone(),
+            invocation_runtime: Some(runtime),
+            invocation_slots: Arc::new(Semaphore::new(invocations)),
+            invocations,
+            lifecycle_slots: Arc::new(Semaphore::new(lifecycle)),
+            lifecycle,
+            metrics,
+        })
+    }
+
+    /// Routed invocations in flight at most (`--max-invocations`).
+    pub fn invocations(&self) -> usize {
+        self.invocations
+    }
+
+    /// Lifecycle operations in flight at most (`--max-lifecycle`).
+    pub fn lifecycle(&self) -> usize {
+        self.lifecycle
+    }
+
+    fn invocation_slot(&self) -> Result<OwnedSemaphorePermit, HttpError> {
+        Arc::clone(&self.invocation_slots).try_acquire_owned().map_err(|_| HttpError::Busy {
+            what: "routed invocations",
+            limit: self.invocations,
+            flag: "--max-invocations",
+        })
+    }
+
+    fn lifecycle_slot(&self) -> Result<OwnedSemaphorePermit, HttpError> {
+        Arc::clone(&self.lifecycle_slots).try_acquire_owned().map_err(|_| HttpError::Busy {
+            what: "lifecycle operations",
+            limit: self.lifecycle,
+            flag: "--max-lifecycle",
+        })
+    }
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.invocation_runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// What the API's handlers share: the control plane and the pools they run on.
+#[derive(Debug, Clone)]
+struct ApiState {
+    plane: ControlPlane,
+    pools: Arc<Pools>,
+}
+
+impl FromRef<ApiState> for ControlPlane {
+    fn from_ref(state: &ApiState) -> Self {
+        state.plane.clone()
+    }
+}
+
+impl FromRef<ApiState> for Arc<Pools> {
+    fn from_ref(state: &ApiState) -> Self {
+        Arc::clone(&state.pools)
+    }
+}
+
+/// Runs a short operation on the runtime's blocking pool; answers its result as JSON.
 async fn blocking<T, E, F>(f: F) -> Response
 where
     T: Serialize + Send + 'static,
@@ -216,6 +355,27 @@ where
         Ok(Err(e)) => error_response(e.into()),
         Err(_) => error_response(HttpError::Panicked("operation")),
     }
+}
+
+/// [`blocking`] for a lifecycle operation: 503 at once when [`Pools::lifecycle`] are in flight.
+async fn lifecycle<T, E, F>(pools: &Pools, f: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    E: Into<HttpError> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    let slot = match pools.lifecycle_slot() {
+        Ok(slot) => slot,
+        Err(busy) => return error_response(busy),
+    };
+    let held = pools.metrics.begin_request("lifecycle");
+    // The slot is held until the operation ends, even if its client is gone before.
+    blocking(move || {
+        let result = f();
+        drop((slot, held));
+        result
+    })
+    .await
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, HttpError> {
@@ -247,8 +407,8 @@ async fn count_requests(State(plane): State<ControlPlane>, request: Request, nex
     response
 }
 
-/// The API's routes, every one behind the bearer `token`.
-pub fn router(plane: ControlPlane, token: ApiToken) -> Router {
+/// The API's routes, every one behind the bearer `token`, their work on `pools`.
+pub fn router(plane: ControlPlane, token: ApiToken, pools: Arc<Pools>) -> Router {
     let counted = plane.clone();
     Router::new()
         .route(routes::METRICS, get(metrics))
@@ -263,7 +423,7 @@ pub fn router(plane: ControlPlane, token: ApiToken) -> Router {
         .route(routes::STATS, get(stats))
         .route(routes::INVOKE, post(invoke))
         .fallback(|| async { error_response(HttpError::NoRoute) })
-        .with_state(plane)
+        .with_state(ApiState { plane, pools })
         .layer(middleware::from_fn_with_state(token, authenticate))
         .layer(middleware::from_fn_with_state(counted, count_requests))
 }
@@ -280,8 +440,13 @@ async fn list_apps(State(plane): State<ControlPlane>) -> Response {
     blocking(move || Ok::<_, HttpError>(plane.list_apps())).await
 }
 
-async fn create_app(State(plane): State<ControlPlane>, Path(app): Path<String>, body: Bytes) -> Response {
-    blocking(move || {
+async fn create_app(
+    State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> Response {
+    lifecycle(&pools, move || {
         let request: CreateApp = parse(&body)?;
         let resources = request.resources.unwrap_or_default();
         let uploads = request.files.into_iter().map(UploadedFile::decode).collect::<Result<Vec<_>, _>>()?;
@@ -298,8 +463,12 @@ async fn client_key(State(plane): State<ControlPlane>, Path(app): Path<String>) 
     blocking(move || plane.client_key(&app)).await
 }
 
-async fn delete_app(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
-    blocking(move || plane.delete_app(&app).map(|()| serde_json::json!({"deleted": app}))).await
+async fn delete_app(
+    State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
+    Path(app): Path<String>,
+) -> Response {
+    lifecycle(&pools, move || plane.delete_app(&app).map(|()| serde_json::json!({"deleted": app}))).await
 }
 
 async fn list_processes(State(plane): State<ControlPlane>, Path(app): Path<String>) -> Response {
@@ -308,10 +477,11 @@ async fn list_processes(State(plane): State<ControlPlane>, Path(app): Path<Strin
 
 async fn create_process(
     State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
     Path((app, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    blocking(move || {
+    lifecycle(&pools, move || {
         let request: CreateProcess = if body.is_empty() { CreateProcess::default() } else { parse(&body)? };
         Ok::<_, HttpError>(plane.create_process(&app, &name, request.resources)?)
     })
@@ -324,37 +494,66 @@ async fn get_process(State(plane): State<ControlPlane>, Path((app, name)): Path<
 
 async fn delete_process(
     State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
     Path((app, name)): Path<(String, String)>,
     Query(query): Query<DeleteQuery>,
 ) -> Response {
-    blocking(move || plane.delete_process(&app, &name, query.force).map(|()| serde_json::json!({"deleted": name})))
-        .await
+    lifecycle(&pools, move || {
+        plane.delete_process(&app, &name, query.force).map(|()| serde_json::json!({"deleted": name}))
+    })
+    .await
 }
 
-async fn swap(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
-    blocking(move || plane.swap_out(&app, &name)).await
+async fn swap(
+    State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
+    Path((app, name)): Path<(String, String)>,
+) -> Response {
+    lifecycle(&pools, move || plane.swap_out(&app, &name)).await
 }
 
-async fn swap_in(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
-    blocking(move || plane.swap_in(&app, &name)).await
+async fn swap_in(
+    State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
+    Path((app, name)): Path<(String, String)>,
+) -> Response {
+    lifecycle(&pools, move || plane.swap_in(&app, &name)).await
 }
 
 async fn stats(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
     blocking(move || plane.function_stats(&app, &name)).await
 }
 
-async fn stop(State(plane): State<ControlPlane>, Path((app, name)): Path<(String, String)>) -> Response {
-    blocking(move || plane.stop(&app, &name)).await
+async fn stop(
+    State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
+    Path((app, name)): Path<(String, String)>,
+) -> Response {
+    lifecycle(&pools, move || plane.stop(&app, &name)).await
 }
 
+/// A routed invocation, on the invocation pool: 503 at once when [`Pools::invocations`] are in
+/// flight. Its slot is held until the invocation ends, even if its client is gone before.
 async fn invoke(
     State(plane): State<ControlPlane>,
+    State(pools): State<Arc<Pools>>,
     Path((app, function)): Path<(String, String)>,
     Query(query): Query<InvokeQuery>,
     body: Bytes,
 ) -> Response {
-    let result =
-        tokio::task::spawn_blocking(move || plane.invoke(&app, &function, query.process.as_deref(), &body)).await;
+    let slot = match pools.invocation_slot() {
+        Ok(slot) => slot,
+        Err(busy) => return error_response(busy),
+    };
+    let held = pools.metrics.begin_request("invocation");
+    let result = pools
+        .invocation_pool
+        .spawn_blocking(move || {
+            let output = plane.invoke(&app, &function, query.process.as_deref(), &body);
+            drop((slot, held));
+            output
+        })
+        .await;
     match result {
         Ok(Ok(output)) => ([(header::CONTENT_TYPE, "application/octet-stream")], output).into_response(),
         Ok(Err(e)) => error_response(e.into()),
@@ -370,6 +569,18 @@ mod tests {
 
     fn status_of(e: impl Into<HttpError>) -> u16 {
         e.into().status().as_u16()
+    }
+
+    #[test]
+    fn a_connection_past_the_limit_gets_a_whole_503_answer() {
+        let answer = String::from_utf8(connection_refusal(30)).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let body: ErrorBody = serde_json::from_str(body).unwrap();
+        assert_eq!(body.status, 503);
+        assert!(body.error.starts_with("30 connections are open"), "{}", body.error);
     }
 
     #[test]
@@ -442,6 +653,13 @@ mod tests {
         assert_eq!(status_of(HttpError::Unauthorized), 401);
         assert_eq!(status_of(HttpError::NoRoute), 404);
         assert_eq!(HttpError::Panicked("invocation").to_string(), "the invocation panicked");
+        let busy = HttpError::Busy { what: "routed invocations", limit: 8, flag: "--max-invocations" };
+        assert_eq!(
+            busy.to_string(),
+            "8 routed invocations are in flight, as many as this control plane takes at once (--max-invocations): \
+             try again later"
+        );
+        assert_eq!(status_of(busy), 503);
         let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
         assert_eq!(status_of(HttpError::InvalidJson(json)), 400);
     }

@@ -24,13 +24,12 @@
 //! snapshot) leaves the process SWAPPED_OUT with the reason recorded: it can be retried.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use praas_dataplane::control_channel::{
-    write_json, MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
+    MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
 };
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::protocol::MessageKind;
@@ -40,6 +39,7 @@ use thiserror::Error;
 
 use crate::application::DeployError;
 use crate::backend::{Backend, BackendError, Exit, Launch};
+use crate::link::ControlLink;
 use crate::metrics::{ControlMetrics, MetricsError, ProcessSnapshot};
 use crate::model::{
     valid_name, Application, ProcessRecord, ProcessStatus, ResourceError, Resources, SwapInfo, NAME_RULE,
@@ -416,22 +416,6 @@ impl ControlConfig {
             log_format: crate::logging::LogFormat::Text,
             header_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-/// The control channel of a registered process, for sending it requests.
-#[derive(Debug, Clone)]
-pub struct ControlLink {
-    /// Distinguishes connections of the same process.
-    pub id: u64,
-    /// The write half.
-    pub writer: Arc<Mutex<TcpStream>>,
-}
-
-impl ControlLink {
-    fn send<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> std::io::Result<()> {
-        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_json(&mut *writer, kind, b"", value)
     }
 }
 
@@ -1407,6 +1391,9 @@ impl ControlPlane {
         }
         let record = self.settled(app, name, ProcessStatus::Allocated)?;
         self.inner.metrics.observe_swap_in(app, bytes, started.elapsed().as_secs_f64());
+        // The peers hear of its new address before the caller hears of the swap-in (the
+        // registration's own announcement may still be on its way).
+        self.announce_peers(app);
         Ok(record)
     }
 

@@ -51,7 +51,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ControlCommand {
     /// Serve the control plane's API and control channel.
-    Serve(ControlServeArgs),
+    Serve(Box<ControlServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +103,31 @@ struct ControlServeArgs {
     /// before its connection is closed.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     header_timeout_ms: u64,
+    /// How long an HTTP connection may stay idle (no request in flight, no byte moving), in
+    /// milliseconds, before it is closed.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_ms: u64,
+    /// HTTP connections open at once; one past it is answered 503 and closed at once (default:
+    /// derived from the descriptor limit, which the control plane raises to its hard limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_http_connections: Option<u64>,
+    /// Control-channel connections open at once; one past it is closed at once (default: derived
+    /// from the descriptor limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_control_connections: Option<u64>,
+    /// How long a control-channel connection may take to prove itself, in milliseconds, before it
+    /// is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout_ms: u64,
+    /// Routed invocations (`POST /apps/APP/invoke/FUNCTION`) in flight at once, each on a thread
+    /// of their own pool; one past it is answered 503 at once (default: 1024, at most a quarter
+    /// of the descriptor limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_invocations: Option<u64>,
+    /// Lifecycle operations (create, swap, swap in, stop, delete) in flight at once; one past it
+    /// is answered 503 at once.
+    #[arg(long, default_value_t = server::DEFAULT_LIFECYCLE as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_lifecycle: u64,
     /// Processes also serve RDMA (`praas process serve --rdma-listen SPEC`): `auto` (each node's
     /// RDMA device address), an IP address, or IP:PORT. Their RDMA addresses are listed with
     /// the processes, and messages between processes go over RDMA.
@@ -452,7 +477,7 @@ fn main() -> ExitCode {
     let api = || Api::new(&cli.control, Duration::from_secs(600));
     let json = cli.json;
     let result = match cli.command {
-        Command::Control(ControlCommand::Serve(args)) => control_serve(args),
+        Command::Control(ControlCommand::Serve(args)) => control_serve(*args),
         Command::App(command) => app(&api(), command, json),
         Command::Process(ProcessCommand::Serve(args)) => process_main::serve(args.options()).map_err(Failure::from),
         Command::Process(command) => process(&api(), command, json),
@@ -569,7 +594,33 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
         let canonical = root.canonicalize().map_err(|source| Failure::FunctionRoot { path: root.clone(), source })?;
         config.function_roots.push(canonical);
     }
-    let server = server::bind_backend(config, backend, args.listen, args.control_listen)?;
+    let descriptors = server::raise_descriptor_limit().unwrap_or_else(|e| {
+        tracing::warn!("cannot raise the descriptor limit ({e}): limits derived from 1024 descriptors");
+        1024
+    });
+    let mut limits = server::Limits::for_descriptors(descriptors);
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = args.max_http_connections {
+        limits.http_connections = count(n);
+    }
+    if let Some(n) = args.max_control_connections {
+        limits.control_connections = count(n);
+    }
+    if let Some(n) = args.max_invocations {
+        limits.invocations = count(n);
+    }
+    limits.lifecycle = count(args.max_lifecycle);
+    limits.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    limits.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
+    tracing::info!(
+        descriptors,
+        http_connections = limits.http_connections,
+        control_connections = limits.control_connections,
+        invocations = limits.invocations,
+        lifecycle = limits.lifecycle,
+        "limits"
+    );
+    let server = server::bind_backend(config, backend, args.listen, args.control_listen, limits)?;
     // Scripts read this line to learn the ports.
     println!("control plane on http://{} (processes register on {})", server.http_addr(), server.control_addr);
     std::io::stdout().flush().map_err(Failure::Output)?;

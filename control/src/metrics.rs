@@ -22,7 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -106,7 +106,28 @@ pub struct ControlMetrics {
     downscaler_actions: Family<Labels, Counter>,
     routed_invocations: Family<Labels, Counter>,
     http_requests: Family<Labels, Counter>,
+    connections_open: Family<Labels, Gauge>,
+    connections_refused: Family<Labels, Counter>,
+    requests_in_flight: Family<Labels, Gauge>,
     functions: Arc<Mutex<FunctionTotals>>,
+}
+
+/// One of something counted by a gauge while it lasts (an open connection, a request in
+/// flight): the gauge goes down when it is dropped.
+#[derive(Debug)]
+pub struct Held(Gauge);
+
+impl Held {
+    fn of(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for ControlMetrics {
@@ -120,6 +141,9 @@ impl Default for ControlMetrics {
             downscaler_actions: Family::default(),
             routed_invocations: Family::default(),
             http_requests: Family::default(),
+            connections_open: Family::default(),
+            connections_refused: Family::default(),
+            requests_in_flight: Family::default(),
             functions: Arc::default(),
         }
     }
@@ -165,6 +189,23 @@ impl ControlMetrics {
     pub fn count_http_request(&self, method: &str, route: &str, status: u16) {
         let labels = vec![("method", method.to_owned()), ("route", route.to_owned()), ("status", status.to_string())];
         self.http_requests.get_or_create(&labels).inc();
+    }
+
+    /// A connection to `listener` (`http`, `control`) is open while the result lives.
+    pub fn open_connection(&self, listener: &'static str) -> Held {
+        Held::of(&self.connections_open.get_or_create(&vec![("listener", listener.to_owned())]))
+    }
+
+    /// A connection to `listener` (`http`, `control`) was closed at once: as many as its limit
+    /// were open.
+    pub fn count_refused_connection(&self, listener: &'static str) {
+        self.connections_refused.get_or_create(&vec![("listener", listener.to_owned())]).inc();
+    }
+
+    /// A request of `kind` (`invocation`: routed invocations, `lifecycle`: process and
+    /// application operations) is in flight while the result lives.
+    pub fn begin_request(&self, kind: &'static str) -> Held {
+        Held::of(&self.requests_in_flight.get_or_create(&vec![("kind", kind.to_owned())]))
     }
 
     /// Adds what a process reported of its functions since its previous report.
@@ -234,6 +275,21 @@ impl ControlMetrics {
             "praas_http_requests",
             "Requests of the HTTP API, by method, route template and status",
             self.http_requests.clone(),
+        );
+        registry.register(
+            "praas_connections_open",
+            "Connections open now, by listener (http, control)",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "praas_connections_refused",
+            "Connections closed at once because as many as the listener's limit were open, by listener",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "praas_requests_in_flight",
+            "Requests of the HTTP API in flight now, by kind (invocation, lifecycle)",
+            self.requests_in_flight.clone(),
         );
         let functions = self.functions.lock().unwrap_or_else(|p| p.into_inner()).clone();
         registry.register_collector(Box::new(StateCollector { processes, functions }));

@@ -313,8 +313,19 @@ fn messages_between_processes_follow_peer_updates_and_survive_swapping() {
     assert!(refused_text.contains("swapped out") || refused_text.contains("swapping out"), "{refused}");
     let _: ProcessRecord = cp.api.post("/apps/ring/processes/p2/swapin").unwrap();
     assert_eq!(cp.invoke("ring", Some("p2"), "msg_get", b"* keep 1000").unwrap(), b"p1 second");
-    // After the swap-in, p2 is reachable again at its new address.
-    let put = cp.invoke("ring", Some("p3"), "msg_put", b"p2 again welcome back");
-    assert_eq!(put.unwrap(), b"stored");
+    // After the swap-in, p2 is reachable again at its new address, once p3 has read the peer
+    // update (sent before the swap-in's answer, read by p3's control thread on its own time).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match cp.invoke("ring", Some("p3"), "msg_put", b"p2 again welcome back") {
+            Ok(put) => break assert_eq!(put, b"stored"),
+            Err(e) => {
+                let text = e.to_string().to_lowercase();
+                assert!(text.contains("swapped out") || text.contains("swapping"), "{e}");
+                assert!(Instant::now() < deadline, "p3 never learnt p2's new address: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
     assert_eq!(cp.invoke("ring", Some("p2"), "msg_get", b"p3 again 5000").unwrap(), b"p3 welcome back");
 }

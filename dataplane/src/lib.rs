@@ -14,8 +14,8 @@
 
 pub use praas_client as client;
 pub use praas_runtime::{
-    buffer, clock, control_channel, function, invocation, mailbox, peer, process, process_core, serve, session, state,
-    stats, swap,
+    buffer, clock, connection, control_channel, function, invocation, mailbox, peer, process, process_core, serve,
+    session, state, stats, swap,
 };
 pub use praas_wire::{auth, handshake, idmap, lifecycle, protocol};
 

@@ -16,6 +16,8 @@ use praas_testkit::example_functions;
 pub struct ControlPlaneProcess {
     pub child: Child,
     pub http: String,
+    /// The control channel's address (`HOST:PORT`), empty for an adopted control plane.
+    pub control: String,
     pub data_dir: PathBuf,
     pub api: Api,
     extra_args: Vec<String>,
@@ -41,7 +43,70 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn spawn(data_dir: &Path, extra_args: &[String], envs: &[(String, String)], log: Option<&Path>) -> (Child, String) {
+/// Raises this test process's soft limit of open descriptors to its hard limit (tests that open
+/// thousands of connections); returns the soft limit then.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit(2) only reads the rlimit it is given; the soft limit is the hard one.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "{}", std::io::Error::last_os_error());
+    limit.rlim_cur
+}
+
+/// Closes `stream` with a reset instead of a FIN (`SO_LINGER` 0): a test that opens thousands of
+/// connections leaves no `TIME_WAIT` socket holding a port after it.
+pub fn close_at_once(stream: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt(2) on a socket this function owns, reading a `linger` that lives here
+    // and whose size is given.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(stream);
+}
+
+/// A figure of `/proc/PID/status` in its unit (`VmRSS:` in KiB, `Threads:`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The value of the sample `series` (name with labels, as the text format prints it) in a
+/// `/metrics` answer; 0 when absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Waits until `condition` holds, polling every 20 ms; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `praas control serve` on `data_dir`: its environment `envs`, its standard error appended
+/// to `log` (else inherited), its soft descriptor limit `nofile` (else this process's); returns
+/// the child, its HTTP address and its control channel's.
+fn spawn(
+    data_dir: &Path,
+    extra_args: &[String],
+    envs: &[(String, String)],
+    log: Option<&Path>,
+    nofile: Option<u64>,
+) -> (Child, String, String) {
     let stderr = match log {
         Some(log) => {
             let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("the control log");
@@ -49,7 +114,26 @@ fn spawn(data_dir: &Path, extra_args: &[String], envs: &[(String, String)], log:
         }
         None => Stdio::inherit(),
     };
-    let mut child = praas()
+    let mut command = praas();
+    if let Some(soft) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // getrlimit(2) and setrlimit(2), which are async-signal-safe, on a struct of its own.
+        unsafe {
+            command.pre_exec(move || {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = soft.min(limit.rlim_max);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .args(["control", "serve", "--listen", "127.0.0.1:0", "--metrics-ms", "50", "--data-dir"])
         .arg(data_dir)
         .args(extra_args)
@@ -65,7 +149,8 @@ fn spawn(data_dir: &Path, extra_args: &[String], envs: &[(String, String)], log:
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    (child, http)
+    let control = line.split("register on ").nth(1).unwrap_or_default().trim().trim_end_matches(')').to_owned();
+    (child, http, control)
 }
 
 /// An API client with the token in the control plane's data folder.
@@ -79,11 +164,21 @@ impl ControlPlaneProcess {
         Self::start_in(temp_dir(name), extra_args)
     }
 
+    /// Starts a control plane whose soft limit of open descriptors is `nofile` when it starts
+    /// (as a user's shell would give it), whatever this test process's is.
+    pub fn start_with_nofile(name: &str, extra_args: &[&str], nofile: u64) -> Self {
+        let data_dir = temp_dir(name);
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, http, control) = spawn(&data_dir, &extra_args, &[], None, Some(nofile));
+        let api = api_of(&http, &data_dir);
+        Self { child, http, control, data_dir, api, extra_args, envs: Vec::new(), log: None }
+    }
+
     pub fn start_in(data_dir: PathBuf, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, http) = spawn(&data_dir, &extra_args, &[], None);
+        let (child, http, control) = spawn(&data_dir, &extra_args, &[], None, None);
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args, envs: Vec::new(), log: None }
+        Self { child, http, control, data_dir, api, extra_args, envs: Vec::new(), log: None }
     }
 
     /// A control plane with `envs` set, its standard error (its log) appended to
@@ -93,9 +188,9 @@ impl ControlPlaneProcess {
         let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
         let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let log = data_dir.join("control.log");
-        let (child, http) = spawn(&data_dir, &extra_args, &envs, Some(&log));
+        let (child, http, control) = spawn(&data_dir, &extra_args, &envs, Some(&log), None);
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args, envs, log: Some(log) }
+        Self { child, http, control, data_dir, api, extra_args, envs, log: Some(log) }
     }
 
     /// What the control plane logged so far (empty unless started with `start_logged`).
@@ -111,7 +206,7 @@ impl ControlPlaneProcess {
     /// Takes over a control plane a test started itself (killed with its processes when dropped).
     pub fn adopt(child: Child, http: String, data_dir: PathBuf) -> Self {
         let api = api_of(&http, &data_dir);
-        Self { child, http, data_dir, api, extra_args: Vec::new(), envs: Vec::new(), log: None }
+        Self { child, http, control: String::new(), data_dir, api, extra_args: Vec::new(), envs: Vec::new(), log: None }
     }
 
     /// Whether the control plane's OS process still runs.
@@ -129,8 +224,9 @@ impl ControlPlaneProcess {
     /// environment it started with.
     pub fn restart(&mut self) {
         self.envs.clear();
-        let (child, http) = spawn(&self.data_dir, &self.extra_args, &self.envs, self.log.as_deref());
+        let (child, http, control) = spawn(&self.data_dir, &self.extra_args, &self.envs, self.log.as_deref(), None);
         self.child = child;
+        self.control = control;
         self.api = api_of(&http, &self.data_dir);
         self.http = http;
     }

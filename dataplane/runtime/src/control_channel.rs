@@ -42,8 +42,8 @@ use praas_wire::protocol::{
     decode_frame, encode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status,
 };
 
-/// Largest control frame.
-const MAX_CONTROL_FRAME: usize = 16 << 20;
+/// Largest control frame (after the handshake).
+pub const MAX_CONTROL_FRAME: usize = 16 << 20;
 /// Largest frame of the handshake, before the peer has proved who it is: a nonce, or a proof with
 /// a registration (a few hundred bytes). A peer announcing more is refused before anything is
 /// allocated for it.

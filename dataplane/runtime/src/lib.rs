@@ -13,6 +13,7 @@
 
 pub mod buffer;
 pub mod clock;
+pub mod connection;
 pub mod control_channel;
 pub mod function;
 pub mod invocation;

@@ -116,7 +116,7 @@ impl Process {
     }
 
     /// Its connections, counted against its connection limits by every transport.
-    pub fn connections(&self) -> &Arc<crate::serve::Connections> {
+    pub fn connections(&self) -> &Arc<crate::connection::Connections> {
         self.core.connections()
     }
 

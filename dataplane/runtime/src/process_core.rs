@@ -44,7 +44,7 @@ pub struct ProcessConfig {
     /// only to measure what recording costs.
     pub function_stats: bool,
     /// How many connections the process serves, and their timeouts (every transport).
-    pub connection_limits: crate::serve::ConnectionLimits,
+    pub connection_limits: crate::connection::ConnectionLimits,
 }
 
 impl Default for ProcessConfig {
@@ -60,7 +60,7 @@ impl Default for ProcessConfig {
             queue_capacity: 1 << 16,
             client_auth: false,
             function_stats: true,
-            connection_limits: crate::serve::ConnectionLimits::default(),
+            connection_limits: crate::connection::ConnectionLimits::default(),
         }
     }
 }
@@ -134,7 +134,7 @@ pub struct ProcessCore {
     state: StateStore,
     pool: BufferPool,
     /// Its connections, counted against `config.connection_limits`.
-    connections: Arc<crate::serve::Connections>,
+    connections: Arc<crate::connection::Connections>,
     metrics: Metrics,
     /// Messages put to this process, not yet got.
     mailbox: Arc<Mailbox>,
@@ -149,7 +149,7 @@ impl ProcessCore {
         let peers =
             PeerDirectory::new(&config.app, &config.id, config.secret.clone(), config.max_frame, Arc::clone(&mailbox));
         let pool = BufferPool::new(config.buffer_budget);
-        let connections = Arc::new(crate::serve::Connections::new(config.connection_limits, pool.clone()));
+        let connections = Arc::new(crate::connection::Connections::new(config.connection_limits, pool.clone()));
         Self {
             pool,
             connections,
@@ -188,7 +188,7 @@ impl ProcessCore {
     }
 
     /// Its connections (every transport counts its own here).
-    pub fn connections(&self) -> &Arc<crate::serve::Connections> {
+    pub fn connections(&self) -> &Arc<crate::connection::Connections> {
         &self.connections
     }
 
