@@ -6,9 +6,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::protocol::{MessageKind, Status};
@@ -16,7 +15,6 @@ use praas_dataplane::{Client, ClientOptions};
 use praas_testkit::flood::{self, Flood};
 use praas_testkit::raw::RawConnection;
 use praas_testkit::wait_until;
-use support::praas;
 
 const FLOOD: usize = 10_000;
 
@@ -45,18 +43,8 @@ impl Served {
              [[function]]\nname = \"counter\"\nlibrary = {lib:?}\nmode = \"worker\"\n"
         );
         std::fs::write(&manifest, functions).unwrap();
-        let mut child = praas()
-            .args(["process", "serve", "--listen", "127.0.0.1:0", "--workers", "2", "--transport", transport])
-            .arg("--manifest")
-            .arg(&manifest)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("praas process serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
+        let args = [&["--workers", "2", "--transport", transport][..], extra].concat();
+        let (child, addr) = support::serve_process(&manifest, &args);
         Self { addr: addr.parse().unwrap(), child }
     }
 

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{proc_status, sample, wait_until, ControlPlaneProcess};
+use support::{proc_status, sample, ControlPlaneProcess};
 
 /// Control-channel connections open now, as `/metrics` counts them.
 fn open_control_connections(cp: &ControlPlaneProcess) -> f64 {
@@ -28,7 +28,7 @@ fn registers_and_serves(cp: &ControlPlaneProcess, name: &str) {
 
 #[test]
 fn ten_thousand_idle_control_connections_cost_little_memory_and_no_threads() {
-    support::raise_fd_limit();
+    praas_testkit::flood::raise_nofile_limit();
     let cp = ControlPlaneProcess::start(
         "channel-idle",
         &["--handshake-timeout-ms", "120000", "--max-control-connections", "10100"],
@@ -39,7 +39,7 @@ fn ten_thousand_idle_control_connections_cost_little_memory_and_no_threads() {
 
     let idle: Vec<TcpStream> =
         (0..10_000).map(|_| TcpStream::connect(cp.control.as_str()).expect("connect to the control channel")).collect();
-    wait_until("10,000 control connections open", Duration::from_secs(60), || {
+    praas_testkit::wait_until(Duration::from_secs(60), "10,000 control connections open", || {
         open_control_connections(&cp) >= 10_000.0
     });
     let (rss_idle, threads_idle) = (proc_status(pid, "VmRSS:"), proc_status(pid, "Threads:"));
@@ -53,11 +53,13 @@ fn ten_thousand_idle_control_connections_cost_little_memory_and_no_threads() {
 
     registers_and_serves(&cp, "p");
 
-    idle.into_iter().for_each(support::close_at_once);
-    wait_until("only the process's link open", Duration::from_secs(10), || open_control_connections(&cp) == 1.0);
+    idle.into_iter().for_each(praas_testkit::linux::close_with_reset);
+    praas_testkit::wait_until(Duration::from_secs(10), "only the process's link open", || {
+        open_control_connections(&cp) == 1.0
+    });
     let closed = Instant::now();
     let grown = rss_idle.saturating_sub(rss_before);
-    wait_until("resident memory back", Duration::from_secs(10), || {
+    praas_testkit::wait_until(Duration::from_secs(10), "resident memory back", || {
         proc_status(pid, "VmRSS:") < rss_before + grown / 4 + 8 * 1024
     });
     eprintln!("resident {} KiB {:?} after the close", proc_status(pid, "VmRSS:"), closed.elapsed());
@@ -98,6 +100,8 @@ fn unproved_connections_are_closed_after_the_handshake_timeout_and_past_the_limi
     let waited = started.elapsed();
     assert!(waited < Duration::from_secs(3), "the unproved connections were closed after {waited:?}");
     // Their slots are free again: a real process registers.
-    wait_until("no control connection open", Duration::from_secs(5), || open_control_connections(&cp) == 0.0);
+    praas_testkit::wait_until(Duration::from_secs(5), "no control connection open", || {
+        open_control_connections(&cp) == 0.0
+    });
     registers_and_serves(&cp, "p");
 }

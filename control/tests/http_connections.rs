@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use praas_control::controller::AppView;
 use praas_control::routes;
-use support::{sample, wait_until, ControlPlaneProcess};
+use support::{sample, ControlPlaneProcess};
 
 fn addr(cp: &ControlPlaneProcess) -> String {
     cp.http.trim_start_matches("http://").to_owned()
@@ -61,7 +61,7 @@ fn closed_after(conn: &mut TcpStream) -> Duration {
 
 #[test]
 fn more_idle_connections_than_the_old_descriptor_limit_and_the_api_still_answers_at_once() {
-    support::raise_fd_limit();
+    praas_testkit::flood::raise_nofile_limit();
     // Started as a shell with the usual soft limit of 1024 would start it: it raises its own.
     let cp = ControlPlaneProcess::start_with_nofile("http-idle", &["--header-timeout-ms", "60000"], 1024);
     cp.create_example_app("app");
@@ -76,7 +76,7 @@ fn more_idle_connections_than_the_old_descriptor_limit_and_the_api_still_answers
     assert!(slowest < Duration::from_secs(1), "GET /apps took {slowest:?} beside 1,100 idle connections");
     let metrics = cp.api.metrics().unwrap();
     assert!(sample(&metrics, "praas_connections_open{listener=\"http\"}") > 1_100.0, "{metrics}");
-    idle.into_iter().for_each(support::close_at_once);
+    idle.into_iter().for_each(praas_testkit::linux::close_with_reset);
 }
 
 #[test]
@@ -115,7 +115,9 @@ fn past_the_connection_limit_a_connection_is_answered_503_at_once() {
     assert!(answer.contains("30 connections are open") && answer.contains("--max-http-connections"), "{answer}");
     // Once some close, the API answers again, and counted the refusal.
     open.truncate(20);
-    wait_until("the API answers again", Duration::from_secs(5), || cp.api.get::<Vec<AppView>>(&routes::apps()).is_ok());
+    praas_testkit::wait_until(Duration::from_secs(5), "the API answers again", || {
+        cp.api.get::<Vec<AppView>>(&routes::apps()).is_ok()
+    });
     let metrics = cp.api.metrics().unwrap();
     assert!(sample(&metrics, "praas_connections_refused_total{listener=\"http\"}") >= 1.0, "{metrics}");
 }

@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::protocol::Header;
-use support::praas;
 
 fn survives_peers_announcing_large_frames(transport: &str) {
     let dir = support::temp_dir(&format!("large-frames-{transport}"));
@@ -19,18 +17,7 @@ fn survives_peers_announcing_large_frames(transport: &str) {
     let lib = praas_testkit::example_functions();
     std::fs::write(&manifest, format!("[[function]]\nname = \"echo\"\nlibrary = {lib:?}\nmode = \"inline\"\n"))
         .unwrap();
-    let mut child = praas()
-        .args(["process", "serve", "--listen", "127.0.0.1:0", "--memory-mb", "2048", "--transport", transport])
-        .arg("--manifest")
-        .arg(&manifest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("praas process serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr =
-        line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}")).to_owned();
+    let (mut child, addr) = support::serve_process(&manifest, &["--memory-mb", "2048", "--transport", transport]);
 
     // 40 peers, each announcing `echo` with a 64 MiB input (the frame limit) and sending no more.
     let name = b"echo";

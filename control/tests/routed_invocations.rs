@@ -54,7 +54,7 @@ fn finish(cp: ControlPlaneProcess, threads: Vec<JoinHandle<Result<Vec<u8>, ApiCa
 
 #[test]
 fn get_apps_answers_within_a_second_while_600_routed_invocations_are_in_flight() {
-    support::raise_fd_limit();
+    praas_testkit::flood::raise_nofile_limit();
     let cp = control_plane("routed-load", &[]);
     let threads = sleepers(&cp, 600);
     // Before routed invocations had a pool of their own, they filled the blocking pool (512
@@ -89,7 +89,7 @@ fn get_apps_answers_within_a_second_while_600_routed_invocations_are_in_flight()
 fn past_the_routed_limit_an_invocation_is_answered_503_with_the_reason_at_once() {
     let cp = control_plane("routed-limit", &["--max-invocations", "8"]);
     let threads = sleepers(&cp, 8);
-    support::wait_until("8 routed invocations in flight", Duration::from_secs(30), || {
+    praas_testkit::wait_until(Duration::from_secs(30), "8 routed invocations in flight", || {
         let metrics = cp.api.metrics().unwrap_or_default();
         support::sample(&metrics, "praas_requests_in_flight{kind=\"invocation\"}") == 8.0
     });

@@ -34,23 +34,6 @@ fn invoke_frame(id: u64, function: &str, input: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Closes `stream` with a TCP reset (SO_LINGER 0) instead of an orderly FIN.
-fn reset(stream: TcpStream) {
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads a live `linger` of the size given, on a descriptor we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-    drop(stream);
-}
-
 fn wait_for_pool(process: &Process) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while process.pool().outstanding() > 0 && Instant::now() < deadline {
@@ -104,7 +87,7 @@ fn a_peer_reset_mid_frame_leaks_nothing(kind: TransportKind) {
             linux::unread_by_peer(&raw).unwrap() == Some(0)
                 && (n != sleep_case || process.in_flight() + (process.metrics().invocations() - finished) as usize >= 2)
         });
-        reset(raw);
+        praas_testkit::linux::close_with_reset(raw);
         let mut next = client(kind, addr);
         assert_eq!(next.invoke("echo", b"still serving").unwrap(), b"still serving", "after reset case {n}");
     }

@@ -43,38 +43,6 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Raises this test process's soft limit of open descriptors to its hard limit (tests that open
-/// thousands of connections); returns the soft limit then.
-pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit(2) only reads the rlimit it is given; the soft limit is the hard one.
-    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "{}", std::io::Error::last_os_error());
-    limit.rlim_cur
-}
-
-/// Closes `stream` with a reset instead of a FIN (`SO_LINGER` 0): a test that opens thousands of
-/// connections leaves no `TIME_WAIT` socket holding a port after it.
-pub fn close_at_once(stream: std::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt(2) on a socket this function owns, reading a `linger` that lives here
-    // and whose size is given.
-    let set = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-    drop(stream);
-}
-
 /// A figure of `/proc/PID/status` in its unit (`VmRSS:` in KiB, `Threads:`).
 pub fn proc_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -86,15 +54,6 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
 /// `/metrics` answer; 0 when absent.
 pub fn sample(metrics: &str, series: &str) -> f64 {
     metrics.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
-}
-
-/// Waits until `condition` holds, polling every 20 ms; panics with `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Starts `praas control serve` on `data_dir`: its environment `envs`, its standard error appended
@@ -151,6 +110,23 @@ fn spawn(
         .to_owned();
     let control = line.split("register on ").nth(1).unwrap_or_default().trim().trim_end_matches(')').to_owned();
     (child, http, control)
+}
+
+/// Starts `praas process serve` alone (no control plane) on a free loopback port with the
+/// functions of `manifest` and the further `args`; returns the child and the address it printed.
+pub fn serve_process(manifest: &Path, args: &[&str]) -> (Child, String) {
+    let mut child = praas()
+        .args(["process", "serve", "--listen", "127.0.0.1:0", "--manifest"])
+        .arg(manifest)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("praas process serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    (child, addr.to_owned())
 }
 
 /// An API client with the token in the control plane's data folder.
