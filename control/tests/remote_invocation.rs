@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,38 +27,23 @@ impl Drop for ChildProcess {
     }
 }
 
-/// Starts process `id` of the application as its own OS process on `kind`; returns it and its
-/// data-plane address.
+/// Starts process `id` of the application as its own OS process on `kind`
+/// ([`support::serve_process`]); returns it and its data-plane address.
 fn spawn_process(kind: TransportKind, id: &str, dir: &std::path::Path) -> (ChildProcess, String) {
     let manifest = dir.join("functions.toml");
     let lib = example_functions();
-    let text: String = ["sleep", "process_id", "echo_worker"]
+    let text: String = ["sleep", "process_id"]
         .iter()
-        .map(|name| {
-            let symbol = if *name == "echo_worker" { "symbol = \"echo\"\n" } else { "" };
-            format!("[[function]]\nname = \"{name}\"\nlibrary = \"{}\"\n{symbol}mode = \"worker\"\n\n", lib.display())
-        })
+        .map(|name| format!("[[function]]\nname = \"{name}\"\nlibrary = \"{}\"\nmode = \"worker\"\n\n", lib.display()))
         .collect();
     std::fs::write(&manifest, text).unwrap();
-    let mut child = support::praas()
-        .args(["process", "serve", "--listen", "127.0.0.1:0", "--app", APP, "--id", id, "--transport"])
-        .arg(kind.to_string())
-        .arg("--manifest")
-        .arg(&manifest)
-        .env("PRAAS_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("praas process serve starts");
-    let stdout = child.stdout.take().unwrap();
-    let child = ChildProcess(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the process printed its address").unwrap();
-        if let Some(addr) = line.strip_prefix("listening on ") {
-            break addr.trim().to_owned();
-        }
-    };
-    (child, addr)
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let transport = kind.to_string();
+    let secret = secret.to_str().unwrap();
+    let args = ["--app", APP, "--id", id, "--transport", &transport, "--secret-file", secret];
+    let (child, addr) = support::serve_process(&manifest, &args);
+    (ChildProcess(child), addr)
 }
 
 fn node(kind: TransportKind, manifest: &Manifest, id: &str) -> (Arc<Process>, ServerHandle) {
