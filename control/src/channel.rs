@@ -134,6 +134,10 @@ impl Connection {
                     }
                     if self.buf.is_empty() {
                         self.buf = Vec::new();
+                    } else if self.buf.len() < 4096 {
+                        // A few bytes of a frame (a half-open peer's part of a header) keep only
+                        // what they take, not the 4 KiB read into.
+                        self.buf.shrink_to_fit();
                     }
                 }
             }

@@ -9,6 +9,7 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use praas_testkit::flood::Flood;
 use support::{proc_status, sample, ControlPlaneProcess};
 
 /// Control-channel connections open now, as `/metrics` counts them.
@@ -27,7 +28,7 @@ fn registers_and_serves(cp: &ControlPlaneProcess, name: &str) {
 }
 
 #[test]
-fn ten_thousand_idle_control_connections_cost_little_memory_and_no_threads() {
+fn ten_thousand_idle_and_half_open_control_connections_cost_little_memory_and_no_threads() {
     praas_testkit::flood::raise_nofile_limit();
     let cp = ControlPlaneProcess::start(
         "channel-idle",
@@ -37,14 +38,16 @@ fn ten_thousand_idle_control_connections_cost_little_memory_and_no_threads() {
     let pid = cp.child.id();
     let (rss_before, threads_before) = (proc_status(pid, "VmRSS:"), proc_status(pid, "Threads:"));
 
-    let idle: Vec<TcpStream> =
-        (0..10_000).map(|_| TcpStream::connect(cp.control.as_str()).expect("connect to the control channel")).collect();
+    // Half of them idle, half half-open (the first 10 bytes of a frame's header, then nothing).
+    let addr: std::net::SocketAddr = cp.control.parse().unwrap();
+    let mut idle = praas_testkit::flood::open(addr, 5_000, Flood::Idle).expect("connect to the control channel");
+    idle.extend(praas_testkit::flood::open(addr, 5_000, Flood::PartialHeader).expect("connect to the control channel"));
     praas_testkit::wait_until(Duration::from_secs(60), "10,000 control connections open", || {
         open_control_connections(&cp) >= 10_000.0
     });
     let (rss_idle, threads_idle) = (proc_status(pid, "VmRSS:"), proc_status(pid, "Threads:"));
     eprintln!(
-        "10,000 idle: resident {rss_before} -> {rss_idle} KiB (+{} KiB), threads {threads_before} -> {threads_idle}",
+        "10,000 idle and half-open: resident {rss_before} -> {rss_idle} KiB (+{} KiB), threads {threads_before} -> {threads_idle}",
         rss_idle.saturating_sub(rss_before)
     );
     assert!(rss_idle < rss_before + 64 * 1024, "resident memory grew from {rss_before} KiB to {rss_idle} KiB");
