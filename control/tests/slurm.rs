@@ -27,18 +27,25 @@ struct Cluster {
     dir: PathBuf,
 }
 
-/// A base port with the two ports after it free too.
+/// A base port with the two ports after it free too, below the kernel's ephemeral range (where
+/// the thousands of client connections of other tests, and their TIME_WAIT, never land).
 fn free_port_base() -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if first > 65000 {
-            continue;
-        }
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (ephemeral_low.saturating_sub(12_000).max(1024), ephemeral_low.saturating_sub(3));
+    // A different start per test process, stepping by a prime: no two runs try the same ports first.
+    let span = u32::from(high - low);
+    let mut offset = std::process::id() % span;
+    for _ in 0..2000 {
+        let first = low + u16::try_from(offset).unwrap_or(0);
         if (0..3).all(|i| TcpListener::bind(("127.0.0.1", first + i)).is_ok()) {
             return first;
         }
+        offset = (offset + 7919) % span;
     }
-    panic!("no three free consecutive ports");
+    panic!("no three free consecutive ports between {low} and {high}");
 }
 
 impl Cluster {
