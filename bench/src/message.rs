@@ -4,6 +4,8 @@
 //!
 //! A and B are separate OS processes of one application, started on ports chosen up front so each
 //! can be told the other's address; they authenticate each other as the data plane always does.
+//! With `--redis`, the same ping-pong also goes through a real `redis-server` (LPUSH/BLPOP,
+//! [`crate::redis`]) after each size's praas round trips, reported as a line against `redis`.
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
@@ -18,6 +20,7 @@ use crate::functions;
 use crate::output::Reporter;
 use crate::placement::{self, Placement};
 use crate::raw_tcp::{self, RawClient};
+use crate::redis::RedisServer;
 use crate::report::{self, Record, RunInfo, Summary};
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -134,8 +137,11 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
     let mut client_b = Client::connect_with(b.addr(), options).map_err(|e| format!("process b: {e}"))?;
     let mut raw_client =
         RawClient::connect(raw.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}"))?;
+    // Started before anything is measured, so that a missing redis-server fails the run at once.
+    let redis =
+        if args.redis { Some(RedisServer::start(placement.server, timeout).map_err(|e| e.to_string())?) } else { None };
     let mut reporter = Reporter::new("message-tcp", &args.output);
-    for &size in &args.sizes {
+    for size in args.sizes() {
         let (warmup, iters) = counts(size, args);
         eprintln!("praas-bench: message {size} B: {warmup} warm-up + {iters} measured round trips");
         let payload = raw_tcp::payload(size);
@@ -150,7 +156,18 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
                 Some(&baseline),
             )
             .map_err(|e| format!("cannot print: {e}"))?;
+        if let Some(redis) = &redis {
+            let theirs = crate::redis::round_trips(redis, placement.server, size, warmup, total, timeout)
+                .map_err(|e| format!("redis {size} B: {e}"))?;
+            reporter
+                .push_measured(
+                    Record::latency("message", &info, size, warmup, &ours, "redis", &Summary::of(&theirs)),
+                    &hist,
+                    Some(&theirs),
+                )
+                .map_err(|e| format!("cannot print: {e}"))?;
+        }
     }
-    drop((a, b, raw));
+    drop((a, b, raw, redis));
     reporter.finish(&info).map_err(|e| format!("cannot print: {e}"))
 }
