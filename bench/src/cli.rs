@@ -202,7 +202,8 @@ pub struct SwapArgs {
 pub struct MessageArgs {
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Wire between the two processes: tcp (against raw TCP), or rdma (feature `rdma`: the
+    /// Wire between the two processes: tcp (the processes serve over mio) or uring (over
+    /// io_uring), both against raw TCP and puts over TCP; or rdma (feature `rdma`: the
     /// processes serve RDMA and put over it, against perftest's ib_send_lat; needs
     /// PRAAS_RDMA_DEVICE and PRAAS_RDMA_ADDR, as in the SoftRoCE VM: scripts/bench-rdma.sh message).
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]

@@ -93,12 +93,14 @@ pub fn counts(size: usize, args: &MessageArgs) -> (u64, u64) {
 /// Runs the whole `message` benchmark.
 pub fn run(args: &MessageArgs) -> Result<(), String> {
     // Over RDMA the caller runs `rdma::message` instead.
-    if args.transport != crate::cli::TransportKind::Tcp {
-        return Err(format!("message over {} is not measured: use tcp or rdma", args.transport.name()));
+    // Over RDMA the caller runs `rdma::message` instead; tcp and uring are the processes' transport
+    // (their puts go over blocking TCP either way).
+    if args.transport == crate::cli::TransportKind::Rdma {
+        return Err("message over rdma runs in rdma::message".into());
     }
     let placement = Placement::new(args.split);
     placement.check(placement::online_cpus())?;
-    let info = RunInfo { transport: "tcp", placement: placement.describe(), host: placement::host() };
+    let info = RunInfo { transport: args.transport.name(), placement: placement.describe(), host: placement::host() };
     placement::pin_current_thread(placement.client)?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let library = functions::library()?;
@@ -120,6 +122,8 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
             listen.to_string().into(),
             "--peer".into(),
             other,
+            "--transport".into(),
+            args.transport.name().into(),
         ]
     };
     // The secret goes through the environment: a command line is visible to every user (`ps`).
@@ -140,7 +144,7 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
     // Started before anything is measured, so that a missing redis-server fails the run at once.
     let redis =
         if args.redis { Some(RedisServer::start(placement.server, timeout).map_err(|e| e.to_string())?) } else { None };
-    let mut reporter = Reporter::new("message-tcp", &args.output);
+    let mut reporter = Reporter::new(format!("message-{}", args.transport.name()), &args.output);
     for size in args.sizes() {
         let (warmup, iters) = counts(size, args);
         eprintln!("praas-bench: message {size} B: {warmup} warm-up + {iters} measured round trips");

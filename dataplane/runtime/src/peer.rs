@@ -171,10 +171,21 @@ impl PeerError {
     }
 }
 
+/// How recently a kept connection must have carried a put to be used again without looking
+/// whether the peer closed it (the `MSG_PEEK` of [`Wire::alive`], one system call per put): a
+/// peer closes a connection that works only after its idle timeout (300 s by default) or when it
+/// stops, swaps out or moves, which the control plane announces ([`PeerDirectory::update`] drops
+/// the kept connections then). A put on a connection the peer closed in between fails as one
+/// that the peer closed during the put does.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// An open, authenticated connection to a peer.
 struct PeerConnection {
     wire: Wire,
     next_id: u64,
+    /// When its last put was acknowledged with `Ok` (or its handshake completed); `None` after
+    /// a refusal, which the peer may have closed the connection after.
+    used: Option<Instant>,
 }
 
 /// How a connection reaches its peer.
@@ -637,7 +648,7 @@ impl PeerDirectory {
             let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
                 Some(mut conn) => {
-                    if conn.wire.alive() {
+                    if conn.used.is_some_and(|used| used.elapsed() < FRESH) || conn.wire.alive() {
                         break Some(conn);
                     }
                 }
@@ -669,6 +680,7 @@ impl PeerDirectory {
         // The connection is in step with the peer either way: keep it for the next put (a
         // refusal that closes the connection is noticed by `alive` then).
         let wire = conn.wire.kind();
+        conn.used = (status == Status::Ok).then(Instant::now);
         {
             let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE_PER_PEER {
@@ -758,7 +770,7 @@ impl PeerDirectory {
         deadline: Instant,
     ) -> Result<PeerConnection, PeerError> {
         let started = Instant::now();
-        let mut conn = PeerConnection { wire, next_id: 1 };
+        let mut conn = PeerConnection { wire, next_id: 1, used: Some(Instant::now()) };
         let introduction =
             Introduction { app: &self.app, me: &self.id, key: secret.expose(), client: false, to: Some(dest) };
         let failed = match introduce(&mut TimedWire { conn: &mut conn, deadline }, &introduction) {
