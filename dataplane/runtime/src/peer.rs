@@ -41,7 +41,7 @@ use crate::mailbox::{Mailbox, MailboxError};
 use praas_wire::auth::{Secret, NONCE_LEN, PROOF_LEN};
 use praas_wire::handshake::{introduce, HandshakeWire, Introduction};
 use praas_wire::lifecycle::ProcessStatus;
-use praas_wire::protocol::{FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
+use praas_wire::protocol::{FlatBuf, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 
 /// Idle connections kept per peer; more concurrent puts open more, closed after use.
 const MAX_IDLE_PER_PEER: usize = 8;
@@ -434,7 +434,17 @@ impl TcpWire {
     /// Sends one frame (header, metadata, payload) with vectored writes, by `deadline`.
     fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
         let head = header.encode();
-        let parts: [&[u8]; 3] = [&head, meta, payload];
+        let mut flat = FlatBuf::new();
+        // A small frame leaves copied into one buffer by one `send` (cheaper than a `writev` of
+        // its three parts), as the SDK and the transports send theirs.
+        let flat_parts: [&[u8]; 1];
+        let parts: &[&[u8]] = match flat.fill_parts([&head[..], meta, payload]) {
+            Some(whole) => {
+                flat_parts = [whole];
+                &flat_parts
+            }
+            None => &[&head, meta, payload],
+        };
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut sent = 0usize;
         while sent < total {
@@ -453,7 +463,11 @@ impl TcpWire {
                 iov.push(IoSlice::new(&part[skip..]));
                 skip = 0;
             }
-            match self.stream.write_vectored(&iov) {
+            let written = match iov.as_slice() {
+                [one] => self.stream.write(one),
+                several => self.stream.write_vectored(several),
+            };
+            match written {
                 Ok(0) => {
                     let source = io::Error::new(io::ErrorKind::WriteZero, "the connection takes no more bytes");
                     return Err(WireError::While { doing: "sending", source });
