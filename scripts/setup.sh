@@ -25,6 +25,8 @@ PACKAGES=(
     # observability: promtool checks the control plane's /metrics (control/tests/metrics.rs),
     # rsvg-convert renders praas-bench's SVG figures (bench/tests/plot.rs)
     prometheus librsvg2-bin
+    # the Redis baseline of `praas-bench message --redis` (started and stopped by the benchmark)
+    redis-server
 )
 
 missing_packages() {

@@ -205,7 +205,8 @@ pub struct SwapArgs {
 pub struct MessageArgs {
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Wire between the two processes: tcp (against raw TCP), or rdma (feature `rdma`: the
+    /// Wire between the two processes: tcp (the processes serve over mio) or uring (over
+    /// io_uring), both against raw TCP and puts over TCP; or rdma (feature `rdma`: the
     /// processes serve RDMA and put over it, against perftest's ib_send_lat; needs
     /// PRAAS_RDMA_DEVICE and PRAAS_RDMA_ADDR, as in the SoftRoCE VM: scripts/bench-rdma.sh message).
     #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
@@ -213,9 +214,15 @@ pub struct MessageArgs {
     /// Pin the processes to CPU 1 and the client to CPU 0 (default: all on CPU 0).
     #[arg(long)]
     pub split: bool,
-    /// Message sizes in bytes, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_values_t = [8, 1024, 65536, 1048576])]
+    /// Message sizes in bytes, comma-separated (default: 8, 1024, 65536, 1048576; with
+    /// `--redis` the paper's 10, 1024, 102400, 1048576, 5242880).
+    #[arg(long, value_delimiter = ',', value_parser = parse_size)]
     pub sizes: Vec<usize>,
+    /// Also carry the same ping-pong through a real redis-server (LPUSH/BLPOP, started on a free
+    /// loopback port with persistence off, stopped at the end): a line against Redis beside each
+    /// line against raw TCP. Fails if redis-server is not installed (scripts/setup.sh installs it).
+    #[arg(long)]
+    pub redis: bool,
     /// Measured round trips of every size (default: by size).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: Option<u64>,
@@ -225,6 +232,22 @@ pub struct MessageArgs {
     /// Seconds to wait for any response or server before giving up.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: u64,
+}
+
+/// The message sizes measured by default.
+pub const MESSAGE_SIZES: [usize; 4] = [8, 1024, 65536, 1048576];
+/// The message sizes measured by default against Redis (the PraaS paper's section 6.2).
+pub const REDIS_SIZES: [usize; 5] = [10, 1024, 102400, 1048576, 5242880];
+
+impl MessageArgs {
+    /// The sizes to measure: those given, else the defaults ([`REDIS_SIZES`] with `--redis`).
+    pub fn sizes(&self) -> Vec<usize> {
+        match (self.sizes.is_empty(), self.redis) {
+            (false, _) => self.sizes.clone(),
+            (true, false) => MESSAGE_SIZES.to_vec(),
+            (true, true) => REDIS_SIZES.to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@ mod python_gil;
 mod raw_tcp;
 #[cfg(feature = "rdma")]
 mod rdma;
+mod redis;
 mod report;
 mod serve;
 mod stats_cost;

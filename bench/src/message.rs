@@ -4,6 +4,8 @@
 //!
 //! A and B are separate OS processes of one application, started on ports chosen up front so each
 //! can be told the other's address; they authenticate each other as the data plane always does.
+//! With `--redis`, the same ping-pong also goes through a real `redis-server` (LPUSH/BLPOP,
+//! [`crate::redis`]) after each size's praas round trips, reported as a line against `redis`.
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
@@ -18,6 +20,7 @@ use crate::functions;
 use crate::output::Reporter;
 use crate::placement::{self, Placement};
 use crate::raw_tcp::{self, RawClient};
+use crate::redis::RedisServer;
 use crate::report::{self, Record, RunInfo, Summary};
 
 fn free_port() -> Result<SocketAddr, String> {
@@ -90,12 +93,14 @@ pub fn counts(size: usize, args: &MessageArgs) -> (u64, u64) {
 /// Runs the whole `message` benchmark.
 pub fn run(args: &MessageArgs) -> Result<(), String> {
     // Over RDMA the caller runs `rdma::message` instead.
-    if args.transport != crate::cli::TransportKind::Tcp {
-        return Err(format!("message over {} is not measured: use tcp or rdma", args.transport.name()));
+    // Over RDMA the caller runs `rdma::message` instead; tcp and uring are the processes' transport
+    // (their puts go over blocking TCP either way).
+    if args.transport == crate::cli::TransportKind::Rdma {
+        return Err("message over rdma runs in rdma::message".into());
     }
     let placement = Placement::new(args.split);
     placement.check(placement::online_cpus())?;
-    let info = RunInfo { transport: "tcp", placement: placement.describe(), host: placement::host() };
+    let info = RunInfo { transport: args.transport.name(), placement: placement.describe(), host: placement::host() };
     placement::pin_current_thread(placement.client)?;
     let timeout = Duration::from_secs(args.timeout_secs);
     let library = functions::library()?;
@@ -117,6 +122,8 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
             listen.to_string().into(),
             "--peer".into(),
             other,
+            "--transport".into(),
+            args.transport.name().into(),
         ]
     };
     // The secret goes through the environment: a command line is visible to every user (`ps`).
@@ -134,8 +141,11 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
     let mut client_b = Client::connect_with(b.addr(), options).map_err(|e| format!("process b: {e}"))?;
     let mut raw_client =
         RawClient::connect(raw.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}"))?;
-    let mut reporter = Reporter::new("message-tcp", &args.output);
-    for &size in &args.sizes {
+    // Started before anything is measured, so that a missing redis-server fails the run at once.
+    let redis =
+        if args.redis { Some(RedisServer::start(placement.server, timeout).map_err(|e| e.to_string())?) } else { None };
+    let mut reporter = Reporter::new(format!("message-{}", args.transport.name()), &args.output);
+    for size in args.sizes() {
         let (warmup, iters) = counts(size, args);
         eprintln!("praas-bench: message {size} B: {warmup} warm-up + {iters} measured round trips");
         let payload = raw_tcp::payload(size);
@@ -150,7 +160,18 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
                 Some(&baseline),
             )
             .map_err(|e| format!("cannot print: {e}"))?;
+        if let Some(redis) = &redis {
+            let theirs = crate::redis::round_trips(redis, placement.server, size, warmup, total, timeout)
+                .map_err(|e| format!("redis {size} B: {e}"))?;
+            reporter
+                .push_measured(
+                    Record::latency("message", &info, size, warmup, &ours, "redis", &Summary::of(&theirs)),
+                    &hist,
+                    Some(&theirs),
+                )
+                .map_err(|e| format!("cannot print: {e}"))?;
+        }
     }
-    drop((a, b, raw));
+    drop((a, b, raw, redis));
     reporter.finish(&info).map_err(|e| format!("cannot print: {e}"))
 }

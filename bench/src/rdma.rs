@@ -158,6 +158,9 @@ fn serve_as(
 /// trip of the same size in the same run. A runs on the client CPU, B on the server CPU, as
 /// perftest's two sides do; each process is driven by an RDMA client of this thread.
 pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
+    if args.redis {
+        return Err("message --redis is measured over tcp (the Redis clients speak TCP): drop --transport rdma".into());
+    }
     let (device, addr) = device_and_addr()?;
     let placement = Placement::new(true);
     placement.check(placement::online_cpus())?;
@@ -202,7 +205,7 @@ pub fn message(args: &crate::cli::MessageArgs) -> Result<(), String> {
     let (mut client_a, mut client_b) = (connect(&nodes[0].1)?, connect(&nodes[1].1)?);
     eprintln!("praas-bench: processes a and b serve RDMA on {device}, {}, {}", info.placement, info.host);
     let mut reporter = Reporter::new("message-rdma", &args.output);
-    for &size in &args.sizes {
+    for size in args.sizes() {
         let (warmup, iters) = crate::message::counts(size, args);
         eprintln!("praas-bench: message {size} B over RDMA: {warmup} warm-up + {iters} measured round trips");
         let base = perftest("ib_send_lat", &device, addr, size, warmup + iters, placement, timeout)?;

@@ -133,6 +133,9 @@ struct Inner {
     /// Messages put and got since the process started (restored ones are not put again).
     put: u64,
     got: u64,
+    /// Gets waiting for a message now: a put wakes them only when there is one (a wake-up
+    /// nobody waits for is still a `futex` system call on the receiving I/O thread).
+    waiting: usize,
 }
 
 impl Inner {
@@ -228,8 +231,11 @@ impl Mailbox {
         }
         inner.push(source, key, data);
         inner.put += 1;
+        let waiting = inner.waiting > 0;
         drop(inner);
-        self.arrived.notify_all();
+        if waiting {
+            self.arrived.notify_all();
+        }
         Ok(())
     }
 
@@ -253,7 +259,9 @@ impl Mailbox {
             if left.is_zero() {
                 return Err(MailboxError::Timeout { key: key.to_owned(), source_name: source_name(source), timeout });
             }
+            inner.waiting += 1;
             inner = self.arrived.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
+            inner.waiting -= 1;
         }
     }
 
@@ -357,8 +365,11 @@ impl Mailbox {
         for (source, key, data) in records {
             inner.push(source, key, data.to_vec());
         }
+        let waiting = inner.waiting > 0;
         drop(inner);
-        self.arrived.notify_all();
+        if waiting {
+            self.arrived.notify_all();
+        }
         Ok(count)
     }
 }
@@ -472,6 +483,32 @@ mod tests {
         // A timeout the clock cannot add still works (it waits, bounded by the clock).
         mailbox.put("a", "k", b"now".to_vec()).unwrap();
         assert_eq!(mailbox.get(None, "k", Duration::MAX).unwrap().1, b"now");
+    }
+
+    #[test]
+    fn puts_wake_every_waiting_get_and_count_no_waiter_after_they_return() {
+        let mailbox = Arc::new(Mailbox::new());
+        let getters: Vec<_> = ["k1", "k2"]
+            .into_iter()
+            .map(|key| {
+                let mailbox = Arc::clone(&mailbox);
+                std::thread::spawn(move || mailbox.get(Some("a"), key, Duration::from_secs(10)).unwrap().1)
+            })
+            .collect();
+        // Both are waiting before the puts (polled with a deadline): each put must wake its own.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mailbox.lock().waiting < 2 {
+            assert!(Instant::now() < deadline, "the gets never waited");
+            std::thread::yield_now();
+        }
+        mailbox.put("a", "k2", b"two".to_vec()).unwrap();
+        mailbox.put("a", "k1", b"one".to_vec()).unwrap();
+        let got: Vec<_> = getters.into_iter().map(|g| g.join().unwrap()).collect();
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(mailbox.lock().waiting, 0);
+        // A get that times out leaves no waiter counted either.
+        assert!(mailbox.get(None, "k", Duration::from_millis(1)).is_err());
+        assert_eq!(mailbox.lock().waiting, 0);
     }
 
     #[test]

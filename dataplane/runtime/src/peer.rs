@@ -41,7 +41,7 @@ use crate::mailbox::{Mailbox, MailboxError};
 use praas_wire::auth::{Secret, NONCE_LEN, PROOF_LEN};
 use praas_wire::handshake::{introduce, HandshakeWire, Introduction};
 use praas_wire::lifecycle::ProcessStatus;
-use praas_wire::protocol::{FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
+use praas_wire::protocol::{FlatBuf, FrameError, FrameLimits, Header, MessageKind, OwnedFrame, Status, HEADER_LEN};
 
 /// Idle connections kept per peer; more concurrent puts open more, closed after use.
 const MAX_IDLE_PER_PEER: usize = 8;
@@ -171,10 +171,21 @@ impl PeerError {
     }
 }
 
+/// How recently a kept connection must have carried a put to be used again without looking
+/// whether the peer closed it (the `MSG_PEEK` of [`Wire::alive`], one system call per put): a
+/// peer closes a connection that works only after its idle timeout (300 s by default) or when it
+/// stops, swaps out or moves, which the control plane announces ([`PeerDirectory::update`] drops
+/// the kept connections then). A put on a connection the peer closed in between fails as one
+/// that the peer closed during the put does.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// An open, authenticated connection to a peer.
 pub(crate) struct PeerConnection {
     pub(crate) wire: Wire,
     pub(crate) next_id: u64,
+    /// When its last put was acknowledged with `Ok` (or its handshake completed); `None` after
+    /// a refusal, which the peer may have closed the connection after.
+    pub(crate) used: Option<Instant>,
 }
 
 /// How a connection reaches its peer.
@@ -437,7 +448,17 @@ impl TcpWire {
     /// Sends one frame (header, metadata, payload) with vectored writes, by `deadline`.
     fn send(&mut self, header: Header, meta: &[u8], payload: &[u8], deadline: Instant) -> Result<(), WireError> {
         let head = header.encode();
-        let parts: [&[u8]; 3] = [&head, meta, payload];
+        let mut flat = FlatBuf::new();
+        // A small frame leaves copied into one buffer by one `send` (cheaper than a `writev` of
+        // its three parts), as the SDK and the transports send theirs.
+        let flat_parts: [&[u8]; 1];
+        let parts: &[&[u8]] = match flat.fill_parts([&head[..], meta, payload]) {
+            Some(whole) => {
+                flat_parts = [whole];
+                &flat_parts
+            }
+            None => &[&head, meta, payload],
+        };
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut sent = 0usize;
         while sent < total {
@@ -456,7 +477,11 @@ impl TcpWire {
                 iov.push(IoSlice::new(&part[skip..]));
                 skip = 0;
             }
-            match self.stream.write_vectored(&iov) {
+            let written = match iov.as_slice() {
+                [one] => self.stream.write(one),
+                several => self.stream.write_vectored(several),
+            };
+            match written {
                 Ok(0) => {
                     let source = io::Error::new(io::ErrorKind::WriteZero, "the connection takes no more bytes");
                     return Err(WireError::While { doing: "sending", source });
@@ -651,7 +676,7 @@ impl PeerDirectory {
             let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
                 Some(mut conn) => {
-                    if conn.wire.alive() {
+                    if conn.used.is_some_and(|used| used.elapsed() < FRESH) || conn.wire.alive() {
                         break Some(conn);
                     }
                 }
@@ -683,6 +708,7 @@ impl PeerDirectory {
         // The connection is in step with the peer either way: keep it for the next put (a
         // refusal that closes the connection is noticed by `alive` then).
         let wire = conn.wire.kind();
+        conn.used = (status == Status::Ok).then(Instant::now);
         {
             let mut idle = peer.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE_PER_PEER {
@@ -819,7 +845,7 @@ impl PeerDirectory {
         deadline: Instant,
     ) -> Result<PeerConnection, PeerError> {
         let started = Instant::now();
-        let mut conn = PeerConnection { wire, next_id: 1 };
+        let mut conn = PeerConnection { wire, next_id: 1, used: Some(Instant::now()) };
         let introduction =
             Introduction { app: &self.app, me: &self.id, key: secret.expose(), client: false, to: Some(dest) };
         let failed = match introduce(&mut TimedWire { conn: &mut conn, deadline }, &introduction) {
