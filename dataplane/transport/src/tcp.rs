@@ -261,6 +261,7 @@ impl Transport for TcpTransport {
             starved: Vec::new(),
             next_sweep: Instant::now() + sweep,
             accept_retry: None,
+            now: Instant::now(),
         };
         let thread = std::thread::Builder::new().name(format!("praas-tcp-{addr}")).spawn(move || event_loop.run())?;
         let stopper = move || {
@@ -290,6 +291,9 @@ struct EventLoop {
     next_sweep: Instant,
     /// When to accept again after an accept failed (out of descriptors).
     accept_retry: Option<Instant>,
+    /// When the last poll returned: the one clock reading per turn of the loop that the
+    /// timeouts and activity stamps use (they count in seconds; a turn takes microseconds).
+    now: Instant,
 }
 
 /// How long a connection paused on the pool waits at most for the pool's word.
@@ -300,7 +304,7 @@ impl EventLoop {
         self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Acquire) {
-            let now = Instant::now();
+            let now = self.now;
             let timeout = self
                 .retry
                 .iter()
@@ -309,7 +313,9 @@ impl EventLoop {
                 .chain(self.accept_retry)
                 .min()
                 .map(|at| at.saturating_duration_since(now));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let polled = self.poll.poll(&mut events, timeout);
+            self.now = Instant::now();
+            if let Err(e) = polled {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -339,16 +345,18 @@ impl EventLoop {
             while let Ok(token) = self.notices.try_recv() {
                 self.drive(token);
             }
-            if self.notifier.pool_freed.swap(false, Ordering::AcqRel) {
+            if self.notifier.pool_freed.load(Ordering::Relaxed)
+                && self.notifier.pool_freed.swap(false, Ordering::AcqRel)
+            {
                 for token in std::mem::take(&mut self.starved) {
                     self.drive(token);
                 }
             }
             self.retry_due();
-            if Instant::now() >= self.next_sweep {
+            if self.now >= self.next_sweep {
                 self.sweep();
             }
-            if self.accept_retry.is_some_and(|at| Instant::now() >= at) {
+            if self.accept_retry.is_some_and(|at| self.now >= at) {
                 self.accept();
             }
         }
@@ -454,11 +462,11 @@ impl EventLoop {
         let Some(conn) = self.connections.get_mut(&token) else { return };
         let mut step = Step::More;
         while let Step::More = step {
-            step = conn.step(&self.process, &self.options);
+            step = conn.step(&self.process, &self.options, self.now);
         }
         conn.release_idle_chunk(&self.process);
         let mid_frame = conn.mid_frame();
-        conn.activity.frame(Instant::now(), mid_frame);
+        conn.activity.frame(self.now, mid_frame);
         conn.shared.queue().flush(&conn.shared.stream);
         if matches!(step, Step::Close) || conn.finished() {
             self.remove(token);
@@ -471,7 +479,7 @@ impl EventLoop {
             // covers a buffer that came back before it was asked to).
             self.process.pool().want();
             self.starved.push(token);
-            self.retry.push((Instant::now() + STARVED_FALLBACK, token));
+            self.retry.push((self.now + STARVED_FALLBACK, token));
         }
     }
 
@@ -556,7 +564,7 @@ impl Connection {
         self.paused
     }
 
-    fn step(&mut self, process: &Process, options: &TcpOptions) -> Step {
+    fn step(&mut self, process: &Process, options: &TcpOptions, now: Instant) -> Step {
         match self.state {
             ReadState::Draining => return Step::Idle,
             ReadState::Lingering(_) => return self.discard(process),
@@ -566,7 +574,7 @@ impl Connection {
             return Step::Idle;
         }
         if self.large.is_some() {
-            return self.read_large(process);
+            return self.read_large(process, now);
         }
         match self.decode_buffered(process) {
             Ok(Decode::Dispatched) => {
@@ -594,7 +602,7 @@ impl Connection {
             Ok(0) => self.peer_closed(),
             Ok(n) => {
                 chunk.set_len(filled + n);
-                self.activity.received(Instant::now());
+                self.activity.received(now);
                 // A short read drained the socket (edge-triggered): decode, then wait for the
                 // next event instead of paying a read that only says EAGAIN.
                 if n < room && !self.hup {
@@ -659,7 +667,7 @@ impl Connection {
         }
     }
 
-    fn read_large(&mut self, process: &Process) -> Step {
+    fn read_large(&mut self, process: &Process, now: Instant) -> Step {
         let large = self.large.as_mut().expect("called with a large frame");
         if !large.complete() {
             // The buffer grows with the bytes that arrived: a full one waits for the pool.
@@ -672,7 +680,7 @@ impl Connection {
                 Ok(0) => return self.peer_closed(),
                 Ok(n) => {
                     large.received(n);
-                    self.activity.received(Instant::now());
+                    self.activity.received(now);
                     if n < want && !self.hup {
                         // A short read drained the socket: wait for the next event.
                         return Step::Idle;
