@@ -41,10 +41,7 @@ fn worker(index: u64) -> String {
 
 /// The first centroids: K points spread over the data set's range, the same in every run.
 fn initial_centroids(k: usize) -> Vec<u8> {
-    (0..k * DIMS)
-        .map(|i| (((i / DIMS) * 7 + (i % DIMS) * 3) % 16) as f64 + 0.5)
-        .flat_map(f64::to_le_bytes)
-        .collect()
+    (0..k * DIMS).map(|i| (((i / DIMS) * 7 + (i % DIMS) * 3) % 16) as f64 + 0.5).flat_map(f64::to_le_bytes).collect()
 }
 
 /// What a reducer returned: its per-iteration times and the last iteration's summed partials.

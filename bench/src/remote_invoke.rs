@@ -1,7 +1,8 @@
 //! `remote-invoke`: a function on process A invoking `echo` on process B (the PraaS paper's
 //! remote invocation), against the raw TCP ping-pong between two OS processes measured just
 //! before it; and fan-outs: A invoking `echo` on 1, 4 and 16 processes at once per round, against
-//! one remote invocation of the same size measured just before each.
+//! one remote invocation of the same size measured just before each, and against the raw TCP
+//! fan-out to as many echo server processes (the bench sends to each, then reads every echo).
 //!
 //! A's `remote_bench` (examples/functions) loops the calls and times each one (or each round)
 //! itself, around the call: the client that starts it is not in the figure, as it is not in the
@@ -60,6 +61,13 @@ pub fn run(args: &RemoteInvokeArgs) -> Result<(), String> {
     let raw = ChildServer::spawn("raw TCP echo server", &["serve-raw".into(), "--cpu".into(), cpu], None, timeout)?;
     let mut raw_client =
         RawClient::connect(raw.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}"))?;
+    // One more raw echo server process per callee beyond the first: the raw fan-out's far ends.
+    let mut raw_servers = vec![raw];
+    for i in 2..=callees {
+        let cpu = OsString::from(placement.server.to_string());
+        let name = format!("raw TCP echo server {i}");
+        raw_servers.push(ChildServer::spawn(&name, &["serve-raw".into(), "--cpu".into(), cpu], None, timeout)?);
+    }
     let mut reporter = Reporter::new(format!("remote-invoke-{}", args.transport.name()), &args.output);
     let one = [callee(1)];
     for &size in &args.sizes {
@@ -96,7 +104,23 @@ pub fn run(args: &RemoteInvokeArgs) -> Result<(), String> {
         );
         record.fan_out = Some(n as usize);
         reporter.push_measured(record, &hist, Some(&single)).map_err(|e| format!("cannot print: {e}"))?;
+        let mut clients = raw_servers[..n as usize]
+            .iter()
+            .map(|s| RawClient::connect(s.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let raw = raw_tcp::fan_out_latency(&mut clients, &raw_tcp::payload(size), warmup, iters)?;
+        let mut record = Record::latency(
+            "remote-fan-out",
+            &info,
+            size,
+            warmup,
+            &Summary::of(&hist),
+            "raw-tcp-fan-out",
+            &Summary::of(&raw),
+        );
+        record.fan_out = Some(n as usize);
+        reporter.push_measured(record, &hist, Some(&raw)).map_err(|e| format!("cannot print: {e}"))?;
     }
-    drop((app, raw));
+    drop((app, raw_servers));
     reporter.finish(&info).map_err(|e| format!("cannot print: {e}"))
 }
