@@ -302,11 +302,14 @@ pub struct ReduceArgs {
     /// Clusters (centroids) of the k-means step.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub clusters: u64,
-    /// Measured iterations per worker count and exchange.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Passes per worker count; each runs every exchange, rotating which goes first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub passes: u64,
+    /// Measured iterations per pass, worker count and exchange.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: u64,
-    /// Warm-up iterations before them.
-    #[arg(long, default_value_t = 10)]
+    /// Warm-up iterations before them, in every pass.
+    #[arg(long, default_value_t = 5)]
     pub warmup: u64,
     /// Seconds to wait for any response or server before giving up.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]

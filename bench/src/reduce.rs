@@ -12,7 +12,7 @@
 //!   worker's list on a real `redis-server`, whose `kmeans_worker_redis` BLPOPs them and LPUSHes its
 //!   partial, and BLPOPs N partials.
 //!
-//! Each iteration is timed by the reducer, from sending the centroids to the new centroids; the
+//! The three run in `--passes` passes that rotate which goes first. Each iteration is timed by the reducer, from sending the centroids to the new centroids; the
 //! median per worker count and exchange is reported against Redis's. The three runs start from the
 //! same centroids and run the same iterations, so their last sums must be equal to the bit (the
 //! reducers sum in worker order), and their counts must add up to the data set: both are checked.
@@ -45,6 +45,7 @@ fn initial_centroids(k: usize) -> Vec<u8> {
 }
 
 /// What a reducer returned: its per-iteration times and the last iteration's summed partials.
+#[derive(Debug)]
 struct Reduced {
     hist: hdrhistogram::Histogram<u64>,
     sums: Vec<f64>,
@@ -74,6 +75,58 @@ fn finish_workers(clients: &mut [&mut Client], ids: &[u64], function: &str) -> R
         }
     }
     Ok(())
+}
+
+/// How the reducer gathers the partials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exchange {
+    /// `kmeans_reduce`: remote invocations of `kmeans_partial`.
+    Remote = 0,
+    /// `kmeans_reduce_msg` with `kmeans_worker_msg` on the workers.
+    Messages = 1,
+    /// `kmeans_reduce_redis` with `kmeans_worker_redis` on the workers (the baseline).
+    Redis = 2,
+}
+
+const EXCHANGES: [Exchange; 3] = [Exchange::Remote, Exchange::Messages, Exchange::Redis];
+
+impl Exchange {
+    /// The reducer's function.
+    fn reducer(self) -> &'static str {
+        match self {
+            Self::Remote => "kmeans_reduce",
+            Self::Messages => "kmeans_reduce_msg",
+            Self::Redis => "kmeans_reduce_redis",
+        }
+    }
+}
+
+/// Runs `total` k-means steps from `centroids` over `workers` with `exchange`; returns the
+/// reducer's output.
+fn step(
+    app: &mut Application,
+    exchange: Exchange,
+    workers: &[String],
+    list: &str,
+    redis: &RedisServer,
+    centroids: &[u8],
+    total: u64,
+) -> Result<Vec<u8>, String> {
+    let input = |head: String| -> Vec<u8> { [head.into_bytes(), centroids.to_vec()].concat() };
+    let addr = redis.addr();
+    let (loop_function, loop_input, reducer_input) = match exchange {
+        Exchange::Remote => return app.invoke(REDUCER, exchange.reducer(), &input(format!("{list} {total} "))),
+        Exchange::Messages => ("kmeans_worker_msg", format!("{REDUCER} {total}"), input(format!("{list} {total} "))),
+        Exchange::Redis => ("kmeans_worker_redis", format!("{addr} {total}"), input(format!("{addr} {list} {total} "))),
+    };
+    let ids = start_workers(&mut app.clients_of(workers)?, loop_function, &loop_input)?;
+    let output = app.invoke(REDUCER, exchange.reducer(), &reducer_input);
+    // The workers' loops end on their own (done, or their get/BLPOP times out): wait for them
+    // whatever the reducer answered.
+    let finished = finish_workers(&mut app.clients_of(workers)?, &ids, loop_function);
+    let output = output?;
+    finished?;
+    Ok(output)
 }
 
 /// Runs the whole `reduce` benchmark.
@@ -106,32 +159,33 @@ pub fn run(args: &ReduceArgs) -> Result<(), String> {
             app.invoke(w, "kmeans_load", format!("{start} {}", end - start).as_bytes())?;
         }
         eprintln!(
-            "praas-bench: reduce over {n} worker(s), {} points, {k} clusters: {} warm-up + {} measured iterations per exchange",
-            args.points, args.warmup, args.iters
+            "praas-bench: reduce over {n} worker(s), {} points, {k} clusters: {} passes of {} warm-up + {} measured iterations per exchange",
+            args.points, args.passes, args.warmup, args.iters
         );
         let list = workers.join(",");
-        let input = |head: String| -> Vec<u8> { [head.into_bytes(), centroids.clone()].concat() };
-
-        let output = app.invoke(REDUCER, "kmeans_reduce", &input(format!("{list} {total} ")))?;
-        let remote = reduced(&output, args.warmup, total, k, "kmeans_reduce")?;
-
-        let ids = {
-            let mut clients = app.clients_of(&workers)?;
-            start_workers(&mut clients, "kmeans_worker_msg", &format!("{REDUCER} {total}"))?
+        let mut runs: [Option<Reduced>; 3] = [None, None, None];
+        // Passes that rotate which exchange goes first, so that a drift of the machine's load
+        // falls on all three alike; each pass starts from the same centroids.
+        for pass in 0..args.passes {
+            for turn in 0..EXCHANGES.len() {
+                let exchange = EXCHANGES[(turn + pass as usize) % EXCHANGES.len()];
+                let ran = step(&mut app, exchange, &workers, &list, &redis, &centroids, total)?;
+                let ran = reduced(&ran, args.warmup, total, k, exchange.reducer())?;
+                let slot = &mut runs[exchange as usize];
+                match slot {
+                    Some(sofar) => {
+                        if sofar.sums != ran.sums {
+                            return Err(format!("{} computed other sums in pass {pass}", exchange.reducer()));
+                        }
+                        sofar.hist.add(&ran.hist).map_err(|e| format!("cannot merge the histograms: {e}"))?;
+                    }
+                    None => *slot = Some(ran),
+                }
+            }
+        }
+        let [Some(remote), Some(messages), Some(through_redis)] = runs else {
+            return Err("an exchange did not run".into());
         };
-        let output = app.invoke(REDUCER, "kmeans_reduce_msg", &input(format!("{list} {total} ")))?;
-        finish_workers(&mut app.clients_of(&workers)?, &ids, "kmeans_worker_msg")?;
-        let messages = reduced(&output, args.warmup, total, k, "kmeans_reduce_msg")?;
-
-        let addr = redis.addr();
-        let ids = {
-            let mut clients = app.clients_of(&workers)?;
-            start_workers(&mut clients, "kmeans_worker_redis", &format!("{addr} {total}"))?
-        };
-        let output = app.invoke(REDUCER, "kmeans_reduce_redis", &input(format!("{addr} {list} {total} ")))?;
-        finish_workers(&mut app.clients_of(&workers)?, &ids, "kmeans_worker_redis")?;
-        let through_redis = reduced(&output, args.warmup, total, k, "kmeans_reduce_redis")?;
-
         check(&remote, &messages, &through_redis, args.points)?;
         let base = Summary::of(&through_redis.hist);
         for (mode, ours) in [("remote-invoke", &remote), ("messages", &messages)] {

@@ -66,6 +66,8 @@ fn reduce_reports_both_exchanges_against_redis_per_worker_count_and_stops_everyt
         "3001",
         "--clusters",
         "4",
+        "--passes",
+        "2",
         "--iters",
         "5",
         "--warmup",
@@ -76,8 +78,8 @@ fn reduce_reports_both_exchanges_against_redis_per_worker_count_and_stops_everyt
     for (line, (workers, mode)) in
         lines.iter().zip([(1, "remote-invoke"), (1, "messages"), (3, "remote-invoke"), (3, "messages")])
     {
-        // size: the bytes of one worker's partial, 4 clusters of 9 doubles.
-        assert_latency_line(line, "reduce", 4 * 9 * 8, 5, "redis");
+        // size: the bytes of one worker's partial, 4 clusters of 9 doubles; 2 passes of 5.
+        assert_latency_line(line, "reduce", 4 * 9 * 8, 10, "redis");
         assert_eq!(line["mode"], mode, "{line}");
         assert_eq!(line["workers"].as_u64(), Some(workers), "{line}");
         assert_eq!((line["points"].as_u64(), line["clusters"].as_u64()), (Some(3001), Some(4)), "{line}");

@@ -489,7 +489,7 @@ mod kmeans {
 
     /// Little-endian doubles from `bytes` (a whole number of them), or `None`.
     pub fn doubles(bytes: &[u8]) -> Option<Vec<f64>> {
-        if bytes.len() % 8 != 0 {
+        if !bytes.len().is_multiple_of(8) {
             return None;
         }
         Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
