@@ -23,6 +23,12 @@ pub enum Command {
     Swap(SwapArgs),
     /// Process-to-process put/get round trips, against raw TCP ping-pong.
     Message(MessageArgs),
+    /// A function on process A invoking `echo` on process B (timed inside A), against raw TCP
+    /// ping-pong; and fan-outs to 1, 4 and 16 processes, against one remote invocation.
+    RemoteInvoke(RemoteInvokeArgs),
+    /// A k-means step over N worker processes holding their points in state, gathered by one
+    /// reducer by remote invocation and by messages, against the same step through Redis.
+    Reduce(ReduceArgs),
     /// Create-to-ALLOCATED latency on the local and Slurm backends, against `srun -n1 true`.
     Allocate(AllocateArgs),
     /// `GET /apps` with routed invocations of a sleeping function in flight, against the same
@@ -229,6 +235,82 @@ pub struct MessageArgs {
     /// Warm-up round trips of every size (default: by size).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// Seconds to wait for any response or server before giving up.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoteInvokeArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Transport the processes serve with: tcp (mio) or uring (the calls go over blocking TCP
+    /// either way).
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+    /// Pin the callees (and the raw echo server) to CPU 1, the caller (and the raw client) to CPU
+    /// 0 (default: all on CPU 0).
+    #[arg(long)]
+    pub split: bool,
+    /// Payload sizes of the single calls, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_values_t = [8, 1024, 65536, 1048576])]
+    pub sizes: Vec<usize>,
+    /// Fan-outs, comma-separated: processes invoked at once per round.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16],
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub fan_out: Vec<u64>,
+    /// Payload bytes of the fan-out calls.
+    #[arg(long, default_value_t = 8, value_parser = parse_size)]
+    pub fan_out_size: usize,
+    /// Measured calls (rounds) of every size and fan-out (default: by size).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: Option<u64>,
+    /// Warm-up calls (rounds) of every size and fan-out (default: by size).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Seconds to wait for any response or server before giving up.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_secs: u64,
+}
+
+impl RemoteInvokeArgs {
+    /// Warm-up and measured calls of one size.
+    pub fn counts(&self, size: usize) -> (u64, u64) {
+        let iters = self.iters.unwrap_or(match size {
+            0..=1024 => 5000,
+            1025..=65536 => 1000,
+            _ => 200,
+        });
+        (self.warmup.unwrap_or((iters / 10).max(20)), iters)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReduceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Transport the processes serve with: tcp (mio) or uring.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+    /// Worker processes, comma-separated: one run of each count.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 4, 8],
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: Vec<u64>,
+    /// Points of the data set (8 doubles each), split evenly among the workers.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub points: u64,
+    /// Clusters (centroids) of the k-means step.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub clusters: u64,
+    /// Passes per worker count; each runs every exchange, rotating which goes first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub passes: u64,
+    /// Measured iterations per pass, worker count and exchange.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iters: u64,
+    /// Warm-up iterations before them, in every pass.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
     /// Seconds to wait for any response or server before giving up.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_secs: u64,
@@ -501,6 +583,23 @@ mod tests {
         assert_eq!((args.iters, args.warmup), (None, None));
         assert_eq!(args.modes, None);
         assert!(!args.python);
+    }
+
+    #[test]
+    fn remote_invoke_and_reduce_options_parse() {
+        let cli = Cli::try_parse_from(["praas-bench", "remote-invoke"]).unwrap();
+        let Command::RemoteInvoke(args) = cli.command else { panic!("parsed {cli:?}") };
+        assert_eq!((args.sizes.as_slice(), args.fan_out.as_slice()), (&[8, 1024, 65536, 1048576][..], &[1, 4, 16][..]));
+        assert_eq!((args.counts(8), args.counts(1 << 20)), ((500, 5000), (20, 200)));
+        let cli = Cli::try_parse_from(["praas-bench", "remote-invoke", "--fan-out", "2,8", "--iters", "10"]).unwrap();
+        let Command::RemoteInvoke(args) = cli.command else { panic!("parsed {cli:?}") };
+        assert_eq!((args.fan_out.as_slice(), args.counts(8)), (&[2, 8][..], (20, 10)));
+        assert!(Cli::try_parse_from(["praas-bench", "remote-invoke", "--fan-out", "0"]).is_err());
+        let cli = Cli::try_parse_from(["praas-bench", "reduce"]).unwrap();
+        let Command::Reduce(args) = cli.command else { panic!("parsed {cli:?}") };
+        assert_eq!((args.workers.as_slice(), args.points, args.clusters), (&[1, 2, 4, 8][..], 100_000, 8));
+        assert!(Cli::try_parse_from(["praas-bench", "reduce", "--workers", "0"]).is_err());
+        assert!(Cli::try_parse_from(["praas-bench", "reduce", "--points", "0"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod allocate;
 mod api_load;
+mod application;
 mod child;
 mod cli;
 mod flood;
@@ -20,6 +21,8 @@ mod raw_tcp;
 #[cfg(feature = "rdma")]
 mod rdma;
 mod redis;
+mod reduce;
+mod remote_invoke;
 mod report;
 mod serve;
 mod stats_cost;
@@ -39,6 +42,8 @@ fn main() -> ExitCode {
         #[cfg(feature = "rdma")]
         Command::Message(args) if args.transport == cli::TransportKind::Rdma => rdma::message(args),
         Command::Message(args) => message::run(args),
+        Command::RemoteInvoke(args) => remote_invoke::run(args),
+        Command::Reduce(args) => reduce::run(args),
         Command::Allocate(args) => allocate::run(args),
         Command::ApiLoad(args) => api_load::run(args),
         Command::StatsCost(args) => stats_cost::run(args),

@@ -142,8 +142,11 @@ pub fn run(args: &MessageArgs) -> Result<(), String> {
     let mut raw_client =
         RawClient::connect(raw.addr(), timeout, Duration::ZERO).map_err(|e| format!("raw server: {e}"))?;
     // Started before anything is measured, so that a missing redis-server fails the run at once.
-    let redis =
-        if args.redis { Some(RedisServer::start(placement.server, timeout).map_err(|e| e.to_string())?) } else { None };
+    let redis = if args.redis {
+        Some(RedisServer::start(Some(placement.server), timeout).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let mut reporter = Reporter::new(format!("message-{}", args.transport.name()), &args.output);
     for size in args.sizes() {
         let (warmup, iters) = counts(size, args);

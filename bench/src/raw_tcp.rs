@@ -196,6 +196,41 @@ impl RawClient {
     }
 }
 
+/// The raw fan-out: `iters` rounds after `warmup` unmeasured ones, each sending `payload` on every
+/// one of `clients` (one echo server process each) and then reading every echo; each round timed.
+/// The echoes are verified in the first round (outside the timed ones).
+pub fn fan_out_latency(
+    clients: &mut [RawClient],
+    payload: &[u8],
+    warmup: u64,
+    iters: u64,
+) -> Result<Histogram<u64>, String> {
+    let message = message(payload);
+    let fail = |e: io::Error| format!("raw TCP fan-out of {} bytes failed: {e}", payload.len());
+    let mut hist = report::histogram();
+    for round in 0..=warmup + iters {
+        let start = Instant::now();
+        for client in clients.iter_mut() {
+            client.send(&message).map_err(fail)?;
+        }
+        for client in clients.iter_mut() {
+            let len = client.recv().map_err(fail)?.len();
+            if len != payload.len() {
+                return Err(format!("raw TCP echoed {len} bytes for {}", payload.len()));
+            }
+        }
+        let elapsed = start.elapsed();
+        if round == 0 {
+            for client in clients.iter() {
+                verify("raw TCP fan-out", payload, &client.echo)?;
+            }
+        } else if round > warmup {
+            report::record(&mut hist, elapsed);
+        }
+    }
+    Ok(hist)
+}
+
 /// Fails loudly when an echo differs from what was sent.
 pub fn verify(what: &str, sent: &[u8], echoed: &[u8]) -> Result<(), String> {
     if sent == echoed {
@@ -242,6 +277,9 @@ mod tests {
         let hist = client.latency(&payload(100), 10, 50).unwrap();
         assert_eq!(hist.len(), 50);
         let rate = client.throughput(&payload(8), 16, 100, 500).unwrap();
+        let mut clients: Vec<RawClient> =
+            (0..3).map(|_| RawClient::connect(server(), Duration::from_secs(10), Duration::ZERO).unwrap()).collect();
+        assert_eq!(fan_out_latency(&mut clients, &payload(64), 5, 20).unwrap().len(), 20);
         assert!(rate > 0.0);
         // The connection is still in step after the pipelined run.
         assert_eq!(client.round_trip(&message(b"again")).unwrap(), b"again");

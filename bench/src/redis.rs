@@ -95,8 +95,9 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts `redis-server` on a free port of 127.0.0.1 with persistence off (no RDB snapshots,
-    /// no append-only file), pinned to `cpu`, and waits at most `timeout` until it answers PING.
-    pub fn start(cpu: usize, timeout: Duration) -> Result<Self, RedisError> {
+    /// no append-only file), pinned to `cpu` (`None`: free to run on every online CPU), and waits
+    /// at most `timeout` until it answers PING.
+    pub fn start(cpu: Option<usize>, timeout: Duration) -> Result<Self, RedisError> {
         let path = find_server().ok_or(RedisError::NotInstalled)?;
         let addr = {
             let listener = TcpListener::bind("127.0.0.1:0").map_err(io_error("finding a free port"))?;
@@ -117,7 +118,11 @@ impl RedisServer {
         let child = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    placement::pin_current_thread(cpu).map_err(|e| RedisError::Thread(format!("pinning: {e}")))?;
+                    match cpu {
+                        Some(cpu) => placement::pin_current_thread(cpu),
+                        None => placement::unpin_current_thread(),
+                    }
+                    .map_err(|e| RedisError::Thread(format!("pinning: {e}")))?;
                     command.spawn().map_err(|source| RedisError::Start { path: path.clone(), source })
                 })
                 .join()

@@ -67,9 +67,18 @@ pub struct Record {
     pub size: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_flight: Option<u64>,
-    /// Worker threads of the served process (`python-gil`).
+    /// Worker threads of the served process (`python-gil`); worker processes (`reduce`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Processes invoked at once per round (`remote-fan-out`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<usize>,
+    /// Points of the data set (`reduce`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<u64>,
+    /// Clusters of the k-means step (`reduce`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<usize>,
     pub iters: u64,
     pub warmup: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +163,9 @@ impl Record {
             size,
             in_flight: None,
             workers: None,
+            fan_out: None,
+            points: None,
+            clusters: None,
             iters,
             warmup,
             p50_ns: None,
@@ -362,7 +374,8 @@ impl Record {
         };
         let baseline = if self.baseline == "none" { dash() } else { format!("{baseline} {}", self.baseline) };
         let workers = self.workers.map(|n| format!("{n} worker{}", if n == 1 { "" } else { "s" }));
-        let bench = [Some(self.bench), self.backend, self.mode, self.function, workers.as_deref()]
+        let fan_out = self.fan_out.map(|n| format!("to {n}"));
+        let bench = [Some(self.bench), self.backend, self.mode, self.function, workers.as_deref(), fan_out.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()

@@ -381,6 +381,523 @@ fn fan_out(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<
     out.extend_from_slice(text.join("\n").as_bytes())
 }
 
+/// Input `p1[,p2,...] function iterations size`: `iterations` rounds of invoking `function` of
+/// every process listed with `size` bytes, returning each round's nanoseconds as little-endian
+/// u64s, timed here around the calls (the remote-invocation benchmark: no client hop in the
+/// figure). One process: `invoke_remote` per round; several: all submitted, then all waited for.
+/// Every answer must have `size` bytes (as `echo` returns).
+fn remote_bench(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let text = text(input)?;
+    let mut parts = text.split_whitespace();
+    let (Some(processes), Some(function), Some(iterations), Some(size)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::with_status(
+            praas_ffi::PRAAS_ERR_INVALID_ARGUMENT,
+            "want: p1[,p2,...] function iterations size",
+        ));
+    };
+    let processes: Vec<&str> = processes.split(',').filter(|p| !p.is_empty()).collect();
+    let iterations = usize::try_from(number(iterations.as_bytes())?).map_err(|_| Error::new("too many iterations"))?;
+    let size = usize::try_from(number(size.as_bytes())?).map_err(|_| Error::new("too large"))?;
+    let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let wrong = |p: &str, len: usize| {
+        Error::new(format!("{function:?} on {p} answered {len} bytes other than the {size} sent"))
+    };
+    out.reserve(iterations * 8)?;
+    for round in 0..iterations {
+        // The first round (a warm-up one) also compares the bytes, as echo returns its input.
+        let check = |process: &str, answer: &[u8]| match answer.len() == size && (round > 0 || answer == payload) {
+            true => Ok(()),
+            false => Err(wrong(process, answer.len())),
+        };
+        let start = Instant::now();
+        if let [process] = processes.as_slice() {
+            check(process, &ctx.invoke_remote(process, function, &payload)?)?;
+        } else {
+            let mut calls = Vec::with_capacity(processes.len());
+            for process in &processes {
+                calls.push(ctx.submit(process, function, &payload)?);
+            }
+            for (process, answer) in processes.iter().zip(ctx.wait_all(calls)) {
+                check(process, &answer?)?;
+            }
+        }
+        let elapsed = start.elapsed().as_nanos() as u64;
+        out.extend_from_slice(&elapsed.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Words before the bytes: the first `n` space-separated words of `input` and what follows the
+/// `n`-th space (binary, may be empty).
+fn words(input: &[u8], n: usize) -> Result<(Vec<&str>, &[u8])> {
+    let mut words = Vec::with_capacity(n);
+    let mut rest = input;
+    for _ in 0..n {
+        let (word, after) = word(rest)?;
+        if word.is_empty() {
+            return Err(Error::with_status(praas_ffi::PRAAS_ERR_INVALID_ARGUMENT, format!("want {n} words first")));
+        }
+        words.push(word);
+        rest = after;
+    }
+    Ok((words, rest))
+}
+
+/// The k-means step of the reduction benchmark (`praas-bench reduce`): points of
+/// [`kmeans::DIMS`] doubles held in state, centroids given, partial sums returned.
+mod kmeans {
+    /// Doubles per point.
+    pub const DIMS: usize = 8;
+    /// Doubles of one cluster's partial: the sums of its points' coordinates and their count.
+    pub const PARTIAL: usize = DIMS + 1;
+    /// The state key a worker's points live under.
+    pub const POINTS_KEY: &str = "kmeans-points";
+
+    fn splitmix(mut x: u64) -> u64 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    /// Point `index` of the data set: around one of 8 fixed centres (chosen by a hash of the
+    /// index), a uniform offset in [0, 1) per coordinate. The same index is the same point
+    /// however the data set is split among workers.
+    pub fn point(index: u64) -> [f64; DIMS] {
+        let centre = splitmix(index) % 8;
+        let mut p = [0.0; DIMS];
+        for (d, value) in p.iter_mut().enumerate() {
+            let offset = (splitmix(index.wrapping_mul(DIMS as u64).wrapping_add(d as u64) ^ 0x5eed) >> 11) as f64
+                / (1u64 << 53) as f64;
+            *value = ((centre as usize * 5 + d * 3) % 16) as f64 + offset;
+        }
+        p
+    }
+
+    /// Points `start..start + count` as little-endian doubles.
+    pub fn points(start: u64, count: u64) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(count as usize * DIMS * 8);
+        for index in start..start + count {
+            for value in point(index) {
+                bytes.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// Little-endian doubles from `bytes` (a whole number of them), or `None`.
+    pub fn doubles(bytes: &[u8]) -> Option<Vec<f64>> {
+        if !bytes.len().is_multiple_of(8) {
+            return None;
+        }
+        Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+
+    /// Appends `values` as little-endian doubles.
+    pub fn extend(out: &mut Vec<u8>, values: &[f64]) {
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// The partial sums of one k-means step over `points` (little-endian doubles, DIMS a point)
+    /// for `centroids` (K of DIMS doubles): per cluster the coordinate sums of the points nearest
+    /// its centroid and their count, K * PARTIAL doubles.
+    pub fn partials(points: &[u8], centroids: &[f64]) -> Vec<f64> {
+        let k = centroids.len() / DIMS;
+        let mut sums = vec![0.0; k * PARTIAL];
+        let mut p = [0.0; DIMS];
+        for bytes in points.chunks_exact(DIMS * 8) {
+            for (value, b) in p.iter_mut().zip(bytes.chunks_exact(8)) {
+                *value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
+            }
+            let mut best = (f64::INFINITY, 0);
+            for (c, centroid) in centroids.chunks_exact(DIMS).enumerate() {
+                let distance: f64 = p.iter().zip(centroid).map(|(a, b)| (a - b) * (a - b)).sum();
+                if distance < best.0 {
+                    best = (distance, c);
+                }
+            }
+            let cluster = &mut sums[best.1 * PARTIAL..(best.1 + 1) * PARTIAL];
+            for (sum, value) in cluster.iter_mut().zip(p) {
+                *sum += value;
+            }
+            cluster[DIMS] += 1.0;
+        }
+        sums
+    }
+
+    /// Adds `partial` into `total` (both K * PARTIAL doubles).
+    pub fn add(total: &mut [f64], partial: &[f64]) {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+
+    /// The next centroids from the gathered sums: each cluster's mean, or its old centroid when no
+    /// point chose it.
+    pub fn next_centroids(centroids: &mut [f64], total: &[f64]) {
+        for (centroid, sums) in centroids.chunks_exact_mut(DIMS).zip(total.chunks_exact(PARTIAL)) {
+            let count = sums[DIMS];
+            if count > 0.0 {
+                for (c, s) in centroid.iter_mut().zip(sums) {
+                    *c = s / count;
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_step_counts_every_point_once_and_moves_to_the_means() {
+            let points = points(0, 1000);
+            // Two centroids far apart on the first coordinate.
+            let mut centroids = vec![0.0; 2 * DIMS];
+            centroids[DIMS] = 100.0;
+            let sums = partials(&points, &centroids);
+            assert_eq!(sums[DIMS] + sums[PARTIAL + DIMS], 1000.0);
+            // Every coordinate lies in [0, 16): all are nearer the centroid at the origin.
+            assert_eq!(sums[DIMS], 1000.0);
+            let mean0: f64 = (0..1000).map(|i| point(i)[0]).sum::<f64>() / 1000.0;
+            next_centroids(&mut centroids, &sums);
+            assert!((centroids[0] - mean0).abs() < 1e-9, "{} vs {mean0}", centroids[0]);
+            assert_eq!(centroids[DIMS], 100.0, "an empty cluster keeps its centroid");
+        }
+
+        #[test]
+        fn a_split_data_set_sums_to_the_whole() {
+            let centroids: Vec<f64> = (0..4 * DIMS).map(|i| (i % 16) as f64).collect();
+            let whole = partials(&points(0, 300), &centroids);
+            let mut split = partials(&points(0, 100), &centroids);
+            add(&mut split, &partials(&points(100, 200), &centroids));
+            for (a, b) in whole.iter().zip(&split) {
+                assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+            }
+            assert_eq!(split.iter().skip(DIMS).step_by(PARTIAL).sum::<f64>(), 300.0);
+        }
+    }
+}
+
+/// The centroids of a reducer's input (the bytes after its words): K * DIMS doubles, K >= 1.
+fn centroids_of(bytes: &[u8]) -> Result<Vec<f64>> {
+    match kmeans::doubles(bytes) {
+        Some(c) if !c.is_empty() && c.len() % kmeans::DIMS == 0 => Ok(c),
+        _ => Err(Error::with_status(
+            praas_ffi::PRAAS_ERR_INVALID_ARGUMENT,
+            format!(
+                "the centroids must be K * {} little-endian doubles, K >= 1; got {} bytes",
+                kmeans::DIMS,
+                bytes.len()
+            ),
+        )),
+    }
+}
+
+/// The partials of this worker's points (state key `kmeans-points`) for `centroids`.
+fn own_partials(ctx: &mut Context<'_>, centroids: &[f64]) -> Result<Vec<f64>> {
+    let (points, _) = ctx.state_get(kmeans::POINTS_KEY)?.ok_or_else(|| {
+        Error::with_status(praas_ffi::PRAAS_ERR_NOT_FOUND, "no points in state: run kmeans_load first")
+    })?;
+    Ok(kmeans::partials(&points, centroids))
+}
+
+/// A worker's partial from `bytes`, checked to be K * PARTIAL doubles.
+fn partial_of(bytes: &[u8], k: usize, from: &str) -> Result<Vec<f64>> {
+    match kmeans::doubles(bytes) {
+        Some(p) if p.len() == k * kmeans::PARTIAL => Ok(p),
+        _ => Err(Error::new(format!("{from} sent {} bytes, not a partial of {k} clusters", bytes.len()))),
+    }
+}
+
+/// What a reducer returns: each iteration's nanoseconds (little-endian u64s), then the last
+/// iteration's gathered sums (K * PARTIAL doubles).
+fn reducer_output(out: &mut Output<'_>, times: &[u64], total: &[f64]) -> Result<()> {
+    let mut bytes = Vec::with_capacity(times.len() * 8 + total.len() * 8);
+    for t in times {
+        bytes.extend_from_slice(&t.to_le_bytes());
+    }
+    kmeans::extend(&mut bytes, total);
+    out.extend_from_slice(&bytes)
+}
+
+/// Input `start count`: stores points `start..start + count` of the k-means data set under the
+/// state key `kmeans-points` (replacing any); returns `count bytes`.
+fn kmeans_load(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (w, _) = words(input, 2)?;
+    let (start, count) = (number(w[0].as_bytes())?, number(w[1].as_bytes())?);
+    let points = kmeans::points(start, count);
+    ctx.state_put(kmeans::POINTS_KEY, &points)?;
+    out.extend_from_slice(format!("{count} {}", points.len()).as_bytes())
+}
+
+/// Input: K * 8 centroids (little-endian doubles). Returns the partial sums of this worker's
+/// points: per cluster 8 coordinate sums and the count, K * 9 doubles.
+fn kmeans_partial(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let centroids = centroids_of(input)?;
+    let mut bytes = Vec::new();
+    kmeans::extend(&mut bytes, &own_partials(ctx, &centroids)?);
+    out.extend_from_slice(&bytes)
+}
+
+/// Input `w1,w2,... iterations ` then K * 8 centroids: `iterations` k-means steps, each invoking
+/// `kmeans_partial` on every worker at once (remote invocation), summing their partials in the
+/// order given and moving the centroids. Returns [`reducer_output`].
+fn kmeans_reduce(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (w, rest) = words(input, 2)?;
+    let workers: Vec<&str> = w[0].split(',').collect();
+    let iterations = number(w[1].as_bytes())?;
+    let mut centroids = centroids_of(rest)?;
+    let k = centroids.len() / kmeans::DIMS;
+    let (mut times, mut total) = (Vec::new(), Vec::new());
+    let mut request = Vec::with_capacity(rest.len());
+    for _ in 0..iterations {
+        let start = Instant::now();
+        request.clear();
+        kmeans::extend(&mut request, &centroids);
+        let mut calls = Vec::with_capacity(workers.len());
+        for worker in &workers {
+            calls.push(ctx.submit(worker, "kmeans_partial", &request)?);
+        }
+        total = vec![0.0; k * kmeans::PARTIAL];
+        for (worker, answer) in workers.iter().zip(ctx.wait_all(calls)) {
+            kmeans::add(&mut total, &partial_of(&answer?, k, worker)?);
+        }
+        kmeans::next_centroids(&mut centroids, &total);
+        times.push(start.elapsed().as_nanos() as u64);
+    }
+    reducer_output(out, &times, &total)
+}
+
+/// Input `reducer iterations`: `iterations` times, gets the centroids from `reducer` (key
+/// `kmeans-c`) and puts this worker's partial back to it (key `kmeans-p`); returns `done`.
+fn kmeans_worker_msg(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (w, _) = words(input, 2)?;
+    let (reducer, iterations) = (w[0], number(w[1].as_bytes())?);
+    for _ in 0..iterations {
+        let message = ctx.get(Some(reducer), "kmeans-c", Duration::from_secs(30))?;
+        let centroids = centroids_of(&message.data)?;
+        let mut bytes = Vec::new();
+        kmeans::extend(&mut bytes, &own_partials(ctx, &centroids)?);
+        ctx.put(reducer, "kmeans-p", &bytes)?;
+    }
+    out.extend_from_slice(b"done")
+}
+
+/// Input as [`kmeans_reduce`]'s: the same steps with the exchange by messages: the centroids put
+/// to every worker (key `kmeans-c`, its `kmeans_worker_msg` running), their partials got from any
+/// (key `kmeans-p`) and summed in the order given. Returns [`reducer_output`].
+fn kmeans_reduce_msg(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (w, rest) = words(input, 2)?;
+    let workers: Vec<&str> = w[0].split(',').collect();
+    let iterations = number(w[1].as_bytes())?;
+    let mut centroids = centroids_of(rest)?;
+    let k = centroids.len() / kmeans::DIMS;
+    let (mut times, mut total) = (Vec::new(), Vec::new());
+    let mut request = Vec::with_capacity(rest.len());
+    for _ in 0..iterations {
+        let start = Instant::now();
+        request.clear();
+        kmeans::extend(&mut request, &centroids);
+        for worker in &workers {
+            ctx.put(worker, "kmeans-c", &request)?;
+        }
+        let mut partials: Vec<Option<Vec<f64>>> = vec![None; workers.len()];
+        for _ in 0..workers.len() {
+            let message = ctx.get(None, "kmeans-p", Duration::from_secs(30))?;
+            let index = workers
+                .iter()
+                .position(|w| *w == message.from)
+                .filter(|&i| partials[i].is_none())
+                .ok_or_else(|| Error::new(format!("an unexpected partial from {:?}", message.from)))?;
+            partials[index] = Some(partial_of(&message.data, k, &message.from)?);
+        }
+        total = vec![0.0; k * kmeans::PARTIAL];
+        for partial in partials.iter().flatten() {
+            kmeans::add(&mut total, partial);
+        }
+        kmeans::next_centroids(&mut centroids, &total);
+        times.push(start.elapsed().as_nanos() as u64);
+    }
+    reducer_output(out, &times, &total)
+}
+
+/// A minimal Redis client (RESP over a blocking `TcpStream`, every read and write bounded by a
+/// timeout) for the Redis variant of the reduction benchmark.
+mod resp {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use praas_ffi::{Error, Result};
+
+    /// Largest bulk reply taken, in bytes (a partial is well below).
+    const MAX_BULK: usize = 64 << 20;
+
+    /// One connection to a Redis server.
+    pub struct Redis {
+        reader: BufReader<TcpStream>,
+        writer: TcpStream,
+    }
+
+    fn io(doing: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |e| Error::new(format!("redis {doing}: {e}"))
+    }
+
+    impl Redis {
+        /// Connects to `addr` (`host:port`); reads and writes wait at most `timeout`.
+        pub fn connect(addr: &str, timeout: Duration) -> Result<Self> {
+            let addr: std::net::SocketAddr =
+                addr.parse().map_err(|_| Error::new(format!("{addr:?} is not a redis address (host:port)")))?;
+            let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io("connecting"))?;
+            stream.set_nodelay(true).map_err(io("connecting"))?;
+            stream.set_read_timeout(Some(timeout)).map_err(io("connecting"))?;
+            stream.set_write_timeout(Some(timeout)).map_err(io("connecting"))?;
+            let reader = BufReader::new(stream.try_clone().map_err(io("connecting"))?);
+            Ok(Self { reader, writer: stream })
+        }
+
+        fn send(&mut self, args: &[&[u8]]) -> Result<()> {
+            let mut command = format!("*{}\r\n", args.len()).into_bytes();
+            for arg in args {
+                command.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+                command.extend_from_slice(arg);
+                command.extend_from_slice(b"\r\n");
+            }
+            self.writer.write_all(&command).map_err(io("sending"))
+        }
+
+        fn line(&mut self) -> Result<String> {
+            let mut line = Vec::new();
+            let n = (&mut self.reader).take(1024).read_until(b'\n', &mut line).map_err(io("receiving"))?;
+            if n == 0 || !line.ends_with(b"\r\n") {
+                return Err(Error::new("redis closed the connection or sent a line of more than 1 KiB"));
+            }
+            line.truncate(line.len() - 2);
+            String::from_utf8(line).map_err(|_| Error::new("redis sent a line that is not UTF-8"))
+        }
+
+        fn length(line: &str) -> Result<i64> {
+            line[1..].parse().map_err(|_| Error::new(format!("unexpected redis reply {line:?}")))
+        }
+
+        fn bulk(&mut self) -> Result<Vec<u8>> {
+            let line = self.line()?;
+            if !line.starts_with('$') {
+                return Err(Error::new(format!("redis answered {line:?} for a bulk string")));
+            }
+            let len = usize::try_from(Self::length(&line)?)
+                .ok()
+                .filter(|&n| n <= MAX_BULK)
+                .ok_or_else(|| Error::new(format!("redis announced a bulk string of {line:?}")))?;
+            let mut data = vec![0; len + 2];
+            self.reader.read_exact(&mut data).map_err(io("receiving"))?;
+            if !data.ends_with(b"\r\n") {
+                return Err(Error::new("a redis bulk string not ended by CRLF"));
+            }
+            data.truncate(len);
+            Ok(data)
+        }
+
+        /// `LPUSH key value`.
+        pub fn lpush(&mut self, key: &str, value: &[u8]) -> Result<()> {
+            self.send(&[b"LPUSH", key.as_bytes(), value])?;
+            let line = self.line()?;
+            if line.starts_with(':') {
+                Ok(())
+            } else {
+                Err(Error::new(format!("redis answered {line:?} to LPUSH")))
+            }
+        }
+
+        /// `BLPOP key seconds`: the value, or an error when none came within `seconds`.
+        pub fn blpop(&mut self, key: &str, seconds: u64) -> Result<Vec<u8>> {
+            self.send(&[b"BLPOP", key.as_bytes(), seconds.to_string().as_bytes()])?;
+            let line = self.line()?;
+            match line.as_str() {
+                "*2" => {
+                    self.bulk()?;
+                    self.bulk()
+                }
+                "*-1" => Err(Error::with_status(
+                    praas_ffi::PRAAS_ERR_TIMEOUT,
+                    format!("nothing under {key:?} in redis within {seconds} s"),
+                )),
+                other => Err(Error::new(format!("redis answered {other:?} to BLPOP"))),
+            }
+        }
+    }
+}
+
+/// Seconds a Redis variant's BLPOP waits, and (a little more) its socket.
+const REDIS_WAIT_SECS: u64 = 30;
+
+/// Input `redis_addr iterations`: `iterations` times, pops the centroids from Redis (list
+/// `kmeans:c:ID`, ID this process), computes this worker's partial and pushes `ID` then a newline
+/// and the partial to list `kmeans:p`; returns `done`.
+fn kmeans_worker_redis(ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (w, _) = words(input, 2)?;
+    let iterations = number(w[1].as_bytes())?;
+    let id = ctx.process_id();
+    let mut redis = resp::Redis::connect(w[0], Duration::from_secs(REDIS_WAIT_SECS + 5))?;
+    let list = format!("kmeans:c:{id}");
+    for _ in 0..iterations {
+        let centroids = centroids_of(&redis.blpop(&list, REDIS_WAIT_SECS)?)?;
+        let mut bytes = format!("{id}\n").into_bytes();
+        kmeans::extend(&mut bytes, &own_partials(ctx, &centroids)?);
+        redis.lpush("kmeans:p", &bytes)?;
+    }
+    out.extend_from_slice(b"done")
+}
+
+/// Input `redis_addr w1,w2,... iterations ` then K * 8 centroids: the steps of [`kmeans_reduce`]
+/// with the exchange through Redis: the centroids pushed to every worker's list (its
+/// `kmeans_worker_redis` running), the partials popped from `kmeans:p` and summed in the order
+/// given. Returns [`reducer_output`].
+fn kmeans_reduce_redis(_ctx: &mut Context<'_>, input: &[u8], out: &mut Output<'_>) -> Result<()> {
+    let (w, rest) = words(input, 3)?;
+    let workers: Vec<&str> = w[1].split(',').collect();
+    let iterations = number(w[2].as_bytes())?;
+    let mut centroids = centroids_of(rest)?;
+    let k = centroids.len() / kmeans::DIMS;
+    let mut redis = resp::Redis::connect(w[0], Duration::from_secs(REDIS_WAIT_SECS + 5))?;
+    let lists: Vec<String> = workers.iter().map(|w| format!("kmeans:c:{w}")).collect();
+    let (mut times, mut total) = (Vec::new(), Vec::new());
+    let mut request = Vec::with_capacity(rest.len());
+    for _ in 0..iterations {
+        let start = Instant::now();
+        request.clear();
+        kmeans::extend(&mut request, &centroids);
+        for list in &lists {
+            redis.lpush(list, &request)?;
+        }
+        let mut partials: Vec<Option<Vec<f64>>> = vec![None; workers.len()];
+        for _ in 0..workers.len() {
+            let message = redis.blpop("kmeans:p", REDIS_WAIT_SECS)?;
+            let at =
+                message.iter().position(|&b| b == b'\n').ok_or_else(|| Error::new("a partial without its sender"))?;
+            let from = text(&message[..at])?;
+            let index = workers
+                .iter()
+                .position(|w| *w == from)
+                .filter(|&i| partials[i].is_none())
+                .ok_or_else(|| Error::new(format!("an unexpected partial from {from:?}")))?;
+            partials[index] = Some(partial_of(&message[at + 1..], k, from)?);
+        }
+        total = vec![0.0; k * kmeans::PARTIAL];
+        for partial in partials.iter().flatten() {
+            kmeans::add(&mut total, partial);
+        }
+        kmeans::next_centroids(&mut centroids, &total);
+        times.push(start.elapsed().as_nanos() as u64);
+    }
+    reducer_output(out, &times, &total)
+}
+
 export!(
     echo,
     noop,
@@ -407,5 +924,13 @@ export!(
     msg_bounce,
     msg_roundtrip,
     remote_call,
-    fan_out
+    fan_out,
+    remote_bench,
+    kmeans_load,
+    kmeans_partial,
+    kmeans_reduce,
+    kmeans_worker_msg,
+    kmeans_reduce_msg,
+    kmeans_worker_redis,
+    kmeans_reduce_redis
 );
