@@ -721,6 +721,20 @@ mod tests {
     }
 
     #[test]
+    fn swap_in_on_call_is_on_unless_the_manifest_turns_it_off_and_round_trips() {
+        let on = Manifest::from_toml(&one("f", None), Path::new("")).unwrap();
+        assert!(on.swap_in_on_call);
+        assert!(!on.to_toml().unwrap().contains("swap_in_on_call"), "the default is not written");
+        let off =
+            Manifest::from_toml(&format!("swap_in_on_call = false\n\n{}", one("f", None)), Path::new("")).unwrap();
+        assert!(!off.swap_in_on_call);
+        let text = off.to_toml().unwrap();
+        assert_eq!(Manifest::from_toml(&text, Path::new("")).unwrap(), off, "{text}");
+        assert!(Manifest::from_toml("swap_in_on_call = \"no\"\n", Path::new("")).is_err());
+        assert!(Manifest::of(Vec::new()).swap_in_on_call);
+    }
+
+    #[test]
     fn a_name_declared_twice_is_refused_by_the_parser_and_the_loader() {
         let text = format!("{}{}", one("twice", None), one("twice", Some("other")));
         let err = Manifest::from_toml(&text, Path::new("")).unwrap_err();

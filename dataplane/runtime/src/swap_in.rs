@@ -336,6 +336,7 @@ mod tests {
         let err = ins.swap_in("r", Instant::now() + Duration::from_millis(50)).unwrap_err();
         assert_eq!(err.status(), Status::Timeout, "{err}");
         assert!(ins.waiting().answers.is_empty());
+        assert_eq!(read_frame(&mut far).header.kind, MessageKind::SwapInRequest, "it was asked all the same");
 
         // The channel breaks while one waits: UNAVAILABLE before its deadline.
         let asking = {
