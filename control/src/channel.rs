@@ -23,6 +23,7 @@ use praas_dataplane::control_channel::{
     MAX_CONTROL_FRAME, MAX_HANDSHAKE_FRAME,
 };
 use praas_dataplane::protocol::{decode_frame, Decoded, FrameLimits, Header, MessageKind, OwnedFrame, Status};
+use praas_dataplane::swap_in::SwapInRequest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -286,7 +287,8 @@ async fn follow(plane: &ControlPlane, connection: &mut Connection, link: &Regist
             frame = connection.recv(MAX_CONTROL_FRAME) => {
                 let frame = frame?;
                 let (plane, app, process) = (plane.clone(), link.app.clone(), link.process.clone());
-                off_loop(move || dispatch(&plane, &app, &process, &frame)).await??;
+                let writer = LinkWriter::new(Arc::clone(&link.outbox));
+                off_loop(move || dispatch(&plane, &app, &process, &frame, &writer)).await??;
             }
             () = link.outbox.ready.notified() => {}
         }
@@ -294,11 +296,17 @@ async fn follow(plane: &ControlPlane, connection: &mut Connection, link: &Regist
 }
 
 /// What the control plane does with each frame a registered process sends: the one place the
-/// conversation's message kinds reach the [`ControlPlane`].
-fn dispatch(plane: &ControlPlane, app: &str, process: &str, frame: &OwnedFrame) -> io::Result<()> {
+/// conversation's message kinds reach the [`ControlPlane`]. A `SwapInRequest` is answered later,
+/// through `writer` (the swap-in runs on a thread of its own: the connection goes on meanwhile).
+fn dispatch(plane: &ControlPlane, app: &str, process: &str, frame: &OwnedFrame, writer: &LinkWriter) -> io::Result<()> {
     match frame.header.kind {
         MessageKind::Metrics => plane.on_metrics(app, process, read_json::<MetricsReport>(frame)?),
         MessageKind::SwapConfirm => plane.on_swap_confirm(app, process, read_json::<SwapConfirmation>(frame)?),
+        MessageKind::SwapInRequest => {
+            let wait = Duration::from_millis(u64::from(frame.header.timeout_ms.max(1)));
+            let request = read_json::<SwapInRequest>(frame)?;
+            plane.on_swap_in_request(app, process, frame.header.id, wait, &request.process, writer.clone());
+        }
         MessageKind::Pong => {}
         other => tracing::warn!(app, process, "unexpected {other:?} on the control channel"),
     }

@@ -32,14 +32,14 @@ use praas_dataplane::control_channel::{
     MetricsReport, PeerList, Registration, RegistrationAnswer, SwapConfirmation, SwapDecision, SwapOrder,
 };
 use praas_dataplane::peer::PeerInfo;
-use praas_dataplane::protocol::MessageKind;
+use praas_dataplane::protocol::{Header, MessageKind};
 use praas_dataplane::swap::{test_pause, SnapshotManifest, SwapError, SwapStore};
 use praas_dataplane::{Client, ClientError, ClientOptions, Credentials, Manifest, Status};
 use thiserror::Error;
 
 use crate::application::DeployError;
 use crate::backend::{Backend, BackendError, Exit, Launch};
-use crate::link::ControlLink;
+use crate::link::{ControlLink, LinkWriter};
 use crate::metrics::{ControlMetrics, MetricsError, ProcessSnapshot};
 use crate::model::{
     valid_name, Application, ProcessRecord, ProcessStatus, ResourceError, Resources, SwapInfo, NAME_RULE,
@@ -385,6 +385,9 @@ pub struct ControlConfig {
     pub metrics_interval: Duration,
     /// Processes also serve RDMA on this address (`auto`, an IP, IP:PORT); none: TCP only.
     pub process_rdma: Option<String>,
+    /// The data-plane transport processes serve with (`uring`, `mio`, `auto`); none: theirs
+    /// (`auto`).
+    pub process_transport: Option<String>,
     /// Processes serve authenticated data-plane clients only (`--client-auth`): clients present
     /// their application's client key ([`ControlPlane::client_key`]).
     pub client_auth: bool,
@@ -411,6 +414,7 @@ impl ControlConfig {
             idle_swap: None,
             metrics_interval: Duration::from_millis(500),
             process_rdma: None,
+            process_transport: None,
             client_auth: false,
             function_roots: Vec::new(),
             log_format: crate::logging::LogFormat::Text,
@@ -459,7 +463,13 @@ struct Inner {
     /// Whether the `praas-store-retry` thread runs: it writes the records the database could not
     /// take yet ([`Store::flush_pending`]) until there are none.
     retrying: std::sync::atomic::AtomicBool,
+    /// Swap-in requests of processes ([`ControlPlane::on_swap_in_request`]) being served now.
+    swap_in_requests: std::sync::atomic::AtomicUsize,
 }
+
+/// Most swap-in requests of processes served at once (each waits on a thread of its own); one
+/// more is answered `Overloaded` at once.
+pub const MAX_SWAP_IN_REQUESTS: usize = 256;
 
 /// The control plane; cheap to clone (shared).
 #[derive(Clone)]
@@ -519,6 +529,7 @@ impl ControlPlane {
                 next_auto: Mutex::new(0),
                 metrics: ControlMetrics::default(),
                 retrying: std::sync::atomic::AtomicBool::new(false),
+                swap_in_requests: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         for mut record in recovered {
@@ -943,6 +954,7 @@ impl ControlPlane {
             metrics_interval: self.inner.config.metrics_interval,
             slurm: application.slurm.clone(),
             rdma: self.inner.config.process_rdma.clone(),
+            transport: self.inner.config.process_transport.clone(),
             client_auth: self.inner.config.client_auth,
             log_format: self.inner.config.log_format,
         };
@@ -1498,15 +1510,89 @@ impl ControlPlane {
 
     /// Brings a named process to ALLOCATED: waits out transitions, swaps it in if needed.
     fn ready(&self, app: &str, name: &str) -> Result<ProcessRecord, ControlError> {
-        let status = self.wait_for(app, name, self.inner.config.swap_timeout, |s| !s.is_transient())?;
-        match status {
-            ProcessStatus::Allocated => self.get_process(app, name),
-            ProcessStatus::SwappedOut => match self.swap_in(app, name) {
-                // Another request swapped it in meanwhile.
-                Err(ControlError::InvalidTransition { .. }) => self.settled(app, name, ProcessStatus::Allocated),
-                other => other,
-            },
-            other => Err(invalid_transition(app, name, other, Operation::Invoke)),
+        self.allocated(app, name, self.inner.config.swap_timeout)
+    }
+
+    /// Brings a named process to ALLOCATED, waiting at most `wait` for another request's
+    /// transition (a swap-in already under way, a swap-out) to end: swaps it in when it is
+    /// SWAPPED_OUT. Requests at the same time swap it in once: the first makes it SWAPPING_IN,
+    /// the others wait for that swap-in's outcome.
+    fn allocated(&self, app: &str, name: &str, wait: Duration) -> Result<ProcessRecord, ControlError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let status = self.wait_for(app, name, left, |s| !s.is_transient())?;
+            match status {
+                ProcessStatus::Allocated => return self.get_process(app, name),
+                ProcessStatus::SwappedOut => match self.swap_in(app, name) {
+                    // Another request began swapping it in since: wait for its outcome.
+                    Err(ControlError::InvalidTransition { .. }) if !left.is_zero() => {}
+                    other => return other,
+                },
+                other => return Err(invalid_transition(app, name, other, Operation::Invoke)),
+            }
+        }
+    }
+
+    /// Called by the control channel when process `caller` of `app` asks (request `id`) for
+    /// process `name` of its application to be swapped in for a remote invocation, within `wait`
+    /// (what is left of the caller's deadline). The swap-in runs on a thread of its own; the
+    /// answer, a `SwapInAnswer` of the same id, is queued on `caller`'s control connection once
+    /// the process is ALLOCATED (after the peer list that says so: [`ControlPlane::swap_in`]
+    /// announces it first), or with the reason: `NotFound` (no such process in the application),
+    /// `Timeout` (still not ALLOCATED within `wait`), `Overloaded` ([`MAX_SWAP_IN_REQUESTS`]),
+    /// `Unavailable` (any other reason, in words).
+    pub fn on_swap_in_request(&self, app: &str, caller: &str, id: u64, wait: Duration, name: &str, writer: LinkWriter) {
+        use std::sync::atomic::Ordering;
+        let metrics = self.inner.metrics.clone();
+        let counted = app.to_owned();
+        let answer = move |result: Result<ProcessRecord, (Status, String)>| {
+            let outcome = match &result {
+                Ok(_) => "ok".to_owned(),
+                Err((status, _)) => crate::metrics::status_label(*status),
+            };
+            metrics.count_swap_in_request(&counted, &outcome);
+            let (status, meta, payload) = match result {
+                Ok(record) => {
+                    let info = PeerInfo {
+                        id: record.name.clone(),
+                        addr: record.data_addr.clone().unwrap_or_default(),
+                        rdma: record.rdma_addr.clone(),
+                        status: record.status,
+                    };
+                    (Status::Ok, String::new(), serde_json::to_vec(&info).unwrap_or_default())
+                }
+                Err((status, reason)) => (status, reason, Vec::new()),
+            };
+            let header = Header { kind: MessageKind::SwapInAnswer, ..Header::response(id, status, 0, 0) };
+            if let Err(e) = writer.send_frame(header, meta.as_bytes(), &payload) {
+                tracing::debug!("a swap-in answer was not delivered: {e}");
+            }
+        };
+        let waiting = self.inner.swap_in_requests.fetch_add(1, Ordering::SeqCst);
+        if waiting >= MAX_SWAP_IN_REQUESTS {
+            self.inner.swap_in_requests.fetch_sub(1, Ordering::SeqCst);
+            answer(Err((Status::Overloaded, format!("{waiting} swap-in requests are already being served"))));
+            return;
+        }
+        tracing::info!(app, caller, process = name, "a remote invocation asks for a swap-in");
+        let plane = self.clone();
+        let (app, name) = (app.to_owned(), name.to_owned());
+        let spawned = std::thread::Builder::new().name("praas-swap-in".into()).spawn(move || {
+            let result = plane.allocated(&app, &name, wait).map_err(|e| {
+                let status = match &e {
+                    ControlError::NoProcess { .. } | ControlError::NoApplication { .. } => Status::NotFound,
+                    ControlError::TimedOut { .. } => Status::Timeout,
+                    _ => Status::Unavailable,
+                };
+                (status, e.to_string())
+            });
+            plane.inner.swap_in_requests.fetch_sub(1, Ordering::SeqCst);
+            answer(result);
+        });
+        if let Err(e) = spawned {
+            self.inner.swap_in_requests.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!("cannot serve a swap-in request: {e}");
         }
     }
 

@@ -1,13 +1,14 @@
 //! The control plane's sending side of a registered process's control connection
-//! ([`ControlLink`]): frames queued from any thread (the controller's peer updates and swap
-//! requests) and written in order by the connection's task in [`crate::channel`].
+//! ([`ControlLink`]): frames queued from any thread (the controller's peer updates, swap
+//! requests and answers to swap-in requests) and written in order by the connection's task in
+//! [`crate::channel`].
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use praas_dataplane::control_channel::write_json;
-use praas_dataplane::protocol::MessageKind;
+use praas_dataplane::control_channel::{write_frame, write_json};
+use praas_dataplane::protocol::{Header, MessageKind};
 use tokio::sync::Notify;
 
 /// Most frames waiting to be written to one process; a send past it fails.
@@ -78,6 +79,18 @@ impl LinkWriter {
     pub fn send_json<T: serde::Serialize>(&self, kind: MessageKind, value: &T) -> io::Result<()> {
         let mut bytes = Vec::new();
         write_json(&mut bytes, kind, b"", value)?;
+        self.queue(kind, bytes)
+    }
+
+    /// Queues one frame (`header`'s lengths are set from `meta` and `payload`): an answer that
+    /// carries an id and a status, as a `SwapInAnswer` does. Fails as [`LinkWriter::send_json`].
+    pub fn send_frame(&self, header: Header, meta: &[u8], payload: &[u8]) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        write_frame(&mut bytes, header, meta, payload)?;
+        self.queue(header.kind, bytes)
+    }
+
+    fn queue(&self, kind: MessageKind, bytes: Vec<u8>) -> io::Result<()> {
         let mut queued = self.outbox.queued();
         if queued.closed {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the control connection is closed"));

@@ -133,6 +133,10 @@ struct ControlServeArgs {
     /// the processes, and messages between processes go over RDMA.
     #[arg(long, env = "PRAAS_PROCESS_RDMA")]
     process_rdma: Option<String>,
+    /// The data-plane transport its processes serve with (`praas process serve --transport`):
+    /// uring, mio or auto (the default: io_uring where the kernel allows it).
+    #[arg(long)]
+    process_transport: Option<TransportKind>,
     /// Processes serve authenticated data-plane clients only: an SDK client presents its
     /// application's client key (`praas app client-key APP`); `praas invoke --direct` and the
     /// control plane's own invocations authenticate by themselves.
@@ -587,6 +591,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
     config.idle_swap = (args.idle_swap_ms > 0).then(|| Duration::from_millis(args.idle_swap_ms));
     config.metrics_interval = Duration::from_millis(args.metrics_ms.max(10));
     config.process_rdma = args.process_rdma;
+    config.process_transport = args.process_transport.map(|kind| kind.to_string());
     config.client_auth = args.client_auth;
     config.log_format = args.log_format;
     config.header_timeout = Duration::from_millis(args.header_timeout_ms);

@@ -104,6 +104,7 @@ pub struct ControlMetrics {
     swap_in_bytes: HistogramFamily,
     swap_in_seconds: HistogramFamily,
     downscaler_actions: Family<Labels, Counter>,
+    swap_in_requests: Family<Labels, Counter>,
     routed_invocations: Family<Labels, Counter>,
     http_requests: Family<Labels, Counter>,
     connections_open: Family<Labels, Gauge>,
@@ -139,6 +140,7 @@ impl Default for ControlMetrics {
             swap_in_bytes: Family::new_with_constructor(bytes_buckets),
             swap_in_seconds: Family::new_with_constructor(seconds_buckets),
             downscaler_actions: Family::default(),
+            swap_in_requests: Family::default(),
             routed_invocations: Family::default(),
             http_requests: Family::default(),
             connections_open: Family::default(),
@@ -175,6 +177,13 @@ impl ControlMetrics {
     pub fn count_downscaler_action(&self, action: &'static str, outcome: &'static str) {
         let labels = vec![("action", action.to_owned()), ("outcome", outcome.to_owned())];
         self.downscaler_actions.get_or_create(&labels).inc();
+    }
+
+    /// A process of `app` asked for a swap-in of a remote invocation's callee, answered with
+    /// `outcome` (`ok`, or the status label of the refusal: [`status_label`]).
+    pub fn count_swap_in_request(&self, app: &str, outcome: &str) {
+        let labels = vec![("app", app.to_owned()), ("outcome", outcome.to_owned())];
+        self.swap_in_requests.get_or_create(&labels).inc();
     }
 
     /// An invocation routed through the control plane to a process of `app` ended with
@@ -265,6 +274,11 @@ impl ControlMetrics {
             "praas_downscaler_actions",
             "Actions of the idle downscaler, by action and outcome",
             self.downscaler_actions.clone(),
+        );
+        registry.register(
+            "praas_swap_in_requests",
+            "Swap-in requests of processes for the callees of their remote invocations, by application and outcome",
+            self.swap_in_requests.clone(),
         );
         registry.register(
             "praas_routed_invocations",

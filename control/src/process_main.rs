@@ -300,6 +300,7 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         buffer_budget: budget_within(options.buffer_budget, options.memory_mb),
         client_auth: options.client_auth,
         connection_limits: options.connection_limits,
+        swap_in_on_call: manifest.swap_in_on_call,
         ..ProcessConfig::default()
     };
     let names = functions.names().join(", ");

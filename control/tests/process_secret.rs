@@ -85,14 +85,14 @@ fn temp_dir(name: &str) -> PathBuf {
 fn manifest(dir: &Path) -> PathBuf {
     let path = dir.join("functions.toml");
     let functions = vec![spec("echo", &example_functions(), None, ExecutionMode::Inline)];
-    let text = Manifest { functions, base_dir: PathBuf::new() }.to_toml().unwrap();
+    let text = Manifest { swap_in_on_call: true, functions, base_dir: PathBuf::new() }.to_toml().unwrap();
     std::fs::write(&path, text).unwrap();
     path
 }
 
 /// A process of the application holding `secret`, that knows the served process as its peer.
 fn peer_with(secret: &str, served: &Served) -> Arc<Process> {
-    let manifest = Manifest { functions: Vec::new(), base_dir: PathBuf::new() };
+    let manifest = Manifest { swap_in_on_call: true, functions: Vec::new(), base_dir: PathBuf::new() };
     let config = ProcessConfig {
         id: "tester".into(),
         app: APP.into(),

@@ -65,6 +65,7 @@ fn fan_out_to_16_processes_with_one_killed_mid_call(kind: TransportKind) {
     let dir = support::temp_dir("remote-fan-out");
     let lib = example_functions();
     let manifest = Manifest {
+        swap_in_on_call: true,
         functions: ["fan_out", "sleep", "process_id"]
             .iter()
             .map(|name| spec(name, &lib, None, ExecutionMode::Worker))

@@ -15,7 +15,7 @@
 pub use praas_client as client;
 pub use praas_runtime::{
     buffer, clock, connection, control_channel, function, invocation, mailbox, peer, process, process_core, serve,
-    session, state, stats, swap,
+    session, state, stats, swap, swap_in,
 };
 pub use praas_wire::{auth, handshake, idmap, lifecycle, protocol};
 

@@ -333,7 +333,7 @@ fn a_spinning_client_is_answered_in_order_and_still_times_out(kind: TransportKin
 fn c_functions_run_through_the_header_abi(kind: TransportKind) {
     let c = c_functions();
     let rust = example_functions();
-    let mut manifest = Manifest { functions: Vec::new(), base_dir: Default::default() };
+    let mut manifest = Manifest { swap_in_on_call: true, functions: Vec::new(), base_dir: Default::default() };
     for name in ["c_echo", "c_reverse", "c_counter", "c_call_echo", "c_fail", "c_process_id"] {
         manifest.functions.push(spec(name, &c, None, ExecutionMode::Worker));
     }
@@ -355,6 +355,7 @@ fn c_functions_run_through_the_header_abi(kind: TransportKind) {
 fn a_missing_symbol_is_refused_at_load_naming_it() {
     let lib = example_functions();
     let manifest = Manifest {
+        swap_in_on_call: true,
         functions: vec![spec("ghost", &lib, Some("no_such_symbol"), ExecutionMode::Worker)],
         base_dir: Default::default(),
     };

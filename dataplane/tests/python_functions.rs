@@ -268,7 +268,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn load(functions: Vec<FunctionSpec>, base_dir: &Path) -> Result<FunctionRegistry, LoadError> {
-    FunctionRegistry::load(&Manifest { functions, base_dir: base_dir.to_path_buf() })
+    FunctionRegistry::load(&Manifest { swap_in_on_call: true, functions, base_dir: base_dir.to_path_buf() })
 }
 
 #[test]

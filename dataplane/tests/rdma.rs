@@ -51,7 +51,7 @@ fn manifest() -> Manifest {
         spec("sleep", &lib, None, ExecutionMode::Worker),
         spec("generate", &lib, None, ExecutionMode::Worker),
     ];
-    Manifest { functions, base_dir: PathBuf::new() }
+    Manifest { swap_in_on_call: true, functions, base_dir: PathBuf::new() }
 }
 
 fn serve(ip: IpAddr, options: RdmaOptions) -> (Arc<Process>, ServerHandle) {

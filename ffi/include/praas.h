@@ -178,9 +178,10 @@ typedef struct praas_api {
      * over the peer connections that carry messages, within the invocation's deadline (which
      * travels with the call), and lends its output. On an error status `output` holds the reason
      * (lent): PRAAS_ERR_NOT_FOUND no such process, PRAAS_ERR_UNKNOWN_FUNCTION no such function, the
-     * callee's own status if it failed or panicked, PRAAS_ERR_TIMEOUT deadline passed,
-     * PRAAS_ERR_UNAVAILABLE swapped out, not running or unreachable, PRAAS_ERR_UNSUPPORTED from an
-     * inline function.
+     * callee's own status if it failed or panicked, PRAAS_ERR_TIMEOUT deadline passed (a swapped-out
+     * callee is first swapped in through the control plane, within it), PRAAS_ERR_UNAVAILABLE
+     * swapped out and not swapped in (swap_in_on_call = false, no control channel), not running or
+     * unreachable, PRAAS_ERR_UNSUPPORTED from an inline function.
      */
     int32_t (*remote_invoke)(praas_context *ctx, const uint8_t *process, size_t process_len, const uint8_t *function,
                              size_t function_len, const uint8_t *input, size_t input_len, praas_bytes *output);

@@ -191,8 +191,10 @@ pub struct praas_api {
     /// (which travels with the call), and lends its output. On an error status `output` holds the
     /// reason (lent): `PRAAS_ERR_NOT_FOUND` no such process, `PRAAS_ERR_UNKNOWN_FUNCTION` no such
     /// function, the callee's own status if it failed or panicked, `PRAAS_ERR_TIMEOUT` deadline
-    /// passed, `PRAAS_ERR_UNAVAILABLE` swapped out, not running or unreachable,
-    /// `PRAAS_ERR_UNSUPPORTED` from an inline function.
+    /// passed (a swapped-out callee is first swapped in through the control plane, within it),
+    /// `PRAAS_ERR_UNAVAILABLE` swapped out and not swapped in (`swap_in_on_call = false`, no
+    /// control channel), not running or unreachable, `PRAAS_ERR_UNSUPPORTED` from an inline
+    /// function.
     pub remote_invoke: unsafe extern "C" fn(
         ctx: *mut praas_context,
         process: *const u8,

@@ -148,7 +148,7 @@ pub fn example_manifest() -> Manifest {
         inline.iter().map(|name| spec(name, &lib, None, ExecutionMode::Inline)).collect();
     functions.extend(worker.iter().map(|name| spec(name, &lib, None, ExecutionMode::Worker)));
     functions.push(spec("echo_worker", &lib, Some("echo"), ExecutionMode::Worker));
-    Manifest { functions, base_dir: PathBuf::new() }
+    Manifest { swap_in_on_call: true, functions, base_dir: PathBuf::new() }
 }
 
 /// A process serving `manifest` over TCP on a free loopback port, with the default transport.

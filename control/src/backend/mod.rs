@@ -59,6 +59,9 @@ pub struct Launch {
     pub slurm: Option<crate::model::SlurmOptions>,
     /// Also serve RDMA on this address (`--rdma-listen`: `auto`, an IP, IP:PORT).
     pub rdma: Option<String>,
+    /// The data-plane transport (`--transport`: `uring`, `mio`, `auto`); none: the process's
+    /// default.
+    pub transport: Option<String>,
     /// Serve authenticated data-plane clients only (`--client-auth`).
     pub client_auth: bool,
     /// The format of its log (`--log-format`).
@@ -102,6 +105,9 @@ impl Launch {
         args.push(pair("log-format", self.log_format.name().as_ref()));
         if let Some(rdma) = &self.rdma {
             args.push(pair("rdma-listen", rdma.as_ref()));
+        }
+        if let Some(transport) = &self.transport {
+            args.push(pair("transport", transport.as_ref()));
         }
         if self.client_auth {
             args.push("--client-auth".into());

@@ -251,6 +251,27 @@ impl ControlPlaneProcess {
         praas_control::cli::app_create(&self.api, app, &file, Some(resources)).unwrap();
     }
 
+    /// Creates an application `app` serving the example functions `functions` (on workers), its
+    /// manifest starting with `settings` (top-level keys such as `swap_in_on_call = false`).
+    pub fn create_app_of(&self, app: &str, functions: &[&str], settings: &str) {
+        let lib = example_functions();
+        let mut manifest = format!("{settings}\n");
+        for name in functions {
+            manifest.push_str(&format!(
+                "[[function]]\nname = \"{name}\"\nlibrary = \"{}\"\nmode = \"worker\"\n\n",
+                lib.file_name().unwrap().to_string_lossy()
+            ));
+        }
+        let dir = self.data_dir.join("manifests").join(app);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("functions.toml");
+        std::fs::write(&file, manifest).unwrap();
+        std::fs::copy(&lib, dir.join(lib.file_name().unwrap())).unwrap();
+        let node = praas_control::backend::this_node().unwrap();
+        let resources = praas_control::model::Resources { vcpus: 1, memory_mb: 1024.min(node.memory_mb) };
+        praas_control::cli::app_create(&self.api, app, &file, Some(resources)).unwrap();
+    }
+
     pub fn process(&self, app: &str, name: &str) -> ProcessRecord {
         self.api.get(&routes::process(app, name)).unwrap()
     }

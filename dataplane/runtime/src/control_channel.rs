@@ -10,7 +10,10 @@
 //! 4. then, any time: process → control plane `Metrics` ([`MetricsReport`]) every interval;
 //!    control plane → process `PeerUpdate` ([`PeerList`]) and `SwapRequest` ([`SwapOrder`]),
 //!    answered by `SwapConfirm` ([`SwapConfirmation`]); the control plane records SWAPPED_OUT and
-//!    answers `SwapCommit` ([`SwapDecision`]), after which a swapped-out process exits.
+//!    answers `SwapCommit` ([`SwapDecision`]), after which a swapped-out process exits;
+//!    process → control plane `SwapInRequest` ([`crate::swap_in::SwapInRequest`]: a remote
+//!    invocation's swapped-out callee), answered by `SwapInAnswer` of the same id once the callee
+//!    is ALLOCATED again (after the `PeerUpdate` that says so), or with the reason.
 //!
 //! A process whose channel breaks keeps serving and reconnects with back-off: a control plane
 //! that restarts finds its processes registering again.
@@ -490,6 +493,11 @@ fn session(
         return Ok(LinkEnd::Refused(String::from_utf8_lossy(&answer.meta).into_owned()));
     }
     tracing::info!(control = %options.control_addr, "registered with the control plane");
+    // From here on every frame the process sends goes through its swap-in requests' writer (one
+    // lock for the workers' `SwapInRequest`s and this thread's frames); requests waiting when the
+    // connection ends fail then.
+    process.swap_ins().connected(channel.stream.try_clone()?);
+    let _connected = Connected(process.swap_ins());
     if let Some(swap) = pending.take() {
         let verdict: RegistrationAnswer =
             if answer.payload.is_empty() { RegistrationAnswer::default() } else { read_json(&answer)? };
@@ -503,7 +511,7 @@ fn session(
     let mut next_metrics = Instant::now();
     loop {
         if Instant::now() >= next_metrics {
-            write_json(&mut channel.stream, MessageKind::Metrics, b"", &reporter.report(process))?;
+            send_json(process, MessageKind::Metrics, &reporter.report(process))?;
             next_metrics = Instant::now() + options.metrics_interval;
         }
         let wait = next_metrics.saturating_duration_since(Instant::now());
@@ -516,9 +524,13 @@ fn session(
                 if let Ok(report) = &confirmation.result {
                     *pending = Some(Pending { swap_id: order.swap_id.clone(), report: report.clone() });
                 }
-                write_json(&mut channel.stream, MessageKind::SwapConfirm, b"", &confirmation)?;
+                // What ran since the last report goes before the confirmation: a process that
+                // swaps out reports no more, and its figures would be lost.
+                send_json(process, MessageKind::Metrics, &reporter.report(process))?;
+                next_metrics = Instant::now() + options.metrics_interval;
+                send_json(process, MessageKind::SwapConfirm, &confirmation)?;
                 if let Some(swap) = pending.take() {
-                    match await_decision(&mut channel, &swap.swap_id, options.commit_timeout) {
+                    match await_decision(process, &mut channel, &swap.swap_id, options.commit_timeout) {
                         Ok(true) => return Ok(LinkEnd::SwappedOut(swap.report)),
                         Ok(false) => {
                             tracing::warn!(swap = swap.swap_id, "the control plane abandoned the swap: serving on");
@@ -538,17 +550,34 @@ fn session(
             }
             MessageKind::Ping => {
                 let pong = Header { kind: MessageKind::Pong, ..frame.header };
-                channel.send(pong, &[], &frame.payload)?;
+                process.swap_ins().send(pong, &[], &frame.payload)?;
             }
+            MessageKind::SwapInAnswer => process.swap_ins().answered(&frame),
             other => tracing::warn!("unexpected {other:?} frame on the control channel"),
         }
     }
 }
 
+/// Marks the control connection of a session gone when the session ends, however it ends.
+struct Connected<'a>(&'a crate::swap_in::SwapIns);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.disconnected();
+    }
+}
+
+/// Sends a frame of `kind` with `value` as its JSON payload on the process's control connection.
+fn send_json<T: Serialize>(process: &Process, kind: MessageKind, value: &T) -> io::Result<()> {
+    let payload = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let header = Header { kind, meta_len: 0, status: 0, id: 0, timeout_ms: 0, payload_len: 0 };
+    process.swap_ins().send(header, &[], &payload)
+}
+
 /// Waits for the control plane's decision on swap `swap_id`: `true` once SWAPPED_OUT is
 /// recorded, `false` when it abandoned the swap; an error when the connection breaks or no
 /// decision comes within `timeout`.
-fn await_decision(channel: &mut FrameStream, swap_id: &str, timeout: Duration) -> io::Result<bool> {
+fn await_decision(process: &Process, channel: &mut FrameStream, swap_id: &str, timeout: Duration) -> io::Result<bool> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -565,8 +594,9 @@ fn await_decision(channel: &mut FrameStream, swap_id: &str, timeout: Duration) -
             }
             MessageKind::Ping => {
                 let pong = Header { kind: MessageKind::Pong, ..frame.header };
-                channel.send(pong, &[], &frame.payload)?;
+                process.swap_ins().send(pong, &[], &frame.payload)?;
             }
+            MessageKind::SwapInAnswer => process.swap_ins().answered(&frame),
             // Peer updates and the like wait: the process serves nobody while it waits.
             _ => {}
         }

@@ -16,6 +16,10 @@
 //! symbol = "echo"                             # the Python function; defaults to `name`
 //! ```
 //!
+//! Before the functions, `swap_in_on_call = false` makes a remote invocation of a swapped-out
+//! process of the application fail at once with `UNAVAILABLE` instead of asking the control plane
+//! to swap it in (`docs/remote-invocation.md`).
+//!
 //! A function name is 1 to 64 bytes of ASCII letters, digits, `_`, `.` and `-`, and does not
 //! start with `-` or `.` ([`check_function_name`]); a `symbol` is a C identifier (a Python
 //! function's name, given or defaulted, is one too); a C ABI function names a `library` and no
@@ -280,6 +284,11 @@ pub enum ManifestError {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// A remote invocation of a process of the application that is swapped out asks the
+    /// control plane to swap it in, within the caller's deadline (`true`, the default); `false`:
+    /// it fails at once with `UNAVAILABLE` (`docs/remote-invocation.md`).
+    #[serde(default = "swap_in_on_call_default", skip_serializing_if = "is_default_swap_in_on_call")]
+    pub swap_in_on_call: bool,
     /// The functions.
     #[serde(rename = "function", default)]
     pub functions: Vec<FunctionSpec>,
@@ -371,7 +380,21 @@ pub enum LoadError {
     },
 }
 
+fn swap_in_on_call_default() -> bool {
+    true
+}
+
+fn is_default_swap_in_on_call(on: &bool) -> bool {
+    *on
+}
+
 impl Manifest {
+    /// A manifest of `functions` with the default settings, relative paths resolved against the
+    /// current folder.
+    pub fn of(functions: Vec<FunctionSpec>) -> Self {
+        Self { swap_in_on_call: true, functions, base_dir: PathBuf::new() }
+    }
+
     /// Reads a manifest file; relative library paths resolve against its folder.
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
@@ -698,12 +721,26 @@ mod tests {
     }
 
     #[test]
+    fn swap_in_on_call_is_on_unless_the_manifest_turns_it_off_and_round_trips() {
+        let on = Manifest::from_toml(&one("f", None), Path::new("")).unwrap();
+        assert!(on.swap_in_on_call);
+        assert!(!on.to_toml().unwrap().contains("swap_in_on_call"), "the default is not written");
+        let off =
+            Manifest::from_toml(&format!("swap_in_on_call = false\n\n{}", one("f", None)), Path::new("")).unwrap();
+        assert!(!off.swap_in_on_call);
+        let text = off.to_toml().unwrap();
+        assert_eq!(Manifest::from_toml(&text, Path::new("")).unwrap(), off, "{text}");
+        assert!(Manifest::from_toml("swap_in_on_call = \"no\"\n", Path::new("")).is_err());
+        assert!(Manifest::of(Vec::new()).swap_in_on_call);
+    }
+
+    #[test]
     fn a_name_declared_twice_is_refused_by_the_parser_and_the_loader() {
         let text = format!("{}{}", one("twice", None), one("twice", Some("other")));
         let err = Manifest::from_toml(&text, Path::new("")).unwrap_err();
         assert!(matches!(&err, ManifestError::Duplicate(name) if name == "twice"), "{err:?}");
         let spec = FunctionSpec::native("twice", "/nonexistent.so");
-        let built = Manifest { functions: vec![spec.clone(), spec], base_dir: PathBuf::new() };
+        let built = Manifest { swap_in_on_call: true, functions: vec![spec.clone(), spec], base_dir: PathBuf::new() };
         let err = FunctionRegistry::load(&built).unwrap_err();
         assert!(matches!(err, LoadError::Invalid(ManifestError::Duplicate(_))), "{err}");
         assert!(matches!(built.to_toml(), Err(ManifestError::Duplicate(_))));
@@ -766,7 +803,7 @@ mod tests {
             proptest::collection::vec(prop_oneof![spec(), python_spec()], 0..8).prop_map(|specs| {
                 let mut seen = std::collections::HashSet::new();
                 let functions = specs.into_iter().filter(|s| seen.insert(s.name.clone())).collect();
-                Manifest { functions, base_dir: PathBuf::from("/where/it/was/read") }
+                Manifest { swap_in_on_call: true, functions, base_dir: PathBuf::from("/where/it/was/read") }
             })
         }
 
@@ -846,7 +883,11 @@ mod tests {
     #[cfg(not(feature = "python"))]
     #[test]
     fn python_functions_need_the_python_feature() {
-        let m = Manifest { functions: vec![FunctionSpec::python("f", "m.py")], base_dir: PathBuf::new() };
+        let m = Manifest {
+            swap_in_on_call: true,
+            functions: vec![FunctionSpec::python("f", "m.py")],
+            base_dir: PathBuf::new(),
+        };
         let err = FunctionRegistry::load(&m).unwrap_err();
         assert!(matches!(err, LoadError::PythonUnsupported(_)), "{err}");
         assert!(err.to_string().contains("cargo feature `python`"), "{err}");

@@ -822,7 +822,7 @@ impl Invocation<'_> {
     /// deadline (refused inline, where it would block the I/O thread).
     fn invoke_remote(&self, dest: &str, function: &str, input: &[u8]) -> Result<Vec<u8>, RemoteError> {
         let deadline = self.remote_deadline(dest, function)?;
-        self.process.peers().invoke_remote(dest, function, input, deadline)
+        self.process.peers().invoke_remote(dest, function, input, deadline, Some(self.process.swap_ins()))
     }
 
     /// Starts invoking `function` of process `dest`; returns the handle to wait for it with.
@@ -832,7 +832,7 @@ impl Invocation<'_> {
             return Err(RemoteError::TooMany(calls.calls.len()));
         }
         let deadline = self.remote_deadline(dest, function)?;
-        let call = self.process.peers().submit(dest, function, input, deadline)?;
+        let call = self.process.peers().submit(dest, function, input, deadline, Some(self.process.swap_ins()))?;
         let handle = calls.next;
         calls.next += 1;
         calls.calls.push((handle, call));

@@ -29,3 +29,4 @@ pub mod session;
 pub mod state;
 pub mod stats;
 pub mod swap;
+pub mod swap_in;

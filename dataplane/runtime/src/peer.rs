@@ -613,6 +613,21 @@ impl PeerDirectory {
         *map = next;
     }
 
+    /// Takes `info`, a peer's entry the control plane sent in answer to a swap-in request,
+    /// if the directory still says that peer is swapped out or swapping (a peer list that came
+    /// since is newer and stays).
+    pub fn swapped_in(&self, info: PeerInfo) {
+        let mut map = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = map.get_mut(&info.id) else { return };
+        if !matches!(entry.status, ProcessStatus::SwappedOut | ProcessStatus::SwappingOut | ProcessStatus::SwappingIn) {
+            return;
+        }
+        entry.status = info.status;
+        if entry.peer.addr != info.addr || entry.peer.rdma != info.rdma {
+            entry.peer = Arc::new(Peer { addr: info.addr, rdma: info.rdma, idle: Mutex::new(Vec::new()) });
+        }
+    }
+
     /// The peers as last announced, sorted by id.
     pub fn list(&self) -> Vec<PeerInfo> {
         let map = self.peers.read().unwrap_or_else(|p| p.into_inner());

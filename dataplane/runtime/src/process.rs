@@ -135,6 +135,11 @@ impl Process {
         self.core.peers()
     }
 
+    /// Its swap-in requests to the control plane (remote invocations of swapped-out callees).
+    pub fn swap_ins(&self) -> &crate::swap_in::SwapIns {
+        self.core.swap_ins()
+    }
+
     /// Takes the control plane's list of this application's processes (a `PeerUpdate`).
     pub fn set_peers(&self, list: PeerList) {
         self.core.peers().update(list.peers.into_iter().filter(|p| p.id != self.core.id()).collect());

@@ -12,6 +12,7 @@ use crate::function::FunctionRegistry;
 use crate::mailbox::Mailbox;
 use crate::peer::PeerDirectory;
 use crate::state::{now_ns, StateStore};
+use crate::swap_in::SwapIns;
 use praas_wire::auth::Secret;
 use praas_wire::protocol::DEFAULT_MAX_FRAME;
 
@@ -45,6 +46,10 @@ pub struct ProcessConfig {
     pub function_stats: bool,
     /// How many connections the process serves, and their timeouts (every transport).
     pub connection_limits: crate::connection::ConnectionLimits,
+    /// A remote invocation of a swapped-out process asks the control plane to swap it in and
+    /// waits for it within the caller's deadline (the manifest's `swap_in_on_call`, on by
+    /// default); off, it fails at once with `UNAVAILABLE`.
+    pub swap_in_on_call: bool,
 }
 
 impl Default for ProcessConfig {
@@ -61,6 +66,7 @@ impl Default for ProcessConfig {
             client_auth: false,
             function_stats: true,
             connection_limits: crate::connection::ConnectionLimits::default(),
+            swap_in_on_call: true,
         }
     }
 }
@@ -140,6 +146,9 @@ pub struct ProcessCore {
     mailbox: Arc<Mailbox>,
     /// The application's other processes and the connections to them, for messages.
     peers: PeerDirectory,
+    /// Its requests to the control plane to swap in callees, and the control connection's
+    /// write half.
+    swap_ins: SwapIns,
 }
 
 impl ProcessCore {
@@ -153,6 +162,7 @@ impl ProcessCore {
         Self {
             pool,
             connections,
+            swap_ins: SwapIns::new(config.swap_in_on_call),
             config,
             functions,
             state: StateStore::default(),
@@ -205,5 +215,10 @@ impl ProcessCore {
     /// Its peers: the other processes of its application, to put messages to.
     pub fn peers(&self) -> &PeerDirectory {
         &self.peers
+    }
+
+    /// Its swap-in requests to the control plane (remote invocations of swapped-out callees).
+    pub fn swap_ins(&self) -> &SwapIns {
+        &self.swap_ins
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::peer::{Peer, PeerConnection, PeerDirectory, PeerError};
+use crate::swap_in::{SwapInError, SwapIns};
 use praas_wire::lifecycle::ProcessStatus;
 use praas_wire::protocol::{unpadded, FrameLimits, Header, MessageKind, Status};
 use std::sync::Arc;
@@ -37,11 +38,23 @@ pub enum RemoteError {
         /// The ids known.
         known: Vec<String>,
     },
-    /// The callee is swapped out (it is not swapped in by a remote invocation yet).
+    /// The callee is swapped out and the call does not ask the control plane to swap it in (a
+    /// process with no [`SwapIns`] given).
     #[error("process {dest:?} is swapped out: invoke it through the control plane to swap it in")]
     SwappedOut {
         /// The callee.
         dest: String,
+    },
+    /// The callee is swapped out and was not swapped in for the call (the application does not
+    /// swap in on call, the control plane refused or failed, the caller's deadline passed).
+    #[error("invoking {function:?} on process {dest:?}: {source}")]
+    NotSwappedIn {
+        /// The callee.
+        dest: String,
+        /// The function.
+        function: String,
+        /// Why.
+        source: SwapInError,
     },
     /// The callee is not running (allocating, swapping, closing, closed, failed).
     #[error("process {dest:?} is {status}: it cannot be invoked now")]
@@ -112,6 +125,7 @@ impl RemoteError {
         match self {
             Self::UnknownProcess { .. } => Status::NotFound,
             Self::SwappedOut { .. } | Self::NotRunning { .. } => Status::Unavailable,
+            Self::NotSwappedIn { source, .. } => source.status(),
             Self::Connection { source, .. } => match source.status() {
                 // The callee went away mid-call, or cannot be reached.
                 Status::Timeout => Status::Timeout,
@@ -155,13 +169,16 @@ fn timeout_ms(deadline: Instant) -> u32 {
 impl PeerDirectory {
     /// Starts invoking `function` of process `dest` with `input`, to be answered by `deadline`
     /// (which travels with the call); returns once the request is sent. Finish it with
-    /// [`RemoteCall::wait`] or [`wait_any`].
+    /// [`RemoteCall::wait`] or [`wait_any`]. A callee announced as swapped out is first swapped
+    /// in through `swap_ins` (the process's requests to its control plane), within `deadline`;
+    /// without `swap_ins` such a call fails at once ([`RemoteError::SwappedOut`]).
     pub fn submit(
         &self,
         dest: &str,
         function: &str,
         input: &[u8],
         deadline: Instant,
+        swap_ins: Option<&SwapIns>,
     ) -> Result<RemoteCall, RemoteError> {
         let size = function.len() + input.len();
         let limit = self.max_frame();
@@ -182,7 +199,27 @@ impl PeerDirectory {
                 source: Box::new(source),
             },
         };
-        let peer = self.running_peer(dest).map_err(connection)?;
+        // Swapped out, or on its way out or back in as last announced (the control plane waits
+        // for the transition to end): swapped in through the control plane first.
+        let ask = match (self.running_peer(dest), swap_ins) {
+            (Err(PeerError::SwappedOut { .. }), Some(swap_ins)) => Ok(swap_ins),
+            (
+                Err(PeerError::NotRunning { status: ProcessStatus::SwappingOut | ProcessStatus::SwappingIn, .. }),
+                Some(swap_ins),
+            ) if swap_ins.enabled() => Ok(swap_ins),
+            (found, _) => Err(found),
+        };
+        let peer = match ask {
+            Ok(swap_ins) => {
+                let not_swapped_in =
+                    |source| RemoteError::NotSwappedIn { dest: dest.to_owned(), function: function.to_owned(), source };
+                let info = swap_ins.swap_in(dest, deadline).map_err(not_swapped_in)?;
+                self.swapped_in(info);
+                self.running_peer(dest)
+            }
+            Err(found) => found,
+        };
+        let peer = peer.map_err(connection)?;
         let mut conn = self.connection(dest, &peer, deadline).map_err(connection)?;
         let id = conn.next_id;
         conn.next_id += 1;
@@ -204,15 +241,17 @@ impl PeerDirectory {
         }
     }
 
-    /// Invokes `function` of process `dest` with `input` and waits for its output, by `deadline`.
+    /// Invokes `function` of process `dest` with `input` and waits for its output, by `deadline`
+    /// (a swapped-out callee swapped in first through `swap_ins`, as [`PeerDirectory::submit`]).
     pub fn invoke_remote(
         &self,
         dest: &str,
         function: &str,
         input: &[u8],
         deadline: Instant,
+        swap_ins: Option<&SwapIns>,
     ) -> Result<Vec<u8>, RemoteError> {
-        self.submit(dest, function, input, deadline)?.wait(self)
+        self.submit(dest, function, input, deadline, swap_ins)?.wait(self)
     }
 }
 
@@ -317,6 +356,14 @@ mod tests {
         let cases = [
             (RemoteError::UnknownProcess { dest: d(), known: vec![] }, Status::NotFound),
             (RemoteError::SwappedOut { dest: d() }, Status::Unavailable),
+            (
+                RemoteError::NotSwappedIn {
+                    dest: d(),
+                    function: f(),
+                    source: SwapInError::Timeout { dest: d(), timeout: Duration::ZERO },
+                },
+                Status::Timeout,
+            ),
             (RemoteError::NotRunning { dest: d(), status: ProcessStatus::Closing }, Status::Unavailable),
             (
                 RemoteError::Failed { dest: d(), function: f(), status: Status::UnknownFunction, message: "m".into() },
@@ -359,12 +406,20 @@ mod tests {
             status: ProcessStatus::SwappedOut,
         }]);
         let deadline = Instant::now() + Duration::from_secs(1);
-        let err = peers.invoke_remote("nobody", "echo", b"x", deadline).unwrap_err();
+        let err = peers.invoke_remote("nobody", "echo", b"x", deadline, None).unwrap_err();
         assert!(matches!(&err, RemoteError::UnknownProcess { known, .. } if known == &["stored"]), "{err}");
-        let err = peers.invoke_remote("stored", "echo", b"x", deadline).unwrap_err();
+        let err = peers.invoke_remote("stored", "echo", b"x", deadline, None).unwrap_err();
         assert_eq!(err.status(), Status::Unavailable, "{err}");
         assert!(err.to_string().contains("swapped out"), "{err}");
-        let err = peers.invoke_remote("stored", "echo", &[0; 64], deadline).unwrap_err();
+        // Asked to swap in with no control channel: UNAVAILABLE at once, saying why.
+        let swap_ins = SwapIns::new(true);
+        let err = peers.invoke_remote("stored", "echo", b"x", deadline, Some(&swap_ins)).unwrap_err();
+        assert!(
+            matches!(&err, RemoteError::NotSwappedIn { source: SwapInError::NoControlChannel { .. }, .. }),
+            "{err}"
+        );
+        assert_eq!(err.status(), Status::Unavailable, "{err}");
+        let err = peers.invoke_remote("stored", "echo", &[0; 64], deadline, None).unwrap_err();
         assert!(matches!(err, RemoteError::TooLarge { size: 68, limit: 64 }), "{err}");
         assert!(wait_any(&mut Vec::new(), &peers).is_none());
     }

@@ -46,6 +46,12 @@ pub enum MessageKind {
     /// Control plane to process: the swap it confirmed is recorded (exit now) or abandoned (serve
     /// on). Reserved.
     SwapCommit = 12,
+    /// Process to control plane: swap in the swapped-out process of its application named in the
+    /// payload, for a remote invocation (`docs/remote-invocation.md`). Reserved.
+    SwapInRequest = 13,
+    /// Control plane to process: the answer to the `SwapInRequest` with the same id (the callee's
+    /// address once it is ALLOCATED again, or why not). Reserved.
+    SwapInAnswer = 14,
 }
 
 impl MessageKind {
@@ -64,6 +70,8 @@ impl MessageKind {
             10 => Self::Pong,
             11 => Self::Hello,
             12 => Self::SwapCommit,
+            13 => Self::SwapInRequest,
+            14 => Self::SwapInAnswer,
             _ => return None,
         })
     }
@@ -479,7 +487,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn kinds() -> impl Strategy<Value = MessageKind> {
-        (1u8..=12).prop_map(|b| MessageKind::from_u8(b).expect("every byte in 1..=12 is a kind"))
+        (1u8..=14).prop_map(|b| MessageKind::from_u8(b).expect("every byte in 1..=14 is a kind"))
     }
 
     proptest! {
