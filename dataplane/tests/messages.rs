@@ -12,15 +12,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::auth;
-use praas_dataplane::function::{ExecutionMode, Manifest};
+use praas_dataplane::function::ExecutionMode;
 use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::mailbox::{Mailbox, MailboxError};
 use praas_dataplane::peer::{PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header, MessageKind, HEADER_LEN};
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::transport::TransportKind;
-use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, Secret, ServerHandle, Status};
-use praas_testkit::{c_functions, example_manifest, linux, serve_on, spec, wait_until};
+use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, Secret, Status};
+use praas_testkit::cluster::{introduce, remote_error, Node};
+use praas_testkit::{c_functions, example_manifest, linux, spec, wait_until};
 
 const APP: &str = "ring-app";
 const SECRET: &str = "a secret only ring-app's processes know";
@@ -36,51 +37,22 @@ fn config(id: &str, app: &str, secret: &str) -> ProcessConfig {
     }
 }
 
-struct Node {
-    process: Arc<Process>,
-    server: ServerHandle,
+/// A process of the ring's application.
+fn start(kind: TransportKind, id: &str, app: &str, secret: &str) -> Node {
+    Node::start(kind, &example_manifest(), config(id, app, secret))
 }
 
-impl Node {
-    fn start(kind: TransportKind, id: &str, app: &str, secret: &str) -> Self {
-        Self::with_manifest(kind, &example_manifest(), id, app, secret)
-    }
-
-    fn with_manifest(kind: TransportKind, manifest: &Manifest, id: &str, app: &str, secret: &str) -> Self {
-        let (process, server) = serve_on(kind, manifest, config(id, app, secret));
-        Self { process, server }
-    }
-
-    fn info(&self) -> PeerInfo {
-        PeerInfo {
-            id: self.process.id().to_owned(),
-            addr: self.server.local_addr().to_string(),
-            rdma: None,
-            status: ProcessStatus::Allocated,
-        }
-    }
-
-    fn client(&self) -> Client {
-        let options = ClientOptions { timeout: LONG, ..ClientOptions::default() };
-        Client::connect_with(self.server.local_addr(), options).expect("connect")
-    }
+/// A client of `node` with long timeouts.
+fn client(node: &Node) -> Client {
+    let options = ClientOptions { timeout: LONG, ..ClientOptions::default() };
+    Client::connect_with(node.server.local_addr(), options).expect("connect")
 }
 
 /// Processes of one application that know each other, as the control plane would tell them.
 fn cluster(kind: TransportKind, ids: &[&str]) -> Vec<Node> {
-    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(kind, id, APP, SECRET)).collect();
-    let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
-    for node in &nodes {
-        node.process.peers().update(infos.clone());
-    }
+    let nodes: Vec<Node> = ids.iter().map(|id| start(kind, id, APP, SECRET)).collect();
+    introduce(&nodes);
     nodes
-}
-
-fn remote(err: ClientError) -> (Status, String) {
-    match err {
-        ClientError::Remote { status, message } => (status, message),
-        other => panic!("expected an error response, got {other:?}"),
-    }
 }
 
 fn ten_thousand_messages_go_around_a_ring_in_order_per_key(kind: TransportKind) {
@@ -156,7 +128,7 @@ fn a_process_of_another_application_or_with_a_wrong_secret_is_refused(kind: Tran
     let nodes = cluster(kind, &["c0", "c1"]);
     let target = nodes[1].info();
     for (app, secret, id) in [("other-app", "other secret", "intruder"), (APP, "a guessed secret", "c0")] {
-        let intruder = Node::start(kind, id, app, secret);
+        let intruder = start(kind, id, app, secret);
         intruder.process.peers().update(vec![target.clone()]);
         let err = intruder.process.peers().put("c1", "k", b"let me in", LONG).unwrap_err();
         assert!(matches!(err, PeerError::Unauthenticated { .. }), "{app}/{id}: {err}");
@@ -263,7 +235,7 @@ fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages(kind: Tran
     let (header, _, _) = raw.recv();
     assert_eq!((header.kind, header.id, header.status), (MessageKind::MessageAck, 9, 0));
     assert_eq!(node.process.mailbox().get(Some("d0"), "k", Duration::ZERO).unwrap().1, b"by hand");
-    assert_eq!(node.client().invoke("echo", b"still serving").unwrap(), b"still serving");
+    assert_eq!(client(node).invoke("echo", b"still serving").unwrap(), b"still serving");
 }
 
 /// What a process without a secret answers every handshake with.
@@ -272,7 +244,7 @@ const NO_SECRET: &str = "this process has no application secret: it accepts no p
 fn a_process_without_a_secret_refuses_every_peer_even_one_proving_the_empty_secret(kind: TransportKind) {
     let nodes = cluster(kind, &["n0", "n1"]);
     // The empty secret is no secret (`config` turns "" into `None`).
-    let open = Node::start(kind, "n2", APP, "");
+    let open = start(kind, "n2", APP, "");
     assert!(open.process.config().secret.is_none());
     let everyone: Vec<PeerInfo> = nodes.iter().chain([&open]).map(Node::info).collect();
     for node in nodes.iter().chain([&open]) {
@@ -327,7 +299,7 @@ fn a_process_without_a_secret_refuses_every_peer_even_one_proving_the_empty_secr
     // Its own mailbox and anonymous invocations need no secret.
     open.process.peers().put("n2", "self", b"mine", LONG).unwrap();
     assert_eq!(open.process.mailbox().len(), 1);
-    assert_eq!(open.client().invoke("echo", b"still serving").unwrap(), b"still serving");
+    assert_eq!(client(&open).invoke("echo", b"still serving").unwrap(), b"still serving");
 
     // The processes with the secret still accept their real peers.
     nodes[0].process.peers().put("n1", "k", b"member", LONG).unwrap();
@@ -440,7 +412,7 @@ fn undelivered_messages_survive_a_swap_through_the_store(kind: TransportKind) {
     server.stop().unwrap();
     // Swap in: a new process of the same id reads them back before serving.
     let snapshot = store.read(APP, "h1").unwrap();
-    let fresh = Node::start(kind, "h1", APP, SECRET);
+    let fresh = start(kind, "h1", APP, SECRET);
     assert_eq!(fresh.process.restore_mailbox(&snapshot.mailbox), Ok(3));
     let mailbox = fresh.process.mailbox();
     assert_eq!(mailbox.get(None, "a", Duration::ZERO).unwrap(), ("h0".into(), b"a1".to_vec()));
@@ -455,7 +427,7 @@ fn a_get_never_waits_past_the_invocations_deadline(kind: TransportKind) {
     let options = ClientOptions { timeout: LONG, invocation_timeout_ms: 200, ..ClientOptions::default() };
     let mut client = Client::connect_with(nodes[0].server.local_addr(), options).unwrap();
     let started = Instant::now();
-    let (status, message) = remote(client.invoke("msg_get", b"* never 60000").unwrap_err());
+    let (status, message) = remote_error(client.invoke("msg_get", b"* never 60000").unwrap_err());
     assert_eq!(status, Status::Timeout, "{message}");
     // The function itself returned at the deadline: its worker is free again (without the cap
     // the get would hold it for a minute).
@@ -473,22 +445,22 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
     manifest.functions.push(spec("inline_put", &c, Some("c_msg_put"), ExecutionMode::Inline));
     manifest.functions.push(spec("inline_get", &c, Some("c_msg_get"), ExecutionMode::Inline));
     let nodes: Vec<Node> =
-        ["g0", "g1"].iter().map(|id| Node::with_manifest(kind, &manifest, id, APP, SECRET)).collect();
+        ["g0", "g1"].iter().map(|id| Node::start(kind, &manifest, config(id, APP, SECRET))).collect();
     let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
     for node in &nodes {
         node.process.peers().update(infos.clone());
     }
-    let (mut c0, mut c1) = (nodes[0].client(), nodes[1].client());
+    let (mut c0, mut c1) = (client(&nodes[0]), client(&nodes[1]));
 
     // Rust functions.
     assert_eq!(c0.invoke("msg_put", b"g1 k hello world").unwrap(), b"stored");
     assert_eq!(c0.invoke("msg_put", b"g1 k second").unwrap(), b"stored");
     assert_eq!(c1.invoke("msg_get", b"* k 1000").unwrap(), b"g0 hello world");
     assert_eq!(c1.invoke("msg_get", b"g0 k 1000").unwrap(), b"g0 second");
-    let (status, message) = remote(c1.invoke("msg_get", b"g0 k 50").unwrap_err());
+    let (status, message) = remote_error(c1.invoke("msg_get", b"g0 k 50").unwrap_err());
     assert_eq!(status, Status::Timeout);
     assert!(message.contains("no message with key \"k\" from process \"g0\""), "{message}");
-    let (status, message) = remote(c0.invoke("msg_put", b"nobody k x").unwrap_err());
+    let (status, message) = remote_error(c0.invoke("msg_put", b"nobody k x").unwrap_err());
     assert_eq!(status, Status::NotFound);
     assert!(message.contains("unknown process \"nobody\""), "{message}");
     assert_eq!(c0.invoke("msg_put", b"g0 self to myself").unwrap(), b"stored");
@@ -499,7 +471,7 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
     assert_eq!(c1.invoke("msg_get", b"* ck 1000").unwrap(), b"g0 from C");
     assert_eq!(c1.invoke("msg_put", b"g0 ck from Rust").unwrap(), b"stored");
     assert_eq!(c0.invoke("c_msg_get", b"* ck 1000").unwrap(), b"g1 from Rust");
-    let (status, _) = remote(c0.invoke("c_msg_get", b"g1 ck 20").unwrap_err());
+    let (status, _) = remote_error(c0.invoke("c_msg_get", b"g1 ck 20").unwrap_err());
     assert_eq!(status, Status::Timeout);
 
     // A get blocks until the put arrives (a worker waits, the I/O thread serves on).
@@ -516,10 +488,10 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
 
     // Inline functions must not block the I/O thread: remote puts and waiting gets are refused,
     // local puts and gets that only look are fine.
-    let (status, message) = remote(c0.invoke("inline_put", b"g1 k x").unwrap_err());
+    let (status, message) = remote_error(c0.invoke("inline_put", b"g1 k x").unwrap_err());
     assert_eq!(status, Status::Unsupported);
     assert!(message.contains("mode = \"worker\""), "{message}");
-    let (status, _) = remote(c0.invoke("inline_get", b"* k 10").unwrap_err());
+    let (status, _) = remote_error(c0.invoke("inline_get", b"* k 10").unwrap_err());
     assert_eq!(status, Status::Unsupported);
     assert_eq!(c0.invoke("inline_put", b"g0 local x").unwrap(), b"stored");
     assert_eq!(c0.invoke("inline_get", b"* local 0").unwrap(), b"g0 x");

@@ -5,51 +5,36 @@
 #[macro_use]
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::transport::TransportKind;
-use praas_dataplane::{Client, ClientError, ClientOptions, Process, ProcessConfig, Secret, ServerHandle, Status};
-use praas_testkit::{c_functions, c_functions_v1, example_manifest, pattern, serve_on, spec, wait_until};
+use praas_dataplane::{Client, ClientOptions, ProcessConfig, Secret, Status};
+use praas_testkit::cluster::{introduce, remote_error, Node};
+use praas_testkit::{c_functions, c_functions_v1, example_manifest, pattern, spec, wait_until};
 
 const APP: &str = "remote-app";
 const SECRET: &str = "a secret only remote-app's processes know";
 const LONG: Duration = Duration::from_secs(30);
 
-struct Node {
-    process: Arc<Process>,
-    server: ServerHandle,
+/// A process of the application with `workers` workers.
+fn start(kind: TransportKind, manifest: &Manifest, id: &str, secret: &str, workers: usize) -> Node {
+    let config = ProcessConfig {
+        id: id.into(),
+        app: APP.into(),
+        secret: Secret::new(secret).ok(),
+        workers,
+        ..ProcessConfig::default()
+    };
+    Node::start(kind, manifest, config)
 }
 
-impl Node {
-    fn start(kind: TransportKind, manifest: &Manifest, id: &str, secret: &str, workers: usize) -> Self {
-        let config = ProcessConfig {
-            id: id.into(),
-            app: APP.into(),
-            secret: Secret::new(secret).ok(),
-            workers,
-            ..ProcessConfig::default()
-        };
-        let (process, server) = serve_on(kind, manifest, config);
-        Self { process, server }
-    }
-
-    fn info(&self) -> PeerInfo {
-        PeerInfo {
-            id: self.process.id().to_owned(),
-            addr: self.server.local_addr().to_string(),
-            rdma: None,
-            status: ProcessStatus::Allocated,
-        }
-    }
-
-    fn client(&self, timeout_ms: u32) -> Client {
-        let options = ClientOptions { timeout: LONG, invocation_timeout_ms: timeout_ms, ..ClientOptions::default() };
-        Client::connect_with(self.server.local_addr(), options).expect("connect")
-    }
+/// A client of `node` whose invocations carry a deadline of `timeout_ms`.
+fn client_of(node: &Node, timeout_ms: u32) -> Client {
+    let options = ClientOptions { timeout: LONG, invocation_timeout_ms: timeout_ms, ..ClientOptions::default() };
+    Client::connect_with(node.server.local_addr(), options).expect("connect")
 }
 
 /// The example functions, the C ones (`c_remote_call`, `c_fan_out`, `c_echo`), and an inline
@@ -68,19 +53,9 @@ fn manifest() -> Manifest {
 /// Processes of one application that know each other, as the control plane would tell them.
 fn cluster(kind: TransportKind, ids: &[&str], workers: usize) -> Vec<Node> {
     let manifest = manifest();
-    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(kind, &manifest, id, SECRET, workers)).collect();
-    let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
-    for node in &nodes {
-        node.process.peers().update(infos.clone());
-    }
+    let nodes: Vec<Node> = ids.iter().map(|id| start(kind, &manifest, id, SECRET, workers)).collect();
+    introduce(&nodes);
     nodes
-}
-
-fn remote(err: ClientError) -> (Status, String) {
-    match err {
-        ClientError::Remote { status, message } => (status, message),
-        other => panic!("expected an error response, got {other:?}"),
-    }
 }
 
 /// `process function ` then `input`: the input of `remote_call` and `c_remote_call`.
@@ -92,7 +67,7 @@ fn call_input(process: &str, function: &str, input: &[u8]) -> Vec<u8> {
 
 fn remote_invocation_is_byte_exact_from_0_b_to_16_mib(kind: TransportKind) {
     let nodes = cluster(kind, &["r0", "r1"], 4);
-    let mut client = nodes[0].client(0);
+    let mut client = client_of(&nodes[0], 0);
     for (seed, size) in [0usize, 1, 100, 4095, 65_536, 1 << 20, 16 << 20].into_iter().enumerate() {
         let data = pattern(size, seed as u64);
         for (caller, callee) in [("remote_call", "echo"), ("remote_call", "echo_worker"), ("c_remote_call", "c_echo")] {
@@ -117,29 +92,31 @@ fn every_error_reaches_the_caller_with_its_status(kind: TransportKind) {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     peers.push(PeerInfo { id: "dead".into(), addr: dead, rdma: None, status: ProcessStatus::Allocated });
     nodes[0].process.peers().update(peers);
-    let mut client = nodes[0].client(0);
+    let mut client = client_of(&nodes[0], 0);
     let started = Instant::now();
     for caller in ["remote_call", "c_remote_call"] {
-        let (status, message) = remote(client.invoke(caller, &call_input("nobody", "echo", b"x")).unwrap_err());
+        let (status, message) = remote_error(client.invoke(caller, &call_input("nobody", "echo", b"x")).unwrap_err());
         assert_eq!(status, Status::NotFound, "{message}");
         assert!(message.contains("unknown process \"nobody\""), "{message}");
-        let (status, message) = remote(client.invoke(caller, &call_input("e1", "no_such_fn", b"x")).unwrap_err());
+        let (status, message) = remote_error(client.invoke(caller, &call_input("e1", "no_such_fn", b"x")).unwrap_err());
         assert_eq!(status, Status::UnknownFunction, "{message}");
         assert!(message.contains("unknown function \"no_such_fn\""), "{message}");
-        let (status, message) = remote(client.invoke(caller, &call_input("e1", "fail", b"it went wrong")).unwrap_err());
+        let (status, message) =
+            remote_error(client.invoke(caller, &call_input("e1", "fail", b"it went wrong")).unwrap_err());
         assert_eq!(status, Status::FunctionFailed, "{message}");
         assert!(message.contains("it went wrong"), "{message}");
-        let (status, message) = remote(client.invoke(caller, &call_input("e1", "panic", b"boom")).unwrap_err());
+        let (status, message) = remote_error(client.invoke(caller, &call_input("e1", "panic", b"boom")).unwrap_err());
         assert_eq!(status, Status::Panicked, "{message}");
-        let (status, message) = remote(client.invoke(caller, &call_input("stored", "echo", b"x")).unwrap_err());
+        let (status, message) = remote_error(client.invoke(caller, &call_input("stored", "echo", b"x")).unwrap_err());
         assert_eq!(status, Status::Unavailable, "{message}");
         assert!(message.contains("swapped out"), "{message}");
-        let (status, message) = remote(client.invoke(caller, &call_input("dead", "echo", b"x")).unwrap_err());
+        let (status, message) = remote_error(client.invoke(caller, &call_input("dead", "echo", b"x")).unwrap_err());
         assert_eq!(status, Status::Unavailable, "{message}");
         assert!(message.contains("unreachable"), "{message}");
     }
     // An inline function would block the I/O thread: refused, saying what to do.
-    let (status, message) = remote(client.invoke("inline_remote_call", &call_input("e1", "echo", b"x")).unwrap_err());
+    let (status, message) =
+        remote_error(client.invoke("inline_remote_call", &call_input("e1", "echo", b"x")).unwrap_err());
     assert_eq!(status, Status::Unsupported, "{message}");
     assert!(message.contains("mode = \"worker\""), "{message}");
     assert!(started.elapsed() < Duration::from_secs(10), "errors took {:?}", started.elapsed());
@@ -149,17 +126,19 @@ fn every_error_reaches_the_caller_with_its_status(kind: TransportKind) {
 
 fn the_callers_deadline_travels_and_a_late_answer_is_dropped(kind: TransportKind) {
     let nodes = cluster(kind, &["d0", "d1"], 4);
-    let mut client = nodes[0].client(300);
+    let mut client = client_of(&nodes[0], 300);
     // A slow callee: TIMEOUT for the caller on time.
     let started = Instant::now();
-    let (status, message) = remote(client.invoke("remote_call", &call_input("d1", "sleep", b"1500")).unwrap_err());
+    let (status, message) =
+        remote_error(client.invoke("remote_call", &call_input("d1", "sleep", b"1500")).unwrap_err());
     let took = started.elapsed();
     assert_eq!(status, Status::Timeout, "{message}");
     assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(1), "TIMEOUT after {took:?}");
     // The deadline travelled: d1's own get waits no longer than the caller's 300 ms, so its
     // worker is free again long before the get's 60 s.
     let started = Instant::now();
-    let (status, _) = remote(client.invoke("remote_call", &call_input("d1", "msg_get", b"* never 60000")).unwrap_err());
+    let (status, _) =
+        remote_error(client.invoke("remote_call", &call_input("d1", "msg_get", b"* never 60000")).unwrap_err());
     assert_eq!(status, Status::Timeout);
     wait_until(Duration::from_secs(5), "d1's msg_get to give its worker back", || {
         nodes[1].process.in_flight() <= 1 // the sleep may still run
@@ -167,7 +146,7 @@ fn the_callers_deadline_travels_and_a_late_answer_is_dropped(kind: TransportKind
     assert!(started.elapsed() < Duration::from_secs(5));
     // The late answers (the sleep's "slept") are dropped, never taken for a later call's.
     wait_until(Duration::from_secs(5), "d1's sleep to finish", || nodes[1].process.in_flight() == 0);
-    let mut patient = nodes[0].client(0);
+    let mut patient = client_of(&nodes[0], 0);
     for n in 0..8 {
         let input = format!("after {n}");
         assert_eq!(
@@ -179,7 +158,7 @@ fn the_callers_deadline_travels_and_a_late_answer_is_dropped(kind: TransportKind
 
 fn a_calls_b_which_calls_a_with_one_worker_each(kind: TransportKind) {
     let nodes = cluster(kind, &["a", "b"], 1);
-    let mut client = nodes[0].client(5000);
+    let mut client = client_of(&nodes[0], 5000);
     let started = Instant::now();
     // a.remote_call -> b.remote_call -> a.process_id: a's only worker waits for b, b's only worker
     // waits for a.
@@ -190,7 +169,7 @@ fn a_calls_b_which_calls_a_with_one_worker_each(kind: TransportKind) {
     let output = client.invoke("c_remote_call", b"b c_remote_call a remote_call b process_id ").unwrap();
     assert_eq!(output, b"b");
     // Both serve on.
-    assert_eq!(nodes[1].client(0).invoke("echo_worker", b"free").unwrap(), b"free");
+    assert_eq!(client_of(&nodes[1], 0).invoke("echo_worker", b"free").unwrap(), b"free");
     assert_eq!(client.invoke("echo_worker", b"free").unwrap(), b"free");
 }
 
@@ -199,7 +178,7 @@ fn fan_out_gathers_from_16_processes_in_about_one_round_trip(kind: TransportKind
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let nodes = cluster(kind, &refs, 2);
     let list = ids[1..].join(",");
-    let mut client = nodes[0].client(10_000);
+    let mut client = client_of(&nodes[0], 10_000);
     // Sixteen 200 ms calls, gathered as they complete: one round of 200 ms, not sixteen.
     for caller in ["fan_out", "c_fan_out"] {
         let started = Instant::now();
@@ -225,22 +204,22 @@ fn impostor_peers_are_refused(kind: TransportKind) {
     let nodes = cluster(kind, &["i0", "i1"], 2);
     // A process of the same application's name with another secret, announced as i1 to i0, and
     // one that knows the real i1 and calls it.
-    let impostor = Node::start(kind, &manifest, "i1", "not the secret", 2);
+    let impostor = start(kind, &manifest, "i1", "not the secret", 2);
     let mut peers = vec![nodes[0].info(), impostor.info()];
     peers[1].id = "i1".into();
     nodes[0].process.peers().update(peers);
     let (status, message) =
-        remote(nodes[0].client(0).invoke("remote_call", &call_input("i1", "echo", b"x")).unwrap_err());
+        remote_error(client_of(&nodes[0], 0).invoke("remote_call", &call_input("i1", "echo", b"x")).unwrap_err());
     assert_eq!(status, Status::Unauthenticated, "{message}");
     impostor.process.peers().update(vec![nodes[1].info()]);
     let (status, message) =
-        remote(impostor.client(0).invoke("remote_call", &call_input("i1", "echo", b"x")).unwrap_err());
+        remote_error(client_of(&impostor, 0).invoke("remote_call", &call_input("i1", "echo", b"x")).unwrap_err());
     assert_eq!(status, Status::Unauthenticated, "{message}");
     assert!(message.contains("authentication"), "{message}");
     // The real one still works both ways.
     nodes[0].process.peers().update(vec![nodes[0].info(), nodes[1].info()]);
-    assert_eq!(nodes[0].client(0).invoke("remote_call", &call_input("i1", "echo", b"ok")).unwrap(), b"ok");
-    assert_eq!(nodes[1].client(0).invoke("remote_call", &call_input("i0", "echo", b"ok")).unwrap(), b"ok");
+    assert_eq!(client_of(&nodes[0], 0).invoke("remote_call", &call_input("i1", "echo", b"ok")).unwrap(), b"ok");
+    assert_eq!(client_of(&nodes[1], 0).invoke("remote_call", &call_input("i0", "echo", b"ok")).unwrap(), b"ok");
 }
 
 fn a_version_1_c_library_still_loads_and_runs(kind: TransportKind) {
@@ -250,12 +229,12 @@ fn a_version_1_c_library_still_loads_and_runs(kind: TransportKind) {
         manifest.functions.push(spec(name, &v1, None, ExecutionMode::Worker));
     }
     let ids = ["v0", "v1"];
-    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(kind, &manifest, id, SECRET, 2)).collect();
+    let nodes: Vec<Node> = ids.iter().map(|id| start(kind, &manifest, id, SECRET, 2)).collect();
     let infos: Vec<PeerInfo> = nodes.iter().map(Node::info).collect();
     for node in &nodes {
         node.process.peers().update(infos.clone());
     }
-    let (mut c0, mut c1) = (nodes[0].client(0), nodes[1].client(0));
+    let (mut c0, mut c1) = (client_of(&nodes[0], 0), client_of(&nodes[1], 0));
     assert_eq!(c0.invoke("c_echo", b"built against v1").unwrap(), b"built against v1");
     assert_eq!(c0.invoke("c_reverse", b"abc").unwrap(), b"cba");
     assert_eq!(c0.invoke("c_process_id", b"").unwrap(), b"v0");

@@ -17,6 +17,7 @@ use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{FunctionRegistry, Process, ProcessConfig, ServerHandle, TcpOptions, TcpTransport, Transport};
 
 #[cfg(target_os = "linux")]
+pub mod cluster;
 pub mod disk;
 #[cfg(target_os = "linux")]
 pub mod flood;
