@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::peer::{Peer, PeerConnection, PeerDirectory, PeerError};
 use crate::swap_in::{SwapInError, SwapIns};
 use praas_wire::lifecycle::ProcessStatus;
-use praas_wire::protocol::{unpadded, FrameLimits, Header, MessageKind, Status};
+use praas_wire::protocol::{response_result, FrameLimits, Header, RemoteFailure, Status};
 use std::sync::Arc;
 
 /// How long a remote invocation may take when the caller has no deadline of its own.
@@ -270,18 +270,17 @@ impl RemoteCall {
             Err(err) => return Err(self.wire_error(err)),
         };
         let header = frame.header;
-        if header.kind != MessageKind::Response || header.id != self.id {
+        let answer = response_result(&header, &frame.meta);
+        let Some(answer) = answer.filter(|_| header.id == self.id) else {
             let err = crate::peer::WireError::UnexpectedAnswer { kind: header.kind, id: header.id, message: self.id };
             return Err(self.wire_error(err));
-        }
-        let status = Status::from_code(header.status);
+        };
         let RemoteCall { dest, function, peer, conn, .. } = self;
         peers.keep(&peer, conn);
-        if status == Status::Ok {
-            return Ok(frame.payload);
+        match answer {
+            Ok(()) => Ok(frame.payload),
+            Err(RemoteFailure { status, message, .. }) => Err(RemoteError::Failed { dest, function, status, message }),
         }
-        let message = String::from_utf8_lossy(unpadded(&frame.meta)).into_owned();
-        Err(RemoteError::Failed { dest, function, status, message })
     }
 
     /// The error for `err` on the call's connection (which is dropped: closed).
