@@ -408,12 +408,7 @@ impl<'a> Context<'a> {
         let status = unsafe {
             (self.api().invoke)(self.raw, function.as_ptr(), function.len(), input.as_ptr(), input.len(), &mut bytes)
         };
-        let lent = Lent { ctx: self.raw, bytes, _context: PhantomData };
-        if status == PRAAS_OK {
-            Ok(lent)
-        } else {
-            Err(Error::with_status(status, String::from_utf8_lossy(&lent).into_owned()))
-        }
+        self.output_or_error(status, bytes)
     }
 
     /// The id of this process.
@@ -491,6 +486,17 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// What an entry that lends its output or its error text in `bytes` answered: the output
+    /// when `status` is `PRAAS_OK`, else the error with that status and text.
+    fn output_or_error(&self, status: i32, bytes: praas_bytes) -> Result<Lent<'a>> {
+        let lent = Lent { ctx: self.raw, bytes, _context: PhantomData };
+        if status == PRAAS_OK {
+            Ok(lent)
+        } else {
+            Err(Error::with_status(status, String::from_utf8_lossy(&lent).into_owned()))
+        }
+    }
+
     /// Fails with `PRAAS_ERR_UNSUPPORTED` if the runtime's table has no remote invocation
     /// entries (a version-1 runtime).
     fn remote_api(&self) -> Result<&praas_api> {
@@ -522,12 +528,7 @@ impl<'a> Context<'a> {
                 &mut bytes,
             )
         };
-        let lent = Lent { ctx: self.raw, bytes, _context: PhantomData };
-        if status == PRAAS_OK {
-            Ok(lent)
-        } else {
-            Err(Error::with_status(status, String::from_utf8_lossy(&lent).into_owned()))
-        }
+        self.output_or_error(status, bytes)
     }
 
     /// Starts invoking `function` of process `process` with `input`; returns once the request is
@@ -585,14 +586,8 @@ impl<'a> Context<'a> {
         // SAFETY: the table is version 2 or later (checked); `handles` is a live array of its
         // length, `index` and `bytes` are valid places for the runtime to write.
         let status = unsafe { (api.remote_wait)(self.raw, handles.as_ptr(), handles.len(), &mut index, &mut bytes) };
-        let lent = Lent { ctx: self.raw, bytes, _context: PhantomData };
         let call = calls.remove(index.min(calls.len() - 1));
-        let result = if status == PRAAS_OK {
-            Ok(lent)
-        } else {
-            Err(Error::with_status(status, String::from_utf8_lossy(&lent).into_owned()))
-        };
-        Some((call, result))
+        Some((call, self.output_or_error(status, bytes)))
     }
 
     /// Waits for every one of `calls`; their results in the order of `calls`.
