@@ -100,7 +100,9 @@ fn start_load(cp: &ControlPlane, n: u64, sleep_ms: u64) -> Vec<JoinHandle<()>> {
 }
 
 pub fn run(args: &ApiLoadArgs) -> Result<(), String> {
-    raise_descriptor_limit();
+    if let Err(e) = praas_dataplane::connection::raise_descriptor_limit(None) {
+        eprintln!("praas-bench: cannot raise the descriptor limit: {e}");
+    }
     let library = functions::library()?;
     let root = library.parent().ok_or("the functions library has no folder")?;
     let cp = ControlPlane::start(&["--backend", "local"], root)?;
@@ -154,18 +156,4 @@ pub fn run(args: &ApiLoadArgs) -> Result<(), String> {
     line.in_flight = Some(args.in_flight);
     reporter.push_measured(line, &loaded, Some(&idle)).map_err(|e| e.to_string())?;
     reporter.finish(&info).map_err(|e| e.to_string())
-}
-
-/// Raises this process's soft descriptor limit to its hard limit: each invocation in flight holds
-/// a connection (best effort: too few descriptors show as failed connections).
-fn raise_descriptor_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 && limit.rlim_cur < limit.rlim_max {
-        limit.rlim_cur = limit.rlim_max;
-        // SAFETY: setrlimit(2) only reads the rlimit it is given; the soft limit is the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            eprintln!("praas-bench: cannot raise the descriptor limit: {}", std::io::Error::last_os_error());
-        }
-    }
 }

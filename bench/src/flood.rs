@@ -68,7 +68,9 @@ impl Flood {
 
 /// Runs the benchmark on every transport asked for.
 pub fn run(args: &FloodArgs) -> Result<(), String> {
-    raise_nofile_limit();
+    if let Err(e) = praas_dataplane::connection::raise_descriptor_limit(None) {
+        eprintln!("praas-bench: cannot raise the descriptor limit: {e}");
+    }
     let placement = Placement::new(args.split);
     placement.check(placement::online_cpus())?;
     placement::pin_current_thread(placement.client)?;
@@ -234,19 +236,6 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kib| kib.parse().ok())
         .ok_or_else(|| "no VmRSS in the server's status".to_string())
-}
-
-/// The soft limit of open files raised to the hard one: the flood holds one descriptor per
-/// connection here and in the server, which inherits the limit.
-fn raise_nofile_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write the live local `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }
 
 /// The memory figures of the records, one row each.

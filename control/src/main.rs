@@ -599,7 +599,7 @@ fn control_serve(args: ControlServeArgs) -> Result<(), Failure> {
         let canonical = root.canonicalize().map_err(|source| Failure::FunctionRoot { path: root.clone(), source })?;
         config.function_roots.push(canonical);
     }
-    let descriptors = server::raise_descriptor_limit().unwrap_or_else(|e| {
+    let descriptors = server::raise_descriptor_limit(None).unwrap_or_else(|e| {
         tracing::warn!("cannot raise the descriptor limit ({e}): limits derived from 1024 descriptors");
         1024
     });

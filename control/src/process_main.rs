@@ -258,27 +258,6 @@ fn apply_resources(cpus: Option<&str>, memory_mb: Option<u64>) -> Result<(), Pro
     Ok(())
 }
 
-/// Raises the soft limit of open files towards the hard one, as far as `max_connections` (and
-/// some for files and the control link) need: at the usual soft limit of 1,024 a process would
-/// run out of descriptors long before its connection limit, and refuse by failing to accept.
-/// Where the hard limit is lower, connections beyond it fail to be accepted (logged).
-fn descriptors_for(max_connections: usize) {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the live local `limit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return;
-    }
-    let wanted = (max_connections as u64).saturating_add(256).min(limit.rlim_max);
-    if wanted > limit.rlim_cur {
-        limit.rlim_cur = wanted;
-        // SAFETY: setrlimit reads the live local `limit`; raising the soft limit up to the hard
-        // one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-            tracing::warn!("cannot raise the open-file limit to {wanted}: {}", std::io::Error::last_os_error());
-        }
-    }
-}
-
 /// Runs a cloud process until it swaps out (then `Ok`), its control plane refuses it
 /// ([`ProcessMainError::Refused`]), or, without a control channel, its transport fails.
 pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
@@ -287,7 +266,12 @@ pub fn serve(options: ServeOptions) -> Result<(), ProcessMainError> {
         return Err(ProcessMainError::NoSecret);
     }
     apply_resources(options.cpus.as_deref(), options.memory_mb)?;
-    descriptors_for(options.connection_limits.max_connections);
+    // As far as its connection limit (and some for files and the control link) needs; where the
+    // hard limit is lower, connections beyond it fail to be accepted (logged).
+    let wanted = (options.connection_limits.max_connections as u64).saturating_add(256);
+    if let Err(e) = praas_dataplane::connection::raise_descriptor_limit(Some(wanted)) {
+        tracing::warn!("cannot raise the open-file limit to {wanted}: {e}");
+    }
     let manifest = Manifest::from_file(&options.manifest).map_err(ProcessMainError::Manifest)?;
     let functions = FunctionRegistry::load(&manifest).map_err(ProcessMainError::Functions)?;
     let config = ProcessConfig {

@@ -84,31 +84,7 @@ impl Limits {
     }
 }
 
-/// Raises this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to its hard limit
-/// (at most `/proc/sys/fs/nr_open`, or 2^20 where that cannot be read); returns the soft limit
-/// it has then. Processes it starts inherit it.
-pub fn raise_descriptor_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
-        .unwrap_or(1 << 20);
-    let wanted = limit.rlim_max.min(nr_open);
-    if wanted > limit.rlim_cur {
-        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max };
-        // SAFETY: setrlimit(2) only reads the rlimit it is given, which lives here; a soft limit
-        // at most the hard one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit.rlim_cur = wanted;
-    }
-    Ok(limit.rlim_cur)
-}
+pub use praas_dataplane::connection::raise_descriptor_limit;
 
 /// Why a control plane could not start or stopped serving.
 #[derive(Debug, Error)]
@@ -551,7 +527,7 @@ mod tests {
 
     #[test]
     fn the_descriptor_limit_is_raised_to_the_hard_limit() {
-        let soft = raise_descriptor_limit().unwrap();
+        let soft = raise_descriptor_limit(None).unwrap();
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);

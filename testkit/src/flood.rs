@@ -68,15 +68,7 @@ fn connect(addr: SocketAddr, bytes: &[u8]) -> io::Result<TcpStream> {
 /// The soft limit of open files raised to the hard one (a flood needs a descriptor per
 /// connection, and the processes started after inherit it); returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit read and write the live local `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-    limit.rlim_cur
+    praas_dataplane::connection::raise_descriptor_limit(None).expect("raise the open-file limit")
 }
 
 /// The resident memory of process `pid` in KiB (`VmRSS` in `/proc/PID/status`).

@@ -241,6 +241,34 @@ impl Refusal {
     }
 }
 
+/// Raises this process's soft limit of open descriptors (`RLIMIT_NOFILE`) towards `wanted`
+/// (`None`: as far as it goes), never past the hard limit nor `/proc/sys/fs/nr_open`; returns the
+/// soft limit it has then. Every connection holds a descriptor: at the usual soft limit of 1,024
+/// a server runs out long before its connection limits. Processes started after inherit it.
+pub fn raise_descriptor_limit(wanted: Option<u64>) -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes one rlimit into the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let ceiling = limit.rlim_max.min(nr_open);
+    let target = wanted.map_or(ceiling, |wanted| ceiling.min(wanted as libc::rlim_t));
+    if target > limit.rlim_cur {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit(2) only reads the rlimit it is given, which lives here; a soft limit
+        // at most the hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = target;
+    }
+    Ok(limit.rlim_cur)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
