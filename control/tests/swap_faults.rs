@@ -102,6 +102,17 @@ fn paused_at(step: &str) -> String {
     format!("paused at swap step {step} ")
 }
 
+/// How many times `text` says the hook paused at `step`.
+fn pauses(text: &str, step: &str) -> usize {
+    text.matches(&paused_at(step)).count()
+}
+
+/// Waits until `text` says the hook paused at `step` once more than the `before` times it had
+/// (an earlier swap's pause at the same step is not this one's).
+fn wait_for_pause(what: &str, text: impl Fn() -> String, step: &str, before: usize) {
+    wait_text(what, || pauses(&text(), step).to_string(), &(before + 1).to_string());
+}
+
 /// Starts `POST .../swap` (or `swapin`) on a thread: its answer, once the test is done with it.
 fn post_in_background(cp: &ControlPlaneProcess, path: String) -> JoinHandle<Result<ProcessRecord, ApiCallError>> {
     let api = api_of(&cp.http, &cp.data_dir);
@@ -239,8 +250,9 @@ fn process_killed_while_writing_its_snapshot_fails_and_keeps_the_previous_snapsh
     let first = swapped.swap_id.clone().unwrap();
     assert_intact(cp, "p", &mut held);
     let pid = cp.process(APP, "p").pid.unwrap();
+    let before = pauses(&cp.process_log(APP, "p"), "state-written");
     let swap = post_in_background(cp, routes::swap(APP, "p"));
-    wait_text("the process", || cp.process_log(APP, "p"), &paused_at("state-written"));
+    wait_for_pause("the process", || cp.process_log(APP, "p"), "state-written", before);
     kill9(pid);
     let error = swap.join().unwrap().unwrap_err();
     assert_eq!(error.status(), Some(503), "{error}");
@@ -270,14 +282,9 @@ fn process_killed_after_its_snapshot_is_in_place_is_swapped_out() {
 /// paused at the `restore` step; returns the restoring process's pid and the swap-in's answer.
 fn start_paused_swap_in(cp: &ControlPlaneProcess) -> (u32, JoinHandle<Result<ProcessRecord, ApiCallError>>) {
     let _: ProcessRecord = cp.api.post(&routes::swap(APP, "p")).unwrap();
-    let marker = paused_at("restore");
-    let before = cp.process_log(APP, "p").matches(&marker).count();
+    let before = pauses(&cp.process_log(APP, "p"), "restore");
     let swap_in = post_in_background(cp, routes::swap_in(APP, "p"));
-    wait_text(
-        "the restoring process",
-        || cp.process_log(APP, "p").matches(&marker).count().to_string(),
-        &(before + 1).to_string(),
-    );
+    wait_for_pause("the restoring process", || cp.process_log(APP, "p"), "restore", before);
     let record = cp.process(APP, "p");
     assert_eq!(record.status, ProcessStatus::SwappingIn);
     (record.pid.expect("the restoring process's pid"), swap_in)

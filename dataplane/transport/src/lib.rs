@@ -24,6 +24,7 @@ pub mod uring;
 
 pub mod handle;
 pub mod kind;
+pub mod sweep;
 
 use std::net::SocketAddr;
 

@@ -35,6 +35,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::handle::{accept_waiting, ServerHandle, Transport};
+use super::sweep::{Reads, SweepTimer};
 use praas_runtime::buffer::{Payload, PoolBuf, MIN_BUF};
 use praas_runtime::invocation::{Response, ResponseSink};
 use praas_runtime::process::Process;
@@ -48,6 +49,7 @@ use praas_wire::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Heade
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
+const SWEEP: Token = Token(usize::MAX - 2);
 
 /// Tuning of the TCP transport.
 #[derive(Debug, Clone)]
@@ -245,7 +247,8 @@ impl Transport for TcpTransport {
             let _ = notifier.waker.wake();
             true
         }));
-        let sweep = self.process.config().connection_limits.sweep_interval();
+        let sweep = SweepTimer::periodic(self.process.config().connection_limits.sweep_interval(), Reads::NonBlocking)?;
+        poll.registry().register(&mut SourceFd(&sweep.as_raw_fd()), SWEEP, Interest::READABLE)?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut event_loop = EventLoop {
             poll,
@@ -259,7 +262,7 @@ impl Transport for TcpTransport {
             next_token: 0,
             retry: Vec::new(),
             starved: Vec::new(),
-            next_sweep: Instant::now() + sweep,
+            sweep_timer: sweep,
             accept_retry: None,
             now: Instant::now(),
         };
@@ -287,8 +290,9 @@ struct EventLoop {
     retry: Vec<(Instant, Token)>,
     /// Connections paused on the buffer pool: driven again when it says a buffer came back.
     starved: Vec<Token>,
-    /// When to look for connections past their timeouts next.
-    next_sweep: Instant,
+    /// Ticks when to look for connections past their timeouts (the loop's waits have no timeout
+    /// of their own but for the rare retries).
+    sweep_timer: SweepTimer,
     /// When to accept again after an accept failed (out of descriptors).
     accept_retry: Option<Instant>,
     /// When the last poll returned: the one clock reading per turn of the loop that the
@@ -309,7 +313,6 @@ impl EventLoop {
                 .retry
                 .iter()
                 .map(|(at, _)| *at)
-                .chain([self.next_sweep])
                 .chain(self.accept_retry)
                 .min()
                 .map(|at| at.saturating_duration_since(now));
@@ -325,6 +328,11 @@ impl EventLoop {
                 match event.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    SWEEP => {
+                        if self.sweep_timer.take() > 0 {
+                            self.sweep();
+                        }
+                    }
                     token => {
                         let Some(conn) = self.connections.get_mut(&token) else { continue };
                         // The peer's FIN may come in the same event as its last bytes: then a
@@ -353,9 +361,6 @@ impl EventLoop {
                 }
             }
             self.retry_due();
-            if self.now >= self.next_sweep {
-                self.sweep();
-            }
             if self.accept_retry.is_some_and(|at| self.now >= at) {
                 self.accept();
             }
@@ -387,7 +392,7 @@ impl EventLoop {
     fn add(&mut self, stream: TcpStream, admitted: Admitted) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let token = Token(self.next_token);
-        self.next_token = (self.next_token + 1) % (usize::MAX - 2);
+        self.next_token = (self.next_token + 1) % (usize::MAX - 3);
         let fd = stream.as_raw_fd();
         self.poll.registry().register(&mut SourceFd(&fd), token, Interest::READABLE | Interest::WRITABLE)?;
         // No memory until the peer sends something.
@@ -437,9 +442,8 @@ impl EventLoop {
 
     /// Closes the connections past their idle or frame timeout.
     fn sweep(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let limits = self.process.config().connection_limits;
-        self.next_sweep = now + limits.sweep_interval();
         let expired: Vec<(Token, Expiry)> = self
             .connections
             .iter()

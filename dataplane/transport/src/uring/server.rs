@@ -11,7 +11,8 @@
 //! A connection that has not proven itself ([`serve::proven`]) has no buffer ring: a one-shot
 //! poll says when it is readable, and one small pool buffer (4 KiB) takes what arrived; an idle
 //! connection holds no buffer at all. Once proven, it gets its buffer ring and multishot receive.
-//! Connections past their idle or frame timeout are closed by a periodic sweep; a connection
+//! Connections past their idle or frame timeout are closed by a periodic sweep (a timer the ring
+//! reads: [`SweepTimer`]); a connection
 //! waiting for the pool is woken by the pool when a buffer comes back, not by polling.
 
 use std::collections::VecDeque;
@@ -30,6 +31,7 @@ use super::fixed::FixedBuffers;
 use super::recv::BufRing;
 use super::recv::{self, Frames, Intake, Partial, Receiving, RecvStep};
 use super::{UringOptions, UringStats};
+use crate::sweep::{Reads, SweepTimer};
 use praas_runtime::buffer::{Payload, PoolBuf, MIN_BUF};
 use praas_runtime::invocation::{Response, ResponseSink};
 use praas_runtime::process::Process;
@@ -54,6 +56,8 @@ const OP_CANCEL_ALL: u8 = 7;
 const OP_SEND_HEAD: u8 = 8;
 /// A one-shot readiness poll of a connection that has no buffer ring yet.
 const OP_POLL: u8 = 9;
+/// A read of the sweep timer: completes at each of its periods.
+const OP_SWEEP: u8 = 10;
 
 /// How long a connection waiting for the pool waits at most for the pool's word.
 const STARVED_FALLBACK: Duration = Duration::from_millis(100);
@@ -248,14 +252,18 @@ pub(crate) struct EventLoop {
     /// After a failed accept (out of descriptors and the like): not before this time again.
     accept_paused_until: Option<Instant>,
     wake_armed: bool,
+    /// Ticks when to look for connections past their timeouts (read by the ring, so that its
+    /// waits carry no timeout of their own but for the rare retries).
+    sweep_timer: SweepTimer,
+    /// Where the sweep timer's read puts its count (boxed: the ring writes it).
+    sweep_buf: Box<u64>,
+    sweep_armed: bool,
     /// The ring's registered buffers (dropped after the ring, which unregisters them).
     fixed: FixedBuffers,
     /// The ring's own descriptor registered with it (not under SQPOLL): waits skip its lookup.
     registered: Option<super::probe::RegisteredRing>,
     /// Connections waiting for the pool: looked at again when it says a buffer came back.
     starved: Vec<usize>,
-    /// When to look for connections past their timeouts next.
-    next_sweep: Instant,
     /// The time after the last wait (what completions and pumps of a batch see).
     now: Instant,
 }
@@ -289,12 +297,13 @@ impl EventLoop {
             shared.wake();
             true
         }));
-        let now = Instant::now();
-        let next_sweep = now + process.config().connection_limits.sweep_interval();
+        let sweep_timer = SweepTimer::periodic(process.config().connection_limits.sweep_interval(), Reads::Blocking)?;
         Ok(Self {
             starved: Vec::new(),
-            next_sweep,
-            now,
+            sweep_timer,
+            sweep_buf: Box::new(0),
+            sweep_armed: false,
+            now: Instant::now(),
             listener,
             process,
             options,
@@ -381,9 +390,6 @@ impl EventLoop {
                 self.dirty.append(&mut self.starved);
             }
             self.retry_due();
-            if self.now >= self.next_sweep {
-                self.sweep();
-            }
         }
         Ok(())
     }
@@ -392,7 +398,6 @@ impl EventLoop {
     /// frame first).
     fn sweep(&mut self) {
         let limits = self.process.config().connection_limits;
-        self.next_sweep = self.now + limits.sweep_interval();
         for (slot, conn) in self.conns.iter_mut().enumerate() {
             let Some(conn) = conn.as_mut().filter(|c| !c.closing && c.state == ReadState::Open) else { continue };
             let Some(expiry) = conn.activity.expired(self.now, &limits, conn.busy()) else { continue };
@@ -436,13 +441,7 @@ impl EventLoop {
             return Ok(());
         }
         let now = Instant::now();
-        let timeout = self
-            .retry
-            .iter()
-            .map(|(at, _)| *at)
-            .chain([self.next_sweep])
-            .min()
-            .map(|at| at.saturating_duration_since(now));
+        let timeout = self.retry.iter().map(|(at, _)| *at).min().map(|at| at.saturating_duration_since(now));
         let result = match timeout {
             Some(t) => {
                 let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
@@ -518,6 +517,16 @@ impl EventLoop {
             unsafe { self.push(&entry)? };
             self.wake_armed = true;
         }
+        if !self.sweep_armed {
+            let buf: *mut u64 = &mut *self.sweep_buf;
+            let entry = opcode::Read::new(Fd(self.sweep_timer.as_raw_fd()), buf.cast(), 8)
+                .build()
+                .user_data(user_data(NO_CONN, OP_SWEEP));
+            // SAFETY: `sweep_buf` is boxed and lives as long as the loop, which reaps this read
+            // (or cancels it and waits) before it drops.
+            unsafe { self.push(&entry)? };
+            self.sweep_armed = true;
+        }
         Ok(())
     }
 
@@ -555,6 +564,12 @@ impl EventLoop {
             OP_WAKE => {
                 self.wake_armed = false;
                 self.shared.notified.store(false, Ordering::Release);
+            }
+            OP_SWEEP => {
+                self.sweep_armed = false;
+                if result > 0 {
+                    self.sweep();
+                }
             }
             _ => self.complete_conn(slot, op, result, flags),
         }
@@ -1061,13 +1076,16 @@ impl EventLoop {
         result
     }
 
-    /// Forgets every connection and the wake-up buffer (their memory stays allocated).
+    /// Forgets every connection and the wake-up and sweep buffers (their memory stays allocated).
     fn leak(&mut self) {
         for conn in self.conns.iter_mut().filter_map(Option::take) {
             std::mem::forget(conn);
         }
         if self.wake_armed {
             std::mem::forget(std::mem::take(&mut self.wake_buf));
+        }
+        if self.sweep_armed {
+            std::mem::forget(std::mem::take(&mut self.sweep_buf));
         }
     }
 
@@ -1089,9 +1107,15 @@ impl EventLoop {
             // SAFETY: a cancel points to no memory.
             unsafe { self.push(&entry)? };
         }
+        if self.sweep_armed {
+            let entry =
+                opcode::AsyncCancel::new(user_data(NO_CONN, OP_SWEEP)).build().user_data(user_data(NO_CONN, OP_CANCEL));
+            // SAFETY: a cancel points to no memory.
+            unsafe { self.push(&entry)? };
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut cqes = Vec::new();
-        while self.conns.iter().any(Option::is_some) || self.accept_armed || self.wake_armed {
+        while self.conns.iter().any(Option::is_some) || self.accept_armed || self.wake_armed || self.sweep_armed {
             if Instant::now() > deadline {
                 tracing::warn!("operations still in flight at shutdown: leaking their connections");
                 self.leak();
@@ -1108,6 +1132,9 @@ impl EventLoop {
                     }
                     if op == OP_WAKE {
                         self.wake_armed = false;
+                    }
+                    if op == OP_SWEEP {
+                        self.sweep_armed = false;
                     }
                     continue;
                 }
