@@ -13,13 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, FunctionSpec, LoadError, Manifest};
-use praas_dataplane::lifecycle::ProcessStatus;
-use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::swap::SwapStore;
 use praas_dataplane::transport::TransportKind;
-use praas_dataplane::{
-    Client, ClientError, ClientOptions, FunctionRegistry, Process, ProcessConfig, Secret, ServerHandle, Status,
-};
+use praas_dataplane::{Client, ClientOptions, FunctionRegistry, Process, ProcessConfig, Secret, ServerHandle, Status};
+use praas_testkit::cluster::{introduce, remote_error, Node};
 use praas_testkit::{example_manifest, pattern, python_functions, python_spec, serve_on, wait_until};
 
 use ExecutionMode::{Inline, Worker};
@@ -52,6 +49,10 @@ fn manifest() -> Manifest {
         ("py_keep", "keep", Worker),
         ("py_kept", "kept", Worker),
         ("py_returns_text", "returns_text", Worker),
+        ("py_remote_call", "remote_call", Worker),
+        ("py_remote_call_inline", "remote_call", Inline),
+        ("py_fan_out", "fan_out", Worker),
+        ("py_gather", "gather", Worker),
     ];
     manifest
         .functions
@@ -81,13 +82,6 @@ fn client(kind: TransportKind, server: &ServerHandle, deadline_ms: u32) -> Clien
         ..ClientOptions::default()
     };
     Client::connect_with(server.local_addr(), options).expect("connect")
-}
-
-fn remote(err: ClientError) -> (Status, String) {
-    match err {
-        ClientError::Remote { status, message } => (status, message),
-        other => panic!("expected an error response, got {other:?}"),
-    }
 }
 
 fn state_lives_across_invocations_and_is_the_process_state(kind: TransportKind) {
@@ -120,7 +114,7 @@ fn an_output_beyond_the_largest_frame_is_too_large(kind: TransportKind) {
     let config = ProcessConfig { max_frame: 1 << 20, ..config("py-frame") };
     let (_process, server) = serve_on(kind, &manifest(), config);
     let mut client = client(kind, &server, 0);
-    let (status, message) = remote(client.invoke("py_big", (2u32 << 20).to_string().as_bytes()).unwrap_err());
+    let (status, message) = remote_error(client.invoke("py_big", (2u32 << 20).to_string().as_bytes()).unwrap_err());
     assert_eq!(status, Status::TooLarge, "{message}");
     assert!(message.contains("2097152 bytes"), "{message}");
     assert_eq!(client.invoke("py_echo", b"still serving").unwrap(), b"still serving");
@@ -129,13 +123,13 @@ fn an_output_beyond_the_largest_frame_is_too_large(kind: TransportKind) {
 fn an_exception_fails_the_invocation_with_its_type_message_and_traceback(kind: TransportKind) {
     let (_process, server) = start(kind, "py-fail");
     let mut client = client(kind, &server, 0);
-    let (status, message) = remote(client.invoke("py_fail", b"fail now").unwrap_err());
+    let (status, message) = remote_error(client.invoke("py_fail", b"fail now").unwrap_err());
     assert_eq!(status, Status::FunctionFailed, "{message}");
     assert!(message.starts_with("ValueError: asked to fail: fail now\n"), "{message}");
     assert!(message.contains("Traceback (most recent call last)"), "{message}");
     assert!(message.contains("functions.py") && message.contains("in _check"), "{message}");
     assert_eq!(client.invoke("py_fail", b"fine").unwrap(), b"fine");
-    let (status, message) = remote(client.invoke("py_returns_text", b"").unwrap_err());
+    let (status, message) = remote_error(client.invoke("py_returns_text", b"").unwrap_err());
     assert_eq!(status, Status::FunctionFailed, "{message}");
     assert!(message.contains("returned str"), "{message}");
     assert_eq!(client.invoke("py_echo", b"still serving").unwrap(), b"still serving");
@@ -146,7 +140,7 @@ fn a_python_function_past_its_deadline_is_interrupted(kind: TransportKind) {
     let mut client = client(kind, &server, 300);
     for function in ["py_spin", "py_spin_inline"] {
         let started = Instant::now();
-        let (status, message) = remote(client.invoke(function, b"30").unwrap_err());
+        let (status, message) = remote_error(client.invoke(function, b"30").unwrap_err());
         let took = started.elapsed();
         assert_eq!(status, Status::Timeout, "{function}: {message}");
         assert!(took < Duration::from_secs(5), "{function}: answered after {took:?}");
@@ -190,36 +184,103 @@ fn a_view_kept_past_the_call_stays_valid_and_a_kept_context_raises(kind: Transpo
 }
 
 /// Processes of the application that know each other, as the control plane would tell them.
-fn peers(kind: TransportKind, ids: &[&str]) -> Vec<(Arc<Process>, ServerHandle)> {
-    let nodes: Vec<_> = ids.iter().map(|id| start(kind, id)).collect();
-    let infos: Vec<PeerInfo> = nodes
-        .iter()
-        .map(|(process, server)| PeerInfo {
-            id: process.id().to_owned(),
-            addr: server.local_addr().to_string(),
-            rdma: None,
-            status: ProcessStatus::Allocated,
-        })
-        .collect();
-    for (process, _) in &nodes {
-        process.peers().update(infos.clone());
-    }
+fn peers(kind: TransportKind, ids: &[&str]) -> Vec<Node> {
+    let manifest = manifest();
+    let nodes: Vec<Node> = ids.iter().map(|id| Node::start(kind, &manifest, config(id))).collect();
+    introduce(&nodes);
     nodes
 }
 
 fn messages_pass_between_a_python_and_a_rust_function_in_two_processes(kind: TransportKind) {
     let nodes = peers(kind, &["py0", "rs1"]);
-    let mut py = client(kind, &nodes[0].1, 0);
-    let mut rs = client(kind, &nodes[1].1, 0);
+    let mut py = client(kind, &nodes[0].server, 0);
+    let mut rs = client(kind, &nodes[1].server, 0);
     assert_eq!(py.invoke("py_msg_put", b"rs1 greet hello from python").unwrap(), b"stored");
     assert_eq!(rs.invoke("msg_get", b"py0 greet 5000").unwrap(), b"py0 hello from python");
     assert_eq!(rs.invoke("msg_put", b"py0 reply hello from rust").unwrap(), b"stored");
     assert_eq!(py.invoke("py_msg_get", b"rs1 reply 5000").unwrap(), b"rs1 hello from rust");
     // An empty mailbox answers a Python get as it answers a Rust one: the context's error keeps
     // its status when the function lets it propagate.
-    let (status, message) = remote(py.invoke("py_msg_get", b"* reply 0").unwrap_err());
-    assert_eq!(status, remote(rs.invoke("msg_get", b"* reply 0").unwrap_err()).0, "{message}");
+    let (status, message) = remote_error(py.invoke("py_msg_get", b"* reply 0").unwrap_err());
+    assert_eq!(status, remote_error(rs.invoke("msg_get", b"* reply 0").unwrap_err()).0, "{message}");
     assert!(message.starts_with("Error: "), "{message}");
+}
+
+/// `process function ` then `input`: the input of `remote_call` (Python's and Rust's).
+fn call_input(process: &str, function: &str, input: &[u8]) -> Vec<u8> {
+    let mut bytes = format!("{process} {function} ").into_bytes();
+    bytes.extend_from_slice(input);
+    bytes
+}
+
+fn python_functions_invoke_functions_of_other_processes(kind: TransportKind) {
+    let nodes = peers(kind, &["pr0", "pr1", "pr2", "pr3"]);
+    let mut client = client(kind, &nodes[0].server, 0);
+    // Byte-exact, to Rust, C-ABI and Python callees, and from Rust to Python.
+    for (seed, size) in [0usize, 1, 4095, 65_536, 1 << 20, 16 << 20].into_iter().enumerate() {
+        let data = pattern(size, seed as u64);
+        for (caller, callee) in
+            [("py_remote_call", "echo"), ("py_remote_call", "py_echo_worker"), ("remote_call", "py_echo_worker")]
+        {
+            let output = client.invoke(caller, &call_input("pr1", callee, &data)).unwrap();
+            assert!(output == data, "{caller} -> {callee}: {size} bytes came back as {} different bytes", output.len());
+        }
+    }
+    // A -> B -> A, both Python: each waits without holding its process's interpreter.
+    let nested = call_input("pr1", "py_remote_call", &call_input("pr0", "py_echo_worker", b"round trip"));
+    assert_eq!(client.invoke("py_remote_call", &nested).unwrap(), b"round trip");
+    // Errors keep their status through the Python caller.
+    let (status, message) =
+        remote_error(client.invoke("py_remote_call", &call_input("nobody", "echo", b"x")).unwrap_err());
+    assert_eq!(status, Status::NotFound, "{message}");
+    assert!(message.contains("unknown process \"nobody\""), "{message}");
+    let (status, message) =
+        remote_error(client.invoke("py_remote_call", &call_input("pr1", "no_such_fn", b"x")).unwrap_err());
+    assert_eq!(status, Status::UnknownFunction, "{message}");
+    assert!(message.contains("unknown function \"no_such_fn\""), "{message}");
+    let (status, message) =
+        remote_error(client.invoke("py_remote_call", &call_input("pr1", "py_fail", b"fail")).unwrap_err());
+    assert_eq!(status, Status::FunctionFailed, "{message}");
+    let (status, message) =
+        remote_error(client.invoke("py_remote_call_inline", &call_input("pr1", "echo", b"x")).unwrap_err());
+    assert_eq!(status, Status::Unsupported, "{message}");
+    assert!(message.contains("mode = \"worker\""), "{message}");
+    // The caller's deadline travels: a slow callee gives TIMEOUT on time.
+    let mut hurried = Client::connect_with(
+        nodes[0].server.local_addr(),
+        ClientOptions { timeout: LONG, transport: kind, invocation_timeout_ms: 300, ..ClientOptions::default() },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (status, message) =
+        remote_error(hurried.invoke("py_remote_call", &call_input("pr1", "sleep", b"3000")).unwrap_err());
+    assert_eq!(status, Status::Timeout, "{message}");
+    assert!(started.elapsed() < Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    // Fan-out and gather: every answer, each in its place, errors beside outputs.
+    let out = client.invoke("py_fan_out", b"pr1,pr2,pr3,nobody,pr1 py_echo_worker hi").unwrap();
+    let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (line, process) in lines.iter().zip(["pr1", "pr2", "pr3"]) {
+        assert_eq!(*line, format!("{process} ok hi"));
+    }
+    assert!(lines[3].starts_with(&format!("nobody err {} ", Status::NotFound.code())), "{lines:?}");
+    assert_eq!(lines[4], "pr1 ok hi");
+    let out = client.invoke("py_fan_out", b"pr1,pr2 py_fail fail now").unwrap();
+    let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, process) in lines.iter().zip(["pr1", "pr2"]) {
+        let failed = format!("{process} err {} ", Status::FunctionFailed.code());
+        assert!(line.starts_with(&failed) && line.contains("asked to fail: fail now"), "{line}");
+    }
+    assert_eq!(client.invoke("py_gather", b"pr1,pr2,pr3 echo ab").unwrap(), b"ab|ab|ab");
+    let failed = Status::FunctionFailed.code();
+    assert_eq!(client.invoke("py_gather", b"pr2,pr3 py_fail fail").unwrap(), format!("!{failed}|!{failed}").as_bytes());
+    // The callees count what they served: pr2 and pr3 only ever served remote invocations (at
+    // least the two echoes each answered).
+    for node in &nodes[2..] {
+        let served = node.process.metrics().invocations();
+        assert!(served >= 2, "{} counted {served} invocations", node.process.id());
+    }
 }
 
 fn state_survives_a_swap_and_module_globals_do_not(kind: TransportKind) {
@@ -256,6 +317,7 @@ on_both_transports!(
     python_and_rust_functions_invoke_each_other_in_one_process,
     a_view_kept_past_the_call_stays_valid_and_a_kept_context_raises,
     messages_pass_between_a_python_and_a_rust_function_in_two_processes,
+    python_functions_invoke_functions_of_other_processes,
     state_survives_a_swap_and_module_globals_do_not,
 );
 

@@ -110,6 +110,53 @@ def call_python(ctx, data):
     return ctx.invoke("echo", b"counter=" + ctx.invoke("py_counter", b""))
 
 
+def remote_call(ctx, data):
+    """Input `process function input`: invokes `function` of `process` with `input` and returns
+    its output (a failure raises praas_function.Error, which the caller's client sees with its
+    status and message)."""
+    process, function, payload = bytes(data).split(b" ", 2)
+    return ctx.invoke_remote(process.decode(), function.decode(), payload)
+
+
+def fan_out(ctx, data):
+    """Input `p1,p2,... function input`: invokes `function` of every process listed at once and
+    gathers the answers as they come; one line per process, in the order given:
+    `p ok OUTPUT` or `p err STATUS MESSAGE` (the message's first line: a Python callee's
+    traceback follows it)."""
+    processes, function, payload = bytes(data).split(b" ", 2)
+    names = [p for p in processes.decode().split(",") if p]
+    lines = {}
+    handles = {}
+    for name in names:
+        try:
+            handles[ctx.submit(name, function.decode(), payload)] = name
+        except praas_function.Error as err:
+            lines[name] = f"{name} err {err.status} {_first_line(err)}"
+    pending = list(handles)
+    while pending:
+        handle, result = ctx.wait_any(pending)
+        pending.remove(handle)
+        name = handles[handle]
+        if isinstance(result, praas_function.Error):
+            lines[name] = f"{name} err {result.status} {_first_line(result)}"
+        else:
+            lines[name] = f"{name} ok {result.decode(errors='replace')}"
+    return "\n".join(lines[n] for n in names if n in lines).encode()
+
+
+def _first_line(err):
+    return (str(err).splitlines() or [""])[0]
+
+
+def gather(ctx, data):
+    """Input `p1,p2,... function input`: submits to every process, then `wait_all`; returns the
+    outputs joined by `|` (an error as `!STATUS`)."""
+    processes, function, payload = bytes(data).split(b" ", 2)
+    handles = [ctx.submit(p, function.decode(), payload) for p in processes.decode().split(",") if p]
+    results = ctx.wait_all(handles)
+    return b"|".join(b"!%d" % r.status if isinstance(r, praas_function.Error) else r for r in results)
+
+
 def big(ctx, data):
     """Returns as many bytes as the input says (a repeating 0..255 pattern)."""
     n = int(bytes(data))

@@ -697,6 +697,12 @@ fn output_buffer(process: &ProcessCore, needed: usize, capacity: usize) -> Resul
 /// What a context call failed with: its status and the error text.
 type CallResult<T> = Result<T, (Status, String)>;
 
+/// A remote invocation's failure as a context call's: its status and its text.
+#[cfg(feature = "python")]
+fn failed(err: RemoteError) -> (Status, String) {
+    (err.status(), err.to_string())
+}
+
 fn bad_key(err: crate::state::StateError) -> (Status, String) {
     (Status::InvalidArgument, err.to_string())
 }
@@ -918,6 +924,19 @@ impl crate::python::Services for Invocation<'_> {
 
     fn invoke_local(&self, function: &[u8], input: &[u8]) -> CallResult<PoolBuf> {
         Invocation::invoke_local(self, function, input)
+    }
+
+    fn invoke_remote(&self, dest: &str, function: &str, input: &[u8]) -> CallResult<Vec<u8>> {
+        Invocation::invoke_remote(self, dest, function, input).map_err(failed)
+    }
+
+    fn submit_remote(&self, dest: &str, function: &str, input: &[u8]) -> CallResult<u64> {
+        Invocation::submit_remote(self, dest, function, input).map_err(failed)
+    }
+
+    fn wait_remote(&self, handles: &[u64]) -> (usize, CallResult<Vec<u8>>) {
+        let (index, result) = Invocation::wait_remote(self, handles);
+        (index, result.map_err(failed))
     }
 
     fn log(&self, level: i32, message: &str) {

@@ -68,6 +68,14 @@ pub(crate) trait Services: Sync {
     fn is_python(&self, function: &[u8]) -> bool;
     /// Invokes `function` of this process on this thread with `input`.
     fn invoke_local(&self, function: &[u8], input: &[u8]) -> Result<PoolBuf, Failed>;
+    /// Invokes `function` of process `dest` of the application with `input` and waits for its
+    /// output, within this invocation's deadline.
+    fn invoke_remote(&self, dest: &str, function: &str, input: &[u8]) -> Result<Vec<u8>, Failed>;
+    /// Starts invoking `function` of process `dest`: the handle to wait for it with.
+    fn submit_remote(&self, dest: &str, function: &str, input: &[u8]) -> Result<u64, Failed>;
+    /// Waits for the first of the calls `handles` names to finish: its position in `handles` and
+    /// its output or failure.
+    fn wait_remote(&self, handles: &[u64]) -> (usize, Result<Vec<u8>, Failed>);
     /// Writes `message` into the process's log at `level` (a `PRAAS_LOG_*` level).
     fn log(&self, level: i32, message: &str);
     /// An output buffer holding a copy of `bytes` (at most the process's largest frame).
@@ -317,6 +325,15 @@ fn raise(py: Python<'_>, (status, message): Failed) -> PyErr {
     err
 }
 
+/// A remote call's result as Python sees it from `wait_any` and `wait_all`: the output as bytes,
+/// or the `Error` instance it failed with.
+fn outcome(py: Python<'_>, result: Result<Vec<u8>, Failed>) -> Bound<'_, PyAny> {
+    match result {
+        Ok(output) => PyBytes::new(py, &output).into_any(),
+        Err(failed) => raise(py, failed).into_value(py).into_bound(py).into_any(),
+    }
+}
+
 /// Runs `f` over the bytes of a bytes-like object: `bytes` in place, anything else with the
 /// buffer protocol (`bytearray`, `memoryview`, ...) through a copy.
 fn with_bytes<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
@@ -417,6 +434,63 @@ impl Context {
         })?;
         let output = output.map_err(|e| raise(py, e))?;
         Ok(PyBytes::new(py, &output))
+    }
+
+    /// Invokes `function` of process `process` of this application with `data` and returns its
+    /// output; the call carries what is left of this invocation's deadline. Raises `Error`
+    /// (`status` says why: no such process or function, the callee failed, it is unreachable,
+    /// the deadline passed).
+    fn invoke_remote<'py>(
+        &self,
+        py: Python<'py>,
+        process: &str,
+        function: &str,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let services = self.services(py)?;
+        let output = with_bytes(data, |data| py.detach(|| services.invoke_remote(process, function, data)))?;
+        let output = output.map_err(|e| raise(py, e))?;
+        Ok(PyBytes::new(py, &output))
+    }
+
+    /// Starts invoking `function` of process `process` with `data` and returns at once: a handle
+    /// for `wait`, `wait_any` or `wait_all`. Calls submitted before waiting run at the same time.
+    fn submit(&self, py: Python<'_>, process: &str, function: &str, data: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let services = self.services(py)?;
+        with_bytes(data, |data| py.detach(|| services.submit_remote(process, function, data)))?
+            .map_err(|e| raise(py, e))
+    }
+
+    /// Waits for the call `handle` and returns its output (raises `Error` as `invoke_remote`).
+    fn wait<'py>(&self, py: Python<'py>, handle: u64) -> PyResult<Bound<'py, PyBytes>> {
+        let services = self.services(py)?;
+        let (_, result) = py.detach(|| services.wait_remote(&[handle]));
+        let output = result.map_err(|e| raise(py, e))?;
+        Ok(PyBytes::new(py, &output))
+    }
+
+    /// Waits for whichever of the calls `handles` finishes first and returns `(handle, result)`:
+    /// its output as bytes, or the `Error` it failed with (not raised). The caller removes that
+    /// handle before waiting again; `None` for no handles.
+    fn wait_any<'py>(&self, py: Python<'py>, handles: Vec<u64>) -> PyResult<Option<(u64, Bound<'py, PyAny>)>> {
+        let services = self.services(py)?;
+        if handles.is_empty() {
+            return Ok(None);
+        }
+        let (index, result) = py.detach(|| services.wait_remote(&handles));
+        Ok(Some((handles[index], outcome(py, result))))
+    }
+
+    /// Waits for every call of `handles` and returns their results in the same order, each its
+    /// output as bytes or the `Error` it failed with (not raised).
+    fn wait_all<'py>(&self, py: Python<'py>, handles: Vec<u64>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let services = self.services(py)?;
+        let mut results = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let (_, result) = py.detach(|| services.wait_remote(&[handle]));
+            results.push(outcome(py, result));
+        }
+        Ok(results)
     }
 
     /// Writes `message` into the process's log; `level` is "error", "warn", "info", "debug",
