@@ -87,6 +87,10 @@ if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
     done
 else
     log "no rdma_rxe in this kernel: testing in the SoftRoCE VM (scripts/rxe-vm.sh)"
+    # Two tests at a time, each moving 16 MiB payloads through several processes (a remote
+    # invocation holds the input and the output at the client, the caller and the callee):
+    # 1 GiB of guest memory ran out (the kernel killed the test binary), 2 GiB leaves room.
+    export RXE_VM_MEM_MB="${RXE_VM_MEM_MB:-2048}"
     guest_lib=/opt/praas/lib/libpraas_example_functions.so
     quoted_args=""
     for arg in "${test_args[@]+"${test_args[@]}"}"; do quoted_args+=" '${arg//\'/\'\\\'\'}'"; done
