@@ -146,5 +146,10 @@ fn a_remote_call_over_rdma_swaps_in_a_swapped_out_callee() {
     assert!(callee.rdma_addr.is_some() && callee.rdma_addr != before, "{:?} after {before:?}", callee.rdma_addr);
     assert_eq!(invoke_on(&cp, "rs", "caller", "remote_call", "callee counter ", 5000).unwrap(), b"4");
     wait_for_rdma_counts(&cp, "rs", "caller", "remote calls", |m| m.remote_calls, 3);
+    let metrics = cp.api.metrics().expect("the metrics");
+    for (wire, calls) in [("rdma", 3.0), ("tcp", 0.0)] {
+        let series = format!("praas_process_remote_calls_total{{app=\"rs\",process=\"caller\",wire=\"{wire}\"}}");
+        assert_eq!(support::sample(&metrics, &series), calls, "{series}");
+    }
     eprintln!("rdma: a call to a swapped-out callee answered in {took:?} (swap-in included)");
 }

@@ -72,14 +72,15 @@ impl Fabric {
     /// (header, output) stop fitting a receive slot and go by rendezvous (announced, granted,
     /// written).
     fn sizes(self) -> Vec<usize> {
-        let mut sizes = vec![0, 1, 100, 4095, 65_536, 1 << 20, 16 << 20];
-        #[cfg(feature = "rdma")]
-        if let Self::Rdma(_) = self {
-            let slot = praas_dataplane::RdmaOptions::default().recv_size;
-            sizes.extend((slot - 24 - 11 - 1)..=(slot - 24 + 1));
-            sizes.push((1 << 20) + 7);
+        let sizes = vec![0, 1, 100, 4095, 65_536, 1 << 20, 16 << 20];
+        match self {
+            Self::Tcp(_) => sizes,
+            #[cfg(feature = "rdma")]
+            Self::Rdma(_) => {
+                let slot = praas_dataplane::RdmaOptions::default().recv_size;
+                sizes.into_iter().chain((slot - 24 - 11 - 1)..=(slot - 24 + 1)).chain([(1 << 20) + 7]).collect()
+            }
         }
-        sizes
     }
 
     /// Asserts that `node`'s callees answered `calls` remote invocations of its so far, all over
