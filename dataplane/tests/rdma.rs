@@ -710,6 +710,7 @@ fn a_fan_out_over_rdma_to_16_processes_with_one_killed_mid_call() {
         fan_out_with_one_killed(hub.server.local_addr(), "w16", &others, || child.kill().expect("kill the child"));
     let status = child.wait().expect("reap the child");
     assert!(!status.success(), "the child was killed");
+    assert!(dead.contains("at rdma://"), "the error names the RDMA address the call went to: {dead}");
     eprintln!("rdma: fan-out of 16 with w16 killed mid-call answered in {took:?}: {dead}");
     // The 16 answers of the first fan-out and the 15 of the second, all over RDMA.
     Fabric::Rdma(ip).assert_calls(&hub, 16 + 15);

@@ -297,10 +297,20 @@ impl WireCounters {
 }
 
 pub(crate) struct Peer {
-    pub(crate) addr: String,
+    addr: String,
     rdma: Option<String>,
     /// Authenticated connections not in use.
     idle: Mutex<Vec<PeerConnection>>,
+}
+
+impl Peer {
+    /// Its address on `wire`, as errors name it: `host:port`, or `rdma://host:port`.
+    pub(crate) fn addr_of(&self, wire: PeerWire) -> String {
+        match (wire, &self.rdma) {
+            (PeerWire::Rdma, Some(rdma)) => format!("rdma://{rdma}"),
+            _ => self.addr.clone(),
+        }
+    }
 }
 
 struct Entry {
@@ -747,8 +757,6 @@ impl PeerDirectory {
         let started = Instant::now();
         let deadline = started.checked_add(timeout).unwrap_or_else(|| started + DEFAULT_PUT_TIMEOUT);
         let timeout_error = || PeerError::Timeout { dest: dest.to_owned(), timeout };
-        let unreachable =
-            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: peer.addr.clone(), source };
         let reused = loop {
             let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
@@ -764,6 +772,9 @@ impl PeerDirectory {
             Some(conn) => conn,
             None => self.open(dest, &peer, secret, deadline)?,
         };
+        let addr = peer.addr_of(conn.wire.kind());
+        let unreachable =
+            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.clone(), source };
         let id = conn.next_id;
         conn.next_id += 1;
         let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };

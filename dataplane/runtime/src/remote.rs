@@ -291,11 +291,12 @@ impl RemoteCall {
 
     /// The error for `err` on the call's connection (which is dropped: closed).
     fn wire_error(self, err: crate::peer::WireError) -> RemoteError {
-        let RemoteCall { dest, function, peer, started, deadline, .. } = self;
+        let RemoteCall { dest, function, peer, conn, started, deadline, .. } = self;
         match err {
             crate::peer::WireError::Timeout => RemoteError::Timeout { dest, function, timeout: deadline - started },
             source => {
-                let source = PeerError::Unreachable { dest: dest.clone(), addr: peer.addr.clone(), source };
+                let addr = peer.addr_of(conn.wire.kind());
+                let source = PeerError::Unreachable { dest: dest.clone(), addr, source };
                 RemoteError::Connection { dest, function, source: Box::new(source) }
             }
         }

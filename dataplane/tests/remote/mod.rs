@@ -87,12 +87,24 @@ impl Fabric {
     /// this fabric's wire.
     #[track_caller]
     pub fn assert_calls(self, node: &Node, calls: u64) {
-        let expected = match self {
-            Self::Tcp(_) => DeliveryCounts { tcp: calls, rdma: 0 },
+        self.assert_calls_within(node, calls..=calls);
+    }
+
+    /// Asserts that `node`'s callees answered a number in `calls` of its remote invocations so
+    /// far, all over this fabric's wire.
+    #[track_caller]
+    fn assert_calls_within(self, node: &Node, calls: std::ops::RangeInclusive<u64>) {
+        let counts = node.process.peers().remote_calls();
+        let (this, other) = match self {
+            Self::Tcp(_) => (counts.tcp, counts.rdma),
             #[cfg(feature = "rdma")]
-            Self::Rdma(_) => DeliveryCounts { tcp: 0, rdma: calls },
+            Self::Rdma(_) => (counts.rdma, counts.tcp),
         };
-        assert_eq!(node.process.peers().remote_calls(), expected, "the remote calls of {} by wire", node.process.id());
+        assert!(
+            calls.contains(&this) && other == 0,
+            "the remote calls of {} by wire: {counts:?}, expected {calls:?} over {self:?}",
+            node.process.id()
+        );
     }
 
     /// A process of the application with `workers` workers.
@@ -248,8 +260,9 @@ pub fn the_callers_deadline_travels_and_a_late_answer_is_dropped(fabric: Fabric)
             input.as_bytes()
         );
     }
-    // The two that timed out are not counted as answered.
-    fabric.assert_calls(&nodes[0], 8);
+    // The sleep's late answer is not counted as answered; the get's own TIMEOUT, cut by d1 at
+    // the same deadline, may arrive just before the caller's wait ends (then it is) or after.
+    fabric.assert_calls_within(&nodes[0], 8..=9);
 }
 
 pub fn a_calls_b_which_calls_a_with_one_worker_each(fabric: Fabric) {
