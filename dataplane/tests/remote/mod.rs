@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::lifecycle::ProcessStatus;
-use praas_dataplane::peer::{DeliveryCounts, PeerInfo};
+use praas_dataplane::peer::PeerInfo;
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{Client, ClientOptions, FunctionRegistry, ProcessConfig, Secret, Status};
 use praas_testkit::cluster::{introduce, remote_error, Node};
