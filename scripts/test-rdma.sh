@@ -61,6 +61,16 @@ c_invoke="$(dirname "$client_lib")/praas-c-invoke"
     -L "$(dirname "$client_lib")" -Wl,-rpath,"$(dirname "$client_lib")" -lpraas_client \
     || { log "error: compiling the example C client failed"; exit 1; }
 
+# The example C function libraries the remote-invocation tests load (testkit::c_functions and
+# c_functions_v1 compile them where there is a C compiler; the guest has none): built here with
+# the flags testkit uses, against the current header and against the version-1 one.
+c_functions="$(dirname "$functions")/libc_functions-rdma.so"
+c_functions_v1="$(dirname "$functions")/libc_functions-v1-rdma.so"
+for build in "ffi/include:$c_functions" "ffi/tests/v1:$c_functions_v1"; do
+    "${CC:-cc}" -shared -fPIC -O2 -std=c11 -Wall -Wextra -Werror -I "${build%%:*}" ffi/examples/c_functions.c \
+        -o "${build#*:}" || { log "error: compiling the example C functions (${build%%:*}) failed"; exit 1; }
+done
+
 start=$(date +%s.%N)
 status=0
 if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
@@ -71,11 +81,16 @@ if scripts/softroce-setup.sh --check >/dev/null 2>&1; then
         [[ $bin != "$test_bin" ]] || log_env=(RUST_LOG="$log_filter")
         env "${log_env[@]+"${log_env[@]}"}" PRAAS_RDMA_DEVICE="$PRAAS_RDMA_DEVICE" PRAAS_RDMA_ADDR="$PRAAS_RDMA_ADDR" \
             PRAAS_RDMA_REQUIRED=1 PRAAS_C_INVOKE="$c_invoke" PRAAS_EXAMPLE_FUNCTIONS="$functions" \
+            PRAAS_C_FUNCTIONS="$c_functions" PRAAS_C_FUNCTIONS_V1="$c_functions_v1" \
             "$bin" --include-ignored --test-threads=2 "${test_args[@]+"${test_args[@]}"}" \
             || status=$?
     done
 else
     log "no rdma_rxe in this kernel: testing in the SoftRoCE VM (scripts/rxe-vm.sh)"
+    # Two tests at a time, each moving 16 MiB payloads through several processes (a remote
+    # invocation holds the input and the output at the client, the caller and the callee):
+    # 1 GiB of guest memory ran out (the kernel killed the test binary), 2 GiB leaves room.
+    export RXE_VM_MEM_MB="${RXE_VM_MEM_MB:-2048}"
     guest_lib=/opt/praas/lib/libpraas_example_functions.so
     quoted_args=""
     for arg in "${test_args[@]+"${test_args[@]}"}"; do quoted_args+=" '${arg//\'/\'\\\'\'}'"; done
@@ -92,6 +107,10 @@ else
         --env LD_LIBRARY_PATH=/opt/praas/lib \
         --file "$functions:$guest_lib" \
         --env PRAAS_EXAMPLE_FUNCTIONS="$guest_lib" \
+        --file "$c_functions:/opt/praas/lib/libc_functions.so" \
+        --env PRAAS_C_FUNCTIONS=/opt/praas/lib/libc_functions.so \
+        --file "$c_functions_v1:/opt/praas/lib/libc_functions-v1.so" \
+        --env PRAAS_C_FUNCTIONS_V1=/opt/praas/lib/libc_functions-v1.so \
         --env PRAAS_RDMA_REQUIRED=1 \
         --env RUST_BACKTRACE=1 \
         -- "RUST_LOG='$log_filter' praas-rdma-tests --include-ignored --test-threads=2$quoted_args; s=\$?;

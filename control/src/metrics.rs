@@ -602,19 +602,29 @@ impl Collector for StateCollector {
             MetricType::Gauge,
             gauge(|m| m.state_bytes),
         )?;
-        let sent = self.processes.iter().flat_map(|p| {
-            [("tcp", p.metrics.messages_sent.tcp), ("rdma", p.metrics.messages_sent.rdma)].map(|(wire, count)| {
-                let mut labels = process_labels(p);
-                labels.push(("wire", wire.to_owned()));
-                (labels, ConstCounter::new(count))
+        let by_wire = |counts: fn(&Metrics) -> praas_dataplane::peer::DeliveryCounts| {
+            self.processes.iter().flat_map(move |p| {
+                let counts = counts(&p.metrics);
+                [("tcp", counts.tcp), ("rdma", counts.rdma)].map(|(wire, count)| {
+                    let mut labels = process_labels(p);
+                    labels.push(("wire", wire.to_owned()));
+                    (labels, ConstCounter::new(count))
+                })
             })
-        });
+        };
         family(
             &mut encoder,
             "praas_process_messages_sent",
             "Messages the process delivered to its peers, by wire, as it last reported",
             MetricType::Counter,
-            sent,
+            by_wire(|m| m.messages_sent),
+        )?;
+        family(
+            &mut encoder,
+            "praas_process_remote_calls",
+            "Remote invocations the process made that their callees answered, by wire, as it last reported",
+            MetricType::Counter,
+            by_wire(|m| m.remote_calls),
         )?;
         let last = self
             .processes

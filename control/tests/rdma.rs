@@ -10,18 +10,32 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use praas_control::model::{ProcessRecord, ProcessStatus};
+use praas_control::model::{Metrics, ProcessRecord, ProcessStatus};
+use praas_dataplane::peer::DeliveryCounts;
 use praas_dataplane::{RdmaClient, RdmaClientOptions};
-use support::ControlPlaneProcess;
+use support::{call_once_known, invoke_on, swap_out, ControlPlaneProcess};
 
 /// Waits until `p` of `app` reports `n` messages delivered over RDMA (metrics come every 50 ms).
 fn wait_for_rdma_messages(cp: &ControlPlaneProcess, app: &str, p: &str, n: u64) -> ProcessRecord {
+    wait_for_rdma_counts(cp, app, p, "messages", |m| m.messages_sent, n)
+}
+
+/// Waits until `p` of `app` reports `n` of `what` (`counts` of its metrics) over RDMA, and none
+/// over TCP.
+fn wait_for_rdma_counts(
+    cp: &ControlPlaneProcess,
+    app: &str,
+    p: &str,
+    what: &str,
+    counts: fn(&Metrics) -> DeliveryCounts,
+    n: u64,
+) -> ProcessRecord {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let record = cp.process(app, p);
-        let sent = record.metrics.messages_sent;
+        let sent = counts(&record.metrics);
         if sent.rdma == n || Instant::now() > deadline {
-            assert_eq!((sent.rdma, sent.tcp), (n, 0), "{app}/{p}'s messages went over RDMA: {record:?}");
+            assert_eq!((sent.rdma, sent.tcp), (n, 0), "{app}/{p}'s {what} went over RDMA: {record:?}");
             return record;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -104,4 +118,38 @@ fn processes_register_their_rdma_address_and_message_each_other_over_rdma_across
     }
     assert_eq!(get(), b"p0 after the swap");
     wait_for_rdma_messages(&cp, "hpc", "p0", 3);
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn a_remote_call_over_rdma_swaps_in_a_swapped_out_callee() {
+    let Some(ip) = praas_testkit::rdma_test_addr() else { return };
+    let cp = ControlPlaneProcess::start("rdma-swap-in", &["--process-rdma", "auto"]);
+    cp.create_app_of("rs", &["remote_call", "counter"], "");
+    for p in ["caller", "callee"] {
+        let record = praas_control::cli::process_create(&cp.api, "rs", p, None).expect("create");
+        let rdma: std::net::SocketAddr = record.rdma_addr.expect("an RDMA address").parse().expect("HOST:PORT");
+        assert_eq!(rdma.ip(), ip);
+    }
+    // State on the callee, reached once remotely while it runs.
+    assert_eq!(invoke_on(&cp, "rs", "callee", "counter", "", 5000).unwrap(), b"1");
+    assert_eq!(call_once_known(&cp, "rs", "caller", "callee", "counter"), b"2");
+    let before = cp.process("rs", "callee").rdma_addr;
+    swap_out(&cp, "rs", "callee");
+    // The call swaps it in (at a new RDMA address) and reaches it there, over RDMA.
+    let started = Instant::now();
+    let output = invoke_on(&cp, "rs", "caller", "remote_call", "callee counter ", 20_000).unwrap();
+    let took = started.elapsed();
+    assert_eq!(output, b"3", "the callee answers with its state intact");
+    let callee = cp.process("rs", "callee");
+    assert_eq!(callee.status, ProcessStatus::Allocated);
+    assert!(callee.rdma_addr.is_some() && callee.rdma_addr != before, "{:?} after {before:?}", callee.rdma_addr);
+    assert_eq!(invoke_on(&cp, "rs", "caller", "remote_call", "callee counter ", 5000).unwrap(), b"4");
+    wait_for_rdma_counts(&cp, "rs", "caller", "remote calls", |m| m.remote_calls, 3);
+    let metrics = cp.api.metrics().expect("the metrics");
+    for (wire, calls) in [("rdma", 3.0), ("tcp", 0.0)] {
+        let series = format!("praas_process_remote_calls_total{{app=\"rs\",process=\"caller\",wire=\"{wire}\"}}");
+        assert_eq!(support::sample(&metrics, &series), calls, "{series}");
+    }
+    eprintln!("rdma: a call to a swapped-out callee answered in {took:?} (swap-in included)");
 }

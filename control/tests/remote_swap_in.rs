@@ -12,7 +12,7 @@ use praas_control::model::{ProcessRecord, ProcessStatus};
 use praas_control::routes;
 use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{Client, ClientError, ClientOptions, Status};
-use support::{sample, ControlPlaneProcess};
+use support::{call_once_known, invoke_on, sample, swap_out, ControlPlaneProcess};
 
 const FUNCTIONS: &[&str] = &["remote_call", "counter", "process_id", "sleep"];
 
@@ -28,46 +28,6 @@ fn create(cp: &ControlPlaneProcess, app: &str, name: &str, kind: TransportKind) 
     assert_eq!(record.status, ProcessStatus::Allocated);
     assert_eq!(record.transport.as_deref(), Some(kind.to_string().as_str()), "served on {kind}");
     record
-}
-
-/// Invokes `function` on process `name` of `app` straight at its data-plane address, with the
-/// invocation deadline `deadline_ms`.
-fn invoke_on(
-    cp: &ControlPlaneProcess,
-    app: &str,
-    name: &str,
-    function: &str,
-    input: &str,
-    deadline_ms: u32,
-) -> Result<Vec<u8>, ClientError> {
-    let addr = cp.process(app, name).data_addr.expect("an ALLOCATED process has an address");
-    let options = ClientOptions {
-        timeout: Duration::from_secs(60),
-        invocation_timeout_ms: deadline_ms,
-        ..ClientOptions::default()
-    };
-    Client::connect_with(addr.as_str(), options)?.invoke(function, input.as_bytes())
-}
-
-/// [`invoke_on`] the caller's `remote_call` of `callee`'s `function`, again while the caller has
-/// not heard of `callee` yet (its first peer list comes on its own time after its registration).
-fn call_once_known(cp: &ControlPlaneProcess, app: &str, caller: &str, callee: &str, function: &str) -> Vec<u8> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match invoke_on(cp, app, caller, "remote_call", &format!("{callee} {function} "), 20_000) {
-            Err(ClientError::Remote { status: Status::NotFound, message })
-                if message.contains("unknown process") && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
-fn swap_out(cp: &ControlPlaneProcess, app: &str, name: &str) {
-    let record: ProcessRecord = cp.api.post(&routes::swap(app, name)).unwrap();
-    assert_eq!(record.status, ProcessStatus::SwappedOut);
 }
 
 fn swap_ins(cp: &ControlPlaneProcess, app: &str) -> f64 {

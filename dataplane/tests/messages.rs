@@ -364,7 +364,7 @@ fn unknown_dead_silent_and_swapped_out_peers_fail_fast_and_clearly(kind: Transpo
 
     // A peer that stops after a connection to it was cached: the next put says it is unreachable.
     sender.peers().put("e1", "k", b"before", LONG).unwrap();
-    let Node { process: _stopped, server } = nodes.into_iter().nth(1).unwrap();
+    let Node { process: _stopped, server, .. } = nodes.into_iter().nth(1).unwrap();
     server.stop().unwrap();
     let started = Instant::now();
     let err = sender.peers().put("e1", "k", b"after", LONG).unwrap_err();
@@ -408,7 +408,7 @@ fn undelivered_messages_survive_a_swap_through_the_store(kind: TransportKind) {
     let dir = std::env::temp_dir().join(format!("praas-messages-swap-{}-{}", kind, std::process::id()));
     let store = SwapStore::new(&dir);
     store.write(APP, "h1", receiver.state(), &receiver.mailbox().snapshot(), None).unwrap();
-    let Node { process: _old, server } = nodes.into_iter().nth(1).unwrap();
+    let Node { process: _old, server, .. } = nodes.into_iter().nth(1).unwrap();
     server.stop().unwrap();
     // Swap in: a new process of the same id reads them back before serving.
     let snapshot = store.read(APP, "h1").unwrap();

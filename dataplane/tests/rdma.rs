@@ -8,6 +8,8 @@
 //! each says it skipped.
 #![cfg(feature = "rdma")]
 
+mod remote;
+
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,12 +22,13 @@ use praas_dataplane::function::{ExecutionMode, Manifest};
 use praas_dataplane::lifecycle::ProcessStatus;
 use praas_dataplane::peer::{DeliveryCounts, PeerError, PeerInfo};
 use praas_dataplane::protocol::{encode_frame, Header};
-use praas_dataplane::transport::TransportKind;
 use praas_dataplane::{
     ClientError, FunctionRegistry, Process, ProcessConfig, RdmaClient, RdmaClientOptions, RdmaOptions, ServerHandle,
     Status, Transport,
 };
-use praas_testkit::{linux, pattern, spec, wait_until};
+use praas_testkit::cluster::{fan_out_with_one_killed, introduce, Node};
+use praas_testkit::{example_manifest, linux, pattern, spec, wait_until};
+use remote::Fabric;
 
 macro_rules! require_rdma {
     () => {{
@@ -546,55 +549,23 @@ const SECRET: &str = "the secret of rdma-ring";
 
 /// A process of `app` serving TCP on loopback and RDMA on the device, as `praas process serve
 /// --rdma-listen` starts one.
-struct Peer {
-    process: Arc<Process>,
-    tcp: ServerHandle,
-    rdma: ServerHandle,
-}
-
-impl Peer {
-    fn start(ip: IpAddr, id: &str, app: &str, secret: &str) -> Self {
-        let config = ProcessConfig {
-            id: id.into(),
-            app: app.into(),
-            secret: praas_dataplane::Secret::new(secret).ok(),
-            workers: 4,
-            ..ProcessConfig::default()
-        };
-        let (process, tcp) = praas_testkit::serve_on(TransportKind::Mio, &manifest(), config);
-        let transport = praas_dataplane::transport::rdma::bind_with_peers(
-            SocketAddr::new(ip, 0),
-            Arc::clone(&process),
-            RdmaOptions::default(),
-        )
-        .expect("bind the RDMA transport");
-        let rdma = Box::new(transport).spawn().expect("the RDMA transport starts");
-        Self { process, tcp, rdma }
-    }
-
-    fn info(&self) -> PeerInfo {
-        PeerInfo {
-            id: self.process.id().to_owned(),
-            addr: self.tcp.local_addr().to_string(),
-            rdma: Some(self.rdma.local_addr().to_string()),
-            status: ProcessStatus::Allocated,
-        }
-    }
-}
-
-fn introduce(peers: &[&Peer]) {
-    let infos: Vec<PeerInfo> = peers.iter().map(|p| p.info()).collect();
-    for peer in peers {
-        peer.process.peers().update(infos.clone());
-    }
+fn peer(ip: IpAddr, id: &str, app: &str, secret: &str) -> Node {
+    let config = ProcessConfig {
+        id: id.into(),
+        app: app.into(),
+        secret: praas_dataplane::Secret::new(secret).ok(),
+        workers: 4,
+        ..ProcessConfig::default()
+    };
+    Fabric::Rdma(ip).start(&manifest(), config)
 }
 
 #[test]
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn messages_between_processes_go_over_rdma_in_order_and_byte_exact() {
     let ip = require_rdma!();
-    let nodes: Vec<Peer> = ["p0", "p1", "p2"].iter().map(|id| Peer::start(ip, id, APP, SECRET)).collect();
-    introduce(&nodes.iter().collect::<Vec<_>>());
+    let nodes: Vec<Node> = ["p0", "p1", "p2"].iter().map(|id| peer(ip, id, APP, SECRET)).collect();
+    introduce(&nodes);
     for node in &nodes {
         assert!(node.process.peers().rdma_device().is_some(), "serving RDMA enables RDMA messages");
     }
@@ -624,11 +595,11 @@ fn messages_between_processes_go_over_rdma_in_order_and_byte_exact() {
 #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
 fn over_rdma_a_process_of_another_application_is_refused_and_a_peer_without_rdma_gets_tcp() {
     let ip = require_rdma!();
-    let a = Peer::start(ip, "a", APP, SECRET);
-    let b = Peer::start(ip, "b", APP, SECRET);
+    let ab = [peer(ip, "a", APP, SECRET), peer(ip, "b", APP, SECRET)];
+    introduce(&ab);
+    let [a, b] = &ab;
     // An impostor: the right name, the wrong secret.
-    let impostor = Peer::start(ip, "a", APP, "not the secret");
-    introduce(&[&a, &b]);
+    let impostor = peer(ip, "a", APP, "not the secret");
     impostor.process.peers().update(vec![b.info()]);
     let err = impostor.process.peers().put("b", "k", b"let me in", Duration::from_secs(10)).unwrap_err();
     assert!(matches!(err, PeerError::Unauthenticated { .. }), "{err}");
@@ -654,4 +625,93 @@ fn over_rdma_a_process_of_another_application_is_refused_and_a_peer_without_rdma
     for expected in [&b"over tcp"[..], b"over tcp again"] {
         assert_eq!(b.process.mailbox().get(Some("a"), "k", Duration::from_secs(5)).unwrap().1, expected);
     }
+}
+
+/// The remote-invocation cases of `remote/mod.rs` over RDMA, each checking that every call its
+/// processes made went over RDMA (none fell back to TCP).
+macro_rules! over_rdma {
+    ($($name:ident),* $(,)?) => {
+        mod remote_invocation {
+            $(#[test]
+            #[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+            fn $name() {
+                let ip = require_rdma!();
+                super::remote::$name(super::Fabric::Rdma(ip));
+            })*
+        }
+    };
+}
+
+over_rdma!(
+    remote_invocation_is_byte_exact_from_0_b_to_16_mib,
+    every_error_reaches_the_caller_with_its_status,
+    the_callers_deadline_travels_and_a_late_answer_is_dropped,
+    a_calls_b_which_calls_a_with_one_worker_each,
+    fan_out_gathers_from_16_processes_in_about_one_round_trip,
+    wait_any_returns_the_first_answer_to_arrive,
+    impostor_peers_are_refused,
+    a_version_1_c_library_still_loads_and_runs,
+);
+
+const FAN_APP: &str = "rdma-fan";
+const FAN_SECRET: &str = "the secret of rdma-fan";
+
+/// A process of the fan-out application serving the example functions over RDMA.
+fn fan_node(ip: IpAddr, id: &str) -> Node {
+    let config = ProcessConfig {
+        id: id.into(),
+        app: FAN_APP.into(),
+        secret: praas_dataplane::Secret::new(FAN_SECRET).ok(),
+        workers: 2,
+        ..ProcessConfig::default()
+    };
+    Fabric::Rdma(ip).start(&example_manifest(), config)
+}
+
+/// Not a test of its own: the OS process `a_fan_out_over_rdma_...` kills, its callee `w16`,
+/// serving until it is killed (or its standard input closes).
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn child_process_for_the_fan_out_kill_test() {
+    let Ok(ip) = std::env::var("PRAAS_RDMA_FAN_OUT_CHILD") else { return };
+    let node = fan_node(ip.parse().expect("an IP address"), "w16");
+    let info = node.info();
+    println!("serving {} {}", info.addr, info.rdma.expect("an RDMA address"));
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+}
+
+#[test]
+#[ignore = "needs an RDMA device: scripts/test-rdma.sh runs it on SoftRoCE with --include-ignored"]
+fn a_fan_out_over_rdma_to_16_processes_with_one_killed_mid_call() {
+    let ip = require_rdma!();
+    let hub = fan_node(ip, "hub");
+    let workers: Vec<Node> = (1..=15).map(|i| fan_node(ip, &format!("w{i}"))).collect();
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", "child_process_for_the_fan_out_kill_test", "--include-ignored", "--nocapture"])
+        .env("PRAAS_RDMA_FAN_OUT_CHILD", ip.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the child process");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    // (libtest prints the test's name on the line of its first output.)
+    let (addr, rdma) = loop {
+        let line = lines.next().expect("the child talks").expect("utf-8");
+        if let Some((_, addrs)) = line.split_once("serving ") {
+            let (addr, rdma) = addrs.trim().split_once(' ').expect("two addresses");
+            break (addr.to_owned(), rdma.to_owned());
+        }
+    };
+    let mut peers: Vec<PeerInfo> = workers.iter().map(Node::info).collect();
+    peers.push(PeerInfo { id: "w16".into(), addr, rdma: Some(rdma), status: ProcessStatus::Allocated });
+    hub.process.peers().update(peers);
+    let others: Vec<&Process> = workers.iter().map(|w| &*w.process).collect();
+    let (dead, took) =
+        fan_out_with_one_killed(hub.server.local_addr(), "w16", &others, || child.kill().expect("kill the child"));
+    let status = child.wait().expect("reap the child");
+    assert!(!status.success(), "the child was killed");
+    assert!(dead.contains("at rdma://"), "the error names the RDMA address the call went to: {dead}");
+    eprintln!("rdma: fan-out of 16 with w16 killed mid-call answered in {took:?}: {dead}");
+    // The 16 answers of the first fan-out and the 15 of the second, all over RDMA.
+    Fabric::Rdma(ip).assert_calls(&hub, 16 + 15);
 }

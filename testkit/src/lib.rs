@@ -4,8 +4,9 @@
 //! for a condition with a deadline instead of sleeping ([`wait_until`], [`linux`]), fill a small
 //! filesystem for full-disk tests ([`disk`]), flood a process with connections ([`flood`]).
 //!
-//! Environment variables honoured: `PRAAS_EXAMPLE_FUNCTIONS` (the example library to use instead
-//! of building it, as in the SoftRoCE VM), `CARGO`, `CARGO_TARGET_DIR`, `CC`, `PRAAS_RDMA_ADDR`
+//! Environment variables honoured: `PRAAS_EXAMPLE_FUNCTIONS`, `PRAAS_C_FUNCTIONS` and
+//! `PRAAS_C_FUNCTIONS_V1` (the example libraries to use instead of building them, as in the
+//! SoftRoCE VM), `CARGO`, `CARGO_TARGET_DIR`, `CC`, `PRAAS_RDMA_ADDR`
 //! and `PRAAS_RDMA_REQUIRED` ([`rdma_test_addr`]).
 
 use std::path::{Path, PathBuf};
@@ -67,17 +68,28 @@ pub fn example_functions() -> PathBuf {
         .clone()
 }
 
-/// The example C functions (`ffi/examples/c_functions.c`) compiled with the system C compiler.
+/// The example C functions (`ffi/examples/c_functions.c`) compiled with the system C compiler
+/// (or the library `PRAAS_C_FUNCTIONS` names, where there is no compiler: the SoftRoCE VM).
 pub fn c_functions() -> PathBuf {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
-    LIBRARY.get_or_init(|| compile_c_functions("ffi/include", "")).clone()
+    LIBRARY.get_or_init(|| given_or_compiled("PRAAS_C_FUNCTIONS", "ffi/include", "")).clone()
 }
 
 /// The same example C functions compiled against the version-1 header of the C ABI
-/// (`ffi/tests/v1/praas.h`, kept as it was): a library built before remote invocations existed.
+/// (`ffi/tests/v1/praas.h`, kept as it was): a library built before remote invocations existed
+/// (or the library `PRAAS_C_FUNCTIONS_V1` names).
 pub fn c_functions_v1() -> PathBuf {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
-    LIBRARY.get_or_init(|| compile_c_functions("ffi/tests/v1", "-v1")).clone()
+    LIBRARY.get_or_init(|| given_or_compiled("PRAAS_C_FUNCTIONS_V1", "ffi/tests/v1", "-v1")).clone()
+}
+
+/// The library the environment variable `given` names, else `ffi/examples/c_functions.c`
+/// compiled against the header in `include`.
+fn given_or_compiled(given: &str, include: &str, suffix: &str) -> PathBuf {
+    match std::env::var_os(given) {
+        Some(lib) => PathBuf::from(lib),
+        None => compile_c_functions(include, suffix),
+    }
 }
 
 fn compile_c_functions(include: &str, suffix: &str) -> PathBuf {

@@ -322,3 +322,44 @@ impl Drop for ControlPlaneProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Invokes `function` on process `name` of `app` straight at its data-plane address, with the
+/// invocation deadline `deadline_ms`.
+pub fn invoke_on(
+    cp: &ControlPlaneProcess,
+    app: &str,
+    name: &str,
+    function: &str,
+    input: &str,
+    deadline_ms: u32,
+) -> Result<Vec<u8>, praas_dataplane::ClientError> {
+    let addr = cp.process(app, name).data_addr.expect("an ALLOCATED process has an address");
+    let options = praas_dataplane::ClientOptions {
+        timeout: Duration::from_secs(60),
+        invocation_timeout_ms: deadline_ms,
+        ..praas_dataplane::ClientOptions::default()
+    };
+    praas_dataplane::Client::connect_with(addr.as_str(), options)?.invoke(function, input.as_bytes())
+}
+
+/// [`invoke_on`] the caller's `remote_call` of `callee`'s `function`, again while the caller has
+/// not heard of `callee` yet (its first peer list comes on its own time after its registration).
+pub fn call_once_known(cp: &ControlPlaneProcess, app: &str, caller: &str, callee: &str, function: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match invoke_on(cp, app, caller, "remote_call", &format!("{callee} {function} "), 20_000) {
+            Err(praas_dataplane::ClientError::Remote { status: praas_dataplane::Status::NotFound, message })
+                if message.contains("unknown process") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
+/// Swaps process `name` of `app` out through the API.
+pub fn swap_out(cp: &ControlPlaneProcess, app: &str, name: &str) {
+    let record: ProcessRecord = cp.api.post(&routes::swap(app, name)).unwrap();
+    assert_eq!(record.status, ProcessStatus::SwappedOut);
+}

@@ -430,6 +430,32 @@ impl RdmaClient {
         self.check_alive().is_ok()
     }
 
+    /// Handles the completions that arrived (and the events of the completion channel) without
+    /// waiting: whether [`RdmaClient::recv_frame`] would return at once, with a frame or because
+    /// the connection broke.
+    pub(crate) fn frame_ready(&mut self) -> bool {
+        self.cq.take_events();
+        loop {
+            match self.poll_once() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(_) => return true,
+            }
+        }
+        !self.ready.is_empty() || self.check_alive().is_err()
+    }
+
+    /// Arms the completion queue and returns the completion channel's and the set-up socket's
+    /// descriptors, one of which becomes readable when something arrives (or the process closes
+    /// the connection); `None` if a completion arrived as it was armed (or the connection broke):
+    /// look at [`RdmaClient::frame_ready`] again.
+    pub(crate) fn wait_fds(&mut self) -> Option<[std::os::fd::RawFd; 2]> {
+        if self.cq.arm().is_err() || !matches!(self.poll_once(), Ok(false)) {
+            return None;
+        }
+        Some([self.channel.fd(), self.stream.as_raw_fd()])
+    }
+
     fn send_message(
         &mut self,
         op: Op,
@@ -755,6 +781,14 @@ impl praas_runtime::peer::RdmaLink for RdmaClient {
 
     fn alive(&mut self) -> bool {
         RdmaClient::alive(self)
+    }
+
+    fn frame_ready(&mut self) -> bool {
+        RdmaClient::frame_ready(self)
+    }
+
+    fn wait_fds(&mut self) -> Option<[std::os::fd::RawFd; 2]> {
+        RdmaClient::wait_fds(self)
     }
 }
 

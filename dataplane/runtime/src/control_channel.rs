@@ -136,6 +136,9 @@ pub struct MetricsReport {
     /// Messages this process delivered to its peers, by wire.
     #[serde(default)]
     pub messages_sent: crate::peer::DeliveryCounts,
+    /// Remote invocations this process made that their callees answered, by wire.
+    #[serde(default)]
+    pub remote_calls: crate::peer::DeliveryCounts,
     /// Messages put into its mailbox since it started.
     #[serde(default)]
     pub messages_received: u64,
@@ -248,6 +251,7 @@ fn counters(process: &Process, functions: Vec<FunctionReport>) -> MetricsReport 
         state_keys: process.state().len() as u64,
         state_bytes: process.state().value_bytes(),
         messages_sent: process.peers().delivered(),
+        remote_calls: process.peers().remote_calls(),
         messages_received,
         messages_got,
         mailbox_depth: process.mailbox().len() as u64,

@@ -209,6 +209,15 @@ pub trait RdmaLink: Send {
     fn recv_frame(&mut self) -> Result<OwnedFrame, LinkError>;
     /// Whether the connection still looks usable.
     fn alive(&mut self) -> bool;
+    /// Handles what has arrived without waiting (a large answer's grant goes out here too);
+    /// whether [`RdmaLink::recv_frame`] would return at once: a frame is there, or the
+    /// connection broke.
+    fn frame_ready(&mut self) -> bool;
+    /// Arms the link's wake-up and returns the descriptors that become readable when something
+    /// arrives for it (its completion channel and its set-up socket), to wait on together with
+    /// others (`remote::wait_any`); `None` if something arrived meanwhile: ask
+    /// [`RdmaLink::frame_ready`] again.
+    fn wait_fds(&mut self) -> Option<[std::os::fd::RawFd; 2]>;
 }
 
 /// Why an RDMA link failed.
@@ -256,20 +265,52 @@ pub enum PeerWire {
     Rdma,
 }
 
-/// Messages delivered by this process's puts, by wire.
+/// Exchanges with peers by wire: the messages this process's puts delivered
+/// ([`PeerDirectory::delivered`]), or the remote invocations its callees answered
+/// ([`PeerDirectory::remote_calls`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryCounts {
-    /// Delivered over TCP.
+    /// Over TCP.
     pub tcp: u64,
-    /// Delivered over RDMA.
+    /// Over RDMA.
     pub rdma: u64,
 }
 
+/// A [`DeliveryCounts`] being counted.
+#[derive(Debug, Default)]
+struct WireCounters {
+    tcp: AtomicU64,
+    rdma: AtomicU64,
+}
+
+impl WireCounters {
+    fn add(&self, wire: PeerWire) {
+        match wire {
+            PeerWire::Tcp => self.tcp.fetch_add(1, Ordering::Relaxed),
+            PeerWire::Rdma => self.rdma.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    fn get(&self) -> DeliveryCounts {
+        DeliveryCounts { tcp: self.tcp.load(Ordering::Relaxed), rdma: self.rdma.load(Ordering::Relaxed) }
+    }
+}
+
 pub(crate) struct Peer {
-    pub(crate) addr: String,
+    addr: String,
     rdma: Option<String>,
     /// Authenticated connections not in use.
     idle: Mutex<Vec<PeerConnection>>,
+}
+
+impl Peer {
+    /// Its address on `wire`, as errors name it: `host:port`, or `rdma://host:port`.
+    pub(crate) fn addr_of(&self, wire: PeerWire) -> String {
+        match (wire, &self.rdma) {
+            (PeerWire::Rdma, Some(rdma)) => format!("rdma://{rdma}"),
+            _ => self.addr.clone(),
+        }
+    }
 }
 
 struct Entry {
@@ -289,8 +330,9 @@ pub struct PeerDirectory {
     /// The RDMA device this process serves on: set, puts to peers that serve RDMA use it.
     /// The RDMA device and the dialer puts to peers that serve RDMA use, once enabled.
     rdma: std::sync::OnceLock<(String, Arc<dyn RdmaDialer>)>,
-    delivered_tcp: AtomicU64,
-    delivered_rdma: AtomicU64,
+    delivered: WireCounters,
+    /// Remote invocations answered (successfully or not) by the callee (`crate::remote`).
+    remote_calls: WireCounters,
 }
 
 impl std::fmt::Debug for PeerDirectory {
@@ -426,11 +468,32 @@ impl Wire {
         }
     }
 
-    /// The socket of a TCP wire, for waiting on several at once (`None` for RDMA).
-    pub(crate) fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+    /// Whether an RDMA link's next frame (or its failure) is there already, after handling what
+    /// arrived without waiting; `false` for TCP, whose socket [`Wire::wait_fds`] gives to wait on.
+    pub(crate) fn frame_ready(&mut self) -> bool {
         match self {
-            Self::Tcp(tcp) => Some(tcp.stream.as_raw_fd()),
-            Self::Rdma(_) => None,
+            Self::Tcp(_) => false,
+            Self::Rdma(link) => link.frame_ready(),
+        }
+    }
+
+    /// Adds to `fds` the descriptors that become readable when the next frame arrives, for
+    /// waiting on several wires at once: a TCP socket, or an RDMA link's completion channel and
+    /// set-up socket (its wake-up armed). `false` (nothing added) if something arrived on the
+    /// RDMA link meanwhile: look at [`Wire::frame_ready`] again.
+    pub(crate) fn wait_fds(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
+        match self {
+            Self::Tcp(tcp) => {
+                fds.push(tcp.stream.as_raw_fd());
+                true
+            }
+            Self::Rdma(link) => match link.wait_fds() {
+                Some(link_fds) => {
+                    fds.extend(link_fds);
+                    true
+                }
+                None => false,
+            },
         }
     }
 }
@@ -570,8 +633,8 @@ impl PeerDirectory {
             mailbox,
             peers: RwLock::new(HashMap::new()),
             rdma: std::sync::OnceLock::new(),
-            delivered_tcp: AtomicU64::new(0),
-            delivered_rdma: AtomicU64::new(0),
+            delivered: WireCounters::default(),
+            remote_calls: WireCounters::default(),
         }
     }
 
@@ -589,10 +652,19 @@ impl PeerDirectory {
 
     /// Messages this process's puts delivered to peers so far, by wire.
     pub fn delivered(&self) -> DeliveryCounts {
-        DeliveryCounts {
-            tcp: self.delivered_tcp.load(Ordering::Relaxed),
-            rdma: self.delivered_rdma.load(Ordering::Relaxed),
-        }
+        self.delivered.get()
+    }
+
+    /// Remote invocations this process made that their callees answered so far (with an
+    /// output or an error), by wire; calls that timed out or whose connection failed are not
+    /// counted.
+    pub fn remote_calls(&self) -> DeliveryCounts {
+        self.remote_calls.get()
+    }
+
+    /// Counts a remote invocation answered over `wire` (`crate::remote`).
+    pub(crate) fn count_remote_call(&self, wire: PeerWire) {
+        self.remote_calls.add(wire);
     }
 
     /// Replaces the peers with those the control plane announced. Connections to a peer whose
@@ -685,8 +757,6 @@ impl PeerDirectory {
         let started = Instant::now();
         let deadline = started.checked_add(timeout).unwrap_or_else(|| started + DEFAULT_PUT_TIMEOUT);
         let timeout_error = || PeerError::Timeout { dest: dest.to_owned(), timeout };
-        let unreachable =
-            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: peer.addr.clone(), source };
         let reused = loop {
             let candidate = peer.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
@@ -702,6 +772,9 @@ impl PeerDirectory {
             Some(conn) => conn,
             None => self.open(dest, &peer, secret, deadline)?,
         };
+        let addr = peer.addr_of(conn.wire.kind());
+        let unreachable =
+            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.clone(), source };
         let id = conn.next_id;
         conn.next_id += 1;
         let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };
@@ -734,10 +807,7 @@ impl PeerDirectory {
             let message = String::from_utf8_lossy(&ack.meta).into_owned();
             return Err(PeerError::Refused { dest: dest.to_owned(), status, message });
         }
-        match wire {
-            PeerWire::Tcp => self.delivered_tcp.fetch_add(1, Ordering::Relaxed),
-            PeerWire::Rdma => self.delivered_rdma.fetch_add(1, Ordering::Relaxed),
-        };
+        self.delivered.add(wire);
         Ok(())
     }
 

@@ -261,6 +261,11 @@ impl RemoteCall {
         &self.dest
     }
 
+    /// Whether the call goes over RDMA (else TCP).
+    fn is_rdma(&self) -> bool {
+        self.conn.wire.kind() == crate::peer::PeerWire::Rdma
+    }
+
     /// Reads the answer (by the call's deadline) and returns the output; the connection is kept
     /// for the next exchange if it is in step, closed otherwise.
     pub fn wait(mut self, peers: &PeerDirectory) -> Result<Vec<u8>, RemoteError> {
@@ -276,6 +281,7 @@ impl RemoteCall {
             return Err(self.wire_error(err));
         };
         let RemoteCall { dest, function, peer, conn, .. } = self;
+        peers.count_remote_call(conn.wire.kind());
         peers.keep(&peer, conn);
         match answer {
             Ok(()) => Ok(frame.payload),
@@ -285,11 +291,12 @@ impl RemoteCall {
 
     /// The error for `err` on the call's connection (which is dropped: closed).
     fn wire_error(self, err: crate::peer::WireError) -> RemoteError {
-        let RemoteCall { dest, function, peer, started, deadline, .. } = self;
+        let RemoteCall { dest, function, peer, conn, started, deadline, .. } = self;
         match err {
             crate::peer::WireError::Timeout => RemoteError::Timeout { dest, function, timeout: deadline - started },
             source => {
-                let source = PeerError::Unreachable { dest: dest.clone(), addr: peer.addr.clone(), source };
+                let addr = peer.addr_of(conn.wire.kind());
+                let source = PeerError::Unreachable { dest: dest.clone(), addr, source };
                 RemoteError::Connection { dest, function, source: Box::new(source) }
             }
         }
@@ -297,25 +304,19 @@ impl RemoteCall {
 }
 
 /// Waits until one of `calls` has its answer (or fails), removes it from `calls` and returns its
-/// index there and its result; `None` if `calls` is empty. TCP calls are waited for together
-/// (one `poll` over their sockets); an RDMA call is waited for in turn, first.
+/// index there and its result; `None` if `calls` is empty. The calls are waited for together,
+/// whatever their wire: one `poll` over the TCP sockets and the RDMA links' completion channels
+/// and set-up sockets, so the first answer to arrive is the first returned.
 pub fn wait_any(calls: &mut Vec<RemoteCall>, peers: &PeerDirectory) -> Option<(usize, Result<Vec<u8>, RemoteError>)> {
     if calls.is_empty() {
         return None;
     }
-    let ready = loop {
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(calls.len());
-        let mut rdma = None;
-        for (index, call) in calls.iter().enumerate() {
-            match call.conn.wire.tcp_fd() {
-                Some(fd) => fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 }),
-                None => {
-                    rdma = Some(index);
-                    break;
-                }
-            }
-        }
-        if let Some(index) = rdma {
+    let mut fds: Vec<std::os::fd::RawFd> = Vec::with_capacity(2 * calls.len());
+    // The call each descriptor in `fds` is of.
+    let mut owners: Vec<usize> = Vec::with_capacity(2 * calls.len());
+    let ready = 'ready: loop {
+        // An RDMA call whose answer arrived (or whose link broke) is taken first.
+        if let Some(index) = calls.iter_mut().position(|c| c.conn.wire.frame_ready()) {
             break index;
         }
         let now = Instant::now();
@@ -324,18 +325,31 @@ pub fn wait_any(calls: &mut Vec<RemoteCall>, peers: &PeerDirectory) -> Option<(u
             // The first call past its deadline: its wait says Timeout at once.
             break calls.iter().position(|c| c.deadline <= now).unwrap_or(0);
         }
+        fds.clear();
+        owners.clear();
+        for (index, call) in calls.iter_mut().enumerate() {
+            if !call.conn.wire.wait_fds(&mut fds) {
+                // Something arrived on that RDMA link as it was armed: look again.
+                continue 'ready;
+            }
+            owners.resize(fds.len(), index);
+        }
+        let mut polled: Vec<libc::pollfd> =
+            fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
         let wait_ms = earliest.saturating_duration_since(now).as_nanos().div_ceil(1_000_000);
         let wait_ms = i32::try_from(wait_ms).unwrap_or(i32::MAX);
-        // `fds` holds one pollfd per call (all TCP here), in the order of `calls`.
-        let nfds = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
-        // SAFETY: `fds` is a live, writable array of `nfds` pollfd structs for the whole call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), nfds, wait_ms) };
+        let nfds = libc::nfds_t::try_from(polled.len()).unwrap_or(libc::nfds_t::MAX);
+        // SAFETY: `polled` is a live, writable array of `nfds` pollfd structs for the whole call.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), nfds, wait_ms) };
         if n > 0 {
-            if let Some(index) = fds.iter().position(|p| p.revents != 0) {
-                break index;
+            // A TCP call with bytes (or a close) is read now; an RDMA link that woke up is
+            // looked at by `frame_ready` at the top (it may have been a grant, not the answer).
+            let tcp = polled.iter().zip(&owners).find(|(p, index)| p.revents != 0 && !calls[**index].is_rdma());
+            if let Some((_, index)) = tcp {
+                break *index;
             }
         }
-        // n == 0 (a deadline came: looked at above), EINTR, or spurious: look again.
+        // n == 0 (a deadline came: looked at above), an RDMA wake-up, EINTR, or spurious: look again.
     };
     let call = calls.remove(ready);
     Some((ready, call.wait(peers)))
