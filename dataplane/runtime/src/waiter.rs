@@ -231,4 +231,50 @@ mod tests {
         std::io::Write::write_all(&mut b, b"y").unwrap();
         assert!(!waiter.wait(Duration::ZERO, |_| panic!("unwatched")).unwrap());
     }
+
+    #[test]
+    fn input_wakes_a_waiting_waiter_and_not_the_registration_behind_it_else_that_one() {
+        // The I/O thread's registration, added after the waiter's (as a transport requeues it).
+        let waiter = Arc::new(Waiter::new().unwrap());
+        let behind = Waiter::new().unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        waiter.watch(a.as_raw_fd(), 1).unwrap();
+        behind.watch(a.as_raw_fd(), 2).unwrap();
+        // Nobody waits: the input reaches the registration behind (the I/O thread).
+        std::io::Write::write_all(&mut b, b"x").unwrap();
+        let mut seen = Vec::new();
+        assert!(behind.wait(Duration::from_secs(5), |t| seen.push(t)).unwrap());
+        assert_eq!(seen, [2]);
+        // Drain the waiter's stale event and the input.
+        waiter.wait(Duration::ZERO, |_| {}).unwrap();
+        let mut byte = [0u8; 8];
+        assert_eq!(std::io::Read::read(&mut &a, &mut byte).unwrap(), 1);
+        // A thread waits in the waiter: the next input wakes it, and nothing reaches behind.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = {
+            let waiter = Arc::clone(&waiter);
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                // SAFETY: gettid takes nothing and returns this thread's id.
+                tx.send(unsafe { libc::gettid() }).unwrap();
+                waiter.wait(Duration::from_secs(10), |t| seen.push(t)).unwrap();
+                seen
+            })
+        };
+        let tid = rx.recv().unwrap();
+        // Until the thread is in epoll_wait: its wait-queue entry is what the kernel looks for.
+        let started = std::time::Instant::now();
+        while !in_epoll_wait(tid) {
+            assert!(started.elapsed() < Duration::from_secs(10), "the thread never waited");
+            std::thread::yield_now();
+        }
+        std::io::Write::write_all(&mut b, b"y").unwrap();
+        assert_eq!(waiting.join().unwrap(), [1]);
+        assert!(!behind.wait(Duration::ZERO, |_| panic!("the waiting waiter took it")).unwrap());
+    }
+
+    /// Whether thread `tid` of this process sleeps in epoll_wait (its kernel wait channel).
+    fn in_epoll_wait(tid: libc::pid_t) -> bool {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/wchan")).is_ok_and(|w| w.contains("epoll"))
+    }
 }

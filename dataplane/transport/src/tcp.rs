@@ -222,6 +222,8 @@ enum After {
     Retry(Instant),
     /// Paused on the buffer pool.
     Starved,
+    /// It proved a process identity: adopt it into the inbox.
+    Adopt,
 }
 
 /// The peer connections of one transport that waiting gets read ([`Inbound`]).
@@ -593,6 +595,7 @@ impl EventLoop {
         let now = Instant::now();
         let limits = self.process.config().connection_limits;
         self.next_sweep = now + limits.sweep_interval();
+        let mut unread = Vec::new();
         let expired: Vec<(Token, Expiry)> = self
             .connections
             .iter()
@@ -601,9 +604,15 @@ impl EventLoop {
                 if conn.state != ReadState::Open {
                     return None;
                 }
+                if conn.adopted && conn.unread() {
+                    unread.push(*token);
+                }
                 conn.activity.expired(now, &limits, conn.busy()).map(|e| (*token, e))
             })
             .collect();
+        for token in unread {
+            self.drive(token);
+        }
         for (token, expiry) in expired {
             if let Some(refusal) = expiry.refusal(&limits) {
                 if let Some(slot) = self.connections.get(&token) {
@@ -639,17 +648,13 @@ impl EventLoop {
                 self.retry.push((self.now + STARVED_FALLBACK, token));
             }
             After::Keep => {}
-        }
-        let Some(inbox) = &self.inbox else { return };
-        let mut conn = slot.turn.lock();
-        if conn.adopted || conn.state != ReadState::Open || conn.peer.identity().is_none() {
-            return;
-        }
-        conn.adopted = true;
-        drop(conn);
-        if let Err(err) = inbox.adopt(&self.process, slot) {
-            // Read by this loop alone, as any connection (a waiter may watch it, harmlessly).
-            tracing::warn!("waiting gets will not read a peer connection: {err}");
+            After::Adopt => {
+                let Some(inbox) = &self.inbox else { return };
+                if let Err(err) = inbox.adopt(&self.process, slot) {
+                    // Read by this loop alone, as any connection (a waiter may watch it, harmlessly).
+                    tracing::warn!("waiting gets will not read a peer connection: {err}");
+                }
+            }
         }
     }
 
@@ -692,9 +697,30 @@ impl Connection {
             After::Retry(until)
         } else if self.paused && !self.blocked_by_peer(options) {
             After::Starved
+        } else if !self.adopted && self.state == ReadState::Open && self.peer.identity().is_some() {
+            self.adopted = true;
+            After::Adopt
         } else {
             After::Keep
         }
+    }
+
+    /// Whether an adopted connection has input nobody was told of: the peer's FIN that came
+    /// with its last bytes (an exclusive registration cannot ask for EPOLLRDHUP, so the short
+    /// read of those bytes did not show it). One non-blocking peek, from the sweep.
+    fn unread(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into the local it is given; MSG_PEEK leaves the
+        // input where it is, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.shared.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n >= 0
     }
 
     /// Reads and serves the `Message` frames that arrived, for a waiting get; returns whether
@@ -820,11 +846,10 @@ impl Connection {
                 chunk.set_len(filled + n);
                 self.activity.received(now);
                 // A short read drained the socket (edge-triggered): decode, then wait for the
-                // next event instead of paying a read that only says EAGAIN. Not for the I/O
-                // thread on an adopted connection: its exclusive registration cannot ask for
-                // EPOLLRDHUP, so a FIN that came with the last bytes is seen only by reading on
-                // (a get may stop short: the FIN's wake-up reaches every watcher, this loop too).
-                if n < room && !self.hup && (!self.adopted || reader == Reader::Get) {
+                // next event instead of paying a read that only says EAGAIN. (On an adopted
+                // connection a FIN that came with the last bytes goes unseen by this read: the
+                // sweep looks for it, [`Connection::unread`].)
+                if n < room && !self.hup {
                     match self.decode_buffered(process, reader) {
                         Ok(Decode::PoolSpent) => {
                             self.paused = true;
