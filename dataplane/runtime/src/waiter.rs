@@ -23,7 +23,7 @@ use std::time::Duration;
 /// The token of a waiter's own eventfd in its epoll instance.
 const WAKE: u64 = u64::MAX;
 /// Events one `epoll_wait` returns at most.
-const EVENTS: usize = 16;
+const EVENTS: libc::c_int = 16;
 
 /// One waiting get's epoll instance and wake-up eventfd; pooled by the mailbox, used by one
 /// thread at a time.
@@ -95,10 +95,10 @@ impl Waiter {
     /// Waits up to `timeout` for a connection event or a wake-up; calls `ready` with the token of
     /// every connection that has input. Returns whether anything happened (false: the timeout).
     pub fn wait(&self, timeout: Duration, mut ready: impl FnMut(u64)) -> io::Result<bool> {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-        let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS as usize];
+        let millis = libc::c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
         // SAFETY: the kernel writes at most EVENTS entries into the local array it is given.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS as libc::c_int, millis) };
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), EVENTS, millis) };
         if n < 0 {
             let err = io::Error::last_os_error();
             return if err.kind() == io::ErrorKind::Interrupted { Ok(true) } else { Err(err) };

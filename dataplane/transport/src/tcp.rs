@@ -638,7 +638,7 @@ impl EventLoop {
     fn after(&mut self, slot: &Arc<Slot>, after: After) {
         let token = slot.token;
         match after {
-            After::Remove => return self.remove(token),
+            After::Remove => self.remove(token),
             After::Retry(at) => self.retry.push((at, token)),
             After::Starved => {
                 // Paused on the buffer pool: it says when a buffer comes back (the fallback timer
