@@ -177,6 +177,21 @@ impl Raw {
         (header, meta, payload)
     }
 
+    /// A connection to `node` that proved, by hand, to be process `me` of the application.
+    fn authenticated(node: &Node, me: &str) -> Self {
+        let mut raw = Raw::connect(node);
+        let who = format!("{APP}/{me}");
+        let nonce_a = auth::nonce();
+        raw.send(MessageKind::Hello, 1, who.as_bytes(), &nonce_a);
+        let (_, _, payload) = raw.recv();
+        let (nonce_b, proof_b) = payload.split_at(auth::NONCE_LEN);
+        assert!(auth::verify(SECRET, &[&b"praas-server"[..], &nonce_a].concat(), APP, node.process.id(), proof_b));
+        let proof = auth::proof(SECRET, &[&b"praas-client"[..], nonce_b].concat(), APP, me);
+        raw.send(MessageKind::Hello, 2, who.as_bytes(), &proof);
+        assert_eq!(raw.recv().0.status, 0);
+        raw
+    }
+
     /// Whether the process closed the connection (reads end, or it reset the connection because
     /// bytes came after it closed) instead of serving on.
     fn closed(&mut self) -> bool {
@@ -222,15 +237,7 @@ fn the_accepting_side_refuses_bad_proofs_and_unauthenticated_messages(kind: Tran
     assert!(raw.closed());
 
     // With the right secret, by hand, it works; ordinary invocations on the same port need no Hello.
-    let mut raw = Raw::connect(node);
-    let nonce_a = auth::nonce();
-    raw.send(MessageKind::Hello, 1, format!("{APP}/d0").as_bytes(), &nonce_a);
-    let (_, _, payload) = raw.recv();
-    let (nonce_b, proof_b) = payload.split_at(auth::NONCE_LEN);
-    assert!(auth::verify(SECRET, &[&b"praas-server"[..], &nonce_a].concat(), APP, "d1", proof_b));
-    let proof = auth::proof(SECRET, &[&b"praas-client"[..], nonce_b].concat(), APP, "d0");
-    raw.send(MessageKind::Hello, 2, format!("{APP}/d0").as_bytes(), &proof);
-    assert_eq!(raw.recv().0.status, 0);
+    let mut raw = Raw::authenticated(node, "d0");
     raw.send(MessageKind::Message, 9, b"k", b"by hand");
     let (header, _, _) = raw.recv();
     assert_eq!((header.kind, header.id, header.status), (MessageKind::MessageAck, 9, 0));
@@ -501,6 +508,162 @@ fn functions_put_and_get_through_the_abi_in_rust_and_c(kind: TransportKind) {
     assert_eq!(left, HashSet::from([0]));
 }
 
+/// Starts `get` on a thread of its own and returns once that thread sleeps in it (on mio: in the
+/// epoll_wait of a get that reads its own frames; elsewhere on the mailbox's condition variable).
+fn waiting_get<T: Send + 'static>(
+    kind: TransportKind,
+    get: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let getter = thread::spawn(move || {
+        tid_tx.send(linux::current_tid()).unwrap();
+        get()
+    });
+    let (pid, tid) = (std::process::id(), tid_rx.recv().unwrap());
+    wait_until(LONG, "the get to wait", || {
+        let asleep = linux::thread_state(pid, tid) == Some('S');
+        asleep && (kind != TransportKind::Mio || linux::wait_channel(pid, tid).is_some_and(|w| w.contains("epoll")))
+    });
+    getter
+}
+
+fn a_waiting_get_receives_its_frames_itself_in_order_and_byte_exact(kind: TransportKind) {
+    let nodes = cluster(kind, &["w0", "w1"]);
+    let (sender, receiver) = (Arc::clone(&nodes[0].process), Arc::clone(&nodes[1].process));
+    // The connection is opened and adopted by a first put.
+    sender.peers().put("w1", "warm", b"", LONG).unwrap();
+    assert_eq!(receiver.mailbox().get(Some("w0"), "warm", Duration::ZERO).unwrap().1, b"");
+    // 0 B to 16 MiB: larger than a read chunk (256 KiB) comes in many reads.
+    let sizes = [0usize, 1, 8, 1000, 64 << 10, 300 << 10, 16 << 20];
+    for (n, &size) in sizes.iter().enumerate() {
+        let before = receiver.mailbox().received_by_gets();
+        let getter = {
+            let receiver = Arc::clone(&receiver);
+            waiting_get(kind, move || receiver.mailbox().get(Some("w0"), "sized", LONG))
+        };
+        let data = praas_testkit::pattern(size, n as u64);
+        sender.peers().put("w1", "sized", &data, LONG).unwrap();
+        let (from, got) = getter.join().unwrap().unwrap();
+        assert_eq!(from, "w0");
+        assert!(got == data, "message {n} of {size} bytes arrived changed");
+        if kind == TransportKind::Mio && size <= 1000 {
+            // A frame that fits one read arrives whole while the get sleeps: the get, not the
+            // I/O thread, is woken for it and stores it.
+            assert_eq!(receiver.mailbox().received_by_gets(), before + 1, "{size} B were read by the I/O thread");
+        }
+    }
+    // FIFO per (source, key) while a get waits on a stream of puts.
+    let getter = {
+        let receiver = Arc::clone(&receiver);
+        waiting_get(kind, move || {
+            (0..200).map(|_| receiver.mailbox().get(Some("w0"), "fifo", LONG).unwrap().1).collect::<Vec<_>>()
+        })
+    };
+    for i in 0..200u32 {
+        sender.peers().put("w1", "fifo", &i.to_le_bytes(), LONG).unwrap();
+    }
+    let got: Vec<Vec<u8>> = getter.join().unwrap();
+    assert_eq!(got, (0..200u32).map(|i| i.to_le_bytes().to_vec()).collect::<Vec<_>>());
+    assert!(receiver.mailbox().is_empty());
+}
+
+fn concurrent_waiting_gets_on_several_keys_each_take_their_own(kind: TransportKind) {
+    let nodes = cluster(kind, &["x0", "x1"]);
+    let (sender, receiver) = (Arc::clone(&nodes[0].process), Arc::clone(&nodes[1].process));
+    sender.peers().put("x1", "warm", b"", LONG).unwrap();
+    const PER_KEY: u32 = 50;
+    let getters: Vec<_> = (0..4)
+        .map(|k| {
+            let receiver = Arc::clone(&receiver);
+            waiting_get(kind, move || {
+                let key = format!("key{k}");
+                (0..PER_KEY).map(|_| receiver.mailbox().get(Some("x0"), &key, LONG).unwrap().1).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Keys interleaved, in reverse order of the getters: each frame wakes whichever get waits,
+    // which stores it for the get it is meant for.
+    for i in 0..PER_KEY {
+        for k in (0..4).rev() {
+            sender.peers().put("x1", &format!("key{k}"), format!("{k}:{i}").as_bytes(), LONG).unwrap();
+        }
+    }
+    for (k, getter) in getters.into_iter().enumerate() {
+        let want: Vec<Vec<u8>> = (0..PER_KEY).map(|i| format!("{k}:{i}").into_bytes()).collect();
+        assert_eq!(getter.join().unwrap(), want, "key{k}");
+    }
+    assert_eq!(receiver.mailbox().len(), 1, "only the warm-up message is left");
+}
+
+fn a_get_that_times_out_mid_frame_or_sees_its_peer_die_leaves_the_connection_consistent(kind: TransportKind) {
+    let nodes = cluster(kind, &["y0", "y1"]);
+    let node = &nodes[1];
+    let mut raw = Raw::authenticated(node, "y0");
+    // Half a frame arrives while a get waits; the get times out; the rest completes the frame
+    // for the next reader, byte-exact, and it is acknowledged.
+    let data = praas_testkit::pattern(1 << 20, 7);
+    let mut frame = Vec::new();
+    let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id: 41, timeout_ms: 0, payload_len: 0 };
+    encode_frame(&mut frame, header, b"half", &data).unwrap();
+    let getter = {
+        let process = Arc::clone(&node.process);
+        waiting_get(kind, move || process.mailbox().get(Some("y0"), "half", Duration::from_millis(300)))
+    };
+    let (first, rest) = frame.split_at(frame.len() / 2);
+    raw.0.write_all(first).unwrap();
+    let err = getter.join().unwrap().unwrap_err();
+    assert!(matches!(err, MailboxError::Timeout { .. }), "{err}");
+    raw.0.write_all(rest).unwrap();
+    let (header, _, _) = raw.recv();
+    assert_eq!((header.kind, header.id, header.status), (MessageKind::MessageAck, 41, 0));
+    assert!(node.process.mailbox().get(Some("y0"), "half", Duration::ZERO).unwrap().1 == data);
+
+    // The peer dies in the middle of a frame while a get waits: nothing is stored, the get
+    // times out, the connection is closed, and messages from the other peer still arrive.
+    let getter = {
+        let process = Arc::clone(&node.process);
+        waiting_get(kind, move || process.mailbox().get(Some("y0"), "dead", Duration::from_millis(300)))
+    };
+    let mut frame = Vec::new();
+    let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id: 42, timeout_ms: 0, payload_len: 0 };
+    encode_frame(&mut frame, header, b"dead", &data).unwrap();
+    raw.0.write_all(&frame[..frame.len() / 3]).unwrap();
+    drop(raw);
+    assert!(matches!(getter.join().unwrap().unwrap_err(), MailboxError::Timeout { .. }));
+    assert!(node.process.mailbox().is_empty());
+    wait_until(LONG, "the dead peer's connection to close", || node.process.connections().open() == 0);
+    let getter = {
+        let process = Arc::clone(&node.process);
+        waiting_get(kind, move || process.mailbox().get(Some("y0"), "alive", LONG))
+    };
+    nodes[0].process.peers().put("y1", "alive", b"still here", LONG).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap().1, b"still here");
+}
+
+fn a_swap_pause_while_a_get_waits_refuses_puts_until_resumed(kind: TransportKind) {
+    let nodes = cluster(kind, &["z0", "z1"]);
+    let (sender, receiver) = (Arc::clone(&nodes[0].process), Arc::clone(&nodes[1].process));
+    sender.peers().put("z1", "warm", b"", LONG).unwrap();
+    let getter = {
+        let receiver = Arc::clone(&receiver);
+        waiting_get(kind, move || receiver.mailbox().get(Some("z0"), "k", LONG))
+    };
+    receiver.mailbox().pause();
+    // The waiting get reads the frame and refuses it, as the I/O thread would.
+    let err = sender.peers().put("z1", "k", b"during the pause", LONG).unwrap_err();
+    assert_eq!(err.status(), Status::Overloaded, "{err}");
+    assert!(err.to_string().contains("swapping out"), "{err}");
+    assert!(!getter.is_finished());
+    receiver.mailbox().resume();
+    sender.peers().put("z1", "k", b"after", LONG).unwrap();
+    assert_eq!(getter.join().unwrap().unwrap().1, b"after");
+    assert_eq!(receiver.mailbox().snapshot(), {
+        let only_warm = Mailbox::new();
+        only_warm.put("z0", "warm", Vec::new()).unwrap();
+        only_warm.snapshot()
+    });
+}
+
 on_both_transports!(
     ten_thousand_messages_go_around_a_ring_in_order_per_key,
     same_key_is_queued_not_dropped_and_put_returns_once_stored,
@@ -513,4 +676,8 @@ on_both_transports!(
     functions_put_and_get_through_the_abi_in_rust_and_c,
     undelivered_messages_survive_a_swap_through_the_store,
     a_get_never_waits_past_the_invocations_deadline,
+    a_waiting_get_receives_its_frames_itself_in_order_and_byte_exact,
+    concurrent_waiting_gets_on_several_keys_each_take_their_own,
+    a_get_that_times_out_mid_frame_or_sees_its_peer_die_leaves_the_connection_consistent,
+    a_swap_pause_while_a_get_waits_refuses_puts_until_resumed,
 );

@@ -105,6 +105,13 @@ pub fn thread_state(pid: u32, tid: u32) -> Option<char> {
     stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
+/// The kernel function thread `tid` of process `pid` sleeps in (`/proc/PID/task/TID/wchan`,
+/// e.g. `do_epoll_wait`, `futex_wait_queue`; `0` while it runs), or `None` if there is no such
+/// thread.
+pub fn wait_channel(pid: u32, tid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/wchan")).ok()
+}
+
 /// The id of the calling thread.
 pub fn current_tid() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.

@@ -30,3 +30,4 @@ pub mod state;
 pub mod stats;
 pub mod swap;
 pub mod swap_in;
+pub mod waiter;

@@ -28,9 +28,13 @@
 //! Decoding checks every length against the bytes left before using it, and accepts nothing after
 //! the last record: an encoding decodes to exactly one mailbox and encodes back to the same bytes.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
+
+use crate::waiter::{Inbound, Waiter};
 
 use thiserror::Error;
 
@@ -136,6 +140,9 @@ struct Inner {
     /// Gets waiting for a message now: a put wakes them only when there is one (a wake-up
     /// nobody waits for is still a `futex` system call on the receiving I/O thread).
     waiting: usize,
+    /// Gets waiting now that read the transport's peer connections themselves ([`crate::waiter`]):
+    /// a put by another thread wakes them with their eventfd.
+    leading: Vec<Arc<Waiter>>,
 }
 
 impl Inner {
@@ -182,6 +189,48 @@ pub struct Mailbox {
     inner: Mutex<Inner>,
     arrived: Condvar,
     capacity: usize,
+    /// The transport whose peer connections waiting gets read themselves, if one takes part.
+    inbound: RwLock<Option<Arc<dyn Inbound>>>,
+    /// Every waiter made (each watches every adopted peer connection); held while a connection
+    /// is adopted or a waiter enlisted, so that none misses the other.
+    waiters: Mutex<Vec<Arc<Waiter>>>,
+    /// Waiters not in use by a get.
+    idle: Mutex<Vec<Arc<Waiter>>>,
+    /// Messages stored by a get that read their frame itself.
+    received_by_gets: AtomicU64,
+}
+
+thread_local! {
+    /// The waiter this thread serves connections for now (its own puts need not wake it).
+    static SERVING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks this thread as serving for `waiter` until dropped.
+struct Serving;
+
+impl Serving {
+    fn enter(waiter: &Arc<Waiter>) -> Self {
+        SERVING.with(|s| s.set(Arc::as_ptr(waiter) as usize));
+        Serving
+    }
+
+    fn current() -> usize {
+        SERVING.with(Cell::get)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.with(|s| s.set(0));
+    }
+}
+
+/// Wakes the waiters of `woken` (after the mailbox lock is let go: a woken thread that takes the
+/// CPU at once must not find the lock held).
+fn wake_all(woken: Vec<Arc<Waiter>>) {
+    for waiter in woken {
+        waiter.wake();
+    }
 }
 
 impl Default for Mailbox {
@@ -209,7 +258,76 @@ impl Mailbox {
 
     /// An empty mailbox holding up to `capacity` bytes of messages.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { inner: Mutex::new(Inner::default()), arrived: Condvar::new(), capacity }
+        Self {
+            inner: Mutex::new(Inner::default()),
+            arrived: Condvar::new(),
+            capacity,
+            inbound: RwLock::new(None),
+            waiters: Mutex::new(Vec::new()),
+            idle: Mutex::new(Vec::new()),
+            received_by_gets: AtomicU64::new(0),
+        }
+    }
+
+    /// Lets waiting gets read the peer connections of `inbound` themselves (a transport calls
+    /// it when it starts; `None` when it stops). A mailbox takes one transport: a second is
+    /// refused (returns false) and its connections are read by its I/O thread alone.
+    pub fn set_inbound(&self, inbound: Option<Arc<dyn Inbound>>) -> bool {
+        let mut slot = self.inbound.write().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() && inbound.is_some() {
+            return false;
+        }
+        *slot = inbound;
+        true
+    }
+
+    /// Runs `f` with every waiter made so far, holding the lock under which new waiters enlist:
+    /// a transport adopts a peer connection in it (watching it with each of them).
+    pub fn with_waiters<R>(&self, f: impl FnOnce(&[Arc<Waiter>]) -> R) -> R {
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        f(&waiters)
+    }
+
+    /// Messages stored by a waiting get that received their frame itself (not by the I/O thread).
+    pub fn received_by_gets(&self) -> u64 {
+        self.received_by_gets.load(Ordering::Relaxed)
+    }
+
+    /// Whether the calling thread is a waiting get serving connections (the transport reads
+    /// differently for it).
+    pub fn serving_get() -> bool {
+        Serving::current() != 0
+    }
+
+    /// The waiters to wake for a message stored now (all leading gets but the calling thread's).
+    fn to_wake(inner: &Inner) -> Vec<Arc<Waiter>> {
+        if inner.leading.is_empty() {
+            return Vec::new();
+        }
+        let me = Serving::current();
+        inner.leading.iter().filter(|w| Arc::as_ptr(w) as usize != me).cloned().collect()
+    }
+
+    /// A waiter for a get, from the pool or new (enlisted with `inbound`); `None` if none can be
+    /// made (out of descriptors): the get waits on the condition variable then.
+    fn waiter(&self, inbound: &dyn Inbound) -> Option<Arc<Waiter>> {
+        if let Some(waiter) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(waiter);
+        }
+        let waiter = match Waiter::new() {
+            Ok(waiter) => Arc::new(waiter),
+            Err(err) => {
+                tracing::debug!("a get waits without reading its frames: {err}");
+                return None;
+            }
+        };
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = inbound.enlist(&waiter) {
+            tracing::debug!("a get waits without reading its frames: {err}");
+            return None;
+        }
+        waiters.push(Arc::clone(&waiter));
+        Some(waiter)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -232,10 +350,15 @@ impl Mailbox {
         inner.push(source, key, data);
         inner.put += 1;
         let waiting = inner.waiting > 0;
+        let woken = Self::to_wake(&inner);
         drop(inner);
+        if Serving::current() != 0 {
+            self.received_by_gets.fetch_add(1, Ordering::Relaxed);
+        }
         if waiting {
             self.arrived.notify_all();
         }
+        wake_all(woken);
         Ok(())
     }
 
@@ -247,6 +370,20 @@ impl Mailbox {
         // A timeout too large for the clock waits as long as the clock can say (centuries).
         let deadline = started.checked_add(timeout);
         let mut inner = self.lock();
+        if let Some(found) = inner.take(source, key) {
+            inner.got += 1;
+            return Ok(found);
+        }
+        if !timeout.is_zero() {
+            let inbound = self.inbound.read().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(inbound) = inbound {
+                drop(inner);
+                if let Some(result) = self.lead(&*inbound, source, key, deadline, timeout) {
+                    return result;
+                }
+                inner = self.lock();
+            }
+        }
         loop {
             if let Some(found) = inner.take(source, key) {
                 inner.got += 1;
@@ -263,6 +400,52 @@ impl Mailbox {
             inner = self.arrived.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
             inner.waiting -= 1;
         }
+    }
+
+    /// Waits as a leader ([`crate::waiter`]): reads the peer connections of `inbound` until the
+    /// message is here or the deadline passed. `None`: no waiter could be had (wait as before).
+    fn lead(
+        &self,
+        inbound: &dyn Inbound,
+        source: Option<&str>,
+        key: &str,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    ) -> Option<Result<(String, Vec<u8>), MailboxError>> {
+        let waiter = self.waiter(inbound)?;
+        let mut inner = self.lock();
+        inner.leading.push(Arc::clone(&waiter));
+        let result = loop {
+            if let Some(found) = inner.take(source, key) {
+                inner.got += 1;
+                break Some(Ok(found));
+            }
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(u32::MAX.into()),
+            };
+            if left.is_zero() {
+                break Some(Err(MailboxError::Timeout {
+                    key: key.to_owned(),
+                    source_name: source_name(source),
+                    timeout,
+                }));
+            }
+            drop(inner);
+            let waited = {
+                let _serving = Serving::enter(&waiter);
+                waiter.wait(left, |token| inbound.serve(token))
+            };
+            inner = self.lock();
+            if let Err(err) = waited {
+                tracing::warn!("a get stops reading its frames: {err}");
+                break None;
+            }
+        };
+        inner.leading.retain(|w| !Arc::ptr_eq(w, &waiter));
+        drop(inner);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(waiter);
+        result
     }
 
     /// Messages put into it and got from it since the process started.
@@ -366,10 +549,12 @@ impl Mailbox {
             inner.push(source, key, data.to_vec());
         }
         let waiting = inner.waiting > 0;
+        let woken = Self::to_wake(&inner);
         drop(inner);
         if waiting {
             self.arrived.notify_all();
         }
+        wake_all(woken);
         Ok(count)
     }
 }

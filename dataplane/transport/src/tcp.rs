@@ -20,13 +20,23 @@
 //! pool tells the loop when a buffer comes back).
 //! A connection that breaks the protocol gets an error response, then its input is discarded
 //! until the peer closes or a grace period passes (so the peer can read the error), then it closes.
+//!
+//! Peer connections (authenticated as another process of the application) are also read by the
+//! gets waiting in this process's mailbox ([`praas_runtime::waiter`], leader/follower): once a
+//! connection proved a process identity, the loop adopts it into the [`Inbox`]: every waiter of
+//! the mailbox watches it and the loop's own registration moves behind theirs, all exclusive, so
+//! a frame wakes a waiting get when there is one, else this loop. A connection's read state is
+//! behind a [`Turn`]: one thread reads it at a time, frames are never split between readers. A
+//! get reads and serves `Message` frames only (storing them and sending their acknowledgements);
+//! at anything else (another kind of frame, back-pressure, the peer closing, an error) it stops
+//! and posts the connection to this loop, which carries on from where the get left it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender};
@@ -45,7 +55,8 @@ use praas_runtime::serve::{
 use praas_runtime::serve::{flatten_frames, FlatBuf, Gathered, LargeFrame, OutFrame};
 use praas_runtime::serve::{serve_frame, FrameAction};
 use praas_runtime::session::PeerSession;
-use praas_wire::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, HEADER_LEN};
+use praas_runtime::waiter::{self, Inbound, Turn, Waiter};
+use praas_wire::protocol::{decode_frame, Decoded, FrameError, FrameLimits, Header, MessageKind, HEADER_LEN};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX);
@@ -183,6 +194,112 @@ struct Connection {
     /// The bytes of a header cut short, kept here instead of in a chunk while the connection
     /// has not proven itself (its first `.1` bytes).
     stash: ([u8; HEADER_LEN], usize),
+    /// Adopted into the [`Inbox`]: waiting gets read it too.
+    adopted: bool,
+    /// A get's read failed: this loop closes it.
+    broken: bool,
+}
+
+/// Who reads a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The I/O thread: everything.
+    Io,
+    /// A get waiting in the mailbox: `Message` frames only.
+    Get,
+}
+
+/// One connection of the loop, shared with the gets that read it once adopted.
+struct Slot {
+    turn: Turn<Connection>,
+    token: Token,
+    fd: RawFd,
+}
+
+/// What the loop does with a connection after reading it.
+enum After {
+    Keep,
+    Remove,
+    /// Look again then (lingering).
+    Retry(Instant),
+    /// Paused on the buffer pool.
+    Starved,
+    /// It proved a process identity: adopt it into the inbox.
+    Adopt,
+}
+
+/// The peer connections of one transport that waiting gets read ([`Inbound`]).
+struct Inbox {
+    process: Weak<Process>,
+    options: TcpOptions,
+    notifier: Arc<Notifier>,
+    /// The loop's epoll instance (its registration of an adopted connection comes last).
+    epoll: RawFd,
+    conns: Mutex<HashMap<u64, Arc<Slot>>>,
+}
+
+/// The loop's own registration of an adopted connection: behind every waiter's, exclusive.
+const LOOP_EXCLUSIVE: u32 = waiter::EXCLUSIVE_INPUT | libc::EPOLLOUT as u32;
+
+impl Inbox {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the loop's registration of `slot` behind every other (removed and added again: an
+    /// addition goes to the end of the socket's wait queue, and reports input already there).
+    fn requeue(&self, slot: &Slot) -> io::Result<()> {
+        let token = slot.token.0 as u64;
+        waiter::epoll_ctl(self.epoll, libc::EPOLL_CTL_DEL, slot.fd, 0, token)?;
+        waiter::epoll_ctl(self.epoll, libc::EPOLL_CTL_ADD, slot.fd, LOOP_EXCLUSIVE, token)
+    }
+
+    /// Lets the waiting gets read `slot` (a peer connection that just proved its identity).
+    fn adopt(&self, process: &Process, slot: &Arc<Slot>) -> io::Result<()> {
+        let token = slot.token.0 as u64;
+        process.mailbox().with_waiters(|waiters| {
+            for waiter in waiters {
+                waiter.watch(slot.fd, token)?;
+            }
+            self.requeue(slot)?;
+            self.conns().insert(token, Arc::clone(slot));
+            Ok(())
+        })
+    }
+
+    /// Stops the waiting gets reading `slot` (it closes).
+    fn forget(&self, process: &Process, slot: &Slot) {
+        process.mailbox().with_waiters(|waiters| {
+            if self.conns().remove(&(slot.token.0 as u64)).is_some() {
+                for waiter in waiters {
+                    waiter.unwatch(slot.fd);
+                }
+            }
+        });
+    }
+}
+
+impl Inbound for Inbox {
+    fn enlist(&self, waiter: &Waiter) -> io::Result<()> {
+        let conns = self.conns();
+        for slot in conns.values() {
+            waiter.watch(slot.fd, slot.token.0 as u64)?;
+        }
+        for slot in conns.values() {
+            self.requeue(slot)?;
+        }
+        Ok(())
+    }
+
+    fn serve(&self, token: u64) {
+        let Some(process) = self.process.upgrade() else { return };
+        let Some(slot) = self.conns().get(&token).cloned() else { return };
+        let mut handoff = false;
+        slot.turn.take(|conn| handoff |= conn.serve_for_get(&process, &self.options));
+        if handoff {
+            self.notifier.post(slot.token);
+        }
+    }
 }
 
 enum Decode {
@@ -192,6 +309,8 @@ enum Decode {
     Nothing,
     /// A large frame needs a buffer the pool cannot give now.
     PoolSpent,
+    /// A frame a get does not serve is next: the I/O thread takes over.
+    Yield,
 }
 
 enum Step {
@@ -201,6 +320,8 @@ enum Step {
     Idle,
     /// Close the connection now.
     Close,
+    /// A get stops here: the I/O thread takes over.
+    Yield,
 }
 
 /// The TCP transport of one process.
@@ -250,7 +371,16 @@ impl Transport for TcpTransport {
         let sweep = SweepTimer::periodic(self.process.config().connection_limits.sweep_interval(), Reads::NonBlocking)?;
         poll.registry().register(&mut SourceFd(&sweep.as_raw_fd()), SWEEP, Interest::READABLE)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let inbox = Arc::new(Inbox {
+            process: Arc::downgrade(&self.process),
+            options: self.options.clone(),
+            notifier: Arc::clone(&notifier),
+            epoll: poll.as_raw_fd(),
+            conns: Mutex::new(HashMap::new()),
+        });
+        let inbox = self.process.mailbox().set_inbound(Some(inbox.clone() as Arc<dyn Inbound>)).then_some(inbox);
         let mut event_loop = EventLoop {
+            inbox,
             poll,
             listener: self.listener,
             process: self.process,
@@ -276,6 +406,9 @@ impl Transport for TcpTransport {
 }
 
 struct EventLoop {
+    /// The peer connections waiting gets read (`None`: another transport of the process has
+    /// the mailbox's waiters).
+    inbox: Option<Arc<Inbox>>,
     poll: Poll,
     listener: TcpListener,
     process: Arc<Process>,
@@ -283,7 +416,7 @@ struct EventLoop {
     notifier: Arc<Notifier>,
     notices: Receiver<Token>,
     stop: Arc<AtomicBool>,
-    connections: HashMap<Token, Connection>,
+    connections: HashMap<Token, Arc<Slot>>,
     next_token: usize,
     /// Connections to look at again at a time: lingering ones, and (as a fallback) those paused
     /// on the pool.
@@ -305,6 +438,17 @@ const STARVED_FALLBACK: Duration = Duration::from_millis(100);
 
 impl EventLoop {
     fn run(&mut self) -> io::Result<()> {
+        let served = self.serve();
+        if self.inbox.is_some() {
+            self.process.mailbox().set_inbound(None);
+        }
+        for (_, slot) in std::mem::take(&mut self.connections) {
+            self.close(&slot);
+        }
+        served
+    }
+
+    fn serve(&mut self) -> io::Result<()> {
         self.poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
         let mut events = Events::with_capacity(1024);
         while !self.stop.load(Ordering::Acquire) {
@@ -334,18 +478,30 @@ impl EventLoop {
                         }
                     }
                     token => {
-                        let Some(conn) = self.connections.get_mut(&token) else { continue };
+                        let Some(slot) = self.connections.get(&token).cloned() else { continue };
                         // The peer's FIN may come in the same event as its last bytes: then a
                         // short read does not mean "wait for the next event" (there is none).
-                        conn.hup |= event.is_read_closed() || event.is_error();
-                        if event.is_writable() || event.is_error() {
-                            conn.shared.queue().flush(&conn.shared.stream);
-                        }
-                        // A paused connection may resume once its queued responses went out.
-                        if event.is_readable() || event.is_read_closed() || event.is_error() || conn.paused {
-                            self.drive(token);
-                        } else {
-                            self.check(token);
+                        let hup = event.is_read_closed() || event.is_error();
+                        let writable = event.is_writable() || event.is_error();
+                        let readable = event.is_readable() || hup;
+                        let (process, options, now) = (&self.process, &self.options, self.now);
+                        let after = slot.turn.take(|conn| {
+                            conn.hup |= hup;
+                            if writable {
+                                conn.shared.queue().flush(&conn.shared.stream);
+                            }
+                            // A paused connection may resume once its queued responses went out.
+                            if readable || conn.paused {
+                                conn.drive(process, options, now)
+                            } else if conn.finished() {
+                                After::Remove
+                            } else {
+                                After::Keep
+                            }
+                        });
+                        // `None`: a get reads it now, and posts it here if it needs this loop.
+                        if let Some(after) = after {
+                            self.after(&slot, after);
                         }
                     }
                 }
@@ -364,9 +520,6 @@ impl EventLoop {
             if self.accept_retry.is_some_and(|at| self.now >= at) {
                 self.accept();
             }
-        }
-        for (_, conn) in self.connections.drain() {
-            close(&self.poll, conn);
         }
         Ok(())
     }
@@ -423,8 +576,10 @@ impl EventLoop {
             activity: Activity::new(Instant::now()),
             proven: false,
             stash: ([0; HEADER_LEN], 0),
+            adopted: false,
+            broken: false,
         };
-        self.connections.insert(token, conn);
+        self.connections.insert(token, Arc::new(Slot { turn: Turn::new(conn), token, fd }));
         Ok(())
     }
 
@@ -444,17 +599,29 @@ impl EventLoop {
     fn sweep(&mut self) {
         let now = self.now;
         let limits = self.process.config().connection_limits;
+        let mut unread = Vec::new();
         let expired: Vec<(Token, Expiry)> = self
             .connections
             .iter()
-            .filter(|(_, conn)| conn.state == ReadState::Open)
-            .filter_map(|(token, conn)| conn.activity.expired(now, &limits, conn.busy()).map(|e| (*token, e)))
+            .filter_map(|(token, slot)| {
+                let conn = slot.turn.lock();
+                if conn.state != ReadState::Open {
+                    return None;
+                }
+                if conn.adopted && conn.unread() {
+                    unread.push(*token);
+                }
+                conn.activity.expired(now, &limits, conn.busy()).map(|e| (*token, e))
+            })
             .collect();
+        for token in unread {
+            self.drive(token);
+        }
         for (token, expiry) in expired {
             if let Some(refusal) = expiry.refusal(&limits) {
-                if let Some(conn) = self.connections.get(&token) {
+                if let Some(slot) = self.connections.get(&token) {
                     tracing::debug!("closing a connection: {}", refusal.text);
-                    serve::turn_away(conn.shared.stream.as_fd(), refusal);
+                    serve::turn_away(slot.turn.lock().shared.stream.as_fd(), refusal);
                 }
             }
             self.remove(token);
@@ -463,52 +630,126 @@ impl EventLoop {
 
     /// Reads, decodes and dispatches what the connection has, as far as back-pressure allows.
     fn drive(&mut self, token: Token) {
-        let Some(conn) = self.connections.get_mut(&token) else { return };
-        let mut step = Step::More;
-        while let Step::More = step {
-            step = conn.step(&self.process, &self.options, self.now);
-        }
-        conn.release_idle_chunk(&self.process);
-        let mid_frame = conn.mid_frame();
-        conn.activity.frame(self.now, mid_frame);
-        conn.shared.queue().flush(&conn.shared.stream);
-        if matches!(step, Step::Close) || conn.finished() {
-            self.remove(token);
-            return;
-        }
-        if let ReadState::Lingering(until) = conn.state {
-            self.retry.push((until, token));
-        } else if conn.paused && !conn.blocked_by_peer(&self.options) {
-            // Paused on the buffer pool: it says when a buffer comes back (the fallback timer
-            // covers a buffer that came back before it was asked to).
-            self.process.pool().want();
-            self.starved.push(token);
-            self.retry.push((self.now + STARVED_FALLBACK, token));
+        let Some(slot) = self.connections.get(&token).cloned() else { return };
+        let (process, options, now) = (&self.process, &self.options, self.now);
+        if let Some(after) = slot.turn.take(|conn| conn.drive(process, options, now)) {
+            self.after(&slot, after);
         }
     }
 
-    /// Closes the connection if it has nothing left to do.
-    fn check(&mut self, token: Token) {
-        if self.connections.get(&token).is_some_and(Connection::finished) {
-            self.remove(token);
+    /// Does what reading `slot` left to do: close it, look again later, or adopt it into the
+    /// inbox once it proved a process identity.
+    fn after(&mut self, slot: &Arc<Slot>, after: After) {
+        let token = slot.token;
+        match after {
+            After::Remove => self.remove(token),
+            After::Retry(at) => self.retry.push((at, token)),
+            After::Starved => {
+                // Paused on the buffer pool: it says when a buffer comes back (the fallback timer
+                // covers a buffer that came back before it was asked to).
+                self.process.pool().want();
+                self.starved.push(token);
+                self.retry.push((self.now + STARVED_FALLBACK, token));
+            }
+            After::Keep => {}
+            After::Adopt => {
+                let Some(inbox) = &self.inbox else { return };
+                if let Err(err) = inbox.adopt(&self.process, slot) {
+                    // Read by this loop alone, as any connection (a waiter may watch it, harmlessly).
+                    tracing::warn!("waiting gets will not read a peer connection: {err}");
+                }
+            }
         }
     }
 
     fn remove(&mut self, token: Token) {
-        if let Some(conn) = self.connections.remove(&token) {
-            close(&self.poll, conn);
+        if let Some(slot) = self.connections.remove(&token) {
+            self.close(&slot);
         }
+    }
+
+    fn close(&self, slot: &Slot) {
+        if let Some(inbox) = &self.inbox {
+            inbox.forget(&self.process, slot);
+        }
+        let conn = slot.turn.lock();
+        conn.shared.closed.store(true, Ordering::Release);
+        let _ = self.poll.registry().deregister(&mut SourceFd(&slot.fd));
+        let _ = conn.shared.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
-fn close(poll: &Poll, conn: Connection) {
-    conn.shared.closed.store(true, Ordering::Release);
-    let fd = conn.shared.stream.as_raw_fd();
-    let _ = poll.registry().deregister(&mut SourceFd(&fd));
-    let _ = conn.shared.stream.shutdown(std::net::Shutdown::Both);
-}
-
 impl Connection {
+    /// Reads, decodes and dispatches what the connection has, as far as back-pressure allows
+    /// (the I/O thread).
+    fn drive(&mut self, process: &Process, options: &TcpOptions, now: Instant) -> After {
+        if self.broken {
+            return After::Remove;
+        }
+        let mut step = Step::More;
+        while let Step::More = step {
+            step = self.step(process, options, now, Reader::Io);
+        }
+        self.release_idle_chunk(process);
+        let mid_frame = self.mid_frame();
+        self.activity.frame(now, mid_frame);
+        self.shared.queue().flush(&self.shared.stream);
+        if matches!(step, Step::Close) || self.finished() {
+            return After::Remove;
+        }
+        if let ReadState::Lingering(until) = self.state {
+            After::Retry(until)
+        } else if self.paused && !self.blocked_by_peer(options) {
+            After::Starved
+        } else if !self.adopted && self.state == ReadState::Open && self.peer.identity().is_some() {
+            self.adopted = true;
+            After::Adopt
+        } else {
+            After::Keep
+        }
+    }
+
+    /// Whether an adopted connection has input nobody was told of: the peer's FIN that came
+    /// with its last bytes (an exclusive registration cannot ask for EPOLLRDHUP, so the short
+    /// read of those bytes did not show it). One non-blocking peek, from the sweep.
+    fn unread(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into the local it is given; MSG_PEEK leaves the
+        // input where it is, MSG_DONTWAIT never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.shared.stream.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n >= 0
+    }
+
+    /// Reads and serves the `Message` frames that arrived, for a waiting get; returns whether
+    /// the I/O thread must take over (another frame, back-pressure, the peer closed, an error).
+    fn serve_for_get(&mut self, process: &Process, options: &TcpOptions) -> bool {
+        if self.broken || self.state != ReadState::Open {
+            return true;
+        }
+        let now = Instant::now();
+        let mut step = Step::More;
+        while let Step::More = step {
+            step = self.step(process, options, now, Reader::Get);
+        }
+        self.release_idle_chunk(process);
+        let mid_frame = self.mid_frame();
+        self.activity.frame(now, mid_frame);
+        let failed = {
+            let mut queue = self.shared.queue();
+            queue.flush(&self.shared.stream);
+            queue.failed
+        };
+        self.broken |= matches!(step, Step::Close);
+        !matches!(step, Step::Idle) || self.paused || self.state != ReadState::Open || failed
+    }
+
     /// Whether the connection can be closed: failed, or drained after the peer closed.
     fn finished(&self) -> bool {
         let queue = self.shared.queue();
@@ -568,7 +809,7 @@ impl Connection {
         self.paused
     }
 
-    fn step(&mut self, process: &Process, options: &TcpOptions, now: Instant) -> Step {
+    fn step(&mut self, process: &Process, options: &TcpOptions, now: Instant, reader: Reader) -> Step {
         match self.state {
             ReadState::Draining => return Step::Idle,
             ReadState::Lingering(_) => return self.discard(process),
@@ -580,7 +821,7 @@ impl Connection {
         if self.large.is_some() {
             return self.read_large(process, now);
         }
-        match self.decode_buffered(process) {
+        match self.decode_buffered(process, reader) {
             Ok(Decode::Dispatched) => {
                 // Answer the inline invocations of this batch in one write before reading on.
                 self.shared.queue().flush(&self.shared.stream);
@@ -592,6 +833,7 @@ impl Connection {
                 self.paused = true;
                 return Step::Idle;
             }
+            Ok(Decode::Yield) => return Step::Yield,
             Err(err) => return self.refuse(err),
         }
         if !self.make_room(process, options) {
@@ -608,13 +850,16 @@ impl Connection {
                 chunk.set_len(filled + n);
                 self.activity.received(now);
                 // A short read drained the socket (edge-triggered): decode, then wait for the
-                // next event instead of paying a read that only says EAGAIN.
+                // next event instead of paying a read that only says EAGAIN. (On an adopted
+                // connection a FIN that came with the last bytes goes unseen by this read: the
+                // sweep looks for it, [`Connection::unread`].)
                 if n < room && !self.hup {
-                    match self.decode_buffered(process) {
+                    match self.decode_buffered(process, reader) {
                         Ok(Decode::PoolSpent) => {
                             self.paused = true;
                             Step::Idle
                         }
+                        Ok(Decode::Yield) => Step::Yield,
                         Ok(_) => Step::Idle,
                         Err(err) => self.refuse(err),
                     }
@@ -636,12 +881,15 @@ impl Connection {
 
     /// Dispatches every complete frame in the chunk. A frame too large for the chunk moves to a
     /// buffer of its own.
-    fn decode_buffered(&mut self, process: &Process) -> Result<Decode, FrameError> {
+    fn decode_buffered(&mut self, process: &Process, reader: Reader) -> Result<Decode, FrameError> {
         let limits = FrameLimits { max_frame: process.config().max_frame };
         let mut any = Decode::Nothing;
         loop {
             let available = &self.chunk[self.start..];
             match decode_frame(available, limits)? {
+                Decoded::Frame(frame, _) if reader == Reader::Get && frame.header.kind != MessageKind::Message => {
+                    return Ok(Decode::Yield);
+                }
                 Decoded::Frame(frame, used) => {
                     let meta_at = self.start + HEADER_LEN;
                     let body = Payload::new(Arc::clone(&self.chunk), meta_at..self.start + used);
@@ -656,6 +904,9 @@ impl Connection {
                 Decoded::Incomplete(_) if available.len() >= HEADER_LEN => {
                     let head = available.first_chunk::<HEADER_LEN>().expect("checked length");
                     let header = Header::decode(head, limits)?;
+                    if reader == Reader::Get && header.kind != MessageKind::Message {
+                        return Ok(Decode::Yield);
+                    }
                     if HEADER_LEN + header.body_len() > self.chunk.capacity() {
                         let have = &available[HEADER_LEN..];
                         let Some(large) = LargeFrame::start(header, have, process.pool(), self.proven) else {
