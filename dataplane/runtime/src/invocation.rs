@@ -12,7 +12,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -528,8 +528,9 @@ struct Invocation<'p> {
     /// Remote invocations it submitted and has not waited for, by handle (closed if it returns
     /// without waiting).
     /// (Behind a lock only so that the invocation is `Sync`, as Python's services need: one
-    /// invocation runs on one thread.)
-    calls: Mutex<RemoteCalls>,
+    /// invocation runs on one thread. Made at the first submit: an invocation that calls no
+    /// other process neither builds nor drops it.)
+    calls: OnceLock<Mutex<RemoteCalls>>,
 }
 
 /// The remote invocations of one invocation in flight, and the handle of its next one.
@@ -610,7 +611,7 @@ fn execute_nested(
         depth,
         error: None,
         inline,
-        calls: Mutex::new(RemoteCalls { calls: Vec::new(), next: 1 }),
+        calls: OnceLock::new(),
     };
     match function.code() {
         FunctionCode::Native { entry, .. } => execute_native(invocation, *entry, input.bytes()),
@@ -806,6 +807,11 @@ impl Invocation<'_> {
         Ok(got)
     }
 
+    /// Its remote invocations in flight (none yet the first time).
+    fn remote_calls(&self) -> &Mutex<RemoteCalls> {
+        self.calls.get_or_init(|| Mutex::new(RemoteCalls { calls: Vec::new(), next: 1 }))
+    }
+
     /// When a remote invocation from this one must be answered: its own deadline, else
     /// [`DEFAULT_CALL_TIMEOUT`](crate::remote::DEFAULT_CALL_TIMEOUT) from now.
     fn remote_deadline(&self, dest: &str, function: &str) -> Result<Instant, RemoteError> {
@@ -833,7 +839,7 @@ impl Invocation<'_> {
 
     /// Starts invoking `function` of process `dest`; returns the handle to wait for it with.
     fn submit_remote(&self, dest: &str, function: &str, input: &[u8]) -> Result<u64, RemoteError> {
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut calls = self.remote_calls().lock().unwrap_or_else(|p| p.into_inner());
         if calls.calls.len() >= MAX_REMOTE_IN_FLIGHT {
             return Err(RemoteError::TooMany(calls.calls.len()));
         }
@@ -848,7 +854,7 @@ impl Invocation<'_> {
     /// Waits for the first of the calls `handles` names to finish: its position in `handles`
     /// and its result. An unknown handle fails at once, at its position.
     fn wait_remote(&self, handles: &[u64]) -> (usize, Result<Vec<u8>, RemoteError>) {
-        let mut in_flight = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = self.remote_calls().lock().unwrap_or_else(|p| p.into_inner());
         let mut waiting = Vec::with_capacity(handles.len());
         for (index, &handle) in handles.iter().enumerate() {
             match in_flight.calls.iter().position(|(h, _)| *h == handle) {
