@@ -5,7 +5,8 @@
 //!
 //! Figures, each file named after the run (the subcommand and transport, `invoke-tcp-...`):
 //!
-//! - `cdf-BENCH[-MODE][-FUNCTION]-SIZE.svg`: the latency CDF of ours and of the baseline, per size;
+//! - `cdf-BENCH[-MODE][-FUNCTION]-SIZE[-N-workers][-fan-out-N][-vs-BASELINE].svg`: the latency CDF of
+//!   ours and of the baseline, per size (and worker count, fan-out, baseline other than raw TCP);
 //! - `latency-BENCH[-MODE][-FUNCTION].svg`: p50 and p99 of ours and of the baseline against the size;
 //! - `throughput-vs-in-flight.svg`: completions per second of ours and of the baseline against the
 //!   invocations in flight (where the run has throughput lines);
@@ -82,6 +83,18 @@ impl Distribution {
         if record.bench != "allocate" {
             what.push(' ');
             what.push_str(&format_size(record.size));
+        }
+        // What else tells one line of a run from another: the figures of `reduce` per worker
+        // count, of `remote-invoke` per fan-out, and a second baseline beside the first
+        // (`message --redis`) would otherwise overwrite each other.
+        if let Some(workers) = record.workers {
+            what.push_str(&format!(" {workers} workers"));
+        }
+        if let Some(fan_out) = record.fan_out {
+            what.push_str(&format!(" fan-out {fan_out}"));
+        }
+        if !matches!(record.baseline, "raw-tcp" | "none") {
+            what.push_str(&format!(" vs {}", record.baseline));
         }
         Self { stem: what.replace(' ', "-"), what, baseline: record.baseline, ours: cdf(ours), base: base.map(cdf) }
     }
@@ -384,6 +397,37 @@ mod tests {
         }
         let cdf = std::fs::read_to_string(&files[0]).unwrap();
         assert!(cdf.contains("latency (µs, log scale)") && cdf.contains("raw-tcp"), "{cdf}");
+    }
+
+    #[test]
+    fn lines_of_one_run_that_differ_in_workers_fan_out_or_baseline_get_figures_of_their_own() {
+        let mut ours = report::histogram();
+        ours.record(10_000).unwrap();
+        let o = Summary::of(&ours);
+        let mut records = vec![
+            Record::latency("reduce", &info(), 8, 10, &o, "redis", &o),
+            Record::latency("reduce", &info(), 8, 10, &o, "redis", &o),
+            Record::latency("remote-invoke", &info(), 8, 10, &o, "raw-tcp", &o),
+            Record::latency("remote-invoke", &info(), 8, 10, &o, "raw-tcp", &o),
+            Record::latency("message", &info(), 8, 10, &o, "raw-tcp", &o),
+            Record::latency("message", &info(), 8, 10, &o, "redis", &o),
+        ];
+        records[0].workers = Some(1);
+        records[1].workers = Some(8);
+        records[2].fan_out = Some(1);
+        records[3].fan_out = Some(16);
+        let stems: Vec<String> = records.iter().map(|r| Distribution::of(r, &ours, None).stem).collect();
+        assert_eq!(
+            stems,
+            [
+                "reduce-8B-1-workers-vs-redis",
+                "reduce-8B-8-workers-vs-redis",
+                "remote-invoke-8B-fan-out-1",
+                "remote-invoke-8B-fan-out-16",
+                "message-8B",
+                "message-8B-vs-redis",
+            ]
+        );
     }
 
     #[test]
