@@ -404,7 +404,7 @@ mod tests {
         let mut ours = report::histogram();
         ours.record(10_000).unwrap();
         let o = Summary::of(&ours);
-        let mut records = vec![
+        let mut records = [
             Record::latency("reduce", &info(), 8, 10, &o, "redis", &o),
             Record::latency("reduce", &info(), 8, 10, &o, "redis", &o),
             Record::latency("remote-invoke", &info(), 8, 10, &o, "raw-tcp", &o),

@@ -29,7 +29,9 @@
 //! the last record: an encoding decodes to exactly one mailbox and encodes back to the same bytes.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -128,8 +130,12 @@ struct Stored {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// key -> source -> FIFO.
-    queues: HashMap<String, HashMap<String, VecDeque<Stored>>>,
+    /// key -> source -> FIFO. A FIFO a take emptied stays, with its names and its buffer, for
+    /// the next message of that key and source (a ping-pong reuses them instead of allocating
+    /// four times and hashing nine times per message), up to [`EMPTY_KEPT`] of them.
+    queues: FxHashMap<String, FxHashMap<String, VecDeque<Stored>>>,
+    /// Empty FIFOs kept in `queues`.
+    empty: usize,
     next_seq: u64,
     messages: usize,
     bytes: usize,
@@ -156,7 +162,12 @@ impl Inner {
             None => self.queues.entry(key.to_owned()).or_default(),
         };
         let fifo = match sources.get_mut(source) {
-            Some(fifo) => fifo,
+            Some(fifo) => {
+                if fifo.is_empty() {
+                    self.empty -= 1;
+                }
+                fifo
+            }
             None => sources.entry(source.to_owned()).or_default(),
         };
         fifo.push_back(Stored { seq, data });
@@ -165,23 +176,42 @@ impl Inner {
     /// Takes the oldest message for `key` from `source` (or from any source).
     fn take(&mut self, source: Option<&str>, key: &str) -> Option<(String, Vec<u8>)> {
         let sources = self.queues.get_mut(key)?;
-        let from = match source {
-            Some(source) => sources.get(source).filter(|q| !q.is_empty()).map(|_| source.to_owned())?,
-            None => sources.iter().filter_map(|(s, q)| q.front().map(|m| (m.seq, s))).min()?.1.clone(),
+        let (from, message, emptied) = match source {
+            Some(source) => {
+                let fifo = sources.get_mut(source)?;
+                let message = fifo.pop_front()?;
+                (source.to_owned(), message, fifo.is_empty())
+            }
+            None => {
+                let (from, fifo) = sources.iter_mut().filter(|(_, q)| !q.is_empty()).min_by_key(|(_, q)| q[0].seq)?;
+                let message = fifo.pop_front().expect("non-empty, chosen so");
+                (from.clone(), message, fifo.is_empty())
+            }
         };
-        let fifo = sources.get_mut(&from).expect("chosen above");
-        let message = fifo.pop_front().expect("non-empty, checked above");
-        if fifo.is_empty() {
-            sources.remove(&from);
-            if sources.is_empty() {
-                self.queues.remove(key);
+        if emptied {
+            self.empty += 1;
+            if self.empty > EMPTY_KEPT {
+                self.forget_empty();
             }
         }
         self.messages -= 1;
         self.bytes -= message.data.len();
         Some((from, message.data))
     }
+
+    /// Drops every empty FIFO, and every key left without one.
+    fn forget_empty(&mut self) {
+        self.queues.retain(|_, sources| {
+            sources.retain(|_, fifo| !fifo.is_empty());
+            !sources.is_empty()
+        });
+        self.empty = 0;
+    }
 }
+
+/// Empty FIFOs (a key and a source whose messages were all taken) a mailbox keeps for their
+/// next message before it drops them all.
+const EMPTY_KEPT: usize = 256;
 
 /// The messages waiting for one process.
 #[derive(Debug)]
@@ -617,6 +647,47 @@ mod tests {
     use std::sync::Arc;
 
     const NOW: Duration = Duration::ZERO;
+
+    /// The empty FIFOs `queues` holds, counted.
+    fn empty_fifos(mailbox: &Mailbox) -> usize {
+        let inner = mailbox.lock();
+        let counted = inner.queues.values().flat_map(|s| s.values()).filter(|f| f.is_empty()).count();
+        assert_eq!(counted, inner.empty, "the count of empty FIFOs is what queues holds");
+        counted
+    }
+
+    #[test]
+    fn emptied_fifos_are_reused_in_order_and_dropped_past_the_bound() {
+        let mailbox = Mailbox::new();
+        for round in 0..3u8 {
+            mailbox.put("a", "k", vec![round]).unwrap();
+            assert_eq!(mailbox.get(Some("a"), "k", NOW).unwrap(), ("a".into(), vec![round]));
+            assert_eq!(empty_fifos(&mailbox), 1, "one FIFO, kept and reused");
+        }
+        // The oldest of any source, across a reused FIFO and a new one.
+        mailbox.put("b", "k", b"first".to_vec()).unwrap();
+        mailbox.put("a", "k", b"second".to_vec()).unwrap();
+        mailbox.put("b", "k", b"third".to_vec()).unwrap();
+        assert_eq!(empty_fifos(&mailbox), 0);
+        for (source, data) in [("b", &b"first"[..]), ("a", b"second"), ("b", b"third")] {
+            assert_eq!(mailbox.get(None, "k", NOW).unwrap(), (source.into(), data.to_vec()));
+        }
+        assert_eq!(empty_fifos(&mailbox), 2);
+        assert!(mailbox.get(None, "k", NOW).is_err(), "empty FIFOs hold nothing");
+        // Many keys used once: the empty FIFOs are dropped once there are more than the bound.
+        for i in 0..EMPTY_KEPT {
+            let key = format!("once-{i}");
+            mailbox.put("a", &key, vec![1]).unwrap();
+            mailbox.get(Some("a"), &key, NOW).unwrap();
+        }
+        let left = empty_fifos(&mailbox);
+        assert!(left < 3, "{left} empty FIFOs after the bound was passed");
+        assert!(mailbox.lock().queues.len() <= left, "keys without a FIFO are dropped too");
+        // And the snapshot carries only messages.
+        mailbox.put("a", "k", b"kept".to_vec()).unwrap();
+        let restored = Mailbox::restore(&mailbox.snapshot()).unwrap();
+        assert_eq!(restored.len(), 1);
+    }
 
     #[test]
     fn same_key_queues_in_order_per_source() {

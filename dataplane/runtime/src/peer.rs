@@ -26,7 +26,7 @@
 //! frame with status [`Status::Unauthenticated`] and the connection closes. `docs/messages.md` has
 //! the whole protocol and the semantics.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
@@ -326,7 +326,7 @@ pub struct PeerDirectory {
     secret: Option<Secret>,
     limits: FrameLimits,
     mailbox: Arc<Mailbox>,
-    peers: RwLock<HashMap<String, Entry>>,
+    peers: RwLock<FxHashMap<String, Entry>>,
     /// The RDMA device this process serves on: set, puts to peers that serve RDMA use it.
     /// The RDMA device and the dialer puts to peers that serve RDMA use, once enabled.
     rdma: std::sync::OnceLock<(String, Arc<dyn RdmaDialer>)>,
@@ -631,7 +631,7 @@ impl PeerDirectory {
             secret,
             limits: FrameLimits { max_frame },
             mailbox,
-            peers: RwLock::new(HashMap::new()),
+            peers: RwLock::new(FxHashMap::default()),
             rdma: std::sync::OnceLock::new(),
             delivered: WireCounters::default(),
             remote_calls: WireCounters::default(),
@@ -671,7 +671,7 @@ impl PeerDirectory {
     /// address is unchanged are kept; the others close.
     pub fn update(&self, peers: Vec<PeerInfo>) {
         let mut map = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = HashMap::with_capacity(peers.len());
+        let mut next = FxHashMap::with_capacity_and_hasher(peers.len(), Default::default());
         for info in peers {
             let peer = match map.remove(&info.id) {
                 Some(old) if old.peer.addr == info.addr && old.peer.rdma == info.rdma => old.peer,
@@ -772,9 +772,9 @@ impl PeerDirectory {
             Some(conn) => conn,
             None => self.open(dest, &peer, secret, deadline)?,
         };
-        let addr = peer.addr_of(conn.wire.kind());
+        let kind = conn.wire.kind();
         let unreachable =
-            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: addr.clone(), source };
+            |source: WireError| PeerError::Unreachable { dest: dest.to_owned(), addr: peer.addr_of(kind), source };
         let id = conn.next_id;
         conn.next_id += 1;
         let header = Header { kind: MessageKind::Message, meta_len: 0, status: 0, id, timeout_ms: 0, payload_len: 0 };

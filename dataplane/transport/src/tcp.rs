@@ -31,7 +31,7 @@
 //! at anything else (another kind of frame, back-pressure, the peer closing, an error) it stops
 //! and posts the connection to this loop, which carries on from where the get left it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -43,6 +43,7 @@ use crossbeam::channel::{self, Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::FxHashMap;
 
 use super::handle::{accept_waiting, ServerHandle, Transport};
 use super::sweep::{Reads, SweepTimer};
@@ -235,14 +236,14 @@ struct Inbox {
     notifier: Arc<Notifier>,
     /// The loop's epoll instance (its registration of an adopted connection comes last).
     epoll: RawFd,
-    conns: Mutex<HashMap<u64, Arc<Slot>>>,
+    conns: Mutex<FxHashMap<u64, Arc<Slot>>>,
 }
 
 /// The loop's own registration of an adopted connection: behind every waiter's, exclusive.
 const LOOP_EXCLUSIVE: u32 = waiter::EXCLUSIVE_INPUT | libc::EPOLLOUT as u32;
 
 impl Inbox {
-    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Arc<Slot>>> {
+    fn conns(&self) -> MutexGuard<'_, FxHashMap<u64, Arc<Slot>>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -376,7 +377,7 @@ impl Transport for TcpTransport {
             options: self.options.clone(),
             notifier: Arc::clone(&notifier),
             epoll: poll.as_raw_fd(),
-            conns: Mutex::new(HashMap::new()),
+            conns: Mutex::new(FxHashMap::default()),
         });
         let inbox = self.process.mailbox().set_inbound(Some(inbox.clone() as Arc<dyn Inbound>)).then_some(inbox);
         let mut event_loop = EventLoop {
@@ -388,7 +389,7 @@ impl Transport for TcpTransport {
             notifier: Arc::clone(&notifier),
             notices: rx,
             stop: Arc::clone(&stop),
-            connections: HashMap::new(),
+            connections: FxHashMap::default(),
             next_token: 0,
             retry: Vec::new(),
             starved: Vec::new(),
@@ -416,7 +417,7 @@ struct EventLoop {
     notifier: Arc<Notifier>,
     notices: Receiver<Token>,
     stop: Arc<AtomicBool>,
-    connections: HashMap<Token, Arc<Slot>>,
+    connections: FxHashMap<Token, Arc<Slot>>,
     next_token: usize,
     /// Connections to look at again at a time: lingering ones, and (as a fallback) those paused
     /// on the pool.
