@@ -8,6 +8,7 @@
 //! each says it skipped.
 #![cfg(feature = "rdma")]
 
+#[macro_use]
 mod remote;
 
 use std::io::{BufRead, BufReader};
@@ -642,16 +643,7 @@ macro_rules! over_rdma {
     };
 }
 
-over_rdma!(
-    remote_invocation_is_byte_exact_from_0_b_to_16_mib,
-    every_error_reaches_the_caller_with_its_status,
-    the_callers_deadline_travels_and_a_late_answer_is_dropped,
-    a_calls_b_which_calls_a_with_one_worker_each,
-    fan_out_gathers_from_16_processes_in_about_one_round_trip,
-    wait_any_returns_the_first_answer_to_arrive,
-    impostor_peers_are_refused,
-    a_version_1_c_library_still_loads_and_runs,
-);
+every_case!(over_rdma);
 
 const FAN_APP: &str = "rdma-fan";
 const FAN_SECRET: &str = "the secret of rdma-fan";

@@ -5,6 +5,23 @@
 //! the wire the fabric names, which each case checks the callers' counts of answered calls by
 //! wire for ([`Fabric::assert_calls`]).
 
+/// Instantiates every case of this module with the fabric's macro (`over_tcp`, `over_rdma`):
+/// the one list of them.
+macro_rules! every_case {
+    ($fabric:ident) => {
+        $fabric!(
+            remote_invocation_is_byte_exact_from_0_b_to_16_mib,
+            every_error_reaches_the_caller_with_its_status,
+            the_callers_deadline_travels_and_a_late_answer_is_dropped,
+            a_calls_b_which_calls_a_with_one_worker_each,
+            fan_out_gathers_from_16_processes_in_about_one_round_trip,
+            wait_any_returns_the_first_answer_to_arrive,
+            impostor_peers_are_refused,
+            a_version_1_c_library_still_loads_and_runs,
+        );
+    };
+}
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 

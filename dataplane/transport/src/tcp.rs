@@ -681,19 +681,27 @@ impl EventLoop {
 }
 
 impl Connection {
+    /// Steps until the connection has nothing more to do now (read all that arrived, or paused,
+    /// or closing), then gives an idle chunk back and stamps its activity: what either reader
+    /// does with its turn.
+    fn read_all(&mut self, process: &Process, options: &TcpOptions, now: Instant, reader: Reader) -> Step {
+        let mut step = Step::More;
+        while let Step::More = step {
+            step = self.step(process, options, now, reader);
+        }
+        self.release_idle_chunk(process);
+        let mid_frame = self.mid_frame();
+        self.activity.frame(now, mid_frame);
+        step
+    }
+
     /// Reads, decodes and dispatches what the connection has, as far as back-pressure allows
     /// (the I/O thread).
     fn drive(&mut self, process: &Process, options: &TcpOptions, now: Instant) -> After {
         if self.broken {
             return After::Remove;
         }
-        let mut step = Step::More;
-        while let Step::More = step {
-            step = self.step(process, options, now, Reader::Io);
-        }
-        self.release_idle_chunk(process);
-        let mid_frame = self.mid_frame();
-        self.activity.frame(now, mid_frame);
+        let step = self.read_all(process, options, now, Reader::Io);
         self.shared.queue().flush(&self.shared.stream);
         if matches!(step, Step::Close) || self.finished() {
             return After::Remove;
@@ -734,14 +742,7 @@ impl Connection {
         if self.broken || self.state != ReadState::Open {
             return true;
         }
-        let now = Instant::now();
-        let mut step = Step::More;
-        while let Step::More = step {
-            step = self.step(process, options, now, Reader::Get);
-        }
-        self.release_idle_chunk(process);
-        let mid_frame = self.mid_frame();
-        self.activity.frame(now, mid_frame);
+        let step = self.read_all(process, options, Instant::now(), Reader::Get);
         let failed = {
             let mut queue = self.shared.queue();
             queue.flush(&self.shared.stream);
